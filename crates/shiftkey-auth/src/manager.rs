@@ -1,0 +1,600 @@
+//! [`TokenManager`]: one credential's token, kept fresh in the background.
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use crate::timing::{Planner, RefreshConfig, Schedule};
+use crate::{AuthError, AuthStrategy, Clock, ConfigError, TokenSet, TokioClock, TransientKind};
+
+/// A token handed out by the manager: the [`TokenSet`] and its schedule.
+///
+/// Cheap to clone (one reference count). Dereferences to [`TokenSet`]; `Debug` redacts secrets.
+#[derive(Clone)]
+pub struct Token(Arc<Entry>);
+
+#[derive(Debug)]
+struct Entry {
+    token: TokenSet,
+    schedule: Schedule,
+}
+
+impl Token {
+    /// The generation to quote when reporting a rejection with [`TokenManager::invalidate`].
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.0.token.generation
+    }
+
+    /// When the background refresh of this token starts.
+    #[must_use]
+    pub fn refresh_at(&self) -> Instant {
+        self.0.schedule.refresh_at
+    }
+
+    /// After this instant the manager no longer serves this token.
+    #[must_use]
+    pub fn hard_deadline(&self) -> Instant {
+        self.0.schedule.hard_at
+    }
+
+    /// The token's schedule.
+    #[must_use]
+    pub fn schedule(&self) -> &Schedule {
+        &self.0.schedule
+    }
+}
+
+impl Deref for Token {
+    type Target = TokenSet;
+    fn deref(&self) -> &TokenSet {
+        &self.0.token
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Token").field(&self.0.token).finish()
+    }
+}
+
+/// What [`TokenManager::invalidate`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidation {
+    /// The generation was current: it is no longer served and one refresh is under way.
+    Refreshing,
+    /// A newer generation already exists: retry with it, nothing was refreshed.
+    AlreadyReplaced,
+    /// The generation was current but younger than its `min_interval`: a token this fresh being
+    /// rejected means refreshing again will not help. Nothing was refreshed; report
+    /// [`AuthError::Rejected`].
+    TooSoon,
+}
+
+/// Counters since the manager started (all monotonic).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Calls to the strategy's `acquire` (attempts, successful or not).
+    pub acquires: u64,
+    /// Attempts that failed.
+    pub failures: u64,
+    /// Refreshes started while the current token was still servable (proactive).
+    pub proactive: u64,
+    /// Refreshes started because a server rejected the current token.
+    pub reactive: u64,
+    /// Callers that had to wait on the slow path (no servable token at hand).
+    pub waits: u64,
+}
+
+/// What the refresher last published; callers on the slow path watch it.
+#[derive(Debug, Clone, Default)]
+struct Published {
+    completed: u64,
+    last_error: Option<AuthError>,
+    halted: Option<AuthError>,
+    next_attempt: Option<Instant>,
+    shutdown: bool,
+}
+
+/// A snapshot for status pages, `doctor` and tests.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Status {
+    /// Generation of the servable token, if any.
+    pub generation: Option<u64>,
+    /// Its schedule.
+    pub schedule: Option<Schedule>,
+    /// The last failed attempt's error, cleared by a success.
+    pub last_error: Option<AuthError>,
+    /// The permanent error that stopped refreshing, if any.
+    pub halted: Option<AuthError>,
+    /// When the refresher will try next.
+    pub next_attempt: Option<Instant>,
+    /// Server clock minus ours, estimated from the token endpoint's `Date` header (seconds).
+    pub skew_secs: Option<f64>,
+    /// Counters.
+    pub stats: Stats,
+}
+
+struct Inner {
+    name: String,
+    clock: Arc<dyn Clock>,
+    cfg: RefreshConfig,
+    current: ArcSwapOption<Entry>,
+    wake: Notify,
+    stopping: Notify,
+    invalidated: AtomicU64,
+    forced: AtomicBool,
+    stop: AtomicBool,
+    published: watch::Sender<Published>,
+    skew_millis: AtomicU64,
+    counters: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    acquires: AtomicU64,
+    failures: AtomicU64,
+    proactive: AtomicU64,
+    reactive: AtomicU64,
+    waits: AtomicU64,
+}
+
+const NO_SKEW: u64 = u64::MAX;
+const NOT_INVALIDATED: u64 = u64::MAX;
+
+/// Stops the refresher when the last [`TokenManager`] clone is dropped.
+struct StopOnDrop(Arc<Inner>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.request_stop();
+    }
+}
+
+impl Inner {
+    /// Forgets a permanent halt (an operator or a server asked for a new token), so waiting
+    /// callers wait for the next attempt instead of getting the old error.
+    fn clear_halt(&self) {
+        self.published.send_if_modified(|p| {
+            let was = p.halted.is_some();
+            p.halted = None;
+            if was {
+                p.last_error = None;
+            }
+            was
+        });
+    }
+
+    fn request_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.wake.notify_one();
+        self.stopping.notify_one();
+    }
+}
+
+/// Keeps one credential's token fresh: proactive refresh in the background, reactive refresh on
+/// rejection, backoff on failure.
+///
+/// # Concurrency
+/// - [`TokenManager::token`] on a fresh token is a lock-free load (`arc-swap`), one clock read and
+///   a reference-count increment: no lock, no allocation, no await.
+/// - **Single flight**: only the manager's one refresher task ever calls
+///   [`AuthStrategy::acquire`], one call at a time. Any number of callers that find no servable
+///   token wait for that task's next attempt; they never start one of their own. N concurrent
+///   callers at expiry therefore cause exactly one `acquire`.
+/// - A caller never receives a token past its hard margin. While a refresh is failing the old
+///   token keeps being served until then; afterwards callers wait up to `wait_timeout` and get the
+///   attempt's error, or at once the last error if the next attempt lies beyond their wait.
+/// - A permanent error stops refreshing until [`TokenManager::refresh_now`] or
+///   [`TokenManager::invalidate`]; callers then get that error at once.
+///
+/// Cheap to clone; all clones share one token. The refresher stops when the last clone is dropped
+/// or on [`TokenManager::shutdown`].
+///
+/// # Example
+/// ```
+/// use std::time::Duration;
+/// use shiftkey_auth::{AuthError, AuthStrategy, TokenManager, TokenSet, Clock, TokioClock};
+///
+/// #[derive(Debug)]
+/// struct Static;
+///
+/// #[async_trait::async_trait]
+/// impl AuthStrategy for Static {
+///     async fn acquire(&self, _previous: Option<&TokenSet>) -> Result<TokenSet, AuthError> {
+///         let clock = TokioClock::new();
+///         Ok(TokenSet::new("t0k3n", Duration::from_secs(3600), clock.now(), clock.wall()))
+///     }
+///     fn name(&self) -> &str { "static" }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let manager = TokenManager::builder(Static).build()?;
+/// let token = manager.token().await?;
+/// assert_eq!(token.access_token.expose(), "t0k3n");
+/// assert_eq!(token.generation(), 1);
+/// manager.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct TokenManager {
+    inner: Arc<Inner>,
+    _stop: Arc<StopOnDrop>,
+}
+
+impl fmt::Debug for TokenManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenManager").field("name", &self.inner.name).finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`TokenManager`].
+#[derive(Debug)]
+pub struct TokenManagerBuilder<S> {
+    strategy: S,
+    cfg: RefreshConfig,
+    clock: Option<Arc<dyn Clock>>,
+    name: Option<String>,
+}
+
+impl<S: AuthStrategy + 'static> TokenManagerBuilder<S> {
+    /// The timing law's numbers (default: DESIGN §3.2).
+    #[must_use]
+    pub fn config(mut self, cfg: RefreshConfig) -> Self {
+        self.cfg = cfg;
+        self
+    }
+
+    /// The clock (default: [`TokioClock`]).
+    #[must_use]
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// The credential's name in logs (default: the strategy's name).
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Validates the configuration and starts the refresher task, which acquires the first token
+    /// at once. Must be called inside a tokio runtime.
+    pub fn build(self) -> Result<TokenManager, ConfigError> {
+        let planner = Planner::new(self.cfg.clone())?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| ConfigError::new("runtime", "TokenManager::build must run inside a tokio runtime"))?;
+        let clock = self.clock.unwrap_or_else(|| Arc::new(TokioClock::new()));
+        let name = self.name.unwrap_or_else(|| self.strategy.name().to_owned());
+        let inner = Arc::new(Inner {
+            name,
+            clock,
+            cfg: self.cfg,
+            current: ArcSwapOption::empty(),
+            wake: Notify::new(),
+            stopping: Notify::new(),
+            invalidated: AtomicU64::new(NOT_INVALIDATED),
+            forced: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            published: watch::Sender::new(Published::default()),
+            skew_millis: AtomicU64::new(NO_SKEW),
+            counters: Counters::default(),
+        });
+        runtime.spawn(refresher(Arc::clone(&inner), self.strategy, planner));
+        Ok(TokenManager { _stop: Arc::new(StopOnDrop(Arc::clone(&inner))), inner })
+    }
+}
+
+impl TokenManager {
+    /// A builder for a manager of `strategy`'s tokens.
+    pub fn builder<S: AuthStrategy + 'static>(strategy: S) -> TokenManagerBuilder<S> {
+        TokenManagerBuilder { strategy, cfg: RefreshConfig::default(), clock: None, name: None }
+    }
+
+    /// The credential's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The configuration in force.
+    #[must_use]
+    pub fn config(&self) -> &RefreshConfig {
+        &self.inner.cfg
+    }
+
+    /// The current token if it is servable now (before its hard margin), without waiting.
+    ///
+    /// This is the hot path: a lock-free load and one clock read.
+    #[must_use]
+    pub fn try_token(&self) -> Option<Token> {
+        let guard = self.inner.current.load();
+        let entry = guard.as_ref()?;
+        if self.inner.clock.now() < entry.schedule.hard_at {
+            Some(Token(Arc::clone(entry)))
+        } else {
+            None
+        }
+    }
+
+    /// A servable token: the current one, or the next one the refresher gets.
+    ///
+    /// Waits at most `wait_timeout`; see the type's docs for what it returns when refreshing fails.
+    pub async fn token(&self) -> Result<Token, AuthError> {
+        match self.try_token() {
+            Some(t) => Ok(t),
+            None => self.wait_for_token().await,
+        }
+    }
+
+    async fn wait_for_token(&self) -> Result<Token, AuthError> {
+        let inner = &self.inner;
+        inner.counters.waits.fetch_add(1, Ordering::Relaxed);
+        let mut rx = inner.published.subscribe();
+        let seen = rx.borrow_and_update().completed;
+        let deadline = inner.clock.now() + inner.cfg.wait_timeout;
+        inner.wake.notify_one();
+        loop {
+            if let Some(t) = self.try_token() {
+                return Ok(t);
+            }
+            {
+                let p = rx.borrow_and_update();
+                if p.shutdown {
+                    return Err(AuthError::Shutdown);
+                }
+                if let Some(e) = &p.halted {
+                    return Err(e.clone());
+                }
+                if let Some(e) = &p.last_error {
+                    let beyond_wait = p.next_attempt.is_some_and(|t| t > deadline);
+                    if p.completed > seen || beyond_wait {
+                        return Err(e.clone());
+                    }
+                }
+            }
+            let now = inner.clock.now();
+            if now >= deadline {
+                return Err(AuthError::transient(
+                    TransientKind::Timeout,
+                    format!("no token for `{}` within {:?}", inner.name, inner.cfg.wait_timeout),
+                ));
+            }
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return Err(AuthError::Shutdown);
+                    }
+                }
+                () = inner.clock.sleep(deadline - now) => {}
+            }
+        }
+    }
+
+    /// Reports that a server rejected the token of `generation` (DESIGN §3.3).
+    ///
+    /// Refreshes only if that generation is still current, so any number of requests that failed
+    /// with the same dead token cause one refresh. Bypasses `min_interval`, except that a token
+    /// younger than its `min_interval` is not refreshed again ([`Invalidation::TooSoon`]).
+    pub fn invalidate(&self, generation: u64) -> Invalidation {
+        let inner = &self.inner;
+        let guard = inner.current.load();
+        let Some(entry) = guard.as_ref() else {
+            // Nothing servable: a refresh is already wanted; make sure the refresher knows.
+            inner.wake.notify_one();
+            return Invalidation::AlreadyReplaced;
+        };
+        if entry.token.generation != generation {
+            return Invalidation::AlreadyReplaced;
+        }
+        let age = entry.token.age(inner.clock.now());
+        if age < entry.schedule.margins.min_interval {
+            return Invalidation::TooSoon;
+        }
+        // Only the first reporter of this generation swaps it out; the rest see it gone.
+        let prev = inner.current.compare_and_swap(&*guard, None::<Arc<Entry>>);
+        let swapped = prev.as_ref().is_some_and(|p| Arc::ptr_eq(p, entry));
+        if swapped {
+            inner.clear_halt();
+            inner.invalidated.store(generation, Ordering::Release);
+            inner.wake.notify_one();
+            tracing::info!(credential = %inner.name, generation, "token rejected by server; refreshing");
+        }
+        Invalidation::Refreshing
+    }
+
+    /// Asks for a refresh now, whatever the schedule (operator action: `token refresh`). Clears a
+    /// permanent halt and any backoff. The current token stays servable meanwhile.
+    pub fn refresh_now(&self) {
+        self.inner.clear_halt();
+        self.inner.forced.store(true, Ordering::Release);
+        self.inner.wake.notify_one();
+    }
+
+    /// A snapshot of the manager's state.
+    #[must_use]
+    pub fn status(&self) -> Status {
+        let inner = &self.inner;
+        let current = inner.current.load_full();
+        let p = inner.published.borrow().clone();
+        let skew = inner.skew_millis.load(Ordering::Relaxed);
+        Status {
+            generation: current.as_ref().map(|e| e.token.generation),
+            schedule: current.as_ref().map(|e| e.schedule),
+            last_error: p.last_error,
+            halted: p.halted,
+            next_attempt: p.next_attempt,
+            skew_secs: (skew != NO_SKEW).then(|| (skew as i64) as f64 / 1000.0),
+            stats: self.stats(),
+        }
+    }
+
+    /// Counters since start.
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        let c = &self.inner.counters;
+        Stats {
+            acquires: c.acquires.load(Ordering::Relaxed),
+            failures: c.failures.load(Ordering::Relaxed),
+            proactive: c.proactive.load(Ordering::Relaxed),
+            reactive: c.reactive.load(Ordering::Relaxed),
+            waits: c.waits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops the refresher and waits until it has stopped. Callers waiting for a token get
+    /// [`AuthError::Shutdown`]; the current token stays readable through `try_token`.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        let mut rx = inner.published.subscribe();
+        inner.request_stop();
+        // The refresher publishes `shutdown` as its last act; a dropped sender means it is gone.
+        while !rx.borrow_and_update().shutdown {
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// Records the server's clock skew reported by a strategy (see [`TokenSet`]) for `status`.
+fn record_skew(inner: &Inner, server_date: Option<SystemTime>, sent_wall: SystemTime) {
+    if let Some(date) = server_date {
+        // `Date` has one-second resolution; this is an estimate, good for doctor and alerts.
+        let skew_ms: i64 = match date.duration_since(sent_wall) {
+            Ok(ahead) => i64::try_from(ahead.as_millis()).unwrap_or(i64::MAX),
+            Err(behind) => -i64::try_from(behind.duration().as_millis()).unwrap_or(i64::MAX),
+        };
+        inner.skew_millis.store(skew_ms as u64, Ordering::Relaxed);
+    }
+}
+
+async fn refresher<S: AuthStrategy>(inner: Arc<Inner>, strategy: S, mut planner: Planner) {
+    let mut last: Option<TokenSet> = None;
+    let mut generation: u64 = 0;
+    loop {
+        if inner.stop.load(Ordering::Acquire) {
+            break;
+        }
+        // Take requests that arrived since the last turn.
+        let invalidated = inner.invalidated.swap(NOT_INVALIDATED, Ordering::AcqRel);
+        let reactive = invalidated != NOT_INVALIDATED && invalidated == generation;
+        if reactive {
+            planner.on_invalidated();
+        }
+        let forced = inner.forced.swap(false, Ordering::AcqRel);
+        if forced {
+            planner.on_forced();
+        }
+        let now = inner.clock.now();
+        let next = planner.next_attempt(now);
+        inner.published.send_modify(|p| {
+            p.next_attempt = next;
+            if !planner.halted() {
+                p.halted = None;
+            }
+        });
+        match next {
+            Some(at) if at <= now => {}
+            Some(at) => {
+                tokio::select! {
+                    () = inner.clock.sleep(at - now) => {}
+                    () = inner.wake.notified() => {}
+                }
+                continue;
+            }
+            None => {
+                inner.wake.notified().await;
+                continue;
+            }
+        }
+
+        // Attempt.
+        let proactive = planner.current().is_some_and(|s| now < s.hard_at) && !reactive && !forced;
+        if proactive {
+            inner.counters.proactive.fetch_add(1, Ordering::Relaxed);
+        }
+        if reactive {
+            inner.counters.reactive.fetch_add(1, Ordering::Relaxed);
+        }
+        inner.counters.acquires.fetch_add(1, Ordering::Relaxed);
+        planner.on_start(now);
+        let started_wall = inner.clock.wall();
+        let timeout = inner.cfg.acquire_timeout;
+        let outcome = tokio::select! {
+            r = strategy.acquire(last.as_ref()) => r,
+            () = inner.clock.sleep(timeout) => Err(AuthError::transient(
+                TransientKind::Timeout,
+                format!("`{}` acquire took longer than {timeout:?}", strategy.name()),
+            )),
+            () = wait_stop(&inner) => break,
+        };
+        let end = inner.clock.now();
+        match outcome {
+            Ok(mut token) => {
+                generation += 1;
+                record_skew(&inner, token.server_date, started_wall);
+                // Scheduling counts from when the request was sent.
+                token.issued_at = now;
+                token.issued_at_wall = started_wall;
+                token.generation = generation;
+                let schedule = planner.on_success(end, now, token.lifetime);
+                tracing::info!(
+                    credential = %inner.name,
+                    generation,
+                    lifetime_s = token.lifetime.as_secs_f64(),
+                    refresh_in_s = schedule.refresh_at.saturating_duration_since(end).as_secs_f64(),
+                    proactive,
+                    reactive,
+                    "token acquired"
+                );
+                last = Some(token.clone());
+                inner.current.store(Some(Arc::new(Entry { token, schedule })));
+                inner.published.send_modify(|p| {
+                    p.completed += 1;
+                    p.last_error = None;
+                    p.halted = None;
+                });
+            }
+            Err(error) => {
+                inner.counters.failures.fetch_add(1, Ordering::Relaxed);
+                let backoff = planner.on_failure(end, &error);
+                if error.is_permanent() {
+                    tracing::error!(credential = %inner.name, %error, "token refresh failed permanently; refreshing stopped until an operator acts");
+                } else {
+                    tracing::warn!(credential = %inner.name, %error, failures = planner.failures(), backoff_s = backoff.as_secs_f64(), "token refresh failed; backing off");
+                }
+                let next = planner.next_attempt(end);
+                inner.published.send_modify(|p| {
+                    p.completed += 1;
+                    p.next_attempt = next;
+                    if error.is_permanent() {
+                        p.halted = Some(error.clone());
+                    }
+                    p.last_error = Some(error);
+                });
+            }
+        }
+    }
+    inner.published.send_modify(|p| {
+        p.shutdown = true;
+        p.next_attempt = None;
+    });
+    tracing::debug!(credential = %inner.name, "token refresher stopped");
+}
+
+async fn wait_stop(inner: &Inner) {
+    while !inner.stop.load(Ordering::Acquire) {
+        inner.stopping.notified().await;
+    }
+}

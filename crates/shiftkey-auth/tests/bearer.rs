@@ -1,0 +1,1 @@
+//! The bearer login strategy against a small login endpoint on loopback.
