@@ -1,1 +1,3 @@
+//! Cross-crate integration tests against real servers on loopback.
 
+mod oauth;
