@@ -1,3 +1,5 @@
 //! Cross-crate integration tests against real servers on loopback.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
 mod oauth;

@@ -1,1 +1,128 @@
-fn main() {}
+//! shiftkey's build tasks (`cargo xtask <task>`), in the manner of rust-analyzer's xtask.
+//!
+//! - `test`: installs the npm packages the tests need (once), then runs the whole test suite.
+//! - `proptest [--cases N]`: the property suites with N cases each (default 100 000).
+//! - `bench`: the criterion benchmarks.
+//! - `ci`: what `.ci/run` runs after installing system packages: test, fmt, clippy, deny.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            #[allow(clippy::print_stderr, reason = "the binary's one error report")]
+            {
+                eprintln!("xtask: {e:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let task = args.first().map(String::as_str).unwrap_or("help");
+    match task {
+        "test" => test(),
+        "proptest" => proptest(&args[1..]),
+        "bench" => cargo(&["bench", "--workspace"]),
+        "ci" => ci(),
+        "help" | "--help" | "-h" => {
+            say("usage: cargo xtask <test | proptest [--cases N] | bench | ci>");
+            Ok(())
+        }
+        other => bail!("unknown task `{other}`; try `cargo xtask help`"),
+    }
+}
+
+#[allow(clippy::print_stdout, reason = "xtask reports to the terminal")]
+fn say(line: &str) {
+    println!("{line}");
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    status(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args(args).current_dir(root()))
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let st = cmd.status().with_context(|| format!("could not start {shown}"))?;
+    if !st.success() {
+        bail!("{shown} failed ({st})");
+    }
+    Ok(())
+}
+
+/// The npm packages of the test servers (`tests/oidc`), installed from the lock file when missing.
+fn npm_packages() -> Result<()> {
+    let dir = root().join("tests/oidc");
+    if dir.join("node_modules/oidc-provider").is_dir() {
+        return Ok(());
+    }
+    say("xtask: installing the OAuth test server's npm packages (npm ci)");
+    status(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir))
+        .context("`npm ci` failed: install Node.js 20+ and npm (`apt-get install -y nodejs npm`)")
+}
+
+fn test() -> Result<()> {
+    npm_packages()?;
+    cargo(&["test", "--workspace", "--all-targets"])?;
+    cargo(&["test", "--workspace", "--doc"])
+}
+
+fn proptest(args: &[String]) -> Result<()> {
+    let mut cases: u64 = 100_000;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--cases" => {
+                let v = it.next().context("--cases needs a number")?;
+                cases = v.parse().with_context(|| format!("--cases: `{v}` is not a number"))?;
+            }
+            other => bail!("proptest: unknown argument `{other}` (usage: cargo xtask proptest [--cases N])"),
+        }
+    }
+    // Each suite is a module of a crate's test binary; run them one by one for a line each.
+    let suites: &[(&str, &str, &str)] = &[
+        ("shiftkey-auth", "tests", "timing_props::"),
+        ("shiftkey-auth", "tests", "manager::no_caller_ever_gets"),
+    ];
+    cargo(&["build", "--release", "--tests", "-p", "shiftkey-auth"])?;
+    let mut summary = Vec::new();
+    for (package, test, filter) in suites {
+        #[allow(clippy::disallowed_methods, reason = "xtask reports wall time; no decision depends on it")]
+        let started = Instant::now();
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["test", "--release", "-q", "-p", package, "--test", test, "--", filter])
+            .env("PROPTEST_CASES", cases.to_string())
+            .current_dir(root());
+        let result = status(&mut cmd);
+        let line = format!(
+            "proptest {package}::{filter:<32} cases={cases:<7} {} in {:.1}s",
+            if result.is_ok() { "ok" } else { "FAILED" },
+            started.elapsed().as_secs_f64()
+        );
+        summary.push(line);
+        result?;
+    }
+    for line in summary {
+        say(&line);
+    }
+    Ok(())
+}
+
+fn ci() -> Result<()> {
+    test()?;
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    cargo(&["deny", "check", "licenses", "bans", "sources"])
+}
