@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use shiftkey_auth::strategies::{ClientAuth, JwtAlgorithm, OAuthClient, OAuthPassword, OAuthRefresh, PrivateKeyJwt, ServiceAccount};
+use shiftkey_auth::strategies::{
+    ClientAuth, JwtAlgorithm, OAuthClient, OAuthPassword, OAuthRefresh, PrivateKeyJwt,
+    ServiceAccount,
+};
 use shiftkey_auth::timing::RefreshConfig;
 use shiftkey_auth::{AuthError, AuthStrategy, LifetimeSource, PermanentKind, TokenManager};
 use shiftkey_tests::oidc::OidcServer;
@@ -12,12 +15,20 @@ fn client(server: &OidcServer, id: &str, auth: ClientAuth) -> OAuthClient {
 }
 
 fn app(server: &OidcServer) -> OAuthClient {
-    client(server, "app", ClientAuth::SecretBasic("app-secret".into())).with_scopes(["openid", "offline_access", "api"])
+    client(server, "app", ClientAuth::SecretBasic("app-secret".into())).with_scopes([
+        "openid",
+        "offline_access",
+        "api",
+    ])
 }
 
 fn refreshing(server: &OidcServer) -> OAuthRefresh {
     let app = app(server);
-    OAuthRefresh::new(app.clone()).with_fallback(OAuthPassword::new(app, "alice", "wonderland".into()))
+    OAuthRefresh::new(app.clone()).with_fallback(OAuthPassword::new(
+        app,
+        "alice",
+        "wonderland".into(),
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,15 +36,24 @@ async fn client_credentials_with_basic_and_post_secrets() {
     let server = OidcServer::start(600);
     let http = reqwest::Client::new();
     for (id, auth) in [
-        ("svc-basic", ClientAuth::SecretBasic("svc-basic-secret".into())),
+        (
+            "svc-basic",
+            ClientAuth::SecretBasic("svc-basic-secret".into()),
+        ),
         ("svc-post", ClientAuth::SecretPost("svc-post-secret".into())),
     ] {
-        let token = ServiceAccount::new(client(&server, id, auth)).acquire(None).await.unwrap();
+        let token = ServiceAccount::new(client(&server, id, auth))
+            .acquire(None)
+            .await
+            .unwrap();
         assert_eq!(token.lifetime, Duration::from_secs(600), "{id}");
         assert_eq!(token.lifetime_source, LifetimeSource::ExpiresIn);
         assert!(token.refresh_token.is_none());
         assert!(token.server_date.is_some(), "Date header read for skew");
-        assert!(server.is_active(&http, token.access_token.expose()).await, "{id}");
+        assert!(
+            server.is_active(&http, token.access_token.expose()).await,
+            "{id}"
+        );
     }
     // Basic is sent as a header, post in the body: the server saw each client authenticate.
     assert_eq!(server.successes("client_credentials"), 2);
@@ -43,8 +63,14 @@ async fn client_credentials_with_basic_and_post_secrets() {
 async fn client_credentials_with_private_key_jwt_uses_a_fresh_assertion_each_time() {
     let server = OidcServer::start(600);
     let pem = std::fs::read(server.jwt_key_path()).unwrap();
-    let signer = PrivateKeyJwt::from_pem(&pem, JwtAlgorithm::ES256).unwrap().with_kid("svc-jwt-key");
-    let strategy = ServiceAccount::new(client(&server, "svc-jwt", ClientAuth::PrivateKeyJwt(signer.clone())));
+    let signer = PrivateKeyJwt::from_pem(&pem, JwtAlgorithm::ES256)
+        .unwrap()
+        .with_kid("svc-jwt-key");
+    let strategy = ServiceAccount::new(client(
+        &server,
+        "svc-jwt",
+        ClientAuth::PrivateKeyJwt(signer.clone()),
+    ));
     // oidc-provider refuses a replayed assertion (same jti), so two successes prove freshness.
     for _ in 0..2 {
         strategy.acquire(None).await.unwrap();
@@ -56,10 +82,25 @@ async fn client_credentials_with_private_key_jwt_uses_a_fresh_assertion_each_tim
     let claims = |a: &str| -> serde_json::Value {
         use base64::Engine as _;
         let payload = a.split('.').nth(1).unwrap();
-        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap()
     };
-    let a = claims(signer.assertion("svc-jwt", server.token_url().as_str(), &clock).unwrap().expose());
-    let b = claims(signer.assertion("svc-jwt", server.token_url().as_str(), &clock).unwrap().expose());
+    let a = claims(
+        signer
+            .assertion("svc-jwt", server.token_url().as_str(), &clock)
+            .unwrap()
+            .expose(),
+    );
+    let b = claims(
+        signer
+            .assertion("svc-jwt", server.token_url().as_str(), &clock)
+            .unwrap()
+            .expose(),
+    );
     assert_eq!(a["iss"], "svc-jwt");
     assert_eq!(a["sub"], "svc-jwt");
     assert_eq!(a["aud"], server.token_url().as_str());
@@ -69,9 +110,22 @@ async fn client_credentials_with_private_key_jwt_uses_a_fresh_assertion_each_tim
 
     // A key the server does not know is refused permanently.
     let other = PrivateKeyJwt::from_pem(&pem, JwtAlgorithm::ES256).unwrap();
-    let wrong_client = ServiceAccount::new(client(&server, "svc-basic", ClientAuth::PrivateKeyJwt(other)));
+    let wrong_client = ServiceAccount::new(client(
+        &server,
+        "svc-basic",
+        ClientAuth::PrivateKeyJwt(other),
+    ));
     let err = wrong_client.acquire(None).await.unwrap_err();
-    assert!(matches!(err, AuthError::Permanent { kind: PermanentKind::InvalidClient, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            AuthError::Permanent {
+                kind: PermanentKind::InvalidClient,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,12 +133,20 @@ async fn refresh_rotates_and_the_rotated_token_is_kept() {
     let server = OidcServer::start(600);
     let strategy = refreshing(&server);
     let first = strategy.acquire(None).await.unwrap();
-    assert_eq!(server.successes("password"), 1, "no refresh token yet: fell back to the password grant");
+    assert_eq!(
+        server.successes("password"),
+        1,
+        "no refresh token yet: fell back to the password grant"
+    );
     let second = strategy.acquire(Some(&first)).await.unwrap();
     let third = strategy.acquire(Some(&second)).await.unwrap();
     assert_eq!(server.successes("refresh_token"), 2);
     assert_eq!(server.successes("password"), 1, "refresh, not re-login");
-    let (r1, r2, r3) = (first.refresh_token.unwrap(), second.refresh_token.unwrap(), third.refresh_token.unwrap());
+    let (r1, r2, r3) = (
+        first.refresh_token.unwrap(),
+        second.refresh_token.unwrap(),
+        third.refresh_token.unwrap(),
+    );
     assert_ne!(r1, r2, "rotated");
     assert_ne!(r2, r3, "rotated again");
 }
@@ -99,11 +161,34 @@ async fn reusing_a_rotated_refresh_token_is_permanent_and_revokes_the_family() {
 
     // A sibling still holding the old refresh token presents it: invalid_grant, permanent.
     let err = plain.acquire(Some(&first)).await.unwrap_err();
-    assert!(matches!(err, AuthError::Permanent { kind: PermanentKind::InvalidGrant, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            AuthError::Permanent {
+                kind: PermanentKind::InvalidGrant,
+                ..
+            }
+        ),
+        "{err}"
+    );
     // The server revoked the whole grant: the newest refresh token is dead too.
     let err = plain.acquire(Some(&second)).await.unwrap_err();
-    assert!(matches!(err, AuthError::Permanent { kind: PermanentKind::InvalidGrant, .. }), "{err}");
-    assert!(server.events().iter().any(|e| e["detail"] == "refresh token already used"));
+    assert!(
+        matches!(
+            err,
+            AuthError::Permanent {
+                kind: PermanentKind::InvalidGrant,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        server
+            .events()
+            .iter()
+            .any(|e| e["detail"] == "refresh token already used")
+    );
 
     // With a fallback configured, the strategy re-authenticates instead of giving up.
     let healed = refreshing(&server).acquire(Some(&second)).await.unwrap();
@@ -114,14 +199,39 @@ async fn reusing_a_rotated_refresh_token_is_permanent_and_revokes_the_family() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_secret_and_wrong_password_are_permanent() {
     let server = OidcServer::start(600);
-    let bad = ServiceAccount::new(client(&server, "svc-basic", ClientAuth::SecretBasic("nope".into())));
+    let bad = ServiceAccount::new(client(
+        &server,
+        "svc-basic",
+        ClientAuth::SecretBasic("nope".into()),
+    ));
     let err = bad.acquire(None).await.unwrap_err();
-    assert!(matches!(err, AuthError::Permanent { kind: PermanentKind::InvalidClient, .. }), "{err}");
-    assert!(!format!("{err:?}").contains("nope"), "the secret never appears in an error");
+    assert!(
+        matches!(
+            err,
+            AuthError::Permanent {
+                kind: PermanentKind::InvalidClient,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        !format!("{err:?}").contains("nope"),
+        "the secret never appears in an error"
+    );
 
     let login = OAuthPassword::new(app(&server), "alice", "not-her-password".into());
     let err = login.acquire(None).await.unwrap_err();
-    assert!(matches!(err, AuthError::Permanent { kind: PermanentKind::BadCredentials, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            AuthError::Permanent {
+                kind: PermanentKind::BadCredentials,
+                ..
+            }
+        ),
+        "{err}"
+    );
 
     // The manager stops after a permanent error instead of hammering the server.
     let manager = TokenManager::builder(bad).build().unwrap();
@@ -134,7 +244,10 @@ async fn wrong_secret_and_wrong_password_are_permanent() {
 async fn four_second_tokens_are_refreshed_proactively_and_never_sent_expired() {
     let server = OidcServer::start(4);
     let http = reqwest::Client::new();
-    let manager = TokenManager::builder(refreshing(&server)).config(RefreshConfig::default()).build().unwrap();
+    let manager = TokenManager::builder(refreshing(&server))
+        .config(RefreshConfig::default())
+        .build()
+        .unwrap();
     let started = tokio::time::Instant::now();
     let mut checked = 0;
     let mut generations = std::collections::BTreeSet::new();
@@ -154,9 +267,16 @@ async fn four_second_tokens_are_refreshed_proactively_and_never_sent_expired() {
     let stats = manager.stats();
     assert!(checked > 40, "{checked}");
     assert!(stats.proactive >= 4, "{stats:?}");
-    assert!(stats.waits <= 1, "only the first call (no token yet) may wait; refresh ran ahead of expiry: {stats:?}");
+    assert!(
+        stats.waits <= 1,
+        "only the first call (no token yet) may wait; refresh ran ahead of expiry: {stats:?}"
+    );
     assert_eq!(stats.failures, 0);
     assert!(generations.len() >= 5, "{generations:?}");
-    assert_eq!(server.successes("password"), 1, "one login, then only refreshes");
+    assert_eq!(
+        server.successes("password"),
+        1,
+        "one login, then only refreshes"
+    );
     assert!(server.successes("refresh_token") >= 4);
 }

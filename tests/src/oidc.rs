@@ -48,7 +48,8 @@ impl OidcServer {
             "oidc-provider is not installed: run `npm ci --prefix {}` (or `cargo xtask test`, which does it)",
             dir.display()
         );
-        let tmp = std::env::temp_dir().join(format!("shiftkey-oidc-{}-{}", std::process::id(), unique()));
+        let tmp =
+            std::env::temp_dir().join(format!("shiftkey-oidc-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&tmp).unwrap_or_else(|e| panic!("creating {}: {e}", tmp.display()));
         let key_path = tmp.join("svc-jwt.pem");
         let mut child = Command::new("node")
@@ -62,14 +63,19 @@ impl OidcServer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("starting node failed ({e}): install Node.js 20+ (`apt-get install -y nodejs npm`)"));
-        let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout from node"));
+        let stdout = child
+            .stdout
+            .take()
+            .unwrap_or_else(|| panic!("no stdout from node"));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&events);
         std::thread::spawn(move || {
             let mut ready = Some(ready_tx);
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
+                let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
                 if v.get("ready").is_some() {
                     if let Some(tx) = ready.take() {
                         let _ = tx.send(v);
@@ -82,8 +88,17 @@ impl OidcServer {
         let ready = ready_rx
             .recv_timeout(Duration::from_secs(20))
             .unwrap_or_else(|_| panic!("oidc-provider did not start within 20 s"));
-        let issuer = ready["issuer"].as_str().and_then(|s| Url::parse(s).ok()).unwrap_or_else(|| panic!("bad ready line {ready}"));
-        Self { child, issuer, key_path, events, _dir: TempDir(tmp) }
+        let issuer = ready["issuer"]
+            .as_str()
+            .and_then(|s| Url::parse(s).ok())
+            .unwrap_or_else(|| panic!("bad ready line {ready}"));
+        Self {
+            child,
+            issuer,
+            key_path,
+            events,
+            _dir: TempDir(tmp),
+        }
     }
 
     /// The issuer URL (`http://127.0.0.1:PORT`).
@@ -103,17 +118,26 @@ impl OidcServer {
 
     /// Token-endpoint events so far (`grant.success`, `grant.error` with `detail`, `grant.revoked`).
     pub fn events(&self) -> Vec<Value> {
-        self.events.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Token-endpoint successes of `grant_type` so far.
     pub fn successes(&self, grant_type: &str) -> usize {
-        self.events().iter().filter(|e| e["event"] == "grant.success" && e["grant_type"] == grant_type).count()
+        self.events()
+            .iter()
+            .filter(|e| e["event"] == "grant.success" && e["grant_type"] == grant_type)
+            .count()
     }
 
     /// Whether the server considers `access_token` active now (its introspection endpoint).
     pub async fn is_active(&self, http: &reqwest::Client, access_token: &str) -> bool {
-        let url = self.issuer.join("/token/introspection").unwrap_or_else(|e| panic!("{e}"));
+        let url = self
+            .issuer
+            .join("/token/introspection")
+            .unwrap_or_else(|e| panic!("{e}"));
         let answer: Value = http
             .post(url)
             .basic_auth("svc-basic", Some("svc-basic-secret"))

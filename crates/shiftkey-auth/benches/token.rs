@@ -3,8 +3,15 @@
 //! `cargo bench -p shiftkey-auth --bench token` (or `cargo xtask bench`). Figures and ratios are
 //! recorded in `docs/benchmarks.md`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmarks fail loudly")]
-#![allow(missing_docs, reason = "criterion_group! generates undocumented functions")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "benchmarks fail loudly"
+)]
+#![allow(
+    missing_docs,
+    reason = "criterion_group! generates undocumented functions"
+)]
 
 use std::hint::black_box;
 use std::sync::{Arc, Mutex};
@@ -21,6 +28,12 @@ struct MutexHolder {
 }
 
 impl MutexHolder {
+    fn generation(&self) -> Option<u64> {
+        let guard = self.current.lock().unwrap();
+        let (token, hard_at) = guard.as_ref()?;
+        (self.clock.now() < *hard_at).then_some(token.generation)
+    }
+
     fn token(&self) -> Option<Arc<TokenSet>> {
         let guard = self.current.lock().unwrap();
         let (token, hard_at) = guard.as_ref()?;
@@ -29,12 +42,21 @@ impl MutexHolder {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn fresh_manager(rt: &tokio::runtime::Runtime) -> TokenManager {
     rt.block_on(async {
-        let m = TokenManager::builder(ScriptedStrategy::new(Duration::from_secs(8 * 3600), Duration::ZERO)).build().unwrap();
+        let m = TokenManager::builder(ScriptedStrategy::new(
+            Duration::from_secs(8 * 3600),
+            Duration::ZERO,
+        ))
+        .build()
+        .unwrap();
         m.token().await.unwrap();
         m
     })
@@ -42,7 +64,10 @@ fn fresh_manager(rt: &tokio::runtime::Runtime) -> TokenManager {
 
 fn mutex_holder(manager: &TokenManager) -> Arc<MutexHolder> {
     let t = manager.try_token().unwrap();
-    Arc::new(MutexHolder { clock: TokioClock::new(), current: Mutex::new(Some((Arc::new((*t).clone()), t.hard_deadline()))) })
+    Arc::new(MutexHolder {
+        clock: TokioClock::new(),
+        current: Mutex::new(Some((Arc::new((*t).clone()), t.hard_deadline()))),
+    })
 }
 
 /// Runs `op` `iters` times spread over `threads` threads; returns the wall time of the slowest.
@@ -63,7 +88,11 @@ fn contended<F: Fn() + Send + Sync + 'static>(threads: u64, iters: u64, op: Arc<
             })
         })
         .collect();
-    handles.into_iter().map(|h| h.join().unwrap()).max().unwrap_or_default()
+    handles
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .max()
+        .unwrap_or_default()
 }
 
 fn hot_path(c: &mut Criterion) {
@@ -73,29 +102,72 @@ fn hot_path(c: &mut Criterion) {
     let _guard = rt.enter();
 
     let mut g = c.benchmark_group("token_fresh");
-    g.bench_function("manager_try_token/1_thread", |b| b.iter(|| black_box(manager.try_token())));
-    g.bench_function("mutex_baseline/1_thread", |b| b.iter(|| black_box(baseline.token())));
+    g.bench_function("manager_try_token/1_thread", |b| {
+        b.iter(|| black_box(manager.try_token()))
+    });
+    g.bench_function("mutex_baseline/1_thread", |b| {
+        b.iter(|| black_box(baseline.token()))
+    });
+    g.bench_function("manager_with_token/1_thread", |b| {
+        b.iter(|| black_box(manager.with_token(|t| t.generation)))
+    });
+    g.bench_function("mutex_baseline_read/1_thread", |b| {
+        b.iter(|| black_box(baseline.generation()))
+    });
+    let clock = TokioClock::new();
+    g.bench_function("clock_now_only/1_thread", |b| {
+        b.iter(|| black_box(clock.now()))
+    });
     g.bench_function("manager_token_async/1_thread", |b| {
-        b.to_async(&rt).iter(|| async { black_box(manager.token().await.unwrap()) })
+        b.to_async(&rt)
+            .iter(|| async { black_box(manager.token().await.unwrap()) })
     });
     {
         let threads = 2u64;
         let m = manager.clone();
-        g.bench_function(BenchmarkId::new("manager_try_token", format!("{threads}_threads")), |b| {
-            let m = m.clone();
-            let op = Arc::new(move || {
-                black_box(m.try_token());
-            });
-            b.iter_custom(|iters| contended(threads, iters, Arc::clone(&op)))
-        });
+        g.bench_function(
+            BenchmarkId::new("manager_try_token", format!("{threads}_threads")),
+            |b| {
+                let m = m.clone();
+                let op = Arc::new(move || {
+                    black_box(m.try_token());
+                });
+                b.iter_custom(|iters| contended(threads, iters, Arc::clone(&op)))
+            },
+        );
+        let m2 = manager.clone();
+        g.bench_function(
+            BenchmarkId::new("manager_with_token", format!("{threads}_threads")),
+            |b| {
+                let m = m2.clone();
+                let op = Arc::new(move || {
+                    black_box(m.with_token(|t| t.generation));
+                });
+                b.iter_custom(|iters| contended(threads, iters, Arc::clone(&op)))
+            },
+        );
+        let base2 = Arc::clone(&baseline);
+        g.bench_function(
+            BenchmarkId::new("mutex_baseline_read", format!("{threads}_threads")),
+            |b| {
+                let base = Arc::clone(&base2);
+                let op = Arc::new(move || {
+                    black_box(base.generation());
+                });
+                b.iter_custom(|iters| contended(threads, iters, Arc::clone(&op)))
+            },
+        );
         let base = Arc::clone(&baseline);
-        g.bench_function(BenchmarkId::new("mutex_baseline", format!("{threads}_threads")), |b| {
-            let base = Arc::clone(&base);
-            let op = Arc::new(move || {
-                black_box(base.token());
-            });
-            b.iter_custom(|iters| contended(threads, iters, Arc::clone(&op)))
-        });
+        g.bench_function(
+            BenchmarkId::new("mutex_baseline", format!("{threads}_threads")),
+            |b| {
+                let base = Arc::clone(&base);
+                let op = Arc::new(move || {
+                    black_box(base.token());
+                });
+                b.iter_custom(|iters| contended(threads, iters, Arc::clone(&op)))
+            },
+        );
     }
     g.finish();
 }
@@ -109,7 +181,8 @@ fn stampede(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 total += rt.block_on(async {
-                    let strategy = ScriptedStrategy::new(Duration::from_secs(3600), Duration::from_millis(1));
+                    let strategy =
+                        ScriptedStrategy::new(Duration::from_secs(3600), Duration::from_millis(1));
                     let m = TokenManager::builder(strategy.clone()).build().unwrap();
                     #[allow(clippy::disallowed_methods, reason = "benchmark timing")]
                     let start = Instant::now();
@@ -123,7 +196,11 @@ fn stampede(c: &mut Criterion) {
                         assert_eq!(t.await.unwrap().unwrap(), 1);
                     }
                     let elapsed = start.elapsed();
-                    assert_eq!(strategy.calls(), 1, "exactly one acquire for 10 000 callers");
+                    assert_eq!(
+                        strategy.calls(),
+                        1,
+                        "exactly one acquire for 10 000 callers"
+                    );
                     m.shutdown().await;
                     elapsed
                 });

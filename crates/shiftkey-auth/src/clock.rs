@@ -42,7 +42,10 @@ impl TokioClock {
     pub fn new() -> Self {
         #[allow(clippy::disallowed_methods, reason = "the one real clock")]
         let origin_wall = SystemTime::now();
-        Self { origin: tokio::time::Instant::now(), origin_wall }
+        Self {
+            origin: tokio::time::Instant::now(),
+            origin_wall,
+        }
     }
 }
 

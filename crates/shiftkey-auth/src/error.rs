@@ -51,12 +51,19 @@ pub enum AuthError {
 impl AuthError {
     /// A transient error of `kind`.
     pub fn transient(kind: TransientKind, detail: impl Into<String>) -> Self {
-        Self::Transient { kind, detail: detail.into(), retry_after: None }
+        Self::Transient {
+            kind,
+            detail: detail.into(),
+            retry_after: None,
+        }
     }
 
     /// A permanent error of `kind`.
     pub fn permanent(kind: PermanentKind, detail: impl Into<String>) -> Self {
-        Self::Permanent { kind, detail: detail.into() }
+        Self::Permanent {
+            kind,
+            detail: detail.into(),
+        }
     }
 
     /// Whether backing off and trying again can help.
@@ -147,6 +154,9 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        Self { field, reason: reason.into() }
+        Self {
+            field,
+            reason: reason.into(),
+        }
     }
 }

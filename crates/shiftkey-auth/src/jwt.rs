@@ -41,14 +41,21 @@ mod tests {
     use super::*;
 
     fn jwt(payload: &str) -> String {
-        format!("eyJhbGciOiJub25lIn0.{}.sig", URL_SAFE_NO_PAD.encode(payload))
+        format!(
+            "eyJhbGciOiJub25lIn0.{}.sig",
+            URL_SAFE_NO_PAD.encode(payload)
+        )
     }
 
     #[test]
     fn reads_exp_minus_iat() {
         let now = UNIX_EPOCH + Duration::from_secs(1_000);
         let check = |payload: &str, want: Option<u64>| {
-            assert_eq!(jwt_lifetime(&jwt(payload), now), want.map(Duration::from_secs), "{payload}");
+            assert_eq!(
+                jwt_lifetime(&jwt(payload), now),
+                want.map(Duration::from_secs),
+                "{payload}"
+            );
         };
         check(r#"{"exp":1300,"iat":1000}"#, Some(300));
         check(r#"{"exp":1600}"#, Some(600));

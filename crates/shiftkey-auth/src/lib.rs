@@ -56,8 +56,8 @@ mod clock;
 mod error;
 mod jwt;
 mod manager;
-mod strategy;
 pub mod strategies;
+mod strategy;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod timing;

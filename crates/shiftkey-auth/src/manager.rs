@@ -233,7 +233,9 @@ pub struct TokenManager {
 
 impl fmt::Debug for TokenManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenManager").field("name", &self.inner.name).finish_non_exhaustive()
+        f.debug_struct("TokenManager")
+            .field("name", &self.inner.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -272,8 +274,12 @@ impl<S: AuthStrategy + 'static> TokenManagerBuilder<S> {
     /// at once. Must be called inside a tokio runtime.
     pub fn build(self) -> Result<TokenManager, ConfigError> {
         let planner = Planner::new(self.cfg.clone())?;
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| ConfigError::new("runtime", "TokenManager::build must run inside a tokio runtime"))?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            ConfigError::new(
+                "runtime",
+                "TokenManager::build must run inside a tokio runtime",
+            )
+        })?;
         let clock = self.clock.unwrap_or_else(|| Arc::new(TokioClock::new()));
         let name = self.name.unwrap_or_else(|| self.strategy.name().to_owned());
         let inner = Arc::new(Inner {
@@ -291,14 +297,22 @@ impl<S: AuthStrategy + 'static> TokenManagerBuilder<S> {
             counters: Counters::default(),
         });
         runtime.spawn(refresher(Arc::clone(&inner), self.strategy, planner));
-        Ok(TokenManager { _stop: Arc::new(StopOnDrop(Arc::clone(&inner))), inner })
+        Ok(TokenManager {
+            _stop: Arc::new(StopOnDrop(Arc::clone(&inner))),
+            inner,
+        })
     }
 }
 
 impl TokenManager {
     /// A builder for a manager of `strategy`'s tokens.
     pub fn builder<S: AuthStrategy + 'static>(strategy: S) -> TokenManagerBuilder<S> {
-        TokenManagerBuilder { strategy, cfg: RefreshConfig::default(), clock: None, name: None }
+        TokenManagerBuilder {
+            strategy,
+            cfg: RefreshConfig::default(),
+            clock: None,
+            name: None,
+        }
     }
 
     /// The credential's name.
@@ -322,6 +336,19 @@ impl TokenManager {
         let entry = guard.as_ref()?;
         if self.inner.clock.now() < entry.schedule.hard_at {
             Some(Token(Arc::clone(entry)))
+        } else {
+            None
+        }
+    }
+
+    /// Runs `f` on the current token if it is servable now, without waiting and without touching
+    /// the token's reference count: the cheapest read, for code that only needs to copy the token
+    /// into a request header. Keep `f` short; it holds an `arc-swap` guard.
+    pub fn with_token<R>(&self, f: impl FnOnce(&TokenSet) -> R) -> Option<R> {
+        let guard = self.inner.current.load();
+        let entry = guard.as_ref()?;
+        if self.inner.clock.now() < entry.schedule.hard_at {
+            Some(f(&entry.token))
         } else {
             None
         }
@@ -367,7 +394,10 @@ impl TokenManager {
             if now >= deadline {
                 return Err(AuthError::transient(
                     TransientKind::Timeout,
-                    format!("no token for `{}` within {:?}", inner.name, inner.cfg.wait_timeout),
+                    format!(
+                        "no token for `{}` within {:?}",
+                        inner.name, inner.cfg.wait_timeout
+                    ),
                 ));
             }
             tokio::select! {
@@ -559,7 +589,9 @@ async fn refresher<S: AuthStrategy>(inner: Arc<Inner>, strategy: S, mut planner:
                     "token acquired"
                 );
                 last = Some(token.clone());
-                inner.current.store(Some(Arc::new(Entry { token, schedule })));
+                inner
+                    .current
+                    .store(Some(Arc::new(Entry { token, schedule })));
                 inner.published.send_modify(|p| {
                     p.completed += 1;
                     p.last_error = None;

@@ -66,7 +66,11 @@ impl ScriptedStrategy {
 
     /// Appends answers to the script.
     pub fn push(&self, steps: impl IntoIterator<Item = Step>) {
-        self.inner.script.lock().unwrap_or_else(PoisonError::into_inner).extend(steps);
+        self.inner
+            .script
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(steps);
     }
 
     /// Calls so far.
@@ -84,7 +88,11 @@ impl ScriptedStrategy {
     /// When each call started.
     #[must_use]
     pub fn starts(&self) -> Vec<Instant> {
-        self.inner.starts.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.inner
+            .starts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -95,15 +103,23 @@ impl AuthStrategy for ScriptedStrategy {
         let n = s.calls.fetch_add(1, Ordering::SeqCst) + 1;
         let now_in_flight = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         s.max_in_flight.fetch_max(now_in_flight, Ordering::SeqCst);
-        s.starts.lock().unwrap_or_else(PoisonError::into_inner).push(s.clock.now());
-        let step = s.script.lock().unwrap_or_else(PoisonError::into_inner).pop_front();
+        s.starts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(s.clock.now());
+        let step = s
+            .script
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front();
         if !s.latency.is_zero() {
             s.clock.sleep(s.latency).await;
         }
         s.in_flight.fetch_sub(1, Ordering::SeqCst);
         match step.unwrap_or(Step::Token(s.default)) {
             Step::Token(lifetime) => {
-                let mut t = TokenSet::new(format!("tok-{n}"), lifetime, s.clock.now(), s.clock.wall());
+                let mut t =
+                    TokenSet::new(format!("tok-{n}"), lifetime, s.clock.now(), s.clock.wall());
                 t.refresh_token = Some(format!("rt-{n}").into());
                 Ok(t)
             }

@@ -93,12 +93,19 @@ fn fraction(field: &'static str, v: f64, lo_open: f64, hi_open: f64) -> Result<(
     if v.is_finite() && v > lo_open && v < hi_open {
         Ok(())
     } else {
-        Err(ConfigError::new(field, format!("must be between {lo_open} and {hi_open} (exclusive), got {v}")))
+        Err(ConfigError::new(
+            field,
+            format!("must be between {lo_open} and {hi_open} (exclusive), got {v}"),
+        ))
     }
 }
 
 fn positive(field: &'static str, d: Duration) -> Result<(), ConfigError> {
-    if d.is_zero() { Err(ConfigError::new(field, "must be greater than zero")) } else { Ok(()) }
+    if d.is_zero() {
+        Err(ConfigError::new(field, "must be greater than zero"))
+    } else {
+        Ok(())
+    }
 }
 
 impl RefreshConfig {
@@ -112,9 +119,17 @@ impl RefreshConfig {
         fraction("soft_cap_fraction", self.soft_cap_fraction, 0.0, 1.0)?;
         fraction("hard_fraction", self.hard_fraction, 0.0, 1.0)?;
         fraction("hard_cap_fraction", self.hard_cap_fraction, 0.0, 1.0)?;
-        fraction("min_interval_fraction", self.min_interval_fraction, 0.0, 1.0)?;
+        fraction(
+            "min_interval_fraction",
+            self.min_interval_fraction,
+            0.0,
+            1.0,
+        )?;
         if !(self.jitter_fraction.is_finite() && (0.0..1.0).contains(&self.jitter_fraction)) {
-            return Err(ConfigError::new("jitter_fraction", format!("must be in [0, 1), got {}", self.jitter_fraction)));
+            return Err(ConfigError::new(
+                "jitter_fraction",
+                format!("must be in [0, 1), got {}", self.jitter_fraction),
+            ));
         }
         for (field, d) in [
             ("soft_min", self.soft_min),
@@ -134,21 +149,38 @@ impl RefreshConfig {
             return Err(ConfigError::new("hard_max", "must not be below hard_min"));
         }
         let pairs = [
-            ("hard_fraction", self.hard_fraction < self.soft_fraction, "soft_fraction"),
-            ("hard_cap_fraction", self.hard_cap_fraction < self.soft_cap_fraction, "soft_cap_fraction"),
+            (
+                "hard_fraction",
+                self.hard_fraction < self.soft_fraction,
+                "soft_fraction",
+            ),
+            (
+                "hard_cap_fraction",
+                self.hard_cap_fraction < self.soft_cap_fraction,
+                "soft_cap_fraction",
+            ),
             ("hard_min", self.hard_min < self.soft_min, "soft_min"),
             ("hard_max", self.hard_max < self.soft_max, "soft_max"),
         ];
         for (field, ok, other) in pairs {
             if !ok {
-                return Err(ConfigError::new(field, format!("must be below `{other}` so the hard margin stays inside the soft one")));
+                return Err(ConfigError::new(
+                    field,
+                    format!("must be below `{other}` so the hard margin stays inside the soft one"),
+                ));
             }
         }
         if !(self.backoff_factor.is_finite() && self.backoff_factor >= 1.0) {
-            return Err(ConfigError::new("backoff_factor", format!("must be at least 1, got {}", self.backoff_factor)));
+            return Err(ConfigError::new(
+                "backoff_factor",
+                format!("must be at least 1, got {}", self.backoff_factor),
+            ));
         }
         if self.backoff_cap < self.backoff_base {
-            return Err(ConfigError::new("backoff_cap", "must not be below backoff_base"));
+            return Err(ConfigError::new(
+                "backoff_cap",
+                "must not be below backoff_base",
+            ));
         }
         Ok(())
     }
@@ -173,9 +205,14 @@ fn clamp_secs(x: f64, lo: Duration, hi: Duration) -> f64 {
 #[must_use]
 pub fn margins(cfg: &RefreshConfig, lifetime: Duration) -> Margins {
     let l = lifetime.as_secs_f64();
-    let soft = clamp_secs(cfg.soft_fraction * l, cfg.soft_min, cfg.soft_max).min(cfg.soft_cap_fraction * l);
-    let hard = clamp_secs(cfg.hard_fraction * l, cfg.hard_min, cfg.hard_max).min(cfg.hard_cap_fraction * l);
-    let interval = cfg.min_interval.as_secs_f64().min(cfg.min_interval_fraction * l);
+    let soft = clamp_secs(cfg.soft_fraction * l, cfg.soft_min, cfg.soft_max)
+        .min(cfg.soft_cap_fraction * l);
+    let hard = clamp_secs(cfg.hard_fraction * l, cfg.hard_min, cfg.hard_max)
+        .min(cfg.hard_cap_fraction * l);
+    let interval = cfg
+        .min_interval
+        .as_secs_f64()
+        .min(cfg.min_interval_fraction * l);
     Margins {
         soft: Duration::from_secs_f64(soft),
         hard: Duration::from_secs_f64(hard),
@@ -198,9 +235,18 @@ pub struct Schedule {
 
 /// The schedule of a token of `lifetime` issued at `issued_at`, for a jitter `draw` in `[0, 1)`.
 #[must_use]
-pub fn schedule(cfg: &RefreshConfig, issued_at: Instant, lifetime: Duration, draw: f64) -> Schedule {
+pub fn schedule(
+    cfg: &RefreshConfig,
+    issued_at: Instant,
+    lifetime: Duration,
+    draw: f64,
+) -> Schedule {
     let m = margins(cfg, lifetime);
-    let draw = if draw.is_finite() { draw.clamp(0.0, 1.0) } else { 0.0 };
+    let draw = if draw.is_finite() {
+        draw.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
     let jitter = m.soft.mul_f64(cfg.jitter_fraction * draw);
     let expires_at = issued_at + lifetime;
     Schedule {
@@ -216,11 +262,20 @@ pub fn schedule(cfg: &RefreshConfig, issued_at: Instant, lifetime: Duration, dra
 ///
 /// The jittered backoff part never exceeds `backoff_cap`.
 #[must_use]
-pub fn backoff_delay(cfg: &RefreshConfig, failures: u32, draw: f64, retry_after: Option<Duration>) -> Duration {
+pub fn backoff_delay(
+    cfg: &RefreshConfig,
+    failures: u32,
+    draw: f64,
+    retry_after: Option<Duration>,
+) -> Duration {
     let exponent = failures.saturating_sub(1).min(64);
     let ceiling = cfg.backoff_base.as_secs_f64() * cfg.backoff_factor.powi(exponent as i32);
     let ceiling = ceiling.min(cfg.backoff_cap.as_secs_f64());
-    let draw = if draw.is_finite() { draw.clamp(0.0, 1.0) } else { 0.0 };
+    let draw = if draw.is_finite() {
+        draw.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
     let backoff = Duration::from_secs_f64(ceiling * draw).min(cfg.backoff_cap);
     match retry_after {
         Some(ra) => backoff.max(ra.min(cfg.retry_after_max)),
@@ -330,7 +385,9 @@ impl Planner {
         let servable = self.current.filter(|s| now < s.hard_at);
         let mut at = match servable {
             Some(s) if !self.reactive => {
-                let not_before = self.last_start.map_or(s.refresh_at, |t| t + s.margins.min_interval);
+                let not_before = self
+                    .last_start
+                    .map_or(s.refresh_at, |t| t + s.margins.min_interval);
                 // min_interval never holds a retry past the hard margin: from there on no token is
                 // servable, callers are waiting, and only the backoff paces attempts.
                 s.refresh_at.max(not_before).min(s.hard_at)
@@ -425,7 +482,14 @@ mod tests {
     #[test]
     fn four_second_token_margins() {
         let m = margins(&RefreshConfig::default(), Duration::from_secs(4));
-        assert_eq!((m.soft, m.hard, m.min_interval), (Duration::from_secs(2), Duration::from_secs(1), Duration::from_secs(2)));
+        assert_eq!(
+            (m.soft, m.hard, m.min_interval),
+            (
+                Duration::from_secs(2),
+                Duration::from_secs(1),
+                Duration::from_secs(2)
+            )
+        );
     }
 
     #[test]
@@ -450,19 +514,32 @@ mod tests {
     #[test]
     fn retry_after_wins_over_backoff_up_to_its_bound() {
         let cfg = RefreshConfig::default();
-        assert_eq!(backoff_delay(&cfg, 1, 0.5, Some(Duration::from_secs(30))), Duration::from_secs(30));
-        assert_eq!(backoff_delay(&cfg, 1, 0.5, Some(Duration::from_secs(99 * H))), Duration::from_secs(H));
+        assert_eq!(
+            backoff_delay(&cfg, 1, 0.5, Some(Duration::from_secs(30))),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            backoff_delay(&cfg, 1, 0.5, Some(Duration::from_secs(99 * H))),
+            Duration::from_secs(H)
+        );
         assert_eq!(backoff_delay(&cfg, 30, 1.0, None), Duration::from_secs(60));
         assert_eq!(backoff_delay(&cfg, 2, 0.5, None), Duration::from_secs(1));
     }
 
     #[test]
     fn permanent_error_halts_and_invalidation_resumes() {
-        let mut p = Planner::new(RefreshConfig { seed: Some(1), ..RefreshConfig::default() }).unwrap();
+        let mut p = Planner::new(RefreshConfig {
+            seed: Some(1),
+            ..RefreshConfig::default()
+        })
+        .unwrap();
         let now = Instant::now();
         assert_eq!(p.next_attempt(now), Some(now));
         p.on_start(now);
-        p.on_failure(now, &AuthError::permanent(crate::PermanentKind::InvalidGrant, "x"));
+        p.on_failure(
+            now,
+            &AuthError::permanent(crate::PermanentKind::InvalidGrant, "x"),
+        );
         assert_eq!(p.next_attempt(now), None);
         p.on_invalidated();
         assert_eq!(p.next_attempt(now), Some(now));

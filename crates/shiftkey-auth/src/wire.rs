@@ -16,7 +16,11 @@ struct OAuthErrorBody {
 
 /// Reads `Retry-After` as delta seconds or an HTTP date (against the response's `Date` when present).
 pub(crate) fn retry_after(headers: &HeaderMap, now_wall: SystemTime) -> Option<Duration> {
-    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let value = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
@@ -32,7 +36,11 @@ pub(crate) fn server_date(headers: &HeaderMap) -> Option<SystemTime> {
 }
 
 /// Turns an OAuth error code into the error taxonomy of DESIGN §3.1.
-pub(crate) fn oauth_error(code: &str, description: Option<&str>, status: Option<StatusCode>) -> AuthError {
+pub(crate) fn oauth_error(
+    code: &str,
+    description: Option<&str>,
+    status: Option<StatusCode>,
+) -> AuthError {
     let detail = match (description, status) {
         (Some(d), Some(s)) => format!("{code}: {d} (HTTP {})", s.as_u16()),
         (Some(d), None) => format!("{code}: {d}"),
@@ -56,7 +64,12 @@ pub(crate) fn oauth_error(code: &str, description: Option<&str>, status: Option<
 ///
 /// 429 and 5xx are transient (with `Retry-After`); an OAuth error body decides otherwise; a bare
 /// 401/403 means the credentials were refused; any other 4xx is permanent.
-pub(crate) fn classify_failure(status: StatusCode, headers: &HeaderMap, body: &[u8], now_wall: SystemTime) -> AuthError {
+pub(crate) fn classify_failure(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    now_wall: SystemTime,
+) -> AuthError {
     let retry_after = retry_after(headers, now_wall);
     if status == StatusCode::TOO_MANY_REQUESTS {
         return AuthError::Transient {
@@ -68,20 +81,30 @@ pub(crate) fn classify_failure(status: StatusCode, headers: &HeaderMap, body: &[
     if status.is_server_error() {
         let mut err = match serde_json::from_slice::<OAuthErrorBody>(body) {
             Ok(b) => oauth_error(&b.error, b.error_description.as_deref(), Some(status)),
-            Err(_) => AuthError::transient(TransientKind::ServerError(status.as_u16()), format!("HTTP {status}")),
+            Err(_) => AuthError::transient(
+                TransientKind::ServerError(status.as_u16()),
+                format!("HTTP {status}"),
+            ),
         };
         // A 5xx is never the credentials' fault, whatever the body says.
         if !err.is_transient() {
-            err = AuthError::transient(TransientKind::ServerError(status.as_u16()), err.to_string());
+            err =
+                AuthError::transient(TransientKind::ServerError(status.as_u16()), err.to_string());
         }
-        if let AuthError::Transient { retry_after: ra, .. } = &mut err {
+        if let AuthError::Transient {
+            retry_after: ra, ..
+        } = &mut err
+        {
             *ra = retry_after;
         }
         return err;
     }
     if let Ok(b) = serde_json::from_slice::<OAuthErrorBody>(body) {
         let mut err = oauth_error(&b.error, b.error_description.as_deref(), Some(status));
-        if let AuthError::Transient { retry_after: ra, .. } = &mut err {
+        if let AuthError::Transient {
+            retry_after: ra, ..
+        } = &mut err
+        {
             *ra = retry_after;
         }
         return err;
@@ -90,14 +113,24 @@ pub(crate) fn classify_failure(status: StatusCode, headers: &HeaderMap, body: &[
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
             AuthError::permanent(PermanentKind::BadCredentials, format!("HTTP {status}"))
         }
-        s if s.is_client_error() => AuthError::permanent(PermanentKind::Other(format!("http_{}", s.as_u16())), format!("HTTP {s}")),
-        s => AuthError::transient(TransientKind::InvalidResponse, format!("unexpected HTTP {s}")),
+        s if s.is_client_error() => AuthError::permanent(
+            PermanentKind::Other(format!("http_{}", s.as_u16())),
+            format!("HTTP {s}"),
+        ),
+        s => AuthError::transient(
+            TransientKind::InvalidResponse,
+            format!("unexpected HTTP {s}"),
+        ),
     }
 }
 
 /// Turns a reqwest error into a transient error, without the URL (it may carry a query secret).
 pub(crate) fn transport_error(err: reqwest::Error) -> AuthError {
-    let kind = if err.is_timeout() { TransientKind::Timeout } else { TransientKind::Network };
+    let kind = if err.is_timeout() {
+        TransientKind::Timeout
+    } else {
+        TransientKind::Network
+    };
     AuthError::transient(kind, err.without_url().to_string())
 }
 
@@ -136,7 +169,12 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let none = HeaderMap::new();
         let check = |status: u16, h: &HeaderMap, body: &str, want: &str| {
-            let err = classify_failure(StatusCode::from_u16(status).unwrap(), h, body.as_bytes(), now);
+            let err = classify_failure(
+                StatusCode::from_u16(status).unwrap(),
+                h,
+                body.as_bytes(),
+                now,
+            );
             let got = match &err {
                 AuthError::Transient { kind, .. } => format!("transient {kind}"),
                 AuthError::Permanent { kind, .. } => format!("permanent {kind}"),
@@ -144,18 +182,63 @@ mod tests {
             };
             assert_eq!(got, want, "{status} {body}: {err}");
         };
-        check(400, &none, r#"{"error":"invalid_grant","error_description":"grant request is invalid"}"#, "permanent invalid_grant");
-        check(401, &none, r#"{"error":"invalid_client"}"#, "permanent invalid_client");
-        check(400, &none, r#"{"error":"unauthorized_client"}"#, "permanent unauthorized_client");
-        check(400, &none, r#"{"error":"invalid_scope"}"#, "permanent invalid_scope");
-        check(400, &none, r#"{"error":"unsupported_grant_type"}"#, "permanent unsupported_grant_type");
-        check(503, &none, r#"{"error":"temporarily_unavailable"}"#, "transient temporarily unavailable");
-        check(500, &none, r#"{"error":"invalid_grant"}"#, "transient server error 500");
-        check(502, &none, "<html>bad gateway</html>", "transient server error 502");
+        check(
+            400,
+            &none,
+            r#"{"error":"invalid_grant","error_description":"grant request is invalid"}"#,
+            "permanent invalid_grant",
+        );
+        check(
+            401,
+            &none,
+            r#"{"error":"invalid_client"}"#,
+            "permanent invalid_client",
+        );
+        check(
+            400,
+            &none,
+            r#"{"error":"unauthorized_client"}"#,
+            "permanent unauthorized_client",
+        );
+        check(
+            400,
+            &none,
+            r#"{"error":"invalid_scope"}"#,
+            "permanent invalid_scope",
+        );
+        check(
+            400,
+            &none,
+            r#"{"error":"unsupported_grant_type"}"#,
+            "permanent unsupported_grant_type",
+        );
+        check(
+            503,
+            &none,
+            r#"{"error":"temporarily_unavailable"}"#,
+            "transient temporarily unavailable",
+        );
+        check(
+            500,
+            &none,
+            r#"{"error":"invalid_grant"}"#,
+            "transient server error 500",
+        );
+        check(
+            502,
+            &none,
+            "<html>bad gateway</html>",
+            "transient server error 502",
+        );
         check(429, &none, "", "transient rate limited");
         check(401, &none, "", "permanent bad credentials");
         check(404, &none, "not found", "permanent http_404");
-        let err = classify_failure(StatusCode::TOO_MANY_REQUESTS, &headers(&[("retry-after", "7")]), b"", now);
+        let err = classify_failure(
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers(&[("retry-after", "7")]),
+            b"",
+            now,
+        );
         assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
     }
 
@@ -167,7 +250,10 @@ mod tests {
             ("retry-after", "Wed, 25 Nov 2026 20:02:00 GMT"),
         ]);
         assert_eq!(retry_after(&h, now), Some(Duration::from_secs(120)));
-        let past = headers(&[("date", "Wed, 25 Nov 2026 20:00:00 GMT"), ("retry-after", "Wed, 25 Nov 2026 19:00:00 GMT")]);
+        let past = headers(&[
+            ("date", "Wed, 25 Nov 2026 20:00:00 GMT"),
+            ("retry-after", "Wed, 25 Nov 2026 19:00:00 GMT"),
+        ]);
         assert_eq!(retry_after(&past, now), Some(Duration::ZERO));
         assert_eq!(retry_after(&headers(&[("retry-after", "soon")]), now), None);
         assert_eq!(retry_after(&headers(&[("retry-after", "-5")]), now), None);
@@ -177,11 +263,23 @@ mod tests {
     fn lifetime_prefers_expires_in_then_jwt_then_default() {
         let now = SystemTime::UNIX_EPOCH;
         let d = Duration::from_secs(3600);
-        assert_eq!(lifetime(Some(Duration::from_secs(5)), "x", d, now), (Duration::from_secs(5), LifetimeSource::ExpiresIn));
-        assert_eq!(lifetime(Some(Duration::ZERO), "opaque", d, now), (d, LifetimeSource::Default));
-        assert_eq!(lifetime(None, "opaque", d, now), (d, LifetimeSource::Default));
+        assert_eq!(
+            lifetime(Some(Duration::from_secs(5)), "x", d, now),
+            (Duration::from_secs(5), LifetimeSource::ExpiresIn)
+        );
+        assert_eq!(
+            lifetime(Some(Duration::ZERO), "opaque", d, now),
+            (d, LifetimeSource::Default)
+        );
+        assert_eq!(
+            lifetime(None, "opaque", d, now),
+            (d, LifetimeSource::Default)
+        );
         // {"exp":120,"iat":20}
         let jwt = "e30.eyJleHAiOjEyMCwiaWF0IjoyMH0.s";
-        assert_eq!(lifetime(None, jwt, d, now), (Duration::from_secs(100), LifetimeSource::JwtClaims));
+        assert_eq!(
+            lifetime(None, jwt, d, now),
+            (Duration::from_secs(100), LifetimeSource::JwtClaims)
+        );
     }
 }

@@ -7,7 +7,9 @@ use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use shiftkey_auth::testing::{ScriptedStrategy, Step};
 use shiftkey_auth::timing::RefreshConfig;
-use shiftkey_auth::{AuthError, AuthStrategy, Invalidation, PermanentKind, TokenManager, TokenSet, TransientKind};
+use shiftkey_auth::{
+    AuthError, AuthStrategy, Invalidation, PermanentKind, TokenManager, TokenSet, TransientKind,
+};
 use tokio::time::{Instant, sleep};
 
 const H: u64 = 3600;
@@ -17,11 +19,18 @@ fn secs(s: u64) -> Duration {
 }
 
 fn seeded() -> RefreshConfig {
-    RefreshConfig { seed: Some(7), ..RefreshConfig::default() }
+    RefreshConfig {
+        seed: Some(7),
+        ..RefreshConfig::default()
+    }
 }
 
 fn transient(retry_after: Option<Duration>) -> Step {
-    Step::Fail(AuthError::Transient { kind: TransientKind::ServerError(503), detail: "down".into(), retry_after })
+    Step::Fail(AuthError::Transient {
+        kind: TransientKind::ServerError(503),
+        detail: "down".into(),
+        retry_after,
+    })
 }
 
 fn permanent() -> Step {
@@ -32,11 +41,18 @@ fn permanent() -> Step {
 async fn eight_hour_token_is_refreshed_proactively_between_6_24_and_6_4_hours() {
     let strategy = ScriptedStrategy::new(secs(8 * H), Duration::ZERO);
     let t0 = Instant::now();
-    let m = TokenManager::builder(strategy.clone()).config(seeded()).build().unwrap();
+    let m = TokenManager::builder(strategy.clone())
+        .config(seeded())
+        .build()
+        .unwrap();
     assert_eq!(m.token().await.unwrap().generation(), 1);
     sleep(secs(7 * H)).await;
     let starts = strategy.starts();
-    assert_eq!(starts.len(), 2, "one initial acquire and one proactive refresh");
+    assert_eq!(
+        starts.len(),
+        2,
+        "one initial acquire and one proactive refresh"
+    );
     let at = (starts[1] - t0).as_secs_f64() / 3600.0;
     assert!((6.24..=6.4).contains(&at), "refreshed at {at} h");
     assert_eq!(m.stats().proactive, 1);
@@ -50,7 +66,10 @@ async fn old_token_is_served_while_refresh_fails_until_the_hard_margin() {
     strategy.push([Step::Token(secs(H))]);
     strategy.push((0..10_000).map(|_| transient(None)));
     let t0 = Instant::now();
-    let m = TokenManager::builder(strategy.clone()).config(seeded()).build().unwrap();
+    let m = TokenManager::builder(strategy.clone())
+        .config(seeded())
+        .build()
+        .unwrap();
     let first = m.token().await.unwrap();
     // Soft margin of 1 h is 12 min; hard margin 3 min. At 55 min refreshes have been failing.
     sleep(secs(55 * 60)).await;
@@ -68,14 +87,29 @@ async fn old_token_is_served_while_refresh_fails_until_the_hard_margin() {
 #[tokio::test(start_paused = true)]
 async fn proactive_retries_keep_min_interval_and_honour_retry_after() {
     let strategy = ScriptedStrategy::new(secs(8 * H), Duration::ZERO);
-    strategy.push([Step::Token(secs(8 * H)), transient(Some(secs(600))), transient(None)]);
-    let m = TokenManager::builder(strategy.clone()).config(seeded()).build().unwrap();
+    strategy.push([
+        Step::Token(secs(8 * H)),
+        transient(Some(secs(600))),
+        transient(None),
+    ]);
+    let m = TokenManager::builder(strategy.clone())
+        .config(seeded())
+        .build()
+        .unwrap();
     m.token().await.unwrap();
     sleep(secs(7 * H)).await;
     let s = strategy.starts();
     assert!(s.len() >= 4, "{s:?}");
-    assert!(s[2] - s[1] >= secs(600), "Retry-After honoured: {:?}", s[2] - s[1]);
-    assert!(s[3] - s[2] >= secs(60), "min_interval kept: {:?}", s[3] - s[2]);
+    assert!(
+        s[2] - s[1] >= secs(600),
+        "Retry-After honoured: {:?}",
+        s[2] - s[1]
+    );
+    assert!(
+        s[3] - s[2] >= secs(60),
+        "min_interval kept: {:?}",
+        s[3] - s[2]
+    );
     assert_eq!(m.try_token().unwrap().generation(), 2);
 }
 
@@ -83,12 +117,24 @@ async fn proactive_retries_keep_min_interval_and_honour_retry_after() {
 async fn permanent_error_stops_retries_until_an_operator_acts() {
     let strategy = ScriptedStrategy::new(secs(H), Duration::ZERO);
     strategy.push([Step::Token(secs(H)), permanent()]);
-    let m = TokenManager::builder(strategy.clone()).config(seeded()).build().unwrap();
+    let m = TokenManager::builder(strategy.clone())
+        .config(seeded())
+        .build()
+        .unwrap();
     m.token().await.unwrap();
     sleep(secs(10 * H)).await;
     assert_eq!(strategy.calls(), 2, "no retry after a permanent error");
     let err = m.token().await.unwrap_err();
-    assert!(matches!(err, AuthError::Permanent { kind: PermanentKind::InvalidGrant, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            AuthError::Permanent {
+                kind: PermanentKind::InvalidGrant,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(m.status().halted.is_some());
     m.refresh_now();
     assert_eq!(m.token().await.unwrap().generation(), 2);
@@ -98,7 +144,10 @@ async fn permanent_error_stops_retries_until_an_operator_acts() {
 #[tokio::test(start_paused = true)]
 async fn many_callers_at_expiry_cause_exactly_one_acquire() {
     let strategy = ScriptedStrategy::new(secs(H), Duration::from_millis(250));
-    let m = TokenManager::builder(strategy.clone()).config(seeded()).build().unwrap();
+    let m = TokenManager::builder(strategy.clone())
+        .config(seeded())
+        .build()
+        .unwrap();
     m.token().await.unwrap();
     assert_eq!(strategy.calls(), 1);
     let tasks: Vec<_> = (0..1_000)
@@ -138,7 +187,10 @@ async fn many_callers_at_expiry_cause_exactly_one_acquire() {
 #[tokio::test(start_paused = true)]
 async fn invalidating_an_old_or_brand_new_generation_does_not_refresh() {
     let strategy = ScriptedStrategy::new(secs(H), Duration::ZERO);
-    let m = TokenManager::builder(strategy.clone()).config(seeded()).build().unwrap();
+    let m = TokenManager::builder(strategy.clone())
+        .config(seeded())
+        .build()
+        .unwrap();
     m.token().await.unwrap();
     // Younger than min_interval (60 s): refreshing again would not help.
     assert_eq!(m.invalidate(1), Invalidation::TooSoon);
@@ -153,10 +205,25 @@ async fn invalidating_an_old_or_brand_new_generation_does_not_refresh() {
 #[tokio::test(start_paused = true)]
 async fn waiting_callers_get_the_error_of_the_attempt_they_waited_for() {
     let strategy = ScriptedStrategy::new(secs(H), Duration::from_millis(100));
-    strategy.push([Step::Fail(AuthError::permanent(PermanentKind::BadCredentials, "wrong password"))]);
-    let m = TokenManager::builder(strategy.clone()).config(seeded()).build().unwrap();
+    strategy.push([Step::Fail(AuthError::permanent(
+        PermanentKind::BadCredentials,
+        "wrong password",
+    ))]);
+    let m = TokenManager::builder(strategy.clone())
+        .config(seeded())
+        .build()
+        .unwrap();
     let err = m.token().await.unwrap_err();
-    assert!(matches!(err, AuthError::Permanent { kind: PermanentKind::BadCredentials, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            AuthError::Permanent {
+                kind: PermanentKind::BadCredentials,
+                ..
+            }
+        ),
+        "{err}"
+    );
     // Once halted, callers are answered at once and nothing is retried.
     let started = Instant::now();
     assert!(m.token().await.is_err());
@@ -168,13 +235,19 @@ async fn waiting_callers_get_the_error_of_the_attempt_they_waited_for() {
 async fn a_wait_beyond_the_next_attempt_returns_the_last_error_at_once() {
     let strategy = ScriptedStrategy::new(secs(H), Duration::ZERO);
     strategy.push([transient(Some(secs(900)))]);
-    let m = TokenManager::builder(strategy.clone()).config(seeded()).build().unwrap();
+    let m = TokenManager::builder(strategy.clone())
+        .config(seeded())
+        .build()
+        .unwrap();
     let err = m.token().await.unwrap_err();
     assert_eq!(err.retry_after(), Some(secs(900)));
     let started = Instant::now();
     let err = m.token().await.unwrap_err();
     assert!(err.is_transient());
-    assert!(Instant::now() - started < secs(1), "did not sit out a 15-minute Retry-After");
+    assert!(
+        Instant::now() - started < secs(1),
+        "did not sit out a 15-minute Retry-After"
+    );
     sleep(secs(901)).await;
     assert_eq!(m.token().await.unwrap().generation(), 1);
 }
@@ -182,7 +255,10 @@ async fn a_wait_beyond_the_next_attempt_returns_the_last_error_at_once() {
 #[tokio::test(start_paused = true)]
 async fn shutdown_and_drop_stop_the_refresher() {
     let strategy = ScriptedStrategy::new(secs(4), Duration::ZERO);
-    let m = TokenManager::builder(strategy.clone()).config(seeded()).build().unwrap();
+    let m = TokenManager::builder(strategy.clone())
+        .config(seeded())
+        .build()
+        .unwrap();
     m.token().await.unwrap();
     m.shutdown().await;
     let calls = strategy.calls();
@@ -191,22 +267,44 @@ async fn shutdown_and_drop_stop_the_refresher() {
     assert!(matches!(m.token().await, Err(AuthError::Shutdown)));
 
     let strategy = ScriptedStrategy::new(secs(4), Duration::ZERO);
-    let m = TokenManager::builder(strategy.clone()).config(seeded()).build().unwrap();
+    let m = TokenManager::builder(strategy.clone())
+        .config(seeded())
+        .build()
+        .unwrap();
     m.token().await.unwrap();
     drop(m);
     sleep(secs(1)).await;
     let calls = strategy.calls();
     sleep(secs(60)).await;
-    assert_eq!(strategy.calls(), calls, "dropping the last handle stops refreshing");
+    assert_eq!(
+        strategy.calls(),
+        calls,
+        "dropping the last handle stops refreshing"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_hung_acquire_times_out_and_is_retried() {
     let strategy = ScriptedStrategy::new(secs(H), secs(3 * H));
-    let cfg = RefreshConfig { acquire_timeout: secs(5), ..seeded() };
-    let m = TokenManager::builder(strategy.clone()).config(cfg).build().unwrap();
+    let cfg = RefreshConfig {
+        acquire_timeout: secs(5),
+        ..seeded()
+    };
+    let m = TokenManager::builder(strategy.clone())
+        .config(cfg)
+        .build()
+        .unwrap();
     let err = m.token().await.unwrap_err();
-    assert!(matches!(err, AuthError::Transient { kind: TransientKind::Timeout, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            AuthError::Transient {
+                kind: TransientKind::Timeout,
+                ..
+            }
+        ),
+        "{err}"
+    );
     sleep(secs(30)).await;
     assert!(strategy.calls() >= 2);
 }
@@ -214,8 +312,14 @@ async fn a_hung_acquire_times_out_and_is_retried() {
 #[tokio::test]
 async fn bad_config_is_refused_with_the_field_named() {
     let strategy = ScriptedStrategy::new(secs(H), Duration::ZERO);
-    let cfg = RefreshConfig { hard_max: secs(3 * H), ..RefreshConfig::default() };
-    let err = TokenManager::builder(strategy).config(cfg).build().unwrap_err();
+    let cfg = RefreshConfig {
+        hard_max: secs(3 * H),
+        ..RefreshConfig::default()
+    };
+    let err = TokenManager::builder(strategy)
+        .config(cfg)
+        .build()
+        .unwrap_err();
     assert_eq!(err.field, "hard_max");
 }
 
@@ -226,7 +330,12 @@ struct Skewed;
 impl AuthStrategy for Skewed {
     async fn acquire(&self, _previous: Option<&TokenSet>) -> Result<TokenSet, AuthError> {
         let clock = shiftkey_auth::TokioClock::new();
-        let mut t = TokenSet::new("x", secs(H), tokio::time::Instant::now(), SystemTime::UNIX_EPOCH);
+        let mut t = TokenSet::new(
+            "x",
+            secs(H),
+            tokio::time::Instant::now(),
+            SystemTime::UNIX_EPOCH,
+        );
         t.server_date = Some(shiftkey_auth::Clock::wall(&clock) + secs(600));
         Ok(t)
     }

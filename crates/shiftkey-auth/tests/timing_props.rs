@@ -18,16 +18,34 @@ fn lifetime() -> impl Strategy<Value = Duration> {
     prop_oneof![
         (1_000u64..=120_000).prop_map(Duration::from_millis),
         (1_000u64..=30 * DAY * 1_000).prop_map(Duration::from_millis),
-        prop::sample::select(vec![1u64, 2, 4, 60, 119, 120, 300, 3_600, 8 * 3_600, 36_000, DAY, 30 * DAY])
-            .prop_map(Duration::from_secs),
+        prop::sample::select(vec![
+            1u64,
+            2,
+            4,
+            60,
+            119,
+            120,
+            300,
+            3_600,
+            8 * 3_600,
+            36_000,
+            DAY,
+            30 * DAY
+        ])
+        .prop_map(Duration::from_secs),
     ]
 }
 
 /// One answer of the token server in a simulated run.
 #[derive(Debug, Clone)]
 enum Answer {
-    Ok { latency_ms: u64 },
-    Transient { latency_ms: u64, retry_after_s: Option<u64> },
+    Ok {
+        latency_ms: u64,
+    },
+    Transient {
+        latency_ms: u64,
+        retry_after_s: Option<u64>,
+    },
     Permanent,
 }
 
@@ -51,17 +69,25 @@ struct Attempt {
 
 /// Runs the planner against a scripted server in virtual time, as the manager's refresher does.
 fn simulate(t0: Instant, lifetime: Duration, seed: u64, answers: &[Answer]) -> Vec<Attempt> {
-    let cfg = RefreshConfig { seed: Some(seed), ..RefreshConfig::default() };
+    let cfg = RefreshConfig {
+        seed: Some(seed),
+        ..RefreshConfig::default()
+    };
     let mut planner = Planner::new(cfg).unwrap();
     let mut now = t0;
     let mut out = Vec::new();
     // An answer slower than the token's lifetime would be dead on arrival; keep latency below L/2.
     let latency = |ms: u64| Duration::from_millis(ms).min(lifetime / 2);
     for a in answers {
-        let Some(at) = planner.next_attempt(now) else { break };
+        let Some(at) = planner.next_attempt(now) else {
+            break;
+        };
         // A refresh point already passed (a slow answer) means "at once".
         now = at.max(now);
-        let holding = planner.current().filter(|s| now < s.hard_at).map(|s| (s.hard_at, s.expires_at, s.margins.min_interval));
+        let holding = planner
+            .current()
+            .filter(|s| now < s.hard_at)
+            .map(|s| (s.hard_at, s.expires_at, s.margins.min_interval));
         planner.on_start(now);
         let start = now;
         let (ok, backoff) = match a {
@@ -70,7 +96,10 @@ fn simulate(t0: Instant, lifetime: Duration, seed: u64, answers: &[Answer]) -> V
                 planner.on_success(now, start, lifetime);
                 (true, Duration::ZERO)
             }
-            Answer::Transient { latency_ms, retry_after_s } => {
+            Answer::Transient {
+                latency_ms,
+                retry_after_s,
+            } => {
                 now += latency(*latency_ms);
                 let err = AuthError::Transient {
                     kind: TransientKind::ServerError(503),
@@ -79,11 +108,21 @@ fn simulate(t0: Instant, lifetime: Duration, seed: u64, answers: &[Answer]) -> V
                 };
                 (false, planner.on_failure(now, &err))
             }
-            Answer::Permanent => {
-                (false, planner.on_failure(now, &AuthError::permanent(PermanentKind::InvalidGrant, "gone")))
-            }
+            Answer::Permanent => (
+                false,
+                planner.on_failure(
+                    now,
+                    &AuthError::permanent(PermanentKind::InvalidGrant, "gone"),
+                ),
+            ),
         };
-        out.push(Attempt { start, holding, ok, backoff, end: now });
+        out.push(Attempt {
+            start,
+            holding,
+            ok,
+            backoff,
+            end: now,
+        });
     }
     out
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use url::Url;
 
-use crate::{AuthError, AuthStrategy, Clock, ConfigError, Secret, TokenSet, TokioClock, TransientKind, wire};
+use crate::{
+    AuthError, AuthStrategy, Clock, ConfigError, Secret, TokenSet, TokioClock, TransientKind, wire,
+};
 
 /// How the credentials are encoded in the login request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -54,15 +56,27 @@ impl BearerLoginConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let pointer_ok = |p: &str| p.starts_with('/');
         if !pointer_ok(&self.token_pointer) {
-            return Err(ConfigError::new("token_pointer", format!("`{}` is not a JSON pointer (it must start with `/`)", self.token_pointer)));
+            return Err(ConfigError::new(
+                "token_pointer",
+                format!(
+                    "`{}` is not a JSON pointer (it must start with `/`)",
+                    self.token_pointer
+                ),
+            ));
         }
         if let Some(p) = &self.lifetime_pointer
             && !pointer_ok(p)
         {
-            return Err(ConfigError::new("lifetime_pointer", format!("`{p}` is not a JSON pointer (it must start with `/`)")));
+            return Err(ConfigError::new(
+                "lifetime_pointer",
+                format!("`{p}` is not a JSON pointer (it must start with `/`)"),
+            ));
         }
         if self.default_lifetime.is_zero() {
-            return Err(ConfigError::new("default_lifetime", "must be greater than zero"));
+            return Err(ConfigError::new(
+                "default_lifetime",
+                "must be greater than zero",
+            ));
         }
         Ok(())
     }
@@ -94,7 +108,11 @@ impl BearerLogin {
     /// A login strategy; the JSON pointers are checked here.
     pub fn new(http: reqwest::Client, cfg: BearerLoginConfig) -> Result<Self, ConfigError> {
         cfg.validate()?;
-        Ok(Self { http, cfg, clock: Arc::new(TokioClock::new()) })
+        Ok(Self {
+            http,
+            cfg,
+            clock: Arc::new(TokioClock::new()),
+        })
     }
 
     /// The clock for `Retry-After` dates and JWT `exp` without `iat` (default [`TokioClock`]).
@@ -112,12 +130,19 @@ fn invalid(detail: String) -> AuthError {
 #[async_trait]
 impl AuthStrategy for BearerLogin {
     async fn acquire(&self, _previous: Option<&TokenSet>) -> Result<TokenSet, AuthError> {
-        let fields: Vec<(&str, &str)> = self.cfg.fields.iter().map(|(k, v)| (k.as_str(), v.expose())).collect();
+        let fields: Vec<(&str, &str)> = self
+            .cfg
+            .fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.expose()))
+            .collect();
         let request = self.http.post(self.cfg.login_url.clone());
         let request = match self.cfg.format {
             BodyFormat::Json => {
-                let body: serde_json::Map<String, serde_json::Value> =
-                    fields.iter().map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v))).collect();
+                let body: serde_json::Map<String, serde_json::Value> = fields
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+                    .collect();
                 request.json(&body)
             }
             BodyFormat::Form => request.form(&fields),
@@ -130,27 +155,45 @@ impl AuthStrategy for BearerLogin {
         if !status.is_success() {
             return Err(wire::classify_failure(status, &headers, &body, now_wall));
         }
-        let json: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| invalid(format!("login answer from {} is not JSON: {e}", self.cfg.login_url.path())))?;
+        let json: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+            invalid(format!(
+                "login answer from {} is not JSON: {e}",
+                self.cfg.login_url.path()
+            ))
+        })?;
         let access = json
             .pointer(&self.cfg.token_pointer)
             .and_then(|v| v.as_str())
             .filter(|s| !s.is_empty())
-            .ok_or_else(|| invalid(format!("login answer has no non-empty string at `{}`", self.cfg.token_pointer)))?;
+            .ok_or_else(|| {
+                invalid(format!(
+                    "login answer has no non-empty string at `{}`",
+                    self.cfg.token_pointer
+                ))
+            })?;
         let expires_in = match &self.cfg.lifetime_pointer {
             Some(p) => match json.pointer(p) {
                 None | Some(serde_json::Value::Null) => None,
                 Some(v) => {
-                    let secs = v.as_f64().or_else(|| v.as_str().and_then(|s| s.trim().parse::<f64>().ok()));
+                    let secs = v
+                        .as_f64()
+                        .or_else(|| v.as_str().and_then(|s| s.trim().parse::<f64>().ok()));
                     match secs {
-                        Some(s) if s.is_finite() && s > 0.0 && s < 1e10 => Some(Duration::from_secs_f64(s)),
-                        _ => return Err(invalid(format!("login answer's `{p}` is not a positive number of seconds"))),
+                        Some(s) if s.is_finite() && s > 0.0 && s < 1e10 => {
+                            Some(Duration::from_secs_f64(s))
+                        }
+                        _ => {
+                            return Err(invalid(format!(
+                                "login answer's `{p}` is not a positive number of seconds"
+                            )));
+                        }
                     }
                 }
             },
             None => None,
         };
-        let (lifetime, source) = wire::lifetime(expires_in, access, self.cfg.default_lifetime, now_wall);
+        let (lifetime, source) =
+            wire::lifetime(expires_in, access, self.cfg.default_lifetime, now_wall);
         let mut token = TokenSet::new(access, lifetime, self.clock.now(), now_wall);
         token.lifetime_source = source;
         token.server_date = wire::server_date(&headers);

@@ -90,8 +90,18 @@ impl PrivateKeyJwt {
             JwtAlgorithm::ES256 | JwtAlgorithm::ES384 => EncodingKey::from_ec_pem(pem),
             JwtAlgorithm::EdDSA => EncodingKey::from_ed_pem(pem),
         }
-        .map_err(|e| AuthError::permanent(PermanentKind::Configuration, format!("private_key_jwt key does not parse as {alg:?}: {e}")))?;
-        Ok(Self { key, alg, kid: None, lifetime: Duration::from_secs(60) })
+        .map_err(|e| {
+            AuthError::permanent(
+                PermanentKind::Configuration,
+                format!("private_key_jwt key does not parse as {alg:?}: {e}"),
+            )
+        })?;
+        Ok(Self {
+            key,
+            alg,
+            kid: None,
+            lifetime: Duration::from_secs(60),
+        })
     }
 
     /// Sets the `kid` header (when the server holds several keys for the client).
@@ -106,7 +116,9 @@ impl PrivateKeyJwt {
         if lifetime.is_zero() || lifetime > MAX_ASSERTION_LIFETIME {
             return Err(AuthError::permanent(
                 PermanentKind::Configuration,
-                format!("private_key_jwt assertion lifetime must be in (0, 5 min], got {lifetime:?}"),
+                format!(
+                    "private_key_jwt assertion lifetime must be in (0, 5 min], got {lifetime:?}"
+                ),
             ));
         }
         self.lifetime = lifetime;
@@ -114,11 +126,21 @@ impl PrivateKeyJwt {
     }
 
     /// A fresh signed assertion for `client_id` at the token endpoint `audience`.
-    pub fn assertion(&self, client_id: &str, audience: &str, clock: &dyn Clock) -> Result<Secret, AuthError> {
+    pub fn assertion(
+        &self,
+        client_id: &str,
+        audience: &str,
+        clock: &dyn Clock,
+    ) -> Result<Secret, AuthError> {
         let iat = clock
             .wall()
             .duration_since(UNIX_EPOCH)
-            .map_err(|_| AuthError::permanent(PermanentKind::Configuration, "the wall clock is before 1970"))?
+            .map_err(|_| {
+                AuthError::permanent(
+                    PermanentKind::Configuration,
+                    "the wall clock is before 1970",
+                )
+            })?
             .as_secs();
         let mut jti = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut jti);
@@ -140,9 +162,15 @@ impl PrivateKeyJwt {
         header.kid.clone_from(&self.kid);
         jsonwebtoken::encode(&header, &claims, &self.key)
             .map(Secret::new)
-            .map_err(|e| AuthError::permanent(PermanentKind::Configuration, format!("signing the client assertion failed: {e}")))
+            .map_err(|e| {
+                AuthError::permanent(
+                    PermanentKind::Configuration,
+                    format!("signing the client assertion failed: {e}"),
+                )
+            })
     }
 }
 
 /// `client_assertion_type` of RFC 7523.
-pub(crate) const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+pub(crate) const JWT_BEARER_ASSERTION: &str =
+    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";

@@ -6,14 +6,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use oauth2::basic::BasicClient;
-use oauth2::{AuthType, ClientId, ClientSecret, EndpointNotSet, EndpointSet, ResourceOwnerPassword, ResourceOwnerUsername, Scope, TokenUrl};
+use oauth2::{
+    AuthType, ClientId, ClientSecret, EndpointNotSet, EndpointSet, ResourceOwnerPassword,
+    ResourceOwnerUsername, Scope, TokenUrl,
+};
 use url::Url;
 
 use super::client_auth::{ClientAuth, JWT_BEARER_ASSERTION};
 use super::oauth_http::OAuthHttp;
 use crate::{AuthError, AuthStrategy, Clock, PermanentKind, Secret, TokenSet, TokioClock};
 
-type TokenClient = BasicClient<EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
+type TokenClient =
+    BasicClient<EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
 
 /// A client of one token endpoint, shared by the OAuth strategies.
 ///
@@ -45,7 +49,12 @@ impl OAuthClient {
     /// A client of the token endpoint `token_url` as `client_id`, authenticating with `auth`.
     ///
     /// `http` is your reqwest client (its TLS, proxy and timeout settings are used as they are).
-    pub fn new(http: reqwest::Client, token_url: Url, client_id: impl Into<String>, auth: ClientAuth) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        token_url: Url,
+        client_id: impl Into<String>,
+        auth: ClientAuth,
+    ) -> Self {
         Self {
             http,
             token_url,
@@ -90,17 +99,26 @@ impl OAuthClient {
 
     pub(super) fn client(&self) -> TokenClient {
         let token_url = TokenUrl::from_url(self.token_url.clone());
-        let client = BasicClient::new(ClientId::new(self.client_id.clone())).set_token_uri(token_url);
+        let client =
+            BasicClient::new(ClientId::new(self.client_id.clone())).set_token_uri(token_url);
         match &self.auth {
-            ClientAuth::SecretBasic(s) => client.set_client_secret(ClientSecret::new(s.expose().to_owned())).set_auth_type(AuthType::BasicAuth),
-            ClientAuth::SecretPost(s) => client.set_client_secret(ClientSecret::new(s.expose().to_owned())).set_auth_type(AuthType::RequestBody),
-            ClientAuth::PrivateKeyJwt(_) | ClientAuth::None => client.set_auth_type(AuthType::RequestBody),
+            ClientAuth::SecretBasic(s) => client
+                .set_client_secret(ClientSecret::new(s.expose().to_owned()))
+                .set_auth_type(AuthType::BasicAuth),
+            ClientAuth::SecretPost(s) => client
+                .set_client_secret(ClientSecret::new(s.expose().to_owned()))
+                .set_auth_type(AuthType::RequestBody),
+            ClientAuth::PrivateKeyJwt(_) | ClientAuth::None => {
+                client.set_auth_type(AuthType::RequestBody)
+            }
         }
     }
 
     pub(super) fn assertion(&self) -> Result<Option<Secret>, AuthError> {
         match &self.auth {
-            ClientAuth::PrivateKeyJwt(signer) => signer.assertion(&self.client_id, self.token_url.as_str(), &*self.clock).map(Some),
+            ClientAuth::PrivateKeyJwt(signer) => signer
+                .assertion(&self.client_id, self.token_url.as_str(), &*self.clock)
+                .map(Some),
             _ => Ok(None),
         }
     }
@@ -136,7 +154,11 @@ pub struct OAuthPassword {
 impl OAuthPassword {
     /// A password grant for `username`.
     pub fn new(client: OAuthClient, username: impl Into<String>, password: Secret) -> Self {
-        Self { client, username: username.into(), password }
+        Self {
+            client,
+            username: username.into(),
+            password,
+        }
     }
 }
 
@@ -147,12 +169,18 @@ impl AuthStrategy for OAuthPassword {
         let username = ResourceOwnerUsername::new(self.username.clone());
         let password = ResourceOwnerPassword::new(self.password.expose().to_owned());
         let scopes = self.client.scopes.iter().cloned().map(Scope::new);
-        let result: Result<TokenSet, AuthError> = send!(&self.client, oauth.exchange_password(&username, &password).add_scopes(scopes));
+        let result: Result<TokenSet, AuthError> = send!(
+            &self.client,
+            oauth
+                .exchange_password(&username, &password)
+                .add_scopes(scopes)
+        );
         result.map_err(|e| match e {
             // A refused password grant is the user's credentials, not a token's.
-            AuthError::Permanent { kind: PermanentKind::InvalidGrant, detail } => {
-                AuthError::permanent(PermanentKind::BadCredentials, detail)
-            }
+            AuthError::Permanent {
+                kind: PermanentKind::InvalidGrant,
+                detail,
+            } => AuthError::permanent(PermanentKind::BadCredentials, detail),
             other => other,
         })
     }
@@ -195,7 +223,11 @@ pub struct OAuthRefresh {
 impl OAuthRefresh {
     /// A refreshing strategy with no refresh token yet (the fallback gets the first one).
     pub fn new(client: OAuthClient) -> Self {
-        Self { client, initial: None, fallback: None }
+        Self {
+            client,
+            initial: None,
+            fallback: None,
+        }
     }
 
     /// The refresh token to start from (for example one loaded from a store).
@@ -212,7 +244,11 @@ impl OAuthRefresh {
         self
     }
 
-    async fn fall_back(&self, previous: Option<&TokenSet>, cause: AuthError) -> Result<TokenSet, AuthError> {
+    async fn fall_back(
+        &self,
+        previous: Option<&TokenSet>,
+        cause: AuthError,
+    ) -> Result<TokenSet, AuthError> {
         match &self.fallback {
             Some(fallback) => {
                 tracing::warn!(%cause, fallback = fallback.name(), "refresh token unusable; re-authenticating");
@@ -226,14 +262,20 @@ impl OAuthRefresh {
 #[async_trait]
 impl AuthStrategy for OAuthRefresh {
     async fn acquire(&self, previous: Option<&TokenSet>) -> Result<TokenSet, AuthError> {
-        let refresh = previous.and_then(|p| p.refresh_token.clone()).or_else(|| self.initial.clone());
+        let refresh = previous
+            .and_then(|p| p.refresh_token.clone())
+            .or_else(|| self.initial.clone());
         let Some(refresh) = refresh else {
-            let cause = AuthError::permanent(PermanentKind::NoRefreshToken, "no refresh token and no fallback strategy configured");
+            let cause = AuthError::permanent(
+                PermanentKind::NoRefreshToken,
+                "no refresh token and no fallback strategy configured",
+            );
             return self.fall_back(previous, cause).await;
         };
         let oauth = self.client.client();
         let rt = oauth2::RefreshToken::new(refresh.expose().to_owned());
-        let result: Result<TokenSet, AuthError> = send!(&self.client, oauth.exchange_refresh_token(&rt));
+        let result: Result<TokenSet, AuthError> =
+            send!(&self.client, oauth.exchange_refresh_token(&rt));
         match result {
             Ok(mut token) => {
                 if token.refresh_token.is_none() {
@@ -241,7 +283,12 @@ impl AuthStrategy for OAuthRefresh {
                 }
                 Ok(token)
             }
-            Err(e @ AuthError::Permanent { kind: PermanentKind::InvalidGrant, .. }) => self.fall_back(previous, e).await,
+            Err(
+                e @ AuthError::Permanent {
+                    kind: PermanentKind::InvalidGrant,
+                    ..
+                },
+            ) => self.fall_back(previous, e).await,
             Err(e) => Err(e),
         }
     }

@@ -29,14 +29,21 @@ pub(crate) struct OAuthHttp {
 
 impl OAuthHttp {
     pub(crate) fn new(client: &reqwest::Client) -> Self {
-        Self { client: client.clone(), last: Arc::new(Mutex::new(None)) }
+        Self {
+            client: client.clone(),
+            last: Arc::new(Mutex::new(None)),
+        }
     }
 
     /// A function for `request_async` whose futures own what they use (so they are `Send` for
     /// any lifetime, which `async_trait` needs).
     pub(crate) fn sender(
         &self,
-    ) -> impl Fn(oauth2::HttpRequest) -> Pin<Box<dyn Future<Output = Result<oauth2::HttpResponse, reqwest::Error>> + Send>> + use<> {
+    ) -> impl Fn(
+        oauth2::HttpRequest,
+    ) -> Pin<
+        Box<dyn Future<Output = Result<oauth2::HttpResponse, reqwest::Error>> + Send>,
+    > + use<> {
         let client = self.client.clone();
         let last = Arc::clone(&self.last);
         move |request| Box::pin(call(client.clone(), Arc::clone(&last), request))
@@ -60,7 +67,11 @@ async fn call(
         let headers = response.headers().clone();
         let body = response.bytes().await?.to_vec();
         if let Ok(mut last) = last.lock() {
-            *last = Some(Answer { status, headers: headers.clone(), body: body.clone() });
+            *last = Some(Answer {
+                status,
+                headers: headers.clone(),
+                body: body.clone(),
+            });
         }
         let mut out = http::Response::new(body);
         *out.status_mut() = status;
@@ -71,7 +82,11 @@ async fn call(
 
 impl OAuthHttp {
     fn last_date(&self) -> Option<SystemTime> {
-        self.last.lock().ok()?.as_ref().and_then(|a| wire::server_date(&a.headers))
+        self.last
+            .lock()
+            .ok()?
+            .as_ref()
+            .and_then(|a| wire::server_date(&a.headers))
     }
 
     /// Turns oauth2's result into a [`TokenSet`] or an [`AuthError`] of the right kind.
@@ -88,10 +103,13 @@ impl OAuthHttp {
         match result {
             Ok(response) => {
                 let access = response.access_token().secret();
-                let (lifetime, source) = wire::lifetime(response.expires_in(), access, default_lifetime, now_wall);
+                let (lifetime, source) =
+                    wire::lifetime(response.expires_in(), access, default_lifetime, now_wall);
                 let mut token = TokenSet::new(access.as_str(), lifetime, clock.now(), now_wall);
                 token.lifetime_source = source;
-                token.refresh_token = response.refresh_token().map(|r| Secret::new(r.secret().as_str()));
+                token.refresh_token = response
+                    .refresh_token()
+                    .map(|r| Secret::new(r.secret().as_str()));
                 token.token_type = response.token_type().as_ref().to_owned();
                 token.scope = response
                     .scopes()
@@ -103,12 +121,21 @@ impl OAuthHttp {
             Err(other) => {
                 let last = self.last.lock().ok().and_then(|mut l| l.take());
                 match last {
-                    Some(a) if !a.status.is_success() => Err(wire::classify_failure(a.status, &a.headers, &a.body, now_wall)),
+                    Some(a) if !a.status.is_success() => Err(wire::classify_failure(
+                        a.status, &a.headers, &a.body, now_wall,
+                    )),
                     Some(a) => Err(AuthError::transient(
                         TransientKind::InvalidResponse,
-                        format!("token endpoint answered HTTP {} with a body that is not a token response: {}", a.status.as_u16(), describe(&other)),
+                        format!(
+                            "token endpoint answered HTTP {} with a body that is not a token response: {}",
+                            a.status.as_u16(),
+                            describe(&other)
+                        ),
                     )),
-                    None => Err(AuthError::transient(TransientKind::InvalidResponse, describe(&other))),
+                    None => Err(AuthError::transient(
+                        TransientKind::InvalidResponse,
+                        describe(&other),
+                    )),
                 }
             }
         }
@@ -116,7 +143,9 @@ impl OAuthHttp {
 }
 
 /// Describes an oauth2 error without echoing the response body (it could hold a token).
-fn describe<TE: oauth2::ErrorResponse + 'static>(e: &RequestTokenError<reqwest::Error, TE>) -> String {
+fn describe<TE: oauth2::ErrorResponse + 'static>(
+    e: &RequestTokenError<reqwest::Error, TE>,
+) -> String {
     match e {
         RequestTokenError::Parse(err, _body) => format!("unparsable response ({})", err.inner()),
         RequestTokenError::Other(msg) => msg.clone(),

@@ -41,7 +41,10 @@ impl AuthStrategy for ServiceAccount {
     async fn acquire(&self, _previous: Option<&TokenSet>) -> Result<TokenSet, AuthError> {
         let oauth = self.client.client();
         let scopes = self.client.scopes().iter().cloned().map(Scope::new);
-        let mut token: TokenSet = send!(&self.client, oauth.exchange_client_credentials().add_scopes(scopes))?;
+        let mut token: TokenSet = send!(
+            &self.client,
+            oauth.exchange_client_credentials().add_scopes(scopes)
+        )?;
         // Some servers send a refresh token anyway; a service account never needs it.
         token.refresh_token = None;
         Ok(token)
