@@ -119,8 +119,17 @@ fn proptest(args: &[String]) -> Result<()> {
             "manager::no_caller_ever_gets",
             1_000,
         ),
+        ("shiftkey-policy", "tests", "props::", 1),
     ];
-    cargo(&["build", "--release", "--tests", "-p", "shiftkey-auth"])?;
+    cargo(&[
+        "build",
+        "--release",
+        "--tests",
+        "-p",
+        "shiftkey-auth",
+        "-p",
+        "shiftkey-policy",
+    ])?;
     let mut summary = Vec::new();
     for (package, test, filter, divisor) in suites {
         #[allow(
