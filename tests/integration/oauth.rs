@@ -56,7 +56,7 @@ async fn client_credentials_with_basic_and_post_secrets() {
         );
     }
     // Basic is sent as a header, post in the body: the server saw each client authenticate.
-    assert_eq!(server.successes("client_credentials", 2), 2);
+    assert_eq!(server.successes("client_credentials", 2).await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,7 +75,7 @@ async fn client_credentials_with_private_key_jwt_uses_a_fresh_assertion_each_tim
     for _ in 0..2 {
         strategy.acquire(None).await.unwrap();
     }
-    assert_eq!(server.successes("client_credentials", 2), 2);
+    assert_eq!(server.successes("client_credentials", 2).await, 2);
 
     // The assertion's claims: iss = sub = client, aud = token endpoint, exp - iat <= 5 min, random jti.
     let clock = shiftkey_auth::TokioClock::new();
@@ -134,14 +134,18 @@ async fn refresh_rotates_and_the_rotated_token_is_kept() {
     let strategy = refreshing(&server);
     let first = strategy.acquire(None).await.unwrap();
     assert_eq!(
-        server.successes("password", 1),
+        server.successes("password", 1).await,
         1,
         "no refresh token yet: fell back to the password grant"
     );
     let second = strategy.acquire(Some(&first)).await.unwrap();
     let third = strategy.acquire(Some(&second)).await.unwrap();
-    assert_eq!(server.successes("refresh_token", 2), 2);
-    assert_eq!(server.successes("password", 1), 1, "refresh, not re-login");
+    assert_eq!(server.successes("refresh_token", 2).await, 2);
+    assert_eq!(
+        server.successes("password", 1).await,
+        1,
+        "refresh, not re-login"
+    );
     let (r1, r2, r3) = (
         first.refresh_token.unwrap(),
         second.refresh_token.unwrap(),
@@ -188,12 +192,12 @@ async fn reusing_a_rotated_refresh_token_is_permanent_and_revokes_the_family() {
             .iter()
             .any(|e| e["detail"] == "refresh token already used")
     };
-    assert!(reused(&server.wait_events(reused)));
+    assert!(reused(&server.wait_events(reused).await));
 
     // With a fallback configured, the strategy re-authenticates instead of giving up.
     let healed = refreshing(&server).acquire(Some(&second)).await.unwrap();
     assert!(healed.refresh_token.is_some());
-    assert_eq!(server.successes("password", 2), 2);
+    assert_eq!(server.successes("password", 2).await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,9 +277,9 @@ async fn four_second_tokens_are_refreshed_proactively_and_never_sent_expired() {
     );
     assert_eq!(stats.failures, 0);
     assert!(generations.len() >= 4, "{generations:?}");
-    assert!(server.successes("refresh_token", 3) >= 3);
+    assert!(server.successes("refresh_token", 3).await >= 3);
     assert_eq!(
-        server.successes("password", 1),
+        server.successes("password", 1).await,
         1,
         "one login, then only refreshes"
     );

@@ -129,26 +129,26 @@ impl OidcServer {
     /// Events reach us through a reader thread, so an answer can arrive before its event line has
     /// been read. Lines are read in order: once the latest expected event is here, so is every
     /// earlier one, and counts of earlier events are exact.
-    pub fn wait_events(&self, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    pub async fn wait_events(&self, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         for _ in 0..250 {
             let events = self.events();
             if done(&events) {
                 return events;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.events()
     }
 
     /// Token-endpoint successes of `grant_type`, after waiting until there are at least `at_least`.
-    pub fn successes(&self, grant_type: &str, at_least: usize) -> usize {
+    pub async fn successes(&self, grant_type: &str, at_least: usize) -> usize {
         let count = |events: &[Value]| {
             events
                 .iter()
                 .filter(|e| e["event"] == "grant.success" && e["grant_type"] == grant_type)
                 .count()
         };
-        count(&self.wait_events(|e| count(e) >= at_least))
+        count(&self.wait_events(|e| count(e) >= at_least).await)
     }
 
     /// Whether the server considers `access_token` active now (its introspection endpoint).
