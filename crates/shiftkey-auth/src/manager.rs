@@ -4,14 +4,14 @@ use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::timing::{Planner, RefreshConfig, Schedule};
-use crate::{AuthError, AuthStrategy, Clock, ConfigError, TokenSet, TokioClock, TransientKind};
+use crate::{AuthError, AuthStrategy, Clock, ConfigError, LifetimeSource, TokenSet, TokioClock, TransientKind};
 
 /// A token handed out by the manager: the [`TokenSet`] and its schedule.
 ///
@@ -23,6 +23,8 @@ pub struct Token(Arc<Entry>);
 struct Entry {
     token: TokenSet,
     schedule: Schedule,
+    /// Obtained by a reactive refresh (its predecessor was rejected by a server).
+    reactive: bool,
 }
 
 impl Token {
@@ -71,9 +73,9 @@ pub enum Invalidation {
     Refreshing,
     /// A newer generation already exists: retry with it, nothing was refreshed.
     AlreadyReplaced,
-    /// The generation was current but younger than its `min_interval`: a token this fresh being
-    /// rejected means refreshing again will not help. Nothing was refreshed; report
-    /// [`AuthError::Rejected`].
+    /// The generation was current, was itself obtained by a reactive refresh, and is younger
+    /// than its `min_interval`: a replacement this fresh being rejected again means refreshing once
+    /// more will not help. Nothing was refreshed; report [`AuthError::Rejected`].
     TooSoon,
 }
 
@@ -135,6 +137,7 @@ struct Inner {
     stop: AtomicBool,
     published: watch::Sender<Published>,
     skew_millis: AtomicU64,
+    lifetime_cap_millis: AtomicU64,
     counters: Counters,
 }
 
@@ -148,6 +151,7 @@ struct Counters {
 }
 
 const NO_SKEW: u64 = u64::MAX;
+const NO_CAP: u64 = u64::MAX;
 const NOT_INVALIDATED: u64 = u64::MAX;
 
 /// Stops the refresher when the last [`TokenManager`] clone is dropped.
@@ -160,6 +164,11 @@ impl Drop for StopOnDrop {
 }
 
 impl Inner {
+    fn lifetime_cap(&self) -> Option<Duration> {
+        let m = self.lifetime_cap_millis.load(Ordering::Acquire);
+        (m != NO_CAP).then(|| Duration::from_millis(m))
+    }
+
     /// Forgets a permanent halt (an operator or a server asked for a new token), so waiting
     /// callers wait for the next attempt instead of getting the old error.
     fn clear_halt(&self) {
@@ -294,6 +303,7 @@ impl<S: AuthStrategy + 'static> TokenManagerBuilder<S> {
             stop: AtomicBool::new(false),
             published: watch::Sender::new(Published::default()),
             skew_millis: AtomicU64::new(NO_SKEW),
+            lifetime_cap_millis: AtomicU64::new(NO_CAP),
             counters: Counters::default(),
         });
         runtime.spawn(refresher(Arc::clone(&inner), self.strategy, planner));
@@ -415,7 +425,8 @@ impl TokenManager {
     ///
     /// Refreshes only if that generation is still current, so any number of requests that failed
     /// with the same dead token cause one refresh. Bypasses `min_interval`, except that a token
-    /// younger than its `min_interval` is not refreshed again ([`Invalidation::TooSoon`]).
+    /// that replaced a rejected one less than `min_interval` ago is not refreshed again
+    /// ([`Invalidation::TooSoon`]): that is a credential problem, not an expiry.
     pub fn invalidate(&self, generation: u64) -> Invalidation {
         let inner = &self.inner;
         let guard = inner.current.load();
@@ -428,7 +439,7 @@ impl TokenManager {
             return Invalidation::AlreadyReplaced;
         }
         let age = entry.token.age(inner.clock.now());
-        if age < entry.schedule.margins.min_interval {
+        if entry.reactive && age < entry.schedule.margins.min_interval {
             return Invalidation::TooSoon;
         }
         // Only the first reporter of this generation swaps it out; the rest see it gone.
@@ -449,6 +460,23 @@ impl TokenManager {
         self.inner.clear_halt();
         self.inner.forced.store(true, Ordering::Release);
         self.inner.wake.notify_one();
+    }
+
+    /// Caps every token's lifetime at `cap` for scheduling (DESIGN §3.5: a limit learned from
+    /// premature deaths, or pinned in config); `None` removes the cap. The current token is
+    /// rescheduled at once if its lifetime is longer. Tokens scheduled by the cap report
+    /// [`LifetimeSource::Learned`](crate::LifetimeSource::Learned).
+    pub fn set_lifetime_cap(&self, cap: Option<Duration>) {
+        let millis = cap.map_or(NO_CAP, |c| u64::try_from(c.as_millis()).unwrap_or(NO_CAP - 1).max(1));
+        if self.inner.lifetime_cap_millis.swap(millis, Ordering::AcqRel) != millis {
+            self.inner.wake.notify_one();
+        }
+    }
+
+    /// The lifetime cap in force, if any.
+    #[must_use]
+    pub fn lifetime_cap(&self) -> Option<Duration> {
+        self.inner.lifetime_cap()
     }
 
     /// A snapshot of the manager's state.
@@ -512,9 +540,25 @@ fn record_skew(inner: &Inner, server_date: Option<SystemTime>, sent_wall: System
 async fn refresher<S: AuthStrategy>(inner: Arc<Inner>, strategy: S, mut planner: Planner) {
     let mut last: Option<TokenSet> = None;
     let mut generation: u64 = 0;
+    let mut applied_cap: Option<Duration> = None;
     loop {
         if inner.stop.load(Ordering::Acquire) {
             break;
+        }
+        // A new learned or pinned lifetime cap reschedules the current token at once.
+        let cap = inner.lifetime_cap();
+        if cap != applied_cap {
+            applied_cap = cap;
+            if let (Some(cap), Some(entry)) = (cap, inner.current.load_full())
+                && entry.token.lifetime > cap
+            {
+                let mut token = entry.token.clone();
+                token.lifetime = cap;
+                token.lifetime_source = LifetimeSource::Learned;
+                let schedule = planner.reschedule(token.issued_at, cap);
+                tracing::info!(credential = %inner.name, generation = token.generation, cap_s = cap.as_secs_f64(), "token rescheduled by a learned lifetime cap");
+                inner.current.compare_and_swap(&entry, Some(Arc::new(Entry { token, schedule, reactive: entry.reactive })));
+            }
         }
         // Take requests that arrived since the last turn.
         let invalidated = inner.invalidated.swap(NOT_INVALIDATED, Ordering::AcqRel);
@@ -578,6 +622,12 @@ async fn refresher<S: AuthStrategy>(inner: Arc<Inner>, strategy: S, mut planner:
                 token.issued_at = now;
                 token.issued_at_wall = started_wall;
                 token.generation = generation;
+                if let Some(cap) = applied_cap
+                    && token.lifetime > cap
+                {
+                    token.lifetime = cap;
+                    token.lifetime_source = LifetimeSource::Learned;
+                }
                 let schedule = planner.on_success(end, now, token.lifetime);
                 tracing::info!(
                     credential = %inner.name,
@@ -591,7 +641,7 @@ async fn refresher<S: AuthStrategy>(inner: Arc<Inner>, strategy: S, mut planner:
                 last = Some(token.clone());
                 inner
                     .current
-                    .store(Some(Arc::new(Entry { token, schedule })));
+                    .store(Some(Arc::new(Entry { token, schedule, reactive })));
                 inner.published.send_modify(|p| {
                     p.completed += 1;
                     p.last_error = None;

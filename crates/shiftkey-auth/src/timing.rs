@@ -420,6 +420,15 @@ impl Planner {
         s
     }
 
+    /// Replaces the current token's schedule (a lifetime cap was learned), keeping the failure
+    /// state. Returns the new schedule.
+    pub fn reschedule(&mut self, issued_at: Instant, lifetime: Duration) -> Schedule {
+        let draw = self.rng.r#gen::<f64>();
+        let s = schedule(&self.cfg, issued_at, lifetime, draw);
+        self.current = Some(s);
+        s
+    }
+
     /// Records a failed attempt at `now`. A permanent error halts the planner; a transient one
     /// schedules the next attempt after a backoff. Returns the backoff (zero when halted).
     pub fn on_failure(&mut self, now: Instant, error: &AuthError) -> Duration {

@@ -192,14 +192,17 @@ async fn invalidating_an_old_or_brand_new_generation_does_not_refresh() {
         .build()
         .unwrap();
     m.token().await.unwrap();
-    // Younger than min_interval (60 s): refreshing again would not help.
-    assert_eq!(m.invalidate(1), Invalidation::TooSoon);
-    sleep(secs(61)).await;
+    // A first rejection of a young token (a server restart) is refreshed.
     assert_eq!(m.invalidate(1), Invalidation::Refreshing);
     assert_eq!(m.token().await.unwrap().generation(), 2);
     assert_eq!(m.invalidate(1), Invalidation::AlreadyReplaced);
+    // Its replacement rejected within min_interval (60 s): refreshing again would not help.
+    assert_eq!(m.invalidate(2), Invalidation::TooSoon);
+    sleep(secs(61)).await;
+    assert_eq!(m.invalidate(2), Invalidation::Refreshing);
+    assert_eq!(m.token().await.unwrap().generation(), 3);
     sleep(secs(1)).await;
-    assert_eq!(strategy.calls(), 2);
+    assert_eq!(strategy.calls(), 3);
 }
 
 #[tokio::test(start_paused = true)]
@@ -307,6 +310,25 @@ async fn a_hung_acquire_times_out_and_is_retried() {
     );
     sleep(secs(30)).await;
     assert!(strategy.calls() >= 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lifetime_cap_reschedules_the_current_and_later_tokens() {
+    let strategy = ScriptedStrategy::new(secs(8 * H), Duration::ZERO);
+    let t0 = Instant::now();
+    let m = TokenManager::builder(strategy.clone()).config(seeded()).build().unwrap();
+    m.token().await.unwrap();
+    sleep(secs(60)).await;
+    // The server really kills tokens at 4 h: refresh must happen before that, not at 6.3 h.
+    m.set_lifetime_cap(Some(secs(4 * H)));
+    sleep(secs(4 * H)).await;
+    let starts = strategy.starts();
+    assert_eq!(starts.len(), 2, "{starts:?}");
+    let at = (starts[1] - t0).as_secs_f64() / 3600.0;
+    assert!((3.1..=3.2).contains(&at), "refreshed at {at} h");
+    let t = m.token().await.unwrap();
+    assert_eq!((t.lifetime, t.lifetime_source), (secs(4 * H), shiftkey_auth::LifetimeSource::Learned));
+    assert_eq!(m.lifetime_cap(), Some(secs(4 * H)));
 }
 
 #[tokio::test]
