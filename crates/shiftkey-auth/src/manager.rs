@@ -11,7 +11,10 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::timing::{Planner, RefreshConfig, Schedule};
-use crate::{AuthError, AuthStrategy, Clock, ConfigError, LifetimeSource, TokenSet, TokioClock, TransientKind};
+use crate::{
+    AuthError, AuthStrategy, Clock, ConfigError, LifetimeSource, TokenSet, TokioClock,
+    TransientKind,
+};
 
 /// A token handed out by the manager: the [`TokenSet`] and its schedule.
 ///
@@ -467,8 +470,15 @@ impl TokenManager {
     /// rescheduled at once if its lifetime is longer. Tokens scheduled by the cap report
     /// [`LifetimeSource::Learned`](crate::LifetimeSource::Learned).
     pub fn set_lifetime_cap(&self, cap: Option<Duration>) {
-        let millis = cap.map_or(NO_CAP, |c| u64::try_from(c.as_millis()).unwrap_or(NO_CAP - 1).max(1));
-        if self.inner.lifetime_cap_millis.swap(millis, Ordering::AcqRel) != millis {
+        let millis = cap.map_or(NO_CAP, |c| {
+            u64::try_from(c.as_millis()).unwrap_or(NO_CAP - 1).max(1)
+        });
+        if self
+            .inner
+            .lifetime_cap_millis
+            .swap(millis, Ordering::AcqRel)
+            != millis
+        {
             self.inner.wake.notify_one();
         }
     }
@@ -557,7 +567,14 @@ async fn refresher<S: AuthStrategy>(inner: Arc<Inner>, strategy: S, mut planner:
                 token.lifetime_source = LifetimeSource::Learned;
                 let schedule = planner.reschedule(token.issued_at, cap);
                 tracing::info!(credential = %inner.name, generation = token.generation, cap_s = cap.as_secs_f64(), "token rescheduled by a learned lifetime cap");
-                inner.current.compare_and_swap(&entry, Some(Arc::new(Entry { token, schedule, reactive: entry.reactive })));
+                inner.current.compare_and_swap(
+                    &entry,
+                    Some(Arc::new(Entry {
+                        token,
+                        schedule,
+                        reactive: entry.reactive,
+                    })),
+                );
             }
         }
         // Take requests that arrived since the last turn.
@@ -639,9 +656,11 @@ async fn refresher<S: AuthStrategy>(inner: Arc<Inner>, strategy: S, mut planner:
                     "token acquired"
                 );
                 last = Some(token.clone());
-                inner
-                    .current
-                    .store(Some(Arc::new(Entry { token, schedule, reactive })));
+                inner.current.store(Some(Arc::new(Entry {
+                    token,
+                    schedule,
+                    reactive,
+                })));
                 inner.published.send_modify(|p| {
                     p.completed += 1;
                     p.last_error = None;

@@ -316,7 +316,10 @@ async fn a_hung_acquire_times_out_and_is_retried() {
 async fn a_lifetime_cap_reschedules_the_current_and_later_tokens() {
     let strategy = ScriptedStrategy::new(secs(8 * H), Duration::ZERO);
     let t0 = Instant::now();
-    let m = TokenManager::builder(strategy.clone()).config(seeded()).build().unwrap();
+    let m = TokenManager::builder(strategy.clone())
+        .config(seeded())
+        .build()
+        .unwrap();
     m.token().await.unwrap();
     sleep(secs(60)).await;
     // The server really kills tokens at 4 h: refresh must happen before that, not at 6.3 h.
@@ -327,7 +330,10 @@ async fn a_lifetime_cap_reschedules_the_current_and_later_tokens() {
     let at = (starts[1] - t0).as_secs_f64() / 3600.0;
     assert!((3.1..=3.2).contains(&at), "refreshed at {at} h");
     let t = m.token().await.unwrap();
-    assert_eq!((t.lifetime, t.lifetime_source), (secs(4 * H), shiftkey_auth::LifetimeSource::Learned));
+    assert_eq!(
+        (t.lifetime, t.lifetime_source),
+        (secs(4 * H), shiftkey_auth::LifetimeSource::Learned)
+    );
     assert_eq!(m.lifetime_cap(), Some(secs(4 * H)));
 }
 

@@ -1,0 +1,52 @@
+//! The middleware's own errors, carried inside `reqwest_middleware::Error::Middleware`.
+
+use std::time::Duration;
+
+use shiftkey_auth::AuthError;
+
+/// Why the middleware gave up on a request without a usable response.
+///
+/// Get it back from a `reqwest_middleware::Error` with [`HttpError::from_middleware`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HttpError {
+    /// No token could be had (the token server is down, the credentials were refused...).
+    #[error("no token: {0}")]
+    Token(#[from] AuthError),
+    /// A freshly refreshed token was rejected too: a credential problem, not an expiry.
+    #[error(
+        "the server rejected token generation {generation} right after a refresh; not refreshing again for this request"
+    )]
+    Rejected {
+        /// The rejected generation.
+        generation: u64,
+    },
+    /// The token was rejected and the request body cannot be sent twice (a stream).
+    #[error(
+        "the server rejected the token and the request body is not replayable, so it was not retried; the next request uses a fresh token"
+    )]
+    NotReplayable,
+    /// The auth circuit is open: too many rejections in a row.
+    #[error("auth circuit open after repeated rejections; next probe in {retry_in:?}")]
+    AuthCircuitOpen {
+        /// When a probe will be let through.
+        retry_in: Duration,
+    },
+    /// The server circuit is open: too many server failures in a row.
+    #[error("server circuit open after repeated failures; next probe in {retry_in:?}")]
+    ServerCircuitOpen {
+        /// When a probe will be let through.
+        retry_in: Duration,
+    },
+}
+
+impl HttpError {
+    /// The `HttpError` inside a middleware error, if that is what it is.
+    #[must_use]
+    pub fn from_middleware(err: &reqwest_middleware::Error) -> Option<&HttpError> {
+        match err {
+            reqwest_middleware::Error::Middleware(e) => e.downcast_ref::<HttpError>(),
+            reqwest_middleware::Error::Reqwest(_) => None,
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! An authenticated, self-healing reqwest client: wrap your `reqwest::Client` and requests never
+//! fail because a token expired, was killed early, or a session timed out.
+//!
+//! # Overview
+//! - [`AuthMiddleware`]: a `reqwest-middleware` middleware over a
+//!   [`shiftkey_auth::TokenManager`]: injects the token, refreshes and retries once on rejection
+//!   (one refresh for any number of requests that died with the same token), applies
+//!   [`shiftkey_policy`] (429 / 5xx / timeouts with backoff, retry budget, separate auth and server
+//!   circuit breakers, error-rate monitor), and learns the server's real limits.
+//! - [`Classifier`]: decides whether a response means "dead token". [`BearerClassifier`] reads
+//!   `WWW-Authenticate` (RFC 6750); adapters supply their own (Teamcenter reads the body).
+//! - [`Injector`]: `Authorization: Bearer`, another header, or a cookie.
+//! - [`limits`]: premature deaths → lifetime cap and idle limit; [`AuthMiddleware::keepalive`]
+//!   keeps an idle session alive.
+//! - [`HttpError`]: what the middleware itself can fail with.
+//!
+//! # Example: wrap your client
+//! ```no_run
+//! use shiftkey_auth::TokenManager;
+//! use shiftkey_auth::strategies::{ClientAuth, OAuthClient, ServiceAccount};
+//! use shiftkey_http::AuthMiddleware;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let http = reqwest::Client::new();
+//! let oauth = OAuthClient::new(http.clone(), "https://login.example.com/token".parse()?, "plant-sync", ClientAuth::SecretBasic("s3cret".into()));
+//! let manager = TokenManager::builder(ServiceAccount::new(oauth)).build()?;
+//! let client = reqwest_middleware::ClientBuilder::new(http).with(AuthMiddleware::builder(manager).build()).build();
+//! let orders = client.get("https://mes.example.com/api/orders").send().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Metrics (through the `metrics` facade): `shiftkey_http_requests_total{outcome}`,
+//! `shiftkey_http_unauthorized_total{result="recovered"|"surfaced"}`,
+//! `shiftkey_http_retries_total{reason}`, `shiftkey_http_premature_deaths_total`,
+//! `shiftkey_http_keepalives_total`, `shiftkey_learned_lifetime_seconds`,
+//! `shiftkey_learned_idle_seconds`.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod classify;
+mod error;
+mod inject;
+mod keepalive;
+pub mod limits;
+mod middleware;
+
+pub use classify::{BearerClassifier, Classifier, Verdict};
+pub use error::HttpError;
+pub use inject::Injector;
+pub use keepalive::Keepalive;
+pub use middleware::{AuthMiddleware, AuthMiddlewareBuilder, Stats};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

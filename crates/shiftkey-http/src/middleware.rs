@@ -1,0 +1,574 @@
+//! [`AuthMiddleware`]: the reqwest-middleware that keeps requests authenticated.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::Extensions;
+use reqwest::{Request, Response};
+use reqwest_middleware::{Middleware, Next};
+use shiftkey_auth::{Clock, Invalidation, TokenManager, TokioClock};
+use shiftkey_policy::{
+    BreakerConfig, CircuitBreaker, Decision, ErrorRateMonitor, Event, Outcome, Replay, RetryBudget,
+    RetryPolicy, parse_retry_after,
+};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::HttpError;
+use crate::classify::{BearerClassifier, Classifier, Verdict};
+use crate::inject::Injector;
+use crate::limits::{Death, LearnedLimits, LimitLearner, LimitsConfig, Recorded};
+
+/// Counters since the middleware was built (all monotonic).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Requests handled (each counted once, however many attempts).
+    pub requests: u64,
+    /// Attempts sent to the server.
+    pub attempts: u64,
+    /// Rejections healed by one refresh-and-retry: the caller never saw them.
+    pub recovered: u64,
+    /// Rejections that reached the caller (as an error).
+    pub surfaced: u64,
+    /// Policy retries (429, 5xx, connect, timeout).
+    pub retries: u64,
+    /// Premature deaths recorded.
+    pub premature_deaths: u64,
+    /// Keepalive requests sent.
+    pub keepalives: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    attempts: AtomicU64,
+    recovered: AtomicU64,
+    surfaced: AtomicU64,
+    retries: AtomicU64,
+    premature_deaths: AtomicU64,
+    keepalives: AtomicU64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) manager: TokenManager,
+    injector: Injector,
+    classifier: Arc<dyn Classifier>,
+    policy: RetryPolicy,
+    budget: RetryBudget,
+    auth_breaker: CircuitBreaker,
+    server_breaker: CircuitBreaker,
+    monitor: Option<Arc<ErrorRateMonitor>>,
+    pub(crate) learner: LimitLearner,
+    pub(crate) clock: Arc<dyn Clock>,
+    origin: Instant,
+    last_activity_ms: AtomicU64,
+    pub(crate) learned: Notify,
+    counters: Counters,
+}
+
+impl Shared {
+    pub(crate) fn touch(&self, now: Instant) {
+        let ms = u64::try_from(now.saturating_duration_since(self.origin).as_millis())
+            .unwrap_or(u64::MAX);
+        self.last_activity_ms.fetch_max(ms, Ordering::AcqRel);
+    }
+
+    pub(crate) fn idle(&self, now: Instant) -> Duration {
+        let last =
+            self.origin + Duration::from_millis(self.last_activity_ms.load(Ordering::Acquire));
+        now.saturating_duration_since(last)
+    }
+
+    pub(crate) fn count_keepalive(&self) {
+        self.counters.keepalives.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("shiftkey_http_keepalives_total").increment(1);
+    }
+
+    fn apply_limits(&self, limits: LearnedLimits) {
+        self.manager.set_lifetime_cap(limits.lifetime_cap);
+        if let Some(cap) = limits.lifetime_cap {
+            metrics::gauge!("shiftkey_learned_lifetime_seconds").set(cap.as_secs_f64());
+        }
+        if let Some(idle) = limits.idle_limit {
+            metrics::gauge!("shiftkey_learned_idle_seconds").set(idle.as_secs_f64());
+        }
+        self.learned.notify_waiters();
+    }
+}
+
+/// A `reqwest-middleware` middleware that keeps requests authenticated (DESIGN §3.3, §3.5, §5).
+///
+/// For each request it:
+/// 1. checks the auth and server circuit breakers (an open one fails fast, untouched server);
+/// 2. puts the manager's current token on the request (read without touching its reference count)
+///    and remembers its generation;
+/// 3. classifies the response; on a dead-token verdict it reports that generation to the
+///    [`TokenManager`] (which refreshes only if it is still current, so N requests failing with
+///    one dead token cause one refresh), and retries **once** with the new token when the body is
+///    replayable; a fresh token rejected again is [`HttpError::Rejected`];
+/// 4. retries 429 (honouring `Retry-After`), 5xx, connect errors and timeouts with backoff, within
+///    the retry budget, never re-sending a body that cannot be replayed;
+/// 5. records premature deaths, learns the server's real lifetime cap and idle limit, and caps the
+///    manager's schedule by the learned lifetime;
+/// 6. counts outcomes in `metrics` and the optional [`ErrorRateMonitor`]; logs through `tracing`,
+///    never a token, cookie or secret header (injected headers are marked sensitive).
+///
+/// # Example
+/// ```no_run
+/// use shiftkey_auth::TokenManager;
+/// use shiftkey_http::AuthMiddleware;
+/// # async fn demo(manager: TokenManager) -> Result<(), Box<dyn std::error::Error>> {
+/// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+///     .with(AuthMiddleware::builder(manager).build())
+///     .build();
+/// let orders = client.get("https://mes.example.com/api/orders").send().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct AuthMiddleware {
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// Builds an [`AuthMiddleware`].
+#[derive(Debug)]
+pub struct AuthMiddlewareBuilder {
+    manager: TokenManager,
+    injector: Injector,
+    classifier: Arc<dyn Classifier>,
+    policy: RetryPolicy,
+    budget: RetryBudget,
+    auth_breaker: BreakerConfig,
+    server_breaker: BreakerConfig,
+    monitor: Option<Arc<ErrorRateMonitor>>,
+    limits: LimitsConfig,
+    learned: Option<LearnedLimits>,
+    clock: Option<Arc<dyn Clock>>,
+}
+
+impl AuthMiddlewareBuilder {
+    /// How the token travels (default `Authorization: Bearer`).
+    #[must_use]
+    pub fn injector(mut self, injector: Injector) -> Self {
+        self.injector = injector;
+        self
+    }
+
+    /// Who decides that a response means a dead token (default [`BearerClassifier`]).
+    #[must_use]
+    pub fn classifier(mut self, classifier: impl Classifier) -> Self {
+        self.classifier = Arc::new(classifier);
+        self
+    }
+
+    /// The retry policy (default: DESIGN §5, 3 attempts, 500 ms × 2 full jitter).
+    #[must_use]
+    pub fn policy(mut self, policy: RetryPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The retry budget (default quota 500, retry 5, timeout 10, refund 1).
+    #[must_use]
+    pub fn budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// Circuit breaker settings for auth rejections and for server failures (default: 5 in a row,
+    /// 60 s doubling to 15 min).
+    #[must_use]
+    pub fn breakers(mut self, auth: BreakerConfig, server: BreakerConfig) -> Self {
+        self.auth_breaker = auth;
+        self.server_breaker = server;
+        self
+    }
+
+    /// Counts every outcome in `monitor` (it raises the 401-rate alerts).
+    #[must_use]
+    pub fn monitor(mut self, monitor: Arc<ErrorRateMonitor>) -> Self {
+        self.monitor = Some(monitor);
+        self
+    }
+
+    /// Whether and what to learn about the server's limits.
+    #[must_use]
+    pub fn limits(mut self, limits: LimitsConfig) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Limits learned in an earlier run (persisted with the token).
+    #[must_use]
+    pub fn learned(mut self, learned: LearnedLimits) -> Self {
+        self.learned = Some(learned);
+        self
+    }
+
+    /// The clock (default [`TokioClock`]); use the manager's.
+    #[must_use]
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// The middleware. Pinned or restored limits are applied to the manager at once.
+    #[must_use]
+    pub fn build(self) -> AuthMiddleware {
+        let clock = self.clock.unwrap_or_else(|| Arc::new(TokioClock::new()));
+        let mut learner = LimitLearner::new(self.limits);
+        if let Some(l) = self.learned {
+            learner = learner.with_learned(l);
+        }
+        let origin = clock.now();
+        let shared = Arc::new(Shared {
+            manager: self.manager,
+            injector: self.injector,
+            classifier: self.classifier,
+            policy: self.policy,
+            budget: self.budget,
+            auth_breaker: CircuitBreaker::new(self.auth_breaker),
+            server_breaker: CircuitBreaker::new(self.server_breaker),
+            monitor: self.monitor,
+            learner,
+            clock,
+            origin,
+            last_activity_ms: AtomicU64::new(0),
+            learned: Notify::new(),
+            counters: Counters::default(),
+        });
+        let limits = shared.learner.limits();
+        if limits != LearnedLimits::default() {
+            shared.apply_limits(limits);
+        }
+        AuthMiddleware { shared }
+    }
+}
+
+fn fail(e: HttpError) -> reqwest_middleware::Error {
+    reqwest_middleware::Error::middleware(e)
+}
+
+fn outcome_of(response: &Response, now_wall: std::time::SystemTime) -> Outcome {
+    let status = response.status();
+    if status.is_success() || status.is_redirection() || status.is_informational() {
+        return Outcome::Success;
+    }
+    if status == http::StatusCode::TOO_MANY_REQUESTS
+        || status == http::StatusCode::SERVICE_UNAVAILABLE
+    {
+        let headers = response.headers();
+        let date = headers
+            .get(http::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(httpdate_parse);
+        let retry_after = headers
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, date, now_wall, Duration::from_secs(3600)));
+        if status == http::StatusCode::TOO_MANY_REQUESTS || retry_after.is_some() {
+            return Outcome::RateLimited { retry_after };
+        }
+    }
+    Outcome::Status(status.as_u16())
+}
+
+fn httpdate_parse(v: &str) -> Option<std::time::SystemTime> {
+    httpdate::parse_http_date(v).ok()
+}
+
+impl AuthMiddleware {
+    /// A builder around `manager`.
+    pub fn builder(manager: TokenManager) -> AuthMiddlewareBuilder {
+        AuthMiddlewareBuilder {
+            manager,
+            injector: Injector::default(),
+            classifier: Arc::new(BearerClassifier),
+            policy: RetryPolicy::default(),
+            budget: RetryBudget::default(),
+            auth_breaker: BreakerConfig::default(),
+            server_breaker: BreakerConfig::default(),
+            monitor: None,
+            limits: LimitsConfig::default(),
+            learned: None,
+            clock: None,
+        }
+    }
+
+    /// The token manager behind this middleware.
+    #[must_use]
+    pub fn manager(&self) -> &TokenManager {
+        &self.shared.manager
+    }
+
+    /// What has been learned about the server's limits (persist it with the token).
+    #[must_use]
+    pub fn learned_limits(&self) -> LearnedLimits {
+        self.shared.learner.limits()
+    }
+
+    /// Counters since start.
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.counters;
+        Stats {
+            requests: c.requests.load(Ordering::Relaxed),
+            attempts: c.attempts.load(Ordering::Relaxed),
+            recovered: c.recovered.load(Ordering::Relaxed),
+            surfaced: c.surfaced.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+            premature_deaths: c.premature_deaths.load(Ordering::Relaxed),
+            keepalives: c.keepalives.load(Ordering::Relaxed),
+        }
+    }
+
+    fn surfaced(&self, e: HttpError) -> reqwest_middleware::Error {
+        self.shared
+            .counters
+            .surfaced
+            .fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("shiftkey_http_unauthorized_total", "result" => "surfaced").increment(1);
+        tracing::warn!(error = %e, "token rejection surfaced to the caller");
+        fail(e)
+    }
+
+    fn record(&self, now: Instant, class: shiftkey_policy::Class) {
+        if let Some(m) = &self.shared.monitor {
+            m.record(now.into_std(), Event::Request(class));
+        }
+    }
+}
+
+#[async_trait]
+impl Middleware for AuthMiddleware {
+    async fn handle(
+        &self,
+        req: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        let s = &*self.shared;
+        s.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let mut pending = Some(req);
+        let mut attempt: u32 = 0;
+        let mut refreshed_from: Option<u64> = None;
+        loop {
+            let Some(mut request) = pending.take() else {
+                // Only reached if a retry was decided without a spare copy; never by construction.
+                return Err(fail(HttpError::NotReplayable));
+            };
+            let spare = request.try_clone();
+            let now = s.clock.now();
+            s.auth_breaker.allow(now.into_std()).map_err(|r| {
+                fail(HttpError::AuthCircuitOpen {
+                    retry_in: r.retry_in,
+                })
+            })?;
+            s.server_breaker.allow(now.into_std()).map_err(|r| {
+                fail(HttpError::ServerCircuitOpen {
+                    retry_in: r.retry_in,
+                })
+            })?;
+
+            // The token: a refcount-free read on the hot path, a wait only when none is servable.
+            let injected = s.manager.with_token(|t| {
+                (
+                    s.injector.apply(request.headers_mut(), t),
+                    t.generation,
+                    t.issued_at,
+                    t.lifetime,
+                )
+            });
+            let (ok, generation, issued_at, lifetime) = match injected {
+                Some(v) => v,
+                None => {
+                    let t = s
+                        .manager
+                        .token()
+                        .await
+                        .map_err(|e| fail(HttpError::Token(e)))?;
+                    (
+                        s.injector.apply(request.headers_mut(), &t),
+                        t.generation,
+                        t.issued_at,
+                        t.lifetime,
+                    )
+                }
+            };
+            if !ok {
+                return Err(fail(HttpError::Token(shiftkey_auth::AuthError::transient(
+                    shiftkey_auth::TransientKind::InvalidResponse,
+                    "the token contains characters that cannot go in an HTTP header",
+                ))));
+            }
+            let sent_at = s.clock.now();
+            let idle = s.idle(sent_at);
+            s.touch(sent_at);
+            attempt += 1;
+            s.counters.attempts.fetch_add(1, Ordering::Relaxed);
+            let result = next.clone().run(request, extensions).await;
+            let done = s.clock.now();
+            s.touch(done);
+
+            let response = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    let outcome = match &e {
+                        reqwest_middleware::Error::Reqwest(re) if re.is_timeout() => {
+                            Outcome::Timeout
+                        }
+                        _ => Outcome::Connect,
+                    };
+                    s.server_breaker.record(done.into_std(), false);
+                    self.record(done, outcome.class());
+                    metrics::counter!("shiftkey_http_requests_total", "outcome" => "transport_error").increment(1);
+                    let connect =
+                        matches!(&e, reqwest_middleware::Error::Reqwest(re) if re.is_connect());
+                    let replay = if spare.is_some() {
+                        Replay::Safe
+                    } else {
+                        Replay::Unsafe { sent: !connect }
+                    };
+                    match s.policy.decide(
+                        &outcome,
+                        attempt,
+                        replay,
+                        Some(&s.budget),
+                        rand::random::<f64>(),
+                    ) {
+                        Decision::Retry(delay) if spare.is_some() => {
+                            s.counters.retries.fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!("shiftkey_http_retries_total", "reason" => "transport").increment(1);
+                            tracing::debug!(
+                                attempt,
+                                delay_ms = delay.as_millis() as u64,
+                                "transport error; retrying"
+                            );
+                            s.clock.sleep(delay).await;
+                            pending = spare;
+                            continue;
+                        }
+                        _ => return Err(e),
+                    }
+                }
+            };
+
+            let (verdict, response) = s
+                .classifier
+                .classify(response)
+                .await
+                .map_err(reqwest_middleware::Error::Reqwest)?;
+            match verdict {
+                Verdict::Refresh => {
+                    self.record(done, shiftkey_policy::Class::Unauthorized);
+                    metrics::counter!("shiftkey_http_requests_total", "outcome" => "unauthorized")
+                        .increment(1);
+                    let age = sent_at.saturating_duration_since(issued_at);
+                    if age < lifetime {
+                        match s.learner.record(generation, Death { age, idle }) {
+                            Recorded::Duplicate => {}
+                            recorded => {
+                                s.counters.premature_deaths.fetch_add(1, Ordering::Relaxed);
+                                metrics::counter!("shiftkey_http_premature_deaths_total")
+                                    .increment(1);
+                                tracing::info!(
+                                    generation,
+                                    age_s = age.as_secs_f64(),
+                                    idle_s = idle.as_secs_f64(),
+                                    claimed_s = lifetime.as_secs_f64(),
+                                    "premature token death"
+                                );
+                                if let Recorded::Learned(limits) = recorded {
+                                    tracing::warn!(
+                                        ?limits,
+                                        "learned the server's real token limits"
+                                    );
+                                    s.apply_limits(limits);
+                                }
+                            }
+                        }
+                    }
+                    if refreshed_from.is_some() {
+                        s.auth_breaker.record(done.into_std(), false);
+                        return Err(self.surfaced(HttpError::Rejected { generation }));
+                    }
+                    if s.manager.invalidate(generation) == Invalidation::TooSoon {
+                        s.auth_breaker.record(done.into_std(), false);
+                        return Err(self.surfaced(HttpError::Rejected { generation }));
+                    }
+                    if spare.is_none() {
+                        return Err(self.surfaced(HttpError::NotReplayable));
+                    }
+                    refreshed_from = Some(generation);
+                    // The auth retry is not a policy retry: it does not count against the attempts.
+                    attempt -= 1;
+                    pending = spare;
+                    continue;
+                }
+                Verdict::Forbidden => {
+                    s.auth_breaker.record(done.into_std(), true);
+                    s.server_breaker.record(done.into_std(), true);
+                    self.record(done, shiftkey_policy::Class::ClientError);
+                    metrics::counter!("shiftkey_http_requests_total", "outcome" => "forbidden")
+                        .increment(1);
+                    return Ok(response);
+                }
+                Verdict::Accepted => {}
+            }
+            if let Some(old) = refreshed_from.take() {
+                s.counters.recovered.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("shiftkey_http_unauthorized_total", "result" => "recovered")
+                    .increment(1);
+                tracing::info!(
+                    rejected_generation = old,
+                    generation,
+                    "token rejection recovered by one refresh"
+                );
+            }
+            s.auth_breaker.record(done.into_std(), true);
+            let outcome = outcome_of(&response, s.clock.wall());
+            s.server_breaker
+                .record(done.into_std(), !outcome.is_server_failure());
+            self.record(done, outcome.class());
+            let replay = if spare.is_some() {
+                Replay::Safe
+            } else {
+                Replay::Unsafe { sent: true }
+            };
+            match s.policy.decide(
+                &outcome,
+                attempt,
+                replay,
+                Some(&s.budget),
+                rand::random::<f64>(),
+            ) {
+                Decision::Retry(delay) if spare.is_some() => {
+                    s.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("shiftkey_http_retries_total", "reason" => "status")
+                        .increment(1);
+                    tracing::debug!(
+                        attempt,
+                        status = response.status().as_u16(),
+                        delay_ms = delay.as_millis() as u64,
+                        "retrying"
+                    );
+                    s.clock.sleep(delay).await;
+                    pending = spare;
+                }
+                _ => {
+                    let label = if outcome == Outcome::Success {
+                        "success"
+                    } else {
+                        "error"
+                    };
+                    metrics::counter!("shiftkey_http_requests_total", "outcome" => label)
+                        .increment(1);
+                    return Ok(response);
+                }
+            }
+        }
+    }
+}

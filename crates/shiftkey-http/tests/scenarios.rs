@@ -1,0 +1,338 @@
+//! The middleware's behaviours, one test each.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
+use shiftkey_auth::TokenManager;
+use shiftkey_auth::testing::ScriptedStrategy;
+use shiftkey_auth::timing::RefreshConfig;
+use shiftkey_http::{AuthMiddleware, HttpError};
+use shiftkey_policy::{BreakerConfig, RetryBudget, Trip};
+use tokio::time::{Instant, sleep};
+
+use crate::resource::{self, Scripted};
+
+const H: u64 = 3600;
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+struct Rig {
+    strategy: ScriptedStrategy,
+    middleware: AuthMiddleware,
+    client: ClientWithMiddleware,
+    server: Arc<resource::Server>,
+    base: url::Url,
+}
+
+async fn rig(
+    lifetime: Duration,
+    f: impl FnOnce(shiftkey_http::AuthMiddlewareBuilder) -> shiftkey_http::AuthMiddlewareBuilder,
+) -> Rig {
+    let (server, base) = resource::start().await;
+    let strategy = ScriptedStrategy::new(lifetime, Duration::from_millis(20));
+    let manager = TokenManager::builder(strategy.clone())
+        .config(RefreshConfig {
+            seed: Some(3),
+            ..RefreshConfig::default()
+        })
+        .build()
+        .unwrap();
+    let middleware = f(AuthMiddleware::builder(manager)).build();
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(middleware.clone())
+        .build();
+    Rig {
+        strategy,
+        middleware,
+        client,
+        server,
+        base,
+    }
+}
+
+impl Rig {
+    async fn get(&self, path: &str) -> reqwest_middleware::Result<reqwest::Response> {
+        self.client.get(self.base.join(path).unwrap()).send().await
+    }
+}
+
+fn http_error(e: &reqwest_middleware::Error) -> HttpError {
+    HttpError::from_middleware(e)
+        .cloned()
+        .unwrap_or_else(|| panic!("not an HttpError: {e}"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn paused_time_does_not_jump_during_a_request() {
+    let r = rig(secs(8 * H), |b| b).await;
+    tokio::spawn(sleep(secs(H))); // a far timer auto-advance could jump to
+    let start = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(r.get("data").await.unwrap().status(), 200);
+    }
+    assert!(
+        start.elapsed() < secs(5),
+        "virtual time jumped by {:?} during loopback requests",
+        start.elapsed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_401_is_healed_by_one_refresh_and_never_seen() {
+    let r = rig(secs(8 * H), |b| b).await;
+    assert_eq!(r.get("data").await.unwrap().status(), 200);
+    r.server.kill("tok-1");
+    let resp = r.get("data").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "ok");
+    assert_eq!(r.strategy.calls(), 2);
+    let stats = r.middleware.stats();
+    assert_eq!((stats.recovered, stats.surfaced), (1, 0));
+}
+
+// Real time: 50 concurrent loopback connections are exactly where paused time's auto-advance can
+// jump while replies are in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_requests_with_one_dead_token_cause_one_refresh() {
+    let r = Arc::new(rig(secs(8 * H), |b| b).await);
+    assert_eq!(r.get("data").await.unwrap().status(), 200);
+    r.server.kill("tok-1");
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let r = Arc::clone(&r);
+            tokio::spawn(async move { r.get("data").await.map(|x| x.status().as_u16()) })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), 200);
+    }
+    assert_eq!(
+        r.strategy.calls(),
+        2,
+        "one refresh for 50 rejected requests"
+    );
+    assert_eq!(r.middleware.stats().surfaced, 0);
+    assert_eq!(
+        r.middleware.stats().premature_deaths,
+        1,
+        "one token died once, not 50 times"
+    );
+    assert_eq!(r.middleware.learned_limits().lifetime_cap, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fresh_token_rejected_again_is_rejected_and_the_auth_circuit_opens() {
+    let auth = BreakerConfig {
+        trip: Trip::Consecutive(3),
+        ..BreakerConfig::default()
+    };
+    let r = rig(secs(8 * H), |b| b.breakers(auth, BreakerConfig::default())).await;
+    *r.server.reject_all.lock().unwrap() = true;
+    let err = r.get("data").await.unwrap_err();
+    assert_eq!(http_error(&err), HttpError::Rejected { generation: 2 });
+    assert_eq!(r.strategy.calls(), 2, "exactly one refresh");
+    // The replacement is young and was itself a reactive refresh: no refresh again.
+    for _ in 0..2 {
+        assert!(matches!(
+            http_error(&r.get("data").await.unwrap_err()),
+            HttpError::Rejected { .. }
+        ));
+    }
+    assert_eq!(r.strategy.calls(), 2);
+    let hits = r.server.hits.load(Ordering::SeqCst);
+    let err = r.get("data").await.unwrap_err();
+    assert!(
+        matches!(http_error(&err), HttpError::AuthCircuitOpen { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        r.server.hits.load(Ordering::SeqCst),
+        hits,
+        "an open circuit fails fast without a request"
+    );
+    assert_eq!(r.middleware.stats().surfaced, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn insufficient_scope_is_not_refreshed() {
+    let r = rig(secs(8 * H), |b| b).await;
+    let resp = r.get("scope").await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(r.strategy.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_streaming_body_is_not_retried_after_a_rejection() {
+    let r = rig(secs(8 * H), |b| b).await;
+    assert_eq!(r.get("data").await.unwrap().status(), 200);
+    r.server.kill("tok-1");
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> =
+        vec![Ok(bytes::Bytes::from_static(b"part"))];
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let err = r
+        .client
+        .post(r.base.join("upload").unwrap())
+        .body(body)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(http_error(&err), HttpError::NotReplayable);
+    assert!(err.to_string().contains("not replayable"), "{err}");
+    // The dead token was still reported: the next request uses a fresh one.
+    assert_eq!(r.get("data").await.unwrap().status(), 200);
+    assert_eq!(r.strategy.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_in_seconds_and_as_a_date_is_waited() {
+    let r = rig(secs(8 * H), |b| b).await;
+    r.server.push([Scripted::TooMany {
+        retry_after: "2".into(),
+        date: None,
+    }]);
+    let start = Instant::now();
+    assert_eq!(r.get("data").await.unwrap().status(), 200);
+    assert!(start.elapsed() >= secs(2), "{:?}", start.elapsed());
+
+    let now_date = resource::http_date(Duration::ZERO);
+    let later = resource::http_date(secs(3));
+    r.server.push([Scripted::TooMany {
+        retry_after: later,
+        date: Some(now_date),
+    }]);
+    let start = Instant::now();
+    assert_eq!(r.get("data").await.unwrap().status(), 200);
+    assert!(start.elapsed() >= secs(3), "{:?}", start.elapsed());
+    assert!(start.elapsed() < secs(5), "{:?}", start.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_5xx_burst_gets_at_most_three_attempts_and_the_budget_stops_retries() {
+    let r = rig(secs(8 * H), |b| b).await;
+    r.server.push((0..5).map(|_| Scripted::Status(503)));
+    let start = Instant::now();
+    let resp = r.get("data").await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(r.server.hits.load(Ordering::SeqCst), 3);
+    assert_eq!(r.middleware.stats().retries, 2);
+    assert!(
+        start.elapsed() > Duration::ZERO,
+        "backed off between attempts"
+    );
+
+    let r = rig(secs(8 * H), |b| b.budget(RetryBudget::new(5, 5, 10, 1))).await;
+    r.server.push((0..5).map(|_| Scripted::Status(502)));
+    assert_eq!(r.get("data").await.unwrap().status(), 502);
+    assert_eq!(
+        r.server.hits.load(Ordering::SeqCst),
+        2,
+        "one retry, then the budget is empty"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lifetime_cap_below_expires_in_is_learned_and_then_never_hit() {
+    let r = rig(secs(8 * H), |b| b).await;
+    *r.server.lifetime_cap.lock().unwrap() = Some(secs(4 * H));
+    // The seed's scripts: a request every 15 minutes, around the clock, for two days.
+    for _ in 0..(48 * 4) {
+        assert_eq!(r.get("data").await.unwrap().status(), 200);
+        sleep(secs(15 * 60)).await;
+    }
+    let deaths = r.server.unauthorized.load(Ordering::SeqCst);
+    assert_eq!(deaths, 2, "two deaths teach the cap; none after");
+    let cap = r.middleware.learned_limits().lifetime_cap.unwrap();
+    // Deaths are seen at the first request after the cap: within one 15-minute period of it.
+    assert!(
+        cap >= secs(4 * H) && cap <= secs(4 * H + 16 * 60),
+        "{cap:?}"
+    );
+    assert_eq!(r.middleware.manager().lifetime_cap(), Some(cap));
+    assert_eq!(r.middleware.stats().surfaced, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_limit_is_learned_and_keepalive_holds_the_session() {
+    let r = rig(secs(8 * H), |b| b).await;
+    *r.server.idle_limit.lock().unwrap() = Some(secs(20 * 60));
+    let url = r.base.join("data").unwrap();
+    let _keepalive = r
+        .middleware
+        .keepalive(r.client.clone(), move |c| c.get(url.clone()));
+    // A script that works hourly: every gap is longer than the server's 20-minute idle limit.
+    let mut statuses = Vec::new();
+    for _ in 0..24 {
+        statuses.push(r.get("data").await.unwrap().status().as_u16());
+        sleep(secs(H)).await;
+    }
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let learned = r.middleware.learned_limits().idle_limit.unwrap();
+    assert!(learned <= secs(40 * 60), "{learned:?}");
+    // Once learned, the keepalive keeps tokens alive: no 401 in the last 12 hours.
+    let before = r.server.unauthorized.load(Ordering::SeqCst);
+    for _ in 0..12 {
+        assert_eq!(r.get("data").await.unwrap().status(), 200);
+        sleep(secs(H)).await;
+    }
+    assert_eq!(r.server.unauthorized.load(Ordering::SeqCst), before);
+    assert!(r.middleware.stats().keepalives > 10);
+}
+
+/// Collects everything `tracing` prints.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_token_ever_appears_in_logs() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let r = rig(secs(4), |b| b).await;
+    *r.server.lifetime_cap.lock().unwrap() = Some(secs(3));
+    r.server.push([
+        Scripted::Status(503),
+        Scripted::TooMany {
+            retry_after: "1".into(),
+            date: None,
+        },
+    ]);
+    for _ in 0..40 {
+        let _ = r.get("data").await;
+        sleep(Duration::from_millis(700)).await;
+    }
+    *r.server.reject_all.lock().unwrap() = true;
+    let _ = r.get("data").await;
+    let _ = r.get("data").await;
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("token"),
+        "the test captured the middleware's logs"
+    );
+    let seen = r.server.tokens_seen.lock().unwrap().clone();
+    assert!(seen.len() > 10);
+    for t in seen.iter().filter(|t| !t.is_empty()) {
+        assert!(!logs.contains(t.as_str()), "token {t} leaked into the logs");
+    }
+    assert!(
+        !logs.contains("rt-"),
+        "a refresh token leaked into the logs"
+    );
+}
