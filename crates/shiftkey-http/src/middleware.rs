@@ -11,7 +11,7 @@ use reqwest_middleware::{Middleware, Next};
 use shiftkey_auth::{Clock, Invalidation, TokenManager, TokioClock};
 use shiftkey_policy::{
     BreakerConfig, CircuitBreaker, Decision, ErrorRateMonitor, Event, Outcome, Replay, RetryBudget,
-    RetryPolicy, parse_retry_after,
+    RetryPolicy, State as BreakerState, parse_retry_after,
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -439,7 +439,11 @@ impl Middleware for AuthMiddleware {
                         Some(&s.budget),
                         rand::random::<f64>(),
                     ) {
-                        Decision::Retry(delay) if spare.is_some() => {
+                        // The failures just opened the server circuit: stop here with what we have.
+                        Decision::Retry(delay)
+                            if spare.is_some()
+                                && s.server_breaker.state() != BreakerState::Open =>
+                        {
                             s.counters.retries.fetch_add(1, Ordering::Relaxed);
                             metrics::counter!("shiftkey_http_retries_total", "reason" => "transport").increment(1);
                             tracing::debug!(
@@ -545,7 +549,10 @@ impl Middleware for AuthMiddleware {
                 Some(&s.budget),
                 rand::random::<f64>(),
             ) {
-                Decision::Retry(delay) if spare.is_some() => {
+                // If these failures just opened the server circuit, the caller gets the real answer.
+                Decision::Retry(delay)
+                    if spare.is_some() && s.server_breaker.state() != BreakerState::Open =>
+                {
                     s.counters.retries.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("shiftkey_http_retries_total", "reason" => "status")
                         .increment(1);

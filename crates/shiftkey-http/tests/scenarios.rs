@@ -336,3 +336,49 @@ async fn no_token_ever_appears_in_logs() {
         "a refresh token leaked into the logs"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn server_failures_open_the_server_circuit() {
+    let r = rig(secs(8 * H), |b| b).await;
+    r.server.push((0..6).map(|_| Scripted::Status(500)));
+    assert_eq!(r.get("data").await.unwrap().status(), 500); // 3 attempts
+    // 2 more make 5 in a row: the circuit opens and the caller gets the real 500, not a retry.
+    assert_eq!(r.get("data").await.unwrap().status(), 500);
+    assert_eq!(r.server.hits.load(Ordering::SeqCst), 5);
+    let hits = r.server.hits.load(Ordering::SeqCst);
+    let err = r.get("data").await.unwrap_err();
+    assert!(
+        matches!(http_error(&err), HttpError::ServerCircuitOpen { .. }),
+        "{err}"
+    );
+    assert_eq!(r.server.hits.load(Ordering::SeqCst), hits);
+    // After the cool-down one probe goes through; it fails (the sixth 500), so the circuit opens
+    // again for twice as long; the next probe succeeds and closes it.
+    sleep(secs(61)).await;
+    assert_eq!(r.get("data").await.unwrap().status(), 500);
+    assert!(matches!(http_error(&r.get("data").await.unwrap_err()), HttpError::ServerCircuitOpen { .. }));
+    sleep(secs(121)).await;
+    assert_eq!(r.get("data").await.unwrap().status(), 200);
+    assert_eq!(r.get("data").await.unwrap().status(), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn outcomes_reach_the_error_rate_monitor() {
+    let monitor = Arc::new(shiftkey_policy::ErrorRateMonitor::new(
+        shiftkey_policy::MonitorConfig::default(),
+        Instant::now().into_std(),
+    ));
+    let r = rig(secs(8 * H), |b| b.monitor(Arc::clone(&monitor))).await;
+    for _ in 0..10 {
+        assert_eq!(r.get("data").await.unwrap().status(), 200);
+    }
+    sleep(secs(120)).await;
+    r.server.kill("tok-1");
+    assert_eq!(r.get("data").await.unwrap().status(), 200);
+    let counts = monitor.counts(Instant::now().into_std());
+    assert_eq!(counts.requests[0], 11, "successes");
+    assert_eq!(
+        counts.requests[1], 1,
+        "the one 401, even though it was recovered"
+    );
+}
