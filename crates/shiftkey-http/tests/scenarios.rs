@@ -356,7 +356,10 @@ async fn server_failures_open_the_server_circuit() {
     // again for twice as long; the next probe succeeds and closes it.
     sleep(secs(61)).await;
     assert_eq!(r.get("data").await.unwrap().status(), 500);
-    assert!(matches!(http_error(&r.get("data").await.unwrap_err()), HttpError::ServerCircuitOpen { .. }));
+    assert!(matches!(
+        http_error(&r.get("data").await.unwrap_err()),
+        HttpError::ServerCircuitOpen { .. }
+    ));
     sleep(secs(121)).await;
     assert_eq!(r.get("data").await.unwrap().status(), 200);
     assert_eq!(r.get("data").await.unwrap().status(), 200);
