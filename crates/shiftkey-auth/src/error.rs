@@ -110,6 +110,9 @@ pub enum TransientKind {
     /// The server's answer could not be understood (bad JSON, missing token field).
     #[error("invalid response")]
     InvalidResponse,
+    /// The token store could not be read, written or locked in time.
+    #[error("storage")]
+    Storage,
 }
 
 /// Kinds of [`AuthError::Permanent`].

@@ -56,6 +56,7 @@ mod clock;
 mod error;
 mod jwt;
 mod manager;
+mod store;
 pub mod strategies;
 mod strategy;
 #[cfg(feature = "test-util")]
@@ -68,6 +69,10 @@ pub use clock::{Clock, Sleep, TokioClock};
 pub use error::{AuthError, ConfigError, PermanentKind, TransientKind};
 pub use jwt::jwt_lifetime;
 pub use manager::{Invalidation, Stats, Status, Token, TokenManager, TokenManagerBuilder};
+pub use store::{
+    MemoryStore, ServerLimits, StoreError, StoreErrorKind, StoreGuard, StoredLifetimeSource,
+    StoredToken, TokenStore,
+};
 pub use strategy::AuthStrategy;
 pub use token::{LifetimeSource, Secret, TokenSet};
 

@@ -10,10 +10,11 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use crate::store::{ServerLimits, StoreError, StoreErrorKind, StoredToken, TokenStore};
 use crate::timing::{Planner, RefreshConfig, Schedule};
 use crate::{
-    AuthError, AuthStrategy, Clock, ConfigError, LifetimeSource, TokenSet, TokioClock,
-    TransientKind,
+    AuthError, AuthStrategy, Clock, ConfigError, LifetimeSource, PermanentKind, TokenSet,
+    TokioClock, TransientKind,
 };
 
 /// A token handed out by the manager: the [`TokenSet`] and its schedule.
@@ -96,6 +97,8 @@ pub struct Stats {
     pub reactive: u64,
     /// Callers that had to wait on the slow path (no servable token at hand).
     pub waits: u64,
+    /// Tokens adopted from a sibling process through the store (no server call).
+    pub adopted: u64,
 }
 
 /// What the refresher last published; callers on the slow path watch it.
@@ -141,11 +144,15 @@ struct Inner {
     published: watch::Sender<Published>,
     skew_millis: AtomicU64,
     lifetime_cap_millis: AtomicU64,
+    store: Option<Arc<dyn TokenStore>>,
+    limits: std::sync::Mutex<ServerLimits>,
+    limits_dirty: AtomicBool,
     counters: Counters,
 }
 
 #[derive(Default)]
 struct Counters {
+    adopted: AtomicU64,
     acquires: AtomicU64,
     failures: AtomicU64,
     proactive: AtomicU64,
@@ -258,9 +265,19 @@ pub struct TokenManagerBuilder<S> {
     cfg: RefreshConfig,
     clock: Option<Arc<dyn Clock>>,
     name: Option<String>,
+    store: Option<Arc<dyn TokenStore>>,
 }
 
 impl<S: AuthStrategy + 'static> TokenManagerBuilder<S> {
+    /// Persists tokens in `store` and refreshes under its cross-process lock (DESIGN §4.3):
+    /// processes sharing a store share one token, and a rotated refresh token is used once.
+    /// At start a fresh stored token is adopted without contacting the server.
+    #[must_use]
+    pub fn store(mut self, store: Arc<dyn TokenStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
     /// The timing law's numbers (default: DESIGN §3.2).
     #[must_use]
     pub fn config(mut self, cfg: RefreshConfig) -> Self {
@@ -307,6 +324,9 @@ impl<S: AuthStrategy + 'static> TokenManagerBuilder<S> {
             published: watch::Sender::new(Published::default()),
             skew_millis: AtomicU64::new(NO_SKEW),
             lifetime_cap_millis: AtomicU64::new(NO_CAP),
+            store: self.store,
+            limits: std::sync::Mutex::new(ServerLimits::default()),
+            limits_dirty: AtomicBool::new(false),
             counters: Counters::default(),
         });
         runtime.spawn(refresher(Arc::clone(&inner), self.strategy, planner));
@@ -325,6 +345,7 @@ impl TokenManager {
             cfg: RefreshConfig::default(),
             clock: None,
             name: None,
+            store: None,
         }
     }
 
@@ -483,6 +504,29 @@ impl TokenManager {
         }
     }
 
+    /// Records what is known of the server's real limits (the HTTP layer learns them): applies the
+    /// lifetime cap and persists them with the next saved token.
+    pub fn set_server_limits(&self, limits: ServerLimits) {
+        *self
+            .inner
+            .limits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = limits;
+        self.inner.limits_dirty.store(true, Ordering::Release);
+        self.set_lifetime_cap(limits.lifetime_cap);
+        self.inner.wake.notify_one();
+    }
+
+    /// What is known of the server's real limits (restored from the store at start).
+    #[must_use]
+    pub fn server_limits(&self) -> ServerLimits {
+        *self
+            .inner
+            .limits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The lifetime cap in force, if any.
     #[must_use]
     pub fn lifetime_cap(&self) -> Option<Duration> {
@@ -517,6 +561,7 @@ impl TokenManager {
             proactive: c.proactive.load(Ordering::Relaxed),
             reactive: c.reactive.load(Ordering::Relaxed),
             waits: c.waits.load(Ordering::Relaxed),
+            adopted: c.adopted.load(Ordering::Relaxed),
         }
     }
 
@@ -554,6 +599,12 @@ async fn refresher<S: AuthStrategy>(inner: Arc<Inner>, strategy: S, mut planner:
     loop {
         if inner.stop.load(Ordering::Acquire) {
             break;
+        }
+        // New limits are persisted with the stored token at once.
+        if inner.limits_dirty.swap(false, Ordering::AcqRel)
+            && let Some(store) = &inner.store
+        {
+            persist_limits(&inner, store.as_ref(), generation).await;
         }
         // A new learned or pinned lifetime cap reschedules the current token at once.
         let cap = inner.lifetime_cap();
@@ -623,7 +674,7 @@ async fn refresher<S: AuthStrategy>(inner: Arc<Inner>, strategy: S, mut planner:
         let started_wall = inner.clock.wall();
         let timeout = inner.cfg.acquire_timeout;
         let outcome = tokio::select! {
-            r = strategy.acquire(last.as_ref()) => r,
+            r = obtain(&inner, &strategy, &mut last, generation, now, started_wall, applied_cap, &planner) => r,
             () = inner.clock.sleep(timeout) => Err(AuthError::transient(
                 TransientKind::Timeout,
                 format!("`{}` acquire took longer than {timeout:?}", strategy.name()),
@@ -632,23 +683,17 @@ async fn refresher<S: AuthStrategy>(inner: Arc<Inner>, strategy: S, mut planner:
         };
         let end = inner.clock.now();
         match outcome {
-            Ok(mut token) => {
-                generation += 1;
+            Ok(Obtained { token, adopted }) => {
+                generation = token.generation;
                 record_skew(&inner, token.server_date, started_wall);
-                // Scheduling counts from when the request was sent.
-                token.issued_at = now;
-                token.issued_at_wall = started_wall;
-                token.generation = generation;
-                if let Some(cap) = applied_cap
-                    && token.lifetime > cap
-                {
-                    token.lifetime = cap;
-                    token.lifetime_source = LifetimeSource::Learned;
+                if adopted {
+                    inner.counters.adopted.fetch_add(1, Ordering::Relaxed);
                 }
-                let schedule = planner.on_success(end, now, token.lifetime);
+                let schedule = planner.on_success(end, token.issued_at, token.lifetime);
                 tracing::info!(
                     credential = %inner.name,
                     generation,
+                    adopted,
                     lifetime_s = token.lifetime.as_secs_f64(),
                     refresh_in_s = schedule.refresh_at.saturating_duration_since(end).as_secs_f64(),
                     proactive,
@@ -687,11 +732,197 @@ async fn refresher<S: AuthStrategy>(inner: Arc<Inner>, strategy: S, mut planner:
             }
         }
     }
+    // Limits learned just before a shutdown are not lost.
+    if inner.limits_dirty.swap(false, Ordering::AcqRel)
+        && let Some(store) = &inner.store
+    {
+        persist_limits(&inner, store.as_ref(), generation).await;
+    }
     inner.published.send_modify(|p| {
         p.shutdown = true;
         p.next_attempt = None;
     });
     tracing::debug!(credential = %inner.name, "token refresher stopped");
+}
+
+/// Writes the current limits into the stored token, if it is still ours.
+async fn persist_limits(inner: &Inner, store: &dyn TokenStore, generation: u64) {
+    let limits = *inner
+        .limits
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let result = async {
+        let mut guard = store.lock().await?;
+        if let Some(mut st) = guard.load().await?
+            && st.generation == generation
+            && st.limits != limits
+        {
+            st.limits = limits;
+            guard.save(&st).await?;
+        }
+        guard.unlock().await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(credential = %inner.name, error = %e, "could not persist learned server limits");
+    }
+}
+
+/// A token the refresher got: from the strategy, or adopted from a sibling through the store.
+struct Obtained {
+    token: TokenSet,
+    adopted: bool,
+}
+
+/// Prepares a token from the strategy: scheduling counts from when the request was sent, the
+/// generation follows the highest known, a lifetime cap applies.
+fn prepare(
+    mut token: TokenSet,
+    generation: u64,
+    sent: Instant,
+    sent_wall: SystemTime,
+    cap: Option<Duration>,
+) -> TokenSet {
+    token.issued_at = sent;
+    token.issued_at_wall = sent_wall;
+    token.generation = generation;
+    apply_cap(&mut token, cap);
+    token
+}
+
+fn apply_cap(token: &mut TokenSet, cap: Option<Duration>) {
+    if let Some(cap) = cap
+        && token.lifetime > cap
+    {
+        token.lifetime = cap;
+        token.lifetime_source = LifetimeSource::Learned;
+    }
+}
+
+fn store_error(e: StoreError) -> AuthError {
+    match e.kind {
+        StoreErrorKind::Io | StoreErrorKind::LockTimeout => {
+            AuthError::transient(TransientKind::Storage, e.to_string())
+        }
+        _ => AuthError::permanent(PermanentKind::Configuration, e.to_string()),
+    }
+}
+
+/// One attempt: without a store, ask the strategy; with one, do DESIGN §4.3 under its lock:
+/// re-read → adopt a sibling's newer, still-fresh token, or refresh from the newest refresh token
+/// → persist **before** handing the new token out → unlock. On `invalid_grant`, re-read once and
+/// adopt a sibling's rotation.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the refresher's state, passed by reference"
+)]
+async fn obtain<S: AuthStrategy>(
+    inner: &Inner,
+    strategy: &S,
+    last: &mut Option<TokenSet>,
+    generation: u64,
+    sent: Instant,
+    sent_wall: SystemTime,
+    cap: Option<Duration>,
+    planner: &Planner,
+) -> Result<Obtained, AuthError> {
+    let Some(store) = &inner.store else {
+        let token = strategy.acquire(last.as_ref()).await?;
+        return Ok(Obtained {
+            token: prepare(token, generation + 1, sent, sent_wall, cap),
+            adopted: false,
+        });
+    };
+    let adoptable = |stored: &StoredToken, ours: u64| -> Option<TokenSet> {
+        if stored.generation <= ours {
+            return None;
+        }
+        let mut t = stored.to_token(inner.clock.now(), inner.clock.wall());
+        apply_cap(&mut t, cap);
+        let s = crate::timing::schedule(planner.config(), t.issued_at, t.lifetime, 0.0);
+        (inner.clock.now() < s.refresh_at).then_some(t)
+    };
+    let mut guard = store.lock().await.map_err(store_error)?;
+    let stored = match guard.load().await {
+        Ok(s) => s,
+        Err(e) if e.kind == StoreErrorKind::Corrupt => {
+            tracing::error!(credential = %inner.name, error = %e, "stored token was corrupt and was moved aside; re-authenticating");
+            None
+        }
+        Err(e) => {
+            let _ = guard.unlock().await;
+            return Err(store_error(e));
+        }
+    };
+    let mut newest = generation;
+    if let Some(st) = &stored {
+        // Limits learned by an earlier run (or a sibling) come back with the token.
+        let mut limits = inner
+            .limits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *limits == ServerLimits::default() && st.limits != ServerLimits::default() {
+            *limits = st.limits;
+            let millis = st.limits.lifetime_cap.map_or(NO_CAP, |c| {
+                u64::try_from(c.as_millis()).unwrap_or(NO_CAP - 1).max(1)
+            });
+            inner.lifetime_cap_millis.store(millis, Ordering::Release);
+        }
+    }
+    if let Some(st) = &stored {
+        if let Some(t) = adoptable(st, generation) {
+            guard.unlock().await.map_err(store_error)?;
+            *last = Some(t.clone());
+            return Ok(Obtained {
+                token: t,
+                adopted: true,
+            });
+        }
+        if st.generation > generation {
+            // A sibling rotated the refresh token: refresh from theirs, never from our stale one.
+            *last = Some(st.to_token(inner.clock.now(), inner.clock.wall()));
+        }
+        newest = newest.max(st.generation);
+    }
+    match strategy.acquire(last.as_ref()).await {
+        Ok(token) => {
+            let token = prepare(token, newest + 1, sent, sent_wall, cap);
+            // Whatever happens to the save, the server has rotated: keep the new refresh token.
+            *last = Some(token.clone());
+            let limits = *inner
+                .limits
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let saved = guard.save(&StoredToken::from_token(&token, limits)).await;
+            let unlocked = guard.unlock().await;
+            saved.map_err(store_error)?;
+            unlocked.map_err(store_error)?;
+            Ok(Obtained {
+                token,
+                adopted: false,
+            })
+        }
+        Err(e) => {
+            let _ = guard.unlock().await;
+            if matches!(
+                e,
+                AuthError::Permanent {
+                    kind: PermanentKind::InvalidGrant,
+                    ..
+                }
+            ) && let Ok(Some(st)) = store.load().await
+                && let Some(t) = adoptable(&st, newest)
+            {
+                tracing::warn!(credential = %inner.name, "invalid_grant, but a sibling had already rotated; adopting its token");
+                *last = Some(t.clone());
+                return Ok(Obtained {
+                    token: t,
+                    adopted: true,
+                });
+            }
+            Err(e)
+        }
+    }
 }
 
 async fn wait_stop(inner: &Inner) {

@@ -423,3 +423,87 @@ proptest! {
         });
     }
 }
+
+mod shared_store {
+    use super::*;
+    use shiftkey_auth::{MemoryStore, ServerLimits, TokenStore};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restarted_process_adopts_the_stored_token_without_a_server_call() {
+        let store = MemoryStore::default();
+        let strategy = ScriptedStrategy::new(secs(8 * H), Duration::ZERO);
+        // One wall clock for both "processes" (separate TokioClocks anchor their wall time at
+        // creation, which paused time would make disagree).
+        let clock: Arc<dyn shiftkey_auth::Clock> = Arc::new(shiftkey_auth::TokioClock::new());
+        let first = TokenManager::builder(strategy.clone())
+            .config(seeded())
+            .clock(Arc::clone(&clock))
+            .store(Arc::new(store.clone()))
+            .build()
+            .unwrap();
+        let t = first.token().await.unwrap();
+        first.set_server_limits(ServerLimits {
+            lifetime_cap: None,
+            idle_limit: Some(secs(1200)),
+        });
+        first.shutdown().await;
+        sleep(secs(H)).await;
+        let second = TokenManager::builder(strategy.clone())
+            .config(seeded())
+            .clock(clock)
+            .store(Arc::new(store.clone()))
+            .build()
+            .unwrap();
+        let adopted = second.token().await.unwrap();
+        assert_eq!(adopted.access_token, t.access_token);
+        assert_eq!(adopted.generation(), 1);
+        assert_eq!(strategy.calls(), 1, "no server call on restart");
+        assert_eq!(second.stats().adopted, 1);
+        // Age carried over: refreshed at 6.24-6.4 h after the *original* issue, not after restart.
+        assert!(adopted.refresh_at() < Instant::now() + secs(5 * H + 30 * 60));
+        assert_eq!(
+            second.server_limits().idle_limit,
+            Some(secs(1200)),
+            "learned limits restored"
+        );
+        let stored = store.load().await.unwrap().unwrap();
+        assert_eq!(stored.generation, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn processes_sharing_a_store_refresh_once_per_rotation() {
+        let store = Arc::new(MemoryStore::default());
+        let strategy = ScriptedStrategy::new(secs(H), Duration::from_millis(200));
+        let managers: Vec<_> = (0..4)
+            .map(|i| {
+                let cfg = RefreshConfig {
+                    seed: Some(i),
+                    ..RefreshConfig::default()
+                };
+                TokenManager::builder(strategy.clone())
+                    .config(cfg)
+                    .store(Arc::clone(&store) as Arc<dyn TokenStore>)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        for m in &managers {
+            m.token().await.unwrap();
+        }
+        sleep(secs(24 * H)).await;
+        // One token per ~0.8 h for a day: about 30 rotations, and only one process did each.
+        let calls = strategy.calls();
+        let generation = store.load().await.unwrap().unwrap().generation as usize;
+        assert_eq!(
+            calls, generation,
+            "every server call produced the next generation: no duplicate refresh"
+        );
+        assert!((25..=35).contains(&calls), "{calls}");
+        let adopted: u64 = managers.iter().map(|m| m.stats().adopted).sum();
+        assert!(adopted >= 3 * 25, "the others adopted: {adopted}");
+        for m in &managers {
+            let t = m.token().await.unwrap();
+            assert!(Instant::now() < t.hard_deadline());
+        }
+    }
+}

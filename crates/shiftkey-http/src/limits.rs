@@ -23,14 +23,9 @@ pub struct Death {
     pub idle: Duration,
 }
 
-/// What has been learned (or pinned).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct LearnedLimits {
-    /// Tokens die at about this age whatever the claimed lifetime.
-    pub lifetime_cap: Option<Duration>,
-    /// Sessions die after about this long without a request.
-    pub idle_limit: Option<Duration>,
-}
+/// What has been learned (or pinned): the auth core's [`ServerLimits`], which the
+/// `TokenManager` persists with the token.
+pub use shiftkey_auth::ServerLimits as LearnedLimits;
 
 /// Whether and what to learn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

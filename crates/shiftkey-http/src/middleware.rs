@@ -89,7 +89,8 @@ impl Shared {
     }
 
     fn apply_limits(&self, limits: LearnedLimits) {
-        self.manager.set_lifetime_cap(limits.lifetime_cap);
+        // The manager schedules by the cap and persists both limits with the token.
+        self.manager.set_server_limits(limits);
         if let Some(cap) = limits.lifetime_cap {
             metrics::gauge!("shiftkey_learned_lifetime_seconds").set(cap.as_secs_f64());
         }
@@ -220,8 +221,14 @@ impl AuthMiddlewareBuilder {
     pub fn build(self) -> AuthMiddleware {
         let clock = self.clock.unwrap_or_else(|| Arc::new(TokioClock::new()));
         let mut learner = LimitLearner::new(self.limits);
-        if let Some(l) = self.learned {
-            learner = learner.with_learned(l);
+        // Limits given here, else those the manager restored from its store.
+        let restored = self.manager.server_limits();
+        match self.learned {
+            Some(l) => learner = learner.with_learned(l),
+            None if restored != LearnedLimits::default() => {
+                learner = learner.with_learned(restored)
+            }
+            None => {}
         }
         let origin = clock.now();
         let shared = Arc::new(Shared {
