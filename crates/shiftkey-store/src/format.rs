@@ -1,0 +1,242 @@
+//! The store file format, version 1 (documented in `docs/store-format.md`).
+//!
+//! ```text
+//! offset size field
+//!      0    4 magic "SKTS"
+//!      4    1 version (1)
+//!      5    1 KDF id: 0 = raw key, 1 = Argon2id
+//!      6    4 Argon2id m (KiB), u32 little-endian (0 for a raw key)
+//!     10    4 Argon2id t
+//!     14    4 Argon2id p
+//!     18   16 salt (zero for a raw key)
+//!     34   16 key check: AES-256-GCM tag of an empty message (nonce 0, AAD "shiftkey key check v1")
+//!     50   12 nonce (random per write)
+//!     62    … AES-256-GCM ciphertext and 16-byte tag of the JSON token; AAD = bytes 0..62
+//! ```
+//! The key check tells a wrong key (nothing touched) from a tampered file (moved aside).
+
+use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use rand::RngCore;
+use shiftkey_auth::{StoreError, StoreErrorKind, StoredToken};
+use zeroize::Zeroizing;
+
+use crate::key::KdfParams;
+
+pub(crate) const MAGIC: &[u8; 4] = b"SKTS";
+pub(crate) const VERSION: u8 = 1;
+pub(crate) const HEADER_LEN: usize = 62;
+const TAG_LEN: usize = 16;
+const KEY_CHECK_AAD: &[u8] = b"shiftkey key check v1";
+
+/// How the key of a file was derived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kdf {
+    Raw,
+    Argon2id(KdfParams),
+}
+
+/// A parsed header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub(crate) kdf: Kdf,
+    pub(crate) salt: [u8; 16],
+    key_check: [u8; 16],
+    nonce: [u8; 12],
+}
+
+/// Why bytes do not decode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DecodeError {
+    NotOurs,
+    FutureVersion(u8),
+    Truncated(usize),
+    BadHeader(&'static str),
+    WrongKey,
+    Tampered,
+    BadPayload(String),
+}
+
+impl DecodeError {
+    pub(crate) fn into_store_error(self, path: &str) -> StoreError {
+        use StoreErrorKind::*;
+        let (kind, detail) = match self {
+            Self::NotOurs => (
+                Unsupported,
+                format!("{path} is not a shiftkey token store (wrong magic bytes); left untouched"),
+            ),
+            Self::FutureVersion(v) => (
+                Unsupported,
+                format!(
+                    "{path} has format version {v}, newer than this shiftkey understands (1); left untouched — upgrade shiftkey"
+                ),
+            ),
+            Self::Truncated(n) => (Corrupt, format!("{path} is truncated ({n} bytes)")),
+            Self::BadHeader(what) => (Corrupt, format!("{path} has a corrupt header ({what})")),
+            Self::WrongKey => (
+                WrongKey,
+                format!(
+                    "the configured key does not open {path}; left untouched — check the key or passphrase"
+                ),
+            ),
+            Self::Tampered => (
+                Corrupt,
+                format!("{path} failed authentication: a byte was changed or the file is damaged"),
+            ),
+            Self::BadPayload(e) => (
+                Corrupt,
+                format!("{path} decrypted but its content is not a token ({e})"),
+            ),
+        };
+        StoreError::new(kind, detail)
+    }
+}
+
+fn cipher(key: &[u8; 32]) -> Aes256Gcm {
+    Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key))
+}
+
+fn key_check(key: &[u8; 32]) -> Result<[u8; 16], StoreError> {
+    let tag = cipher(key)
+        .encrypt(
+            &Nonce::from([0u8; 12]),
+            Payload {
+                msg: &[],
+                aad: KEY_CHECK_AAD,
+            },
+        )
+        .map_err(|_| StoreError::new(StoreErrorKind::Configuration, "AES-GCM key check failed"))?;
+    tag.as_slice().try_into().map_err(|_| {
+        StoreError::new(
+            StoreErrorKind::Configuration,
+            "AES-GCM tag has an unexpected length",
+        )
+    })
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(b)
+}
+
+/// Parses the header (no key needed): magic, version, KDF, salt.
+pub(crate) fn parse_header(bytes: &[u8]) -> Result<Header, DecodeError> {
+    if bytes.len() < 5 {
+        return Err(if bytes.len() >= 4 && &bytes[..4] != MAGIC {
+            DecodeError::NotOurs
+        } else {
+            DecodeError::Truncated(bytes.len())
+        });
+    }
+    if &bytes[..4] != MAGIC {
+        return Err(DecodeError::NotOurs);
+    }
+    if bytes[4] != VERSION {
+        return Err(if bytes[4] > VERSION {
+            DecodeError::FutureVersion(bytes[4])
+        } else {
+            DecodeError::BadHeader("version 0")
+        });
+    }
+    if bytes.len() < HEADER_LEN + TAG_LEN {
+        return Err(DecodeError::Truncated(bytes.len()));
+    }
+    let kdf = match bytes[5] {
+        0 => Kdf::Raw,
+        1 => Kdf::Argon2id(KdfParams {
+            m_kib: u32_at(bytes, 6),
+            t: u32_at(bytes, 10),
+            p: u32_at(bytes, 14),
+        }),
+        _ => return Err(DecodeError::BadHeader("unknown KDF id")),
+    };
+    let mut salt = [0u8; 16];
+    salt.copy_from_slice(&bytes[18..34]);
+    let mut key_check = [0u8; 16];
+    key_check.copy_from_slice(&bytes[34..50]);
+    let mut nonce = [0u8; 12];
+    nonce.copy_from_slice(&bytes[50..62]);
+    Ok(Header {
+        kdf,
+        salt,
+        key_check,
+        nonce,
+    })
+}
+
+/// Decrypts a whole file with `key` (already derived for this header's KDF and salt).
+pub(crate) fn decode(
+    bytes: &[u8],
+    header: &Header,
+    key: &[u8; 32],
+) -> Result<StoredToken, DecodeError> {
+    if key_check(key).map_err(|_| DecodeError::WrongKey)? != header.key_check {
+        return Err(DecodeError::WrongKey);
+    }
+    let plain = Zeroizing::new(
+        cipher(key)
+            .decrypt(
+                &Nonce::from(header.nonce),
+                Payload {
+                    msg: &bytes[HEADER_LEN..],
+                    aad: &bytes[..HEADER_LEN],
+                },
+            )
+            .map_err(|_| DecodeError::Tampered)?,
+    );
+    serde_json::from_slice(&plain).map_err(|e| DecodeError::BadPayload(e.to_string()))
+}
+
+/// Encrypts `token` into a complete file.
+pub(crate) fn encode(
+    token: &StoredToken,
+    kdf: Kdf,
+    salt: &[u8; 16],
+    key: &[u8; 32],
+) -> Result<Vec<u8>, StoreError> {
+    let mut out = Vec::with_capacity(HEADER_LEN + 512);
+    out.extend_from_slice(MAGIC);
+    out.push(VERSION);
+    let (id, p) = match kdf {
+        Kdf::Raw => (
+            0u8,
+            KdfParams {
+                m_kib: 0,
+                t: 0,
+                p: 0,
+            },
+        ),
+        Kdf::Argon2id(p) => (1u8, p),
+    };
+    out.push(id);
+    out.extend_from_slice(&p.m_kib.to_le_bytes());
+    out.extend_from_slice(&p.t.to_le_bytes());
+    out.extend_from_slice(&p.p.to_le_bytes());
+    out.extend_from_slice(salt);
+    out.extend_from_slice(&key_check(key)?);
+    let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+    out.extend_from_slice(&nonce);
+    let plain =
+        Zeroizing::new(serde_json::to_vec(token).map_err(|e| {
+            StoreError::new(StoreErrorKind::Io, format!("serialising the token: {e}"))
+        })?);
+    let sealed = cipher(key)
+        .encrypt(
+            &nonce,
+            Payload {
+                msg: &plain,
+                aad: &out[..HEADER_LEN],
+            },
+        )
+        .map_err(|_| StoreError::new(StoreErrorKind::Io, "AES-GCM encryption failed"))?;
+    out.extend_from_slice(&sealed);
+    Ok(out)
+}
+
+/// A new random salt.
+pub(crate) fn new_salt() -> [u8; 16] {
+    let mut s = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut s);
+    s
+}

@@ -1,0 +1,153 @@
+//! Where the store's 256-bit key comes from: a raw key (env var, key file, systemd credential) or
+//! a passphrase through Argon2id.
+
+use std::path::Path;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use shiftkey_auth::{Secret, StoreError, StoreErrorKind};
+use zeroize::Zeroizing;
+
+/// Argon2id parameters (DESIGN §4.1: m = 64 MiB, t = 3, p = 1; below m = 19 MiB or t = 2 refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub m_kib: u32,
+    /// Passes.
+    pub t: u32,
+    /// Lanes.
+    pub p: u32,
+}
+
+impl Default for KdfParams {
+    fn default() -> Self {
+        Self {
+            m_kib: 64 * 1024,
+            t: 3,
+            p: 1,
+        }
+    }
+}
+
+/// The weakest parameters accepted (OWASP's Argon2id minimum).
+pub const KDF_FLOOR: KdfParams = KdfParams {
+    m_kib: 19 * 1024,
+    t: 2,
+    p: 1,
+};
+
+fn config(detail: impl Into<String>) -> StoreError {
+    StoreError::new(StoreErrorKind::Configuration, detail)
+}
+
+impl KdfParams {
+    /// Refuses parameters below [`KDF_FLOOR`] (a file claiming them is refused too).
+    pub fn validate(&self) -> Result<(), StoreError> {
+        if self.m_kib < KDF_FLOOR.m_kib
+            || self.t < KDF_FLOOR.t
+            || self.p == 0
+            || self.p > 64
+            || self.m_kib > 4 * 1024 * 1024
+        {
+            return Err(config(format!(
+                "Argon2id parameters m={} KiB, t={}, p={} are outside the accepted range (at least m={} KiB, t={}, p=1; at most 4 GiB, 64 lanes)",
+                self.m_kib, self.t, self.p, KDF_FLOOR.m_kib, KDF_FLOOR.t
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn derive(
+        &self,
+        passphrase: &Secret,
+        salt: &[u8],
+    ) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+        self.validate()?;
+        let params = argon2::Params::new(self.m_kib, self.t, self.p, Some(32))
+            .map_err(|e| config(format!("Argon2id parameters: {e}")))?;
+        let argon =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let mut key = Zeroizing::new([0u8; 32]);
+        argon
+            .hash_password_into(passphrase.expose().as_bytes(), salt, key.as_mut())
+            .map_err(|e| config(format!("Argon2id failed: {e}")))?;
+        Ok(key)
+    }
+}
+
+/// The store's key.
+#[derive(Clone)]
+pub enum KeySource {
+    /// A raw 32-byte key.
+    Raw(Zeroizing<[u8; 32]>),
+    /// A passphrase stretched by Argon2id with a per-file random salt.
+    Passphrase {
+        /// The passphrase.
+        passphrase: Secret,
+        /// Argon2id parameters for new files (a file's own parameters are used to open it).
+        params: KdfParams,
+    },
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Raw(_) => f.write_str("KeySource::Raw([REDACTED])"),
+            Self::Passphrase { params, .. } => f
+                .debug_struct("KeySource::Passphrase")
+                .field("params", params)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl KeySource {
+    /// A raw key from base64 text (standard alphabet; surrounding whitespace ignored).
+    /// `origin` names where it came from in errors (`SHIFTKEY_STORE_KEY`, a path).
+    pub fn from_base64(text: &str, origin: &str) -> Result<Self, StoreError> {
+        let bytes = Zeroizing::new(
+            STANDARD
+                .decode(text.trim())
+                .map_err(|e| config(format!("the key in {origin} is not base64: {e}")))?,
+        );
+        let key: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| config(format!("the key in {origin} is {} bytes; it must be 32 (generate one with `head -c 32 /dev/urandom | base64`)", bytes.len())))?;
+        Ok(Self::Raw(Zeroizing::new(key)))
+    }
+
+    /// A raw key from an environment variable holding base64.
+    pub fn from_env(var: &str) -> Result<Self, StoreError> {
+        let value = Zeroizing::new(
+            std::env::var(var)
+                .map_err(|_| config(format!("environment variable {var} is not set")))?,
+        );
+        Self::from_base64(&value, &format!("environment variable {var}"))
+    }
+
+    /// A raw key from a file holding base64.
+    pub fn from_key_file(path: &Path) -> Result<Self, StoreError> {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path)
+                .map_err(|e| config(format!("cannot read key file {}: {e}", path.display())))?,
+        );
+        Self::from_base64(&text, &path.display().to_string())
+    }
+
+    /// A raw key from a systemd credential (`LoadCredential=NAME:...`): the file `NAME` in
+    /// `$CREDENTIALS_DIRECTORY`, holding base64.
+    pub fn from_systemd_credential(name: &str) -> Result<Self, StoreError> {
+        let dir = std::env::var_os("CREDENTIALS_DIRECTORY")
+            .ok_or_else(|| config(format!("systemd credential {name}: CREDENTIALS_DIRECTORY is not set (is this running under systemd with LoadCredential=?)")))?;
+        Self::from_key_file(&Path::new(&dir).join(name))
+    }
+
+    /// A passphrase with the default Argon2id parameters.
+    pub fn passphrase(passphrase: Secret) -> Self {
+        Self::Passphrase {
+            passphrase,
+            params: KdfParams::default(),
+        }
+    }
+}
