@@ -4,3 +4,4 @@
 
 mod http;
 mod oauth;
+mod store;
