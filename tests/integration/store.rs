@@ -5,8 +5,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use shiftkey_auth::TokenStore;
-use shiftkey_store::{FileStore, KeySource};
+use shiftkey_store::{FileStore, KeySource, LeaderLease, PgStore};
 use shiftkey_tests::oidc::OidcServer;
+use shiftkey_tests::postgres::PgServer;
 
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const WORKER: &str = env!("CARGO_BIN_EXE_store-worker");
@@ -18,20 +19,23 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
     d
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn eight_processes_share_one_rotating_token_with_one_refresh_per_rotation() {
-    let oidc = OidcServer::start(6);
-    let dir = temp_dir("share");
-    let path = dir.join("shared.token");
+/// Runs 8 `store-worker` processes for `seconds` with `mode` (`share` or `share-pg`) on `target`;
+/// returns their summaries.
+async fn run_workers(
+    mode: &str,
+    target: &str,
+    oidc: &OidcServer,
+    seconds: u64,
+) -> Vec<serde_json::Value> {
     let workers: Vec<_> = (0..8)
         .map(|_| {
             Command::new(WORKER)
                 .args([
-                    "share",
-                    path.to_str().unwrap(),
+                    mode,
+                    target,
                     KEY,
                     oidc.issuer().as_str(),
-                    "14",
+                    &seconds.to_string(),
                 ])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -57,11 +61,15 @@ async fn eight_processes_share_one_rotating_token_with_one_refresh_per_rotation(
             .to_owned();
         summaries.push(serde_json::from_str::<serde_json::Value>(&line).unwrap());
     }
-    let stored = FileStore::new(&path, KeySource::from_base64(KEY, "test").unwrap())
-        .load()
-        .await
-        .unwrap()
-        .unwrap();
+    summaries
+}
+
+/// The protocol's promises, checked from the server's side and the workers' reports.
+async fn assert_one_refresh_per_rotation(
+    oidc: &OidcServer,
+    stored: &shiftkey_auth::StoredToken,
+    summaries: &[serde_json::Value],
+) {
     let refreshes = oidc.successes("refresh_token", 0).await;
     let logins = oidc.successes("password", 0).await;
     let errors: Vec<_> = oidc
@@ -81,7 +89,7 @@ async fn eight_processes_share_one_rotating_token_with_one_refresh_per_rotation(
         stored.generation as usize,
         "exactly one token-endpoint call per rotation"
     );
-    for s in &summaries {
+    for s in summaries {
         assert_eq!(
             s["inactive"], 0,
             "every process always held a valid token: {s}"
@@ -96,7 +104,93 @@ async fn eight_processes_share_one_rotating_token_with_one_refresh_per_rotation(
         adopted >= 7 * 3,
         "the others adopted rotations instead of refreshing: {adopted}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_processes_share_one_rotating_token_with_one_refresh_per_rotation() {
+    let oidc = OidcServer::start(6);
+    let dir = temp_dir("share");
+    let path = dir.join("shared.token");
+    let summaries = run_workers("share", path.to_str().unwrap(), &oidc, 14).await;
+    let stored = FileStore::new(&path, KeySource::from_base64(KEY, "test").unwrap())
+        .load()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_one_refresh_per_rotation(&oidc, &stored, &summaries).await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_hosts_share_one_rotating_token_through_postgresql() {
+    let pg = PgServer::start();
+    let oidc = OidcServer::start(6);
+    let summaries = run_workers("share-pg", &pg.url(), &oidc, 14).await;
+    let store = PgStore::connect(
+        &pg.url(),
+        "plant-sync",
+        KeySource::from_base64(KEY, "test").unwrap(),
+    )
+    .await
+    .unwrap();
+    let stored = store.load().await.unwrap().unwrap();
+    assert_one_refresh_per_rotation(&oidc, &stored, &summaries).await;
+    let notified: u64 = summaries
+        .iter()
+        .map(|s| s["notified"].as_u64().unwrap())
+        .sum();
+    assert!(
+        notified > 0,
+        "LISTEN/NOTIFY told other hosts about new tokens: {summaries:?}"
+    );
+    // The payload in the database is ciphertext.
+    let raw: Vec<u8> = sqlx_payload(&store).await;
+    assert!(
+        !String::from_utf8_lossy(&raw).contains("refresh"),
+        "no plaintext in the database"
+    );
+}
+
+async fn sqlx_payload(store: &PgStore) -> Vec<u8> {
+    use sqlx::Row;
+    sqlx::query("SELECT payload FROM shiftkey_tokens WHERE credential = 'plant-sync'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+        .get("payload")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_one_instance_holds_the_leader_lease_and_a_dead_holder_loses_it() {
+    let pg = PgServer::start();
+    let mut first = LeaderLease::try_acquire(&pg.url(), 42)
+        .await
+        .unwrap()
+        .expect("first instance leads");
+    assert!(
+        LeaderLease::try_acquire(&pg.url(), 42)
+            .await
+            .unwrap()
+            .is_none(),
+        "a second instance waits"
+    );
+    assert!(first.is_held().await);
+    // Kill the leader's connection from the server side: the lease is lost and another takes it.
+    let killer = PgStore::connect(&pg.url(), "x", KeySource::from_base64(KEY, "test").unwrap())
+        .await
+        .unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = 42",
+    )
+    .execute(killer.pool())
+    .await
+    .unwrap();
+    assert!(!first.is_held().await, "the lost lease is detected");
+    let second = LeaderLease::try_acquire(&pg.url(), 42)
+        .await
+        .unwrap()
+        .expect("another instance takes over");
+    second.release().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

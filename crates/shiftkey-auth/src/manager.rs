@@ -99,6 +99,8 @@ pub struct Stats {
     pub waits: u64,
     /// Tokens adopted from a sibling process through the store (no server call).
     pub adopted: u64,
+    /// Of those, adopted because the store announced a change (`LISTEN/NOTIFY`).
+    pub notified: u64,
 }
 
 /// What the refresher last published; callers on the slow path watch it.
@@ -153,6 +155,7 @@ struct Inner {
 #[derive(Default)]
 struct Counters {
     adopted: AtomicU64,
+    notified: AtomicU64,
     acquires: AtomicU64,
     failures: AtomicU64,
     proactive: AtomicU64,
@@ -562,6 +565,7 @@ impl TokenManager {
             reactive: c.reactive.load(Ordering::Relaxed),
             waits: c.waits.load(Ordering::Relaxed),
             adopted: c.adopted.load(Ordering::Relaxed),
+            notified: c.notified.load(Ordering::Relaxed),
         }
     }
 
@@ -652,11 +656,19 @@ async fn refresher<S: AuthStrategy>(inner: Arc<Inner>, strategy: S, mut planner:
                 tokio::select! {
                     () = inner.clock.sleep(at - now) => {}
                     () = inner.wake.notified() => {}
+                    () = store_changed(&inner) => {
+                        adopt_notified(&inner, &mut planner, &mut last, &mut generation, applied_cap).await;
+                    }
                 }
                 continue;
             }
             None => {
-                inner.wake.notified().await;
+                tokio::select! {
+                    () = inner.wake.notified() => {}
+                    () = store_changed(&inner) => {
+                        adopt_notified(&inner, &mut planner, &mut last, &mut generation, applied_cap).await;
+                    }
+                }
                 continue;
             }
         }
@@ -766,6 +778,54 @@ async fn persist_limits(inner: &Inner, store: &dyn TokenStore, generation: u64) 
     if let Err(e) = result {
         tracing::warn!(credential = %inner.name, error = %e, "could not persist learned server limits");
     }
+}
+
+/// Resolves when the store says a sibling stored a new token (never without a store).
+async fn store_changed(inner: &Inner) {
+    match &inner.store {
+        Some(store) => store.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A sibling announced a new token: adopt it without a lock if it is newer and fresh.
+async fn adopt_notified(
+    inner: &Inner,
+    planner: &mut Planner,
+    last: &mut Option<TokenSet>,
+    generation: &mut u64,
+    cap: Option<Duration>,
+) {
+    let Some(store) = &inner.store else { return };
+    let stored = match store.load().await {
+        Ok(Some(st)) if st.generation > *generation => st,
+        Ok(_) => return,
+        Err(e) => {
+            tracing::warn!(credential = %inner.name, error = %e, "could not read the store after a change notice");
+            return;
+        }
+    };
+    let now = inner.clock.now();
+    let mut token = stored.to_token(now, inner.clock.wall());
+    apply_cap(&mut token, cap);
+    let schedule = planner.on_success(now, token.issued_at, token.lifetime);
+    if now >= schedule.hard_at {
+        return;
+    }
+    *generation = token.generation;
+    *last = Some(token.clone());
+    inner.counters.adopted.fetch_add(1, Ordering::Relaxed);
+    inner.counters.notified.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(credential = %inner.name, generation = token.generation, "adopted a sibling's token after a change notice");
+    inner.current.store(Some(Arc::new(Entry {
+        token,
+        schedule,
+        reactive: false,
+    })));
+    inner.published.send_modify(|p| {
+        p.completed += 1;
+        p.last_error = None;
+    });
 }
 
 /// A token the refresher got: from the strategy, or adopted from a sibling through the store.

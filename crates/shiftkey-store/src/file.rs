@@ -23,7 +23,7 @@ fn io(path: &Path, what: &str, e: std::io::Error) -> StoreError {
 }
 
 /// The derived key and the salt it belongs to: derived once per process per salt.
-type Derived = Option<([u8; 16], Zeroizing<[u8; 32]>)>;
+pub(crate) type Derived = Option<([u8; 16], Zeroizing<[u8; 32]>)>;
 
 /// What a write needs: the KDF to record, its salt, and the key.
 type WriteKey = (Kdf, [u8; 16], Zeroizing<[u8; 32]>);

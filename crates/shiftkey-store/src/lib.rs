@@ -5,12 +5,18 @@
 //! - [`FileStore`]: the embedded default, one AES-256-GCM file (format v1,
 //!   `docs/store-format.md`) written atomically, refused when others can read it, with an
 //!   exclusive `flock` on a sidecar lock file for the cross-process refresh protocol of DESIGN §4.3.
+//! - `PgStore` (feature `postgres`): the same encrypted payload in a PostgreSQL row, refreshed
+//!   under `SELECT … FOR UPDATE`, with `LISTEN/NOTIFY` for other hosts; and `LeaderLease`
+//!   (`pg_try_advisory_lock` on a dedicated connection).
 //! - [`KeySource`]: a raw 32-byte key (env var, key file, systemd credential) or a passphrase
 //!   through Argon2id ([`KdfParams`], floor [`KDF_FLOOR`]).
 //!
 //! Stores implement [`shiftkey_auth::TokenStore`]; give one to
 //! [`shiftkey_auth::TokenManagerBuilder::store`] and the manager does the rest: adopt a sibling's
 //! fresh token, refresh under the lock from the newest refresh token, persist before handing out.
+//!
+//! # Cargo features
+//! - `postgres`: `PgStore` and `LeaderLease` (sqlx, no TLS of its own).
 //!
 //! # Example
 //! ```
@@ -35,9 +41,13 @@
 mod file;
 mod format;
 mod key;
+#[cfg(feature = "postgres")]
+mod postgres;
 
 pub use file::FileStore;
 pub use key::{KDF_FLOOR, KdfParams, KeySource};
+#[cfg(feature = "postgres")]
+pub use postgres::{LeaderLease, PgStore};
 
 /// Decodes bytes as a store file with `key`, for fuzzing and `store check`: never panics.
 #[doc(hidden)]

@@ -4,6 +4,8 @@
 //! password fallback) sharing STORE; asks for a token every 50 ms, checks each new access token at
 //! the issuer's introspection endpoint, and prints one JSON summary line.
 //!
+//! `store-worker share-pg URL KEY_B64 ISSUER SECONDS`: the same through PostgreSQL (`PgStore`).
+//!
 //! `store-worker write STORE KEY_B64`: saves generation after generation under the lock, printing
 //! each generation once it is durable, until killed.
 
@@ -20,7 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use shiftkey_auth::strategies::{ClientAuth, OAuthClient, OAuthPassword, OAuthRefresh};
 use shiftkey_auth::{ServerLimits, StoredLifetimeSource, StoredToken, TokenManager, TokenStore};
-use shiftkey_store::{FileStore, KeySource};
+use shiftkey_store::{FileStore, KeySource, PgStore};
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -36,11 +38,19 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = match args.first().map(String::as_str) {
-        Some("share") if args.len() == 5 => {
-            rt.block_on(share(&args[1], &args[2], &args[3], &args[4]))
-        }
+        Some("share") if args.len() == 5 => rt.block_on(async {
+            let store: Arc<dyn TokenStore> = Arc::new(store(&args[1], &args[2])?);
+            share(store, &args[3], &args[4]).await
+        }),
+        Some("share-pg") if args.len() == 5 => rt.block_on(async {
+            let key = KeySource::from_base64(&args[2], "argument").map_err(|e| e.to_string())?;
+            let store: Arc<dyn TokenStore> = Arc::new(
+                PgStore::connect(&args[1], "plant-sync", key).await.map_err(|e| e.to_string())?,
+            );
+            share(store, &args[3], &args[4]).await
+        }),
         Some("write") if args.len() == 3 => rt.block_on(write(&args[1], &args[2])),
-        _ => Err("usage: store-worker share STORE KEY ISSUER SECONDS | write STORE KEY".to_owned()),
+        _ => Err("usage: store-worker share STORE KEY ISSUER SECONDS | share-pg URL KEY ISSUER SECONDS | write STORE KEY".to_owned()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -58,7 +68,7 @@ fn store(path: &str, key: &str) -> Result<FileStore, String> {
     ))
 }
 
-async fn share(path: &str, key: &str, issuer: &str, seconds: &str) -> Result<(), String> {
+async fn share(store: Arc<dyn TokenStore>, issuer: &str, seconds: &str) -> Result<(), String> {
     let seconds: u64 = seconds.parse().map_err(|e| format!("seconds: {e}"))?;
     let issuer: url::Url = issuer.parse().map_err(|e| format!("issuer: {e}"))?;
     let http = reqwest::Client::new();
@@ -76,7 +86,7 @@ async fn share(path: &str, key: &str, issuer: &str, seconds: &str) -> Result<(),
         "wonderland".into(),
     ));
     let manager = TokenManager::builder(strategy)
-        .store(Arc::new(store(path, key)?))
+        .store(store)
         .build()
         .map_err(|e| e.to_string())?;
     let introspect = issuer
@@ -113,7 +123,7 @@ async fn share(path: &str, key: &str, issuer: &str, seconds: &str) -> Result<(),
     let stats = manager.stats();
     println!(
         "{}",
-        serde_json::json!({"generations": seen.len(), "inactive": inactive, "errors": errors, "adopted": stats.adopted, "acquires": stats.acquires})
+        serde_json::json!({"generations": seen.len(), "inactive": inactive, "errors": errors, "adopted": stats.adopted, "notified": stats.notified, "acquires": stats.acquires})
     );
     manager.shutdown().await;
     Ok(())

@@ -1,0 +1,351 @@
+//! [`PgStore`]: the same encrypted payload in PostgreSQL, refreshed under a row lock, with
+//! `LISTEN/NOTIFY` telling other hosts a new token exists; and [`LeaderLease`].
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use shiftkey_auth::{StoreError, StoreErrorKind, StoreGuard, StoredToken, TokenStore};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::{Connection, Postgres, Row, Transaction};
+use tokio::sync::Notify;
+use zeroize::Zeroizing;
+
+use crate::file::Derived;
+use crate::format::{self, DecodeError, Kdf};
+use crate::key::KeySource;
+
+const CHANNEL: &str = "shiftkey_tokens";
+
+fn db(what: &str, e: sqlx::Error) -> StoreError {
+    let lock_timeout = e
+        .as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "55P03");
+    let kind = if lock_timeout {
+        StoreErrorKind::LockTimeout
+    } else {
+        StoreErrorKind::Io
+    };
+    StoreError::new(kind, format!("PostgreSQL: {what}: {e}"))
+}
+
+/// Tokens in PostgreSQL, for several hosts sharing one credential (DESIGN §4.2).
+///
+/// - Table `shiftkey_tokens` (created by an embedded migration), one row per credential, holding
+///   the same AES-256-GCM payload as the file store: the database never sees a token in clear.
+/// - [`TokenStore::lock`] opens a transaction and takes the row with `SELECT … FOR UPDATE`
+///   (waiting at most `lock_timeout`); saving updates the row and queues a `NOTIFY`; unlocking
+///   commits, which releases the lock and delivers the notification.
+/// - [`TokenStore::changed`] resolves when another host stored a new token for this credential.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: PgPool,
+    credential: String,
+    key: KeySource,
+    derived: Mutex<Derived>,
+    lock_timeout: Duration,
+    changed: Arc<Notify>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl PgStore {
+    /// Connects to `url`, runs the migration, and listens for other hosts' updates of `credential`.
+    pub async fn connect(
+        url: &str,
+        credential: impl Into<String>,
+        key: KeySource,
+    ) -> Result<Self, StoreError> {
+        let credential = credential.into();
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(url)
+            .await
+            .map_err(|e| db("connect", e))?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|e| {
+                StoreError::new(StoreErrorKind::Io, format!("PostgreSQL: migration: {e}"))
+            })?;
+        let mut listener = PgListener::connect_with(&pool)
+            .await
+            .map_err(|e| db("listen", e))?;
+        listener
+            .listen(CHANNEL)
+            .await
+            .map_err(|e| db("listen", e))?;
+        let changed = Arc::new(Notify::new());
+        let notify = Arc::clone(&changed);
+        let mine = credential.clone();
+        let listener = tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(n) if n.payload() == mine => notify.notify_waiters(),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "PostgreSQL notification listener failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                credential,
+                key,
+                derived: Mutex::new(None),
+                lock_timeout: Duration::from_secs(10),
+                changed,
+                listener,
+            }),
+        })
+    }
+
+    /// The pool (for the leader lease and tests).
+    #[must_use]
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+}
+
+impl Inner {
+    fn key_for(&self, kdf: Kdf, salt: &[u8; 16]) -> Result<Zeroizing<[u8; 32]>, DecodeError> {
+        match (&self.key, kdf) {
+            (KeySource::Raw(k), Kdf::Raw) => Ok(k.clone()),
+            (KeySource::Passphrase { passphrase, .. }, Kdf::Argon2id(params)) => {
+                let mut cached = self.derived.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some((s, k)) = cached.as_ref()
+                    && s == salt
+                {
+                    return Ok(k.clone());
+                }
+                let k = params
+                    .derive(passphrase, salt)
+                    .map_err(|_| DecodeError::WrongKey)?;
+                *cached = Some((*salt, k.clone()));
+                Ok(k)
+            }
+            _ => Err(DecodeError::WrongKey),
+        }
+    }
+
+    fn decode(&self, payload: &[u8]) -> Result<Option<StoredToken>, StoreError> {
+        if payload.is_empty() {
+            return Ok(None);
+        }
+        let shown = format!("row `{}` of shiftkey_tokens", self.credential);
+        format::parse_header(payload)
+            .and_then(|h| {
+                let key = self.key_for(h.kdf, &h.salt)?;
+                format::decode(payload, &h, &key)
+            })
+            .map(Some)
+            .map_err(|e| e.into_store_error(&shown))
+    }
+
+    fn encode(&self, token: &StoredToken) -> Result<Vec<u8>, StoreError> {
+        let (kdf, salt, key) = match &self.key {
+            KeySource::Raw(k) => (Kdf::Raw, [0u8; 16], k.clone()),
+            KeySource::Passphrase { passphrase, params } => {
+                let mut cached = self.derived.lock().unwrap_or_else(PoisonError::into_inner);
+                let (salt, key) = match cached.as_ref() {
+                    Some((s, k)) => (*s, k.clone()),
+                    None => {
+                        let s = format::new_salt();
+                        let k = params.derive(passphrase, &s)?;
+                        *cached = Some((s, k.clone()));
+                        (s, k)
+                    }
+                };
+                (Kdf::Argon2id(*params), salt, key)
+            }
+        };
+        format::encode(token, kdf, &salt, &key)
+    }
+}
+
+struct PgGuard {
+    inner: Arc<Inner>,
+    tx: Option<Transaction<'static, Postgres>>,
+    payload: Vec<u8>,
+}
+
+#[async_trait]
+impl StoreGuard for PgGuard {
+    async fn load(&mut self) -> Result<Option<StoredToken>, StoreError> {
+        match self.inner.decode(&self.payload) {
+            Err(e) if e.kind == StoreErrorKind::Corrupt => {
+                // Keep the damaged payload for inspection in a side row, and start clean.
+                if let Some(tx) = self.tx.as_mut() {
+                    let aside = format!(
+                        "{}.corrupt-{}",
+                        self.inner.credential,
+                        rand::random::<u32>()
+                    );
+                    sqlx::query("INSERT INTO shiftkey_tokens (credential, generation, payload) VALUES ($1, -1, $2)")
+                        .bind(&aside)
+                        .bind(&self.payload)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(|e| db("move aside", e))?;
+                    sqlx::query(
+                        "UPDATE shiftkey_tokens SET payload = ''::bytea WHERE credential = $1",
+                    )
+                    .bind(&self.inner.credential)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(|e| db("move aside", e))?;
+                }
+                Err(StoreError::new(
+                    e.kind,
+                    format!(
+                        "{}; moved aside — the credential will re-authenticate",
+                        e.detail
+                    ),
+                ))
+            }
+            other => other,
+        }
+    }
+
+    async fn save(&mut self, token: &StoredToken) -> Result<(), StoreError> {
+        let payload = self.inner.encode(token)?;
+        let tx = self
+            .tx
+            .as_mut()
+            .ok_or_else(|| StoreError::new(StoreErrorKind::Io, "transaction already closed"))?;
+        sqlx::query("UPDATE shiftkey_tokens SET generation = $2, payload = $3, updated_at = now() WHERE credential = $1")
+            .bind(&self.inner.credential)
+            .bind(i64::try_from(token.generation).unwrap_or(i64::MAX))
+            .bind(&payload)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| db("save", e))?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(&self.inner.credential)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| db("notify", e))?;
+        self.payload = payload;
+        Ok(())
+    }
+
+    async fn unlock(mut self: Box<Self>) -> Result<(), StoreError> {
+        match self.tx.take() {
+            Some(tx) => tx.commit().await.map_err(|e| db("commit", e)),
+            None => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl TokenStore for PgStore {
+    async fn load(&self) -> Result<Option<StoredToken>, StoreError> {
+        let row = sqlx::query("SELECT payload FROM shiftkey_tokens WHERE credential = $1")
+            .bind(&self.inner.credential)
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(|e| db("load", e))?;
+        match row {
+            Some(r) => self.inner.decode(&r.get::<Vec<u8>, _>("payload")),
+            None => Ok(None),
+        }
+    }
+
+    async fn lock(&self) -> Result<Box<dyn StoreGuard>, StoreError> {
+        let i = &self.inner;
+        sqlx::query("INSERT INTO shiftkey_tokens (credential) VALUES ($1) ON CONFLICT (credential) DO NOTHING")
+            .bind(&i.credential)
+            .execute(&i.pool)
+            .await
+            .map_err(|e| db("create row", e))?;
+        let mut tx = i.pool.begin().await.map_err(|e| db("begin", e))?;
+        sqlx::query(&format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            i.lock_timeout.as_millis()
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db("lock timeout", e))?;
+        let row =
+            sqlx::query("SELECT payload FROM shiftkey_tokens WHERE credential = $1 FOR UPDATE")
+                .bind(&i.credential)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| db("lock row", e))?;
+        Ok(Box::new(PgGuard {
+            inner: Arc::clone(i),
+            tx: Some(tx),
+            payload: row.get("payload"),
+        }))
+    }
+
+    async fn changed(&self) {
+        self.inner.changed.notified().await;
+    }
+}
+
+/// A leader lease: `pg_try_advisory_lock` held on a dedicated connection, so only one of N
+/// instances syncs at a time; the lease is lost when that connection dies.
+#[derive(Debug)]
+pub struct LeaderLease {
+    conn: Option<sqlx::PgConnection>,
+    key: i64,
+}
+
+impl LeaderLease {
+    /// Tries to become leader for `key`; `None` if another instance holds it.
+    pub async fn try_acquire(url: &str, key: i64) -> Result<Option<Self>, StoreError> {
+        let mut conn = sqlx::PgConnection::connect(url)
+            .await
+            .map_err(|e| db("lease connect", e))?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| db("lease", e))?;
+        Ok(got.then_some(Self {
+            conn: Some(conn),
+            key,
+        }))
+    }
+
+    /// Whether the lease is still held (its connection is alive). A `false` is final.
+    pub async fn is_held(&mut self) -> bool {
+        let alive = match self.conn.as_mut() {
+            Some(c) => c.ping().await.is_ok(),
+            None => false,
+        };
+        if !alive {
+            self.conn = None;
+        }
+        alive
+    }
+
+    /// Gives the lease up.
+    pub async fn release(mut self) -> Result<(), StoreError> {
+        if let Some(mut c) = self.conn.take() {
+            sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(self.key)
+                .execute(&mut c)
+                .await
+                .map_err(|e| db("lease release", e))?;
+            c.close().await.map_err(|e| db("lease close", e))?;
+        }
+        Ok(())
+    }
+}
