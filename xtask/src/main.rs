@@ -120,6 +120,7 @@ fn proptest(args: &[String]) -> Result<()> {
             1_000,
         ),
         ("shiftkey-policy", "tests", "props::", 1),
+        ("shiftkey-store", "tests", "fuzz::", 1),
     ];
     cargo(&[
         "build",

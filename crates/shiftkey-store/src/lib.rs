@@ -49,6 +49,10 @@ pub use key::{KDF_FLOOR, KdfParams, KeySource};
 #[cfg(feature = "postgres")]
 pub use postgres::{LeaderLease, PgStore};
 
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// Decodes bytes as a store file with `key`, for fuzzing and `store check`: never panics.
 #[doc(hidden)]
 pub fn decode_for_fuzzing(bytes: &[u8], key: &[u8; 32]) -> bool {
