@@ -329,3 +329,62 @@ async fn the_lock_excludes_other_handles_and_times_out_clearly() {
     held.unlock().await.unwrap();
     b.lock().await.unwrap().unlock().await.unwrap();
 }
+
+mod with_manager {
+    use std::sync::Arc;
+
+    use shiftkey_auth::testing::ScriptedStrategy;
+    use shiftkey_auth::{AuthError, PermanentKind, TokenManager};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_corrupt_file_is_moved_aside_and_the_manager_reauthenticates() {
+        let d = dir("mgr-corrupt");
+        let store = FileStore::new(d.0.join("t"), key(KEY_A));
+        save(&store, &token(9)).await;
+        let mut bytes = std::fs::read(store.path()).unwrap();
+        let n = bytes.len() - 3;
+        bytes[n] ^= 0xff;
+        std::fs::write(store.path(), &bytes).unwrap();
+        let strategy = ScriptedStrategy::new(Duration::from_secs(3600), Duration::ZERO);
+        let m = TokenManager::builder(strategy.clone())
+            .store(Arc::new(store.clone()))
+            .build()
+            .unwrap();
+        let t = m.token().await.unwrap();
+        assert_eq!(strategy.calls(), 1, "re-authenticated");
+        assert_eq!(t.generation(), 1);
+        assert_eq!(corrupt_files(&d.0), 1, "the damaged file was kept aside");
+        assert_eq!(
+            store.load().await.unwrap().unwrap().generation,
+            1,
+            "the new token was stored"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_wrong_key_stops_the_manager_and_keeps_the_file() {
+        let d = dir("mgr-wrongkey");
+        let store = FileStore::new(d.0.join("t"), key(KEY_A));
+        save(&store, &token(4)).await;
+        let before = std::fs::read(store.path()).unwrap();
+        let strategy = ScriptedStrategy::new(Duration::from_secs(3600), Duration::ZERO);
+        let wrong = FileStore::new(d.0.join("t"), key(KEY_B));
+        let m = TokenManager::builder(strategy.clone())
+            .store(Arc::new(wrong))
+            .build()
+            .unwrap();
+        let err = m.token().await.unwrap_err();
+        assert!(
+            matches!(&err, AuthError::Permanent { kind: PermanentKind::Configuration, detail } if detail.contains("wrong key")),
+            "{err}"
+        );
+        assert_eq!(
+            strategy.calls(),
+            0,
+            "no login that would overwrite a token we cannot read"
+        );
+        assert_eq!(std::fs::read(store.path()).unwrap(), before, "nothing lost");
+    }
+}
