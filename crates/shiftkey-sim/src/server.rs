@@ -1,0 +1,842 @@
+//! The emulator's HTTP server: Teamcenter JSON REST SOA with sessions like the pool manager, an
+//! OAuth gateway with rotation and reuse detection, and seeded faults.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use base64::Engine as _;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use shiftkey_auth::Clock;
+use tokio::time::Instant;
+
+use crate::config::SimConfig;
+use crate::data::Dataset;
+use crate::wire;
+
+/// Counters a test can read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Successful logins.
+    pub logins: u64,
+    /// Refused logins.
+    pub login_failures: u64,
+    /// Token grants by `grant_type` (successful).
+    pub grants: BTreeMap<String, u64>,
+    /// Refused grants by OAuth error.
+    pub grant_errors: BTreeMap<String, u64>,
+    /// Sessions (and gateway tokens) killed, by cause: `hard`, `idle`, `restart`, `cap`, `logout`.
+    pub killed: BTreeMap<String, u64>,
+    /// Exceptions returned, by short name (`InvalidUserException`, ...; `invalid_token` for the gateway).
+    pub exceptions: BTreeMap<String, u64>,
+    /// Requests by `Library-YYYY-MM-Service/operation`.
+    pub requests: BTreeMap<String, u64>,
+    /// Faults injected: `rate_limited`, `server_error`.
+    pub faults: BTreeMap<String, u64>,
+}
+
+fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
+    *map.entry(key.to_owned()).or_default() += 1;
+}
+
+#[derive(Debug, Clone)]
+struct Session {
+    user: String,
+    descrimator: String,
+    created: Instant,
+    last_used: Instant,
+}
+
+#[derive(Debug)]
+struct Access {
+    family: u64,
+    issued: Instant,
+    expires: Instant,
+}
+
+#[derive(Debug)]
+struct Refresh {
+    family: u64,
+    client: String,
+    user: Option<String>,
+    used: bool,
+    expires: Instant,
+}
+
+#[derive(Debug, Default)]
+struct OAuth {
+    access: HashMap<String, Access>,
+    refresh: HashMap<String, Refresh>,
+    revoked: HashSet<u64>,
+    next_family: u64,
+}
+
+#[derive(Debug)]
+struct Faults {
+    rng: StdRng,
+    burst_left: u32,
+}
+
+/// Shared state of one emulator.
+pub(crate) struct Inner {
+    pub(crate) cfg: SimConfig,
+    pub(crate) clock: Arc<dyn Clock>,
+    sessions: Mutex<HashMap<String, Session>>,
+    pub(crate) data: Mutex<Dataset>,
+    oauth: Mutex<OAuth>,
+    faults: Mutex<Faults>,
+    pub(crate) stats: Mutex<Stats>,
+    restarts: Mutex<Vec<Instant>>,
+    token_counter: Mutex<u64>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sim").finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Inner {
+    pub(crate) fn new(cfg: SimConfig, clock: Arc<dyn Clock>) -> Self {
+        let started = clock.now();
+        let data = Dataset::generate(&cfg.data, clock.wall());
+        let restarts = cfg
+            .session
+            .restart_at_hours
+            .iter()
+            .filter(|h| h.is_finite() && **h >= 0.0)
+            .map(|h| started + Duration::from_secs_f64(h * 3600.0))
+            .collect();
+        Self {
+            faults: Mutex::new(Faults {
+                rng: StdRng::seed_from_u64(cfg.faults.seed),
+                burst_left: 0,
+            }),
+            data: Mutex::new(data),
+            cfg,
+            clock,
+            sessions: Mutex::new(HashMap::new()),
+            oauth: Mutex::new(OAuth::default()),
+            stats: Mutex::new(Stats::default()),
+            restarts: Mutex::new(restarts),
+            token_counter: Mutex::new(0),
+        }
+    }
+
+    /// Restarts the server now: every session and gateway access token dies.
+    pub(crate) fn restart(&self) {
+        lock(&self.restarts).push(self.clock.now());
+    }
+
+    fn last_restart(&self, now: Instant) -> Option<Instant> {
+        lock(&self.restarts)
+            .iter()
+            .filter(|t| **t <= now)
+            .max()
+            .copied()
+    }
+
+    fn new_secret(&self, prefix: &str) -> String {
+        let mut n = lock(&self.token_counter);
+        *n += 1;
+        let mut bytes = [0u8; 18];
+        rand::thread_rng().fill(&mut bytes);
+        format!(
+            "{prefix}{}{}",
+            *n,
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        )
+    }
+
+    /// Pool load (server processes) at simulated instant `t`.
+    fn load_at(&self, t: Instant) -> u32 {
+        let s = &self.cfg.session;
+        let wall = self.wall_at(t);
+        let secs = wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let (day, hour) = (secs / 86_400, (secs / 3600) % 24);
+        let noise = if s.load_noise == 0 {
+            0
+        } else {
+            let mut rng =
+                StdRng::seed_from_u64(s.seed ^ day.wrapping_mul(31) ^ hour.wrapping_mul(1_000_003));
+            rng.gen_range(0..=s.load_noise)
+        };
+        s.load_by_hour[hour as usize] + noise
+    }
+
+    fn wall_at(&self, t: Instant) -> SystemTime {
+        let now = self.clock.now();
+        let wall = self.clock.wall();
+        if t >= now {
+            wall + (t - now)
+        } else {
+            wall.checked_sub(now - t).unwrap_or(wall)
+        }
+    }
+
+    /// Whether the pool's load was above target at some point of `[from, to]` (hourly slots).
+    fn busy_between(&self, from: Instant, to: Instant) -> bool {
+        let target = self.cfg.session.process_target;
+        let mut t = from;
+        while t <= to {
+            if self.load_at(t) > target {
+                return true;
+            }
+            t += Duration::from_secs(3600);
+        }
+        self.load_at(to) > target
+    }
+
+    /// Why a session is dead at `now`, if it is.
+    fn death(&self, s: &Session, now: Instant) -> Option<&'static str> {
+        let cfg = &self.cfg.session;
+        if self.last_restart(now).is_some_and(|r| r > s.created) {
+            return Some("restart");
+        }
+        if now.saturating_duration_since(s.created) >= Duration::from_secs(cfg.hard_timeout_secs) {
+            return Some("hard");
+        }
+        let soft = Duration::from_secs(cfg.soft_timeout_secs);
+        let idle_from = s.last_used + soft;
+        if now >= idle_from && self.busy_between(idle_from, now) {
+            return Some("idle");
+        }
+        None
+    }
+
+    /// The live session for `cookie`, touched; or `None` (and the death counted).
+    fn session(&self, cookie: Option<&str>, now: Instant) -> Option<Session> {
+        let id = cookie?;
+        let mut sessions = lock(&self.sessions);
+        let s = sessions.get(id)?.clone();
+        if let Some(cause) = self.death(&s, now) {
+            sessions.remove(id);
+            drop(sessions);
+            bump(&mut lock(&self.stats).killed, cause);
+            return None;
+        }
+        if let Some(live) = sessions.get_mut(id) {
+            live.last_used = now;
+        }
+        Some(s)
+    }
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+pub(crate) fn router(state: Arc<Inner>) -> Router {
+    Router::new()
+        .route("/tc/JsonRestServices/{service}/{operation}", post(soa))
+        .route("/tc/RestServices/{service}/{operation}", post(gateway))
+        .route("/oauth/token", post(token))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            date_header,
+        ))
+        .with_state(state)
+}
+
+/// Adds `Date` (skewed as configured, in simulated wall time) to every answer.
+async fn date_header(
+    State(s): State<Arc<Inner>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut res = next.run(req).await;
+    let skew = s.cfg.faults.date_skew_secs;
+    let wall = s.clock.wall();
+    let shown = if skew >= 0 {
+        wall + Duration::from_secs(skew.unsigned_abs())
+    } else {
+        wall.checked_sub(Duration::from_secs(skew.unsigned_abs()))
+            .unwrap_or(wall)
+    };
+    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(shown)) {
+        res.headers_mut().insert(header::DATE, v);
+    }
+    res
+}
+
+/// Latency, 429s and 503 bursts, drawn in request order.
+async fn inject_faults(s: &Inner) -> Option<Response> {
+    let f = &s.cfg.faults;
+    if f.latency_ms > 0 {
+        s.clock.sleep(Duration::from_millis(f.latency_ms)).await;
+    }
+    let verdict = {
+        let mut st = lock(&s.faults);
+        if st.burst_left > 0 {
+            st.burst_left -= 1;
+            Some("server_error")
+        } else if f.server_error_probability > 0.0
+            && st.rng.gen_bool(f.server_error_probability.clamp(0.0, 1.0))
+        {
+            st.burst_left = f.burst_len.saturating_sub(1);
+            Some("server_error")
+        } else if f.rate_limit_probability > 0.0
+            && st.rng.gen_bool(f.rate_limit_probability.clamp(0.0, 1.0))
+        {
+            Some("rate_limited")
+        } else {
+            None
+        }
+    }?;
+    bump(&mut lock(&s.stats).faults, verdict);
+    Some(match verdict {
+        "rate_limited" => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, f.retry_after_secs.to_string())],
+            "rate limited",
+        )
+            .into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "server busy").into_response(),
+    })
+}
+
+fn parse_envelope(body: &Bytes) -> Result<Value, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    Ok(v.get("body").cloned().unwrap_or(Value::Null))
+}
+
+async fn soa(
+    State(s): State<Arc<Inner>>,
+    Path((service, operation)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let op = format!("{service}/{operation}");
+    bump(&mut lock(&s.stats).requests, &op);
+    if let Some(r) = inject_faults(&s).await {
+        return r;
+    }
+    let now = s.clock.now();
+    let input = match parse_envelope(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            bump(&mut lock(&s.stats).exceptions, "InternalServerException");
+            return json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &wire::internal_server(&e),
+            );
+        }
+    };
+    let jsession = cookie(&headers, "JSESSIONID");
+    match op.as_str() {
+        "Core-2011-06-Session/login" => return login(&s, &input, now),
+        "Core-2006-03-Session/logout" => {
+            let alive = s.session(jsession.as_deref(), now).is_some();
+            if let Some(id) = jsession.filter(|_| alive) {
+                lock(&s.sessions).remove(&id);
+                bump(&mut lock(&s.stats).killed, "logout");
+                return json_response(
+                    StatusCode::OK,
+                    &json!({".QName": "http://teamcenter.com/Schemas/Soa/2006-03/Base.ServiceData", "plain": []}),
+                );
+            }
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/xml")],
+                wire::DEAD_LOGOUT_XML,
+            )
+                .into_response();
+        }
+        _ => {}
+    }
+    let Some(session) = s.session(jsession.as_deref(), now) else {
+        bump(&mut lock(&s.stats).exceptions, "InvalidUserException");
+        let status =
+            StatusCode::from_u16(s.cfg.session.invalid_user_status).unwrap_or(StatusCode::OK);
+        return json_response(status, &wire::invalid_user());
+    };
+    match dispatch(&s, &op, &input, Some(&session)) {
+        Some(v) => json_response(StatusCode::OK, &v),
+        None => {
+            bump(&mut lock(&s.stats).exceptions, "InternalServerException");
+            json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &wire::internal_server(&format!("no such operation {op}")),
+            )
+        }
+    }
+}
+
+fn login(s: &Inner, input: &Value, now: Instant) -> Response {
+    let c = &input["credentials"];
+    let user = c["user"].as_str().unwrap_or_default();
+    let password = c["password"].as_str().unwrap_or_default();
+    let descrimator = c["descrimator"].as_str().unwrap_or_default().to_owned();
+    let refused = if user.is_empty() {
+        Some(1007)
+    } else if s.cfg.users.get(user).map(String::as_str) != Some(password) {
+        Some(515143)
+    } else {
+        None
+    };
+    if let Some(code) = refused {
+        let mut st = lock(&s.stats);
+        st.login_failures += 1;
+        bump(&mut st.exceptions, "InvalidCredentialsException");
+        return json_response(StatusCode::OK, &wire::invalid_credentials(code));
+    }
+    // Same user and descrimator share one server process: reuse a live session.
+    let existing = {
+        let sessions = lock(&s.sessions);
+        sessions
+            .iter()
+            .find(|(_, v)| {
+                v.user == user && v.descrimator == descrimator && !descrimator.is_empty()
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+    };
+    let id = match existing {
+        Some((id, sess)) if s.death(&sess, now).is_none() => id,
+        _ => {
+            let id = s.new_secret("");
+            lock(&s.sessions).insert(
+                id.clone(),
+                Session {
+                    user: user.to_owned(),
+                    descrimator,
+                    created: now,
+                    last_used: now,
+                },
+            );
+            id
+        }
+    };
+    lock(&s.stats).logins += 1;
+    let body = json!({
+        ".QName": "http://teamcenter.com/Schemas/Core/2011-06/Session.LoginResponse",
+        "serverInfo": {
+            "DisplayVersion": "Teamcenter 12.4 (emulated)",
+            "HostName": "tc-emulator",
+            "Locale": "en_US",
+            "LogFile": format!("/tmp/tcserver_{user}.syslog"),
+            "SiteLocale": "en_US",
+            "TcServerID": format!("tcserver-{}", &id[..id.len().min(6)]),
+            "UserID": user,
+            "Version": "V12000.4.0.20200312"
+        },
+        "partialErrors": [{"errorValues": [{"code": 214102, "level": 1, "message": "The license will expire soon."}]}]
+    });
+    let mut res = json_response(StatusCode::OK, &body);
+    if let Ok(v) = HeaderValue::from_str(&format!("JSESSIONID={id}; Path=/tc; HttpOnly")) {
+        res.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    res
+}
+
+/// The data operations, shared by the session and the gateway endpoints.
+fn dispatch(s: &Inner, op: &str, input: &Value, session: Option<&Session>) -> Option<Value> {
+    let wall = s.clock.wall();
+    let mut data = lock(&s.data);
+    data.advance(wall);
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Some(match op {
+        "Core-2007-01-Session/getTCSessionInfo" => {
+            let user = session.map_or("gateway", |x| x.user.as_str());
+            json!({
+                ".QName": "http://teamcenter.com/Schemas/Core/2007-01/Session.GetTCSessionInfoResponse",
+                "serverVersion": "V12000.4.0.20200312",
+                "user": {"uid": "uUSER", "className": "User", "type": "User"},
+                "group": {"uid": "uGROUP", "className": "Group", "type": "Group"},
+                "role": {"uid": "uROLE", "className": "Role", "type": "Role"},
+                "extraInfo": {"TcServerID": "tcserver-emu", "hostName": "tc-emulator", "syslogFile": format!("/tmp/tcserver_{user}.syslog"), "TCServerLocale": "en_US"}
+            })
+        }
+        "Query-2012-10-Finder/performSearch" => {
+            let si = &input["searchInput"];
+            let since = si["searchCriteria"]["modifiedSince"]
+                .as_str()
+                .and_then(crate::data::parse_tc_date)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            let start = si["startIndex"].as_u64().unwrap_or(0) as usize;
+            let max = si["maxToReturn"].as_u64().unwrap_or(100).clamp(1, 10_000) as usize;
+            let all = data.changed_processes(since);
+            let page: Vec<_> = all.iter().skip(start).take(max).copied().collect();
+            let only = [
+                "item_id".to_owned(),
+                "item_revision_id".to_owned(),
+                "last_mod_date".to_owned(),
+            ];
+            json!({
+                ".QName": "http://teamcenter.com/Schemas/Query/2012-10/Finder.PerformSearchResponse",
+                "totalFound": all.len(),
+                "totalLoaded": page.len(),
+                "endIndex": start + page.len(),
+                "searchResults": page.iter().map(|o| json!({"uid": o.uid, "className": o.class, "type": o.class})).collect::<Vec<_>>(),
+                "ServiceData": wire::service_data(&page, &[], Some(&only))
+            })
+        }
+        "Core-2007-09-DataManagement/loadObjects" => {
+            let uids = strings(&input["uids"]);
+            let (found, missing): (Vec<_>, Vec<_>) =
+                uids.iter().partition(|u| data.get(u).is_some());
+            let objects: Vec<_> = found.iter().filter_map(|u| data.get(u)).collect();
+            let missing: Vec<String> = missing.into_iter().cloned().collect();
+            let mut sd = wire::service_data(&objects, &missing, None);
+            sd[".QName"] = json!("http://teamcenter.com/Schemas/Soa/2006-03/Base.ServiceData");
+            sd
+        }
+        "Core-2006-03-DataManagement/getProperties" => {
+            let uids: Vec<String> = input["objects"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|o| o["uid"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let attrs = strings(&input["attributes"]);
+            let (found, missing): (Vec<_>, Vec<_>) =
+                uids.iter().partition(|u| data.get(u).is_some());
+            let objects: Vec<_> = found.iter().filter_map(|u| data.get(u)).collect();
+            let missing: Vec<String> = missing.into_iter().cloned().collect();
+            let mut sd = wire::service_data(&objects, &missing, Some(&attrs));
+            sd[".QName"] = json!("http://teamcenter.com/Schemas/Soa/2006-03/Base.ServiceData");
+            sd
+        }
+        "Cad-2007-01-StructureManagement/expandPSOneLevel" => {
+            let parents = strings(&input["input"]["parentBomLines"]);
+            let mut objects = Vec::new();
+            let output: Vec<Value> = parents
+                .iter()
+                .filter_map(|p| data.get(p))
+                .map(|p| {
+                    let children: Vec<Value> = p
+                        .props
+                        .get("bl_child_lines")
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|c| data.get(c))
+                        .map(|c| {
+                            objects.push(c);
+                            json!({"bomLine": {"uid": c.uid}, "itemRevOfBOMLine": {"uid": c.uid, "className": c.class, "type": c.class}})
+                        })
+                        .collect();
+                    json!({"parent": {"bomLine": {"uid": p.uid}, "itemRevOfBOMLine": {"uid": p.uid}}, "children": children})
+                })
+                .collect();
+            json!({
+                ".QName": "http://teamcenter.com/Schemas/Cad/2007-01/StructureManagement.ExpandPSOneLevelResponse",
+                "output": output,
+                "ServiceData": wire::service_data(&objects, &[], Some(&["item_id".to_owned(), "last_mod_date".to_owned()]))
+            })
+        }
+        "Core-2010-09-DataManagement/setProperties" => {
+            let mut updated = Vec::new();
+            let mut missing = Vec::new();
+            for info in input["info"].as_array().into_iter().flatten() {
+                let uid = info["object"]["uid"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let props: Vec<(String, Vec<String>)> = info["vecNameVal"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|nv| {
+                        Some((nv["name"].as_str()?.to_owned(), strings(&nv["values"])))
+                    })
+                    .collect();
+                match data.set_properties(&uid, &props, wall) {
+                    Ok(()) => updated.push(uid),
+                    Err(uid) => missing.push(uid),
+                }
+            }
+            let objects: Vec<_> = updated.iter().filter_map(|u| data.get(u)).collect();
+            let mut sd = wire::service_data(&objects, &missing, None);
+            sd["updated"] = json!(updated);
+            sd[".QName"] = json!("http://teamcenter.com/Schemas/Soa/2006-03/Base.ServiceData");
+            sd
+        }
+        _ => return None,
+    })
+}
+
+async fn gateway(
+    State(s): State<Arc<Inner>>,
+    Path((service, operation)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let op = format!("{service}/{operation}");
+    bump(&mut lock(&s.stats).requests, &format!("gateway:{op}"));
+    if let Some(r) = inject_faults(&s).await {
+        return r;
+    }
+    let now = s.clock.now();
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let valid = bearer.as_deref().is_some_and(|t| access_valid(&s, t, now));
+    if !valid {
+        bump(&mut lock(&s.stats).exceptions, "invalid_token");
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, r#"Bearer error="invalid_token""#)],
+            "",
+        )
+            .into_response();
+    }
+    let input = match parse_envelope(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &wire::internal_server(&e),
+            );
+        }
+    };
+    match dispatch(&s, &op, &input, None) {
+        Some(v) => json_response(StatusCode::OK, &v),
+        None => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &wire::internal_server(&format!("no such operation {op}")),
+        ),
+    }
+}
+
+fn access_valid(s: &Inner, token: &str, now: Instant) -> bool {
+    let mut o = lock(&s.oauth);
+    let Some(a) = o.access.get(token) else {
+        return false;
+    };
+    let cause = if o.revoked.contains(&a.family) {
+        Some("revoked")
+    } else if s.last_restart(now).is_some_and(|r| r > a.issued) {
+        Some("restart")
+    } else if now >= a.expires {
+        Some(if s.cfg.oauth.access_ttl_cap_secs.is_some() {
+            "cap"
+        } else {
+            "expired"
+        })
+    } else {
+        None
+    };
+    match cause {
+        None => true,
+        Some(c) => {
+            o.access.remove(token);
+            drop(o);
+            bump(&mut lock(&s.stats).killed, c);
+            false
+        }
+    }
+}
+
+fn oauth_error(s: &Inner, status: StatusCode, error: &str) -> Response {
+    bump(&mut lock(&s.stats).grant_errors, error);
+    json_response(status, &json!({"error": error, "error_description": error}))
+}
+
+async fn token(State(s): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
+    bump(&mut lock(&s.stats).requests, "oauth/token");
+    if let Some(r) = inject_faults(&s).await {
+        return r;
+    }
+    let form: HashMap<String, String> = url_form(&body);
+    // Client authentication: basic or post.
+    let (client, secret) = match headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+    {
+        Some(b) => {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+                .and_then(|d| String::from_utf8(d).ok())
+                .unwrap_or_default();
+            let (c, p) = decoded.split_once(':').unwrap_or((decoded.as_str(), ""));
+            (percent_decode(c), percent_decode(p))
+        }
+        None => (
+            form.get("client_id").cloned().unwrap_or_default(),
+            form.get("client_secret").cloned().unwrap_or_default(),
+        ),
+    };
+    if s.cfg.oauth.clients.get(&client) != Some(&secret) {
+        return oauth_error(&s, StatusCode::UNAUTHORIZED, "invalid_client");
+    }
+    let now = s.clock.now();
+    let grant = form
+        .get("grant_type")
+        .map(String::as_str)
+        .unwrap_or_default();
+    let (family, user, refresh) = match grant {
+        "client_credentials" => (None, None, false),
+        "password" => {
+            let user = form.get("username").cloned().unwrap_or_default();
+            if s.cfg.users.get(&user) != form.get("password") {
+                return oauth_error(&s, StatusCode::BAD_REQUEST, "invalid_grant");
+            }
+            (None, Some(user), true)
+        }
+        "refresh_token" => {
+            let presented = form.get("refresh_token").cloned().unwrap_or_default();
+            let mut o = lock(&s.oauth);
+            let Some((family, used, owner, expires, user)) = o.refresh.get(&presented).map(|r| {
+                (
+                    r.family,
+                    r.used,
+                    r.client.clone(),
+                    r.expires,
+                    r.user.clone(),
+                )
+            }) else {
+                drop(o);
+                return oauth_error(&s, StatusCode::BAD_REQUEST, "invalid_grant");
+            };
+            if used {
+                // RFC 9700 reuse detection: the whole family dies.
+                o.revoked.insert(family);
+                drop(o);
+                bump(&mut lock(&s.stats).killed, "reuse");
+                return oauth_error(&s, StatusCode::BAD_REQUEST, "invalid_grant");
+            }
+            if owner != client || now >= expires || o.revoked.contains(&family) {
+                drop(o);
+                return oauth_error(&s, StatusCode::BAD_REQUEST, "invalid_grant");
+            }
+            if let Some(r) = o.refresh.get_mut(&presented) {
+                r.used = true;
+            }
+            (Some(family), user, true)
+        }
+        _ => return oauth_error(&s, StatusCode::BAD_REQUEST, "unsupported_grant_type"),
+    };
+    let cfg = &s.cfg.oauth;
+    let access = s.new_secret("at_");
+    let lives = Duration::from_secs(
+        cfg.access_ttl_cap_secs
+            .unwrap_or(cfg.access_ttl_secs)
+            .min(cfg.access_ttl_secs),
+    );
+    let mut o = lock(&s.oauth);
+    let family = family.unwrap_or_else(|| {
+        o.next_family += 1;
+        o.next_family
+    });
+    o.access.insert(
+        access.clone(),
+        Access {
+            family,
+            issued: now,
+            expires: now + lives,
+        },
+    );
+    let mut body =
+        json!({"access_token": access, "token_type": "Bearer", "expires_in": cfg.access_ttl_secs});
+    if refresh {
+        let rt = s.new_secret("rt_");
+        o.refresh.insert(
+            rt.clone(),
+            Refresh {
+                family,
+                client: client.clone(),
+                user,
+                used: false,
+                expires: now + Duration::from_secs(cfg.refresh_ttl_secs),
+            },
+        );
+        body["refresh_token"] = json!(rt);
+    }
+    drop(o);
+    bump(&mut lock(&s.stats).grants, grant);
+    json_response(StatusCode::OK, &body)
+}
+
+fn url_form(body: &[u8]) -> HashMap<String, String> {
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Binds `addr` and serves until the task is dropped.
+pub(crate) async fn serve(
+    state: Arc<Inner>,
+    addr: SocketAddr,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = router(state);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "emulator server stopped");
+        }
+    });
+    Ok((local, task))
+}
