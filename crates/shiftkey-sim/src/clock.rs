@@ -60,3 +60,25 @@ impl Clock for ScaledClock {
         Box::pin(tokio::time::sleep(duration.div_f64(self.scale)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_simulated_day_passes_in_a_real_minute_at_scale_1440() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let clock = ScaledClock::new(start, 1440.0);
+        let t0 = clock.now();
+        tokio::time::sleep(Duration::from_secs(60)).await; // one real (tokio) minute
+        assert_eq!(clock.now() - t0, Duration::from_secs(86_400));
+        assert_eq!(clock.wall(), start + Duration::from_secs(86_400));
+        let before = tokio::time::Instant::now();
+        clock.sleep(Duration::from_secs(3600)).await; // a simulated hour
+        assert_eq!(
+            tokio::time::Instant::now() - before,
+            Duration::from_millis(2500)
+        );
+        assert_eq!(ScaledClock::new(start, f64::NAN).scale(), 1.0);
+    }
+}
