@@ -1,0 +1,188 @@
+//! [`TcClient`]: Teamcenter calls through the self-healing HTTP layer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
+use serde_json::Value;
+use shiftkey_auth::{ServerLimits, TokenManager};
+use shiftkey_http::{AuthMiddleware, Injector, Keepalive};
+use url::Url;
+
+use crate::error::TcError;
+use crate::session::{SessionConfig, SessionLogin, TcClassifier};
+use crate::wire;
+
+/// A Teamcenter client: session mode (`/tc/JsonRestServices`, `JSESSIONID`) or gateway mode
+/// (`/tc/RestServices`, OAuth bearer). Either way a dead session or token is healed by one
+/// re-login and one retry, counted, and learned from (DESIGN §3.3, §3.5).
+///
+/// Cheap to clone; clones share the session.
+#[derive(Debug, Clone)]
+pub struct TcClient {
+    http: ClientWithMiddleware,
+    middleware: AuthMiddleware,
+    base: Url,
+    prefix: &'static str,
+    calls: Arc<AtomicU64>,
+}
+
+impl TcClient {
+    /// Session mode: logs in with `cfg` (through `login_http`, a plain client) and sends every
+    /// call through `http` with the `JSESSIONID` cookie. Must run inside a tokio runtime.
+    pub fn session(
+        http: reqwest::Client,
+        cfg: SessionConfig,
+    ) -> Result<Self, shiftkey_auth::ConfigError> {
+        let idle = cfg.idle_limit;
+        let base = cfg.base.clone();
+        let manager = TokenManager::builder(SessionLogin::new(http.clone(), cfg)).build()?;
+        let middleware = AuthMiddleware::builder(manager)
+            .injector(Injector::Cookie {
+                name: "JSESSIONID".to_owned(),
+            })
+            .classifier(TcClassifier)
+            .learned(ServerLimits {
+                lifetime_cap: None,
+                idle_limit: Some(idle),
+            })
+            .build();
+        Ok(Self::assemble(
+            http,
+            middleware,
+            base,
+            "/tc/JsonRestServices",
+        ))
+    }
+
+    /// Gateway mode: `/tc/RestServices/...` with bearer tokens from `manager` (any strategy).
+    pub fn gateway(http: reqwest::Client, base: Url, manager: TokenManager) -> Self {
+        let middleware = AuthMiddleware::builder(manager)
+            .classifier(TcClassifier)
+            .build();
+        Self::assemble(http, middleware, base, "/tc/RestServices")
+    }
+
+    /// Any mode with your own middleware (custom policy, breakers, monitor).
+    pub fn with_middleware(
+        http: reqwest::Client,
+        middleware: AuthMiddleware,
+        base: Url,
+        gateway: bool,
+    ) -> Self {
+        Self::assemble(
+            http,
+            middleware,
+            base,
+            if gateway {
+                "/tc/RestServices"
+            } else {
+                "/tc/JsonRestServices"
+            },
+        )
+    }
+
+    fn assemble(
+        http: reqwest::Client,
+        middleware: AuthMiddleware,
+        base: Url,
+        prefix: &'static str,
+    ) -> Self {
+        let http = ClientBuilder::new(http).with(middleware.clone()).build();
+        Self {
+            http,
+            middleware,
+            base,
+            prefix,
+            calls: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The middleware (stats, learned limits, the token manager).
+    #[must_use]
+    pub fn middleware(&self) -> &AuthMiddleware {
+        &self.middleware
+    }
+
+    /// HTTP calls made so far (each operation once, however many retries).
+    #[must_use]
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    fn url(&self, operation: &str) -> Result<Url, TcError> {
+        self.base
+            .join(&format!("{}/{operation}", self.prefix))
+            .map_err(|e| TcError::Unexpected {
+                operation: operation.to_owned(),
+                detail: format!("bad URL: {e}"),
+            })
+    }
+
+    /// Calls `operation` (`Library-YYYY-MM-Service/operation`) with `body`; checks `.QName` for
+    /// exceptions whatever the HTTP status.
+    pub async fn call(&self, operation: &str, body: Value) -> Result<Value, TcError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let response = self
+            .http
+            .post(self.url(operation)?)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(wire::envelope(body).to_string())
+            .send()
+            .await?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| TcError::Http(reqwest_middleware::Error::Reqwest(e)))?;
+        let unexpected = |detail: String| TcError::Unexpected {
+            operation: operation.to_owned(),
+            detail,
+        };
+        if bytes.first() == Some(&b'<') {
+            return Err(unexpected(format!(
+                "an XML body where JSON was expected (HTTP {status}): {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(120)])
+            )));
+        }
+        let answer: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| unexpected(format!("the body is not JSON (HTTP {status}): {e}")))?;
+        wire::check_exception(&answer)?;
+        if !status.is_success() {
+            return Err(unexpected(format!(
+                "HTTP {status} without an exception in the body"
+            )));
+        }
+        Ok(answer)
+    }
+
+    /// A cheap alive check (`getTCSessionInfo`).
+    pub async fn session_info(&self) -> Result<Value, TcError> {
+        self.call("Core-2007-01-Session/getTCSessionInfo", Value::Null)
+            .await
+    }
+
+    /// Keeps the session alive with `getTCSessionInfo` whenever idle for half the idle limit
+    /// (learned, or the configured 20 min until then). Stops when the handle is dropped.
+    pub fn keepalive(&self) -> Result<Keepalive, TcError> {
+        let url = self.url("Core-2007-01-Session/getTCSessionInfo")?;
+        let body = wire::envelope(Value::Null).to_string();
+        Ok(self.middleware.keepalive(self.http.clone(), move |c| {
+            c.post(url.clone())
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone())
+        }))
+    }
+
+    /// Logs out (session mode). A dead session answers XML here, which counts as logged out.
+    pub async fn logout(&self) -> Result<(), TcError> {
+        match self
+            .call("Core-2006-03-Session/logout", serde_json::json!({}))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(TcError::Unexpected { detail, .. }) if detail.starts_with("an XML body") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}

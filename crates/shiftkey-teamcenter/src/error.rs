@@ -1,0 +1,95 @@
+//! Everything a Teamcenter call can fail with, typed.
+
+use shiftkey_http::HttpError;
+
+/// One `{code, level, message}` entry of Teamcenter's errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorValue {
+    /// Teamcenter's error code.
+    pub code: i64,
+    /// 0 none, 1 information, 2 warning, 3 error, 4 user error.
+    pub level: i64,
+    /// The message.
+    pub message: String,
+}
+
+/// Where a Security Services (SSO) login service was announced by an exception.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SsoHint {
+    /// `ssoServerURL`, e.g. `http://host:8086/tcssols`.
+    pub server_url: String,
+    /// `ssoAppID`, e.g. `Teamcenter`.
+    pub app_id: String,
+}
+
+/// A Teamcenter call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TcError {
+    /// `InvalidCredentialsException`: the user, password or group was refused. Permanent: never
+    /// retried with the same credentials.
+    #[error("Teamcenter refused the credentials (code {code}: {message}){}", sso_suffix(.sso))]
+    InvalidCredentials {
+        /// 515143 / 515144 bad user or password, 515142 bad group, 1007 no user id.
+        code: i64,
+        /// Teamcenter's message.
+        message: String,
+        /// A Security Services hint, when the exception carried one.
+        sso: Option<SsoHint>,
+    },
+    /// `InvalidUserException` still came back after the one re-login the HTTP layer allows.
+    #[error("Teamcenter rejected the session again right after a new login{}", sso_suffix(.sso))]
+    SessionRejected {
+        /// A Security Services hint, when the exception carried one.
+        sso: Option<SsoHint>,
+    },
+    /// `InternalServerException` (messages in Teamcenter's order, top-level last).
+    #[error("Teamcenter internal error: {}", .messages.last().map_or("", |m| m.message.as_str()))]
+    InternalServer {
+        /// The messages.
+        messages: Vec<ErrorValue>,
+    },
+    /// `ServiceException` or another exception with a code.
+    #[error("Teamcenter {qname}: code {code}: {message}")]
+    Service {
+        /// The exception's `.QName`.
+        qname: String,
+        /// Its code.
+        code: i64,
+        /// Its message.
+        message: String,
+    },
+    /// The answer was not what the operation returns (XML where JSON was expected, a missing
+    /// field, a property that does not parse). Names the object and property when it can.
+    #[error("unexpected answer from {operation}: {detail}")]
+    Unexpected {
+        /// The operation called.
+        operation: String,
+        /// What was wrong, where.
+        detail: String,
+    },
+    /// The HTTP layer gave up (no session/token, circuit open, transport after retries).
+    #[error("{0}")]
+    Http(#[from] reqwest_middleware::Error),
+}
+
+fn sso_suffix(sso: &Option<SsoHint>) -> String {
+    match sso {
+        Some(h) => format!(
+            "; this server uses Security Services at {} (app {}): log in through it",
+            h.server_url, h.app_id
+        ),
+        None => String::new(),
+    }
+}
+
+impl TcError {
+    /// The middleware's own error, when the HTTP layer gave up.
+    #[must_use]
+    pub fn http_error(&self) -> Option<&HttpError> {
+        match self {
+            Self::Http(e) => HttpError::from_middleware(e),
+            _ => None,
+        }
+    }
+}

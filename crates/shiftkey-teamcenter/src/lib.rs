@@ -1,0 +1,43 @@
+//! The Teamcenter side of shiftkey: a JSON REST SOA client whose session heals itself, and
+//! incremental reads of manufacturing process data for the shop floor.
+//!
+//! # Overview
+//! - [`TcClient`]: session mode (`/tc/JsonRestServices`, `JSESSIONID` cookie from
+//!   [`SessionLogin`]) or gateway mode (`/tc/RestServices`, any OAuth strategy). Calls go through
+//!   `shiftkey-http`: a dead session (an `InvalidUserException` in the body under any HTTP
+//!   status, recognised by [`TcClassifier`]) is healed by one re-login and one retry.
+//! - [`wire`]: the envelope, `.QName` exceptions ([`TcError`]), `ServiceData` and typed
+//!   `dbValues` parsing with errors naming the object and property.
+//! - [`mfg`]: [`ProcessPlan`] and [`Operation`], [`TcClient::changed_since`] (search, then batched
+//!   loads and structure expansion), and idempotent feedback writes.
+//!
+//! **Only this crate knows Teamcenter's JSON.**
+//!
+//! # Example
+//! ```no_run
+//! use shiftkey_teamcenter::{ReadConfig, SessionConfig, TcClient};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let cfg = SessionConfig::new("https://tc.example.com".parse()?, "mfg_sync", std::env::var("TC_PASSWORD")?.into());
+//! let tc = TcClient::session(reqwest::Client::new(), cfg)?;
+//! let _keepalive = tc.keepalive()?;
+//! let changes = tc.changed_since(None, &ReadConfig::default()).await?;
+//! for (plan, operations) in &changes.plans {
+//!     println!("{} rev {}: {} operations", plan.id, plan.revision, operations.len());
+//! }
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod client;
+mod error;
+pub mod mfg;
+mod session;
+pub mod wire;
+
+pub use client::TcClient;
+pub use error::{ErrorValue, SsoHint, TcError};
+pub use mfg::{ChangeSet, Operation, ProcessPlan, ReadConfig};
+pub use session::{SessionConfig, SessionLogin, TcClassifier};

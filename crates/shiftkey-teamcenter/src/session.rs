@@ -1,0 +1,218 @@
+//! The Teamcenter session as a token: JSON SOA login, the `JSESSIONID` cookie, and the classifier
+//! that recognises a dead session inside any answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use shiftkey_auth::{
+    AuthError, AuthStrategy, Clock, PermanentKind, Secret, TokenSet, TokioClock, TransientKind,
+};
+use shiftkey_http::{BearerClassifier, Classifier, Verdict};
+use url::Url;
+
+use crate::error::TcError;
+use crate::wire;
+
+/// How to log in.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SessionConfig {
+    /// The server, e.g. `https://tc.example.com` (the client adds `/tc/JsonRestServices/...`).
+    pub base: Url,
+    /// User id.
+    pub user: String,
+    /// Password (by reference in config; a secret here).
+    pub password: Secret,
+    /// Group (empty: the user's default).
+    pub group: String,
+    /// Role (empty: the default).
+    pub role: String,
+    /// Locale.
+    pub locale: String,
+    /// The `descrimator` (sic): sessions with the same user and descrimator share one server
+    /// process. Default: unique per process.
+    pub descrimator: String,
+    /// Lifetime assumed for a session (it has no expiry on the wire): the pool's hard timeout,
+    /// 8 h by default, until a shorter one is learned.
+    pub hard_limit: Duration,
+    /// Idle limit assumed until learned (the pool's soft timeout, 20 min by default).
+    pub idle_limit: Duration,
+}
+
+impl SessionConfig {
+    /// A config with the defaults above.
+    pub fn new(base: Url, user: impl Into<String>, password: Secret) -> Self {
+        Self {
+            base,
+            user: user.into(),
+            password,
+            group: String::new(),
+            role: String::new(),
+            locale: "en_US".to_owned(),
+            descrimator: format!("shiftkey-{}-{:x}", std::process::id(), rand_u32()),
+            hard_limit: Duration::from_secs(8 * 3600),
+            idle_limit: Duration::from_secs(20 * 60),
+        }
+    }
+}
+
+fn rand_u32() -> u32 {
+    rand::random()
+}
+
+/// The `Core-2011-06-Session/login` strategy: the `JSESSIONID` cookie is the token.
+///
+/// Errors: `InvalidCredentialsException` is permanent (`BadCredentials`, with the code and any
+/// Security Services hint); 429/5xx/`InternalServerException`/network are transient.
+#[derive(Debug, Clone)]
+pub struct SessionLogin {
+    http: reqwest::Client,
+    cfg: SessionConfig,
+    clock: Arc<dyn Clock>,
+}
+
+impl SessionLogin {
+    /// A login strategy over `http` (a plain client: the login itself carries no session).
+    pub fn new(http: reqwest::Client, cfg: SessionConfig) -> Self {
+        Self {
+            http,
+            cfg,
+            clock: Arc::new(TokioClock::new()),
+        }
+    }
+
+    /// The clock (default [`TokioClock`]).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn invalid(detail: impl Into<String>) -> AuthError {
+        AuthError::transient(TransientKind::InvalidResponse, detail)
+    }
+}
+
+#[async_trait]
+impl AuthStrategy for SessionLogin {
+    async fn acquire(&self, _previous: Option<&TokenSet>) -> Result<TokenSet, AuthError> {
+        let c = &self.cfg;
+        let url = c
+            .base
+            .join("/tc/JsonRestServices/Core-2011-06-Session/login")
+            .map_err(|e| {
+                AuthError::permanent(PermanentKind::Configuration, format!("base URL: {e}"))
+            })?;
+        let body = wire::envelope(json!({"credentials": {
+            "user": c.user, "password": c.password.expose(), "group": c.group, "role": c.role, "locale": c.locale, "descrimator": c.descrimator
+        }}));
+        let response = self.http.post(url).json(&body).send().await.map_err(|e| {
+            AuthError::transient(TransientKind::Network, e.without_url().to_string())
+        })?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            return Err(AuthError::Transient {
+                kind: TransientKind::RateLimited,
+                detail: "login: HTTP 429".into(),
+                retry_after: headers
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .map(Duration::from_secs),
+            });
+        }
+        let bytes = response.bytes().await.map_err(|e| {
+            AuthError::transient(TransientKind::Network, e.without_url().to_string())
+        })?;
+        let answer: Value = match serde_json::from_slice(&bytes) {
+            Ok(v) => v,
+            Err(_) if status.is_server_error() => {
+                return Err(AuthError::transient(
+                    TransientKind::ServerError(status.as_u16()),
+                    format!("login: HTTP {status}"),
+                ));
+            }
+            Err(e) => {
+                return Err(Self::invalid(format!(
+                    "login answer is not JSON (HTTP {status}): {e}"
+                )));
+            }
+        };
+        match wire::check_exception(&answer) {
+            Ok(()) => {}
+            Err(e @ TcError::InvalidCredentials { .. }) => {
+                return Err(AuthError::permanent(
+                    PermanentKind::BadCredentials,
+                    e.to_string(),
+                ));
+            }
+            Err(e) => {
+                return Err(AuthError::transient(
+                    TransientKind::TemporarilyUnavailable,
+                    format!("login: {e}"),
+                ));
+            }
+        }
+        if status.is_server_error() {
+            return Err(AuthError::transient(
+                TransientKind::ServerError(status.as_u16()),
+                format!("login: HTTP {status}"),
+            ));
+        }
+        let session = headers
+            .get_all(reqwest::header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| v.split(';').next())
+            .find_map(|kv| kv.trim().strip_prefix("JSESSIONID=").map(str::to_owned))
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| Self::invalid("login succeeded but set no JSESSIONID cookie"))?;
+        let mut token = TokenSet::new(session, c.hard_limit, self.clock.now(), self.clock.wall());
+        token.token_type = "JSESSIONID".to_owned();
+        token.lifetime_source = shiftkey_auth::LifetimeSource::Default;
+        token.server_date = headers
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok())
+            .map(std::time::SystemTime::from);
+        tracing::info!(user = %c.user, descrimator = %c.descrimator, server = answer["serverInfo"]["TcServerID"].as_str().unwrap_or(""), "Teamcenter login");
+        Ok(token)
+    }
+
+    fn name(&self) -> &str {
+        "teamcenter-session"
+    }
+}
+
+/// Recognises a dead Teamcenter session whatever the HTTP status: an `InvalidUserException` in
+/// the body (read and handed back rebuilt), or a gateway's 401 bearer challenge.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TcClassifier;
+
+#[async_trait]
+impl Classifier for TcClassifier {
+    async fn classify(
+        &self,
+        response: reqwest::Response,
+    ) -> Result<(Verdict, reqwest::Response), reqwest::Error> {
+        let bearer = BearerClassifier::verdict(response.status(), response.headers());
+        if bearer == Verdict::Refresh {
+            return Ok((bearer, response));
+        }
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await?;
+        let dead = bytes.first() == Some(&b'{')
+            && serde_json::from_slice::<Value>(&bytes).is_ok_and(|v| wire::is_invalid_user(&v));
+        let mut rebuilt = http::Response::new(bytes);
+        *rebuilt.status_mut() = status;
+        *rebuilt.headers_mut() = headers;
+        Ok((
+            if dead { Verdict::Refresh } else { bearer },
+            reqwest::Response::from(rebuilt),
+        ))
+    }
+}

@@ -1,0 +1,304 @@
+//! Sessions and reads against `shiftkey-sim`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shiftkey_auth::strategies::{ClientAuth, OAuthClient, ServiceAccount};
+use shiftkey_auth::{AuthError, PermanentKind, TokenManager, TokioClock};
+use shiftkey_http::HttpError;
+use shiftkey_sim::{Sim, SimConfig};
+use shiftkey_teamcenter::{ReadConfig, SessionConfig, TcClient, TcError};
+use tokio::time::sleep;
+
+const H: u64 = 3600;
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn quiet() -> SimConfig {
+    let mut c = SimConfig::default();
+    c.session.load_by_hour = [1; 24];
+    c.session.load_noise = 0;
+    c
+}
+
+async fn sim(cfg: SimConfig) -> Sim {
+    Sim::start(cfg, Arc::new(TokioClock::new())).await.unwrap()
+}
+
+fn client(sim: &Sim, password: &str) -> TcClient {
+    let cfg = SessionConfig::new(sim.url().parse().unwrap(), "mfg_sync", password.into());
+    TcClient::session(reqwest::Client::new(), cfg).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_incremental_read_equals_the_generators_truth() {
+    let s = sim(quiet()).await;
+    let tc = client(&s, "mfg_sync_pw");
+    let cfg = ReadConfig {
+        page: 7,
+        chunk: 9,
+        ..ReadConfig::default()
+    };
+    let all = tc.changed_since(None, &cfg).await.unwrap();
+    assert_eq!(all.plans.len(), 20);
+    assert!(all.partial_errors.is_empty());
+    s.with_data(|d| {
+        for (plan, ops) in &all.plans {
+            let truth = d.get(&plan.uid).unwrap();
+            assert_eq!(Some(plan.id.as_str()), truth.get("item_id"));
+            assert_eq!(Some(plan.plant.as_str()), truth.get("mfg0plant"));
+            assert_eq!(ops.len(), 8);
+            for op in ops {
+                let t = d.get(&op.uid).unwrap();
+                assert_eq!(
+                    Some(op.instructions.as_str()),
+                    t.get("mes0work_instructions")
+                );
+                assert_eq!(
+                    Some(op.sequence.to_string().as_str()),
+                    t.get("mfg0sequence")
+                );
+                let area = d.get(t.get("Mfg0workarea").unwrap()).unwrap();
+                assert_eq!(
+                    op.work_area.as_deref(),
+                    area.get("item_id"),
+                    "references resolved to item ids"
+                );
+                assert_eq!(
+                    op.consumed_parts.len(),
+                    t.props["Mfg0consumed_material"].len()
+                );
+            }
+            assert!(ops.windows(2).all(|w| w[0].sequence < w[1].sequence));
+        }
+    });
+    // Two simulated hours later: only what changed (plus the overlap) comes back.
+    sleep(secs(2 * H)).await;
+    let changed = tc.changed_since(all.high_watermark, &cfg).await.unwrap();
+    let truth = s.with_data(|d| {
+        d.changed_processes(all.high_watermark.unwrap() - secs(300))
+            .len()
+    });
+    assert_eq!(changed.plans.len(), truth);
+    let edited: Vec<String> = s.with_data(|d| {
+        d.changed_processes(all.high_watermark.unwrap() + secs(1))
+            .iter()
+            .map(|o| o.uid.clone())
+            .collect()
+    });
+    assert!(
+        !edited.is_empty(),
+        "the change stream edited plans in two hours"
+    );
+    for uid in &edited {
+        assert!(
+            changed.plans.iter().any(|(p, _)| &p.uid == uid),
+            "edited plan {uid} was read"
+        );
+    }
+    assert!(changed.high_watermark > all.high_watermark);
+    // From the new watermark, only the recent edits (and the 5-minute overlap) come back.
+    let recent = tc
+        .changed_since(changed.high_watermark, &cfg)
+        .await
+        .unwrap();
+    assert!(recent.plans.len() < 20, "{}", recent.plans.len());
+}
+
+#[tokio::test(start_paused = true)]
+async fn batching_keeps_calls_per_thousand_objects_low() {
+    let s = sim(quiet()).await;
+    let tc = client(&s, "mfg_sync_pw");
+    let all = tc
+        .changed_since(None, &ReadConfig::default())
+        .await
+        .unwrap();
+    let objects = all.plans.len() + all.plans.iter().map(|(_, o)| o.len()).sum::<usize>();
+    let calls = tc.calls();
+    assert!(calls <= 8, "{calls} calls for {objects} objects");
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_hard_and_restart_deaths_heal_with_one_relogin_each() {
+    // Idle: a busy pool kills a session left alone for 20 minutes.
+    let mut busy = quiet();
+    busy.session.load_by_hour = [5; 24];
+    let s = sim(busy).await;
+    let tc = client(&s, "mfg_sync_pw");
+    tc.changed_since(None, &ReadConfig::default())
+        .await
+        .unwrap();
+    sleep(secs(30 * 60)).await;
+    let again = tc
+        .changed_since(None, &ReadConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(again.plans.len(), 20, "the read completed");
+    assert_eq!(s.stats().killed.get("idle"), Some(&1));
+    assert_eq!(s.stats().logins, 2, "exactly one re-login for the death");
+
+    // Hard: the server's hard timeout (2 h) is below what we assume (8 h).
+    let mut hard = quiet();
+    hard.session.hard_timeout_secs = 2 * H;
+    let s = sim(hard).await;
+    let tc = client(&s, "mfg_sync_pw");
+    let _keepalive = tc.keepalive().unwrap();
+    tc.session_info().await.unwrap();
+    sleep(secs(2 * H + 60)).await;
+    assert_eq!(
+        tc.changed_since(None, &ReadConfig::default())
+            .await
+            .unwrap()
+            .plans
+            .len(),
+        20
+    );
+    assert_eq!(s.stats().killed.get("hard"), Some(&1));
+
+    // Restart in the middle of a read (every call takes a simulated second).
+    let mut slow = quiet();
+    slow.faults.latency_ms = 1000;
+    let s = Arc::new(sim(slow).await);
+    let tc = client(&s, "mfg_sync_pw");
+    tc.session_info().await.unwrap();
+    let restarter = {
+        let s = Arc::clone(&s);
+        tokio::spawn(async move {
+            sleep(Duration::from_millis(2500)).await;
+            s.restart();
+        })
+    };
+    let read = tc
+        .changed_since(
+            None,
+            &ReadConfig {
+                chunk: 5,
+                ..ReadConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+    restarter.await.unwrap();
+    assert_eq!(read.plans.len(), 20);
+    assert_eq!(s.stats().killed.get("restart"), Some(&1));
+    assert_eq!(s.stats().logins, 2);
+    assert_eq!(
+        tc.middleware().stats().surfaced,
+        0,
+        "the caller saw no error"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wrong_password_fails_once_and_never_loops() {
+    let s = sim(quiet()).await;
+    let tc = client(&s, "not-the-password");
+    let err = tc.session_info().await.unwrap_err();
+    match err.http_error() {
+        Some(HttpError::Token(AuthError::Permanent {
+            kind: PermanentKind::BadCredentials,
+            detail,
+        })) => {
+            assert!(detail.contains("515143"), "names the code: {detail}");
+        }
+        other => panic!("{err}: {other:?}"),
+    }
+    sleep(secs(H)).await;
+    assert!(tc.session_info().await.is_err());
+    assert_eq!(
+        s.stats().login_failures,
+        1,
+        "one login attempt, no retry loop"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalid_user_is_recognised_under_200_401_and_500() {
+    for status in [200u16, 401, 500] {
+        let mut cfg = quiet();
+        cfg.session.invalid_user_status = status;
+        let s = sim(cfg).await;
+        let tc = client(&s, "mfg_sync_pw");
+        tc.session_info().await.unwrap();
+        sleep(secs(1)).await;
+        s.restart();
+        sleep(secs(1)).await;
+        tc.session_info()
+            .await
+            .unwrap_or_else(|e| panic!("HTTP {status}: {e}"));
+        assert_eq!(s.stats().logins, 2, "HTTP {status}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn gateway_mode_learns_an_enforced_lifetime_cap() {
+    let mut cfg = quiet();
+    cfg.oauth.access_ttl_cap_secs = Some(4 * H);
+    let s = sim(cfg).await;
+    let oauth = OAuthClient::new(
+        reqwest::Client::new(),
+        format!("{}/oauth/token", s.url()).parse().unwrap(),
+        "shiftkey",
+        ClientAuth::SecretBasic("shiftkey-secret".into()),
+    );
+    let manager = TokenManager::builder(ServiceAccount::new(oauth))
+        .build()
+        .unwrap();
+    let tc = TcClient::gateway(reqwest::Client::new(), s.url().parse().unwrap(), manager);
+    for _ in 0..(24 * 4) {
+        tc.session_info().await.unwrap();
+        sleep(secs(15 * 60)).await;
+    }
+    let stats = tc.middleware().stats();
+    assert_eq!(stats.surfaced, 0);
+    assert_eq!(
+        stats.premature_deaths, 2,
+        "two deaths teach the cap, then none"
+    );
+    assert!(tc.middleware().learned_limits().lifetime_cap.is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn feedback_writes_are_idempotent() {
+    let s = sim(quiet()).await;
+    let tc = client(&s, "mfg_sync_pw");
+    let all = tc
+        .changed_since(None, &ReadConfig::default())
+        .await
+        .unwrap();
+    let op = &all.plans[0].1[0].uid;
+    assert!(
+        tc.set_properties_once(
+            op,
+            &[("mes0actual_cycle_time", vec!["42.5".into()])],
+            "fb-1"
+        )
+        .await
+        .unwrap()
+    );
+    assert!(
+        !tc.set_properties_once(
+            op,
+            &[("mes0actual_cycle_time", vec!["42.5".into()])],
+            "fb-1"
+        )
+        .await
+        .unwrap(),
+        "same key: nothing written"
+    );
+    assert_eq!(
+        s.with_data(|d| d
+            .get(op)
+            .unwrap()
+            .get("mes0actual_cycle_time")
+            .map(str::to_owned)),
+        Some("42.5".to_owned())
+    );
+    let err = tc
+        .set_properties_once("AAAAAAAAAAAAAA", &[], "fb-2")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TcError::Service { .. }), "{err}");
+}
