@@ -8,6 +8,7 @@
 //!   status, recognised by [`TcClassifier`]) is healed by one re-login and one retry.
 //! - [`wire`]: the envelope, `.QName` exceptions ([`TcError`]), `ServiceData` and typed
 //!   `dbValues` parsing with errors naming the object and property.
+//! - [`TcPool`]: N sessions with distinct descrimators for parallel reads, bounded in flight.
 //! - [`mfg`]: [`ProcessPlan`] and [`Operation`], [`TcClient::changed_since`] (search, then batched
 //!   loads and structure expansion), and idempotent feedback writes.
 //!
@@ -34,10 +35,16 @@
 mod client;
 mod error;
 pub mod mfg;
+mod pool;
 mod session;
 pub mod wire;
 
 pub use client::TcClient;
 pub use error::{ErrorValue, SsoHint, TcError};
 pub use mfg::{ChangeSet, Operation, ProcessPlan, ReadConfig};
+pub use pool::TcPool;
 pub use session::{SessionConfig, SessionLogin, TcClassifier};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -302,3 +302,51 @@ async fn feedback_writes_are_idempotent() {
         .unwrap_err();
     assert!(matches!(err, TcError::Service { .. }), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_runs_distinct_sessions_that_heal_on_their_own() {
+    let s = Arc::new(sim(quiet()).await);
+    let cfg = SessionConfig::new(s.url().parse().unwrap(), "mfg_sync", "mfg_sync_pw".into());
+    let pool = shiftkey_teamcenter::TcPool::new(reqwest::Client::new(), &cfg, 3, 2).unwrap();
+    let calls: Vec<_> = (0..12)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                pool.call(
+                    "Core-2007-01-Session/getTCSessionInfo",
+                    serde_json::Value::Null,
+                )
+                .await
+                .map(|_| ())
+            })
+        })
+        .collect();
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        s.stats().logins,
+        3,
+        "three sessions, three server processes"
+    );
+    let tokens: std::collections::BTreeSet<String> = pool
+        .clients()
+        .iter()
+        .map(|c| {
+            c.middleware()
+                .manager()
+                .try_token()
+                .unwrap()
+                .access_token
+                .expose()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(tokens.len(), 3, "distinct JSESSIONIDs");
+    // One session dies: only it logs in again.
+    sleep(secs(1)).await;
+    s.restart();
+    sleep(secs(1)).await;
+    pool.clients()[0].session_info().await.unwrap();
+    assert_eq!(s.stats().logins, 4);
+}
