@@ -1,0 +1,147 @@
+//! Shop-floor sinks: where Teamcenter's process plans land, exactly once.
+//!
+//! # Overview
+//! - [`ProcessRecord`] / [`OperationRecord`]: plain records (this crate knows nothing of
+//!   Teamcenter; the sync engine maps to them). A process revision maps to an ISA-95 operations
+//!   definition, an operation to an operations segment.
+//! - [`Sink`]: apply a batch idempotently **and** commit the watermark in the same transaction;
+//!   read the watermark; the feedback outbox (operation actuals recorded by shop-floor systems,
+//!   pushed back by the engine and marked sent).
+//! - [`SqlSink`]: SQLite (feature `sqlite`, default) or PostgreSQL (feature `postgres`) through
+//!   `sqlx`'s `Any` driver: upsert by UID, a content hash skips unchanged rows, a revision's
+//!   operation set is replaced atomically. Schema in `docs/shopfloor-schema.md`.
+//!
+//! # Example
+//! ```
+//! use std::time::{Duration, SystemTime};
+//! use shiftkey_shopfloor::{ProcessRecord, Sink, SqlSink};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let sink = SqlSink::connect("sqlite::memory:").await?;
+//! let plan = ProcessRecord { uid: "P1".into(), id: "P01-PR0001".into(), revision: "A".into(), name: "Assemble".into(),
+//!     plant: "P01".into(), released: false, obsolete: false, last_modified: SystemTime::UNIX_EPOCH, operations: vec![] };
+//! let report = sink.apply(&[plan.clone()], SystemTime::UNIX_EPOCH).await?;
+//! assert_eq!(report.inserted, 1);
+//! assert_eq!(sink.apply(&[plan], SystemTime::UNIX_EPOCH).await?.unchanged, 1);
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod sql;
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use sql::SqlSink;
+
+/// A process plan revision as the shop floor stores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessRecord {
+    /// Teamcenter UID of the revision (the upsert key).
+    pub uid: String,
+    /// Item id.
+    pub id: String,
+    /// Revision id.
+    pub revision: String,
+    /// Name.
+    pub name: String,
+    /// Plant.
+    pub plant: String,
+    /// Released.
+    pub released: bool,
+    /// Obsolete.
+    pub obsolete: bool,
+    /// Last modification in Teamcenter.
+    pub last_modified: SystemTime,
+    /// Its operations (replaced as a set).
+    pub operations: Vec<OperationRecord>,
+}
+
+/// An operation as the shop floor stores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OperationRecord {
+    /// Teamcenter UID.
+    pub uid: String,
+    /// Item id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Sequence.
+    pub sequence: u32,
+    /// Work area / station.
+    pub work_area: Option<String>,
+    /// Allocated time (s).
+    pub allocated_time_s: Option<f64>,
+    /// Work instruction text.
+    pub instructions: String,
+    /// Resources.
+    pub resources: Vec<String>,
+    /// Consumed parts.
+    pub consumed_parts: Vec<String>,
+    /// Obsolete.
+    pub obsolete: bool,
+}
+
+/// What one apply did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// New process revisions.
+    pub inserted: u64,
+    /// Changed process revisions (operation sets replaced).
+    pub updated: u64,
+    /// Unchanged (same content hash): nothing written.
+    pub unchanged: u64,
+}
+
+/// An operation actual recorded on the shop floor, waiting to go back to Teamcenter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Feedback {
+    /// Outbox row id (the idempotency key is derived from it).
+    pub id: i64,
+    /// The operation.
+    pub operation_uid: String,
+    /// Completed count.
+    pub completed_count: i64,
+    /// Actual cycle time (s).
+    pub actual_cycle_time_s: Option<f64>,
+    /// Deviation note.
+    pub deviation: String,
+}
+
+/// A sink failed.
+#[derive(Debug, thiserror::Error)]
+#[error("shop-floor sink: {what}: {source}")]
+pub struct SinkError {
+    /// What was being done.
+    pub what: String,
+    /// The database error.
+    #[source]
+    pub source: sqlx::Error,
+}
+
+/// Where process plans land.
+///
+/// # Contract
+/// `apply` is idempotent (applying the same batch twice changes nothing the second time) and
+/// atomic with the watermark: after a crash the sink holds either the batch *and* its watermark,
+/// or neither.
+#[async_trait]
+pub trait Sink: Send + Sync + std::fmt::Debug {
+    /// Applies `batch` and sets the watermark to `watermark`, in one transaction.
+    async fn apply(
+        &self,
+        batch: &[ProcessRecord],
+        watermark: SystemTime,
+    ) -> Result<ApplyReport, SinkError>;
+    /// The committed watermark.
+    async fn watermark(&self) -> Result<Option<SystemTime>, SinkError>;
+    /// Feedback rows not yet sent, oldest first.
+    async fn pending_feedback(&self, limit: i64) -> Result<Vec<Feedback>, SinkError>;
+    /// Marks a feedback row sent.
+    async fn mark_feedback_sent(&self, id: i64) -> Result<(), SinkError>;
+}

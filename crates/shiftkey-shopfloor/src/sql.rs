@@ -1,0 +1,349 @@
+//! [`SqlSink`]: the SQLite and PostgreSQL sinks, one implementation over `sqlx`'s `Any` driver.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Row};
+
+use crate::{ApplyReport, Feedback, ProcessRecord, Sink, SinkError};
+
+fn err(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> SinkError {
+    let what = what.into();
+    move |source| SinkError { what, source }
+}
+
+fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn from_millis(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+/// The schema, version 1 (documented in `docs/shopfloor-schema.md`). `{id}` is the backend's
+/// auto-increment key type.
+const SCHEMA_V1: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS shopfloor_schema (version BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS process_definition (
+        uid TEXT PRIMARY KEY, item_id TEXT NOT NULL, revision TEXT NOT NULL, name TEXT NOT NULL,
+        plant TEXT NOT NULL, released BIGINT NOT NULL, obsolete BIGINT NOT NULL,
+        last_modified_ms BIGINT NOT NULL, content_hash TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS process_segment (
+        uid TEXT PRIMARY KEY, process_uid TEXT NOT NULL REFERENCES process_definition(uid),
+        item_id TEXT NOT NULL, name TEXT NOT NULL, sequence BIGINT NOT NULL, work_area TEXT,
+        allocated_time_s DOUBLE PRECISION, instructions TEXT NOT NULL, resources_json TEXT NOT NULL,
+        consumed_parts_json TEXT NOT NULL, obsolete BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS process_segment_by_process ON process_segment (process_uid)",
+    "CREATE TABLE IF NOT EXISTS sync_state (id BIGINT PRIMARY KEY, watermark_ms BIGINT)",
+    "CREATE TABLE IF NOT EXISTS feedback_outbox (
+        id {id}, operation_uid TEXT NOT NULL, completed_count BIGINT NOT NULL,
+        actual_cycle_time_s DOUBLE PRECISION, deviation TEXT NOT NULL, sent BIGINT NOT NULL DEFAULT 0)",
+];
+
+/// A SQL sink: SQLite (`sqlite://path?mode=rwc`, `sqlite::memory:`) or PostgreSQL (`postgres://…`).
+///
+/// - Schema created on connect (versioned in `shopfloor_schema`).
+/// - `apply`: one transaction: per process revision compare the content hash (skip unchanged),
+///   upsert the `process_definition` row, replace its `process_segment` rows, then set the
+///   watermark; commit. A crash before commit leaves the previous state whole.
+#[derive(Debug, Clone)]
+pub struct SqlSink {
+    pool: AnyPool,
+}
+
+impl SqlSink {
+    /// Connects and creates the schema.
+    pub async fn connect(url: &str) -> Result<Self, SinkError> {
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        // SQLite: one writer; an in-memory database exists per connection.
+        let max = if sqlite { 1 } else { 4 };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .connect(url)
+            .await
+            .map_err(err(format!("connect to {}", redact(url))))?;
+        let id = if sqlite {
+            "INTEGER PRIMARY KEY AUTOINCREMENT"
+        } else {
+            "BIGSERIAL PRIMARY KEY"
+        };
+        for ddl in SCHEMA_V1 {
+            sqlx::query(&ddl.replace("{id}", id))
+                .execute(&pool)
+                .await
+                .map_err(err("create schema"))?;
+        }
+        let has_version = sqlx::query("SELECT version FROM shopfloor_schema")
+            .fetch_optional(&pool)
+            .await
+            .map_err(err("read schema version"))?;
+        if has_version.is_none() {
+            sqlx::query("INSERT INTO shopfloor_schema (version) VALUES (1)")
+                .execute(&pool)
+                .await
+                .map_err(err("record schema version"))?;
+        }
+        if sqlite {
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .execute(&pool)
+                .await
+                .map_err(err("enable WAL"))?;
+        }
+        Ok(Self { pool })
+    }
+
+    /// The pool (for tests and the feedback producer).
+    #[must_use]
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Every stored process revision with its operations (for comparisons and status pages).
+    pub async fn all(&self) -> Result<Vec<ProcessRecord>, SinkError> {
+        let rows = sqlx::query("SELECT uid, item_id, revision, name, plant, released, obsolete, last_modified_ms FROM process_definition ORDER BY uid")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err("read processes"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let uid: String = r.try_get("uid").map_err(err("read uid"))?;
+            let ops = sqlx::query(
+                "SELECT uid, item_id, name, sequence, work_area, allocated_time_s, instructions, resources_json, consumed_parts_json, obsolete FROM process_segment WHERE process_uid = $1 ORDER BY sequence, uid",
+            )
+            .bind(&uid)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err("read operations"))?;
+            let mut operations = Vec::with_capacity(ops.len());
+            for o in ops {
+                let json = |col: &str| -> Result<Vec<String>, SinkError> {
+                    let text: String = o.try_get(col).map_err(err(format!("read {col}")))?;
+                    Ok(serde_json::from_str(&text).unwrap_or_default())
+                };
+                operations.push(crate::OperationRecord {
+                    uid: o.try_get("uid").map_err(err("read uid"))?,
+                    id: o.try_get("item_id").map_err(err("read item_id"))?,
+                    name: o.try_get("name").map_err(err("read name"))?,
+                    sequence: u32::try_from(
+                        o.try_get::<i64, _>("sequence")
+                            .map_err(err("read sequence"))?,
+                    )
+                    .unwrap_or(0),
+                    work_area: o.try_get("work_area").map_err(err("read work_area"))?,
+                    allocated_time_s: o
+                        .try_get("allocated_time_s")
+                        .map_err(err("read allocated_time_s"))?,
+                    instructions: o
+                        .try_get("instructions")
+                        .map_err(err("read instructions"))?,
+                    resources: json("resources_json")?,
+                    consumed_parts: json("consumed_parts_json")?,
+                    obsolete: o
+                        .try_get::<i64, _>("obsolete")
+                        .map_err(err("read obsolete"))?
+                        != 0,
+                });
+            }
+            out.push(ProcessRecord {
+                uid,
+                id: r.try_get("item_id").map_err(err("read item_id"))?,
+                revision: r.try_get("revision").map_err(err("read revision"))?,
+                name: r.try_get("name").map_err(err("read name"))?,
+                plant: r.try_get("plant").map_err(err("read plant"))?,
+                released: r
+                    .try_get::<i64, _>("released")
+                    .map_err(err("read released"))?
+                    != 0,
+                obsolete: r
+                    .try_get::<i64, _>("obsolete")
+                    .map_err(err("read obsolete"))?
+                    != 0,
+                last_modified: from_millis(
+                    r.try_get("last_modified_ms")
+                        .map_err(err("read last_modified"))?,
+                ),
+                operations,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Records an operation actual in the outbox (what a shop-floor system does).
+    pub async fn record_feedback(
+        &self,
+        operation_uid: &str,
+        completed_count: i64,
+        actual_cycle_time_s: Option<f64>,
+        deviation: &str,
+    ) -> Result<(), SinkError> {
+        sqlx::query("INSERT INTO feedback_outbox (operation_uid, completed_count, actual_cycle_time_s, deviation, sent) VALUES ($1, $2, $3, $4, 0)")
+            .bind(operation_uid)
+            .bind(completed_count)
+            .bind(actual_cycle_time_s)
+            .bind(deviation)
+            .execute(&self.pool)
+            .await
+            .map_err(err("record feedback"))?;
+        Ok(())
+    }
+}
+
+fn redact(url: &str) -> String {
+    // postgres://user:password@host → postgres://user:***@host
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn content_hash(p: &ProcessRecord) -> String {
+    let bytes = serde_json::to_vec(p).unwrap_or_default();
+    let digest = Sha256::digest(&bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[async_trait]
+impl Sink for SqlSink {
+    async fn apply(
+        &self,
+        batch: &[ProcessRecord],
+        watermark: SystemTime,
+    ) -> Result<ApplyReport, SinkError> {
+        let mut report = ApplyReport::default();
+        let mut tx = self.pool.begin().await.map_err(err("begin"))?;
+        for p in batch {
+            let hash = content_hash(p);
+            let existing: Option<String> =
+                sqlx::query("SELECT content_hash FROM process_definition WHERE uid = $1")
+                    .bind(&p.uid)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(err(format!("read process {}", p.uid)))?
+                    .map(|r| r.try_get("content_hash"))
+                    .transpose()
+                    .map_err(err("read content_hash"))?;
+            match existing {
+                Some(h) if h == hash => {
+                    report.unchanged += 1;
+                    continue;
+                }
+                Some(_) => report.updated += 1,
+                None => report.inserted += 1,
+            }
+            sqlx::query(
+                "INSERT INTO process_definition (uid, item_id, revision, name, plant, released, obsolete, last_modified_ms, content_hash)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (uid) DO UPDATE SET item_id = excluded.item_id, revision = excluded.revision, name = excluded.name,
+                   plant = excluded.plant, released = excluded.released, obsolete = excluded.obsolete,
+                   last_modified_ms = excluded.last_modified_ms, content_hash = excluded.content_hash",
+            )
+            .bind(&p.uid)
+            .bind(&p.id)
+            .bind(&p.revision)
+            .bind(&p.name)
+            .bind(&p.plant)
+            .bind(i64::from(p.released))
+            .bind(i64::from(p.obsolete))
+            .bind(millis(p.last_modified))
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(err(format!("upsert process {}", p.uid)))?;
+            // The operation set of a revision is replaced as a whole.
+            sqlx::query("DELETE FROM process_segment WHERE process_uid = $1")
+                .bind(&p.uid)
+                .execute(&mut *tx)
+                .await
+                .map_err(err(format!("clear operations of {}", p.uid)))?;
+            for o in &p.operations {
+                sqlx::query(
+                    "INSERT INTO process_segment (uid, process_uid, item_id, name, sequence, work_area, allocated_time_s, instructions, resources_json, consumed_parts_json, obsolete)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                     ON CONFLICT (uid) DO UPDATE SET process_uid = excluded.process_uid, item_id = excluded.item_id, name = excluded.name,
+                       sequence = excluded.sequence, work_area = excluded.work_area, allocated_time_s = excluded.allocated_time_s,
+                       instructions = excluded.instructions, resources_json = excluded.resources_json,
+                       consumed_parts_json = excluded.consumed_parts_json, obsolete = excluded.obsolete",
+                )
+                .bind(&o.uid)
+                .bind(&p.uid)
+                .bind(&o.id)
+                .bind(&o.name)
+                .bind(i64::from(o.sequence))
+                .bind(o.work_area.clone())
+                .bind(o.allocated_time_s)
+                .bind(&o.instructions)
+                .bind(serde_json::to_string(&o.resources).unwrap_or_else(|_| "[]".into()))
+                .bind(serde_json::to_string(&o.consumed_parts).unwrap_or_else(|_| "[]".into()))
+                .bind(i64::from(o.obsolete))
+                .execute(&mut *tx)
+                .await
+                .map_err(err(format!("insert operation {}", o.uid)))?;
+            }
+        }
+        sqlx::query("INSERT INTO sync_state (id, watermark_ms) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET watermark_ms = excluded.watermark_ms")
+            .bind(millis(watermark))
+            .execute(&mut *tx)
+            .await
+            .map_err(err("commit watermark"))?;
+        tx.commit().await.map_err(err("commit"))?;
+        Ok(report)
+    }
+
+    async fn watermark(&self) -> Result<Option<SystemTime>, SinkError> {
+        let row = sqlx::query("SELECT watermark_ms FROM sync_state WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err("read watermark"))?;
+        Ok(match row {
+            Some(r) => r
+                .try_get::<Option<i64>, _>("watermark_ms")
+                .map_err(err("read watermark"))?
+                .map(from_millis),
+            None => None,
+        })
+    }
+
+    async fn pending_feedback(&self, limit: i64) -> Result<Vec<Feedback>, SinkError> {
+        let rows = sqlx::query("SELECT id, operation_uid, completed_count, actual_cycle_time_s, deviation FROM feedback_outbox WHERE sent = 0 ORDER BY id LIMIT $1")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err("read feedback"))?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Feedback {
+                    id: r.try_get("id").map_err(err("read feedback id"))?,
+                    operation_uid: r
+                        .try_get("operation_uid")
+                        .map_err(err("read operation_uid"))?,
+                    completed_count: r
+                        .try_get("completed_count")
+                        .map_err(err("read completed_count"))?,
+                    actual_cycle_time_s: r
+                        .try_get("actual_cycle_time_s")
+                        .map_err(err("read actual_cycle_time_s"))?,
+                    deviation: r.try_get("deviation").map_err(err("read deviation"))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn mark_feedback_sent(&self, id: i64) -> Result<(), SinkError> {
+        sqlx::query("UPDATE feedback_outbox SET sent = 1 WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(err("mark feedback sent"))?;
+        Ok(())
+    }
+}
