@@ -109,8 +109,22 @@ impl Sim {
             .data
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        d.advance(self.inner.clock.wall());
+        if !self
+            .inner
+            .changes_paused
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            d.advance(self.inner.clock.wall());
+        }
         f(&mut d)
+    }
+
+    /// Stops (or resumes) the change stream, so a test can compare a sink with a still source.
+    /// Changes due while paused are applied on resume.
+    pub fn pause_changes(&self, paused: bool) {
+        self.inner
+            .changes_paused
+            .store(paused, std::sync::atomic::Ordering::Release);
     }
 
     /// The scenario.

@@ -97,6 +97,7 @@ pub(crate) struct Inner {
     pub(crate) stats: Mutex<Stats>,
     restarts: Mutex<Vec<Instant>>,
     token_counter: Mutex<u64>,
+    pub(crate) changes_paused: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Inner {
@@ -133,6 +134,7 @@ impl Inner {
             stats: Mutex::new(Stats::default()),
             restarts: Mutex::new(restarts),
             token_counter: Mutex::new(0),
+            changes_paused: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -463,7 +465,9 @@ fn login(s: &Inner, input: &Value, now: Instant) -> Response {
 fn dispatch(s: &Inner, op: &str, input: &Value, session: Option<&Session>) -> Option<Value> {
     let wall = s.clock.wall();
     let mut data = lock(&s.data);
-    data.advance(wall);
+    if !s.changes_paused.load(std::sync::atomic::Ordering::Acquire) {
+        data.advance(wall);
+    }
     let strings = |v: &Value| -> Vec<String> {
         v.as_array()
             .map(|a| {

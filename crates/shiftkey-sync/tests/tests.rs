@@ -1,1 +1,216 @@
-//! tests
+//! The engine against the emulator into SQLite, in compressed real time: the emulator and the
+//! engine share a `ScaledClock` (1 440×: 15 simulated minutes take 0.625 s). Paused tokio time does
+//! not fit here: SQLite runs on its own thread, and auto-advance would jump while a query is out.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shiftkey_auth::Clock;
+use shiftkey_shopfloor::{ProcessRecord, Sink, SqlSink};
+use shiftkey_sim::{ScaledClock, Sim, SimConfig};
+use shiftkey_sync::{Engine, EngineConfig, Stop, map_plan};
+use shiftkey_teamcenter::{ReadConfig, SessionConfig, TcClient};
+
+const H: u64 = 3600;
+
+fn quiet() -> SimConfig {
+    let mut c = SimConfig::default();
+    c.session.load_by_hour = [1; 24];
+    c.session.load_noise = 0;
+    c
+}
+
+fn clock() -> Arc<dyn Clock> {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "simulated time starts at the real wall time"
+    )]
+    let start = std::time::SystemTime::now();
+    Arc::new(ScaledClock::new(start, 1440.0))
+}
+
+async fn sim(cfg: SimConfig, clock: &Arc<dyn Clock>) -> Sim {
+    Sim::start(cfg, Arc::clone(clock)).await.unwrap()
+}
+
+fn tc(sim: &Sim, password: &str) -> TcClient {
+    TcClient::session(
+        reqwest::Client::new(),
+        SessionConfig::new(sim.url().parse().unwrap(), "mfg_sync", password.into()),
+    )
+    .unwrap()
+}
+
+async fn sqlite(name: &str) -> Arc<SqlSink> {
+    let path = std::env::temp_dir().join(format!("shiftkey-sync-{name}-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    Arc::new(
+        SqlSink::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+            .await
+            .unwrap(),
+    )
+}
+
+/// The source's truth, read afresh and mapped the way the engine maps.
+async fn truth(sim: &Sim) -> Vec<ProcessRecord> {
+    let all = tc(sim, "mfg_sync_pw")
+        .changed_since(None, &ReadConfig::default())
+        .await
+        .unwrap();
+    let mut v: Vec<ProcessRecord> = all.plans.iter().map(|(p, o)| map_plan(p, o)).collect();
+    v.sort_by(|a, b| a.uid.cmp(&b.uid));
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_every_cycle_the_sink_equals_the_source() {
+    let mut cfg = quiet();
+    cfg.data.changes_per_hour = 12.0;
+    let clock = clock();
+    let sim = sim(cfg, &clock).await;
+    let sink = sqlite("e2e").await;
+    let engine = Engine::new(
+        tc(&sim, "mfg_sync_pw"),
+        sink.clone(),
+        EngineConfig {
+            batch: 3,
+            ..EngineConfig::default()
+        },
+    )
+    .with_clock(Arc::clone(&clock));
+    let mut updated = 0;
+    for cycle in 0..12 {
+        let report = engine.cycle(&Stop::default()).await.unwrap();
+        if cycle == 0 {
+            assert_eq!(report.inserted, 20);
+        }
+        updated += report.updated;
+        sim.pause_changes(true);
+        assert_eq!(
+            sink.all().await.unwrap(),
+            truth(&sim).await,
+            "cycle {cycle}"
+        );
+        sim.pause_changes(false);
+        clock.sleep(Duration::from_secs(15 * 60)).await;
+    }
+    assert!(
+        updated > 5,
+        "the change stream reached the sink: {updated} updates"
+    );
+    assert!(sink.watermark().await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_reaches_teamcenter_exactly_once_even_after_an_interrupted_push() {
+    let clock = clock();
+    let sim = sim(quiet(), &clock).await;
+    let sink = sqlite("feedback").await;
+    let client = tc(&sim, "mfg_sync_pw");
+    let engine = Engine::new(client.clone(), sink.clone(), EngineConfig::default());
+    engine.cycle(&Stop::default()).await.unwrap();
+    let op = sink.all().await.unwrap()[0].operations[0].uid.clone();
+    sink.record_feedback(&op, 7, Some(58.0), "").await.unwrap();
+    sink.record_feedback(&op, 8, Some(59.0), "late part")
+        .await
+        .unwrap();
+    // The first push reached Teamcenter but the process died before marking it sent.
+    let first = sink.pending_feedback(1).await.unwrap().remove(0);
+    assert!(
+        client
+            .set_properties_once(
+                &op,
+                &[("mes0completed_count", vec!["7".into()])],
+                &format!("shiftkey-feedback-{}", first.id)
+            )
+            .await
+            .unwrap()
+    );
+    let report = engine.cycle(&Stop::default()).await.unwrap();
+    assert_eq!(
+        report.feedback_pushed, 1,
+        "only the second row was written; the first was already there"
+    );
+    assert!(sink.pending_feedback(10).await.unwrap().is_empty());
+    assert_eq!(
+        sim.stats()
+            .requests
+            .get("Core-2010-09-DataManagement/setProperties"),
+        Some(&2),
+        "two rows, two writes in all"
+    );
+    assert_eq!(
+        engine
+            .cycle(&Stop::default())
+            .await
+            .unwrap()
+            .feedback_pushed,
+        0
+    );
+    assert_eq!(
+        sim.with_data(|d| d.get(&op).unwrap().get("mes0deviation").map(str::to_owned)),
+        Some("late part".to_owned())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schedule_never_overlaps_and_catches_up_once() {
+    let mut cfg = quiet();
+    cfg.faults.latency_ms = 5 * 60 * 1000; // every call takes 5 simulated minutes: a cycle ≈ 25 min
+    let clock = clock();
+    let sim = sim(cfg, &clock).await;
+    let sink = sqlite("schedule").await;
+    let engine = Arc::new(
+        Engine::new(tc(&sim, "mfg_sync_pw"), sink, EngineConfig::default())
+            .with_clock(Arc::clone(&clock)),
+    );
+    let stop = Stop::default();
+    let runner = {
+        let (engine, stop) = (Arc::clone(&engine), stop.clone());
+        tokio::spawn(async move { engine.run(&stop, None).await })
+    };
+    clock.sleep(Duration::from_secs(3 * H)).await;
+    stop.request();
+    let cycles = runner.await.unwrap().unwrap();
+    // 3 h of 15-minute slots is 12, but cycles of ~25 min run back to back without piling up.
+    assert!((5..=8).contains(&cycles), "{cycles} cycles");
+    // A quick engine runs once per slot.
+    let sim = self::sim(quiet(), &clock).await;
+    let engine = Arc::new(
+        Engine::new(
+            tc(&sim, "mfg_sync_pw"),
+            sqlite("schedule2").await,
+            EngineConfig::default(),
+        )
+        .with_clock(Arc::clone(&clock)),
+    );
+    let stop = Stop::default();
+    let runner = {
+        let (engine, stop) = (Arc::clone(&engine), stop.clone());
+        tokio::spawn(async move { engine.run(&stop, None).await })
+    };
+    clock.sleep(Duration::from_secs(2 * H - 7 * 60)).await;
+    stop.request();
+    assert_eq!(
+        runner.await.unwrap().unwrap(),
+        8,
+        "one cycle per 15 minutes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_stop_the_engine_with_a_permanent_error() {
+    let clock = clock();
+    let sim = sim(quiet(), &clock).await;
+    let engine = Engine::new(
+        tc(&sim, "wrong"),
+        sqlite("perm").await,
+        EngineConfig::default(),
+    )
+    .with_clock(clock);
+    let err = engine.run(&Stop::default(), None).await.unwrap_err();
+    assert!(err.is_permanent(), "{err}");
+    assert_eq!(sim.stats().login_failures, 1);
+}
