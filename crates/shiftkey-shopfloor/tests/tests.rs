@@ -55,16 +55,25 @@ async fn sink(name: &str) -> (SqlSink, std::path::PathBuf) {
 async fn apply_is_idempotent_and_replaces_operation_sets_atomically() {
     let (s, path) = sink("apply").await;
     let p1 = plan("P1", 10, vec![op("O1", 10, "fit"), op("O2", 20, "fasten")]);
-    let r = s.apply(&[p1.clone()], t(10)).await.unwrap();
+    let r = s.apply(std::slice::from_ref(&p1), t(10)).await.unwrap();
     assert_eq!((r.inserted, r.updated, r.unchanged), (1, 0, 0));
     assert_eq!(
-        s.apply(&[p1.clone()], t(10)).await.unwrap().unchanged,
+        s.apply(std::slice::from_ref(&p1), t(10))
+            .await
+            .unwrap()
+            .unchanged,
         1,
         "same content: nothing written"
     );
     // A new revision drops O2 and edits O1: the set is replaced, not merged.
     let p1b = plan("P1", 20, vec![op("O1", 10, "fit and check")]);
-    assert_eq!(s.apply(&[p1b.clone()], t(20)).await.unwrap().updated, 1);
+    assert_eq!(
+        s.apply(std::slice::from_ref(&p1b), t(20))
+            .await
+            .unwrap()
+            .updated,
+        1
+    );
     assert_eq!(s.all().await.unwrap(), vec![p1b]);
     assert_eq!(s.watermark().await.unwrap(), Some(t(20)));
     let _ = std::fs::remove_file(path);
