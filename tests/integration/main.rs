@@ -5,3 +5,4 @@
 mod http;
 mod oauth;
 mod store;
+mod sync;

@@ -1,0 +1,84 @@
+//! A sync process for the crash and leader tests: `sync-worker SIM_URL SINK_URL [LEASE_URL]`
+//! runs sync cycles back to back (small batches, many commit points) until killed. With a lease URL
+//! it syncs only while it holds the leader lease, and prints `cycle` after each cycle it ran.
+
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "the worker reports to its parent"
+)]
+
+use std::io::Write;
+use std::sync::Arc;
+
+use shiftkey_shopfloor::SqlSink;
+use shiftkey_sync::{Engine, EngineConfig, Lease, PgLease, Stop};
+use shiftkey_teamcenter::{ReadConfig, SessionConfig, TcClient};
+
+fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() < 2 {
+        eprintln!("usage: sync-worker SIM_URL SINK_URL [LEASE_URL]");
+        return std::process::ExitCode::FAILURE;
+    }
+    let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    else {
+        return std::process::ExitCode::FAILURE;
+    };
+    rt.block_on(async move {
+        let Ok(base) = args[0].parse() else {
+            return std::process::ExitCode::FAILURE;
+        };
+        let tc = match TcClient::session(
+            reqwest::Client::new(),
+            SessionConfig::new(base, "mfg_sync", "mfg_sync_pw".into()),
+        ) {
+            Ok(tc) => tc,
+            Err(e) => {
+                eprintln!("{e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        let sink = match SqlSink::connect(&args[1]).await {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                eprintln!("{e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        let engine = Engine::new(
+            tc,
+            sink,
+            EngineConfig {
+                batch: 2,
+                read: ReadConfig {
+                    chunk: 7,
+                    ..ReadConfig::default()
+                },
+                ..EngineConfig::default()
+            },
+        );
+        let mut lease = args.get(2).map(|url| PgLease::new(url.clone(), 4242));
+        let mut out = std::io::stdout();
+        loop {
+            if let Some(l) = lease.as_mut()
+                && !l.ensure().await
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+            match engine.cycle(&Stop::default()).await {
+                Ok(_) => {
+                    let _ = writeln!(out, "cycle").and_then(|()| out.flush());
+                }
+                Err(e) => eprintln!("cycle failed: {e}"),
+            }
+            if lease.is_some() {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    })
+}
