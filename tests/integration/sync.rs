@@ -144,3 +144,71 @@ async fn only_the_lease_holder_syncs_and_a_killed_leader_is_replaced() {
         "PostgreSQL sink equals the source"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_gets_one_retained_isa95_message_per_process_before_the_watermark_moves() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    use shiftkey_shopfloor::{MqttSink, Sink};
+
+    let broker = shiftkey_tests::mqtt::Mosquitto::start();
+    let sim = busy_sim().await;
+    sim.pause_changes(true);
+    let path = std::env::temp_dir().join(format!("shiftkey-mqtt-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let store = Arc::new(
+        SqlSink::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+            .await
+            .unwrap(),
+    );
+    let sink = Arc::new(MqttSink::new(
+        "127.0.0.1",
+        broker.port(),
+        "shiftkey-test-pub",
+        "plant",
+        Arc::clone(&store),
+    ));
+    let engine = Engine::new(
+        tc(&sim),
+        sink.clone(),
+        EngineConfig {
+            batch: 4,
+            ..EngineConfig::default()
+        },
+    );
+    let report = engine.cycle(&Stop::default()).await.unwrap();
+    assert_eq!(report.inserted, 20);
+    assert!(sink.watermark().await.unwrap().is_some());
+
+    // A subscriber that connects afterwards gets every retained message.
+    let (client, mut events) = AsyncClient::new(
+        MqttOptions::new("shiftkey-test-sub", "127.0.0.1", broker.port()),
+        64,
+    );
+    client.subscribe("plant/#", QoS::AtLeastOnce).await.unwrap();
+    let mut messages = std::collections::BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while messages.len() < 20 && tokio::time::Instant::now() < deadline {
+        if let Ok(Ok(Event::Incoming(Packet::Publish(p)))) =
+            tokio::time::timeout(Duration::from_secs(1), events.poll()).await
+        {
+            assert!(p.retain, "retained");
+            let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+            messages.insert(p.topic.clone(), v);
+        }
+    }
+    let stored = store.all().await.unwrap();
+    assert_eq!(messages.len(), stored.len());
+    for record in &stored {
+        let m = &messages[&shiftkey_shopfloor::topic("plant", record)];
+        assert_eq!(m["OperationsDefinition"]["ID"], record.id);
+        assert_eq!(m["OperationsDefinition"]["SourceUID"], record.uid);
+        assert_eq!(
+            m["OperationsDefinition"]["OperationsSegment"]
+                .as_array()
+                .unwrap()
+                .len(),
+            record.operations.len()
+        );
+    }
+    let _ = std::fs::remove_file(&path);
+}

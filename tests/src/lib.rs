@@ -5,5 +5,6 @@
 
 #![forbid(unsafe_code)]
 
+pub mod mqtt;
 pub mod oidc;
 pub mod postgres;

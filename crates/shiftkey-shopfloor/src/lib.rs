@@ -10,6 +10,9 @@
 //! - [`SqlSink`]: SQLite (feature `sqlite`, default) or PostgreSQL (feature `postgres`) through
 //!   `sqlx`'s `Any` driver: upsert by UID, a content hash skips unchanged rows, a revision's
 //!   operation set is replaced atomically. Schema in `docs/shopfloor-schema.md`.
+//! - `MqttSink` (feature `mqtt`): a retained ISA-95-shaped JSON message per process revision on
+//!   `{prefix}/{plant}/process/{id}`, QoS 1, acknowledged before the watermark advances in the SQL
+//!   sink beside it.
 //!
 //! # Example
 //! ```
@@ -30,6 +33,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "mqtt")]
+mod mqtt;
 mod sql;
 
 use std::time::SystemTime;
@@ -37,6 +42,8 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "mqtt")]
+pub use mqtt::{MqttSink, isa95, topic};
 pub use sql::SqlSink;
 
 /// A process plan revision as the shop floor stores it.
