@@ -152,3 +152,7 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     /// Marks a feedback row sent.
     async fn mark_feedback_sent(&self, id: i64) -> Result<(), SinkError>;
 }
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

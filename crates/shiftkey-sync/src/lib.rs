@@ -36,3 +36,7 @@ mod lease;
 pub use engine::{CycleReport, Engine, EngineConfig, Lease, Stop, SyncError, map_plan};
 #[cfg(feature = "postgres")]
 pub use lease::PgLease;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
