@@ -20,6 +20,11 @@ pub struct EngineConfig {
     pub batch: usize,
     /// Feedback rows pushed per cycle at most (100).
     pub feedback_limit: i64,
+    /// Each slot is delayed by a random amount up to this (0: none), so many plants do not hit
+    /// one Teamcenter at the same second.
+    pub jitter: Duration,
+    /// Seed of the jitter (`None`: from the OS).
+    pub seed: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -29,6 +34,8 @@ impl Default for EngineConfig {
             read: ReadConfig::default(),
             batch: 50,
             feedback_limit: 100,
+            jitter: Duration::ZERO,
+            seed: None,
         }
     }
 }
@@ -247,6 +254,11 @@ impl Engine {
         stop: &Stop,
         mut lease: Option<&mut (dyn Lease + '_)>,
     ) -> Result<u64, SyncError> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = match self.cfg.seed {
+            Some(seed) => rand::rngs::StdRng::seed_from_u64(seed),
+            None => rand::rngs::StdRng::from_entropy(),
+        };
         let mut cycles = 0u64;
         let mut next = self.clock.now();
         while !stop.requested() {
@@ -275,7 +287,7 @@ impl Engine {
             }
             // The next slot after now: missed slots collapse into one catch-up cycle.
             let interval = self.cfg.interval.max(Duration::from_millis(1));
-            next += interval;
+            next += interval + self.cfg.jitter.mul_f64(rng.r#gen::<f64>());
             let now = self.clock.now();
             if next <= now {
                 next = now;

@@ -201,6 +201,33 @@ async fn the_schedule_never_overlaps_and_catches_up_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jitter_spreads_the_slots() {
+    let clock = clock();
+    let sim = sim(quiet(), &clock).await;
+    let cfg = EngineConfig {
+        jitter: Duration::from_secs(14 * 60),
+        seed: Some(5),
+        ..EngineConfig::default()
+    };
+    let engine = Arc::new(
+        Engine::new(tc(&sim, "mfg_sync_pw"), sqlite("jitter").await, cfg)
+            .with_clock(Arc::clone(&clock)),
+    );
+    let stop = Stop::default();
+    let runner = {
+        let (engine, stop) = (Arc::clone(&engine), stop.clone());
+        tokio::spawn(async move { engine.run(&stop, None).await })
+    };
+    clock.sleep(Duration::from_secs(2 * H - 7 * 60)).await;
+    stop.request();
+    let cycles = runner.await.unwrap().unwrap();
+    assert!(
+        (4..8).contains(&cycles),
+        "jittered slots are 15 to 29 minutes apart: {cycles} cycles in 113 minutes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_credentials_stop_the_engine_with_a_permanent_error() {
     let clock = clock();
     let sim = sim(quiet(), &clock).await;
