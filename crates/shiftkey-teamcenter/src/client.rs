@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use serde_json::Value;
-use shiftkey_auth::{ServerLimits, TokenManager};
+use shiftkey_auth::{Clock, ServerLimits, TokenManager, TokioClock};
 use shiftkey_http::{AuthMiddleware, Injector, Keepalive};
 use url::Url;
 
@@ -34,9 +34,22 @@ impl TcClient {
         http: reqwest::Client,
         cfg: SessionConfig,
     ) -> Result<Self, shiftkey_auth::ConfigError> {
+        Self::session_with_clock(http, cfg, Arc::new(TokioClock::new()))
+    }
+
+    /// Session mode on an injected clock (the token schedule, retries and learning all use it):
+    /// under a compressed clock a simulated day of sessions runs in a minute.
+    pub fn session_with_clock(
+        http: reqwest::Client,
+        cfg: SessionConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, shiftkey_auth::ConfigError> {
         let idle = cfg.idle_limit;
         let base = cfg.base.clone();
-        let manager = TokenManager::builder(SessionLogin::new(http.clone(), cfg)).build()?;
+        let login = SessionLogin::new(http.clone(), cfg).with_clock(Arc::clone(&clock));
+        let manager = TokenManager::builder(login)
+            .clock(Arc::clone(&clock))
+            .build()?;
         let middleware = AuthMiddleware::builder(manager)
             .injector(Injector::Cookie {
                 name: "JSESSIONID".to_owned(),
@@ -46,6 +59,7 @@ impl TcClient {
                 lifetime_cap: None,
                 idle_limit: Some(idle),
             })
+            .clock(clock)
             .build();
         Ok(Self::assemble(
             http,
