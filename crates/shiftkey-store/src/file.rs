@@ -5,15 +5,15 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use shiftkey_auth::{StoreError, StoreErrorKind, StoreGuard, StoredToken, TokenStore};
 use zeroize::Zeroizing;
 
-use crate::format::{self, DecodeError, Kdf};
-use crate::key::KeySource;
+use crate::format::{self, DecodeError};
+use crate::key::{KeySource, Keyring};
 
 fn io(path: &Path, what: &str, e: std::io::Error) -> StoreError {
     StoreError::new(
@@ -21,12 +21,6 @@ fn io(path: &Path, what: &str, e: std::io::Error) -> StoreError {
         format!("{what} {}: {e}", path.display()),
     )
 }
-
-/// The derived key and the salt it belongs to: derived once per process per salt.
-pub(crate) type Derived = Option<([u8; 16], Zeroizing<[u8; 32]>)>;
-
-/// What a write needs: the KDF to record, its salt, and the key.
-type WriteKey = (Kdf, [u8; 16], Zeroizing<[u8; 32]>);
 
 /// An encrypted token file (DESIGN §4.1), the embedded default store.
 ///
@@ -65,8 +59,7 @@ pub struct FileStore {
 struct Inner {
     path: PathBuf,
     lock_path: PathBuf,
-    key: KeySource,
-    derived: Mutex<Derived>,
+    keyring: Keyring,
     lock_timeout: Duration,
 }
 
@@ -80,8 +73,7 @@ impl FileStore {
             inner: Arc::new(Inner {
                 path,
                 lock_path: PathBuf::from(lock),
-                key,
-                derived: Mutex::new(None),
+                keyring: Keyring::new(key),
                 lock_timeout: Duration::from_secs(10),
             }),
         }
@@ -93,8 +85,7 @@ impl FileStore {
         let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
             path: shared.path.clone(),
             lock_path: shared.lock_path.clone(),
-            key: shared.key.clone(),
-            derived: Mutex::new(None),
+            keyring: Keyring::new(shared.keyring.source().clone()),
             lock_timeout: shared.lock_timeout,
         });
         Self {
@@ -139,58 +130,6 @@ impl Inner {
         self.path.display().to_string()
     }
 
-    /// The key for a file with `kdf` and `salt`, derived at most once per salt.
-    fn key_for(&self, kdf: Kdf, salt: &[u8; 16]) -> Result<Zeroizing<[u8; 32]>, StoreError> {
-        match (&self.key, kdf) {
-            (KeySource::Raw(k), Kdf::Raw) => Ok(k.clone()),
-            (KeySource::Passphrase { passphrase, .. }, Kdf::Argon2id(params)) => {
-                let mut cached = self.derived.lock().unwrap_or_else(PoisonError::into_inner);
-                if let Some((s, k)) = cached.as_ref()
-                    && s == salt
-                {
-                    return Ok(k.clone());
-                }
-                let k = params.derive(passphrase, salt)?;
-                *cached = Some((*salt, k.clone()));
-                Ok(k)
-            }
-            (KeySource::Raw(_), Kdf::Argon2id(_)) => Err(
-                DecodeError::WrongKey.into_store_error(&self.shown())
-            )
-            .map_err(|mut e| {
-                e.detail = format!(
-                    "{} was written with a passphrase, but a raw key is configured; left untouched",
-                    self.shown()
-                );
-                e
-            }),
-            (KeySource::Passphrase { .. }, Kdf::Raw) => Err(StoreError::new(
-                StoreErrorKind::WrongKey,
-                format!(
-                    "{} was written with a raw key, but a passphrase is configured; left untouched",
-                    self.shown()
-                ),
-            )),
-        }
-    }
-
-    /// The KDF, salt and key to write with: the cached derivation when there is one.
-    fn write_key(&self) -> Result<WriteKey, StoreError> {
-        match &self.key {
-            KeySource::Raw(k) => Ok((Kdf::Raw, [0u8; 16], k.clone())),
-            KeySource::Passphrase { passphrase, params } => {
-                let mut cached = self.derived.lock().unwrap_or_else(PoisonError::into_inner);
-                if let Some((salt, k)) = cached.as_ref() {
-                    return Ok((Kdf::Argon2id(*params), *salt, k.clone()));
-                }
-                let salt = format::new_salt();
-                let k = params.derive(passphrase, &salt)?;
-                *cached = Some((salt, k.clone()));
-                Ok((Kdf::Argon2id(*params), salt, k))
-            }
-        }
-    }
-
     fn read(&self) -> Result<Option<StoredToken>, StoreError> {
         let meta = match std::fs::metadata(&self.path) {
             Ok(m) => m,
@@ -211,31 +150,43 @@ impl Inner {
         let bytes = Zeroizing::new(
             std::fs::read(&self.path).map_err(|e| io(&self.path, "cannot read", e))?,
         );
-        let decoded = format::parse_header(&bytes).and_then(|header| {
-            let key = self
-                .key_for(header.kdf, &header.salt)
-                .map_err(|_| DecodeError::WrongKey)?;
-            format::decode(&bytes, &header, &key)
-        });
-        match decoded {
-            Ok(token) => Ok(Some(token)),
-            Err(DecodeError::WrongKey) => {
-                // Distinguish a mismatched key source from a wrong key with the same source.
-                if let Ok(header) = format::parse_header(&bytes)
-                    && let Err(e) = self.key_for(header.kdf, &header.salt)
-                    && e.kind != StoreErrorKind::WrongKey
-                {
-                    return Err(e);
+        let header = match format::parse_header(&bytes) {
+            Ok(h) => h,
+            Err(e) => return self.undecodable(e),
+        };
+        let key = self
+            .keyring
+            .key_for(header.kdf, &header.salt)
+            .map_err(|e| {
+                if e.kind == StoreErrorKind::WrongKey {
+                    StoreError::new(
+                        StoreErrorKind::WrongKey,
+                        format!(
+                            "the configured key does not open {}: {}; left untouched",
+                            self.shown(),
+                            e.detail
+                        ),
+                    )
+                } else {
+                    e
                 }
-                Err(DecodeError::WrongKey.into_store_error(&self.shown()))
-            }
-            Err(e @ (DecodeError::NotOurs | DecodeError::FutureVersion(_))) => {
+            })?;
+        match format::decode(&bytes, &header, &key) {
+            Ok(token) => Ok(Some(token)),
+            Err(e) => self.undecodable(e),
+        }
+    }
+
+    /// A wrong key, a foreign file or a newer format is reported and left untouched; anything
+    /// else is damage: the file is moved aside and the credential re-authenticates.
+    fn undecodable(&self, e: DecodeError) -> Result<Option<StoredToken>, StoreError> {
+        match e {
+            DecodeError::WrongKey | DecodeError::NotOurs | DecodeError::FutureVersion(_) => {
                 Err(e.into_store_error(&self.shown()))
             }
-            Err(e) => {
-                let mut err = e.into_store_error(&self.shown());
-                let aside = self.move_aside();
-                err.detail = match aside {
+            damage => {
+                let mut err = damage.into_store_error(&self.shown());
+                err.detail = match self.move_aside() {
                     Ok(p) => format!(
                         "{}; moved aside to {} — the credential will re-authenticate",
                         err.detail,
@@ -265,7 +216,7 @@ impl Inner {
     }
 
     fn write(&self, token: &StoredToken) -> Result<(), StoreError> {
-        let (kdf, salt, key) = self.write_key()?;
+        let (kdf, salt, key) = self.keyring.write_key()?;
         let bytes = Zeroizing::new(format::encode(token, kdf, &salt, &key)?);
         let dir = self
             .path

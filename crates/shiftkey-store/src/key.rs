@@ -151,3 +151,86 @@ impl KeySource {
         }
     }
 }
+
+/// What a write needs: the KDF to record, its salt, and the key.
+pub(crate) type WriteKey = (crate::format::Kdf, [u8; 16], Zeroizing<[u8; 32]>);
+
+/// The derived key and the salt it belongs to.
+type Derived = Option<([u8; 16], Zeroizing<[u8; 32]>)>;
+
+/// A key source plus the key derived from it, at most once per salt per process. Shared by the
+/// file and PostgreSQL stores.
+#[derive(Debug)]
+pub(crate) struct Keyring {
+    source: KeySource,
+    derived: std::sync::Mutex<Derived>,
+}
+
+impl Keyring {
+    pub(crate) fn new(source: KeySource) -> Self {
+        Self {
+            source,
+            derived: std::sync::Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn source(&self) -> &KeySource {
+        &self.source
+    }
+
+    fn cached(&self) -> std::sync::MutexGuard<'_, Derived> {
+        self.derived
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The key that opens a payload written with `kdf` and `salt`. A payload written with the
+    /// other kind of key is [`StoreErrorKind::WrongKey`]; weak KDF parameters are refused.
+    pub(crate) fn key_for(
+        &self,
+        kdf: crate::format::Kdf,
+        salt: &[u8; 16],
+    ) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+        use crate::format::Kdf;
+        match (&self.source, kdf) {
+            (KeySource::Raw(k), Kdf::Raw) => Ok(k.clone()),
+            (KeySource::Passphrase { passphrase, .. }, Kdf::Argon2id(params)) => {
+                let mut cached = self.cached();
+                if let Some((s, k)) = cached.as_ref()
+                    && s == salt
+                {
+                    return Ok(k.clone());
+                }
+                let k = params.derive(passphrase, salt)?;
+                *cached = Some((*salt, k.clone()));
+                Ok(k)
+            }
+            (KeySource::Raw(_), Kdf::Argon2id(_)) => Err(StoreError::new(
+                StoreErrorKind::WrongKey,
+                "it was written with a passphrase, but a raw key is configured",
+            )),
+            (KeySource::Passphrase { .. }, Kdf::Raw) => Err(StoreError::new(
+                StoreErrorKind::WrongKey,
+                "it was written with a raw key, but a passphrase is configured",
+            )),
+        }
+    }
+
+    /// The KDF, salt and key to write with: the cached derivation when there is one, else a new salt.
+    pub(crate) fn write_key(&self) -> Result<WriteKey, StoreError> {
+        use crate::format::{self, Kdf};
+        match &self.source {
+            KeySource::Raw(k) => Ok((Kdf::Raw, [0u8; 16], k.clone())),
+            KeySource::Passphrase { passphrase, params } => {
+                let mut cached = self.cached();
+                if let Some((salt, k)) = cached.as_ref() {
+                    return Ok((Kdf::Argon2id(*params), *salt, k.clone()));
+                }
+                let salt = format::new_salt();
+                let k = params.derive(passphrase, &salt)?;
+                *cached = Some((salt, k.clone()));
+                Ok((Kdf::Argon2id(*params), salt, k))
+            }
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! [`PgStore`]: the same encrypted payload in PostgreSQL, refreshed under a row lock, with
 //! `LISTEN/NOTIFY` telling other hosts a new token exists; and [`LeaderLease`].
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -9,11 +9,9 @@ use shiftkey_auth::{StoreError, StoreErrorKind, StoreGuard, StoredToken, TokenSt
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Row, Transaction};
 use tokio::sync::Notify;
-use zeroize::Zeroizing;
 
-use crate::file::Derived;
-use crate::format::{self, DecodeError, Kdf};
-use crate::key::KeySource;
+use crate::format::{self, DecodeError};
+use crate::key::{KeySource, Keyring};
 
 const CHANNEL: &str = "shiftkey_tokens";
 
@@ -47,8 +45,7 @@ pub struct PgStore {
 struct Inner {
     pool: PgPool,
     credential: String,
-    key: KeySource,
-    derived: Mutex<Derived>,
+    keyring: Keyring,
     lock_timeout: Duration,
     changed: Arc<Notify>,
     listener: tokio::task::JoinHandle<()>,
@@ -105,8 +102,7 @@ impl PgStore {
             inner: Arc::new(Inner {
                 pool,
                 credential,
-                key,
-                derived: Mutex::new(None),
+                keyring: Keyring::new(key),
                 lock_timeout: Duration::from_secs(10),
                 changed,
                 listener,
@@ -122,26 +118,6 @@ impl PgStore {
 }
 
 impl Inner {
-    fn key_for(&self, kdf: Kdf, salt: &[u8; 16]) -> Result<Zeroizing<[u8; 32]>, DecodeError> {
-        match (&self.key, kdf) {
-            (KeySource::Raw(k), Kdf::Raw) => Ok(k.clone()),
-            (KeySource::Passphrase { passphrase, .. }, Kdf::Argon2id(params)) => {
-                let mut cached = self.derived.lock().unwrap_or_else(PoisonError::into_inner);
-                if let Some((s, k)) = cached.as_ref()
-                    && s == salt
-                {
-                    return Ok(k.clone());
-                }
-                let k = params
-                    .derive(passphrase, salt)
-                    .map_err(|_| DecodeError::WrongKey)?;
-                *cached = Some((*salt, k.clone()));
-                Ok(k)
-            }
-            _ => Err(DecodeError::WrongKey),
-        }
-    }
-
     fn decode(&self, payload: &[u8]) -> Result<Option<StoredToken>, StoreError> {
         if payload.is_empty() {
             return Ok(None);
@@ -149,7 +125,10 @@ impl Inner {
         let shown = format!("row `{}` of shiftkey_tokens", self.credential);
         format::parse_header(payload)
             .and_then(|h| {
-                let key = self.key_for(h.kdf, &h.salt)?;
+                let key = self
+                    .keyring
+                    .key_for(h.kdf, &h.salt)
+                    .map_err(|_| DecodeError::WrongKey)?;
                 format::decode(payload, &h, &key)
             })
             .map(Some)
@@ -157,22 +136,7 @@ impl Inner {
     }
 
     fn encode(&self, token: &StoredToken) -> Result<Vec<u8>, StoreError> {
-        let (kdf, salt, key) = match &self.key {
-            KeySource::Raw(k) => (Kdf::Raw, [0u8; 16], k.clone()),
-            KeySource::Passphrase { passphrase, params } => {
-                let mut cached = self.derived.lock().unwrap_or_else(PoisonError::into_inner);
-                let (salt, key) = match cached.as_ref() {
-                    Some((s, k)) => (*s, k.clone()),
-                    None => {
-                        let s = format::new_salt();
-                        let k = params.derive(passphrase, &s)?;
-                        *cached = Some((s, k.clone()));
-                        (s, k)
-                    }
-                };
-                (Kdf::Argon2id(*params), salt, key)
-            }
-        };
+        let (kdf, salt, key) = self.keyring.write_key()?;
         format::encode(token, kdf, &salt, &key)
     }
 }
