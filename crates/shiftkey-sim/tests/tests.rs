@@ -416,7 +416,11 @@ async fn same_seed_same_data_same_faults() {
     cfg.faults.server_error_probability = 0.1;
     cfg.faults.date_skew_secs = 600;
     let run = |cfg: SimConfig| async move {
-        let s = sim(cfg).await;
+        // A fixed simulated start, so the generated dates do not depend on when the run began.
+        let start = std::time::UNIX_EPOCH + secs(1_800_000_000);
+        let s = Sim::start(cfg, Arc::new(shiftkey_sim::ScaledClock::new(start, 1.0)))
+            .await
+            .unwrap();
         let mut statuses = Vec::new();
         for _ in 0..60 {
             let resp = reqwest::Client::new()
