@@ -80,7 +80,7 @@ async fn assert_one_refresh_per_rotation(
     assert!(errors.is_empty(), "no invalid_grant, no reuse: {errors:?}");
     assert_eq!(logins, 1, "one login for all eight processes");
     assert!(
-        stored.generation >= 4,
+        stored.generation >= 3,
         "several rotations happened: {}",
         stored.generation
     );
@@ -101,7 +101,7 @@ async fn assert_one_refresh_per_rotation(
         .map(|s| s["adopted"].as_u64().unwrap())
         .sum();
     assert!(
-        adopted >= 7 * 3,
+        adopted >= 7 * 2,
         "the others adopted rotations instead of refreshing: {adopted}"
     );
 }
