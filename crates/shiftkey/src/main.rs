@@ -8,6 +8,7 @@
     reason = "a command-line program reports to the terminal"
 )]
 
+mod config;
 mod demo;
 
 use std::process::ExitCode;
@@ -32,6 +33,34 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run the Teamcenter/OAuth emulator alone.
     Sim(SimArgs),
+    /// Run one sync cycle now and exit (for cron): reads changes since the sink's watermark.
+    Sync(SyncArgs),
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// Options of `shiftkey sync`.
+#[derive(Debug, clap::Args)]
+struct SyncArgs {
+    /// Run one cycle and exit (the only mode for now; the daemon is `shiftkey run`, to come).
+    #[arg(long)]
+    once: bool,
+    /// The configuration file.
+    #[arg(short, long, default_value = "shiftkey.toml")]
+    config: std::path::PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print an annotated example configuration.
+    Example,
+    /// Load and check a configuration file (secrets are resolved, never printed).
+    Check {
+        /// The configuration file.
+        #[arg(short, long, default_value = "shiftkey.toml")]
+        config: std::path::PathBuf,
+    },
 }
 
 /// Options of `shiftkey sim`.
@@ -77,8 +106,57 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
             Command::Sim(args) => sim(args).await,
+            Command::Sync(args) => sync_once(args).await,
+            Command::Config(ConfigCommand::Example) => {
+                print!("{}", config::EXAMPLE);
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Config(ConfigCommand::Check { config }) => {
+                let cfg = config::Config::load(&config)?;
+                cfg.teamcenter.password.resolve("teamcenter.password")?;
+                cfg.sink_url()?;
+                println!("{}: ok", config.display());
+                Ok(ExitCode::SUCCESS)
+            }
         }
     })
+}
+
+async fn sync_once(args: SyncArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context as _;
+    anyhow::ensure!(
+        args.once,
+        "only `shiftkey sync --once` exists yet; the daemon will be `shiftkey run`"
+    );
+    let cfg = config::Config::load(&args.config)?;
+    let password = cfg.teamcenter.password.resolve("teamcenter.password")?;
+    let base = cfg
+        .teamcenter
+        .url
+        .parse()
+        .with_context(|| format!("`teamcenter.url`: `{}` is not a URL", cfg.teamcenter.url))?;
+    let mut session =
+        shiftkey_teamcenter::SessionConfig::new(base, cfg.teamcenter.user.clone(), password);
+    session.group.clone_from(&cfg.teamcenter.group);
+    session.role.clone_from(&cfg.teamcenter.role);
+    let tc = shiftkey_teamcenter::TcClient::session(reqwest::Client::new(), session)?;
+    let sink = std::sync::Arc::new(shiftkey_shopfloor::SqlSink::connect(&cfg.sink_url()?).await?);
+    let engine_cfg = shiftkey_sync::EngineConfig {
+        interval: std::time::Duration::from_secs(cfg.schedule.interval_minutes * 60),
+        batch: cfg.schedule.batch,
+        read: shiftkey_teamcenter::ReadConfig {
+            overlap: std::time::Duration::from_secs(cfg.schedule.overlap_minutes * 60),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let engine = shiftkey_sync::Engine::new(tc, sink, engine_cfg);
+    let report = engine.cycle(&shiftkey_sync::Stop::default()).await?;
+    println!(
+        "read {}, inserted {}, updated {}, unchanged {}, feedback pushed {}",
+        report.read, report.inserted, report.updated, report.unchanged, report.feedback_pushed
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {

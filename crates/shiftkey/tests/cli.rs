@@ -66,3 +66,139 @@ fn bad_arguments_exit_non_zero_with_a_message_naming_them() {
         "/nonexistent/scenario.toml",
     );
 }
+
+fn temp(name: &str, text: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("shiftkey-cli-{}-{name}", std::process::id()));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn shiftkey(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut c = Command::new(BIN);
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn the_example_config_loads_and_bad_configs_name_the_key() {
+    let example = shiftkey(&["config", "example"], &[]);
+    assert!(example.status.success());
+    let path = temp("example.toml", &String::from_utf8(example.stdout).unwrap());
+    let ok = shiftkey(
+        &["config", "check", "-c", path.to_str().unwrap()],
+        &[("TC_PASSWORD", "s3cret-value")],
+    );
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&ok.stdout).contains("s3cret-value"),
+        "a secret is never printed"
+    );
+
+    let check = |name: &str, text: &str, env: &[(&str, &str)], says: &str| {
+        let p = temp(name, text);
+        let out = shiftkey(&["config", "check", "-c", p.to_str().unwrap()], env);
+        assert!(!out.status.success(), "{name} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{name}: {stderr}");
+        assert!(
+            !stderr.contains("hunter2"),
+            "{name}: the secret was echoed: {stderr}"
+        );
+    };
+    let base = "[teamcenter]\nurl = \"http://127.0.0.1:9\"\nuser = \"u\"\n";
+    check(
+        "inline.toml",
+        &format!("{base}password = \"hunter2\"\n[sink]\nurl = \"sqlite::memory:\"\n"),
+        &[],
+        "secrets are never written in the config file",
+    );
+    check(
+        "noenv.toml",
+        &format!(
+            "{base}password = {{ env = \"SHIFTKEY_TEST_UNSET_VAR\" }}\n[sink]\nurl = \"sqlite::memory:\"\n"
+        ),
+        &[],
+        "SHIFTKEY_TEST_UNSET_VAR",
+    );
+    check(
+        "unknown.toml",
+        &format!(
+            "{base}password = {{ env = \"X\" }}\ncolour = \"blue\"\n[sink]\nurl = \"sqlite::memory:\"\n"
+        ),
+        &[("X", "x")],
+        "colour",
+    );
+    check(
+        "pgpass.toml",
+        &format!(
+            "{base}password = {{ env = \"X\" }}\n[sink]\nurl = \"postgres://app:hunter2@db/x\"\n"
+        ),
+        &[("X", "x")],
+        "sink.url_env",
+    );
+    check(
+        "zero.toml",
+        &format!(
+            "{base}password = {{ env = \"X\" }}\n[sink]\nurl = \"sqlite::memory:\"\n[schedule]\ninterval_minutes = 0\n"
+        ),
+        &[("X", "x")],
+        "interval_minutes",
+    );
+    check("empty.toml", "", &[], "missing field `teamcenter`");
+    let missing = shiftkey(
+        &["config", "check", "-c", "/nonexistent/shiftkey.toml"],
+        &[],
+    );
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("shiftkey config example"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_once_syncs_the_emulator_into_sqlite() {
+    let sim = shiftkey_sim::Sim::start(
+        shiftkey_sim::SimConfig::default(),
+        std::sync::Arc::new(shiftkey_auth::TokioClock::new()),
+    )
+    .await
+    .unwrap();
+    let db = std::env::temp_dir().join(format!("shiftkey-cli-sync-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&db);
+    let cfg = temp(
+        "sync.toml",
+        &format!(
+            "[teamcenter]\nurl = \"{}\"\nuser = \"mfg_sync\"\npassword = {{ env = \"TC_PW\" }}\n[sink]\nurl = \"sqlite://{}?mode=rwc\"\n",
+            sim.url(),
+            db.display()
+        ),
+    );
+    let run = move || {
+        shiftkey(
+            &["sync", "--once", "-c", cfg.to_str().unwrap()],
+            &[("TC_PW", "mfg_sync_pw")],
+        )
+    };
+    let first = tokio::task::spawn_blocking(run.clone()).await.unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&first.stdout).contains("inserted 20"),
+        "{}",
+        String::from_utf8_lossy(&first.stdout)
+    );
+    let second = tokio::task::spawn_blocking(run).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&second.stdout).contains("inserted 0"),
+        "a second run adds nothing: {}",
+        String::from_utf8_lossy(&second.stdout)
+    );
+    let _ = std::fs::remove_file(&db);
+}
