@@ -33,6 +33,13 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run the Teamcenter/OAuth emulator alone.
     Sim(SimArgs),
+    /// Run the sync daemon: a cycle every `schedule.interval_minutes`, until SIGTERM or Ctrl-C
+    /// (which stop it between batches).
+    Run {
+        /// The configuration file.
+        #[arg(short, long, default_value = "shiftkey.toml")]
+        config: std::path::PathBuf,
+    },
     /// Run one sync cycle now and exit (for cron): reads changes since the sink's watermark.
     Sync(SyncArgs),
     /// Configuration helpers.
@@ -107,6 +114,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Demo(args) => demo::run(args).await,
             Command::Sim(args) => sim(args).await,
             Command::Sync(args) => sync_once(args).await,
+            Command::Run { config } => daemon(&config).await,
             Command::Config(ConfigCommand::Example) => {
                 print!("{}", config::EXAMPLE);
                 Ok(ExitCode::SUCCESS)
@@ -122,13 +130,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn sync_once(args: SyncArgs) -> anyhow::Result<ExitCode> {
+fn engine(
+    cfg: &config::Config,
+) -> anyhow::Result<(shiftkey_teamcenter::TcClient, shiftkey_sync::EngineConfig)> {
     use anyhow::Context as _;
-    anyhow::ensure!(
-        args.once,
-        "only `shiftkey sync --once` exists yet; the daemon will be `shiftkey run`"
-    );
-    let cfg = config::Config::load(&args.config)?;
     let password = cfg.teamcenter.password.resolve("teamcenter.password")?;
     let base = cfg
         .teamcenter
@@ -140,7 +145,6 @@ async fn sync_once(args: SyncArgs) -> anyhow::Result<ExitCode> {
     session.group.clone_from(&cfg.teamcenter.group);
     session.role.clone_from(&cfg.teamcenter.role);
     let tc = shiftkey_teamcenter::TcClient::session(reqwest::Client::new(), session)?;
-    let sink = std::sync::Arc::new(shiftkey_shopfloor::SqlSink::connect(&cfg.sink_url()?).await?);
     let engine_cfg = shiftkey_sync::EngineConfig {
         interval: std::time::Duration::from_secs(cfg.schedule.interval_minutes * 60),
         batch: cfg.schedule.batch,
@@ -150,12 +154,56 @@ async fn sync_once(args: SyncArgs) -> anyhow::Result<ExitCode> {
         },
         ..Default::default()
     };
+    Ok((tc, engine_cfg))
+}
+
+async fn sync_once(args: SyncArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.once,
+        "use `shiftkey sync --once` for one cycle, or `shiftkey run` for the daemon"
+    );
+    let cfg = config::Config::load(&args.config)?;
+    let (tc, engine_cfg) = engine(&cfg)?;
+    let sink = std::sync::Arc::new(shiftkey_shopfloor::SqlSink::connect(&cfg.sink_url()?).await?);
     let engine = shiftkey_sync::Engine::new(tc, sink, engine_cfg);
     let report = engine.cycle(&shiftkey_sync::Stop::default()).await?;
     println!(
         "read {}, inserted {}, updated {}, unchanged {}, feedback pushed {}",
         report.read, report.inserted, report.updated, report.unchanged, report.feedback_pushed
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn daemon(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let cfg = config::Config::load(path)?;
+    let (tc, engine_cfg) = engine(&cfg)?;
+    let _keepalive = tc.keepalive()?;
+    let sink = std::sync::Arc::new(shiftkey_shopfloor::SqlSink::connect(&cfg.sink_url()?).await?);
+    let engine = shiftkey_sync::Engine::new(tc, sink, engine_cfg);
+    let stop = shiftkey_sync::Stop::default();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        eprintln!("shiftkey: stopping after the current batch");
+        on_signal.request();
+    });
+    eprintln!(
+        "shiftkey: syncing {} every {} min; SIGTERM or Ctrl-C stops",
+        cfg.teamcenter.url, cfg.schedule.interval_minutes
+    );
+    let cycles = engine.run(&stop, None).await?;
+    eprintln!("shiftkey: stopped after {cycles} cycles");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -202,3 +202,56 @@ async fn sync_once_syncs_the_emulator_into_sqlite() {
     );
     let _ = std::fs::remove_file(&db);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_syncs_and_stops_gracefully_on_sigterm() {
+    let sim = shiftkey_sim::Sim::start(
+        shiftkey_sim::SimConfig::default(),
+        std::sync::Arc::new(shiftkey_auth::TokioClock::new()),
+    )
+    .await
+    .unwrap();
+    let db = std::env::temp_dir().join(format!("shiftkey-cli-run-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&db);
+    let cfg = temp(
+        "run.toml",
+        &format!(
+            "[teamcenter]\nurl = \"{}\"\nuser = \"mfg_sync\"\npassword = {{ env = \"TC_PW\" }}\n[sink]\nurl = \"sqlite://{}?mode=rwc\"\n",
+            sim.url(),
+            db.display()
+        ),
+    );
+    let child = Command::new(BIN)
+        .args(["run", "-c", cfg.to_str().unwrap()])
+        .env("TC_PW", "mfg_sync_pw")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first cycle runs at once; give it time, then ask politely.
+    for _ in 0..100 {
+        if sim
+            .stats()
+            .requests
+            .get("Cad-2007-01-StructureManagement/expandPSOneLevel")
+            .is_some()
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "a graceful stop exits 0: {stderr}");
+    assert!(stderr.contains("stopped after 1 cycles"), "{stderr}");
+    let _ = std::fs::remove_file(&db);
+}
