@@ -233,8 +233,7 @@ async fn the_daemon_syncs_and_stops_gracefully_on_sigterm() {
         if sim
             .stats()
             .requests
-            .get("Cad-2007-01-StructureManagement/expandPSOneLevel")
-            .is_some()
+            .contains_key("Cad-2007-01-StructureManagement/expandPSOneLevel")
         {
             break;
         }
