@@ -342,6 +342,42 @@ impl AuthMiddleware {
         fail(e)
     }
 
+    /// The policy's verdict on retrying `outcome`: the delay, or `None` to stop — also when the
+    /// body cannot be sent again, or when these failures just opened the server circuit (the
+    /// caller then gets the real answer, and the next request fails fast).
+    fn retry_delay(
+        &self,
+        outcome: &Outcome,
+        attempt: u32,
+        replay: Replay,
+        replayable: bool,
+        reason: &'static str,
+    ) -> Option<Duration> {
+        let s = &*self.shared;
+        match s.policy.decide(
+            outcome,
+            attempt,
+            replay,
+            Some(&s.budget),
+            rand::random::<f64>(),
+        ) {
+            Decision::Retry(delay)
+                if replayable && s.server_breaker.state() != BreakerState::Open =>
+            {
+                s.counters.retries.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("shiftkey_http_retries_total", "reason" => reason).increment(1);
+                tracing::debug!(
+                    attempt,
+                    reason,
+                    delay_ms = delay.as_millis() as u64,
+                    "retrying"
+                );
+                Some(delay)
+            }
+            _ => None,
+        }
+    }
+
     fn record(&self, now: Instant, class: shiftkey_policy::Class) {
         if let Some(m) = &self.shared.monitor {
             m.record(now.into_std(), Event::Request(class));
@@ -439,30 +475,14 @@ impl Middleware for AuthMiddleware {
                     } else {
                         Replay::Unsafe { sent: !connect }
                     };
-                    match s.policy.decide(
-                        &outcome,
-                        attempt,
-                        replay,
-                        Some(&s.budget),
-                        rand::random::<f64>(),
-                    ) {
-                        // The failures just opened the server circuit: stop here with what we have.
-                        Decision::Retry(delay)
-                            if spare.is_some()
-                                && s.server_breaker.state() != BreakerState::Open =>
-                        {
-                            s.counters.retries.fetch_add(1, Ordering::Relaxed);
-                            metrics::counter!("shiftkey_http_retries_total", "reason" => "transport").increment(1);
-                            tracing::debug!(
-                                attempt,
-                                delay_ms = delay.as_millis() as u64,
-                                "transport error; retrying"
-                            );
+                    match self.retry_delay(&outcome, attempt, replay, spare.is_some(), "transport")
+                    {
+                        Some(delay) => {
                             s.clock.sleep(delay).await;
                             pending = spare;
                             continue;
                         }
-                        _ => return Err(e),
+                        None => return Err(e),
                     }
                 }
             };
@@ -549,30 +569,13 @@ impl Middleware for AuthMiddleware {
             } else {
                 Replay::Unsafe { sent: true }
             };
-            match s.policy.decide(
-                &outcome,
-                attempt,
-                replay,
-                Some(&s.budget),
-                rand::random::<f64>(),
-            ) {
-                // If these failures just opened the server circuit, the caller gets the real answer.
-                Decision::Retry(delay)
-                    if spare.is_some() && s.server_breaker.state() != BreakerState::Open =>
-                {
-                    s.counters.retries.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("shiftkey_http_retries_total", "reason" => "status")
-                        .increment(1);
-                    tracing::debug!(
-                        attempt,
-                        status = response.status().as_u16(),
-                        delay_ms = delay.as_millis() as u64,
-                        "retrying"
-                    );
+            match self.retry_delay(&outcome, attempt, replay, spare.is_some(), "status") {
+                Some(delay) => {
+                    tracing::debug!(attempt, status = response.status().as_u16(), "retrying");
                     s.clock.sleep(delay).await;
                     pending = spare;
                 }
-                _ => {
+                None => {
                     let label = if outcome == Outcome::Success {
                         "success"
                     } else {
