@@ -62,6 +62,13 @@ fn rand_u32() -> u32 {
     rand::random()
 }
 
+fn server_date(headers: &reqwest::header::HeaderMap) -> Option<std::time::SystemTime> {
+    headers
+        .get(reqwest::header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+}
+
 /// The `Core-2011-06-Session/login` strategy: the `JSESSIONID` cookie is the token.
 ///
 /// Errors: `InvalidCredentialsException` is permanent (`BadCredentials`, with the code and any
@@ -117,11 +124,18 @@ impl AuthStrategy for SessionLogin {
             return Err(AuthError::Transient {
                 kind: TransientKind::RateLimited,
                 detail: "login: HTTP 429".into(),
+                // Both Retry-After forms, against the server's Date, clamped to an hour.
                 retry_after: headers
-                    .get("retry-after")
+                    .get(reqwest::header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok())
-                    .map(Duration::from_secs),
+                    .and_then(|v| {
+                        shiftkey_policy::parse_retry_after(
+                            v,
+                            server_date(&headers),
+                            self.clock.wall(),
+                            Duration::from_secs(3600),
+                        )
+                    }),
             });
         }
         let bytes = response.bytes().await.map_err(|e| {
@@ -173,11 +187,7 @@ impl AuthStrategy for SessionLogin {
         let mut token = TokenSet::new(session, c.hard_limit, self.clock.now(), self.clock.wall());
         token.token_type = "JSESSIONID".to_owned();
         token.lifetime_source = shiftkey_auth::LifetimeSource::Default;
-        token.server_date = headers
-            .get(reqwest::header::DATE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok())
-            .map(std::time::SystemTime::from);
+        token.server_date = server_date(&headers);
         tracing::info!(user = %c.user, descrimator = %c.descrimator, server = answer["serverInfo"]["TcServerID"].as_str().unwrap_or(""), "Teamcenter login");
         Ok(token)
     }
