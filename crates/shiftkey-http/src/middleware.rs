@@ -317,6 +317,16 @@ impl AuthMiddleware {
         self.shared.learner.limits()
     }
 
+    /// The states of the auth and the server circuit breakers, in that order (for readiness
+    /// checks and metrics).
+    #[must_use]
+    pub fn circuits(&self) -> (shiftkey_policy::State, shiftkey_policy::State) {
+        (
+            self.shared.auth_breaker.state(),
+            self.shared.server_breaker.state(),
+        )
+    }
+
     /// Counters since start.
     #[must_use]
     pub fn stats(&self) -> Stats {

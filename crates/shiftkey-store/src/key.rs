@@ -143,6 +143,22 @@ impl KeySource {
         Self::from_key_file(&Path::new(&dir).join(name))
     }
 
+    /// A fresh random 32-byte key from the operating system, as base64 text (what
+    /// [`KeySource::from_base64`] reads; `shiftkey store init` writes it to a 0600 file).
+    ///
+    /// ```
+    /// use shiftkey_store::KeySource;
+    ///
+    /// let text = KeySource::generate_base64();
+    /// assert!(KeySource::from_base64(text.expose(), "new key").is_ok());
+    /// ```
+    #[must_use]
+    pub fn generate_base64() -> Secret {
+        use aes_gcm::aead::{KeyInit as _, OsRng};
+        let key = Zeroizing::new(aes_gcm::Aes256Gcm::generate_key(&mut OsRng));
+        Secret::new(STANDARD.encode(&key[..]))
+    }
+
     /// A passphrase with the default Argon2id parameters.
     pub fn passphrase(passphrase: Secret) -> Self {
         Self::Passphrase {

@@ -141,13 +141,28 @@ pub fn map_plan(plan: &ProcessPlan, operations: &[Operation]) -> ProcessRecord {
     }
 }
 
+/// Called by [`Engine::run`] after every cycle with its outcome (status pages, metrics).
+pub type CycleObserver = Arc<dyn Fn(Result<&CycleReport, &SyncError>) + Send + Sync>;
+
 /// The sync engine.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Engine {
     tc: TcClient,
     sink: Arc<dyn Sink>,
     cfg: EngineConfig,
     clock: Arc<dyn Clock>,
+    observer: Option<CycleObserver>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("tc", &self.tc)
+            .field("sink", &self.sink)
+            .field("cfg", &self.cfg)
+            .field("observer", &self.observer.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Engine {
@@ -158,7 +173,15 @@ impl Engine {
             sink,
             cfg,
             clock: Arc::new(TokioClock::new()),
+            observer: None,
         }
+    }
+
+    /// Calls `observer` after every cycle that [`Engine::run`] runs.
+    #[must_use]
+    pub fn on_cycle(mut self, observer: CycleObserver) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// The clock for scheduling (default [`TokioClock`]).
@@ -274,7 +297,11 @@ impl Engine {
                 None => true,
             };
             if leader {
-                match self.cycle(stop).await {
+                let result = self.cycle(stop).await;
+                if let Some(observe) = &self.observer {
+                    observe(result.as_ref());
+                }
+                match result {
                     Ok(_) => cycles += 1,
                     Err(e) if e.is_permanent() => {
                         tracing::error!(error = %e, "sync stopped: a permanent error needs an operator");

@@ -33,7 +33,9 @@ mod engine;
 #[cfg(feature = "postgres")]
 mod lease;
 
-pub use engine::{CycleReport, Engine, EngineConfig, Lease, Stop, SyncError, map_plan};
+pub use engine::{
+    CycleObserver, CycleReport, Engine, EngineConfig, Lease, Stop, SyncError, map_plan,
+};
 #[cfg(feature = "postgres")]
 pub use lease::PgLease;
 

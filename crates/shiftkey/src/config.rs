@@ -10,14 +10,173 @@ use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 use shiftkey_auth::Secret;
 
+/// A configuration problem: the file, a key, or a referenced secret (exit code 3).
+#[derive(Debug)]
+pub(crate) struct ConfigProblem(pub(crate) String);
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigProblem {}
+
 /// The whole configuration.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Config {
-    pub(crate) teamcenter: TeamcenterConfig,
-    pub(crate) sink: SinkConfig,
+    /// The Teamcenter server (needed by `run`, `sync` and the doctor's login check).
+    #[serde(default)]
+    pub(crate) teamcenter: Option<TeamcenterConfig>,
+    /// The shop-floor database (needed by `run` and `sync`).
+    #[serde(default)]
+    pub(crate) sink: Option<SinkConfig>,
     #[serde(default)]
     pub(crate) schedule: ScheduleConfig,
+    /// Where tokens are kept between runs (needed by `[tokens.*]`).
+    #[serde(default)]
+    pub(crate) store: Option<StoreConfig>,
+    /// Named OAuth credentials the broker serves and `token` manages.
+    #[serde(default)]
+    pub(crate) tokens: std::collections::BTreeMap<String, TokenConfig>,
+    /// The token broker.
+    #[serde(default)]
+    pub(crate) broker: BrokerConfig,
+    /// The ops HTTP server and alerts.
+    #[serde(default)]
+    pub(crate) ops: OpsConfig,
+}
+
+/// The encrypted token store: one file per named token, `<dir>/<name>.token`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StoreConfig {
+    pub(crate) dir: PathBuf,
+    /// A raw 32-byte key, base64 (`shiftkey store init` makes one).
+    #[serde(default)]
+    pub(crate) key: Option<SecretRef>,
+    /// Or a passphrase (Argon2id).
+    #[serde(default)]
+    pub(crate) passphrase: Option<SecretRef>,
+}
+
+/// How a named token is obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum TokenKind {
+    /// OAuth `client_credentials` (a service account).
+    ClientCredentials,
+    /// OAuth `password`, then its rotated refresh tokens.
+    Password,
+}
+
+/// How the client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ClientAuthKind {
+    /// `client_secret_basic`.
+    #[default]
+    Basic,
+    /// `client_secret_post`.
+    Post,
+    /// `private_key_jwt` (RS256).
+    PrivateKeyJwt,
+}
+
+/// One named token (`[tokens.NAME]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TokenConfig {
+    pub(crate) kind: TokenKind,
+    pub(crate) token_url: String,
+    pub(crate) client_id: String,
+    #[serde(default)]
+    pub(crate) client_auth: ClientAuthKind,
+    #[serde(default)]
+    pub(crate) client_secret: Option<SecretRef>,
+    /// The PEM private key for `private_key_jwt`.
+    #[serde(default)]
+    pub(crate) private_key: Option<SecretRef>,
+    /// The signing certificate (PEM); its expiry raises an alert 14 days ahead.
+    #[serde(default)]
+    pub(crate) certificate: Option<PathBuf>,
+    /// When the client secret expires (`YYYY-MM-DD`), for the same alert.
+    #[serde(default)]
+    pub(crate) secret_expires: Option<String>,
+    #[serde(default)]
+    pub(crate) scopes: Vec<String>,
+    #[serde(default)]
+    pub(crate) username: Option<String>,
+    #[serde(default)]
+    pub(crate) password: Option<SecretRef>,
+    /// RFC 7009 revocation endpoint, for `token revoke`.
+    #[serde(default)]
+    pub(crate) revoke_url: Option<String>,
+}
+
+/// The token broker (`shiftkey broker`).
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct BrokerConfig {
+    /// The Unix socket (created 0600, its directory 0700).
+    pub(crate) socket: PathBuf,
+    /// Optional loopback HTTP listener, e.g. `127.0.0.1:8732`.
+    pub(crate) http: Option<String>,
+    /// HTTP client name → its secret (by reference).
+    pub(crate) clients: std::collections::BTreeMap<String, SecretRef>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            socket: default_socket(),
+            http: None,
+            clients: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+/// `$XDG_RUNTIME_DIR/shiftkey/broker.sock`, or one under the temp folder named by user.
+fn default_socket() -> PathBuf {
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("shiftkey-{}", rustix::process::getuid().as_raw()))
+        });
+    base.join("shiftkey").join("broker.sock")
+}
+
+/// The ops HTTP server and alerting.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct OpsConfig {
+    /// Where `/healthz`, `/readyz`, `/metrics` and `/status` listen (loopback by default);
+    /// empty: no server.
+    pub(crate) listen: String,
+    /// An environment variable holding the alert webhook URL (URLs often carry a token).
+    pub(crate) webhook_env: Option<String>,
+    /// Alert when a client secret or certificate expires within this many days.
+    pub(crate) expiry_warning_days: u32,
+    /// Share of requests rejected as unauthorized over 15 minutes that raises a warning.
+    pub(crate) unauthorized_warning: f64,
+    /// … and a critical alert.
+    pub(crate) unauthorized_critical: f64,
+    /// Consecutive failed refreshes that raise a critical alert.
+    pub(crate) refresh_failures_max: u32,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".to_owned(),
+            webhook_env: None,
+            expiry_warning_days: 14,
+            unauthorized_warning: 0.01,
+            unauthorized_critical: 0.05,
+            refresh_failures_max: 3,
+        }
+    }
 }
 
 /// Where Teamcenter is and how to log in.
@@ -94,8 +253,30 @@ pub(crate) enum SecretRef {
 }
 
 impl SecretRef {
-    /// Resolves the secret; `key` names the config key in errors. Never prints the value.
+    /// Resolves the secret's first line; `key` names the config key in errors. Never prints
+    /// the value.
     pub(crate) fn resolve(&self, key: &str) -> anyhow::Result<Secret> {
+        let text = self.resolve_text(key)?;
+        let value = text
+            .expose()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        if value.is_empty() {
+            bail!("`{key}`: the referenced secret is empty");
+        }
+        Ok(Secret::new(value))
+    }
+
+    /// Resolves the whole secret (a PEM key, several lines).
+    pub(crate) fn resolve_text(&self, key: &str) -> anyhow::Result<Secret> {
+        self.read(key)
+            .map_err(|e| anyhow::Error::new(ConfigProblem(format!("{e:#}"))))
+    }
+
+    fn read(&self, key: &str) -> anyhow::Result<Secret> {
         let value = match self {
             Self::Env { env } => std::env::var(env)
                 .with_context(|| format!("`{key}`: environment variable {env} is not set"))?,
@@ -111,8 +292,7 @@ impl SecretRef {
                 "`{key}`: secrets are never written in the config file; use {key} = {{ env = \"NAME\" }}, {{ file = \"/path\" }} or {{ credential = \"name\" }}"
             ),
         };
-        let value = value.lines().next().unwrap_or_default().trim().to_owned();
-        if value.is_empty() {
+        if value.trim().is_empty() {
             bail!("`{key}`: the referenced secret is empty");
         }
         Ok(Secret::new(value))
@@ -120,8 +300,16 @@ impl SecretRef {
 }
 
 impl Config {
-    /// Loads `path`, then `SHIFTKEY_<SECTION>__<KEY>` environment overrides.
+    /// Loads `path`, then `SHIFTKEY_<SECTION>__<KEY>` environment overrides, and checks what
+    /// can be checked without the network. Secrets are not resolved here.
     pub(crate) fn load(path: &Path) -> anyhow::Result<Self> {
+        Self::load_inner(path).map_err(|e| match e.downcast::<ConfigProblem>() {
+            Ok(p) => anyhow::Error::new(p),
+            Err(e) => anyhow::Error::new(ConfigProblem(format!("{e:#}"))),
+        })
+    }
+
+    fn load_inner(path: &Path) -> anyhow::Result<Self> {
         if !path.exists() {
             bail!(
                 "config file {} does not exist (write one with `shiftkey config example > {}`)",
@@ -134,46 +322,187 @@ impl Config {
             .merge(Env::prefixed("SHIFTKEY_").split("__"))
             .extract()
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        if let SecretRef::Inline(_) = cfg.teamcenter.password {
-            cfg.teamcenter.password.resolve("teamcenter.password")?;
+        cfg.validate()
+            .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        for (key, secret) in self.secret_refs() {
+            if let SecretRef::Inline(_) = secret {
+                secret.resolve(&key)?;
+            }
         }
-        if cfg.sink.url.is_none() == cfg.sink.url_env.is_none() {
-            bail!(
-                "{}: set exactly one of `sink.url` and `sink.url_env`",
-                path.display()
-            );
+        if let Some(sink) = &self.sink {
+            if sink.url.is_none() == sink.url_env.is_none() {
+                bail!("set exactly one of `sink.url` and `sink.url_env`");
+            }
+            if let Some(url) = &sink.url
+                && url
+                    .split_once("://")
+                    .and_then(|(_, rest)| rest.split_once('@'))
+                    .is_some_and(|(creds, _)| creds.contains(':'))
+            {
+                bail!(
+                    "`sink.url` contains a password; put the URL in an environment variable and name it in `sink.url_env`"
+                );
+            }
         }
-        if let Some(url) = &cfg.sink.url
-            && url.contains('@')
-            && url.contains("://")
-            && url
-                .split("://")
-                .nth(1)
-                .and_then(|r| r.split('@').next())
-                .is_some_and(|c| c.contains(':'))
+        if let Some(tc) = &self.teamcenter {
+            url::Url::parse(&tc.url)
+                .with_context(|| format!("`teamcenter.url`: `{}` is not a URL", tc.url))?;
+        }
+        if self.schedule.interval_minutes == 0 || self.schedule.batch == 0 {
+            bail!("`schedule.interval_minutes` and `schedule.batch` must be greater than zero");
+        }
+        if let Some(store) = &self.store
+            && store.key.is_some() == store.passphrase.is_some()
+        {
+            bail!("set exactly one of `store.key` and `store.passphrase`");
+        }
+        if !self.tokens.is_empty() && self.store.is_none() {
+            bail!("`[tokens.*]` needs a `[store]` section (where tokens are kept between runs)");
+        }
+        for (name, t) in &self.tokens {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                bail!("`tokens.{name}`: a token name is letters, digits, `-` and `_`");
+            }
+            let key = |field: &str| format!("tokens.{name}.{field}");
+            url::Url::parse(&t.token_url).with_context(|| {
+                format!("`{}`: `{}` is not a URL", key("token_url"), t.token_url)
+            })?;
+            if let Some(u) = &t.revoke_url {
+                url::Url::parse(u)
+                    .with_context(|| format!("`{}`: `{u}` is not a URL", key("revoke_url")))?;
+            }
+            match t.client_auth {
+                ClientAuthKind::Basic | ClientAuthKind::Post if t.client_secret.is_none() => {
+                    bail!(
+                        "`{}` is missing (client_auth = basic or post needs it)",
+                        key("client_secret")
+                    )
+                }
+                ClientAuthKind::PrivateKeyJwt if t.private_key.is_none() => bail!(
+                    "`{}` is missing (client_auth = private_key_jwt needs it)",
+                    key("private_key")
+                ),
+                _ => {}
+            }
+            if t.kind == TokenKind::Password && (t.username.is_none() || t.password.is_none()) {
+                bail!(
+                    "`{}` and `{}` are needed by kind = \"password\"",
+                    key("username"),
+                    key("password")
+                );
+            }
+            if let Some(d) = &t.secret_expires {
+                chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").with_context(|| {
+                    format!(
+                        "`{}`: `{d}` is not a date like 2027-03-31",
+                        key("secret_expires")
+                    )
+                })?;
+            }
+        }
+        if let Some(http) = &self.broker.http {
+            let addr: std::net::SocketAddr = http.parse().with_context(|| {
+                format!("`broker.http`: `{http}` is not an address like 127.0.0.1:8732")
+            })?;
+            if self.broker.clients.is_empty() {
+                bail!("`broker.http` needs at least one `[broker.clients]` secret");
+            }
+            if !addr.ip().is_loopback() {
+                bail!(
+                    "`broker.http`: `{http}` is not a loopback address; the broker serves this host only"
+                );
+            }
+        }
+        if !self.ops.listen.is_empty() {
+            self.ops
+                .listen
+                .parse::<std::net::SocketAddr>()
+                .with_context(|| {
+                    format!(
+                        "`ops.listen`: `{}` is not an address like 127.0.0.1:9464",
+                        self.ops.listen
+                    )
+                })?;
+        }
+        let o = &self.ops;
+        if !(0.0..=1.0).contains(&o.unauthorized_warning)
+            || !(0.0..=1.0).contains(&o.unauthorized_critical)
+            || o.unauthorized_warning > o.unauthorized_critical
         {
             bail!(
-                "{}: `sink.url` contains a password; put the URL in an environment variable and name it in `sink.url_env`",
-                path.display()
+                "`ops.unauthorized_warning` and `ops.unauthorized_critical` are shares between 0 and 1, warning ≤ critical"
             );
         }
-        if cfg.schedule.interval_minutes == 0 || cfg.schedule.batch == 0 {
-            bail!(
-                "{}: `schedule.interval_minutes` and `schedule.batch` must be greater than zero",
-                path.display()
-            );
+        Ok(())
+    }
+
+    /// Every secret reference with its key.
+    fn secret_refs(&self) -> Vec<(String, &SecretRef)> {
+        let mut out = Vec::new();
+        if let Some(tc) = &self.teamcenter {
+            out.push(("teamcenter.password".to_owned(), &tc.password));
         }
-        Ok(cfg)
+        if let Some(store) = &self.store {
+            if let Some(k) = &store.key {
+                out.push(("store.key".to_owned(), k));
+            }
+            if let Some(p) = &store.passphrase {
+                out.push(("store.passphrase".to_owned(), p));
+            }
+        }
+        for (name, t) in &self.tokens {
+            for (field, s) in [
+                ("client_secret", &t.client_secret),
+                ("private_key", &t.private_key),
+                ("password", &t.password),
+            ] {
+                if let Some(s) = s {
+                    out.push((format!("tokens.{name}.{field}"), s));
+                }
+            }
+        }
+        for (client, s) in &self.broker.clients {
+            out.push((format!("broker.clients.{client}"), s));
+        }
+        out
+    }
+
+    /// The `[teamcenter]` section, or an error saying the command needs it.
+    pub(crate) fn teamcenter(&self) -> anyhow::Result<&TeamcenterConfig> {
+        self.teamcenter
+            .as_ref()
+            .context("this command needs a `[teamcenter]` section (see `shiftkey config example`)")
     }
 
     /// The sink URL, from the file or the named environment variable.
     pub(crate) fn sink_url(&self) -> anyhow::Result<String> {
-        match (&self.sink.url, &self.sink.url_env) {
+        let sink = self
+            .sink
+            .as_ref()
+            .context("this command needs a `[sink]` section (see `shiftkey config example`)")?;
+        match (&sink.url, &sink.url_env) {
             (Some(u), _) => Ok(u.clone()),
             (None, Some(var)) => std::env::var(var)
                 .with_context(|| format!("`sink.url_env`: environment variable {var} is not set")),
             (None, None) => bail!("set `sink.url` or `sink.url_env`"),
         }
+    }
+
+    /// Resolves every secret reference (for `config check` and `doctor`); the error names the key.
+    pub(crate) fn resolve_all(&self) -> anyhow::Result<usize> {
+        let refs = self.secret_refs();
+        for (key, s) in &refs {
+            s.resolve_text(key)?;
+        }
+        Ok(refs.len())
     }
 }
 
@@ -183,6 +512,7 @@ pub(crate) const EXAMPLE: &str = r#"# shiftkey configuration. Every key can be o
 # Secrets are never written here: give { env = "NAME" }, { file = "/path" } or
 # { credential = "name" } (a systemd LoadCredential=).
 
+# The Teamcenter server the sync reads (`run`, `sync --once`, `doctor`).
 [teamcenter]
 url = "https://tc.example.com"          # the server; shiftkey adds /tc/JsonRestServices/...
 user = "mfg_sync"                       # a dedicated service user
@@ -190,6 +520,7 @@ password = { env = "TC_PASSWORD" }
 group = ""                              # empty: the user's default group
 role = ""
 
+# The shop-floor database the sync writes.
 [sink]
 url = "sqlite://shopfloor.db?mode=rwc"  # or set url_env = "SHIFTKEY_SINK_URL" for postgres://user:pw@host/db
 
@@ -197,4 +528,38 @@ url = "sqlite://shopfloor.db?mode=rwc"  # or set url_env = "SHIFTKEY_SINK_URL" f
 interval_minutes = 15                   # a cycle every 15 minutes
 batch = 50                              # process revisions per sink transaction
 overlap_minutes = 5                     # re-read this much before the watermark (clock skew)
+
+# Where tokens live between runs: one AES-256-GCM file per token, <dir>/<name>.token.
+# `shiftkey store init` prints a fresh key; or use passphrase = { ... } (Argon2id).
+[store]
+dir = "/var/lib/shiftkey"
+key = { env = "SHIFTKEY_STORE_KEY" }
+
+# Named OAuth credentials: `shiftkey broker` serves them to scripts, `shiftkey token` manages them.
+[tokens.mes]
+kind = "client_credentials"             # or "password" (then username and password)
+token_url = "https://login.example.com/oauth/token"
+client_id = "plant-sync"
+client_auth = "basic"                   # basic | post | private_key_jwt (then private_key)
+client_secret = { env = "MES_CLIENT_SECRET" }
+secret_expires = "2027-06-30"           # alert 14 days before the secret expires
+scopes = ["mes.write"]
+# certificate = "/etc/shiftkey/mes.pem" # with private_key_jwt: alert before it expires
+# revoke_url = "https://login.example.com/oauth/revoke"
+
+# The token broker for scripts in any language (docs/operations.md).
+[broker]
+# socket = "/run/shiftkey/broker.sock"  # default: $XDG_RUNTIME_DIR/shiftkey/broker.sock
+# http = "127.0.0.1:8732"               # optional loopback HTTP; needs [broker.clients]
+# [broker.clients]
+# label-printer = { env = "BROKER_SECRET_LABEL_PRINTER" }
+
+# The ops HTTP server: /healthz, /readyz, /metrics, /status.
+[ops]
+listen = "127.0.0.1:9464"               # empty: no server
+# webhook_env = "SHIFTKEY_WEBHOOK_URL"  # alerts are POSTed as JSON to this URL too
+expiry_warning_days = 14
+unauthorized_warning = 0.01             # share of 401s over 15 min: warning
+unauthorized_critical = 0.05            # ... critical
+refresh_failures_max = 3                # consecutive failed refreshes: critical
 "#;

@@ -8,20 +8,52 @@
     reason = "a command-line program reports to the terminal"
 )]
 
+mod broker;
 mod config;
 mod demo;
+mod doctor;
+mod ops;
+mod store_cmd;
+mod tokens;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use shiftkey_policy::ErrorRateMonitor;
+
+/// A runtime failure (configuration, network, server, sink).
+pub(crate) const EXIT_FAILURE: u8 = 1;
+/// Bad command-line arguments (clap's own code).
+pub(crate) const EXIT_USAGE: u8 = 2;
+/// The configuration is missing, invalid, or references a secret that cannot be read.
+pub(crate) const EXIT_CONFIG: u8 = 3;
+/// A token store file is unreadable, tampered with, or opened with the wrong key.
+pub(crate) const EXIT_STORE: u8 = 4;
+/// A server refused the credentials (wrong password, revoked client): an operator must act.
+pub(crate) const EXIT_AUTH: u8 = 5;
+/// A server could not be reached or kept failing (retry later).
+pub(crate) const EXIT_UNAVAILABLE: u8 = 6;
+/// `doctor` found a problem (its report says which).
+pub(crate) const EXIT_DOCTOR: u8 = 7;
 
 /// Keeps Teamcenter-to-shop-floor sync authenticated around the clock.
 #[derive(Debug, Parser)]
-#[command(name = "shiftkey", version, about, long_about = None)]
+#[command(
+    name = "shiftkey",
+    version,
+    about,
+    long_about = None,
+    after_help = "Exit codes: 0 ok, 1 failure, 2 bad arguments, 3 bad configuration, 4 unreadable token store, \
+                  5 credentials refused, 6 server unavailable, 7 doctor found a problem."
+)]
 struct Cli {
     /// Log at debug level (to stderr).
     #[arg(long, global = true)]
     verbose: bool,
+    /// Log as JSON lines (for journald or a log shipper) instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,6 +77,22 @@ enum Command {
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Named tokens (`[tokens.NAME]`): status, refresh, print, revoke.
+    #[command(subcommand)]
+    Token(tokens::TokenCommand),
+    /// The encrypted token store: create a key, re-encrypt under a new key, verify every file.
+    #[command(subcommand)]
+    Store(store_cmd::StoreCommand),
+    /// Serve tokens to local scripts (Unix socket, optional loopback HTTP) and the ops endpoints,
+    /// until SIGTERM or Ctrl-C.
+    Broker {
+        /// The configuration file.
+        #[arg(short, long, default_value = "shiftkey.toml")]
+        config: std::path::PathBuf,
+    },
+    /// Check the configuration, the servers, the clock and the credentials; `--probe` measures
+    /// the server's real token limits.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// Options of `shiftkey sync`.
@@ -85,24 +133,69 @@ struct SimArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
     let level = if cli.verbose {
         tracing::Level::DEBUG
     } else {
         tracing::Level::WARN
     };
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    if cli.log_json {
+        log.json().init();
+    } else {
+        log.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("shiftkey: {e:#}");
-            ExitCode::from(1)
+            ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// The documented exit code of an error, from the first typed cause in its chain.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.downcast_ref::<config::ConfigProblem>().is_some() {
+            return EXIT_CONFIG;
+        }
+        if cause.downcast_ref::<shiftkey_auth::StoreError>().is_some() {
+            return EXIT_STORE;
+        }
+        if let Some(a) = cause.downcast_ref::<shiftkey_auth::AuthError>() {
+            return if a.is_permanent() {
+                EXIT_AUTH
+            } else {
+                EXIT_UNAVAILABLE
+            };
+        }
+        if let Some(shiftkey_teamcenter::TcError::InvalidCredentials { .. }) =
+            cause.downcast_ref::<shiftkey_teamcenter::TcError>()
+        {
+            return EXIT_AUTH;
+        }
+        if cause
+            .downcast_ref::<shiftkey_sync::SyncError>()
+            .is_some_and(shiftkey_sync::SyncError::is_permanent)
+        {
+            return EXIT_AUTH;
+        }
+        if cause.downcast_ref::<reqwest::Error>().is_some() {
+            return EXIT_UNAVAILABLE;
+        }
+    }
+    EXIT_FAILURE
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -114,38 +207,97 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Demo(args) => demo::run(args).await,
             Command::Sim(args) => sim(args).await,
             Command::Sync(args) => sync_once(args).await,
-            Command::Run { config } => daemon(&config).await,
+            Command::Run { config } => daemon(&config, true).await,
+            Command::Broker { config } => daemon(&config, false).await,
+            Command::Token(cmd) => tokens::command(cmd).await,
+            Command::Store(cmd) => store_cmd::command(cmd).await,
+            Command::Doctor(args) => doctor::run(args).await,
             Command::Config(ConfigCommand::Example) => {
                 print!("{}", config::EXAMPLE);
                 Ok(ExitCode::SUCCESS)
             }
             Command::Config(ConfigCommand::Check { config }) => {
                 let cfg = config::Config::load(&config)?;
-                cfg.teamcenter.password.resolve("teamcenter.password")?;
-                cfg.sink_url()?;
-                println!("{}: ok", config.display());
+                let secrets = cfg.resolve_all()?;
+                if cfg.sink.is_some() {
+                    cfg.sink_url()?;
+                }
+                println!(
+                    "{}: ok ({} token(s), {secrets} secret reference(s) resolved)",
+                    config.display(),
+                    cfg.tokens.len()
+                );
                 Ok(ExitCode::SUCCESS)
             }
         }
     })
 }
 
-fn engine(
+/// The Teamcenter client of `[teamcenter]`: session mode, its login timed for metrics and
+/// alerts, its middleware reporting to `monitor`.
+fn teamcenter(
     cfg: &config::Config,
-) -> anyhow::Result<(shiftkey_teamcenter::TcClient, shiftkey_sync::EngineConfig)> {
+    http: &reqwest::Client,
+    monitor: Option<Arc<ErrorRateMonitor>>,
+) -> anyhow::Result<shiftkey_teamcenter::TcClient> {
     use anyhow::Context as _;
-    let password = cfg.teamcenter.password.resolve("teamcenter.password")?;
-    let base = cfg
-        .teamcenter
+    let tc = cfg.teamcenter()?;
+    let password = tc.password.resolve("teamcenter.password")?;
+    let base: url::Url = tc
         .url
         .parse()
-        .with_context(|| format!("`teamcenter.url`: `{}` is not a URL", cfg.teamcenter.url))?;
+        .with_context(|| format!("`teamcenter.url`: `{}` is not a URL", tc.url))?;
     let mut session =
-        shiftkey_teamcenter::SessionConfig::new(base, cfg.teamcenter.user.clone(), password);
-    session.group.clone_from(&cfg.teamcenter.group);
-    session.role.clone_from(&cfg.teamcenter.role);
-    let tc = shiftkey_teamcenter::TcClient::session(reqwest::Client::new(), session)?;
-    let engine_cfg = shiftkey_sync::EngineConfig {
+        shiftkey_teamcenter::SessionConfig::new(base.clone(), tc.user.clone(), password);
+    session.group.clone_from(&tc.group);
+    session.role.clone_from(&tc.role);
+    let idle = session.idle_limit;
+    let mut login = tokens::Timed::wrap(
+        "teamcenter",
+        Arc::new(shiftkey_teamcenter::SessionLogin::new(
+            http.clone(),
+            session,
+        )),
+    );
+    if let Some(m) = &monitor {
+        login = login.with_hook(refresh_hook(Arc::clone(m)));
+    }
+    let manager = shiftkey_auth::TokenManager::builder(login)
+        .name("teamcenter")
+        .build()
+        .context("`[teamcenter]`")?;
+    let mut mw = shiftkey_http::AuthMiddleware::builder(manager)
+        .injector(shiftkey_http::Injector::Cookie {
+            name: "JSESSIONID".to_owned(),
+        })
+        .classifier(shiftkey_teamcenter::TcClassifier)
+        .learned(shiftkey_auth::ServerLimits {
+            lifetime_cap: None,
+            idle_limit: Some(idle),
+        });
+    if let Some(m) = monitor {
+        mw = mw.monitor(m);
+    }
+    Ok(shiftkey_teamcenter::TcClient::with_middleware(
+        http.clone(),
+        mw.build(),
+        base,
+        false,
+    ))
+}
+
+/// Feeds token refresh outcomes into the alert monitor.
+fn refresh_hook(monitor: Arc<ErrorRateMonitor>) -> tokens::RefreshHook {
+    Arc::new(move |ok, latency| {
+        monitor.record(
+            tokio::time::Instant::now().into_std(),
+            shiftkey_policy::Event::Refresh { ok, latency },
+        );
+    })
+}
+
+fn engine_config(cfg: &config::Config) -> shiftkey_sync::EngineConfig {
+    shiftkey_sync::EngineConfig {
         interval: std::time::Duration::from_secs(cfg.schedule.interval_minutes * 60),
         batch: cfg.schedule.batch,
         read: shiftkey_teamcenter::ReadConfig {
@@ -153,8 +305,7 @@ fn engine(
             ..Default::default()
         },
         ..Default::default()
-    };
-    Ok((tc, engine_cfg))
+    }
 }
 
 async fn sync_once(args: SyncArgs) -> anyhow::Result<ExitCode> {
@@ -163,9 +314,9 @@ async fn sync_once(args: SyncArgs) -> anyhow::Result<ExitCode> {
         "use `shiftkey sync --once` for one cycle, or `shiftkey run` for the daemon"
     );
     let cfg = config::Config::load(&args.config)?;
-    let (tc, engine_cfg) = engine(&cfg)?;
-    let sink = std::sync::Arc::new(shiftkey_shopfloor::SqlSink::connect(&cfg.sink_url()?).await?);
-    let engine = shiftkey_sync::Engine::new(tc, sink, engine_cfg);
+    let tc = teamcenter(&cfg, &reqwest::Client::new(), None)?;
+    let sink = Arc::new(shiftkey_shopfloor::SqlSink::connect(&cfg.sink_url()?).await?);
+    let engine = shiftkey_sync::Engine::new(tc, sink, engine_config(&cfg));
     let report = engine.cycle(&shiftkey_sync::Stop::default()).await?;
     println!(
         "read {}, inserted {}, updated {}, unchanged {}, feedback pushed {}",
@@ -174,14 +325,147 @@ async fn sync_once(args: SyncArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn daemon(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+/// `run` (with `sync`) and `broker` (without): the broker for `[tokens.*]`, the ops server, the
+/// alerts, and the sync loop, until SIGTERM or Ctrl-C.
+async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> {
     let cfg = config::Config::load(path)?;
-    let (tc, engine_cfg) = engine(&cfg)?;
-    let _keepalive = tc.keepalive()?;
-    let sink = std::sync::Arc::new(shiftkey_shopfloor::SqlSink::connect(&cfg.sink_url()?).await?);
-    let engine = shiftkey_sync::Engine::new(tc, sink, engine_cfg);
+    cfg.resolve_all()?;
+    let http = reqwest::Client::new();
+    let prometheus = if cfg.ops.listen.is_empty() {
+        None
+    } else {
+        Some(ops::install_recorder()?)
+    };
+    let monitor_cfg = shiftkey_policy::MonitorConfig {
+        unauthorized_warning: cfg.ops.unauthorized_warning,
+        unauthorized_critical: cfg.ops.unauthorized_critical,
+        refresh_failures_max: cfg.ops.refresh_failures_max,
+        ..Default::default()
+    };
+    // The alert sink needs the ops state, which needs the managers: a late-bound slot.
+    let ops_slot: Arc<std::sync::OnceLock<Arc<ops::Ops>>> = Arc::default();
+    let monitor = Arc::new(
+        ErrorRateMonitor::new(monitor_cfg, tokio::time::Instant::now().into_std())
+            .with_sink(LateSink(Arc::clone(&ops_slot))),
+    );
+    let tokens = tokens::Tokens::build(&cfg, &http, Some(refresh_hook(Arc::clone(&monitor))))?;
+    let tc = if sync {
+        Some(teamcenter(&cfg, &http, Some(Arc::clone(&monitor)))?)
+    } else {
+        None
+    };
+    let mut watched: Vec<(String, shiftkey_auth::TokenManager)> = tokens
+        .managers
+        .iter()
+        .map(|(n, m)| (n.clone(), m.clone()))
+        .collect();
+    if let Some(tc) = &tc {
+        watched.insert(
+            0,
+            ("teamcenter".to_owned(), tc.middleware().manager().clone()),
+        );
+    }
+    let ops = ops::Ops::new(
+        &cfg,
+        prometheus,
+        watched,
+        tc.as_ref().map(|t| t.middleware().clone()),
+        sync.then(|| std::time::Duration::from_secs(cfg.schedule.interval_minutes * 60)),
+    )?;
+    let _ = ops_slot.set(Arc::clone(&ops));
+    let mut tasks = Vec::new();
+    if !cfg.ops.listen.is_empty() {
+        tasks.push(ops::serve(&cfg.ops.listen, Arc::clone(&ops)).await?);
+        eprintln!(
+            "shiftkey: ops endpoints on http://{}/status",
+            cfg.ops.listen
+        );
+    }
+    {
+        let ops = Arc::clone(&ops);
+        let cfg_expiry = config::Config::load(path)?;
+        tasks.push(tokio::spawn(async move {
+            let mut tick = 0u64;
+            loop {
+                if tick.is_multiple_of(21_600) {
+                    ops.check_expiries(&cfg_expiry);
+                }
+                ops.poll();
+                tick += 1;
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }));
+    }
+    let _socket_file;
+    if !tokens.managers.is_empty() {
+        let broker = broker::Broker::new(tokens.managers.clone());
+        let listener = broker::bind_socket(&cfg.broker.socket).await?;
+        _socket_file = broker::SocketFile(cfg.broker.socket.clone());
+        tasks.push(tokio::spawn(broker::serve_socket(
+            listener,
+            Arc::clone(&broker),
+        )));
+        eprintln!(
+            "shiftkey: serving {} token(s) on {}",
+            tokens.managers.len(),
+            cfg.broker.socket.display()
+        );
+        if let Some(addr) = &cfg.broker.http {
+            let auth = Arc::new(broker::HttpAuth::from_config(&cfg)?);
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("`broker.http`: cannot listen on {addr}: {e}"))?;
+            let router = broker::http_router(broker, auth);
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    tracing::error!(error = %e, "the broker's HTTP listener stopped");
+                }
+            }));
+            eprintln!("shiftkey: broker HTTP on http://{addr}/v1/tokens/NAME");
+        }
+    } else if !sync {
+        anyhow::bail!(config::ConfigProblem(format!(
+            "{}: the broker has nothing to serve; add a `[tokens.NAME]` section",
+            path.display()
+        )));
+    }
     let stop = shiftkey_sync::Stop::default();
-    let on_signal = stop.clone();
+    let stopped = stop_on_signal(stop.clone());
+    let result = match tc {
+        Some(tc) => {
+            let _keepalive = tc.keepalive()?;
+            let sink = Arc::new(shiftkey_shopfloor::SqlSink::connect(&cfg.sink_url()?).await?);
+            let observer = Arc::clone(&ops);
+            let engine = shiftkey_sync::Engine::new(tc, sink, engine_config(&cfg))
+                .on_cycle(Arc::new(move |r| observer.cycle(r)));
+            eprintln!(
+                "shiftkey: syncing {} every {} min; SIGTERM or Ctrl-C stops",
+                cfg.teamcenter()?.url,
+                cfg.schedule.interval_minutes
+            );
+            let cycles = engine.run(&stop, None).await;
+            cycles.map(|n| eprintln!("shiftkey: stopped after {n} cycles"))
+        }
+        None => {
+            stopped.notified().await;
+            eprintln!("shiftkey: broker stopped");
+            Ok(())
+        }
+    };
+    for t in &tasks {
+        t.abort();
+    }
+    for m in tokens.managers.values() {
+        m.shutdown().await;
+    }
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Requests `stop` on SIGTERM or Ctrl-C; the returned notify fires then too.
+fn stop_on_signal(stop: shiftkey_sync::Stop) -> Arc<tokio::sync::Notify> {
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let fired = Arc::clone(&notify);
     tokio::spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -196,15 +480,23 @@ async fn daemon(path: &std::path::Path) -> anyhow::Result<ExitCode> {
             _ = tokio::signal::ctrl_c() => {}
         }
         eprintln!("shiftkey: stopping after the current batch");
-        on_signal.request();
+        stop.request();
+        fired.notify_one();
     });
-    eprintln!(
-        "shiftkey: syncing {} every {} min; SIGTERM or Ctrl-C stops",
-        cfg.teamcenter.url, cfg.schedule.interval_minutes
-    );
-    let cycles = engine.run(&stop, None).await?;
-    eprintln!("shiftkey: stopped after {cycles} cycles");
-    Ok(ExitCode::SUCCESS)
+    notify
+}
+
+/// Forwards the monitor's alerts to the ops state once it exists.
+#[derive(Debug)]
+struct LateSink(Arc<std::sync::OnceLock<Arc<ops::Ops>>>);
+
+impl shiftkey_policy::AlertSink for LateSink {
+    fn alert(&self, a: &shiftkey_policy::Alert) {
+        match self.0.get() {
+            Some(o) => shiftkey_policy::AlertSink::alert(&ops::OpsSink(Arc::clone(o)), a),
+            None => shiftkey_policy::AlertSink::alert(&shiftkey_policy::TracingSink, a),
+        }
+    }
 }
 
 async fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {

@@ -1,0 +1,394 @@
+//! `shiftkey doctor`: one line per check (`ok|warn|FAIL  <check>  <detail>`), then, with
+//! `--probe`, the server's real session limits measured with spaced probes, and advice.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use shiftkey_auth::{AuthStrategy as _, Clock as _, TokioClock};
+use shiftkey_http::{Classifier as _, Verdict};
+use shiftkey_teamcenter::{SessionConfig, SessionLogin, TcClassifier};
+
+use crate::config::Config;
+use crate::tokens::human;
+
+/// Options of `shiftkey doctor`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DoctorArgs {
+    /// The configuration file.
+    #[arg(short, long, default_value = "shiftkey.toml")]
+    config: PathBuf,
+    /// Also measure the Teamcenter session's idle timeout and lifetime cap (takes up to
+    /// `--max-hours`; run it outside production hours' assumptions, e.g. during the working day
+    /// when the pool is busy).
+    #[arg(long)]
+    probe: bool,
+    /// Give up the lifetime probe after this many hours.
+    #[arg(long, default_value_t = 9.0)]
+    max_hours: f64,
+    /// For the emulator only: its simulated seconds per real second.
+    #[arg(long, default_value_t = 1.0, hide = true)]
+    time_scale: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Default)]
+struct Report {
+    failed: bool,
+}
+
+impl Report {
+    fn line(&mut self, level: Level, check: &str, detail: impl AsRef<str>) {
+        let tag = match level {
+            Level::Ok => "ok  ",
+            Level::Warn => "warn",
+            Level::Fail => {
+                self.failed = true;
+                "FAIL"
+            }
+        };
+        println!("{tag}  {check:<12}  {}", detail.as_ref());
+    }
+}
+
+fn wall() -> SystemTime {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "skew is measured against the real clock"
+    )]
+    SystemTime::now()
+}
+
+/// Runs the checks.
+pub(crate) async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.max_hours.is_finite() && args.max_hours > 0.0 && args.max_hours <= 72.0,
+        "--max-hours must be between 0 and 72, got {}",
+        args.max_hours
+    );
+    anyhow::ensure!(
+        args.time_scale.is_finite() && args.time_scale >= 1.0,
+        "--time-scale must be at least 1, got {}",
+        args.time_scale
+    );
+    let mut r = Report::default();
+    let cfg = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            r.line(Level::Fail, "config", format!("{e:#}"));
+            return Ok(ExitCode::from(crate::EXIT_DOCTOR));
+        }
+    };
+    match cfg.resolve_all() {
+        Ok(n) => r.line(
+            Level::Ok,
+            "config",
+            format!(
+                "{} loaded; {n} secret reference(s) resolved; {} token(s)",
+                args.config.display(),
+                cfg.tokens.len()
+            ),
+        ),
+        Err(e) => r.line(Level::Fail, "config", format!("{e:#}")),
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()?;
+    let mut endpoints: Vec<(String, String)> = Vec::new();
+    if let Some(tc) = &cfg.teamcenter {
+        endpoints.push(("teamcenter".to_owned(), tc.url.clone()));
+    }
+    for (name, t) in &cfg.tokens {
+        endpoints.push((format!("tokens.{name}"), t.token_url.clone()));
+    }
+    if endpoints.is_empty() {
+        r.line(
+            Level::Warn,
+            "reachability",
+            "nothing to check: no [teamcenter] and no [tokens.*]",
+        );
+    }
+    for (what, url) in &endpoints {
+        reach(&mut r, &http, what, url).await;
+    }
+    let mut session_cfg = None;
+    if let Some(tc) = &cfg.teamcenter {
+        match tc.password.resolve("teamcenter.password") {
+            Ok(password) => {
+                let base = tc.url.parse()?;
+                let mut s = SessionConfig::new(base, tc.user.clone(), password);
+                s.group.clone_from(&tc.group);
+                s.role.clone_from(&tc.role);
+                let login = SessionLogin::new(http.clone(), s.clone());
+                match login.acquire(None).await {
+                    Ok(_) => r.line(
+                        Level::Ok,
+                        "login",
+                        format!("teamcenter: logged in as {}", tc.user),
+                    ),
+                    Err(e) => r.line(Level::Fail, "login", format!("teamcenter: {e}")),
+                }
+                session_cfg = Some(s);
+            }
+            Err(e) => r.line(Level::Fail, "login", format!("{e:#}")),
+        }
+    }
+    for (name, t) in &cfg.tokens {
+        match crate::tokens::strategy(&http, name, t) {
+            Ok(s) => match s.acquire(None).await {
+                Ok(token) => r.line(
+                    Level::Ok,
+                    "login",
+                    format!(
+                        "tokens.{name}: token obtained, the server says it lives {}{}",
+                        human(token.lifetime),
+                        if token.refresh_token.is_some() {
+                            ", with a refresh token"
+                        } else {
+                            ""
+                        }
+                    ),
+                ),
+                Err(e) => r.line(Level::Fail, "login", format!("tokens.{name}: {e}")),
+            },
+            Err(e) => r.line(Level::Fail, "login", format!("tokens.{name}: {e:#}")),
+        }
+    }
+    if args.probe {
+        match session_cfg {
+            Some(s) => probe(&http, s, &args, cfg.schedule.interval_minutes).await,
+            None => r.line(
+                Level::Warn,
+                "probe",
+                "--probe measures Teamcenter sessions; the config has no usable [teamcenter]",
+            ),
+        }
+    }
+    Ok(if r.failed {
+        ExitCode::from(crate::EXIT_DOCTOR)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Reachability, TLS and clock skew of one endpoint (any HTTP answer counts as reachable).
+async fn reach(r: &mut Report, http: &reqwest::Client, what: &str, url: &str) {
+    let clock = TokioClock::new();
+    let started = clock.now();
+    let sent_at = wall();
+    match http.get(url).send().await {
+        Ok(resp) => {
+            let took = clock.now() - started;
+            r.line(
+                Level::Ok,
+                "reachability",
+                format!(
+                    "{what}: {url} answered HTTP {} in {} ms",
+                    resp.status().as_u16(),
+                    took.as_millis()
+                ),
+            );
+            let parsed = url::Url::parse(url).ok();
+            let loopback = parsed
+                .as_ref()
+                .and_then(|u| u.host_str())
+                .is_some_and(|h| h == "localhost" || h == "127.0.0.1" || h == "[::1]");
+            match parsed.as_ref().map(url::Url::scheme) {
+                Some("https") => r.line(Level::Ok, "tls", format!("{what}: certificate accepted")),
+                _ if loopback => r.line(
+                    Level::Ok,
+                    "tls",
+                    format!("{what}: plain HTTP on loopback"),
+                ),
+                _ => r.line(
+                    Level::Warn,
+                    "tls",
+                    format!(
+                        "{what}: plain HTTP: passwords and tokens cross the network unencrypted; use https"
+                    ),
+                ),
+            }
+            let date = resp
+                .headers()
+                .get(reqwest::header::DATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| httpdate::parse_http_date(v).ok());
+            match date {
+                Some(server) => {
+                    // Our clock at the middle of the exchange, against the server's second.
+                    let ours = sent_at + took / 2;
+                    let skew = match server.duration_since(ours) {
+                        Ok(ahead) => ahead.as_secs_f64(),
+                        Err(behind) => -behind.duration().as_secs_f64(),
+                    };
+                    let level = if skew.abs() > 300.0 {
+                        Level::Fail
+                    } else if skew.abs() > 60.0 {
+                        Level::Warn
+                    } else {
+                        Level::Ok
+                    };
+                    r.line(
+                        level,
+                        "clock-skew",
+                        format!(
+                            "{what}: the server's clock is {:+.0} s from ours{}",
+                            skew.round() + 0.0,
+                            if level == Level::Ok {
+                                ""
+                            } else {
+                                " (JWT and expiry checks tolerate about 60 s; fix NTP on whichever side is wrong)"
+                            }
+                        ),
+                    );
+                }
+                None => r.line(
+                    Level::Warn,
+                    "clock-skew",
+                    format!("{what}: no Date header to compare clocks with"),
+                ),
+            }
+        }
+        Err(e) => {
+            let tls = format!("{e:?}")
+                .to_ascii_lowercase()
+                .contains("certificate");
+            r.line(
+                Level::Fail,
+                if tls { "tls" } else { "reachability" },
+                format!("{what}: {url}: {}", e.without_url()),
+            );
+        }
+    }
+}
+
+/// One Teamcenter session used directly: login once, then calls with its cookie, no healing.
+struct Probe {
+    http: reqwest::Client,
+    url: url::Url,
+    cookie: String,
+}
+
+impl Probe {
+    async fn start(http: &reqwest::Client, cfg: &SessionConfig) -> anyhow::Result<Self> {
+        let login = SessionLogin::new(http.clone(), cfg.clone());
+        let token = login.acquire(None).await?;
+        let url = cfg
+            .base
+            .join("tc/JsonRestServices/Core-2007-01-Session/getTCSessionInfo")?;
+        Ok(Self {
+            http: http.clone(),
+            url,
+            cookie: format!("JSESSIONID={}", token.access_token.expose()),
+        })
+    }
+
+    /// Whether the session is still alive.
+    async fn alive(&self) -> anyhow::Result<bool> {
+        let resp = self
+            .http
+            .post(self.url.clone())
+            .header(reqwest::header::COOKIE, &self.cookie)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(r#"{"header":{"state":{},"policy":{}},"body":{}}"#)
+            .send()
+            .await
+            .map_err(reqwest::Error::without_url)?;
+        let (verdict, _) = TcClassifier
+            .classify(resp)
+            .await
+            .map_err(reqwest::Error::without_url)?;
+        Ok(!matches!(verdict, Verdict::Refresh))
+    }
+}
+
+/// Sleeps `simulated` server time (`time_scale` simulated seconds per real second).
+async fn pause(simulated: Duration, scale: f64) {
+    tokio::time::sleep(simulated.div_f64(scale)).await;
+}
+
+async fn probe(http: &reqwest::Client, cfg: SessionConfig, args: &DoctorArgs, interval_min: u64) {
+    let scale = args.time_scale;
+    let max = Duration::from_secs_f64(args.max_hours * 3600.0);
+    eprintln!(
+        "doctor: probing with two sessions (idle gaps up to 2 h, lifetime up to {}); this takes a while",
+        human(max)
+    );
+    let idle = async {
+        let p = Probe::start(http, &cfg).await?;
+        let mut last = Duration::ZERO;
+        for minutes in [1u64, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120] {
+            let gap = Duration::from_secs(minutes * 60);
+            pause(gap, scale).await;
+            if !p.alive().await? {
+                return anyhow::Ok(Some((last, gap)));
+            }
+            eprintln!("doctor: alive after {} idle", human(gap));
+            last = gap;
+        }
+        Ok(None)
+    };
+    let lifetime = async {
+        let p = Probe::start(http, &cfg).await?;
+        let step = Duration::from_secs(60);
+        let mut age = Duration::ZERO;
+        while age < max {
+            pause(step, scale).await;
+            age += step;
+            if !p.alive().await? {
+                return anyhow::Ok(Some(age));
+            }
+        }
+        Ok(None)
+    };
+    let (idle, lifetime) = tokio::join!(idle, lifetime);
+    let interval = Duration::from_secs(interval_min * 60);
+    match idle {
+        Ok(Some((alive, died))) => {
+            println!(
+                "probe  idle-timeout  an idle session survived {} and died within {}",
+                human(alive),
+                human(died)
+            );
+            println!(
+                "advice: the pool reclaims idle sessions after about {} (SOFT_TIMEOUT while the pool runs above PROCESS_TARGET). \
+                 shiftkey keeps its session alive below that and re-logs in on rejection, so sync does not fail; \
+                 other scripts will. On the server, give the service user's pool a SOFT_TIMEOUT longer than the sync interval ({}), \
+                 or raise PROCESS_TARGET so the pool stops reclaiming idle sessions in the working day.",
+                human(died),
+                human(interval)
+            );
+        }
+        Ok(None) => println!(
+            "probe  idle-timeout  no idle timeout up to 2h 00m (the pool may only reclaim sessions when busy: probe again during the working day)"
+        ),
+        Err(e) => println!("probe  idle-timeout  FAIL: {e:#}"),
+    }
+    match lifetime {
+        Ok(Some(age)) => {
+            println!(
+                "probe  lifetime-cap  an active session died at age {} (between {} and {})",
+                human(age),
+                human(age.saturating_sub(Duration::from_secs(60))),
+                human(age)
+            );
+            println!(
+                "advice: sessions live at most about {} however busy they are (HARD_TIMEOUT, or a server restart during the probe: probe twice if in doubt). \
+                 shiftkey refreshes before that and learns the cap from the first deaths. If the cap is under the 8 h you expect, \
+                 raise HARD_TIMEOUT for the service user's pool; a service account with an explicit lifetime is better still.",
+                human(age)
+            );
+        }
+        Ok(None) => println!(
+            "probe  lifetime-cap  an active session lived the whole {} (no cap below that)",
+            human(max)
+        ),
+        Err(e) => println!("probe  lifetime-cap  FAIL: {e:#}"),
+    }
+}

@@ -1,0 +1,635 @@
+//! The ops HTTP server (`/healthz`, `/readyz`, `/metrics`, `/status`) and alerting: the policy
+//! engine's error-rate alerts and the credential-expiry alert go to the log, the status page and,
+//! when configured, a webhook.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde_json::json;
+use shiftkey_auth::TokenManager;
+use shiftkey_http::AuthMiddleware;
+use shiftkey_policy::{Alert, AlertSink, Severity};
+use shiftkey_sync::{CycleReport, SyncError};
+
+use crate::config::Config;
+
+/// How many timeline events and cycles `/status` keeps.
+const KEEP: usize = 50;
+
+/// Installs the process-wide Prometheus recorder (once).
+pub(crate) fn install_recorder() -> anyhow::Result<PrometheusHandle> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("duration_seconds".to_owned()),
+            &[
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ],
+        )
+        .context("histogram buckets")?
+        .install_recorder()
+        .context("installing the metrics recorder")
+}
+
+/// One line of a token's timeline.
+#[derive(Debug, Clone)]
+struct Event {
+    at: SystemTime,
+    token: String,
+    what: String,
+}
+
+/// One sync cycle as `/status` shows it.
+#[derive(Debug, Clone)]
+struct Cycle {
+    at: SystemTime,
+    outcome: Result<CycleReport, String>,
+}
+
+/// A firing alert.
+#[derive(Debug, Clone)]
+struct Active {
+    severity: Severity,
+    since: SystemTime,
+    detail: String,
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    events: VecDeque<Event>,
+    cycles: VecDeque<Cycle>,
+    last_success: Option<SystemTime>,
+    alerts: BTreeMap<String, Active>,
+    seen: BTreeMap<String, (shiftkey_auth::Stats, Option<u64>)>,
+}
+
+/// What the ops server reads and the daemon writes.
+pub(crate) struct Ops {
+    prometheus: Option<PrometheusHandle>,
+    started: SystemTime,
+    tokens: Vec<(String, TokenManager)>,
+    teamcenter: Option<AuthMiddleware>,
+    interval: Option<Duration>,
+    webhook: Option<(reqwest::Client, String)>,
+    log: Mutex<Log>,
+}
+
+impl std::fmt::Debug for Ops {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ops")
+            .field("tokens", &self.tokens.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn now() -> SystemTime {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the status page and alerts show real wall-clock times"
+    )]
+    SystemTime::now()
+}
+
+impl Ops {
+    /// The ops state for `tokens`, the Teamcenter middleware when syncing, the sync interval.
+    pub(crate) fn new(
+        cfg: &Config,
+        prometheus: Option<PrometheusHandle>,
+        tokens: Vec<(String, TokenManager)>,
+        teamcenter: Option<AuthMiddleware>,
+        interval: Option<Duration>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let webhook = match &cfg.ops.webhook_env {
+            Some(var) => {
+                let url = std::env::var(var).with_context(|| {
+                    format!("`ops.webhook_env`: environment variable {var} is not set")
+                })?;
+                url::Url::parse(&url)
+                    .with_context(|| format!("`ops.webhook_env`: {var} does not hold a URL"))?;
+                Some((reqwest::Client::new(), url))
+            }
+            None => None,
+        };
+        Ok(Arc::new(Self {
+            prometheus,
+            started: now(),
+            tokens,
+            teamcenter,
+            interval,
+            webhook,
+            log: Mutex::new(Log::default()),
+        }))
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, Log> {
+        self.log.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a finished sync cycle.
+    pub(crate) fn cycle(&self, result: Result<&CycleReport, &SyncError>) {
+        let at = now();
+        let outcome = match result {
+            Ok(r) => {
+                metrics::counter!("shiftkey_sync_cycles_total", "result" => "ok").increment(1);
+                for (kind, n) in [
+                    ("inserted", r.inserted),
+                    ("updated", r.updated),
+                    ("unchanged", r.unchanged),
+                ] {
+                    metrics::counter!("shiftkey_sync_records_total", "kind" => kind).increment(n);
+                }
+                metrics::histogram!("shiftkey_sync_cycle_duration_seconds")
+                    .record(r.duration.as_secs_f64());
+                Ok(r.clone())
+            }
+            Err(e) => {
+                metrics::counter!("shiftkey_sync_cycles_total", "result" => "failed").increment(1);
+                Err(e.to_string())
+            }
+        };
+        let mut log = self.log();
+        if outcome.is_ok() {
+            log.last_success = Some(at);
+        }
+        log.cycles.push_front(Cycle { at, outcome });
+        log.cycles.truncate(KEEP);
+    }
+
+    /// Raises (or clears, with `severity: None`) an alert: log, status page, webhook.
+    pub(crate) fn alert(&self, key: &str, severity: Option<Severity>, detail: String) {
+        {
+            let mut log = self.log();
+            match severity {
+                Some(severity) => {
+                    let since = log.alerts.get(key).map_or_else(now, |a| a.since);
+                    log.alerts.insert(
+                        key.to_owned(),
+                        Active {
+                            severity,
+                            since,
+                            detail: detail.clone(),
+                        },
+                    );
+                }
+                None => {
+                    log.alerts.remove(key);
+                }
+            }
+        }
+        match severity {
+            Some(Severity::Critical) => tracing::error!(alert = key, "{detail}"),
+            Some(Severity::Warning) => tracing::warn!(alert = key, "{detail}"),
+            None => tracing::info!(alert = key, "cleared: {detail}"),
+        }
+        if let Some((http, url)) = &self.webhook {
+            let body = json!({
+                "source": "shiftkey",
+                "alert": key,
+                "severity": match severity {
+                    Some(Severity::Critical) => "critical",
+                    Some(Severity::Warning) => "warning",
+                    None => "cleared",
+                },
+                "detail": detail,
+            });
+            let (http, url) = (http.clone(), url.clone());
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    if let Err(e) = http.post(&url).json(&body).send().await {
+                        tracing::warn!(error = %e.without_url(), "alert webhook failed");
+                    }
+                });
+            }
+        }
+    }
+
+    /// Polls the managers and middleware: timeline events and gauges. Runs every second.
+    pub(crate) fn poll(&self) {
+        let wall = now();
+        let at = tokio::time::Instant::now();
+        let mut log = self.log();
+        for (name, m) in &self.tokens {
+            let status = m.status();
+            let s = status.stats;
+            for (kind, n) in [("proactive", s.proactive), ("reactive", s.reactive)] {
+                metrics::counter!("shiftkey_token_refreshes_total", "token" => name.clone(), "kind" => kind).absolute(n);
+            }
+            let left = status.schedule.map_or(0.0, |sc| {
+                sc.expires_at.saturating_duration_since(at).as_secs_f64()
+            });
+            metrics::gauge!("shiftkey_token_expires_in_seconds", "token" => name.clone()).set(left);
+            let (before, before_gen) = log.seen.get(name).copied().unwrap_or_default();
+            if s.reactive > before.reactive {
+                log.events.push_front(Event {
+                    at: wall,
+                    token: name.clone(),
+                    what: format!(
+                        "generation {} died early: the server rejected it",
+                        before_gen.map_or_else(|| "?".to_owned(), |g| g.to_string())
+                    ),
+                });
+            }
+            if status.generation != before_gen {
+                let how = if s.reactive > before.reactive {
+                    "after a rejection (reactive)"
+                } else if s.adopted > before.adopted {
+                    "from the store (another process or an earlier run)"
+                } else if s.proactive > before.proactive {
+                    "before expiry (proactive)"
+                } else {
+                    "at start"
+                };
+                if let Some(g) = status.generation {
+                    log.events.push_front(Event {
+                        at: wall,
+                        token: name.clone(),
+                        what: format!("generation {g} obtained {how}"),
+                    });
+                }
+            }
+            if s.failures > before.failures {
+                log.events.push_front(Event {
+                    at: wall,
+                    token: name.clone(),
+                    what: format!(
+                        "refresh failed{}",
+                        status
+                            .last_error
+                            .as_ref()
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default()
+                    ),
+                });
+            }
+            log.seen.insert(name.clone(), (s, status.generation));
+        }
+        log.events.truncate(KEEP);
+        if let Some(mw) = &self.teamcenter {
+            let (auth, server) = mw.circuits();
+            for (name, state) in [("auth", auth), ("server", server)] {
+                metrics::gauge!("shiftkey_circuit_state", "circuit" => name).set(match state {
+                    shiftkey_policy::State::Closed => 0.0,
+                    shiftkey_policy::State::HalfOpen => 1.0,
+                    shiftkey_policy::State::Open => 2.0,
+                });
+            }
+        }
+        if self.interval.is_some() {
+            let since = log.last_success.unwrap_or(self.started);
+            metrics::gauge!("shiftkey_sync_lag_seconds")
+                .set(wall.duration_since(since).unwrap_or_default().as_secs_f64());
+        }
+    }
+
+    /// Why the process is not ready, if it is not.
+    fn not_ready(&self) -> Vec<String> {
+        let mut why = Vec::new();
+        let at = tokio::time::Instant::now();
+        for (name, m) in &self.tokens {
+            let status = m.status();
+            if let Some(e) = &status.halted {
+                why.push(format!("token {name}: refreshing stopped: {e}"));
+            } else if status.schedule.is_none_or(|s| at >= s.expires_at) {
+                why.push(format!("token {name}: no fresh token"));
+            }
+        }
+        if let Some(mw) = &self.teamcenter {
+            let (auth, server) = mw.circuits();
+            if auth != shiftkey_policy::State::Closed {
+                why.push(format!("the auth circuit is {auth:?}"));
+            }
+            if server != shiftkey_policy::State::Closed {
+                why.push(format!("the server circuit is {server:?}"));
+            }
+        }
+        if let Some(interval) = self.interval {
+            let log = self.log();
+            let since = log.last_success.unwrap_or(self.started);
+            let age = now().duration_since(since).unwrap_or_default();
+            if age > interval * 2 {
+                why.push(format!(
+                    "no successful sync for {} (two periods are {})",
+                    crate::tokens::human(age),
+                    crate::tokens::human(interval * 2)
+                ));
+            }
+        }
+        why
+    }
+
+    /// The router.
+    pub(crate) fn router(self: &Arc<Self>) -> axum::Router {
+        axum::Router::new()
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+            .route("/readyz", axum::routing::get(readyz))
+            .route("/metrics", axum::routing::get(metrics_text))
+            .route("/status", axum::routing::get(status))
+            .with_state(Arc::clone(self))
+    }
+
+    /// The credential-expiry alert: client secrets with `secret_expires` and certificates.
+    pub(crate) fn check_expiries(&self, cfg: &Config) {
+        let warn_within = Duration::from_secs(u64::from(cfg.ops.expiry_warning_days) * 86_400);
+        let at = now();
+        for (name, t) in &cfg.tokens {
+            let mut checks: Vec<(String, anyhow::Result<SystemTime>)> = Vec::new();
+            if let Some(d) = &t.secret_expires {
+                checks.push((format!("tokens.{name}.client_secret"), date(d)));
+            }
+            if let Some(path) = &t.certificate {
+                checks.push((
+                    format!("tokens.{name}.certificate"),
+                    certificate_expiry(path),
+                ));
+            }
+            for (key, expiry) in checks {
+                let alert_key = format!("credential_expiry:{key}");
+                match expiry {
+                    Ok(when) => match when.duration_since(at) {
+                        Err(_) => self.alert(
+                            &alert_key,
+                            Some(Severity::Critical),
+                            format!("`{key}` has expired: renew it and update the reference"),
+                        ),
+                        Ok(left) if left <= warn_within => self.alert(
+                            &alert_key,
+                            Some(Severity::Warning),
+                            format!(
+                                "`{key}` expires in {} days: renew it before then",
+                                left.as_secs() / 86_400
+                            ),
+                        ),
+                        Ok(_) => {
+                            if self.log().alerts.contains_key(&alert_key) {
+                                self.alert(&alert_key, None, format!("`{key}` renewed"));
+                            }
+                        }
+                    },
+                    Err(e) => self.alert(
+                        &alert_key,
+                        Some(Severity::Warning),
+                        format!("cannot read the expiry of `{key}`: {e:#}"),
+                    ),
+                }
+            }
+        }
+    }
+}
+
+fn date(text: &str) -> anyhow::Result<SystemTime> {
+    let d = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .with_context(|| format!("`{text}` is not a date like 2027-03-31"))?;
+    let t = d
+        .and_hms_opt(0, 0, 0)
+        .context("midnight")?
+        .and_utc()
+        .timestamp();
+    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t).unwrap_or(0)))
+}
+
+/// The `notAfter` of the first certificate in a PEM file.
+pub(crate) fn certificate_expiry(path: &std::path::Path) -> anyhow::Result<SystemTime> {
+    use x509_cert::der::DecodePem as _;
+    let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let cert = x509_cert::Certificate::from_pem(&pem)
+        .map_err(|e| anyhow::anyhow!("{} is not a PEM certificate: {e}", path.display()))?;
+    Ok(SystemTime::UNIX_EPOCH + cert.tbs_certificate.validity.not_after.to_unix_duration())
+}
+
+/// Sends the policy engine's alerts to [`Ops::alert`].
+#[derive(Debug)]
+pub(crate) struct OpsSink(pub(crate) Arc<Ops>);
+
+impl AlertSink for OpsSink {
+    fn alert(&self, a: &Alert) {
+        let key = format!("{:?}", a.rule);
+        let detail = match a.rule {
+            shiftkey_policy::Rule::UnauthorizedRate => format!(
+                "{:.1} % of Teamcenter requests were rejected as unauthorized over 15 minutes",
+                a.value * 100.0
+            ),
+            shiftkey_policy::Rule::RefreshSuccessRate => format!(
+                "only {:.1} % of token refreshes succeeded over 15 minutes",
+                a.value * 100.0
+            ),
+            shiftkey_policy::Rule::RefreshLatency => {
+                format!("a token refresh took {:.1} s", a.value)
+            }
+            shiftkey_policy::Rule::ConsecutiveRefreshFailures => {
+                format!("{} token refreshes failed in a row", a.value)
+            }
+            _ => format!("{:?} = {}", a.rule, a.value),
+        };
+        self.0.alert(&key, a.severity, detail);
+    }
+}
+
+async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
+    let why = ops.not_ready();
+    if why.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready:\n- {}\n", why.join("\n- ")),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics_text(State(ops): State<Arc<Ops>>) -> Response {
+    ops.poll();
+    match &ops.prometheus {
+        Some(h) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics are not enabled\n").into_response(),
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn stamp(t: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t)
+        .format("%Y-%m-%d %H:%M:%S UTC")
+        .to_string()
+}
+
+async fn status(State(ops): State<Arc<Ops>>) -> Html<String> {
+    ops.poll();
+    Html(ops.render())
+}
+
+impl Ops {
+    /// The `/status` page. Shows generations, times and counts — never a token or secret.
+    pub(crate) fn render(&self) -> String {
+        let at = tokio::time::Instant::now();
+        let why = self.not_ready();
+        let log = self.log();
+        let mut h = String::from(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>shiftkey status</title>\
+             <meta http-equiv=\"refresh\" content=\"30\"><style>body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}\
+             table{border-collapse:collapse;margin-bottom:1.5em}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}\
+             .ok{color:#060}.bad{color:#a00}</style></head><body><h1>shiftkey</h1>",
+        );
+        let _ = write!(
+            h,
+            "<p>Up since {}. Readiness: {}</p>",
+            stamp(self.started),
+            if why.is_empty() {
+                "<span class=\"ok\">ready</span>".to_owned()
+            } else {
+                format!(
+                    "<span class=\"bad\">not ready</span> ({})",
+                    esc(&why.join("; "))
+                )
+            }
+        );
+        h.push_str("<h2>Active alerts</h2>");
+        if log.alerts.is_empty() {
+            h.push_str("<p class=\"ok\">None.</p>");
+        } else {
+            h.push_str(
+                "<table><tr><th>Alert</th><th>Severity</th><th>Since</th><th>Detail</th></tr>",
+            );
+            for (k, a) in &log.alerts {
+                let _ = write!(
+                    h,
+                    "<tr><td>{}</td><td class=\"bad\">{:?}</td><td>{}</td><td>{}</td></tr>",
+                    esc(k),
+                    a.severity,
+                    stamp(a.since),
+                    esc(&a.detail)
+                );
+            }
+            h.push_str("</table>");
+        }
+        h.push_str("<h2>Tokens</h2><table><tr><th>Token</th><th>Generation</th><th>Expires in</th><th>Refreshes (proactive / reactive)</th><th>Failures</th><th>State</th></tr>");
+        for (name, m) in &self.tokens {
+            let s = m.status();
+            let left = s
+                .schedule
+                .map(|sc| crate::tokens::human(sc.expires_at.saturating_duration_since(at)));
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{}</td><td>{}</td></tr>",
+                esc(name),
+                s.generation
+                    .map_or_else(|| "none".to_owned(), |g| g.to_string()),
+                left.unwrap_or_else(|| "n/a".to_owned()),
+                s.stats.proactive,
+                s.stats.reactive,
+                s.stats.failures,
+                match (&s.halted, &s.last_error) {
+                    (Some(e), _) =>
+                        format!("<span class=\"bad\">halted: {}</span>", esc(&e.to_string())),
+                    (None, Some(e)) => format!("retrying: {}", esc(&e.to_string())),
+                    (None, None) => "<span class=\"ok\">ok</span>".to_owned(),
+                }
+            );
+        }
+        h.push_str("</table>");
+        if let Some(mw) = &self.teamcenter {
+            let st = mw.stats();
+            let learned = mw.learned_limits();
+            let (auth, server) = mw.circuits();
+            let _ = write!(
+                h,
+                "<h2>Teamcenter</h2><p>Requests {}, 401s recovered {}, <b>401s surfaced {}</b>, retries {}, premature deaths {}, keepalives {}; circuits: auth {auth:?}, server {server:?}; learned lifetime cap {}, idle timeout {}.</p>",
+                st.requests,
+                st.recovered,
+                st.surfaced,
+                st.retries,
+                st.premature_deaths,
+                st.keepalives,
+                learned
+                    .lifetime_cap
+                    .map_or_else(|| "not seen".to_owned(), crate::tokens::human),
+                learned
+                    .idle_limit
+                    .map_or_else(|| "not seen".to_owned(), crate::tokens::human),
+            );
+        }
+        h.push_str("<h2>Token timeline</h2>");
+        if log.events.is_empty() {
+            h.push_str("<p>No events yet.</p>");
+        } else {
+            h.push_str("<table><tr><th>Time</th><th>Token</th><th>Event</th></tr>");
+            for e in &log.events {
+                let _ = write!(
+                    h,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    stamp(e.at),
+                    esc(&e.token),
+                    esc(&e.what)
+                );
+            }
+            h.push_str("</table>");
+        }
+        if self.interval.is_some() {
+            h.push_str("<h2>Last sync cycles</h2>");
+            if log.cycles.is_empty() {
+                h.push_str("<p>No cycle has run yet.</p>");
+            } else {
+                h.push_str("<table><tr><th>Finished</th><th>Outcome</th><th>Read</th><th>Inserted</th><th>Updated</th><th>Unchanged</th><th>Feedback</th><th>Took</th></tr>");
+                for c in &log.cycles {
+                    match &c.outcome {
+                        Ok(r) => {
+                            let _ = write!(
+                                h,
+                                "<tr><td>{}</td><td class=\"ok\">ok</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} s</td></tr>",
+                                stamp(c.at),
+                                r.read,
+                                r.inserted,
+                                r.updated,
+                                r.unchanged,
+                                r.feedback_pushed,
+                                r.duration.as_secs_f64()
+                            );
+                        }
+                        Err(e) => {
+                            let _ = write!(
+                                h,
+                                "<tr><td>{}</td><td class=\"bad\" colspan=\"7\">failed: {}</td></tr>",
+                                stamp(c.at),
+                                esc(e)
+                            );
+                        }
+                    }
+                }
+                h.push_str("</table>");
+            }
+        }
+        h.push_str("</body></html>\n");
+        h
+    }
+}
+
+/// Serves the router on `listen` until the task is dropped.
+pub(crate) async fn serve(
+    listen: &str,
+    ops: Arc<Ops>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("`ops.listen`: cannot listen on {listen}"))?;
+    let router = ops.router();
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "the ops server stopped");
+        }
+    }))
+}

@@ -1,0 +1,494 @@
+//! Named tokens (`[tokens.NAME]`): strategies and managers built from the config, each with its
+//! own encrypted store file, and the `shiftkey token …` commands.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context as _, bail};
+use async_trait::async_trait;
+use shiftkey_auth::strategies::{
+    ClientAuth, JwtAlgorithm, OAuthClient, OAuthPassword, OAuthRefresh, PrivateKeyJwt,
+    ServiceAccount,
+};
+use shiftkey_auth::{
+    AuthError, AuthStrategy, Clock, TokenManager, TokenSet, TokenStore, TokioClock,
+};
+use shiftkey_store::{FileStore, KeySource};
+
+use crate::config::{ClientAuthKind, Config, StoreConfig, TokenConfig, TokenKind};
+
+/// The store key from `[store]`.
+pub(crate) fn key_source(store: &StoreConfig) -> anyhow::Result<KeySource> {
+    match (&store.key, &store.passphrase) {
+        (Some(k), _) => {
+            let text = k.resolve("store.key")?;
+            Ok(KeySource::from_base64(text.expose(), "store.key")?)
+        }
+        (None, Some(p)) => Ok(KeySource::passphrase(p.resolve("store.passphrase")?)),
+        (None, None) => bail!("set `store.key` or `store.passphrase`"),
+    }
+}
+
+/// The store file of token `name`.
+pub(crate) fn store_path(store: &StoreConfig, name: &str) -> PathBuf {
+    store.dir.join(format!("{name}.token"))
+}
+
+/// The `[store]` section or an error naming it.
+pub(crate) fn store_config(cfg: &Config) -> anyhow::Result<&StoreConfig> {
+    cfg.store
+        .as_ref()
+        .context("this command needs a `[store]` section (see `shiftkey config example`)")
+}
+
+/// The `[tokens.NAME]` section or an error listing the names there are.
+pub(crate) fn token_config<'a>(cfg: &'a Config, name: &str) -> anyhow::Result<&'a TokenConfig> {
+    cfg.tokens.get(name).with_context(|| {
+        let names: Vec<&str> = cfg.tokens.keys().map(String::as_str).collect();
+        if names.is_empty() {
+            format!("no token `{name}`: the config has no `[tokens.*]` sections")
+        } else {
+            format!(
+                "no token `{name}` in the config (configured: {})",
+                names.join(", ")
+            )
+        }
+    })
+}
+
+/// The OAuth client of a token section.
+pub(crate) fn oauth_client(
+    http: &reqwest::Client,
+    name: &str,
+    t: &TokenConfig,
+) -> anyhow::Result<OAuthClient> {
+    let key = |field: &str| format!("tokens.{name}.{field}");
+    let url = t
+        .token_url
+        .parse()
+        .with_context(|| format!("`{}` is not a URL", key("token_url")))?;
+    let secret = |field: &str, s: &Option<crate::config::SecretRef>| {
+        s.as_ref()
+            .with_context(|| format!("`{}` is missing", key(field)))
+            .and_then(|s| s.resolve(&key(field)))
+    };
+    let auth = match t.client_auth {
+        ClientAuthKind::Basic => {
+            ClientAuth::SecretBasic(secret("client_secret", &t.client_secret)?)
+        }
+        ClientAuthKind::Post => ClientAuth::SecretPost(secret("client_secret", &t.client_secret)?),
+        ClientAuthKind::PrivateKeyJwt => {
+            let pem = t
+                .private_key
+                .as_ref()
+                .with_context(|| format!("`{}` is missing", key("private_key")))?
+                .resolve_text(&key("private_key"))?;
+            ClientAuth::PrivateKeyJwt(
+                PrivateKeyJwt::from_pem(pem.expose().as_bytes(), JwtAlgorithm::RS256)
+                    .with_context(|| format!("`{}`", key("private_key")))?,
+            )
+        }
+    };
+    Ok(
+        OAuthClient::new(http.clone(), url, t.client_id.clone(), auth)
+            .with_scopes(t.scopes.clone()),
+    )
+}
+
+/// The strategy of a token section, timed for `/metrics` and the alert monitor.
+pub(crate) fn strategy(
+    http: &reqwest::Client,
+    name: &str,
+    t: &TokenConfig,
+) -> anyhow::Result<Timed> {
+    let client = oauth_client(http, name, t)?;
+    let inner: Arc<dyn AuthStrategy> = match t.kind {
+        TokenKind::ClientCredentials => Arc::new(ServiceAccount::new(client)),
+        TokenKind::Password => {
+            let user = t
+                .username
+                .clone()
+                .with_context(|| format!("`tokens.{name}.username` is missing"))?;
+            let password = t
+                .password
+                .as_ref()
+                .with_context(|| format!("`tokens.{name}.password` is missing"))?
+                .resolve(&format!("tokens.{name}.password"))?;
+            // Rotated refresh tokens first; the password grant only when the chain is lost.
+            Arc::new(
+                OAuthRefresh::new(client.clone())
+                    .with_fallback(OAuthPassword::new(client, user, password)),
+            )
+        }
+    };
+    Ok(Timed::wrap(name, inner))
+}
+
+/// Called after every acquire with its outcome and latency (feeds the alert monitor).
+pub(crate) type RefreshHook = Arc<dyn Fn(bool, Duration) + Send + Sync>;
+
+/// A strategy that records each acquire's latency and outcome as metrics.
+pub(crate) struct Timed {
+    name: String,
+    inner: Arc<dyn AuthStrategy>,
+    clock: Arc<dyn Clock>,
+    on_refresh: Option<RefreshHook>,
+}
+
+impl std::fmt::Debug for Timed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Timed")
+            .field("name", &self.name)
+            .field("strategy", &self.inner.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Timed {
+    /// Times `inner` under the metric label `name`.
+    pub(crate) fn wrap(name: &str, inner: Arc<dyn AuthStrategy>) -> Self {
+        Self {
+            name: name.to_owned(),
+            inner,
+            clock: Arc::new(TokioClock::new()),
+            on_refresh: None,
+        }
+    }
+
+    /// Also calls `hook` after every acquire.
+    pub(crate) fn with_hook(mut self, hook: RefreshHook) -> Self {
+        self.on_refresh = Some(hook);
+        self
+    }
+}
+
+#[async_trait]
+impl AuthStrategy for Timed {
+    async fn acquire(&self, previous: Option<&TokenSet>) -> Result<TokenSet, AuthError> {
+        let started = self.clock.now();
+        let result = self.inner.acquire(previous).await;
+        let took = self.clock.now() - started;
+        metrics::histogram!("shiftkey_token_acquire_duration_seconds", "token" => self.name.clone())
+            .record(took.as_secs_f64());
+        if result.is_err() {
+            metrics::counter!("shiftkey_token_refresh_failures_total", "token" => self.name.clone())
+                .increment(1);
+        }
+        if let Some(hook) = &self.on_refresh {
+            hook(result.is_ok(), took);
+        }
+        result
+    }
+
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn unattended(&self) -> bool {
+        self.inner.unattended()
+    }
+}
+
+/// Every configured token's manager, by name.
+pub(crate) struct Tokens {
+    pub(crate) managers: BTreeMap<String, TokenManager>,
+}
+
+impl Tokens {
+    /// Builds a manager per `[tokens.NAME]`, each on its own store file.
+    pub(crate) fn build(
+        cfg: &Config,
+        http: &reqwest::Client,
+        hook: Option<RefreshHook>,
+    ) -> anyhow::Result<Self> {
+        let mut managers = BTreeMap::new();
+        if cfg.tokens.is_empty() {
+            return Ok(Self { managers });
+        }
+        let store_cfg = store_config(cfg)?;
+        let key = key_source(store_cfg)?;
+        ensure_private_dir(&store_cfg.dir)?;
+        for (name, t) in &cfg.tokens {
+            let mut strategy = strategy(http, name, t)?;
+            if let Some(h) = &hook {
+                strategy = strategy.with_hook(Arc::clone(h));
+            }
+            let store: Arc<dyn TokenStore> =
+                Arc::new(FileStore::new(store_path(store_cfg, name), key.clone()));
+            let manager = TokenManager::builder(strategy)
+                .store(store)
+                .name(name.clone())
+                .build()
+                .with_context(|| format!("`tokens.{name}`"))?;
+            managers.insert(name.clone(), manager);
+        }
+        Ok(Self { managers })
+    }
+
+    /// The manager of `name`, or an error listing the names there are.
+    pub(crate) fn get(&self, name: &str) -> anyhow::Result<&TokenManager> {
+        self.managers.get(name).with_context(|| {
+            let names: Vec<&str> = self.managers.keys().map(String::as_str).collect();
+            format!(
+                "no token `{name}` in the config (configured: {})",
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            )
+        })
+    }
+}
+
+/// Creates `dir` (0700) when missing; refuses one that other users can enter.
+pub(crate) fn ensure_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o022 != 0 {
+        bail!(
+            "{} is writable by other users (mode {:o}); run `chmod 700 {}`",
+            dir.display(),
+            mode & 0o777,
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// `token` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Show every configured token's stored state: expiry, generation, learned limits (never
+    /// the token).
+    Status {
+        /// The configuration file.
+        #[arg(short, long, default_value = "shiftkey.toml")]
+        config: PathBuf,
+    },
+    /// Get a new token for NAME now (the old one is replaced in the store).
+    Refresh {
+        /// The token's name (`[tokens.NAME]`).
+        name: String,
+        /// The configuration file.
+        #[arg(short, long, default_value = "shiftkey.toml")]
+        config: PathBuf,
+    },
+    /// Print NAME's access token on stdout, for shell scripts: from the running broker when
+    /// there is one, else from the store (refreshed when due).
+    Get {
+        /// The token's name (`[tokens.NAME]`).
+        name: String,
+        /// The configuration file.
+        #[arg(short, long, default_value = "shiftkey.toml")]
+        config: PathBuf,
+    },
+    /// Revoke NAME at the server (when `revoke_url` is set) and delete it from the store.
+    Revoke {
+        /// The token's name (`[tokens.NAME]`).
+        name: String,
+        /// The configuration file.
+        #[arg(short, long, default_value = "shiftkey.toml")]
+        config: PathBuf,
+    },
+}
+
+/// Runs a `token` subcommand.
+pub(crate) async fn command(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
+    let http = reqwest::Client::new();
+    match cmd {
+        TokenCommand::Status { config } => {
+            let cfg = Config::load(&config)?;
+            status(&cfg).await
+        }
+        TokenCommand::Refresh { name, config } => {
+            let cfg = Config::load(&config)?;
+            token_config(&cfg, &name)?;
+            let tokens = Tokens::build(&cfg, &http, None)?;
+            let manager = tokens.get(&name)?;
+            let before = manager
+                .token()
+                .await
+                .with_context(|| format!("token `{name}`"))?;
+            manager.invalidate(before.generation());
+            let after = manager
+                .token()
+                .await
+                .with_context(|| format!("token `{name}`"))?;
+            println!(
+                "{name}: refreshed, generation {} → {}",
+                before.generation(),
+                after.generation()
+            );
+            manager.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::Get { name, config } => {
+            let cfg = Config::load(&config)?;
+            token_config(&cfg, &name)?;
+            if let Some(reply) = crate::broker::ask(&cfg.broker.socket, &name).await? {
+                println!("{}", reply.access_token.expose());
+                return Ok(ExitCode::SUCCESS);
+            }
+            let tokens = Tokens::build(&cfg, &http, None)?;
+            let manager = tokens.get(&name)?;
+            let token = manager
+                .token()
+                .await
+                .with_context(|| format!("token `{name}`"))?;
+            let printed = manager.with_token(|t| println!("{}", t.access_token.expose()));
+            drop(token);
+            manager.shutdown().await;
+            printed.with_context(|| format!("token `{name}`: no servable token"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::Revoke { name, config } => {
+            let cfg = Config::load(&config)?;
+            revoke(&cfg, &http, &name).await
+        }
+    }
+}
+
+async fn status(cfg: &Config) -> anyhow::Result<ExitCode> {
+    if cfg.tokens.is_empty() {
+        println!("no tokens configured (add a `[tokens.NAME]` section)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let store_cfg = store_config(cfg)?;
+    let key = key_source(store_cfg)?;
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "status shows real wall-clock expiry"
+    )]
+    let now = SystemTime::now();
+    let mut bad = false;
+    for name in cfg.tokens.keys() {
+        let path = store_path(store_cfg, name);
+        let store = FileStore::new(&path, key.clone());
+        match store.load().await {
+            Ok(None) => println!("{name}: none stored yet ({})", path.display()),
+            Ok(Some(t)) => {
+                let left = t.remaining(now);
+                let state = if left.is_zero() { "expired" } else { "valid" };
+                println!(
+                    "{name}: {state}, generation {}, expires in {}, lifetime {} ({:?}), refresh token {}{}{}",
+                    t.generation,
+                    human(left),
+                    human(t.lifetime),
+                    t.lifetime_source,
+                    if t.refresh_token.is_some() {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                    t.limits
+                        .lifetime_cap
+                        .map(|c| format!(", learned lifetime cap {}", human(c)))
+                        .unwrap_or_default(),
+                    t.limits
+                        .idle_limit
+                        .map(|c| format!(", learned idle timeout {}", human(c)))
+                        .unwrap_or_default(),
+                );
+            }
+            Err(e) => {
+                bad = true;
+                println!("{name}: unreadable: {e}");
+            }
+        }
+    }
+    Ok(if bad {
+        ExitCode::from(crate::EXIT_STORE)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn revoke(cfg: &Config, http: &reqwest::Client, name: &str) -> anyhow::Result<ExitCode> {
+    let t = token_config(cfg, name)?;
+    let store_cfg = store_config(cfg)?;
+    let path = store_path(store_cfg, name);
+    let store = FileStore::new(&path, key_source(store_cfg)?);
+    let mut guard = store.lock().await?;
+    let Some(stored) = guard.load().await? else {
+        guard.unlock().await?;
+        println!("{name}: nothing stored, nothing to revoke");
+        return Ok(ExitCode::SUCCESS);
+    };
+    if let Some(url) = &t.revoke_url {
+        // RFC 7009: revoking the refresh token revokes its access tokens too.
+        let (token, hint) = match &stored.refresh_token {
+            Some(rt) => (rt.as_str(), "refresh_token"),
+            None => (stored.access_token.as_str(), "access_token"),
+        };
+        let mut form = vec![("token", token), ("token_type_hint", hint)];
+        let mut req = http.post(url.as_str());
+        let secret;
+        match t.client_auth {
+            ClientAuthKind::Basic => {
+                secret = t
+                    .client_secret
+                    .as_ref()
+                    .context("client_secret")?
+                    .resolve(&format!("tokens.{name}.client_secret"))?;
+                req = req.basic_auth(&t.client_id, Some(secret.expose()));
+            }
+            ClientAuthKind::Post => {
+                secret = t
+                    .client_secret
+                    .as_ref()
+                    .context("client_secret")?
+                    .resolve(&format!("tokens.{name}.client_secret"))?;
+                form.push(("client_id", t.client_id.as_str()));
+                form.push(("client_secret", secret.expose()));
+            }
+            ClientAuthKind::PrivateKeyJwt => form.push(("client_id", t.client_id.as_str())),
+        }
+        let resp = req
+            .form(&form)
+            .send()
+            .await
+            .with_context(|| format!("revoking `{name}` at {url}"))?;
+        if !resp.status().is_success() {
+            bail!(
+                "revoking `{name}`: {url} answered {}; the stored token is kept",
+                resp.status()
+            );
+        }
+    }
+    std::fs::remove_file(&path).with_context(|| format!("cannot delete {}", path.display()))?;
+    guard.unlock().await?;
+    println!(
+        "{name}: {}deleted from {}",
+        if t.revoke_url.is_some() {
+            "revoked at the server and "
+        } else {
+            "no revoke_url configured, so not revoked at the server; "
+        },
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `1h 05m`, `4m 10s`, `12s`.
+pub(crate) fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {:02}s", s / 60, s % 60),
+        _ => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
