@@ -319,7 +319,13 @@ impl Config {
         }
         let cfg: Self = Figment::new()
             .merge(Toml::file(path))
-            .merge(Env::prefixed("SHIFTKEY_").split("__"))
+            // Only SHIFTKEY_<SECTION>__<KEY>: variables like SHIFTKEY_STORE_KEY hold secrets
+            // that the file references, not overrides.
+            .merge(
+                Env::prefixed("SHIFTKEY_")
+                    .filter(|k| k.as_str().contains("__"))
+                    .split("__"),
+            )
             .extract()
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         cfg.validate()
@@ -328,6 +334,11 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        if self.teamcenter.is_none() && self.tokens.is_empty() {
+            bail!(
+                "nothing to do: the config has neither a `[teamcenter]` section nor any `[tokens.NAME]` (see `shiftkey config example`)"
+            );
+        }
         for (key, secret) in self.secret_refs() {
             if let SecretRef::Inline(_) = secret {
                 secret.resolve(&key)?;

@@ -375,11 +375,9 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
     let _ = ops_slot.set(Arc::clone(&ops));
     let mut tasks = Vec::new();
     if !cfg.ops.listen.is_empty() {
-        tasks.push(ops::serve(&cfg.ops.listen, Arc::clone(&ops)).await?);
-        eprintln!(
-            "shiftkey: ops endpoints on http://{}/status",
-            cfg.ops.listen
-        );
+        let (addr, task) = ops::serve(&cfg.ops.listen, Arc::clone(&ops)).await?;
+        tasks.push(task);
+        eprintln!("shiftkey: ops endpoints on http://{addr}/status");
     }
     {
         let ops = Arc::clone(&ops);
@@ -393,6 +391,16 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
                 ops.poll();
                 tick += 1;
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }));
+    }
+    // Warm up: every token fetched (or adopted from the store) now, so scripts get one at once
+    // and a refused credential shows in the log and `/readyz` before anyone asks.
+    for (name, m) in &tokens.managers {
+        let (name, m) = (name.clone(), m.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = m.token().await {
+                tracing::error!(token = %name, error = %e, "cannot get a token");
             }
         }));
     }
@@ -415,6 +423,7 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| anyhow::anyhow!("`broker.http`: cannot listen on {addr}: {e}"))?;
+            let addr = listener.local_addr()?;
             let router = broker::http_router(broker, auth);
             tasks.push(tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, router).await {

@@ -397,7 +397,12 @@ fn date(text: &str) -> anyhow::Result<SystemTime> {
 pub(crate) fn certificate_expiry(path: &std::path::Path) -> anyhow::Result<SystemTime> {
     use x509_cert::der::DecodePem as _;
     let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let cert = x509_cert::Certificate::from_pem(&pem)
+    // `openssl ca` writes a text dump before the PEM block: start at the block.
+    let start = pem
+        .windows(27)
+        .position(|w| w == b"-----BEGIN CERTIFICATE-----")
+        .with_context(|| format!("{} holds no PEM certificate", path.display()))?;
+    let cert = x509_cert::Certificate::from_pem(&pem[start..])
         .map_err(|e| anyhow::anyhow!("{} is not a PEM certificate: {e}", path.display()))?;
     Ok(SystemTime::UNIX_EPOCH + cert.tbs_certificate.validity.not_after.to_unix_duration())
 }
@@ -622,14 +627,18 @@ impl Ops {
 pub(crate) async fn serve(
     listen: &str,
     ops: Arc<Ops>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("`ops.listen`: cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
     let router = ops.router();
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            tracing::error!(error = %e, "the ops server stopped");
-        }
-    }))
+    Ok((
+        addr,
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "the ops server stopped");
+            }
+        }),
+    ))
 }

@@ -46,17 +46,20 @@ pub(crate) fn store_config(cfg: &Config) -> anyhow::Result<&StoreConfig> {
 
 /// The `[tokens.NAME]` section or an error listing the names there are.
 pub(crate) fn token_config<'a>(cfg: &'a Config, name: &str) -> anyhow::Result<&'a TokenConfig> {
-    cfg.tokens.get(name).with_context(|| {
-        let names: Vec<&str> = cfg.tokens.keys().map(String::as_str).collect();
-        if names.is_empty() {
-            format!("no token `{name}`: the config has no `[tokens.*]` sections")
-        } else {
-            format!(
-                "no token `{name}` in the config (configured: {})",
-                names.join(", ")
-            )
-        }
-    })
+    cfg.tokens
+        .get(name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = cfg.tokens.keys().map(String::as_str).collect();
+            if names.is_empty() {
+                format!("no token `{name}`: the config has no `[tokens.*]` sections")
+            } else {
+                format!(
+                    "no token `{name}` in the config (configured: {})",
+                    names.join(", ")
+                )
+            }
+        })
+        .map_err(|m| anyhow::Error::new(crate::config::ConfigProblem(m)))
 }
 
 /// The OAuth client of a token section.

@@ -61,6 +61,28 @@ fn bad_arguments_exit_non_zero_with_a_message_naming_them() {
     check(&["demo", "--speed", "0"], "--speed");
     check(&["demo", "--bogus"], "--bogus");
     check(&["frobnicate"], "frobnicate");
+    check(&["token", "frob"], "frob");
+    check(&["store", "init", "--bogus"], "--bogus");
+    check(&["doctor", "--max-hours", "0"], "--max-hours");
+    check(
+        &["broker", "-c", "/nonexistent/shiftkey.toml"],
+        "/nonexistent/shiftkey.toml",
+    );
+    check(
+        &["token", "status", "-c", "/nonexistent/shiftkey.toml"],
+        "does not exist",
+    );
+    check(
+        &["store", "check", "-c", "/nonexistent/shiftkey.toml"],
+        "does not exist",
+    );
+    let usage = Command::new(BIN).args(["token", "frob"]).output().unwrap();
+    assert_eq!(usage.status.code(), Some(2), "bad arguments exit 2");
+    let config = Command::new(BIN)
+        .args(["broker", "-c", "/nonexistent/shiftkey.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(config.status.code(), Some(3), "a missing config exits 3");
     check(
         &["sim", "--config", "/nonexistent/scenario.toml"],
         "/nonexistent/scenario.toml",
@@ -89,7 +111,14 @@ fn the_example_config_loads_and_bad_configs_name_the_key() {
     let path = temp("example.toml", &String::from_utf8(example.stdout).unwrap());
     let ok = shiftkey(
         &["config", "check", "-c", path.to_str().unwrap()],
-        &[("TC_PASSWORD", "s3cret-value")],
+        &[
+            ("TC_PASSWORD", "s3cret-value"),
+            (
+                "SHIFTKEY_STORE_KEY",
+                "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+            ),
+            ("MES_CLIENT_SECRET", "s3cret-value"),
+        ],
     );
     assert!(
         ok.status.success(),
@@ -104,7 +133,12 @@ fn the_example_config_loads_and_bad_configs_name_the_key() {
     let check = |name: &str, text: &str, env: &[(&str, &str)], says: &str| {
         let p = temp(name, text);
         let out = shiftkey(&["config", "check", "-c", p.to_str().unwrap()], env);
-        assert!(!out.status.success(), "{name} was accepted");
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{name}: a configuration error exits 3: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(says), "{name}: {stderr}");
         assert!(
@@ -151,7 +185,45 @@ fn the_example_config_loads_and_bad_configs_name_the_key() {
         &[("X", "x")],
         "interval_minutes",
     );
-    check("empty.toml", "", &[], "missing field `teamcenter`");
+    check("empty.toml", "", &[], "nothing to do");
+    check(
+        "nostore.toml",
+        "[tokens.mes]\nkind = \"client_credentials\"\ntoken_url = \"http://127.0.0.1:9/t\"\nclient_id = \"c\"\nclient_secret = { env = \"X\" }\n",
+        &[("X", "x")],
+        "needs a `[store]` section",
+    );
+    check(
+        "nosecret.toml",
+        "[store]\ndir = \"/tmp/x\"\nkey = { env = \"K\" }\n[tokens.mes]\nkind = \"client_credentials\"\ntoken_url = \"http://127.0.0.1:9/t\"\nclient_id = \"c\"\n",
+        &[],
+        "`tokens.mes.client_secret` is missing",
+    );
+    check(
+        "badkind.toml",
+        "[store]\ndir = \"/tmp/x\"\nkey = { env = \"K\" }\n[tokens.mes]\nkind = \"magic\"\ntoken_url = \"http://127.0.0.1:9/t\"\nclient_id = \"c\"\n",
+        &[],
+        "magic",
+    );
+    check(
+        "baddate.toml",
+        "[store]\ndir = \"/tmp/x\"\nkey = { env = \"K\" }\n[tokens.mes]\nkind = \"client_credentials\"\ntoken_url = \"http://127.0.0.1:9/t\"\nclient_id = \"c\"\nclient_secret = { env = \"K\" }\nsecret_expires = \"next tuesday\"\n",
+        &[("K", "k")],
+        "tokens.mes.secret_expires",
+    );
+    check(
+        "publicbroker.toml",
+        &format!(
+            "{base}password = {{ env = \"X\" }}\n[broker]\nhttp = \"0.0.0.0:8732\"\n[broker.clients]\na = {{ env = \"X\" }}\n"
+        ),
+        &[("X", "x")],
+        "not a loopback address",
+    );
+    check(
+        "badlisten.toml",
+        &format!("{base}password = {{ env = \"X\" }}\n[ops]\nlisten = \"everywhere\"\n"),
+        &[("X", "x")],
+        "ops.listen",
+    );
     let missing = shiftkey(
         &["config", "check", "-c", "/nonexistent/shiftkey.toml"],
         &[],
@@ -216,7 +288,7 @@ async fn the_daemon_syncs_and_stops_gracefully_on_sigterm() {
     let cfg = temp(
         "run.toml",
         &format!(
-            "[teamcenter]\nurl = \"{}\"\nuser = \"mfg_sync\"\npassword = {{ env = \"TC_PW\" }}\n[sink]\nurl = \"sqlite://{}?mode=rwc\"\n",
+            "[teamcenter]\nurl = \"{}\"\nuser = \"mfg_sync\"\npassword = {{ env = \"TC_PW\" }}\n[sink]\nurl = \"sqlite://{}?mode=rwc\"\n[ops]\nlisten = \"127.0.0.1:0\"\n",
             sim.url(),
             db.display()
         ),

@@ -1,0 +1,137 @@
+//! Helpers shared by the CLI tests: temp folders, running the binary, a daemon with its log.
+
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers: each test binary uses some of them, and they fail loudly"
+)]
+
+use std::io::BufRead as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_shiftkey");
+
+/// A 32-byte store key (base64) for tests.
+pub(crate) const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// A fresh private folder for one test.
+pub(crate) fn temp_dir(name: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("shiftkey-t-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
+}
+
+/// Runs the binary to completion.
+pub(crate) fn shiftkey(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+/// stdout + stderr as text.
+pub(crate) fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A long-running `shiftkey` with its stderr collected.
+pub(crate) struct Daemon {
+    child: Option<Child>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    pub(crate) fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut c = Command::new(BIN);
+        c.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        Self {
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub(crate) fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The first log line containing `needle` (waits up to 30 s).
+    pub(crate) async fn wait_for(&mut self, needle: &str) -> String {
+        for _ in 0..300 {
+            if let Some(line) = self.log().lines().find(|l| l.contains(needle)) {
+                return line.to_owned();
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "shiftkey exited ({status}) before logging {needle:?}:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no {needle:?} in 30 s:\n{}", self.log());
+    }
+
+    /// The URL logged after `prefix` (e.g. "ops endpoints on "), without the path.
+    pub(crate) async fn address(&mut self, prefix: &str) -> String {
+        let line = self.wait_for(prefix).await;
+        let url = line.split(prefix).nth(1).unwrap().trim();
+        let rest = url.strip_prefix("http://").unwrap();
+        format!("http://{}", rest.split('/').next().unwrap())
+    }
+
+    /// SIGTERM, then the exit status and the whole log.
+    pub(crate) async fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let child = self.child.take().unwrap();
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let mut child = child;
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        (status, self.log())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
