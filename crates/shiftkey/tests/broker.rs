@@ -1,0 +1,291 @@
+//! The token broker, used the way plant scripts use it: several Python processes through token
+//! expiry and a server-side kill; the HTTP listener's client secrets; the socket's permissions.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Daemon, KEY, temp_dir};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+
+/// One request line to the broker's socket, its reply.
+async fn ask(socket: &Path, request: serde_json::Value) -> serde_json::Value {
+    let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let mut line = request.to_string();
+    line.push('\n');
+    stream.write_all(line.as_bytes()).await.unwrap();
+    let mut reply = String::new();
+    tokio::io::BufReader::new(stream)
+        .read_line(&mut reply)
+        .await
+        .unwrap();
+    serde_json::from_str(&reply).unwrap()
+}
+
+fn config(dir: &Path, sim_url: &str, http: bool) -> std::path::PathBuf {
+    let cfg = dir.join("shiftkey.toml");
+    let http = if http {
+        "http = \"127.0.0.1:0\"\n[broker.clients]\nlabel-printer = { env = \"PRINTER_SECRET\" }\n"
+    } else {
+        ""
+    };
+    std::fs::write(
+        &cfg,
+        format!(
+            "[store]\ndir = \"{dir}/store\"\nkey = {{ env = \"SK_KEY\" }}\n\
+             [tokens.gw]\nkind = \"client_credentials\"\ntoken_url = \"{sim_url}/oauth/token\"\n\
+             client_id = \"shiftkey\"\nclient_secret = {{ env = \"GW_SECRET\" }}\n\
+             [broker]\nsocket = \"{dir}/run/broker.sock\"\n{http}\
+             [ops]\nlisten = \"\"\n",
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+const ENV: [(&str, &str); 3] = [
+    ("SK_KEY", KEY),
+    ("GW_SECRET", "shiftkey-secret"),
+    ("PRINTER_SECRET", "printer-secret-1"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_scripts_survive_expiry_and_a_server_kill_with_one_refresh_for_all() {
+    // Tokens that really live 6 s, so a 10 s run crosses several expiries.
+    let mut sim_cfg = shiftkey_sim::SimConfig::default();
+    sim_cfg.oauth.access_ttl_secs = 6;
+    let sim = shiftkey_sim::Sim::start(sim_cfg, Arc::new(shiftkey_auth::TokioClock::new()))
+        .await
+        .unwrap();
+    let dir = temp_dir("broker-py");
+    let cfg = config(&dir, &sim.url(), false);
+    let socket = dir.join("run/broker.sock");
+    let mut broker = Daemon::spawn(&["broker", "-c", cfg.to_str().unwrap()], &ENV);
+    broker.wait_for("serving 1 token(s)").await;
+
+    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/broker_clients.py");
+    let gateway = format!(
+        "{}/tc/RestServices/Core-2007-01-Session/getTCSessionInfo",
+        sim.url()
+    );
+    let clients: Vec<std::process::Child> = (0..4)
+        .map(|_| {
+            std::process::Command::new("python3")
+                .args([script, repo, gateway.as_str(), "gw", "10"])
+                .env("SHIFTKEY_BROKER_SOCKET", &socket)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("python3 runs the broker client")
+        })
+        .collect();
+
+    // Right after a proactive refresh (so no other refresh is due for ~3 s), kill every token
+    // on the server side.
+    let stats = |v: &serde_json::Value, k: &str| v["tokens"]["gw"][k].as_u64().unwrap();
+    let mut killed = false;
+    for _ in 0..500 {
+        let s = ask(&socket, serde_json::json!({"op": "stats"})).await;
+        if stats(&s, "proactive") >= 1 {
+            assert_eq!(stats(&s, "reactive"), 0, "{s}");
+            sim.restart();
+            killed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        killed,
+        "a proactive refresh happened within 5 s of 6 s tokens"
+    );
+    // Soon after the kill, exactly one reactive refresh served every script.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after_kill = ask(&socket, serde_json::json!({"op": "stats"})).await;
+    assert_eq!(
+        stats(&after_kill, "reactive"),
+        1,
+        "four scripts reported the killed token; the broker refreshed once: {after_kill}"
+    );
+
+    let mut total = serde_json::Map::new();
+    for child in clients {
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let counts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for (k, v) in counts.as_object().unwrap() {
+            let sum = total
+                .get(k)
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            total.insert(k.clone(), (sum + v.as_u64().unwrap()).into());
+        }
+    }
+    let total = serde_json::Value::Object(total);
+    assert_eq!(total["surfaced"], 0, "no script saw a 401: {total}");
+    assert_eq!(total["other"], 0, "{total}");
+    assert!(
+        total["recovered"].as_u64().unwrap() >= 1,
+        "the kill was felt and healed: {total}"
+    );
+    assert!(total["ok"].as_u64().unwrap() > 100, "{total}");
+    let end = ask(&socket, serde_json::json!({"op": "stats"})).await;
+    assert!(
+        stats(&end, "proactive") >= 2,
+        "tokens were refreshed before expiry through the run: {end}"
+    );
+    // Every token-endpoint call was one the broker made: no script logged in on its own.
+    let grants = sim
+        .stats()
+        .grants
+        .get("client_credentials")
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(grants, stats(&end, "acquires"), "{end}");
+    let (exit, log) = broker.terminate().await;
+    assert!(exit.success(), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_listener_wants_a_client_secret_and_the_socket_is_private() {
+    let sim = shiftkey_sim::Sim::start(
+        shiftkey_sim::SimConfig::default(),
+        Arc::new(shiftkey_auth::TokioClock::new()),
+    )
+    .await
+    .unwrap();
+    let dir = temp_dir("broker-http");
+    let cfg = config(&dir, &sim.url(), true);
+    let socket = dir.join("run/broker.sock");
+    let mut broker = Daemon::spawn(&["broker", "-c", cfg.to_str().unwrap()], &ENV);
+    let base = broker.address("broker HTTP on ").await;
+
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&socket), 0o600, "the socket is the owner's only");
+    assert_eq!(mode(&dir.join("run")), 0o700);
+
+    let http = reqwest::Client::new();
+    let get = |secret: Option<&'static str>, path: &'static str| {
+        let mut req = http.get(format!("{base}{path}"));
+        if let Some(s) = secret {
+            req = req.bearer_auth(s);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let code = r.status().as_u16();
+            (code, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    assert_eq!(get(None, "/v1/tokens/gw").await.0, 401);
+    assert_eq!(get(Some("printer-secret-2"), "/v1/tokens/gw").await.0, 401);
+    let (code, body) = get(Some("printer-secret-1"), "/v1/tokens/gw").await;
+    assert_eq!(code, 200, "{body}");
+    let token = body["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("at_"));
+    let generation = body["generation"].as_u64().unwrap();
+    let (code, body) = get(Some("printer-secret-1"), "/v1/tokens/nope").await;
+    assert_eq!(code, 404, "{body}");
+
+    // Reporting the generation refreshes it; reporting it again changes nothing.
+    let rejected = |g: u64| {
+        http.post(format!("{base}/v1/tokens/gw/rejected"))
+            .bearer_auth("printer-secret-1")
+            .json(&serde_json::json!({ "generation": g }))
+            .send()
+    };
+    let first: serde_json::Value = rejected(generation).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        first["generation"].as_u64(),
+        Some(generation + 1),
+        "{first}"
+    );
+    assert_ne!(first["token"].as_str(), Some(token.as_str()));
+    let again: serde_json::Value = rejected(generation).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        again["generation"], first["generation"],
+        "a stale report is ignored"
+    );
+    let bad = http
+        .post(format!("{base}/v1/tokens/gw/rejected"))
+        .bearer_auth("printer-secret-1")
+        .body("generation=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+
+    // The socket answers garbage with an error, not a crash.
+    let reply = ask(&socket, serde_json::json!({"op": "launch"})).await;
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert!(reply["error"].as_str().unwrap().contains("bad request"));
+
+    // Another user is refused even when the file permissions would let them in.
+    if own_uid() == 0
+        && std::process::Command::new("runuser")
+            .arg("--help")
+            .output()
+            .is_ok()
+    {
+        std::fs::set_permissions(dir.join("run"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let out = std::process::Command::new("runuser")
+            .args(["-u", "nobody", "--", "python3", "-c"])
+            .arg(
+                "import socket,sys,time\n\
+                 s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n\
+                 time.sleep(0.2)\n\
+                 try:\n    s.sendall(b'{\"op\":\"get\",\"name\":\"gw\"}\\n'); got=s.recv(4096)\n\
+                 except OSError:\n    got=b''\n\
+                 print(repr(got))",
+            )
+            .arg(&socket)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            stdout.trim(),
+            "b''",
+            "the broker hung up on uid nobody: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            broker
+                .log()
+                .contains("refused a connection from another user")
+        );
+    } else {
+        eprintln!("peer-uid refusal not exercised: needs root and runuser to act as another user");
+    }
+    let (exit, log) = broker.terminate().await;
+    assert!(exit.success(), "{log}");
+    assert!(
+        !log.contains(&token) && !log.contains("printer-secret-1"),
+        "{log}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Our uid, from the owner of a file we just created.
+fn own_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt as _;
+    let probe = std::env::temp_dir().join(format!("shiftkey-uid-{}", std::process::id()));
+    std::fs::write(&probe, b"").unwrap();
+    let uid = std::fs::metadata(&probe).unwrap().uid();
+    let _ = std::fs::remove_file(&probe);
+    uid
+}
