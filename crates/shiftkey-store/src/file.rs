@@ -102,6 +102,14 @@ impl FileStore {
         &self.inner.path
     }
 
+    /// Reads and decrypts the file like [`TokenStore::load`] but never changes anything: a
+    /// damaged file is reported and left where it is (for `shiftkey store check` and status
+    /// pages).
+    pub async fn verify(&self) -> Result<Option<StoredToken>, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        blocking(move || inner.read_with(false)).await
+    }
+
     /// Re-encrypts the stored token under `new_key` (under the lock); returns the store for the
     /// new key. The token is kept; a crash leaves the old or the new file, both complete.
     pub async fn rekey(&self, new_key: KeySource) -> Result<FileStore, StoreError> {
@@ -131,6 +139,11 @@ impl Inner {
     }
 
     fn read(&self) -> Result<Option<StoredToken>, StoreError> {
+        self.read_with(true)
+    }
+
+    /// Reads; with `repair`, a damaged file is moved aside (see [`FileStore`]).
+    fn read_with(&self, repair: bool) -> Result<Option<StoredToken>, StoreError> {
         let meta = match std::fs::metadata(&self.path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -152,6 +165,7 @@ impl Inner {
         );
         let header = match format::parse_header(&bytes) {
             Ok(h) => h,
+            Err(e) if !repair => return Err(e.into_store_error(&self.shown())),
             Err(e) => return self.undecodable(e),
         };
         let key = self
@@ -173,6 +187,7 @@ impl Inner {
             })?;
         match format::decode(&bytes, &header, &key) {
             Ok(token) => Ok(Some(token)),
+            Err(e) if !repair => Err(e.into_store_error(&self.shown())),
             Err(e) => self.undecodable(e),
         }
     }

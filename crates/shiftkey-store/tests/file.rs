@@ -194,6 +194,35 @@ async fn every_kind_of_damage_gets_its_own_clear_error() {
 }
 
 #[tokio::test]
+async fn verify_reports_damage_and_moves_nothing() {
+    let d = dir("verify");
+    let store = FileStore::new(d.0.join("t"), key(KEY_A));
+    save(&store, &token(4)).await;
+    assert_eq!(
+        store.verify().await.unwrap(),
+        Some(token_like(&store).await)
+    );
+    let mut bytes = std::fs::read(store.path()).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(store.path(), &bytes).unwrap();
+    let err = store.verify().await.unwrap_err();
+    assert_eq!(err.kind, StoreErrorKind::Corrupt, "{err}");
+    assert_eq!(std::fs::read(store.path()).unwrap(), bytes, "left in place");
+    assert_eq!(corrupt_files(&d.0), 0);
+    // `load` (what the manager uses) moves it aside and re-authenticates.
+    assert_eq!(
+        store.load().await.unwrap_err().kind,
+        StoreErrorKind::Corrupt
+    );
+    assert_eq!(corrupt_files(&d.0), 1);
+}
+
+async fn token_like(store: &FileStore) -> StoredToken {
+    store.load().await.unwrap().unwrap()
+}
+
+#[tokio::test]
 async fn a_wrong_key_is_reported_and_touches_nothing() {
     let d = dir("wrongkey");
     let store = FileStore::new(d.0.join("t"), key(KEY_A));

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use shiftkey_auth::TokenStore as _;
 use shiftkey_store::{FileStore, KeySource};
 
 use crate::config::{Config, ConfigProblem};
@@ -146,7 +145,7 @@ async fn rekey(config: &Path, new: KeySource) -> anyhow::Result<ExitCode> {
         let store = FileStore::new(&path, key.clone());
         // Open first: a file the current key cannot read is reported, not overwritten.
         store
-            .load()
+            .verify()
             .await
             .with_context(|| format!("{} (nothing was changed)", path.display()))?;
         store
@@ -173,7 +172,7 @@ async fn check(config: &Path) -> anyhow::Result<ExitCode> {
     }
     for path in token_files(&cfg)? {
         let store = FileStore::new(&path, key.clone());
-        match store.load().await {
+        match store.verify().await {
             Ok(Some(t)) => println!(
                 "ok    {}: generation {}, refresh token {}",
                 path.display(),

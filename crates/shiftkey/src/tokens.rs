@@ -381,7 +381,7 @@ async fn status(cfg: &Config) -> anyhow::Result<ExitCode> {
     for name in cfg.tokens.keys() {
         let path = store_path(store_cfg, name);
         let store = FileStore::new(&path, key.clone());
-        match store.load().await {
+        match store.verify().await {
             Ok(None) => println!("{name}: none stored yet ({})", path.display()),
             Ok(Some(t)) => {
                 let left = t.remaining(now);
