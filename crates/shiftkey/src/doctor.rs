@@ -276,7 +276,15 @@ struct Probe {
 }
 
 impl Probe {
-    async fn start(http: &reqwest::Client, cfg: &SessionConfig) -> anyhow::Result<Self> {
+    /// Logs in with its own `descrimator` (sessions sharing one would share a server process,
+    /// and one probe's calls would keep the other alive).
+    async fn start(
+        http: &reqwest::Client,
+        cfg: &SessionConfig,
+        role: &str,
+    ) -> anyhow::Result<Self> {
+        let mut cfg = cfg.clone();
+        cfg.descrimator = format!("shiftkey-doctor-{role}-{}", std::process::id());
         let login = SessionLogin::new(http.clone(), cfg.clone());
         let token = login.acquire(None).await?;
         let url = cfg
@@ -320,27 +328,33 @@ async fn probe(http: &reqwest::Client, cfg: SessionConfig, args: &DoctorArgs, in
         "doctor: probing with two sessions (idle gaps up to 2 h, lifetime up to {}); this takes a while",
         human(max)
     );
+    let clock = TokioClock::new();
+    // Server time elapsed since `t` (real time × the emulator's scale).
+    let since = |t: tokio::time::Instant| (clock.now() - t).mul_f64(scale);
+    // A fresh session per gap: each one's age is its idle gap, so a lifetime cap cannot pass
+    // for an idle timeout.
     let idle = async {
-        let p = Probe::start(http, &cfg).await?;
-        let mut last = Duration::ZERO;
+        let mut survived = Duration::ZERO;
         for minutes in [1u64, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120] {
-            let gap = Duration::from_secs(minutes * 60);
-            pause(gap, scale).await;
+            let p = Probe::start(http, &cfg, &format!("idle{minutes}")).await?;
+            let touched = clock.now();
+            pause(Duration::from_secs(minutes * 60), scale).await;
+            let gap = since(touched);
             if !p.alive().await? {
-                return anyhow::Ok(Some((last, gap)));
+                return anyhow::Ok(Some((survived, gap)));
             }
             eprintln!("doctor: alive after {} idle", human(gap));
-            last = gap;
+            survived = gap;
         }
         Ok(None)
     };
     let lifetime = async {
-        let p = Probe::start(http, &cfg).await?;
-        let step = Duration::from_secs(60);
-        let mut age = Duration::ZERO;
-        while age < max {
-            pause(step, scale).await;
-            age += step;
+        // Timed from before the login, so the measured age is never below the server's.
+        let born = clock.now();
+        let p = Probe::start(http, &cfg, "lifetime").await?;
+        while since(born) < max {
+            pause(Duration::from_secs(60), scale).await;
+            let age = since(born);
             if !p.alive().await? {
                 return anyhow::Ok(Some(age));
             }
@@ -352,15 +366,16 @@ async fn probe(http: &reqwest::Client, cfg: SessionConfig, args: &DoctorArgs, in
     match idle {
         Ok(Some((alive, died))) => {
             println!(
-                "probe  idle-timeout  an idle session survived {} and died within {}",
+                "probe  idle-timeout  an idle session survived {} idle and died after {} idle",
                 human(alive),
                 human(died)
             );
             println!(
-                "advice: the pool reclaims idle sessions after about {} (SOFT_TIMEOUT while the pool runs above PROCESS_TARGET). \
+                "advice: the pool reclaims idle sessions after {} to {} idle (SOFT_TIMEOUT while the pool runs above PROCESS_TARGET). \
                  shiftkey keeps its session alive below that and re-logs in on rejection, so sync does not fail; \
                  other scripts will. On the server, give the service user's pool a SOFT_TIMEOUT longer than the sync interval ({}), \
                  or raise PROCESS_TARGET so the pool stops reclaiming idle sessions in the working day.",
+                human(alive),
                 human(died),
                 human(interval)
             );
