@@ -3,7 +3,11 @@
 //! - `test`: installs the npm packages the tests need (once), then runs the whole test suite.
 //! - `proptest [--cases N]`: the property suites with N cases each (default 100 000).
 //! - `bench`: the criterion benchmarks.
-//! - `ci`: what `.ci/run` runs after installing system packages: test, fmt, clippy, deny.
+//! - `soak [--days N] [--profile NAME|all] [--seed S] [--json FILE] [--release]`: the sync
+//!   daemon against the emulator for N simulated days (default 30) per fault profile, in paused
+//!   time; prints the report table and fails when a goal is missed.
+//! - `ci`: what `.ci/run` runs after installing system packages: test, a 3-day soak of every
+//!   profile, fmt, clippy, deny.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -31,9 +35,12 @@ fn run() -> Result<()> {
         "test" => test(),
         "proptest" => proptest(&args[1..]),
         "bench" => cargo(&["bench", "--workspace"]),
+        "soak" => soak(&args[1..]),
         "ci" => ci(),
         "help" | "--help" | "-h" => {
-            say("usage: cargo xtask <test | proptest [--cases N] | bench | ci>");
+            say(
+                "usage: cargo xtask <test | proptest [--cases N] | bench | soak [--days N] [--profile NAME|all] [--release] | ci>",
+            );
             Ok(())
         }
         other => bail!("unknown task `{other}`; try `cargo xtask help`"),
@@ -168,8 +175,25 @@ fn proptest(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Runs the soak tool (`tests/src/bin/soak.rs`); `--release` builds it optimised.
+fn soak(args: &[String]) -> Result<()> {
+    let release = args.iter().any(|a| a == "--release");
+    let mut cmd = vec!["run", "-q", "-p", "shiftkey-tests", "--bin", "soak"];
+    if release {
+        cmd.push("--release");
+    }
+    cmd.push("--");
+    cmd.extend(
+        args.iter()
+            .filter(|a| a.as_str() != "--release")
+            .map(String::as_str),
+    );
+    cargo(&cmd)
+}
+
 fn ci() -> Result<()> {
     test()?;
+    soak(&["--days".into(), "3".into()])?;
     cargo(&["fmt", "--all", "--check"])?;
     cargo(&[
         "clippy",

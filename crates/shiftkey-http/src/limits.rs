@@ -2,13 +2,17 @@
 //!
 //! A *premature death* is a token rejected while it still claimed validity, at age `a` after an
 //! idle gap `g` (time since the previous request). Two kinds of server limit explain them:
-//! - a **lifetime cap** (a global policy shorter than `expires_in`): deaths at similar ages whatever
-//!   the idle gap. Learned as the smallest such age once two deaths agree within 20 %.
+//! - a **lifetime cap** (a global policy shorter than `expires_in`): every token dies at about the
+//!   same age, so the replacement of a dead token dies too. Learned when two *consecutive*
+//!   generations both died busy (idle gap under half the age) at ages within 20 % of each other.
 //! - an **idle limit** (a session timeout): deaths only after long quiet periods. A death whose idle
-//!   gap is at least half its age counts as idle; the limit is the smallest such gap once two agree
-//!   that idleness is the cause.
+//!   gap is at least half its age counts as idle; the limit is the smaller of two idle gaps that
+//!   agree within 50 %.
 //!
-//! One death proves little (a server restart looks the same), so each limit needs two.
+//! One death proves little: a server restart looks the same. Restarts kill tokens at random ages
+//! and the replacement usually lives on, so over weeks they must not add up to a "cap" — hence
+//! the consecutive-generation rule (a soak of 24 restarts in 30 days once taught a cap near zero
+//! without it). Nothing below [`MIN_LIMIT`] is ever learned.
 
 use std::sync::Mutex;
 use std::sync::PoisonError;
@@ -51,33 +55,49 @@ impl Default for LimitsConfig {
     }
 }
 
-/// Infers limits from deaths (pure; see the module docs for the rule).
+/// No learned limit is shorter than this (a limit near zero would mean refreshing or keeping
+/// alive without pause).
+pub const MIN_LIMIT: Duration = Duration::from_secs(60);
+
+fn is_idle(d: &Death) -> bool {
+    d.idle * 2 >= d.age && !d.idle.is_zero()
+}
+
+fn agree(a: Duration, b: Duration, within: f64) -> bool {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    hi.as_secs_f64() <= lo.as_secs_f64() * (1.0 + within)
+}
+
+/// Infers limits from deaths in the order they were recorded, each with the generation of the
+/// token that died (pure; see the module docs for the rules).
 #[must_use]
-pub fn infer(deaths: &[Death]) -> LearnedLimits {
-    let (idle, busy): (Vec<&Death>, Vec<&Death>) = deaths
+pub fn infer(deaths: &[(u64, Death)]) -> LearnedLimits {
+    let lifetime_cap = deaths
+        .windows(2)
+        .filter(|w| w[1].0 == w[0].0 + 1)
+        .filter(|w| !is_idle(&w[0].1) && !is_idle(&w[1].1))
+        .filter(|w| agree(w[0].1.age, w[1].1.age, 0.2))
+        .map(|w| w[0].1.age.min(w[1].1.age))
+        .filter(|age| *age >= MIN_LIMIT)
+        .min();
+    let idle: Vec<Duration> = deaths
         .iter()
-        .partition(|d| d.idle * 2 >= d.age && !d.idle.is_zero());
-    LearnedLimits {
-        lifetime_cap: agreeing_min(busy.iter().map(|d| d.age)),
-        idle_limit: two_or_more_min(idle.iter().map(|d| d.idle)),
+        .map(|(_, d)| d)
+        .filter(|d| is_idle(d) && d.idle >= MIN_LIMIT)
+        .map(|d| d.idle)
+        .collect();
+    let mut idle_limit = None;
+    for (i, a) in idle.iter().enumerate() {
+        for b in &idle[i + 1..] {
+            if agree(*a, *b, 0.5) {
+                let m = (*a).min(*b);
+                idle_limit = Some(idle_limit.map_or(m, |x: Duration| x.min(m)));
+            }
+        }
     }
-}
-
-/// The smallest value that another value agrees with (within 20 %), if any.
-fn agreeing_min(values: impl Iterator<Item = Duration>) -> Option<Duration> {
-    let mut v: Vec<Duration> = values.collect();
-    v.sort();
-    v.windows(2)
-        .find(|w| w[1].as_secs_f64() <= w[0].as_secs_f64() * 1.2)
-        .map(|w| w[0])
-}
-
-fn two_or_more_min(values: impl Iterator<Item = Duration>) -> Option<Duration> {
-    let v: Vec<Duration> = values.collect();
-    if v.len() >= 2 {
-        v.into_iter().min()
-    } else {
-        None
+    LearnedLimits {
+        lifetime_cap,
+        idle_limit,
     }
 }
 
@@ -99,7 +119,7 @@ pub enum Recorded {
 #[derive(Debug)]
 pub struct LimitLearner {
     cfg: LimitsConfig,
-    state: Mutex<(Vec<Death>, LearnedLimits)>,
+    state: Mutex<(Vec<(u64, Death)>, LearnedLimits)>,
     last_generation: std::sync::atomic::AtomicU64,
 }
 
@@ -156,7 +176,9 @@ impl LimitLearner {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .0
-            .clone()
+            .iter()
+            .map(|(_, d)| *d)
+            .collect()
     }
 
     /// Records the premature death of token `generation`. A generation already recorded (or
@@ -169,7 +191,7 @@ impl LimitLearner {
             return Recorded::Duplicate;
         }
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        s.0.push(death);
+        s.0.push((generation, death));
         let excess = s.0.len().saturating_sub(self.cfg.memory.max(2));
         s.0.drain(..excess);
         // Keep what was learned before unless the new evidence gives a tighter answer.
@@ -208,7 +230,7 @@ mod tests {
 
     #[test]
     fn inference_table() {
-        let check = |deaths: &[Death], cap: Option<Duration>, idle: Option<Duration>| {
+        let check = |deaths: &[(u64, Death)], cap: Option<Duration>, idle: Option<Duration>| {
             assert_eq!(
                 infer(deaths),
                 LearnedLimits {
@@ -219,16 +241,50 @@ mod tests {
             );
         };
         check(&[], None, None);
-        check(&[d(240, 15)], None, None); // one death: could be a restart
-        check(&[d(240, 15), d(250, 0)], mins(240), None); // a 4 h cap
-        check(&[d(240, 15), d(400, 15)], None, None); // ages disagree: restarts, not a cap
-        check(&[d(200, 150), d(90, 60)], None, mins(60)); // deaths after long quiet periods
-        check(&[d(200, 150)], None, None);
+        check(&[(1, d(240, 15))], None, None); // one death: could be a restart
+        check(&[(1, d(240, 15)), (2, d(250, 0))], mins(240), None); // a 4 h cap
+        check(&[(1, d(240, 15)), (2, d(400, 15))], None, None); // ages disagree
+        // Similar ages, but a proactive refresh lived between them: restarts, not a cap.
+        check(&[(3, d(240, 15)), (7, d(250, 15))], None, None);
+        check(&[(1, d(40, 25)), (4, d(30, 21))], None, mins(21)); // deaths after quiet periods
+        check(&[(1, d(200, 150)), (4, d(90, 60))], None, None); // quiet periods disagree
+        check(&[(1, d(200, 150))], None, None);
         check(
-            &[d(240, 15), d(250, 15), d(300, 200), d(500, 300)],
+            &[
+                (1, d(240, 15)),
+                (2, d(250, 15)),
+                (5, d(300, 200)),
+                (9, d(500, 260)),
+            ],
             mins(240),
             mins(200),
         );
+        // Nothing under a minute is learned, however well it agrees.
+        let young = |s: u64| Death {
+            age: Duration::from_secs(s),
+            idle: Duration::from_secs(s),
+        };
+        check(&[(1, young(30)), (2, young(31))], None, None);
+    }
+
+    #[test]
+    fn random_restarts_never_teach_a_cap() {
+        // A restart every 30 h kills the current token at whatever age it has; the replacement
+        // lives on to its proactive refresh (the generation moves on by several in between).
+        let learner = LimitLearner::new(LimitsConfig::default());
+        let mut generation = 1;
+        for i in 0..24u64 {
+            let age = Duration::from_secs(600 + (i * 7_919) % 22_000);
+            learner.record(
+                generation,
+                Death {
+                    age,
+                    idle: Duration::from_secs(300),
+                },
+            );
+            generation += 5;
+        }
+        assert_eq!(learner.limits(), LearnedLimits::default());
     }
 
     #[test]

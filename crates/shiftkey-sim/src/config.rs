@@ -128,6 +128,9 @@ pub struct FaultConfig {
     pub latency_ms: u64,
     /// The `Date` header is off by this many seconds (clock skew).
     pub date_skew_secs: i64,
+    /// Probability that the connection drops mid-answer: headers and part of the body are sent,
+    /// then the connection closes (the client sees a body error, not a status).
+    pub drop_probability: f64,
 }
 
 impl Default for FaultConfig {
@@ -140,6 +143,7 @@ impl Default for FaultConfig {
             burst_len: 3,
             latency_ms: 0,
             date_skew_secs: 0,
+            drop_probability: 0.0,
         }
     }
 }

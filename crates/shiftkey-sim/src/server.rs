@@ -312,6 +312,8 @@ async fn inject_faults(s: &Inner) -> Option<Response> {
             && st.rng.gen_bool(f.rate_limit_probability.clamp(0.0, 1.0))
         {
             Some("rate_limited")
+        } else if f.drop_probability > 0.0 && st.rng.gen_bool(f.drop_probability.clamp(0.0, 1.0)) {
+            Some("dropped")
         } else {
             None
         }
@@ -322,6 +324,19 @@ async fn inject_faults(s: &Inner) -> Option<Response> {
             StatusCode::TOO_MANY_REQUESTS,
             [(header::RETRY_AFTER, f.retry_after_secs.to_string())],
             "rate limited",
+        )
+            .into_response(),
+        // Headers and the first bytes go out, then the body fails: hyper drops the connection.
+        "dropped" => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            axum::body::Body::from_stream(futures_util::stream::iter([
+                Ok(Bytes::from_static(b"{\"partial\":")),
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "emulated connection drop",
+                )),
+            ])),
         )
             .into_response(),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "server busy").into_response(),

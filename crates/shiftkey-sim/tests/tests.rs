@@ -475,3 +475,25 @@ async fn the_date_header_carries_the_configured_skew_and_changes_stream_in() {
     let after = s.with_data(|d| d.changes_applied());
     assert_eq!(after - before, 60, "6 changes per simulated hour");
 }
+
+#[tokio::test]
+async fn a_dropped_connection_cuts_the_answer() {
+    let mut cfg = quiet();
+    cfg.faults.drop_probability = 1.0;
+    let s = Sim::start(cfg, Arc::new(shiftkey_auth::TokioClock::new()))
+        .await
+        .unwrap();
+    let sent = reqwest::Client::new()
+        .post(format!("{}/oauth/token", s.url()))
+        .basic_auth("shiftkey", Some("shiftkey-secret"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await;
+    // Depending on when the connection dies, the client sees it on the head or the body.
+    let outcome = match sent {
+        Err(e) => Err(e),
+        Ok(resp) => resp.bytes().await.map(|_| ()),
+    };
+    assert!(outcome.is_err(), "the answer is cut: {outcome:?}");
+    assert_eq!(s.stats().faults.get("dropped"), Some(&1));
+}

@@ -2,6 +2,7 @@
 //! that recognises a dead session inside any answer.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,13 +33,17 @@ pub struct SessionConfig {
     /// Locale.
     pub locale: String,
     /// The `descrimator` (sic): sessions with the same user and descrimator share one server
-    /// process. Default: unique per process.
+    /// process. Default: unique per process. Each re-login appends `-N`: logging in again with
+    /// the same value would re-attach to the old server process, whose hard timeout runs on.
     pub descrimator: String,
     /// Lifetime assumed for a session (it has no expiry on the wire): the pool's hard timeout,
     /// 8 h by default, until a shorter one is learned.
     pub hard_limit: Duration,
     /// Idle limit assumed until learned (the pool's soft timeout, 20 min by default).
     pub idle_limit: Duration,
+    /// After a re-login, the previous session is logged out this much later (default 60 s), so
+    /// requests still carrying it finish and its server process goes back to the pool.
+    pub retire_after: Duration,
 }
 
 impl SessionConfig {
@@ -54,6 +59,7 @@ impl SessionConfig {
             descrimator: format!("shiftkey-{}-{:x}", std::process::id(), rand_u32()),
             hard_limit: Duration::from_secs(8 * 3600),
             idle_limit: Duration::from_secs(20 * 60),
+            retire_after: Duration::from_secs(60),
         }
     }
 }
@@ -78,6 +84,7 @@ pub struct SessionLogin {
     http: reqwest::Client,
     cfg: SessionConfig,
     clock: Arc<dyn Clock>,
+    logins: Arc<AtomicU64>,
 }
 
 impl SessionLogin {
@@ -87,6 +94,7 @@ impl SessionLogin {
             http,
             cfg,
             clock: Arc::new(TokioClock::new()),
+            logins: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -97,6 +105,42 @@ impl SessionLogin {
         self
     }
 
+    /// Logs the previous session out after `retire_after`, in the background, best effort (a
+    /// session that already died answers with an error, which changes nothing).
+    fn retire(&self, old: &TokenSet) {
+        let Ok(url) = self
+            .cfg
+            .base
+            .join("/tc/JsonRestServices/Core-2006-03-Session/logout")
+        else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let cookie = format!("JSESSIONID={}", old.access_token.expose());
+        let (http, clock, grace) = (
+            self.http.clone(),
+            Arc::clone(&self.clock),
+            self.cfg.retire_after,
+        );
+        let body = wire::envelope(json!({})).to_string();
+        rt.spawn(async move {
+            clock.sleep(grace).await;
+            let sent = http
+                .post(url)
+                .header(reqwest::header::COOKIE, cookie)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body)
+                .send()
+                .await;
+            tracing::debug!(
+                ok = sent.is_ok(),
+                "logged out the previous Teamcenter session"
+            );
+        });
+    }
+
     fn invalid(detail: impl Into<String>) -> AuthError {
         AuthError::transient(TransientKind::InvalidResponse, detail)
     }
@@ -104,8 +148,15 @@ impl SessionLogin {
 
 #[async_trait]
 impl AuthStrategy for SessionLogin {
-    async fn acquire(&self, _previous: Option<&TokenSet>) -> Result<TokenSet, AuthError> {
+    async fn acquire(&self, previous: Option<&TokenSet>) -> Result<TokenSet, AuthError> {
         let c = &self.cfg;
+        // A fresh server process per login: the same descrimator would re-attach to the old one.
+        let n = self.logins.fetch_add(1, Ordering::Relaxed);
+        let descrimator = if n == 0 {
+            c.descrimator.clone()
+        } else {
+            format!("{}-{n}", c.descrimator)
+        };
         let url = c
             .base
             .join("/tc/JsonRestServices/Core-2011-06-Session/login")
@@ -113,7 +164,7 @@ impl AuthStrategy for SessionLogin {
                 AuthError::permanent(PermanentKind::Configuration, format!("base URL: {e}"))
             })?;
         let body = wire::envelope(json!({"credentials": {
-            "user": c.user, "password": c.password.expose(), "group": c.group, "role": c.role, "locale": c.locale, "descrimator": c.descrimator
+            "user": c.user, "password": c.password.expose(), "group": c.group, "role": c.role, "locale": c.locale, "descrimator": descrimator
         }}));
         let response = self.http.post(url).json(&body).send().await.map_err(|e| {
             AuthError::transient(TransientKind::Network, e.without_url().to_string())
@@ -188,7 +239,12 @@ impl AuthStrategy for SessionLogin {
         token.token_type = "JSESSIONID".to_owned();
         token.lifetime_source = shiftkey_auth::LifetimeSource::Default;
         token.server_date = server_date(&headers);
-        tracing::info!(user = %c.user, descrimator = %c.descrimator, server = answer["serverInfo"]["TcServerID"].as_str().unwrap_or(""), "Teamcenter login");
+        tracing::info!(user = %c.user, descrimator = %descrimator, server = answer["serverInfo"]["TcServerID"].as_str().unwrap_or(""), "Teamcenter login");
+        if let Some(old) =
+            previous.filter(|p| p.access_token.expose() != token.access_token.expose())
+        {
+            self.retire(old);
+        }
         Ok(token)
     }
 

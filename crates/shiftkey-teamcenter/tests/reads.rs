@@ -350,3 +350,37 @@ async fn a_pool_runs_distinct_sessions_that_heal_on_their_own() {
     pool.clients()[0].session_info().await.unwrap();
     assert_eq!(s.stats().logins, 4);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_proactive_relogin_gets_a_fresh_server_process_and_retires_the_old_one() {
+    // Logging in again with the same descrimator would re-attach to the old server process,
+    // whose 8 h hard timeout runs on: the "refreshed" session would die anyway.
+    let s = sim(quiet()).await;
+    let tc = client(&s, "mfg_sync_pw");
+    let _keepalive = tc.keepalive().unwrap();
+    for _ in 0..(30 * 4) {
+        tc.session_info().await.unwrap();
+        sleep(secs(15 * 60)).await;
+    }
+    let stats = s.stats();
+    assert_eq!(
+        stats.killed.get("hard"),
+        None,
+        "no session reached its hard timeout: {stats:?}"
+    );
+    assert_eq!(
+        tc.middleware().stats().recovered,
+        0,
+        "no session died under us"
+    );
+    assert!(
+        (4..=6).contains(&stats.logins),
+        "a re-login every 6.24-6.4 h over 30 h: {}",
+        stats.logins
+    );
+    assert_eq!(
+        stats.killed.get("logout").copied(),
+        Some(stats.logins - 1),
+        "each replaced session was logged out: {stats:?}"
+    );
+}
