@@ -213,8 +213,9 @@ impl Inner {
 ///   token wait for that task's next attempt; they never start one of their own. N concurrent
 ///   callers at expiry therefore cause exactly one `acquire`.
 /// - A caller never receives a token past its hard margin. While a refresh is failing the old
-///   token keeps being served until then; afterwards callers wait up to `wait_timeout` and get the
-///   attempt's error, or at once the last error if the next attempt lies beyond their wait.
+///   token keeps being served until then; afterwards callers wait up to `wait_timeout` through
+///   failed attempts whose retry falls inside that wait, and get the last error when the wait
+///   ends, or at once when the next attempt lies beyond it (a long `Retry-After`).
 /// - A permanent error stops refreshing until [`TokenManager::refresh_now`] or
 ///   [`TokenManager::invalidate`]; callers then get that error at once.
 ///
@@ -420,15 +421,22 @@ impl TokenManager {
                 if let Some(e) = &p.halted {
                     return Err(e.clone());
                 }
+                // A failed attempt whose retry comes within our wait is waited through (a
+                // dropped connection costs the caller a second, not an error); one whose retry
+                // lies beyond it is reported at once.
                 if let Some(e) = &p.last_error {
                     let beyond_wait = p.next_attempt.is_some_and(|t| t > deadline);
-                    if p.completed > seen || beyond_wait {
+                    let no_retry = p.next_attempt.is_none() && p.completed > seen;
+                    if beyond_wait || no_retry {
                         return Err(e.clone());
                     }
                 }
             }
             let now = inner.clock.now();
             if now >= deadline {
+                if let Some(e) = &rx.borrow().last_error {
+                    return Err(e.clone());
+                }
                 return Err(AuthError::transient(
                     TransientKind::Timeout,
                     format!(

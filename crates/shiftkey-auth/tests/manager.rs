@@ -85,6 +85,37 @@ async fn old_token_is_served_while_refresh_fails_until_the_hard_margin() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_token_endpoint_down_past_expiry_recovers_when_it_returns() {
+    let strategy = ScriptedStrategy::new(secs(H), Duration::ZERO);
+    // The endpoint fails from the first refresh (48 min) for about half an hour of backoff,
+    // well past the token's expiry, then answers again (the script's default token).
+    strategy.push([Step::Token(secs(H))]);
+    strategy.push((0..60).map(|_| transient(None)));
+    let m = TokenManager::builder(strategy.clone())
+        .config(seeded())
+        .build()
+        .unwrap();
+    let first = m.token().await.unwrap();
+    sleep(secs(55 * 60)).await;
+    assert_eq!(m.token().await.unwrap().generation(), first.generation());
+    sleep(secs(6 * 60)).await;
+    let down = m.token().await.unwrap_err();
+    assert!(
+        down.is_transient(),
+        "past expiry with the endpoint down: {down}"
+    );
+    // Back: the next attempt (backoff capped at 60 s) succeeds and callers are served again.
+    sleep(secs(60 * 60)).await;
+    let back = m.token().await.unwrap();
+    assert!(back.generation() > first.generation());
+    assert!(
+        m.status().halted.is_none(),
+        "a transient outage never halts"
+    );
+    assert_eq!(strategy.calls(), 62, "60 failures, then one success");
+}
+
+#[tokio::test(start_paused = true)]
 async fn proactive_retries_keep_min_interval_and_honour_retry_after() {
     let strategy = ScriptedStrategy::new(secs(8 * H), Duration::ZERO);
     strategy.push([

@@ -243,6 +243,16 @@ impl Inner {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        // Writes happen under the lock, so any temporary file of ours already there was left by
+        // a writer that died mid-save (kill -9, power loss): remove it.
+        let prefix = format!(".{name}.tmp-");
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         let tmp = dir.join(format!(
             ".{name}.tmp-{}-{:x}",
             std::process::id(),

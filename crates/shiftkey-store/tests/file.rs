@@ -194,6 +194,19 @@ async fn every_kind_of_damage_gets_its_own_clear_error() {
 }
 
 #[tokio::test]
+async fn a_save_clears_temporary_files_left_by_a_writer_that_died() {
+    let d = dir("stale");
+    let store = FileStore::new(d.0.join("t"), key(KEY_A));
+    let stale = d.0.join(".t.tmp-4242-deadbeef");
+    std::fs::write(&stale, b"half a token").unwrap();
+    let other = d.0.join(".u.tmp-4242-deadbeef");
+    std::fs::write(&other, b"another file's").unwrap();
+    save(&store, &token(1)).await;
+    assert!(!stale.exists(), "the dead writer's temporary file is gone");
+    assert!(other.exists(), "other tokens' files are not touched");
+}
+
+#[tokio::test]
 async fn verify_reports_damage_and_moves_nothing() {
     let d = dir("verify");
     let store = FileStore::new(d.0.join("t"), key(KEY_A));
