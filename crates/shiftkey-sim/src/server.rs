@@ -23,8 +23,8 @@ use crate::config::SimConfig;
 use crate::data::Dataset;
 use crate::wire;
 
-/// Counters a test can read.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Counters a test can read (also served as JSON at `GET /sim/stats`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
     /// Successful logins.
     pub logins: u64,
@@ -32,6 +32,8 @@ pub struct Stats {
     pub login_failures: u64,
     /// Token grants by `grant_type` (successful).
     pub grants: BTreeMap<String, u64>,
+    /// Successful token grants by client id.
+    pub grants_by_client: BTreeMap<String, u64>,
     /// Refused grants by OAuth error.
     pub grant_errors: BTreeMap<String, u64>,
     /// Sessions (and gateway tokens) killed, by cause: `hard`, `idle`, `restart`, `cap`, `logout`.
@@ -264,11 +266,18 @@ pub(crate) fn router(state: Arc<Inner>) -> Router {
         .route("/tc/JsonRestServices/{service}/{operation}", post(soa))
         .route("/tc/RestServices/{service}/{operation}", post(gateway))
         .route("/oauth/token", post(token))
+        .route("/sim/stats", axum::routing::get(stats_json))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             date_header,
         ))
         .with_state(state)
+}
+
+/// The counters as JSON, for tools driving the emulator from another process.
+async fn stats_json(State(s): State<Arc<Inner>>) -> Response {
+    let stats = lock(&s.stats).clone();
+    json_response(StatusCode::OK, &json!(stats))
 }
 
 /// Adds `Date` (skewed as configured, in simulated wall time) to every answer.
@@ -806,7 +815,11 @@ async fn token(State(s): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> 
         body["refresh_token"] = json!(rt);
     }
     drop(o);
-    bump(&mut lock(&s.stats).grants, grant);
+    {
+        let mut st = lock(&s.stats);
+        bump(&mut st.grants, grant);
+        bump(&mut st.grants_by_client, &client);
+    }
     json_response(StatusCode::OK, &body)
 }
 

@@ -497,3 +497,27 @@ async fn a_dropped_connection_cuts_the_answer() {
     assert!(outcome.is_err(), "the answer is cut: {outcome:?}");
     assert_eq!(s.stats().faults.get("dropped"), Some(&1));
 }
+
+#[tokio::test]
+async fn stats_are_served_as_json_with_grants_by_client() {
+    let s = Sim::start(quiet(), Arc::new(shiftkey_auth::TokioClock::new()))
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    http.post(format!("{}/oauth/token", s.url()))
+        .basic_auth("shiftkey", Some("shiftkey-secret"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = http
+        .get(format!("{}/sim/stats", s.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["grants_by_client"]["shiftkey"], 1, "{v}");
+    assert_eq!(v["grants"]["client_credentials"], 1, "{v}");
+}
