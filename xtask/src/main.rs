@@ -213,6 +213,15 @@ fn http_get(port: u16, path: &str) -> Result<String> {
     Ok(body.to_owned())
 }
 
+/// Polls: xtask has no async runtime, so a plain thread sleep is right here.
+fn pause_100ms() {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "xtask is a synchronous program without a runtime"
+    )]
+    std::thread::sleep(std::time::Duration::from_millis(100));
+}
+
 /// Kills a child when dropped.
 struct Reaped(std::process::Child);
 
@@ -323,7 +332,7 @@ fn peers(args: &[String]) -> Result<()> {
             ready = true;
             break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        pause_100ms();
     }
     if !ready {
         bail!("the emulator did not start on port {port}");
@@ -356,7 +365,7 @@ fn peers(args: &[String]) -> Result<()> {
         if socket.exists() {
             break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        pause_100ms();
     }
     let seconds = (minutes * 60.0).to_string();
     let token_url = format!("{base}/oauth/token");

@@ -186,9 +186,10 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             limits.lifetime_cap, limits.idle_limit
         );
     }
+    // A surfaced 401 or a failed cycle is the demo failing its promise: exit 1.
     Ok(if http.surfaced == 0 && ok == cycles {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(2)
+        ExitCode::from(crate::EXIT_FAILURE)
     })
 }
