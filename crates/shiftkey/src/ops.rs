@@ -225,15 +225,18 @@ impl Ops {
             });
             metrics::gauge!("shiftkey_token_expires_in_seconds", "token" => name.clone()).set(left);
             let (before, before_gen) = log.seen.get(name).copied().unwrap_or_default();
-            if s.reactive > before.reactive {
+            let mut event = |what: String| {
                 log.events.push_front(Event {
                     at: wall,
                     token: name.clone(),
-                    what: format!(
-                        "generation {} died early: the server rejected it",
-                        before_gen.map_or_else(|| "?".to_owned(), |g| g.to_string())
-                    ),
+                    what,
                 });
+            };
+            if s.reactive > before.reactive {
+                event(format!(
+                    "generation {} died early: the server rejected it",
+                    before_gen.map_or_else(|| "?".to_owned(), |g| g.to_string())
+                ));
             }
             if status.generation != before_gen {
                 let how = if s.reactive > before.reactive {
@@ -246,26 +249,18 @@ impl Ops {
                     "at start"
                 };
                 if let Some(g) = status.generation {
-                    log.events.push_front(Event {
-                        at: wall,
-                        token: name.clone(),
-                        what: format!("generation {g} obtained {how}"),
-                    });
+                    event(format!("generation {g} obtained {how}"));
                 }
             }
             if s.failures > before.failures {
-                log.events.push_front(Event {
-                    at: wall,
-                    token: name.clone(),
-                    what: format!(
-                        "refresh failed{}",
-                        status
-                            .last_error
-                            .as_ref()
-                            .map(|e| format!(": {e}"))
-                            .unwrap_or_default()
-                    ),
-                });
+                event(format!(
+                    "refresh failed{}",
+                    status
+                        .last_error
+                        .as_ref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ));
             }
             log.seen.insert(name.clone(), (s, status.generation));
         }

@@ -439,26 +439,24 @@ async fn revoke(cfg: &Config, http: &reqwest::Client, name: &str) -> anyhow::Res
         };
         let mut form = vec![("token", token), ("token_type_hint", hint)];
         let mut req = http.post(url.as_str());
-        let secret;
-        match t.client_auth {
-            ClientAuthKind::Basic => {
-                secret = t
-                    .client_secret
+        let secret = match t.client_auth {
+            ClientAuthKind::Basic | ClientAuthKind::Post => Some(
+                t.client_secret
                     .as_ref()
-                    .context("client_secret")?
-                    .resolve(&format!("tokens.{name}.client_secret"))?;
+                    .with_context(|| format!("`tokens.{name}.client_secret` is missing"))?
+                    .resolve(&format!("tokens.{name}.client_secret"))?,
+            ),
+            ClientAuthKind::PrivateKeyJwt => None,
+        };
+        match (t.client_auth, &secret) {
+            (ClientAuthKind::Basic, Some(secret)) => {
                 req = req.basic_auth(&t.client_id, Some(secret.expose()));
             }
-            ClientAuthKind::Post => {
-                secret = t
-                    .client_secret
-                    .as_ref()
-                    .context("client_secret")?
-                    .resolve(&format!("tokens.{name}.client_secret"))?;
+            (ClientAuthKind::Post, Some(secret)) => {
                 form.push(("client_id", t.client_id.as_str()));
                 form.push(("client_secret", secret.expose()));
             }
-            ClientAuthKind::PrivateKeyJwt => form.push(("client_id", t.client_id.as_str())),
+            _ => form.push(("client_id", t.client_id.as_str())),
         }
         let resp = req
             .form(&form)

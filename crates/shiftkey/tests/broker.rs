@@ -7,7 +7,6 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Daemon, KEY, temp_dir};
@@ -60,9 +59,7 @@ async fn python_scripts_survive_expiry_and_a_server_kill_with_one_refresh_for_al
     // Tokens that really live 6 s, so a 10 s run crosses several expiries.
     let mut sim_cfg = shiftkey_sim::SimConfig::default();
     sim_cfg.oauth.access_ttl_secs = 6;
-    let sim = shiftkey_sim::Sim::start(sim_cfg, Arc::new(shiftkey_auth::TokioClock::new()))
-        .await
-        .unwrap();
+    let sim = common::start_sim(sim_cfg).await;
     let dir = temp_dir("broker-py");
     let cfg = config(&dir, &sim.url(), false);
     let socket = dir.join("run/broker.sock");
@@ -162,12 +159,7 @@ async fn python_scripts_survive_expiry_and_a_server_kill_with_one_refresh_for_al
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_listener_wants_a_client_secret_and_the_socket_is_private() {
-    let sim = shiftkey_sim::Sim::start(
-        shiftkey_sim::SimConfig::default(),
-        Arc::new(shiftkey_auth::TokioClock::new()),
-    )
-    .await
-    .unwrap();
+    let sim = common::start_sim(shiftkey_sim::SimConfig::default()).await;
     let dir = temp_dir("broker-http");
     let cfg = config(&dir, &sim.url(), true);
     let socket = dir.join("run/broker.sock");

@@ -24,12 +24,7 @@ fn config(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_checks_reachability_clock_and_login_and_names_a_refused_one() {
-    let sim = shiftkey_sim::Sim::start(
-        shiftkey_sim::SimConfig::default(),
-        Arc::new(shiftkey_auth::TokioClock::new()),
-    )
-    .await
-    .unwrap();
+    let sim = common::start_sim(shiftkey_sim::SimConfig::default()).await;
     let dir = temp_dir("doctor");
     let cfg = config(&dir, &sim.url());
     let c = cfg.to_str().unwrap().to_owned();

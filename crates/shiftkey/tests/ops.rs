@@ -31,12 +31,7 @@ async fn webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_serves_metrics_status_readiness_and_alerts_without_secrets() {
-    let sim = shiftkey_sim::Sim::start(
-        shiftkey_sim::SimConfig::default(),
-        Arc::new(shiftkey_auth::TokioClock::new()),
-    )
-    .await
-    .unwrap();
+    let sim = common::start_sim(shiftkey_sim::SimConfig::default()).await;
     let dir = temp_dir("ops");
     let (hook, alerts) = webhook().await;
     let soon = (chrono::Utc::now() + chrono::Duration::days(6))

@@ -6,7 +6,6 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::sync::Arc;
 
 use common::{KEY, shiftkey, temp_dir, text};
 
@@ -36,12 +35,7 @@ fn write_config(dir: &Path, sim_url: &str) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_and_store_commands_manage_the_encrypted_store() {
-    let sim = shiftkey_sim::Sim::start(
-        shiftkey_sim::SimConfig::default(),
-        Arc::new(shiftkey_auth::TokioClock::new()),
-    )
-    .await
-    .unwrap();
+    let sim = common::start_sim(shiftkey_sim::SimConfig::default()).await;
     let dir = temp_dir("tokens");
     let cfg = write_config(&dir, &sim.url());
     let c = cfg.to_str().unwrap().to_owned();

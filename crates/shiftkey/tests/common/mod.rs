@@ -18,6 +18,13 @@ pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_shiftkey");
 /// A 32-byte store key (base64) for tests.
 pub(crate) const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
+/// The emulator on real time, with `cfg`.
+pub(crate) async fn start_sim(cfg: shiftkey_sim::SimConfig) -> shiftkey_sim::Sim {
+    shiftkey_sim::Sim::start(cfg, Arc::new(shiftkey_auth::TokioClock::new()))
+        .await
+        .unwrap()
+}
+
 /// A fresh private folder for one test.
 pub(crate) fn temp_dir(name: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt as _;
