@@ -12,7 +12,7 @@
 //! One death proves little: a server restart looks the same. Restarts kill tokens at random ages
 //! and the replacement usually lives on, so over weeks they must not add up to a "cap" — hence
 //! the consecutive-generation rule (a soak of 24 restarts in 30 days once taught a cap near zero
-//! without it). Nothing below [`MIN_LIMIT`] is ever learned.
+//! without it). No cap below [`MIN_CAP`] and no idle limit below [`MIN_IDLE`] is learned.
 
 use std::sync::Mutex;
 use std::sync::PoisonError;
@@ -55,9 +55,13 @@ impl Default for LimitsConfig {
     }
 }
 
-/// No learned limit is shorter than this (a limit near zero would mean refreshing or keeping
-/// alive without pause).
-pub const MIN_LIMIT: Duration = Duration::from_secs(60);
+/// No learned lifetime cap is shorter than this (short tokens are first-class; the
+/// consecutive-generation rule is what keeps restarts from teaching a cap).
+pub const MIN_CAP: Duration = Duration::from_secs(1);
+
+/// No learned idle limit is shorter than this: keepalives run at half the limit, and an idle
+/// death after a few seconds of quiet is a restart, not a pool policy.
+pub const MIN_IDLE: Duration = Duration::from_secs(30);
 
 fn is_idle(d: &Death) -> bool {
     d.idle * 2 >= d.age && !d.idle.is_zero()
@@ -78,12 +82,12 @@ pub fn infer(deaths: &[(u64, Death)]) -> LearnedLimits {
         .filter(|w| !is_idle(&w[0].1) && !is_idle(&w[1].1))
         .filter(|w| agree(w[0].1.age, w[1].1.age, 0.2))
         .map(|w| w[0].1.age.min(w[1].1.age))
-        .filter(|age| *age >= MIN_LIMIT)
+        .filter(|age| *age >= MIN_CAP)
         .min();
     let idle: Vec<Duration> = deaths
         .iter()
         .map(|(_, d)| d)
-        .filter(|d| is_idle(d) && d.idle >= MIN_LIMIT)
+        .filter(|d| is_idle(d) && d.idle >= MIN_IDLE)
         .map(|d| d.idle)
         .collect();
     let mut idle_limit = None;
@@ -259,12 +263,21 @@ mod tests {
             mins(240),
             mins(200),
         );
-        // Nothing under a minute is learned, however well it agrees.
-        let young = |s: u64| Death {
+        // No idle limit under 30 s, however well the gaps agree; short caps are fine.
+        let quiet = |s: u64| Death {
             age: Duration::from_secs(s),
             idle: Duration::from_secs(s),
         };
-        check(&[(1, young(30)), (2, young(31))], None, None);
+        check(&[(1, quiet(20)), (3, quiet(21))], None, None);
+        let busy = |s: u64| Death {
+            age: Duration::from_secs(s),
+            idle: Duration::ZERO,
+        };
+        check(
+            &[(1, busy(12)), (2, busy(12))],
+            Some(Duration::from_secs(12)),
+            None,
+        );
     }
 
     #[test]

@@ -23,7 +23,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use shiftkey_auth::{Secret, TokenManager};
+use shiftkey_auth::{Invalidation, Secret, TokenManager};
+use shiftkey_http::limits::{Death, LimitLearner, LimitsConfig, Recorded};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -38,14 +39,26 @@ enum Request {
     Stats,
 }
 
-/// The broker's shared state.
+/// The broker's shared state: a manager per token, and what the reported deaths taught about
+/// each server's real limits (a cap below `expires_in` is learned from the clients' reports, as
+/// the HTTP middleware learns it from responses, so refreshes become proactive again).
 pub(crate) struct Broker {
     managers: BTreeMap<String, TokenManager>,
+    learners: BTreeMap<String, LimitLearner>,
 }
 
 impl Broker {
     pub(crate) fn new(managers: BTreeMap<String, TokenManager>) -> Arc<Self> {
-        Arc::new(Self { managers })
+        let learners = managers
+            .iter()
+            .map(|(name, m)| {
+                (
+                    name.clone(),
+                    LimitLearner::new(LimitsConfig::default()).with_learned(m.server_limits()),
+                )
+            })
+            .collect();
+        Arc::new(Self { managers, learners })
     }
 
     fn manager(&self, name: &str) -> Result<&TokenManager, String> {
@@ -68,6 +81,11 @@ impl Broker {
     async fn get(&self, name: &str, rejected: Option<u64>) -> Result<Value, String> {
         let manager = self.manager(name)?;
         if let Some(generation) = rejected {
+            // The age of the reported token, when it is the current one (a real death).
+            let age = manager
+                .try_token()
+                .filter(|t| t.generation() == generation)
+                .map(|t| tokio::time::Instant::now().saturating_duration_since(t.issued_at));
             let outcome = manager.invalidate(generation);
             tracing::info!(
                 token = name,
@@ -75,11 +93,41 @@ impl Broker {
                 ?outcome,
                 "a client reported a rejected token"
             );
+            // A current token dying is a death whether or not it is refreshed at once (TooSoon):
+            // two in a row at one age teach a cap, and the manager then drops the token itself.
+            let current = matches!(outcome, Invalidation::Refreshing | Invalidation::TooSoon);
+            if let (true, Some(age), Some(learner)) = (current, age, self.learners.get(name)) {
+                // Clients do not say how long they were idle: every report is a busy death.
+                let death = Death {
+                    age,
+                    idle: Duration::ZERO,
+                };
+                if let Recorded::Learned(limits) = learner.record(generation, death) {
+                    tracing::warn!(
+                        token = name,
+                        lifetime_cap_s = limits.lifetime_cap.map(|d| d.as_secs()),
+                        "learned the server's real token lifetime from rejected tokens"
+                    );
+                    manager.set_server_limits(limits);
+                }
+            }
         }
-        let token = manager
+        let mut token = manager
             .token()
             .await
             .map_err(|e| format!("token `{name}`: {e}"))?;
+        // A reported generation that is still served is about to be replaced (a cap was just
+        // learned and the manager is rescheduling): wait briefly for its successor.
+        for _ in 0..100 {
+            if rejected != Some(token.generation()) || !self.replacing(name) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            token = manager
+                .token()
+                .await
+                .map_err(|e| format!("token `{name}`: {e}"))?;
+        }
         let expires_in = manager
             .status()
             .schedule
@@ -98,6 +146,14 @@ impl Broker {
                 })
             })
             .ok_or_else(|| format!("token `{name}`: no servable token"))
+    }
+
+    /// Whether a cap has been learned for `name`, so that a rejected current token is on its way
+    /// out.
+    fn replacing(&self, name: &str) -> bool {
+        self.learners
+            .get(name)
+            .is_some_and(|l| l.limits().lifetime_cap.is_some())
     }
 
     fn stats(&self) -> Value {

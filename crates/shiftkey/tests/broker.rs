@@ -281,3 +281,64 @@ fn own_uid() -> u32 {
     let _ = std::fs::remove_file(&probe);
     uid
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_learns_a_lifetime_cap_from_reports_and_refreshes_ahead_of_it() {
+    // Tokens claim 30 s and die at 4 s: the second death in a row teaches the cap.
+    let mut sim_cfg = shiftkey_sim::SimConfig::default();
+    sim_cfg.oauth.access_ttl_secs = 30;
+    sim_cfg.oauth.access_ttl_cap_secs = Some(4);
+    let sim = common::start_sim(sim_cfg).await;
+    let dir = temp_dir("broker-cap");
+    let cfg = config(&dir, &sim.url(), false);
+    let socket = dir.join("run/broker.sock");
+    let mut broker = Daemon::spawn(&["--verbose", "broker", "-c", cfg.to_str().unwrap()], &ENV);
+    broker.wait_for("serving 1 token(s)").await;
+    let gateway = format!(
+        "{}/tc/RestServices/Core-2007-01-Session/getTCSessionInfo",
+        sim.url()
+    );
+    let http = reqwest::Client::new();
+    let call = |token: String| {
+        let req = http
+            .post(&gateway)
+            .bearer_auth(token)
+            .body(r#"{"header":{},"body":{}}"#);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let (mut ok, mut surfaced) = (0, 0);
+    let end = tokio::time::Instant::now() + Duration::from_secs(16);
+    while tokio::time::Instant::now() < end {
+        let got = ask(&socket, serde_json::json!({"op": "get", "name": "gw"})).await;
+        let mut status = call(got["token"].as_str().unwrap().to_owned()).await;
+        if status == 401 {
+            let again = ask(
+                &socket,
+                serde_json::json!({"op": "rejected", "name": "gw", "generation": got["generation"]}),
+            )
+            .await;
+            status = call(again["token"].as_str().unwrap().to_owned()).await;
+            if status == 401 {
+                surfaced += 1;
+            }
+        }
+        if status == 200 {
+            ok += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let stats = ask(&socket, serde_json::json!({"op": "stats"})).await;
+    let (exit, log) = broker.terminate().await;
+    assert!(exit.success(), "{log}");
+    assert!(
+        log.contains("learned the server's real token lifetime"),
+        "{log}"
+    );
+    assert_eq!(surfaced, 0, "no script saw a 401: {stats}");
+    assert!(ok > 40, "{ok}");
+    assert_eq!(
+        stats["tokens"]["gw"]["reactive"], 1,
+        "after the cap was learned, refreshes came before it: {stats}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
