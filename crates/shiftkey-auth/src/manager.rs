@@ -97,6 +97,8 @@ pub struct Stats {
     pub reactive: u64,
     /// Callers that had to wait on the slow path (no servable token at hand).
     pub waits: u64,
+    /// The longest such wait, in microseconds (on the manager's clock).
+    pub max_wait_us: u64,
     /// Tokens adopted from a sibling process through the store (no server call).
     pub adopted: u64,
     /// Of those, adopted because the store announced a change (`LISTEN/NOTIFY`).
@@ -161,6 +163,7 @@ struct Counters {
     proactive: AtomicU64,
     reactive: AtomicU64,
     waits: AtomicU64,
+    max_wait_us: AtomicU64,
 }
 
 const NO_SKEW: u64 = u64::MAX;
@@ -403,6 +406,17 @@ impl TokenManager {
     }
 
     async fn wait_for_token(&self) -> Result<Token, AuthError> {
+        let started = self.inner.clock.now();
+        let result = self.wait_for_token_inner().await;
+        let waited = self.inner.clock.now().saturating_duration_since(started);
+        self.inner.counters.max_wait_us.fetch_max(
+            u64::try_from(waited.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        result
+    }
+
+    async fn wait_for_token_inner(&self) -> Result<Token, AuthError> {
         let inner = &self.inner;
         inner.counters.waits.fetch_add(1, Ordering::Relaxed);
         let mut rx = inner.published.subscribe();
@@ -572,6 +586,7 @@ impl TokenManager {
             proactive: c.proactive.load(Ordering::Relaxed),
             reactive: c.reactive.load(Ordering::Relaxed),
             waits: c.waits.load(Ordering::Relaxed),
+            max_wait_us: c.max_wait_us.load(Ordering::Relaxed),
             adopted: c.adopted.load(Ordering::Relaxed),
             notified: c.notified.load(Ordering::Relaxed),
         }

@@ -104,6 +104,11 @@ async fn a_token_endpoint_down_past_expiry_recovers_when_it_returns() {
         down.is_transient(),
         "past expiry with the endpoint down: {down}"
     );
+    let waited = Duration::from_micros(m.stats().max_wait_us);
+    assert!(
+        waited > Duration::ZERO && waited <= secs(30),
+        "the caller waited, at most wait_timeout: {waited:?}"
+    );
     // Back: the next attempt (backoff capped at 60 s) succeeds and callers are served again.
     sleep(secs(60 * 60)).await;
     let back = m.token().await.unwrap();

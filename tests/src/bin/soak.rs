@@ -283,6 +283,7 @@ async fn run_profile(profile: &str, days: f64, seed: u64) -> Result<Value, Strin
         server.logins
     };
     let (mut recovered, mut surfaced, mut keepalive_count, mut waits) = (0, 0, 0, 0);
+    let mut max_wait_us = 0u64;
     let (mut proactive, mut reactive) = (0, 0);
     for c in &clients {
         let st = c.middleware().stats();
@@ -291,6 +292,7 @@ async fn run_profile(profile: &str, days: f64, seed: u64) -> Result<Value, Strin
         keepalive_count += st.keepalives;
         let m = c.middleware().manager().stats();
         waits += m.waits;
+        max_wait_us = max_wait_us.max(m.max_wait_us);
         proactive += m.proactive;
         reactive += m.reactive;
     }
@@ -314,6 +316,7 @@ async fn run_profile(profile: &str, days: f64, seed: u64) -> Result<Value, Strin
         "refreshes": {"proactive": proactive, "reactive": reactive},
         "keepalives": keepalive_count,
         "callers_that_waited": waits,
+        "max_token_wait_ms": max_wait_us / 1000,
         "learned": {
             "lifetime_cap_s": learned.lifetime_cap.map(|d| d.as_secs()),
             "idle_limit_s": learned.idle_limit.map(|d| d.as_secs()),
@@ -384,9 +387,9 @@ fn main() -> ExitCode {
     };
     let mut reports = Vec::new();
     println!(
-        "| profile | days | cycles run / ok | failed (auth / other) | 401s recovered / surfaced | token calls / law minimum | keepalives | learned lifetime / idle (true) | goals |"
+        "| profile | days | cycles run / ok | failed (auth / other) | 401s recovered / surfaced | token calls / law minimum | max token wait | keepalives | learned lifetime / idle (true) | goals |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut all_met = true;
     for p in profiles {
         let r = match rt.block_on(run_profile(p, days, seed)) {
@@ -405,7 +408,7 @@ fn main() -> ExitCode {
                 .map_or_else(|| "—".to_owned(), |s| format!("{} min", s / 60))
         };
         println!(
-            "| {} | {} | {} / {} | {} / {} | {} / {} | {} / {} ({}×) | {} | {} / {} ({} / {}) | {} |",
+            "| {} | {} | {} / {} | {} / {} | {} / {} | {} / {} ({}×) | {} ms | {} | {} / {} ({} / {}) | {} |",
             p,
             days,
             r["cycles"]["run"],
@@ -417,6 +420,7 @@ fn main() -> ExitCode {
             r["token_endpoint_calls"],
             r["minimum_calls"]["by_timing_law"],
             r["calls_per_law_minimum"],
+            r["max_token_wait_ms"],
             r["keepalives"],
             h(&r["learned"]["lifetime_cap_s"]),
             m(&r["learned"]["idle_limit_s"]),
