@@ -2,7 +2,9 @@
 //!
 //! - `test`: installs the npm packages the tests need (once), then runs the whole test suite.
 //! - `proptest [--cases N]`: the property suites with N cases each (default 100 000).
-//! - `bench`: the criterion benchmarks.
+//! - `bench`: every criterion suite and the end-to-end measures, then rewrites the generated table
+//!   of `docs/benchmarks.md` (medians of this run, ratios against the baselines measured in the
+//!   same run, the machine, the command).
 //! - `soak [--days N] [--profile NAME|all] [--seed S] [--json FILE] [--release]`: the sync
 //!   daemon against the emulator for N simulated days (default 30) per fault profile, in paused
 //!   time; prints the report table and fails when a goal is missed.
@@ -38,7 +40,7 @@ fn run() -> Result<()> {
     match task {
         "test" => test(),
         "proptest" => proptest(&args[1..]),
-        "bench" => cargo(&["bench", "--workspace"]),
+        "bench" => bench(),
         "soak" => soak(&args[1..]),
         "peers" => peers(&args[1..]),
         "ci" => ci(),
@@ -194,6 +196,149 @@ fn soak(args: &[String]) -> Result<()> {
             .map(String::as_str),
     );
     cargo(&cmd)
+}
+
+const BENCH_BEGIN: &str = "<!-- cargo xtask bench: begin (generated; edits are overwritten) -->";
+const BENCH_END: &str = "<!-- cargo xtask bench: end -->";
+
+/// Runs every benchmark, then rewrites the generated section of docs/benchmarks.md.
+fn bench() -> Result<()> {
+    // Criterion keeps results of earlier runs: only files written from now on count.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "xtask stamps which criterion results are from this run"
+    )]
+    let started = std::time::SystemTime::now();
+    cargo(&[
+        "bench",
+        "--workspace",
+        "--",
+        "--warm-up-time",
+        "1",
+        "--measurement-time",
+        "3",
+    ])?;
+    // Criterion's results of this run: <target>/criterion/**/new/{benchmark,estimates}.json.
+    let mut rows: Vec<(String, String, f64)> = Vec::new();
+    let mut stack = vec![root().join("target/criterion")];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            if p.file_name().is_none_or(|n| n != "benchmark.json")
+                || p.parent()
+                    .and_then(|d| d.file_name())
+                    .is_none_or(|n| n != "new")
+            {
+                continue;
+            }
+            let fresh = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= started);
+            if !fresh {
+                continue;
+            }
+            let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p)?)?;
+            let est: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+                p.with_file_name("estimates.json"),
+            )?)?;
+            let (Some(group), Some(function), Some(median)) = (
+                meta["group_id"].as_str(),
+                meta["function_id"].as_str(),
+                est["median"]["point_estimate"].as_f64(),
+            ) else {
+                continue;
+            };
+            rows.push((group.to_owned(), function.to_owned(), median));
+        }
+    }
+    rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    let is_baseline = |f: &str| f.contains("baseline") || f.starts_with("plain");
+    let suffix = |f: &str| {
+        f.rsplit_once('/')
+            .map(|(_, s)| s.to_owned())
+            .unwrap_or_default()
+    };
+    let mut table =
+        String::from("| benchmark | median | vs baseline (same run) |\n| --- | --- | --- |\n");
+    for (group, function, median) in &rows {
+        let baseline = rows
+            .iter()
+            .filter(|(g, f, _)| g == group && is_baseline(f) && f != function)
+            .find(|(_, f, _)| suffix(f) == suffix(function))
+            .or_else(|| {
+                rows.iter()
+                    .find(|(g, f, _)| g == group && is_baseline(f) && f != function)
+            });
+        let ratio = match baseline {
+            Some((_, f, b)) if !is_baseline(function) => format!("{:.2}× `{f}`", median / b),
+            _ => "—".to_owned(),
+        };
+        table.push_str(&format!(
+            "| `{group}/{function}` | {} | {ratio} |\n",
+            human_ns(*median)
+        ));
+    }
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let section = format!(
+        "{BENCH_BEGIN}\n## Every criterion measurement of the last `cargo xtask bench`\n\n\
+         Run of {date} on {cores} cores ({cpu}), shared and noisy: compare ratios within this table, \
+         not absolute numbers across runs. Command: `cargo xtask bench` (criterion, 1 s warm-up, \
+         3 s measurement per benchmark). A ratio is this median over the baseline's median \
+         (lower is faster).\n\n{table}{BENCH_END}\n"
+    );
+    let path = root().join("docs/benchmarks.md");
+    let doc = std::fs::read_to_string(&path)?;
+    let doc = match (doc.find(BENCH_BEGIN), doc.find(BENCH_END)) {
+        (Some(a), Some(b)) if a < b => {
+            format!(
+                "{}{section}{}",
+                &doc[..a],
+                &doc[b + BENCH_END.len()..].trim_start_matches('\n')
+            )
+        }
+        _ => format!("{}\n{section}", doc.trim_end()),
+    };
+    std::fs::write(&path, doc)?;
+    say(&format!(
+        "xtask: {} measurements written to docs/benchmarks.md",
+        rows.len()
+    ));
+    Ok(())
+}
+
+fn human_ns(ns: f64) -> String {
+    if ns >= 1e9 {
+        format!("{:.2} s", ns / 1e9)
+    } else if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.2} µs", ns / 1e3)
+    } else {
+        format!("{ns:.1} ns")
+    }
 }
 
 /// A GET on loopback with the standard library (xtask stays free of an HTTP client).

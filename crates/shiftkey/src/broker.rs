@@ -45,7 +45,13 @@ enum Request {
 pub(crate) struct Broker {
     managers: BTreeMap<String, TokenManager>,
     learners: BTreeMap<String, LimitLearner>,
+    /// The generation a refresh was last forced for, per token.
+    forced: std::sync::Mutex<BTreeMap<String, u64>>,
 }
+
+/// A reactive token rejected younger than this was probably never accepted: not refreshed again
+/// (the manager's `min_interval` guard). Older, it served and then died: refreshed.
+const FRESH_REJECTION: Duration = Duration::from_secs(10);
 
 impl Broker {
     pub(crate) fn new(managers: BTreeMap<String, TokenManager>) -> Arc<Self> {
@@ -58,7 +64,11 @@ impl Broker {
                 )
             })
             .collect();
-        Arc::new(Self { managers, learners })
+        Arc::new(Self {
+            managers,
+            learners,
+            forced: std::sync::Mutex::default(),
+        })
     }
 
     fn manager(&self, name: &str) -> Result<&TokenManager, String> {
@@ -86,7 +96,19 @@ impl Broker {
                 .try_token()
                 .filter(|t| t.generation() == generation)
                 .map(|t| tokio::time::Instant::now().saturating_duration_since(t.issued_at));
-            let outcome = manager.invalidate(generation);
+            let mut outcome = manager.invalidate(generation);
+            // The manager refuses to replace a reactive token younger than `min_interval` (a
+            // server that rejects every fresh token must not cause a refresh storm). A token that
+            // served for a while first and then died — a restart right after a reactive refresh
+            // — is a new death: refresh it, at most once per `FRESH_REJECTION` per token.
+            if outcome == Invalidation::TooSoon && age.is_some_and(|a| a >= FRESH_REJECTION) {
+                manager.refresh_now();
+                outcome = Invalidation::Refreshing;
+                self.forced
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(name.to_owned(), generation);
+            }
             tracing::info!(
                 token = name,
                 generation,
@@ -119,7 +141,7 @@ impl Broker {
         // A reported generation that is still served is about to be replaced (a cap was just
         // learned and the manager is rescheduling): wait briefly for its successor.
         for _ in 0..100 {
-            if rejected != Some(token.generation()) || !self.replacing(name) {
+            if rejected != Some(token.generation()) || !self.replacing(name, token.generation()) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -148,12 +170,20 @@ impl Broker {
             .ok_or_else(|| format!("token `{name}`: no servable token"))
     }
 
-    /// Whether a cap has been learned for `name`, so that a rejected current token is on its way
-    /// out.
-    fn replacing(&self, name: &str) -> bool {
-        self.learners
+    /// Whether the rejected current token `generation` of `name` is on its way out: a cap was
+    /// learned, or a refresh was forced for it.
+    fn replacing(&self, name: &str, generation: u64) -> bool {
+        let forced = self
+            .forced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(name)
-            .is_some_and(|l| l.limits().lifetime_cap.is_some())
+            == Some(&generation);
+        forced
+            || self
+                .learners
+                .get(name)
+                .is_some_and(|l| l.limits().lifetime_cap.is_some())
     }
 
     fn stats(&self) -> Value {

@@ -294,39 +294,7 @@ async fn the_broker_learns_a_lifetime_cap_from_reports_and_refreshes_ahead_of_it
     let socket = dir.join("run/broker.sock");
     let mut broker = Daemon::spawn(&["--verbose", "broker", "-c", cfg.to_str().unwrap()], &ENV);
     broker.wait_for("serving 1 token(s)").await;
-    let gateway = format!(
-        "{}/tc/RestServices/Core-2007-01-Session/getTCSessionInfo",
-        sim.url()
-    );
-    let http = reqwest::Client::new();
-    let call = |token: String| {
-        let req = http
-            .post(&gateway)
-            .bearer_auth(token)
-            .body(r#"{"header":{},"body":{}}"#);
-        async move { req.send().await.unwrap().status().as_u16() }
-    };
-    let (mut ok, mut surfaced) = (0, 0);
-    let end = tokio::time::Instant::now() + Duration::from_secs(16);
-    while tokio::time::Instant::now() < end {
-        let got = ask(&socket, serde_json::json!({"op": "get", "name": "gw"})).await;
-        let mut status = call(got["token"].as_str().unwrap().to_owned()).await;
-        if status == 401 {
-            let again = ask(
-                &socket,
-                serde_json::json!({"op": "rejected", "name": "gw", "generation": got["generation"]}),
-            )
-            .await;
-            status = call(again["token"].as_str().unwrap().to_owned()).await;
-            if status == 401 {
-                surfaced += 1;
-            }
-        }
-        if status == 200 {
-            ok += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let (ok, surfaced) = script(&socket, &sim.url(), Duration::from_secs(16)).await;
     let stats = ask(&socket, serde_json::json!({"op": "stats"})).await;
     let (exit, log) = broker.terminate().await;
     assert!(exit.success(), "{log}");
@@ -340,5 +308,76 @@ async fn the_broker_learns_a_lifetime_cap_from_reports_and_refreshes_ahead_of_it
         stats["tokens"]["gw"]["reactive"], 1,
         "after the cap was learned, refreshes came before it: {stats}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A script in Rust: every 250 ms a gateway call with the broker's token, reporting a rejection
+/// and retrying once; returns (calls that succeeded, 401s that reached the script).
+async fn script(socket: &Path, sim_url: &str, run: Duration) -> (u32, u32) {
+    let gateway = format!("{sim_url}/tc/RestServices/Core-2007-01-Session/getTCSessionInfo");
+    let http = reqwest::Client::new();
+    let call = |token: String| {
+        let req = http
+            .post(&gateway)
+            .bearer_auth(token)
+            .body(r#"{"header":{},"body":{}}"#);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let (mut ok, mut surfaced) = (0, 0);
+    let end = tokio::time::Instant::now() + run;
+    while tokio::time::Instant::now() < end {
+        let got = ask(socket, serde_json::json!({"op": "get", "name": "gw"})).await;
+        let mut status = call(got["token"].as_str().unwrap().to_owned()).await;
+        if status == 401 {
+            let again = ask(
+                socket,
+                serde_json::json!({"op": "rejected", "name": "gw", "generation": got["generation"]}),
+            )
+            .await;
+            status = call(again["token"].as_str().unwrap().to_owned()).await;
+            if status == 401 {
+                surfaced += 1;
+            }
+        }
+        if status == 200 {
+            ok += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    (ok, surfaced)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_soon_after_a_reactive_refresh_is_healed_too() {
+    // Two restarts 13 s apart: the second kills a token obtained reactively 13 s earlier, younger
+    // than its 30 s min_interval, which on its own the manager would not replace.
+    let mut sim_cfg = shiftkey_sim::SimConfig::default();
+    sim_cfg.oauth.access_ttl_secs = 60;
+    let sim = std::sync::Arc::new(common::start_sim(sim_cfg).await);
+    let dir = temp_dir("broker-restarts");
+    let cfg = config(&dir, &sim.url(), false);
+    let socket = dir.join("run/broker.sock");
+    let mut broker = Daemon::spawn(&["--verbose", "broker", "-c", cfg.to_str().unwrap()], &ENV);
+    broker.wait_for("serving 1 token(s)").await;
+    let restarts = {
+        let sim = std::sync::Arc::clone(&sim);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            sim.restart();
+            tokio::time::sleep(Duration::from_secs(13)).await;
+            sim.restart();
+        })
+    };
+    let (ok, surfaced) = script(&socket, &sim.url(), Duration::from_secs(20)).await;
+    restarts.await.unwrap();
+    let (exit, log) = broker.terminate().await;
+    assert!(exit.success(), "{log}");
+    assert_eq!(
+        sim.stats().killed.get("restart"),
+        Some(&2),
+        "both restarts killed a token"
+    );
+    assert_eq!(surfaced, 0, "no script saw a 401:\n{log}");
+    assert!(ok > 60, "{ok}");
     let _ = std::fs::remove_dir_all(&dir);
 }
