@@ -209,15 +209,37 @@ fn bench() -> Result<()> {
         reason = "xtask stamps which criterion results are from this run"
     )]
     let started = std::time::SystemTime::now();
-    cargo(&[
-        "bench",
-        "--workspace",
-        "--",
-        "--warm-up-time",
-        "1",
-        "--measurement-time",
-        "3",
-    ])?;
+    // Criterion-main suites take the short timing flags; the others have their own `main`
+    // (their own criterion configuration, or an end-to-end measure printed on stdout).
+    let suites: &[(&str, &str, bool)] = &[
+        ("shiftkey-auth", "token", true),
+        ("shiftkey-policy", "policy", true),
+        ("shiftkey-http", "middleware", true),
+        ("shiftkey-store", "store", false),
+        ("shiftkey-teamcenter", "initial_load", false),
+        ("shiftkey-sync", "sync", false),
+    ];
+    let mut end_to_end = String::new();
+    for (package, bench, criterion) in suites {
+        let mut args = vec!["bench", "-q", "-p", package, "--bench", bench];
+        if *criterion {
+            args.extend(["--", "--warm-up-time", "1", "--measurement-time", "3"]);
+        }
+        let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(&args)
+            .current_dir(root())
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| format!("running the {bench} benchmark"))?;
+        if !out.status.success() {
+            bail!("the {bench} benchmark failed ({})", out.status);
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        say(&text);
+        if !criterion && *bench == "sync" {
+            end_to_end.push_str(text.trim());
+        }
+    }
     // Criterion's results of this run: <target>/criterion/**/new/{benchmark,estimates}.json.
     let mut rows: Vec<(String, String, f64)> = Vec::new();
     let mut stack = vec![root().join("target/criterion")];
@@ -249,13 +271,17 @@ fn bench() -> Result<()> {
             let est: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
                 p.with_file_name("estimates.json"),
             )?)?;
-            let (Some(group), Some(function), Some(median)) = (
+            let (Some(group), Some(full), Some(median)) = (
                 meta["group_id"].as_str(),
-                meta["function_id"].as_str(),
+                meta["full_id"].as_str(),
                 est["median"]["point_estimate"].as_f64(),
             ) else {
                 continue;
             };
+            let function = full
+                .strip_prefix(group)
+                .unwrap_or(full)
+                .trim_start_matches('/');
             rows.push((group.to_owned(), function.to_owned(), median));
         }
     }
@@ -307,7 +333,8 @@ fn bench() -> Result<()> {
          Run of {date} on {cores} cores ({cpu}), shared and noisy: compare ratios within this table, \
          not absolute numbers across runs. Command: `cargo xtask bench` (criterion, 1 s warm-up, \
          3 s measurement per benchmark). A ratio is this median over the baseline's median \
-         (lower is faster).\n\n{table}{BENCH_END}\n"
+         (lower is faster).\n\n{table}\nEnd to end (`cargo bench -p shiftkey-sync --bench sync`, SQLite):\n\n\
+         ```text\n{end_to_end}\n```\n{BENCH_END}\n"
     );
     let path = root().join("docs/benchmarks.md");
     let doc = std::fs::read_to_string(&path)?;

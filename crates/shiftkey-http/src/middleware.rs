@@ -50,6 +50,8 @@ struct Counters {
     retries: AtomicU64,
     premature_deaths: AtomicU64,
     keepalives: AtomicU64,
+    /// The newest token generation the server accepted at least once.
+    accepted_generation: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -342,6 +344,30 @@ impl AuthMiddleware {
         }
     }
 
+    /// Forces a refresh to replace `generation` and waits (at most the manager's
+    /// `wait_timeout`) until a newer token is servable.
+    async fn force_refresh(&self, generation: u64) -> bool {
+        let s = &self.shared;
+        tracing::info!(
+            generation,
+            "a token the server had accepted died soon after a reactive refresh; refreshing again"
+        );
+        s.manager.refresh_now();
+        let deadline = s.clock.now() + s.manager.config().wait_timeout;
+        loop {
+            if s.manager
+                .try_token()
+                .is_some_and(|t| t.generation() > generation)
+            {
+                return true;
+            }
+            if s.clock.now() >= deadline {
+                return false;
+            }
+            s.clock.sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     fn surfaced(&self, e: HttpError) -> reqwest_middleware::Error {
         self.shared
             .counters
@@ -537,8 +563,15 @@ impl Middleware for AuthMiddleware {
                         return Err(self.surfaced(HttpError::Rejected { generation }));
                     }
                     if s.manager.invalidate(generation) == Invalidation::TooSoon {
-                        s.auth_breaker.record(done.into_std(), false);
-                        return Err(self.surfaced(HttpError::Rejected { generation }));
+                        // A reactive replacement rejected within `min_interval` is refused — unless
+                        // the server had accepted it: then it served and died (a restart right
+                        // after a reactive refresh), and one more refresh does help.
+                        let served =
+                            s.counters.accepted_generation.load(Ordering::Relaxed) >= generation;
+                        if !served || !self.force_refresh(generation).await {
+                            s.auth_breaker.record(done.into_std(), false);
+                            return Err(self.surfaced(HttpError::Rejected { generation }));
+                        }
                     }
                     if spare.is_none() {
                         return Err(self.surfaced(HttpError::NotReplayable));
@@ -557,7 +590,11 @@ impl Middleware for AuthMiddleware {
                         .increment(1);
                     return Ok(response);
                 }
-                Verdict::Accepted => {}
+                Verdict::Accepted => {
+                    s.counters
+                        .accepted_generation
+                        .fetch_max(generation, Ordering::Relaxed);
+                }
             }
             if let Some(old) = refreshed_from.take() {
                 s.counters.recovered.fetch_add(1, Ordering::Relaxed);

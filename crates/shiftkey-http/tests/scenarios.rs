@@ -94,6 +94,23 @@ async fn a_401_is_healed_by_one_refresh_and_never_seen() {
     assert_eq!((stats.recovered, stats.surfaced), (1, 0));
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_token_that_served_and_then_died_soon_after_a_reactive_refresh_is_replaced() {
+    // Two kills 10 s apart (two restarts): the second hits a reactive replacement inside its
+    // min_interval, but one the server had accepted, so refreshing again does help.
+    let r = rig(secs(8 * H), |b| b).await;
+    assert_eq!(r.get("data").await.unwrap().status(), 200);
+    r.server.kill("tok-1");
+    assert_eq!(r.get("data").await.unwrap().status(), 200);
+    sleep(secs(10)).await;
+    r.server.kill("tok-2");
+    let resp = r.get("data").await.unwrap();
+    assert_eq!(resp.status(), 200, "healed, not surfaced");
+    assert_eq!(r.strategy.calls(), 3);
+    let stats = r.middleware.stats();
+    assert_eq!((stats.recovered, stats.surfaced), (2, 0));
+}
+
 // Real time: 50 concurrent loopback connections are exactly where paused time's auto-advance can
 // jump while replies are in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
