@@ -69,13 +69,17 @@ async fn a_429_storm_is_waited_out_at_the_servers_pace() {
     let sim = Sim::start(cfg, Arc::new(TokioClock::new())).await.unwrap();
     let m = service_account(&sim);
     let started = tokio::time::Instant::now();
-    // The first token waits out the storm (wait_timeout is 30 s, so ask again on timeout).
+    // The first token waits out the storm: a Retry-After beyond the caller's 30 s wait comes
+    // back at once as an error, and the caller asks again later.
     let mut asked = 0;
     let token = loop {
         asked += 1;
         match m.token().await {
             Ok(t) => break t,
-            Err(e) if e.is_transient() && asked < 100 => continue,
+            // A caller told to come back later does so (the refresher waits the same time).
+            Err(e) if e.is_transient() && asked < 100 => {
+                tokio::time::sleep(e.retry_after().unwrap_or(Duration::from_secs(1))).await;
+            }
             Err(e) => panic!("{e}"),
         }
     };
