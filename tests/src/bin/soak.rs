@@ -4,7 +4,8 @@
 //! Usage: `soak [--days N] [--profile NAME|all] [--seed S] [--json FILE]`
 //! Profiles: calm, teamcenter-busy-pool, lifetime-cap, restarts, flaky, rotation-storm; `all` runs
 //! every one. Exits 1 when a goal is missed: 0 surfaced 401s, 0 cycles failed because of auth,
-//! token-endpoint calls ≤ 1.2 × the minimum the timing law allows.
+//! token-endpoint calls ≤ 1.2 × the minimum the timing law allows (plus the deaths no client can
+//! avoid: one per restart, and two per limit it cannot know before seeing it twice).
 
 #![allow(
     clippy::print_stdout,
@@ -87,6 +88,9 @@ struct Setup {
     true_idle: Option<Duration>,
     /// Server kills no client can avoid (restarts).
     forced_kills: u64,
+    /// Limits below what the client assumes: each must be seen twice before it can be known
+    /// (the learner's rule), so two deaths each are unavoidable.
+    unknown_limits: u64,
 }
 
 fn setup(profile: &str, days: f64, seed: u64) -> Option<Setup> {
@@ -103,6 +107,7 @@ fn setup(profile: &str, days: f64, seed: u64) -> Option<Setup> {
         true_lifetime: hard,
         true_idle: None,
         forced_kills: 0,
+        unknown_limits: 0,
     };
     match profile {
         "calm" => {
@@ -114,12 +119,14 @@ fn setup(profile: &str, days: f64, seed: u64) -> Option<Setup> {
             // so only keepalives keep the session.
             s.sim.session.soft_timeout_secs = 600;
             s.true_idle = Some(Duration::from_secs(600));
+            s.unknown_limits = 1;
         }
         "lifetime-cap" => {
             s.gateway = true;
             s.sim.oauth.access_ttl_secs = 8 * 3600;
             s.sim.oauth.access_ttl_cap_secs = Some(4 * 3600);
             s.true_lifetime = Duration::from_secs(4 * 3600);
+            s.unknown_limits = 1;
         }
         "restarts" => {
             // A restart every 30 simulated hours, at odd times of day.
@@ -300,7 +307,8 @@ async fn run_profile(profile: &str, days: f64, seed: u64) -> Result<Value, Strin
     let raw_min = (duration.as_secs_f64() / s.true_lifetime.as_secs_f64()).ceil() as u64;
     let law_min = (duration.as_secs_f64() / law_period(s.true_lifetime).as_secs_f64()).ceil()
         as u64
-        + s.forced_kills;
+        + s.forced_kills
+        + 2 * s.unknown_limits;
     let ratio = token_calls as f64 / law_min.max(1) as f64;
     let script_failed = script_failures.load(std::sync::atomic::Ordering::Relaxed);
     let goals = surfaced == 0 && auth_failed == 0 && ratio <= 1.2;
