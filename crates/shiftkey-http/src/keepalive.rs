@@ -52,7 +52,14 @@ where
         s.count_keepalive();
         match request(&client).send().await {
             Ok(r) => tracing::debug!(status = r.status().as_u16(), "keepalive sent"),
-            Err(e) => tracing::warn!(error = %e.without_url_string(), "keepalive failed"),
+            Err(e) => {
+                tracing::warn!(error = %e.without_url_string(), "keepalive failed");
+                // A refused request (an open circuit, no connection) may not count as activity:
+                // wait before the next try instead of spinning.
+                s.clock
+                    .sleep((half / 4).max(std::time::Duration::from_secs(1)))
+                    .await;
+            }
         }
     }
 }

@@ -272,6 +272,31 @@ async fn a_lifetime_cap_below_expires_in_is_learned_and_then_never_hit() {
     assert_eq!(r.middleware.stats().surfaced, 0);
 }
 
+// Real time: a keepalive that spins would starve a paused runtime instead of failing the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_keepalive_waits_before_trying_again() {
+    let one_failure_opens = BreakerConfig {
+        trip: Trip::Consecutive(1),
+        ..BreakerConfig::default()
+    };
+    let r = rig(secs(8 * H), |b| {
+        b.learned(shiftkey_http::limits::LearnedLimits {
+            lifetime_cap: None,
+            idle_limit: Some(secs(2)),
+        })
+        .breakers(BreakerConfig::default(), one_failure_opens)
+    })
+    .await;
+    // Nothing listens on port 9: the first keepalive fails and opens the server circuit, after
+    // which every keepalive is refused at once, without a request that would count as activity.
+    let _keepalive = r
+        .middleware
+        .keepalive(r.client.clone(), |c| c.get("http://127.0.0.1:9/"));
+    sleep(secs(3)).await;
+    let sent = r.middleware.stats().keepalives;
+    assert!((1..=5).contains(&sent), "{sent} keepalives in 3 s");
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_idle_limit_is_learned_and_keepalive_holds_the_session() {
     let r = rig(secs(8 * H), |b| b).await;
