@@ -81,6 +81,9 @@ struct Slow {
     opened_at: Option<Instant>,
     open_for: Duration,
     probe_out: bool,
+    /// When the outstanding probe was granted: a probe whose outcome never comes back (its
+    /// request was cancelled, or failed before it could report) expires after `open_for`.
+    probe_at: Option<Instant>,
     recent: VecDeque<bool>,
 }
 
@@ -139,6 +142,7 @@ impl CircuitBreaker {
                 opened_at: None,
                 open_for: cfg.open_for,
                 probe_out: false,
+                probe_at: None,
                 recent: VecDeque::new(),
             }),
         }
@@ -171,6 +175,7 @@ impl CircuitBreaker {
                 if now >= until {
                     self.state.store(HALF_OPEN, Ordering::Release);
                     s.probe_out = true;
+                    s.probe_at = Some(now);
                     Ok(Admission::Probe)
                 } else {
                     Err(Refused {
@@ -179,12 +184,14 @@ impl CircuitBreaker {
                 }
             }
             _ => {
-                if s.probe_out {
+                let lost = s.probe_at.is_some_and(|t| now >= t + s.open_for);
+                if s.probe_out && !lost {
                     Err(Refused {
                         retry_in: Duration::ZERO,
                     })
                 } else {
                     s.probe_out = true;
+                    s.probe_at = Some(now);
                     Ok(Admission::Probe)
                 }
             }

@@ -203,6 +203,29 @@ fn breaker_opens_probes_once_and_doubles_its_cool_down() {
 }
 
 #[test]
+fn a_probe_that_never_reports_expires_instead_of_closing_the_door_for_good() {
+    let b = CircuitBreaker::default();
+    let t0 = Instant::now();
+    for _ in 0..5 {
+        b.record(t0, false);
+    }
+    let t1 = t0 + Duration::from_secs(60);
+    assert_eq!(b.allow(t1), Ok(Admission::Probe));
+    // The probe's request is cancelled (or fails before reporting): no `record` ever comes.
+    assert!(
+        b.allow(t1 + Duration::from_secs(59)).is_err(),
+        "still one probe"
+    );
+    assert_eq!(
+        b.allow(t1 + Duration::from_secs(60)),
+        Ok(Admission::Probe),
+        "a lost probe expires after the cool-down"
+    );
+    b.record(t1 + Duration::from_secs(61), true);
+    assert_eq!(b.state(), State::Closed);
+}
+
+#[test]
 fn breaker_failure_rate_mode() {
     let cfg = BreakerConfig {
         trip: Trip::FailureRate {

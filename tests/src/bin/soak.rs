@@ -5,7 +5,8 @@
 //! Profiles: calm, teamcenter-busy-pool, lifetime-cap, restarts, flaky, rotation-storm; `all` runs
 //! every one. Exits 1 when a goal is missed: 0 surfaced 401s, 0 cycles failed because of auth,
 //! token-endpoint calls ≤ 1.2 × the minimum the timing law allows (plus the deaths no client can
-//! avoid: one per restart, and two per limit it cannot know before seeing it twice).
+//! avoid: one per restart, and two per limit it cannot know before seeing it twice), and at most
+//! 10 % of cycles failed for any other reason.
 
 #![allow(
     clippy::print_stdout,
@@ -311,7 +312,9 @@ async fn run_profile(profile: &str, days: f64, seed: u64) -> Result<Value, Strin
         + 2 * s.unknown_limits;
     let ratio = token_calls as f64 / law_min.max(1) as f64;
     let script_failed = script_failures.load(std::sync::atomic::Ordering::Relaxed);
-    let goals = surfaced == 0 && auth_failed == 0 && ratio <= 1.2;
+    // Cycles failed for other reasons (5xx bursts longer than the retry policy) stay rare: more
+    // than 10 % means something is stuck (a circuit that never closes, a spinning task).
+    let goals = surfaced == 0 && auth_failed == 0 && ratio <= 1.2 && other_failed * 10 <= run;
     Ok(json!({
         "profile": profile,
         "days": days,
