@@ -48,18 +48,21 @@ pub(crate) fn store_config(cfg: &Config) -> anyhow::Result<&StoreConfig> {
 pub(crate) fn token_config<'a>(cfg: &'a Config, name: &str) -> anyhow::Result<&'a TokenConfig> {
     cfg.tokens
         .get(name)
-        .ok_or_else(|| {
-            let names: Vec<&str> = cfg.tokens.keys().map(String::as_str).collect();
-            if names.is_empty() {
-                format!("no token `{name}`: the config has no `[tokens.*]` sections")
-            } else {
-                format!(
-                    "no token `{name}` in the config (configured: {})",
-                    names.join(", ")
-                )
-            }
-        })
-        .map_err(|m| anyhow::Error::new(crate::config::ConfigProblem(m)))
+        .ok_or_else(|| unknown_token(name, cfg.tokens.keys()))
+}
+
+/// "No token NAME" naming the configured ones (a configuration problem, exit 3).
+fn unknown_token<'a>(name: &str, known: impl Iterator<Item = &'a String>) -> anyhow::Error {
+    let names: Vec<&str> = known.map(String::as_str).collect();
+    let detail = if names.is_empty() {
+        format!("no token `{name}`: the config has no `[tokens.*]` sections")
+    } else {
+        format!(
+            "no token `{name}` in the config (configured: {})",
+            names.join(", ")
+        )
+    };
+    anyhow::Error::new(crate::config::ConfigProblem(detail))
 }
 
 /// The OAuth client of a token section.
@@ -233,17 +236,9 @@ impl Tokens {
 
     /// The manager of `name`, or an error listing the names there are.
     pub(crate) fn get(&self, name: &str) -> anyhow::Result<&TokenManager> {
-        self.managers.get(name).with_context(|| {
-            let names: Vec<&str> = self.managers.keys().map(String::as_str).collect();
-            format!(
-                "no token `{name}` in the config (configured: {})",
-                if names.is_empty() {
-                    "none".to_owned()
-                } else {
-                    names.join(", ")
-                }
-            )
-        })
+        self.managers
+            .get(name)
+            .ok_or_else(|| unknown_token(name, self.managers.keys()))
     }
 }
 

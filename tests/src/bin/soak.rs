@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use shiftkey_auth::strategies::{ClientAuth, OAuthClient, OAuthPassword, OAuthRefresh};
+use shiftkey_auth::timing::{RefreshConfig, margins};
 use shiftkey_auth::{Clock, MemoryStore, TokenManager, TokioClock};
 use shiftkey_http::HttpError;
 use shiftkey_shopfloor::{ApplyReport, Feedback, ProcessRecord, Sink, SinkError};
@@ -158,13 +159,12 @@ fn setup(profile: &str, days: f64, seed: u64) -> Option<Setup> {
     Some(s)
 }
 
-/// The refresh period the timing law gives a lifetime `l` (DESIGN §3.2), jitter at its mean.
+/// The refresh period the timing law gives a lifetime `l` (DESIGN §3.2, the auth crate's own
+/// `timing::margins`), jitter at its mean.
 fn law_period(l: Duration) -> Duration {
-    let soft = l
-        .mul_f64(0.20)
-        .clamp(Duration::from_secs(60), Duration::from_secs(7200))
-        .min(l / 2);
-    l.saturating_sub(soft + soft.mul_f64(0.05))
+    let cfg = RefreshConfig::default();
+    let soft = margins(&cfg, l).soft;
+    l.saturating_sub(soft + soft.mul_f64(cfg.jitter_fraction / 2.0))
 }
 
 /// Whether a failed cycle failed because of authentication.
