@@ -26,6 +26,16 @@ pub enum HttpError {
         "the server rejected the token and the request body is not replayable, so it was not retried; the next request uses a fresh token"
     )]
     NotReplayable,
+    /// The token was rejected on a request marked [`SessionBound`](crate::SessionBound): a
+    /// refresh was started for the next request, but this one was not sent again, because what it
+    /// names lived only in the dead session. The caller starts over (e.g. reopens a window).
+    #[error(
+        "the session (token generation {generation}) died under a request bound to it; a new one is on its way, start over"
+    )]
+    SessionLost {
+        /// The generation that died.
+        generation: u64,
+    },
     /// The auth circuit is open: too many rejections in a row.
     #[error("auth circuit open after repeated rejections; next probe in {retry_in:?}")]
     AuthCircuitOpen {

@@ -49,7 +49,7 @@ pub use classify::{BearerClassifier, Classifier, Verdict};
 pub use error::HttpError;
 pub use inject::Injector;
 pub use keepalive::Keepalive;
-pub use middleware::{AuthMiddleware, AuthMiddlewareBuilder, Stats};
+pub use middleware::{AnsweredUnder, AuthMiddleware, AuthMiddlewareBuilder, SessionBound, Stats};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -21,6 +21,19 @@ use crate::classify::{BearerClassifier, Classifier, Verdict};
 use crate::inject::Injector;
 use crate::limits::{Death, LearnedLimits, LimitLearner, LimitsConfig, Recorded};
 
+/// Put in a response's extensions by [`AuthMiddleware`]: the generation of the token (or session)
+/// the server answered under. Resources bound to a session (Teamcenter's BOM windows) are valid
+/// only while later answers carry the same generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnsweredUnder(pub u64);
+
+/// A request extension (`RequestBuilder::with_extension(SessionBound)`): this request names
+/// resources that live only in the session it is sent with (Teamcenter's BOM window lines). After
+/// a rejection the middleware still replaces the token, but does not resend such a request under
+/// the new one; it returns [`HttpError::SessionLost`] and the caller starts over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionBound;
+
 /// Counters since the middleware was built (all monotonic).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -576,6 +589,11 @@ impl Middleware for AuthMiddleware {
                     if spare.is_none() {
                         return Err(self.surfaced(HttpError::NotReplayable));
                     }
+                    if extensions.get::<SessionBound>().is_some() {
+                        // Not surfaced as a 401: the caller starts over under the new session.
+                        s.counters.recovered.fetch_add(1, Ordering::Relaxed);
+                        return Err(fail(HttpError::SessionLost { generation }));
+                    }
                     refreshed_from = Some(generation);
                     // The auth retry is not a policy retry: it does not count against the attempts.
                     attempt -= 1;
@@ -630,6 +648,8 @@ impl Middleware for AuthMiddleware {
                     };
                     metrics::counter!("shiftkey_http_requests_total", "outcome" => label)
                         .increment(1);
+                    let mut response = response;
+                    response.extensions_mut().insert(AnsweredUnder(generation));
                     return Ok(response);
                 }
             }

@@ -84,14 +84,25 @@ pub struct OperationRecord {
     pub work_area: Option<String>,
     /// Allocated time (s).
     pub allocated_time_s: Option<f64>,
-    /// Work instruction text.
-    pub instructions: String,
+    /// Work instructions: documents attached to the operation (listed, not downloaded).
+    pub work_instructions: Vec<Document>,
     /// Resources.
     pub resources: Vec<String>,
     /// Consumed parts.
     pub consumed_parts: Vec<String>,
     /// Obsolete.
     pub obsolete: bool,
+}
+
+/// A document attached to an operation (a Teamcenter dataset): where to find it, not its content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Document {
+    /// The source system's id (Teamcenter dataset UID).
+    pub uid: String,
+    /// Its name (`WI-OP010.pdf`).
+    pub name: String,
+    /// Its kind (`PDF`, `Text`, ...).
+    pub kind: String,
 }
 
 /// What one apply did.
@@ -147,6 +158,16 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     ) -> Result<ApplyReport, SinkError>;
     /// The committed watermark.
     async fn watermark(&self) -> Result<Option<SystemTime>, SinkError>;
+    /// The `last_modified` the sink holds for each of `uids` (absent: not stored). The engine
+    /// skips reading a plan whose version the sink already has. The default knows nothing, so
+    /// every plan the change query returns is read.
+    async fn stored_versions(
+        &self,
+        uids: &[String],
+    ) -> Result<std::collections::BTreeMap<String, SystemTime>, SinkError> {
+        let _ = uids;
+        Ok(std::collections::BTreeMap::new())
+    }
     /// Feedback rows not yet sent, oldest first.
     async fn pending_feedback(&self, limit: i64) -> Result<Vec<Feedback>, SinkError>;
     /// Marks a feedback row sent.

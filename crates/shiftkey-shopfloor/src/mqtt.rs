@@ -35,7 +35,7 @@ pub fn isa95(p: &ProcessRecord) -> Value {
             "Description": o.name,
             "HierarchyScope": o.work_area,
             "Duration": o.allocated_time_s.map(|s| format!("PT{s}S")),
-            "WorkInstruction": o.instructions,
+            "WorkInstruction": o.work_instructions.iter().map(|d| json!({"ID": d.uid, "Description": d.name, "Type": d.kind})).collect::<Vec<_>>(),
             "EquipmentSpecification": o.resources.iter().map(|r| json!({"EquipmentID": r})).collect::<Vec<_>>(),
             "MaterialSpecification": o.consumed_parts.iter().map(|m| json!({"MaterialDefinitionID": m, "Use": "Consumed"})).collect::<Vec<_>>(),
             "Obsolete": o.obsolete,
@@ -152,6 +152,13 @@ impl Sink for MqttSink {
 
     async fn watermark(&self) -> Result<Option<SystemTime>, SinkError> {
         self.store.watermark().await
+    }
+
+    async fn stored_versions(
+        &self,
+        uids: &[String],
+    ) -> Result<std::collections::BTreeMap<String, SystemTime>, SinkError> {
+        self.store.stored_versions(uids).await
     }
 
     async fn pending_feedback(&self, limit: i64) -> Result<Vec<Feedback>, SinkError> {

@@ -23,9 +23,9 @@ fn from_millis(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
-/// The schema, version 1 (documented in `docs/shopfloor-schema.md`). `{id}` is the backend's
+/// The schema, version 2 (documented in `docs/shopfloor.md`). `{id}` is the backend's
 /// auto-increment key type.
-const SCHEMA_V1: &[&str] = &[
+const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS shopfloor_schema (version BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS process_definition (
         uid TEXT PRIMARY KEY, item_id TEXT NOT NULL, revision TEXT NOT NULL, name TEXT NOT NULL,
@@ -34,13 +34,26 @@ const SCHEMA_V1: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS process_segment (
         uid TEXT PRIMARY KEY, process_uid TEXT NOT NULL REFERENCES process_definition(uid),
         item_id TEXT NOT NULL, name TEXT NOT NULL, sequence BIGINT NOT NULL, work_area TEXT,
-        allocated_time_s DOUBLE PRECISION, instructions TEXT NOT NULL, resources_json TEXT NOT NULL,
+        allocated_time_s DOUBLE PRECISION, work_instructions_json TEXT NOT NULL, resources_json TEXT NOT NULL,
         consumed_parts_json TEXT NOT NULL, obsolete BIGINT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS process_segment_by_process ON process_segment (process_uid)",
     "CREATE TABLE IF NOT EXISTS sync_state (id BIGINT PRIMARY KEY, watermark_ms BIGINT)",
     "CREATE TABLE IF NOT EXISTS feedback_outbox (
         id {id}, operation_uid TEXT NOT NULL, completed_count BIGINT NOT NULL,
         actual_cycle_time_s DOUBLE PRECISION, deviation TEXT NOT NULL, sent BIGINT NOT NULL DEFAULT 0)",
+];
+
+const VERSION: i64 = 2;
+
+/// Version 1 → 2: work instructions became a list of attached documents (they are datasets in
+/// Teamcenter, not text). The old text column goes, and the watermark is cleared so the next
+/// cycle reads every plan again and fills the new column.
+const MIGRATE_V1_TO_V2: &[&str] = &[
+    "ALTER TABLE process_segment ADD COLUMN work_instructions_json TEXT NOT NULL DEFAULT '[]'",
+    "ALTER TABLE process_segment DROP COLUMN instructions",
+    "UPDATE process_definition SET content_hash = '', last_modified_ms = 0",
+    "UPDATE sync_state SET watermark_ms = NULL",
+    "UPDATE shopfloor_schema SET version = 2",
 ];
 
 /// A SQL sink: SQLite (`sqlite://path?mode=rwc`, `sqlite::memory:`) or PostgreSQL (`postgres://…`).
@@ -71,21 +84,49 @@ impl SqlSink {
         } else {
             "BIGSERIAL PRIMARY KEY"
         };
-        for ddl in SCHEMA_V1 {
+        for ddl in SCHEMA {
             sqlx::query(&ddl.replace("{id}", id))
                 .execute(&pool)
                 .await
                 .map_err(err("create schema"))?;
         }
-        let has_version = sqlx::query("SELECT version FROM shopfloor_schema")
+        let version = sqlx::query("SELECT version FROM shopfloor_schema")
             .fetch_optional(&pool)
             .await
+            .map_err(err("read schema version"))?
+            .map(|r| r.try_get::<i64, _>("version"))
+            .transpose()
             .map_err(err("read schema version"))?;
-        if has_version.is_none() {
-            sqlx::query("INSERT INTO shopfloor_schema (version) VALUES (1)")
-                .execute(&pool)
-                .await
-                .map_err(err("record schema version"))?;
+        match version {
+            None => {
+                sqlx::query("INSERT INTO shopfloor_schema (version) VALUES ($1)")
+                    .bind(VERSION)
+                    .execute(&pool)
+                    .await
+                    .map_err(err("record schema version"))?;
+            }
+            Some(1) => {
+                let mut tx = pool.begin().await.map_err(err("migrate schema 1 → 2"))?;
+                for ddl in MIGRATE_V1_TO_V2 {
+                    sqlx::query(ddl)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(err(format!("migrate schema 1 → 2: {ddl}")))?;
+                }
+                tx.commit().await.map_err(err("migrate schema 1 → 2"))?;
+                tracing::info!(
+                    "shop-floor schema migrated to version 2; the next cycle reads every plan again"
+                );
+            }
+            Some(VERSION) => {}
+            Some(v) => {
+                return Err(SinkError {
+                    what: format!(
+                        "schema version {v} is newer than this shiftkey knows ({VERSION}); upgrade shiftkey"
+                    ),
+                    source: sqlx::Error::Protocol("unknown schema version".into()),
+                });
+            }
         }
         if sqlite {
             sqlx::query("PRAGMA journal_mode=WAL")
@@ -112,7 +153,7 @@ impl SqlSink {
         for r in rows {
             let uid: String = r.try_get("uid").map_err(err("read uid"))?;
             let ops = sqlx::query(
-                "SELECT uid, item_id, name, sequence, work_area, allocated_time_s, instructions, resources_json, consumed_parts_json, obsolete FROM process_segment WHERE process_uid = $1 ORDER BY sequence, uid",
+                "SELECT uid, item_id, name, sequence, work_area, allocated_time_s, work_instructions_json, resources_json, consumed_parts_json, obsolete FROM process_segment WHERE process_uid = $1 ORDER BY sequence, uid",
             )
             .bind(&uid)
             .fetch_all(&self.pool)
@@ -120,10 +161,13 @@ impl SqlSink {
             .map_err(err("read operations"))?;
             let mut operations = Vec::with_capacity(ops.len());
             for o in ops {
-                let json = |col: &str| -> Result<Vec<String>, SinkError> {
+                fn json<T: serde::de::DeserializeOwned + Default>(
+                    o: &sqlx::any::AnyRow,
+                    col: &str,
+                ) -> Result<T, SinkError> {
                     let text: String = o.try_get(col).map_err(err(format!("read {col}")))?;
                     Ok(serde_json::from_str(&text).unwrap_or_default())
-                };
+                }
                 operations.push(crate::OperationRecord {
                     uid: o.try_get("uid").map_err(err("read uid"))?,
                     id: o.try_get("item_id").map_err(err("read item_id"))?,
@@ -137,11 +181,9 @@ impl SqlSink {
                     allocated_time_s: o
                         .try_get("allocated_time_s")
                         .map_err(err("read allocated_time_s"))?,
-                    instructions: o
-                        .try_get("instructions")
-                        .map_err(err("read instructions"))?,
-                    resources: json("resources_json")?,
-                    consumed_parts: json("consumed_parts_json")?,
+                    work_instructions: json(&o, "work_instructions_json")?,
+                    resources: json(&o, "resources_json")?,
+                    consumed_parts: json(&o, "consumed_parts_json")?,
                     obsolete: o
                         .try_get::<i64, _>("obsolete")
                         .map_err(err("read obsolete"))?
@@ -267,11 +309,11 @@ impl Sink for SqlSink {
                 .map_err(err(format!("clear operations of {}", p.uid)))?;
             for o in &p.operations {
                 sqlx::query(
-                    "INSERT INTO process_segment (uid, process_uid, item_id, name, sequence, work_area, allocated_time_s, instructions, resources_json, consumed_parts_json, obsolete)
+                    "INSERT INTO process_segment (uid, process_uid, item_id, name, sequence, work_area, allocated_time_s, work_instructions_json, resources_json, consumed_parts_json, obsolete)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                      ON CONFLICT (uid) DO UPDATE SET process_uid = excluded.process_uid, item_id = excluded.item_id, name = excluded.name,
                        sequence = excluded.sequence, work_area = excluded.work_area, allocated_time_s = excluded.allocated_time_s,
-                       instructions = excluded.instructions, resources_json = excluded.resources_json,
+                       work_instructions_json = excluded.work_instructions_json, resources_json = excluded.resources_json,
                        consumed_parts_json = excluded.consumed_parts_json, obsolete = excluded.obsolete",
                 )
                 .bind(&o.uid)
@@ -281,7 +323,7 @@ impl Sink for SqlSink {
                 .bind(i64::from(o.sequence))
                 .bind(o.work_area.clone())
                 .bind(o.allocated_time_s)
-                .bind(&o.instructions)
+                .bind(serde_json::to_string(&o.work_instructions).unwrap_or_else(|_| "[]".into()))
                 .bind(serde_json::to_string(&o.resources).unwrap_or_else(|_| "[]".into()))
                 .bind(serde_json::to_string(&o.consumed_parts).unwrap_or_else(|_| "[]".into()))
                 .bind(i64::from(o.obsolete))
@@ -297,6 +339,38 @@ impl Sink for SqlSink {
             .map_err(err("commit watermark"))?;
         tx.commit().await.map_err(err("commit"))?;
         Ok(report)
+    }
+
+    async fn stored_versions(
+        &self,
+        uids: &[String],
+    ) -> Result<std::collections::BTreeMap<String, SystemTime>, SinkError> {
+        let mut out = std::collections::BTreeMap::new();
+        for chunk in uids.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT uid, last_modified_ms FROM process_definition WHERE uid IN ({})",
+                placeholders.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for u in chunk {
+                q = q.bind(u);
+            }
+            for r in q
+                .fetch_all(&self.pool)
+                .await
+                .map_err(err("read stored versions"))?
+            {
+                out.insert(
+                    r.try_get("uid").map_err(err("read uid"))?,
+                    from_millis(
+                        r.try_get("last_modified_ms")
+                            .map_err(err("read last_modified"))?,
+                    ),
+                );
+            }
+        }
+        Ok(out)
     }
 
     async fn watermark(&self) -> Result<Option<SystemTime>, SinkError> {

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use shiftkey_shopfloor::{OperationRecord, ProcessRecord, Sink, SqlSink};
+use shiftkey_shopfloor::{Document, OperationRecord, ProcessRecord, Sink, SqlSink};
 
 fn t(s: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_800_000_000 + s)
@@ -19,7 +19,11 @@ fn op(uid: &str, seq: u32, text: &str) -> OperationRecord {
         sequence: seq,
         work_area: Some("WA01".into()),
         allocated_time_s: Some(12.5),
-        instructions: text.into(),
+        work_instructions: vec![Document {
+            uid: format!("DS-{text}"),
+            name: format!("{text}.pdf"),
+            kind: "PDF".into(),
+        }],
         resources: vec!["RS01".into()],
         consumed_parts: vec!["PN-1".into(), "PN-2".into()],
         obsolete: false,
@@ -98,5 +102,53 @@ async fn the_outbox_hands_out_unsent_feedback_in_order() {
     let pending = s.pending_feedback(10).await.unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].deviation, "scrap: burr");
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test]
+async fn a_version_1_database_is_migrated_and_read_again_from_the_start() {
+    let path = std::env::temp_dir().join(format!("shiftkey-sink-v1-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    {
+        // What shiftkey 0.1 with schema version 1 left behind: a text column and a watermark.
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        for ddl in [
+            "CREATE TABLE shopfloor_schema (version BIGINT NOT NULL)",
+            "INSERT INTO shopfloor_schema (version) VALUES (1)",
+            "CREATE TABLE process_definition (uid TEXT PRIMARY KEY, item_id TEXT NOT NULL, revision TEXT NOT NULL, name TEXT NOT NULL, plant TEXT NOT NULL, released BIGINT NOT NULL, obsolete BIGINT NOT NULL, last_modified_ms BIGINT NOT NULL, content_hash TEXT NOT NULL)",
+            "CREATE TABLE process_segment (uid TEXT PRIMARY KEY, process_uid TEXT NOT NULL REFERENCES process_definition(uid), item_id TEXT NOT NULL, name TEXT NOT NULL, sequence BIGINT NOT NULL, work_area TEXT, allocated_time_s DOUBLE PRECISION, instructions TEXT NOT NULL, resources_json TEXT NOT NULL, consumed_parts_json TEXT NOT NULL, obsolete BIGINT NOT NULL)",
+            "CREATE TABLE sync_state (id BIGINT PRIMARY KEY, watermark_ms BIGINT)",
+            "INSERT INTO sync_state (id, watermark_ms) VALUES (1, 1800000010000)",
+            "INSERT INTO process_definition VALUES ('P1', 'P1-ID', 'A', 'Plan', 'P01', 0, 0, 1800000010000, 'h')",
+            "INSERT INTO process_segment VALUES ('O1', 'P1', 'OP-10', 'Operation 10', 10, NULL, NULL, 'old text', '[]', '[]', 0)",
+        ] {
+            sqlx::query(ddl).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+    }
+    let s = SqlSink::connect(&url).await.unwrap();
+    assert_eq!(
+        s.watermark().await.unwrap(),
+        None,
+        "the next cycle reads everything again"
+    );
+    let all = s.all().await.unwrap();
+    assert_eq!(
+        all[0].operations[0].work_instructions,
+        vec![],
+        "old rows read, nothing lost but the text"
+    );
+    // The re-read plan is written again even though nothing else changed.
+    let p1 = plan("P1", 10, vec![op("O1", 10, "fit")]);
+    assert_eq!(
+        s.apply(std::slice::from_ref(&p1), t(10))
+            .await
+            .unwrap()
+            .updated,
+        1
+    );
+    assert_eq!(s.all().await.unwrap(), vec![p1]);
     let _ = std::fs::remove_file(path);
 }

@@ -21,6 +21,8 @@ pub struct SimConfig {
     pub faults: FaultConfig,
     /// The manufacturing data set and its change stream.
     pub data: DataConfig,
+    /// The site: time zone, saved queries, entry names, BMIDE extensions.
+    pub tc: TcConfig,
 }
 
 impl Default for SimConfig {
@@ -31,6 +33,7 @@ impl Default for SimConfig {
             oauth: OAuthConfig::default(),
             faults: FaultConfig::default(),
             data: DataConfig::default(),
+            tc: TcConfig::default(),
         }
     }
 }
@@ -144,6 +147,35 @@ impl Default for FaultConfig {
             latency_ms: 0,
             date_skew_secs: 0,
             drop_probability: 0.0,
+        }
+    }
+}
+
+/// What differs from site to site (`TEAMCENTER-READS.md` §10 open questions).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TcConfig {
+    /// The server's offset from UTC in minutes: saved-query date values are read in it.
+    pub utc_offset_minutes: i32,
+    /// Saved queries that exist (built-in definitions: `Item Revision...`, `General...`, `Item...`).
+    pub saved_queries: Vec<String>,
+    /// Localized entry names: standard entry name → the site's (e.g. `"Modified After" = "Geändert nach"`).
+    pub entry_names: BTreeMap<String, String>,
+    /// Site-defined (BMIDE) properties by type, e.g. `MEOPRevision = ["xx4_mes_feedback_key"]`.
+    pub site_properties: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for TcConfig {
+    fn default() -> Self {
+        Self {
+            utc_offset_minutes: 0,
+            saved_queries: vec![
+                "Item Revision...".to_owned(),
+                "General...".to_owned(),
+                "Item...".to_owned(),
+            ],
+            entry_names: BTreeMap::new(),
+            site_properties: BTreeMap::new(),
         }
     }
 }

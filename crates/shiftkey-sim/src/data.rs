@@ -1,5 +1,10 @@
-//! A deterministic manufacturing data set with Teamcenter's type and property names, and a change
-//! stream over simulated time.
+//! A deterministic bill of process with Teamcenter's type and property names
+//! (`TEAMCENTER-READS.md` §5.6), a planner who edits it over simulated time, and the truth a sync
+//! is compared with.
+//!
+//! Persistent objects (revisions, datasets, release statuses, saved queries, revision rules) live in
+//! [`Dataset::objects`]; the structure of each process revision is a tree of [`Occurrence`]s, which
+//! the server shows as runtime BOM lines only inside an open window.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -11,6 +16,9 @@ use serde::Deserialize;
 /// The null UID of Teamcenter.
 pub const NULL_UID: &str = "AAAAAAAAAAAAAA";
 
+/// The relation that attaches work instructions to an operation revision.
+pub const WORK_INSTRUCTION: &str = "IMAN_MEWorkInstruction";
+
 /// What to generate.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -21,7 +29,7 @@ pub struct DataConfig {
     pub plants: u32,
     /// Process plans (`MEProcessRevision`) per plant.
     pub plans_per_plant: u32,
-    /// Operations (`MEOPRevision`) per plan.
+    /// Operations (`MEOPRevision` under `Mfg0BvrOperation` lines) per plan.
     pub ops_per_plan: u32,
     /// Work areas per plant.
     pub work_areas_per_plant: u32,
@@ -29,8 +37,17 @@ pub struct DataConfig {
     pub resources_per_plant: u32,
     /// Consumed parts per operation (at most).
     pub parts_per_op: u32,
-    /// Changes per simulated hour (edits, new revisions, releases, obsoleted operations).
+    /// Work-instruction datasets per operation (`IMAN_MEWorkInstruction`).
+    pub instructions_per_op: u32,
+    /// Nested sub-processes (`Mfg0BvrProcess` lines, each with two operations) per plan.
+    pub nested_processes: u32,
+    /// Changes per simulated hour (line edits, revision edits, releases, removed operations,
+    /// new work instructions).
     pub changes_per_hour: f64,
+    /// Whether an edit of the structure (a line property, an operation revision, a removed
+    /// operation, a new work instruction) also moves the process revision's `last_mod_date`.
+    /// Unknown for a real site (`TEAMCENTER-READS.md` §2.8); default true.
+    pub structure_edit_moves_plan: bool,
 }
 
 impl Default for DataConfig {
@@ -43,28 +60,30 @@ impl Default for DataConfig {
             work_areas_per_plant: 4,
             resources_per_plant: 6,
             parts_per_op: 3,
+            instructions_per_op: 1,
+            nested_processes: 0,
             changes_per_hour: 6.0,
+            structure_edit_moves_plan: true,
         }
     }
 }
 
-/// One model object as Teamcenter returns it: a class, a type, and properties whose `dbValues` are
-/// all strings.
+/// One persistent model object: a type and properties whose `dbValues` are all strings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Object {
     /// The UID.
     pub uid: String,
-    /// `className` (and `type`).
-    pub class: &'static str,
+    /// The business object type (`MEOPRevision`, `PDF`, ...), also its `className` here.
+    pub type_name: String,
     /// Property name → `dbValues`.
     pub props: BTreeMap<String, Vec<String>>,
 }
 
 impl Object {
-    fn new(uid: String, class: &'static str) -> Self {
+    fn new(uid: String, type_name: &str) -> Self {
         Self {
             uid,
-            class,
+            type_name: type_name.to_owned(),
             props: BTreeMap::new(),
         }
     }
@@ -87,25 +106,83 @@ impl Object {
     }
 }
 
-/// Teamcenter's date form: `yyyy-MM-ddTHH:mm:ss+zzzz` (UTC here).
+/// One occurrence in a bill of process: what a BOM line shows inside a window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Occurrence {
+    /// The persistent occurrence UID (`bl_occurrence_uid`).
+    pub uid: String,
+    /// The revision the line shows (`itemRevOfBOMLine`).
+    pub revision: String,
+    /// The line type (`Mfg0BvrOperation`, `Mfg0BvrProcess`, `Mfg0BvrWorkarea`, ...).
+    pub line_type: &'static str,
+    /// `bl_occ_type` (`MEConsumed`, `MEWorkArea`, `MEResource`, empty for operations).
+    pub occ_type: String,
+    /// `bl_sequence_no`.
+    pub sequence: String,
+    /// `Mfg0allocated_time` (operations only).
+    pub allocated_time: Option<String>,
+    /// Child occurrences (for an operation: its work area, equipment and parts).
+    pub children: Vec<String>,
+    /// `Mfg0assigned_workarea`: a child occurrence.
+    pub work_area: Option<String>,
+    /// `Mfg0used_equipment`: child occurrences.
+    pub equipment: Vec<String>,
+    /// `Mfg0consumed_material`: child occurrences.
+    pub consumed: Vec<String>,
+}
+
+/// An operation as the data set holds it, with references resolved to item ids: what a correct
+/// read must return.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OperationTruth {
+    /// The operation revision UID.
+    pub revision: String,
+    /// The occurrence UID.
+    pub occurrence: String,
+    /// `item_id` of the revision.
+    pub id: String,
+    /// `object_name` of the revision.
+    pub name: String,
+    /// `bl_sequence_no`.
+    pub sequence: String,
+    /// `Mfg0allocated_time`.
+    pub allocated_time: Option<String>,
+    /// `item_id` of the work area.
+    pub work_area: Option<String>,
+    /// `item_id`s of the equipment.
+    pub equipment: Vec<String>,
+    /// `item_id`s of the consumed parts.
+    pub consumed: Vec<String>,
+    /// UIDs of the work-instruction datasets.
+    pub instructions: Vec<String>,
+}
+
+/// Teamcenter's `dbValues` date form: `yyyy-MM-ddTHH:mm:ss+hh:mm` (UTC here; colon in the offset
+/// as the Siemens parser expects, `TEAMCENTER-READS.md` §0.2).
 #[must_use]
 pub fn tc_date(t: SystemTime) -> String {
     let dt: chrono::DateTime<chrono::Utc> = t.into();
-    dt.format("%Y-%m-%dT%H:%M:%S+0000").to_string()
+    dt.format("%Y-%m-%dT%H:%M:%S+00:00").to_string()
 }
 
-/// Parses [`tc_date`]'s form (any offset).
+/// Parses [`tc_date`]'s form (any offset, with or without the colon).
 #[must_use]
 pub fn parse_tc_date(s: &str) -> Option<SystemTime> {
-    chrono::DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%z")
+    chrono::DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%:z")
+        .or_else(|_| chrono::DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%z"))
         .ok()
         .map(SystemTime::from)
 }
 
-/// The data set: every object by UID, and the process revisions by last modification.
+/// The data set.
 #[derive(Debug, Clone)]
 pub struct Dataset {
     objects: BTreeMap<String, Object>,
+    occurrences: BTreeMap<String, Occurrence>,
+    /// Process revision → its top-level occurrences.
+    structures: BTreeMap<String, Vec<String>>,
+    /// Primary UID → (relation, secondary UID).
+    relations: BTreeMap<String, Vec<(String, String)>>,
     rng: StdRng,
     cfg: DataConfig,
     next_uid: u64,
@@ -113,128 +190,247 @@ pub struct Dataset {
     last_advance: SystemTime,
 }
 
+const REVISION_TYPES: [&str; 5] = [
+    "MEProcessRevision",
+    "MEOPRevision",
+    "MEWorkareaRevision",
+    "Mfg0MEResourceRevision",
+    "ItemRevision",
+];
+
 impl Dataset {
-    /// Generates the data set as of `now` (all objects modified a day before).
+    /// Generates the data set as of `now` (everything last modified a day before).
     #[must_use]
     pub fn generate(cfg: &DataConfig, now: SystemTime) -> Self {
         let mut d = Self {
             objects: BTreeMap::new(),
+            occurrences: BTreeMap::new(),
+            structures: BTreeMap::new(),
+            relations: BTreeMap::new(),
             rng: StdRng::seed_from_u64(cfg.seed),
             cfg: cfg.clone(),
             next_uid: 0,
             changes_applied: 0,
             last_advance: now,
         };
-        let base = now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now);
+        let base = tc_date(now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now));
+        for rule in ["Latest Working", "Any Status; Working", "Precise; Working"] {
+            let uid = d.uid();
+            let mut o = Object::new(uid.clone(), "RevisionRule");
+            o.one("object_name", rule);
+            d.objects.insert(uid, o);
+        }
         for p in 0..cfg.plants {
             let plant = format!("P{:02}", p + 1);
             let areas: Vec<String> = (0..cfg.work_areas_per_plant)
                 .map(|a| {
-                    let uid = d.uid();
-                    let mut o = Object::new(uid.clone(), "MEWorkareaRevision");
-                    o.one("item_id", format!("{plant}-WA{:02}", a + 1));
-                    o.one("item_revision_id", "A");
-                    o.one("object_name", format!("Station {} / {plant}", a + 1));
-                    o.one("last_mod_date", tc_date(base));
-                    d.objects.insert(uid.clone(), o);
-                    uid
+                    d.revision(
+                        "MEWorkareaRevision",
+                        &format!("{plant}-WA{:02}", a + 1),
+                        &format!("Station {} / {plant}", a + 1),
+                        &base,
+                    )
                 })
                 .collect();
             let resources: Vec<String> = (0..cfg.resources_per_plant)
                 .map(|r| {
-                    let uid = d.uid();
-                    let mut o = Object::new(uid.clone(), "Mfg0MEResourceRevision");
-                    o.one("item_id", format!("{plant}-RS{:02}", r + 1));
-                    o.one("item_revision_id", "A");
-                    o.one(
-                        "object_name",
-                        [
-                            "Torque wrench",
-                            "Press",
-                            "Robot cell",
-                            "Vision system",
-                            "Screwdriver",
-                            "Gauge",
-                        ][r as usize % 6],
-                    );
-                    o.one("last_mod_date", tc_date(base));
-                    d.objects.insert(uid.clone(), o);
-                    uid
+                    let name = [
+                        "Torque wrench",
+                        "Press",
+                        "Robot cell",
+                        "Vision system",
+                        "Screwdriver",
+                        "Gauge",
+                    ][r as usize % 6];
+                    d.revision(
+                        "Mfg0MEResourceRevision",
+                        &format!("{plant}-RS{:02}", r + 1),
+                        name,
+                        &base,
+                    )
                 })
                 .collect();
             for n in 0..cfg.plans_per_plant {
-                let plan_uid = d.uid();
-                let mut plan = Object::new(plan_uid.clone(), "MEProcessRevision");
-                plan.one("item_id", format!("{plant}-PR{:04}", n + 1));
-                plan.one("item_revision_id", "A");
-                plan.one(
-                    "object_name",
-                    format!("Assemble module {} at {plant}", n + 1),
+                let plan_id = format!("{plant}-PR{:04}", n + 1);
+                let plan = d.revision(
+                    "MEProcessRevision",
+                    &plan_id,
+                    &format!("Assemble module {} at {plant}", n + 1),
+                    &base,
                 );
-                plan.one("mfg0plant", plant.clone());
-                plan.one("last_mod_date", tc_date(base));
-                plan.set("release_status_list", vec![]);
-                plan.one("fnd0IsObsolete", "0");
-                let mut ops = Vec::new();
+                let mut top = Vec::new();
                 for k in 0..cfg.ops_per_plan {
-                    let op_uid = d.uid();
-                    let mut op = Object::new(op_uid.clone(), "MEOPRevision");
-                    op.one(
-                        "item_id",
-                        format!("{plant}-OP{:04}-{:03}", n + 1, (k + 1) * 10),
-                    );
-                    op.one("item_revision_id", "A");
-                    op.one("object_name", format!("Operation {}", (k + 1) * 10));
-                    op.one("mfg0sequence", ((k + 1) * 10).to_string());
-                    op.one("bl_parent", plan_uid.clone());
-                    let area = areas
-                        .get(d.rng.gen_range(0..areas.len().max(1)))
-                        .cloned()
-                        .unwrap_or_else(|| NULL_UID.to_owned());
-                    op.one("Mfg0workarea", area);
-                    op.one(
-                        "allocated_time",
-                        format!("{:.1}", d.rng.gen_range(5.0..300.0)),
-                    );
-                    op.one(
-                        "mes0work_instructions",
-                        format!(
-                            "Step {} of plan {}: fit, fasten to spec, verify.",
-                            (k + 1) * 10,
-                            n + 1
-                        ),
-                    );
-                    let nres = d.rng.gen_range(0..=resources.len().min(2));
-                    op.set(
-                        "Mfg0assigned_resources",
-                        resources.iter().take(nres).cloned().collect(),
-                    );
-                    let nparts = d.rng.gen_range(0..=cfg.parts_per_op);
-                    let parts: Vec<String> = (0..nparts)
-                        .map(|i| {
-                            let uid = d.uid();
-                            let mut part = Object::new(uid.clone(), "Mfg0BvrPart");
-                            part.one(
-                                "item_id",
-                                format!("PN-{:06}", d.next_uid * 10 + u64::from(i)),
-                            );
-                            part.one("object_name", format!("Part {}", d.next_uid));
-                            part.one("quantity", d.rng.gen_range(1..5).to_string());
-                            d.objects.insert(uid.clone(), part);
-                            uid
-                        })
-                        .collect();
-                    op.set("Mfg0consumed_material", parts);
-                    op.one("last_mod_date", tc_date(base));
-                    op.one("fnd0IsObsolete", "0");
-                    d.objects.insert(op_uid.clone(), op);
-                    ops.push(op_uid);
+                    let op = d.operation(&plan_id, k, &areas, &resources, &base);
+                    top.push(op);
                 }
-                plan.set("bl_child_lines", ops);
-                d.objects.insert(plan_uid, plan);
+                for s in 0..cfg.nested_processes {
+                    let sub_id = format!("{plan_id}-S{}", s + 1);
+                    let sub = d.revision(
+                        "MEProcessRevision",
+                        &sub_id,
+                        &format!("Sub-process {} of {plan_id}", s + 1),
+                        &base,
+                    );
+                    let ops: Vec<String> = (0..2)
+                        .map(|k| d.operation(&sub_id, k, &areas, &resources, &base))
+                        .collect();
+                    d.structures.insert(sub.clone(), ops);
+                    let occ = d.uid();
+                    d.occurrences.insert(
+                        occ.clone(),
+                        Occurrence {
+                            uid: occ.clone(),
+                            revision: sub,
+                            line_type: "Mfg0BvrProcess",
+                            occ_type: String::new(),
+                            sequence: ((cfg.ops_per_plan + s + 1) * 10).to_string(),
+                            allocated_time: None,
+                            children: Vec::new(),
+                            work_area: None,
+                            equipment: Vec::new(),
+                            consumed: Vec::new(),
+                        },
+                    );
+                    top.push(occ);
+                }
+                d.structures.insert(plan, top);
             }
         }
         d
+    }
+
+    /// A new revision object of `type_name` with the standard properties.
+    fn revision(&mut self, type_name: &str, id: &str, name: &str, date: &str) -> String {
+        let uid = self.uid();
+        let mut o = Object::new(uid.clone(), type_name);
+        o.one("item_id", id);
+        o.one("item_revision_id", "A");
+        o.one("object_name", name);
+        o.one("object_type", type_name);
+        o.one("object_desc", "");
+        o.one("creation_date", date);
+        o.one("last_mod_date", date);
+        o.set("release_status_list", Vec::new());
+        o.one("owning_user", "uUSER");
+        self.objects.insert(uid.clone(), o);
+        uid
+    }
+
+    /// An operation revision, its occurrence and its children (work area, equipment, parts),
+    /// and its work-instruction datasets. Returns the occurrence UID.
+    fn operation(
+        &mut self,
+        plan_id: &str,
+        k: u32,
+        areas: &[String],
+        resources: &[String],
+        date: &str,
+    ) -> String {
+        let seq = (k + 1) * 10;
+        let op_id = format!("{plan_id}-OP{seq:03}");
+        let rev = self.revision("MEOPRevision", &op_id, &format!("Operation {seq}"), date);
+        let mut children = Vec::new();
+        let work_area = areas
+            .get(self.rng.gen_range(0..areas.len().max(1)))
+            .cloned();
+        let work_area = work_area.map(|a| {
+            let occ = self.child(&a, "Mfg0BvrWorkarea", "MEWorkArea");
+            children.push(occ.clone());
+            occ
+        });
+        let n_eq = self.rng.gen_range(0..=resources.len().min(2));
+        let equipment: Vec<String> = resources
+            .iter()
+            .take(n_eq)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|r| {
+                let occ = self.child(&r, "Mfg0BvrProcessResource", "MEResource");
+                children.push(occ.clone());
+                occ
+            })
+            .collect();
+        let n_parts = self.rng.gen_range(0..=self.cfg.parts_per_op);
+        let consumed: Vec<String> = (0..n_parts)
+            .map(|i| {
+                let pn = format!("PN-{:06}", self.next_uid * 10 + u64::from(i));
+                let part = self.revision("ItemRevision", &pn, &format!("Part {pn}"), date);
+                let occ = self.child(&part, "Mfg0BvrPart", "MEConsumed");
+                children.push(occ.clone());
+                occ
+            })
+            .collect();
+        for i in 0..self.cfg.instructions_per_op {
+            self.attach(
+                &rev,
+                WORK_INSTRUCTION,
+                &format!("WI-{op_id}-{}.pdf", i + 1),
+                "PDF",
+            );
+        }
+        // A specification that is not a work instruction: listed only if that relation is asked.
+        if k == 0 {
+            self.attach(
+                &rev,
+                "IMAN_specification",
+                &format!("SPEC-{op_id}.txt"),
+                "Text",
+            );
+        }
+        let occ = self.uid();
+        let time = format!("{:.1}", self.rng.gen_range(5.0..300.0));
+        self.occurrences.insert(
+            occ.clone(),
+            Occurrence {
+                uid: occ.clone(),
+                revision: rev,
+                line_type: "Mfg0BvrOperation",
+                occ_type: String::new(),
+                sequence: seq.to_string(),
+                allocated_time: Some(time),
+                children,
+                work_area,
+                equipment,
+                consumed,
+            },
+        );
+        occ
+    }
+
+    fn child(&mut self, revision: &str, line_type: &'static str, occ_type: &str) -> String {
+        let occ = self.uid();
+        self.occurrences.insert(
+            occ.clone(),
+            Occurrence {
+                uid: occ.clone(),
+                revision: revision.to_owned(),
+                line_type,
+                occ_type: occ_type.to_owned(),
+                sequence: String::new(),
+                allocated_time: None,
+                children: Vec::new(),
+                work_area: None,
+                equipment: Vec::new(),
+                consumed: Vec::new(),
+            },
+        );
+        occ
+    }
+
+    /// A dataset of `type_name` attached to `primary` by `relation`.
+    fn attach(&mut self, primary: &str, relation: &str, name: &str, type_name: &str) -> String {
+        let uid = self.uid();
+        let mut ds = Object::new(uid.clone(), type_name);
+        ds.one("object_name", name);
+        ds.one("object_type", type_name);
+        ds.set("ref_list", Vec::new());
+        self.objects.insert(uid.clone(), ds);
+        self.relations
+            .entry(primary.to_owned())
+            .or_default()
+            .push((relation.to_owned(), uid.clone()));
+        uid
     }
 
     fn uid(&mut self) -> String {
@@ -250,16 +446,62 @@ impl Dataset {
         uid
     }
 
-    /// Every object.
+    /// Adds a saved query (`ImanQuery`) named `name`.
+    pub fn add_saved_query(&mut self, name: &str) -> String {
+        let uid = self.uid();
+        let mut o = Object::new(uid.clone(), "ImanQuery");
+        o.one("query_name", name);
+        o.one("query_desc", format!("{name} (emulated)"));
+        self.objects.insert(uid.clone(), o);
+        uid
+    }
+
+    /// Every persistent object.
     #[must_use]
     pub fn objects(&self) -> &BTreeMap<String, Object> {
         &self.objects
     }
 
-    /// One object.
+    /// One persistent object.
     #[must_use]
     pub fn get(&self, uid: &str) -> Option<&Object> {
         self.objects.get(uid)
+    }
+
+    /// One occurrence.
+    #[must_use]
+    pub fn occurrence(&self, uid: &str) -> Option<&Occurrence> {
+        self.occurrences.get(uid)
+    }
+
+    /// The top-level occurrences of a process revision (`None`: not a process with a structure).
+    #[must_use]
+    pub fn structure(&self, process: &str) -> Option<&[String]> {
+        self.structures.get(process).map(Vec::as_slice)
+    }
+
+    /// The children of an occurrence: its own children, or the structure of the process it shows.
+    #[must_use]
+    pub fn children(&self, occurrence: &str) -> Vec<String> {
+        let Some(o) = self.occurrences.get(occurrence) else {
+            return Vec::new();
+        };
+        match self.structures.get(&o.revision) {
+            Some(s) => s.clone(),
+            None => o.children.clone(),
+        }
+    }
+
+    /// What `primary` has attached, as (relation, secondary) pairs.
+    #[must_use]
+    pub fn relations(&self, primary: &str) -> &[(String, String)] {
+        self.relations.get(primary).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether `type_name` is one of the revision types the data set holds.
+    #[must_use]
+    pub fn is_revision_type(type_name: &str) -> bool {
+        REVISION_TYPES.contains(&type_name)
     }
 
     /// Process revisions modified at or after `since`, oldest first.
@@ -268,7 +510,7 @@ impl Dataset {
         let mut v: Vec<&Object> = self
             .objects
             .values()
-            .filter(|o| o.class == "MEProcessRevision")
+            .filter(|o| o.type_name == "MEProcessRevision" && self.structures.contains_key(&o.uid))
             .filter(|o| {
                 o.get("last_mod_date")
                     .and_then(parse_tc_date)
@@ -277,10 +519,64 @@ impl Dataset {
             .collect();
         v.sort_by(|a, b| {
             a.get("last_mod_date")
-                .cmp(&b.get("last_mod_date"))
+                .and_then(parse_tc_date)
+                .cmp(&b.get("last_mod_date").and_then(parse_tc_date))
                 .then(a.uid.cmp(&b.uid))
         });
         v
+    }
+
+    /// The operations of a process revision, depth first through nested processes, with their
+    /// references resolved: what a correct read returns.
+    #[must_use]
+    pub fn operations_of(&self, process: &str) -> Vec<OperationTruth> {
+        let mut out = Vec::new();
+        let mut stack: Vec<String> = self
+            .structures
+            .get(process)
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .rev()
+            .collect();
+        let item_id = |occ: &str| {
+            self.occurrences
+                .get(occ)
+                .and_then(|o| self.objects.get(&o.revision))
+                .and_then(|r| r.get("item_id"))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        while let Some(occ) = stack.pop() {
+            let Some(o) = self.occurrences.get(&occ) else {
+                continue;
+            };
+            if o.line_type == "Mfg0BvrProcess" {
+                stack.extend(self.children(&occ).into_iter().rev());
+                continue;
+            }
+            let Some(rev) = self.objects.get(&o.revision) else {
+                continue;
+            };
+            out.push(OperationTruth {
+                revision: rev.uid.clone(),
+                occurrence: o.uid.clone(),
+                id: rev.get("item_id").unwrap_or_default().to_owned(),
+                name: rev.get("object_name").unwrap_or_default().to_owned(),
+                sequence: o.sequence.clone(),
+                allocated_time: o.allocated_time.clone(),
+                work_area: o.work_area.as_deref().map(item_id),
+                equipment: o.equipment.iter().map(|e| item_id(e)).collect(),
+                consumed: o.consumed.iter().map(|c| item_id(c)).collect(),
+                instructions: self
+                    .relations(&rev.uid)
+                    .iter()
+                    .filter(|(r, _)| r == WORK_INSTRUCTION)
+                    .map(|(_, s)| s.clone())
+                    .collect(),
+            });
+        }
+        out
     }
 
     /// Changes applied so far.
@@ -289,9 +585,25 @@ impl Dataset {
         self.changes_applied
     }
 
+    /// The operation occurrences directly under a plan.
+    fn plan_operations(&self, plan: &str) -> Vec<String> {
+        self.structures
+            .get(plan)
+            .into_iter()
+            .flatten()
+            .filter(|o| {
+                self.occurrences
+                    .get(*o)
+                    .is_some_and(|o| o.line_type == "Mfg0BvrOperation")
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Applies the changes due between the last call and `now` (deterministic for a seed and the
-    /// same sequence of `now`s): edits of operations, new plan revisions, releases, obsoleted
-    /// operations. Each bumps the plan's `last_mod_date` to the change's time.
+    /// same sequence of `now`s). Kinds: a line edit (allocated time), an operation revision edit,
+    /// a new work instruction, a removed operation (structure edits: they move the plan's
+    /// `last_mod_date` only when `structure_edit_moves_plan`), a release, a plan rename.
     pub fn advance(&mut self, now: SystemTime) {
         let Ok(span) = now.duration_since(self.last_advance) else {
             return;
@@ -304,7 +616,8 @@ impl Dataset {
         let plans: Vec<String> = self
             .objects
             .values()
-            .filter(|o| o.class == "MEProcessRevision")
+            .filter(|o| o.type_name == "MEProcessRevision")
+            .filter(|o| self.structures.contains_key(&o.uid))
             .map(|o| o.uid.clone())
             .collect();
         if plans.is_empty() {
@@ -313,65 +626,78 @@ impl Dataset {
         }
         for i in 0..due {
             let at = self.last_advance + step * u32::try_from(i + 1).unwrap_or(u32::MAX);
-            let plan_uid = plans[self.rng.gen_range(0..plans.len())].clone();
-            let stamp = tc_date(at);
-            let kind = self.rng.gen_range(0..4);
-            let ops: Vec<String> = self
-                .objects
-                .get(&plan_uid)
-                .and_then(|p| p.props.get("bl_child_lines"))
-                .cloned()
-                .unwrap_or_default();
-            match kind {
-                0 if !ops.is_empty() => {
-                    let op = ops[self.rng.gen_range(0..ops.len())].clone();
-                    let text = format!(
-                        "Revised instruction {} at {stamp}.",
-                        self.changes_applied + 1
-                    );
-                    if let Some(o) = self.objects.get_mut(&op) {
-                        o.one("mes0work_instructions", text);
-                        o.one("last_mod_date", stamp.clone());
-                    }
-                }
-                1 => {
-                    if let Some(p) = self.objects.get_mut(&plan_uid) {
-                        let rev = p
-                            .get("item_revision_id")
-                            .unwrap_or("A")
-                            .as_bytes()
-                            .first()
-                            .copied()
-                            .unwrap_or(b'A');
-                        p.one(
-                            "item_revision_id",
-                            ((rev.saturating_add(1)) as char).to_string(),
-                        );
-                    }
-                }
-                2 => {
-                    if let Some(p) = self.objects.get_mut(&plan_uid) {
-                        p.set("release_status_list", vec!["Released".to_owned()]);
-                    }
-                }
-                _ if ops.len() > 1 => {
-                    let op = ops[self.rng.gen_range(0..ops.len())].clone();
-                    if let Some(o) = self.objects.get_mut(&op) {
-                        o.one("fnd0IsObsolete", "1");
-                        o.one("last_mod_date", stamp.clone());
-                    }
-                }
-                _ => {}
-            }
-            if let Some(p) = self.objects.get_mut(&plan_uid) {
-                p.one("last_mod_date", stamp);
-            }
+            let plan = plans[self.rng.gen_range(0..plans.len())].clone();
+            self.change(&plan, &tc_date(at));
             self.changes_applied += 1;
         }
         self.last_advance += step * u32::try_from(due).unwrap_or(u32::MAX);
     }
 
-    /// Sets properties (the feedback path); unknown objects are `Err` with the UID.
+    fn change(&mut self, plan: &str, stamp: &str) {
+        let ops = self.plan_operations(plan);
+        let kind = self.rng.gen_range(0..6);
+        let op = (!ops.is_empty()).then(|| ops[self.rng.gen_range(0..ops.len())].clone());
+        let structural = match (kind, op) {
+            (0, Some(op)) => {
+                let t = format!("{:.1}", self.rng.gen_range(5.0..300.0));
+                if let Some(o) = self.occurrences.get_mut(&op) {
+                    o.allocated_time = Some(t);
+                }
+                true
+            }
+            (1, Some(op)) => {
+                let n = self.changes_applied + 1;
+                if let Some(rev) = self.occurrences.get(&op).map(|o| o.revision.clone())
+                    && let Some(r) = self.objects.get_mut(&rev)
+                {
+                    r.one("object_name", format!("Operation revised by change {n}"));
+                    r.one("last_mod_date", stamp);
+                }
+                true
+            }
+            (2, Some(op)) => {
+                if let Some(rev) = self.occurrences.get(&op).map(|o| o.revision.clone()) {
+                    let n = self.changes_applied + 1;
+                    self.attach(&rev, WORK_INSTRUCTION, &format!("WI-change-{n}.pdf"), "PDF");
+                    if let Some(r) = self.objects.get_mut(&rev) {
+                        r.one("last_mod_date", stamp);
+                    }
+                }
+                true
+            }
+            (3, Some(op)) if ops.len() > 1 => {
+                if let Some(s) = self.structures.get_mut(plan) {
+                    s.retain(|o| *o != op);
+                }
+                true
+            }
+            (4, _) => {
+                let status = self.uid();
+                let mut o = Object::new(status.clone(), "ReleaseStatus");
+                o.one("object_name", "Released");
+                o.one("date_released", stamp);
+                self.objects.insert(status.clone(), o);
+                if let Some(p) = self.objects.get_mut(plan) {
+                    p.set("release_status_list", vec![status]);
+                }
+                false
+            }
+            _ => {
+                let n = self.changes_applied + 1;
+                if let Some(p) = self.objects.get_mut(plan) {
+                    p.one("object_name", format!("Plan renamed by change {n}"));
+                }
+                false
+            }
+        };
+        if (!structural || self.cfg.structure_edit_moves_plan)
+            && let Some(p) = self.objects.get_mut(plan)
+        {
+            p.one("last_mod_date", stamp);
+        }
+    }
+
+    /// Sets properties (the feedback path). Unknown objects are `Err` with the UID.
     pub fn set_properties(
         &mut self,
         uid: &str,

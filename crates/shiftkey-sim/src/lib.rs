@@ -37,15 +37,20 @@
 mod clock;
 mod config;
 mod data;
+mod model;
 mod server;
+mod soa;
 pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError};
 
 pub use clock::ScaledClock;
-pub use config::{FaultConfig, OAuthConfig, SessionConfig, SimConfig};
-pub use data::{DataConfig, Dataset, NULL_UID, Object, parse_tc_date, tc_date};
+pub use config::{FaultConfig, OAuthConfig, SessionConfig, SimConfig, TcConfig};
+pub use data::{
+    DataConfig, Dataset, NULL_UID, Object, Occurrence, OperationTruth, WORK_INSTRUCTION,
+    parse_tc_date, tc_date,
+};
 pub use server::Stats;
 use shiftkey_auth::Clock;
 
@@ -89,11 +94,14 @@ impl Sim {
     /// Counters so far.
     #[must_use]
     pub fn stats(&self) -> Stats {
-        self.inner
-            .stats
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.inner.stats()
+    }
+
+    /// Windows still open in sessions that are still alive: what clients leaked. Windows of a
+    /// session that died (timeout, logout, restart) died with it and are not counted.
+    #[must_use]
+    pub fn leaked_windows(&self) -> usize {
+        self.inner.leaked_windows()
     }
 
     /// Restarts the server now: every session and gateway access token dies.

@@ -21,6 +21,8 @@ use tokio::time::Instant;
 
 use crate::config::SimConfig;
 use crate::data::Dataset;
+use crate::model::{Policy, Schema};
+use crate::soa::{Ctx, Windows};
 use crate::wire;
 
 /// Counters a test can read (also served as JSON at `GET /sim/stats`).
@@ -44,6 +46,15 @@ pub struct Stats {
     pub requests: BTreeMap<String, u64>,
     /// Faults injected: `rate_limited`, `server_error`.
     pub faults: BTreeMap<String, u64>,
+    /// Windows (`openContexts`, `createBOMWindows`) opened.
+    pub windows_opened: u64,
+    /// Windows the client closed.
+    pub windows_closed: u64,
+    /// Windows that died with their session (timeout, logout, restart).
+    pub windows_died: u64,
+    /// Requests that named a runtime line or window not live in the caller's session (a client
+    /// reusing stale `SR::…` UIDs).
+    pub stale_lines: u64,
 }
 
 fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
@@ -94,6 +105,8 @@ pub(crate) struct Inner {
     pub(crate) clock: Arc<dyn Clock>,
     sessions: Mutex<HashMap<String, Session>>,
     pub(crate) data: Mutex<Dataset>,
+    pub(crate) windows: Mutex<Windows>,
+    schema: Schema,
     oauth: Mutex<OAuth>,
     faults: Mutex<Faults>,
     pub(crate) stats: Mutex<Stats>,
@@ -115,7 +128,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Inner {
     pub(crate) fn new(cfg: SimConfig, clock: Arc<dyn Clock>) -> Self {
         let started = clock.now();
-        let data = Dataset::generate(&cfg.data, clock.wall());
+        let mut data = Dataset::generate(&cfg.data, clock.wall());
+        for q in &cfg.tc.saved_queries {
+            data.add_saved_query(q);
+        }
         let restarts = cfg
             .session
             .restart_at_hours
@@ -129,6 +145,8 @@ impl Inner {
                 burst_left: 0,
             }),
             data: Mutex::new(data),
+            windows: Mutex::new(Windows::default()),
+            schema: Schema::new(cfg.tc.site_properties.clone()),
             cfg,
             clock,
             sessions: Mutex::new(HashMap::new()),
@@ -143,6 +161,7 @@ impl Inner {
     /// Restarts the server now: every session and gateway access token dies.
     pub(crate) fn restart(&self) {
         lock(&self.restarts).push(self.clock.now());
+        lock(&self.windows).all_died();
     }
 
     fn last_restart(&self, now: Instant) -> Option<Instant> {
@@ -231,6 +250,7 @@ impl Inner {
         if let Some(cause) = self.death(&s, now) {
             sessions.remove(id);
             drop(sessions);
+            lock(&self.windows).session_ended(id);
             bump(&mut lock(&self.stats).killed, cause);
             return None;
         }
@@ -239,7 +259,34 @@ impl Inner {
         }
         Some(s)
     }
+
+    /// Windows still open in a session that is still alive: what a client leaked.
+    pub(crate) fn leaked_windows(&self) -> usize {
+        let now = self.clock.now();
+        let sessions = lock(&self.sessions);
+        lock(&self.windows)
+            .open
+            .values()
+            .filter(|w| match sessions.get(&w.session) {
+                Some(s) => self.death(s, now).is_none(),
+                None => w.session == GATEWAY,
+            })
+            .count()
+    }
+
+    /// The counters, with the window counts.
+    pub(crate) fn stats(&self) -> Stats {
+        let mut st = lock(&self.stats).clone();
+        let w = lock(&self.windows);
+        st.windows_opened = w.opened;
+        st.windows_closed = w.closed;
+        st.windows_died = w.died;
+        st
+    }
 }
+
+/// The window owner for calls through the OAuth gateway (no Teamcenter session of its own).
+const GATEWAY: &str = "gateway";
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
@@ -276,7 +323,7 @@ pub(crate) fn router(state: Arc<Inner>) -> Router {
 
 /// The counters as JSON, for tools driving the emulator from another process.
 async fn stats_json(State(s): State<Arc<Inner>>) -> Response {
-    let stats = lock(&s.stats).clone();
+    let stats = s.stats();
     json_response(StatusCode::OK, &json!(stats))
 }
 
@@ -352,9 +399,14 @@ async fn inject_faults(s: &Inner) -> Option<Response> {
     })
 }
 
-fn parse_envelope(body: &Bytes) -> Result<Value, String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    Ok(v.get("body").cloned().unwrap_or(Value::Null))
+/// The envelope's `header.policy` and `body`.
+fn parse_envelope(body: &Bytes) -> Result<(Value, Value), String> {
+    let mut v: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let policy = v["header"]["policy"].take();
+    Ok((
+        policy,
+        v.get_mut("body").map(Value::take).unwrap_or(Value::Null),
+    ))
 }
 
 async fn soa(
@@ -369,7 +421,7 @@ async fn soa(
         return r;
     }
     let now = s.clock.now();
-    let input = match parse_envelope(&body) {
+    let (policy, input) = match parse_envelope(&body) {
         Ok(v) => v,
         Err(e) => {
             bump(&mut lock(&s.stats).exceptions, "InternalServerException");
@@ -386,6 +438,7 @@ async fn soa(
             let alive = s.session(jsession.as_deref(), now).is_some();
             if let Some(id) = jsession.filter(|_| alive) {
                 lock(&s.sessions).remove(&id);
+                lock(&s.windows).session_ended(&id);
                 bump(&mut lock(&s.stats).killed, "logout");
                 return json_response(
                     StatusCode::OK,
@@ -407,16 +460,66 @@ async fn soa(
             StatusCode::from_u16(s.cfg.session.invalid_user_status).unwrap_or(StatusCode::OK);
         return json_response(status, &wire::invalid_user());
     };
-    match dispatch(&s, &op, &input, Some(&session)) {
-        Some(v) => json_response(StatusCode::OK, &v),
-        None => {
-            bump(&mut lock(&s.stats).exceptions, "InternalServerException");
-            json_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &wire::internal_server(&format!("no such operation {op}")),
-            )
-        }
+    let id = jsession.unwrap_or_default();
+    answer(&s, &op, &policy, &input, &session.user, &id)
+}
+
+/// Runs a data operation and turns its outcome into the server's answer: the result, or an
+/// `InternalServerException` under HTTP 500 for an unknown operation or a refused body.
+fn answer(s: &Inner, op: &str, policy: &Value, input: &Value, user: &str, owner: &str) -> Response {
+    let refused = |code: u32, message: &str| {
+        bump(&mut lock(&s.stats).exceptions, "InternalServerException");
+        json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &wire::refused(code, message),
+        )
+    };
+    if op == "Core-2007-01-Session/getTCSessionInfo" {
+        return json_response(StatusCode::OK, &session_info(user));
     }
+    let policy = match Policy::parse(policy) {
+        Ok(p) => p,
+        Err(e) => return refused(wire::INVALID_SYNTAX, &format!("invalid syntax: {e}")),
+    };
+    let wall = s.clock.wall();
+    let mut data = lock(&s.data);
+    if !s.changes_paused.load(std::sync::atomic::Ordering::Acquire) {
+        data.advance(wall);
+    }
+    let mut windows = lock(&s.windows);
+    let mut ctx = Ctx {
+        data: &mut data,
+        windows: &mut windows,
+        schema: &s.schema,
+        cfg: &s.cfg.tc,
+        session: owner,
+        policy,
+        wall,
+        stale: std::cell::Cell::new(0),
+    };
+    let result = ctx.dispatch(op, input);
+    let stale = ctx.stale.get();
+    if stale > 0 {
+        lock(&s.stats).stale_lines += stale;
+    }
+    drop(windows);
+    drop(data);
+    match result {
+        Some(Ok(v)) => json_response(StatusCode::OK, &v),
+        Some(Err(r)) => refused(r.code, &r.message),
+        None => refused(214_004, &format!("no such operation {op}")),
+    }
+}
+
+fn session_info(user: &str) -> Value {
+    json!({
+        ".QName": "http://teamcenter.com/Schemas/Core/2007-01/Session.GetTCSessionInfoResponse",
+        "serverVersion": "V12000.4.0.20200312",
+        "user": {"uid": "uUSER", "className": "User", "type": "User"},
+        "group": {"uid": "uGROUP", "className": "Group", "type": "Group"},
+        "role": {"uid": "uROLE", "className": "Role", "type": "Role"},
+        "extraInfo": {"TcServerID": "tcserver-emu", "hostName": "tc-emulator", "syslogFile": format!("/tmp/tcserver_{user}.syslog"), "TCServerLocale": "en_US"}
+    })
 }
 
 fn login(s: &Inner, input: &Value, now: Instant) -> Response {
@@ -485,144 +588,6 @@ fn login(s: &Inner, input: &Value, now: Instant) -> Response {
     res
 }
 
-/// The data operations, shared by the session and the gateway endpoints.
-fn dispatch(s: &Inner, op: &str, input: &Value, session: Option<&Session>) -> Option<Value> {
-    let wall = s.clock.wall();
-    let mut data = lock(&s.data);
-    if !s.changes_paused.load(std::sync::atomic::Ordering::Acquire) {
-        data.advance(wall);
-    }
-    let strings = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    Some(match op {
-        "Core-2007-01-Session/getTCSessionInfo" => {
-            let user = session.map_or("gateway", |x| x.user.as_str());
-            json!({
-                ".QName": "http://teamcenter.com/Schemas/Core/2007-01/Session.GetTCSessionInfoResponse",
-                "serverVersion": "V12000.4.0.20200312",
-                "user": {"uid": "uUSER", "className": "User", "type": "User"},
-                "group": {"uid": "uGROUP", "className": "Group", "type": "Group"},
-                "role": {"uid": "uROLE", "className": "Role", "type": "Role"},
-                "extraInfo": {"TcServerID": "tcserver-emu", "hostName": "tc-emulator", "syslogFile": format!("/tmp/tcserver_{user}.syslog"), "TCServerLocale": "en_US"}
-            })
-        }
-        "Query-2012-10-Finder/performSearch" => {
-            let si = &input["searchInput"];
-            let since = si["searchCriteria"]["modifiedSince"]
-                .as_str()
-                .and_then(crate::data::parse_tc_date)
-                .unwrap_or(SystemTime::UNIX_EPOCH);
-            let start = si["startIndex"].as_u64().unwrap_or(0) as usize;
-            let max = si["maxToReturn"].as_u64().unwrap_or(100).clamp(1, 10_000) as usize;
-            let all = data.changed_processes(since);
-            let page: Vec<_> = all.iter().skip(start).take(max).copied().collect();
-            let only = [
-                "item_id".to_owned(),
-                "item_revision_id".to_owned(),
-                "last_mod_date".to_owned(),
-            ];
-            json!({
-                ".QName": "http://teamcenter.com/Schemas/Query/2012-10/Finder.PerformSearchResponse",
-                "totalFound": all.len(),
-                "totalLoaded": page.len(),
-                "endIndex": start + page.len(),
-                "searchResults": page.iter().map(|o| json!({"uid": o.uid, "className": o.class, "type": o.class})).collect::<Vec<_>>(),
-                "ServiceData": wire::service_data(&page, &[], Some(&only))
-            })
-        }
-        "Core-2007-09-DataManagement/loadObjects" => {
-            let uids = strings(&input["uids"]);
-            let (found, missing): (Vec<_>, Vec<_>) =
-                uids.iter().partition(|u| data.get(u).is_some());
-            let objects: Vec<_> = found.iter().filter_map(|u| data.get(u)).collect();
-            let missing: Vec<String> = missing.into_iter().cloned().collect();
-            let mut sd = wire::service_data(&objects, &missing, None);
-            sd[".QName"] = json!("http://teamcenter.com/Schemas/Soa/2006-03/Base.ServiceData");
-            sd
-        }
-        "Core-2006-03-DataManagement/getProperties" => {
-            let uids: Vec<String> = input["objects"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|o| o["uid"].as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let attrs = strings(&input["attributes"]);
-            let (found, missing): (Vec<_>, Vec<_>) =
-                uids.iter().partition(|u| data.get(u).is_some());
-            let objects: Vec<_> = found.iter().filter_map(|u| data.get(u)).collect();
-            let missing: Vec<String> = missing.into_iter().cloned().collect();
-            let mut sd = wire::service_data(&objects, &missing, Some(&attrs));
-            sd[".QName"] = json!("http://teamcenter.com/Schemas/Soa/2006-03/Base.ServiceData");
-            sd
-        }
-        "Cad-2007-01-StructureManagement/expandPSOneLevel" => {
-            let parents = strings(&input["input"]["parentBomLines"]);
-            let mut objects = Vec::new();
-            let output: Vec<Value> = parents
-                .iter()
-                .filter_map(|p| data.get(p))
-                .map(|p| {
-                    let children: Vec<Value> = p
-                        .props
-                        .get("bl_child_lines")
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|c| data.get(c))
-                        .map(|c| {
-                            objects.push(c);
-                            json!({"bomLine": {"uid": c.uid}, "itemRevOfBOMLine": {"uid": c.uid, "className": c.class, "type": c.class}})
-                        })
-                        .collect();
-                    json!({"parent": {"bomLine": {"uid": p.uid}, "itemRevOfBOMLine": {"uid": p.uid}}, "children": children})
-                })
-                .collect();
-            json!({
-                ".QName": "http://teamcenter.com/Schemas/Cad/2007-01/StructureManagement.ExpandPSOneLevelResponse",
-                "output": output,
-                "ServiceData": wire::service_data(&objects, &[], Some(&["item_id".to_owned(), "last_mod_date".to_owned()]))
-            })
-        }
-        "Core-2010-09-DataManagement/setProperties" => {
-            let mut updated = Vec::new();
-            let mut missing = Vec::new();
-            for info in input["info"].as_array().into_iter().flatten() {
-                let uid = info["object"]["uid"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                let props: Vec<(String, Vec<String>)> = info["vecNameVal"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|nv| {
-                        Some((nv["name"].as_str()?.to_owned(), strings(&nv["values"])))
-                    })
-                    .collect();
-                match data.set_properties(&uid, &props, wall) {
-                    Ok(()) => updated.push(uid),
-                    Err(uid) => missing.push(uid),
-                }
-            }
-            let objects: Vec<_> = updated.iter().filter_map(|u| data.get(u)).collect();
-            let mut sd = wire::service_data(&objects, &missing, None);
-            sd["updated"] = json!(updated);
-            sd[".QName"] = json!("http://teamcenter.com/Schemas/Soa/2006-03/Base.ServiceData");
-            sd
-        }
-        _ => return None,
-    })
-}
-
 async fn gateway(
     State(s): State<Arc<Inner>>,
     Path((service, operation)): Path<(String, String)>,
@@ -650,7 +615,7 @@ async fn gateway(
         )
             .into_response();
     }
-    let input = match parse_envelope(&body) {
+    let (policy, input) = match parse_envelope(&body) {
         Ok(v) => v,
         Err(e) => {
             return json_response(
@@ -659,13 +624,7 @@ async fn gateway(
             );
         }
     };
-    match dispatch(&s, &op, &input, None) {
-        Some(v) => json_response(StatusCode::OK, &v),
-        None => json_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &wire::internal_server(&format!("no such operation {op}")),
-        ),
-    }
+    answer(&s, &op, &policy, &input, GATEWAY, GATEWAY)
 }
 
 fn access_valid(s: &Inner, token: &str, now: Instant) -> bool {

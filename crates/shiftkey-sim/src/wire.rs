@@ -2,8 +2,6 @@
 
 use serde_json::{Value, json};
 
-use crate::data::Object;
-
 const EXC: &str = "http://teamcenter.com/Schemas/Soa/2006-03/Exceptions";
 
 /// `InvalidUserException`: the session is missing or dead.
@@ -42,49 +40,45 @@ pub fn invalid_credentials(code: u32) -> Value {
 /// `InternalServerException` for malformed JSON (codes 214022 then 214004, top-level last).
 #[must_use]
 pub fn internal_server(detail: &str) -> Value {
+    refused(214_022, &format!("Failed to parse the request: {detail}"))
+}
+
+/// `InternalServerException` with `code` first and the top-level 214004 last.
+#[must_use]
+pub fn refused(code: u32, message: &str) -> Value {
     json!({
         ".QName": format!("{EXC}.InternalServerException"),
         "messages": [
-            {"code": 214022, "level": 3, "message": format!("Failed to parse the request: {detail}")},
+            {"code": code, "level": 3, "message": message},
             {"code": 214004, "level": 3, "message": "The service request could not be processed."}
         ]
     })
 }
 
+/// The `.QName` of a ServiceData returned at the top level.
+pub const SERVICE_DATA: &str = "http://teamcenter.com/Schemas/Soa/2006-03/Base.ServiceData";
+
+// Error codes. [V] where TEAMCENTER-READS.md cites them; the others are the emulator's choice
+// (no public source names the real code) and no client may depend on them.
+/// The body does not match the operation's schema ("invalid syntax") [V code, I status].
+pub const INVALID_SYNTAX: u32 = 214_086;
+/// `expandGRMRelationsForPrimary` without a relation filter [V].
+pub const NO_RELATION_FILTER: u32 = 214_160;
+/// `setProperties`: the property does not exist [V code, on 2007-01].
+pub const SET_PROPERTY_MISSING: u32 = 214_121;
+/// An unknown UID, or a BOM line that is not live in this session [I].
+pub const NO_SUCH_OBJECT: u32 = 515_024;
+/// A property the type does not have [I].
+pub const NO_SUCH_PROPERTY: u32 = 38_015;
+/// A type that does not exist [I].
+pub const NO_SUCH_TYPE: u32 = 38_016;
+/// A saved-query entry the query does not have [I].
+pub const NO_SUCH_ENTRY: u32 = 216_501;
+/// A saved-query date value not in `dd-MMM-yyyy HH:mm` [I].
+pub const BAD_DATE: u32 = 216_502;
+/// An object that cannot be opened as a process or BOM window [I].
+pub const CANNOT_OPEN: u32 = 217_001;
+
 /// The XML a logout of a dead session returns, even on the JSON endpoint.
 pub const DEAD_LOGOUT_XML: &str =
     r#"<ns1:ServiceData xmlns:ns1="http://teamcenter.com/Schemas/Soa/2006-03/Base"/>"#;
-
-/// One model object: `{uid, className, type, props: {name: {dbValues, uiValues}}}`, limited to
-/// `only` when given.
-#[must_use]
-pub fn model_object(o: &Object, only: Option<&[String]>) -> Value {
-    let props: serde_json::Map<String, Value> = o
-        .props
-        .iter()
-        .filter(|(k, _)| only.is_none_or(|names| names.iter().any(|n| n == *k)))
-        .map(|(k, v)| (k.clone(), json!({"dbValues": v, "uiValues": v})))
-        .collect();
-    json!({"uid": o.uid, "className": o.class, "type": o.class, "props": props})
-}
-
-/// A `ServiceData` with `plain` UIDs, their `modelObjects`, and `partialErrors` for missing UIDs.
-#[must_use]
-pub fn service_data(objects: &[&Object], missing: &[String], only: Option<&[String]>) -> Value {
-    let model: serde_json::Map<String, Value> = objects
-        .iter()
-        .map(|o| (o.uid.clone(), model_object(o, only)))
-        .collect();
-    let errors: Vec<Value> = missing
-        .iter()
-        .enumerate()
-        .map(|(i, uid)| {
-            json!({"clientIndex": i, "uid": uid, "errorValues": [{"code": 515024, "level": 3, "message": format!("The object {uid} does not exist.")}]})
-        })
-        .collect();
-    json!({
-        "plain": objects.iter().map(|o| o.uid.clone()).collect::<Vec<_>>(),
-        "modelObjects": model,
-        "partialErrors": errors
-    })
-}

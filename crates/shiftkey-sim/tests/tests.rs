@@ -34,10 +34,14 @@ impl Client {
     }
 
     async fn call(&mut self, op: &str, body: Value) -> (u16, String, Value) {
+        self.call_with(op, body, json!({})).await
+    }
+
+    async fn call_with(&mut self, op: &str, body: Value, policy: Value) -> (u16, String, Value) {
         let mut req = self
             .http
             .post(format!("{}/tc/JsonRestServices/{op}", self.base))
-            .body(json!({"header": {"state": {}, "policy": {}}, "body": body}).to_string());
+            .body(json!({"header": {"state": {}, "policy": policy}, "body": body}).to_string());
         if let Some(c) = &self.cookie {
             req = req.header("cookie", format!("JSESSIONID={c}"));
         }
@@ -184,75 +188,300 @@ async fn exceptions_travel_in_the_body_with_their_real_shapes() {
     }
 }
 
+/// The saved query `Item Revision...`: find it, check its entries.
+async fn item_revision_query(c: &mut Client) -> String {
+    let (_, _, found) = c
+        .call_with(
+            "Query-2010-04-SavedQuery/findSavedQueries",
+            json!({"inputCriteria": [{"queryNames": ["Item Rev*"], "queryDescs": [""], "queryType": 0}]}),
+            json!({"types": [{"name": "ImanQuery", "properties": [{"name": "query_name"}]}]}),
+        )
+        .await;
+    let uid = found["savedQueries"][0]["uid"].as_str().unwrap().to_owned();
+    assert_eq!(
+        found["ServiceData"]["modelObjects"][&uid]["props"]["query_name"]["dbValues"][0],
+        "Item Revision..."
+    );
+    let (_, _, described) = c
+        .call(
+            "Query-2006-03-SavedQuery/describeSavedQueries",
+            json!({"queries": [uid]}),
+        )
+        .await;
+    let entries: Vec<&str> = described["fieldLists"][0]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["entryName"].as_str().unwrap())
+        .collect();
+    assert!(
+        entries.contains(&"Type") && entries.contains(&"Modified After"),
+        "{entries:?}"
+    );
+    assert!(described["fieldLists"][0]["fields"][0]["attributeType"].is_i64());
+    uid
+}
+
+fn execute(query: &str, entries: &[&str], values: &[&str]) -> Value {
+    json!({"input": [{"query": {"uid": query, "type": "ImanQuery"}, "entries": entries, "values": values,
+        "limitList": [], "maxNumToReturn": 0, "resultsType": 0, "requestId": "", "clientId": "t"}]})
+}
+
+fn expand(lines: &[&str]) -> Value {
+    json!({"input": {"parentBomLines": lines, "excludeFilter": "None"}, "pref": {"expItemRev": false, "info": []}})
+}
+
+const OPEN: &str = "Manufacturing-2011-06-DataManagement/openContexts";
+const EXPAND: &str = "Cad-2007-01-StructureManagement/expandPSOneLevel";
+
+fn open(plan: &str) -> Value {
+    json!({"input": [{"object": {"uid": plan, "type": "MEProcessRevision"}, "openViews": false,
+        "openAssociatedContexts": false, "contextSettings": {}}]})
+}
+
 #[tokio::test(start_paused = true)]
-async fn data_operations_return_service_data_with_string_db_values() {
+async fn the_read_path_answers_in_the_documented_shapes() {
     let s = sim(SimConfig::default()).await;
     let mut c = Client::new(&s);
     c.login("mfg_sync", "mfg_sync_pw").await;
-    let (_, _, found) = c
-        .call("Query-2012-10-Finder/performSearch", json!({"searchInput": {"providerName": "Mfg0ChangedProcessProvider", "searchCriteria": {"type": "MEProcessRevision", "modifiedSince": "2000-01-01T00:00:00+0000"}, "startIndex": 0, "maxToReturn": 5}}))
-        .await;
-    assert_eq!(found["totalFound"], 20, "2 plants × 10 plans");
-    assert_eq!(found["totalLoaded"], 5);
-    let uid = found["searchResults"][0]["uid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (_, _, sd) = c
+    let q = item_revision_query(&mut c).await;
+    let (status, _, found) = c
         .call(
-            "Core-2007-09-DataManagement/loadObjects",
-            json!({"uids": [uid, "AAAAAAAAAAAAAA"]}),
+            "Query-2008-06-SavedQuery/executeSavedQueries",
+            execute(
+                &q,
+                &["Type", "Modified After"],
+                &["MEProcessRevision", "01-Jan-2000 00:00"],
+            ),
         )
         .await;
-    let obj = &sd["modelObjects"][&uid];
-    assert_eq!(obj["className"], "MEProcessRevision");
-    for (_, p) in obj["props"].as_object().unwrap() {
-        assert!(
-            p["dbValues"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(Value::is_string),
-            "dbValues are strings"
-        );
-    }
+    assert_eq!(status, 200);
+    let uids: Vec<String> = found["arrayOfResults"][0]["objectUIDS"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(uids.len(), 20, "2 plants × 10 plans");
+    let plan = uids[0].clone();
+    let (_, _, sd) = c
+        .call_with(
+            "Core-2007-09-DataManagement/loadObjects",
+            json!({"uids": [plan, "AAAAAAAAAAAAAA"]}),
+            json!({"types": [{"name": "ItemRevision", "properties": [{"name": "item_id"}, {"name": "last_mod_date"}]}]}),
+        )
+        .await;
+    assert_eq!(
+        sd[".QName"],
+        "http://teamcenter.com/Schemas/Soa/2006-03/Base.ServiceData"
+    );
+    let obj = &sd["modelObjects"][&plan];
+    assert_eq!(obj["type"], "MEProcessRevision");
+    assert_eq!(
+        obj["props"].as_object().unwrap().len(),
+        2,
+        "exactly what the policy asked for (ItemRevision applies to its subtypes)"
+    );
     assert!(
         shiftkey_sim::parse_tc_date(
             obj["props"]["last_mod_date"]["dbValues"][0]
                 .as_str()
                 .unwrap()
         )
-        .is_some(),
-        "dates in yyyy-MM-ddTHH:mm:ss+zzzz"
+        .is_some()
     );
     assert_eq!(
         sd["partialErrors"][0]["uid"], "AAAAAAAAAAAAAA",
         "the null UID is reported, not crashed on"
     );
-    let (_, _, props) = c
+    // Without a policy: the server's default (object_string only).
+    let (_, _, bare) = c
+        .call(
+            "Core-2007-09-DataManagement/loadObjects",
+            json!({"uids": [plan]}),
+        )
+        .await;
+    assert!(bare["modelObjects"][&plan]["props"]["item_id"].is_null());
+
+    let (_, _, opened) = c.call(OPEN, open(&plan)).await;
+    let top = opened["output"][0]["contexts"][0]["context"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(top.starts_with("SR::N::Mfg0BvrProcess.."), "{top}");
+    assert_eq!(opened["ServiceData"]["created"][0], top.as_str());
+    let (_, _, tree) = c
+        .call_with(
+            EXPAND,
+            expand(&[&top]),
+            json!({"types": [{"name": "BOMLine", "properties": [{"name": "bl_sequence_no"}]},
+                             {"name": "Mfg0BvrOperation", "properties": [{"name": "Mfg0consumed_material"}]}]}),
+        )
+        .await;
+    let children = tree["output"][0]["children"].as_array().unwrap();
+    assert_eq!(children.len(), 8, "8 operations per plan");
+    let line = children[0]["bomLine"]["uid"].as_str().unwrap().to_owned();
+    assert_eq!(children[0]["bomLine"]["type"], "Mfg0BvrOperation");
+    assert_eq!(children[0]["itemRevOfBOMLine"]["type"], "MEOPRevision");
+    let props = &tree["ServiceData"]["modelObjects"][&line]["props"];
+    assert_eq!(props["bl_sequence_no"]["dbValues"][0], "10");
+    assert!(props["Mfg0consumed_material"]["dbValues"].is_array());
+    let (_, _, named) = c
         .call(
             "Core-2006-03-DataManagement/getProperties",
-            json!({"objects": [{"uid": uid}], "attributes": ["item_id"]}),
+            json!({"objects": [line], "attributes": ["bl_item_item_id"]}),
         )
         .await;
-    assert_eq!(
-        props["modelObjects"][&uid]["props"]
-            .as_object()
+    assert!(
+        named["modelObjects"][&line]["props"]["bl_item_item_id"]["dbValues"][0]
+            .as_str()
             .unwrap()
-            .len(),
-        1
+            .contains("-OP010")
     );
-    let (_, _, tree) = c
-        .call(
-            "Cad-2007-01-StructureManagement/expandPSOneLevel",
-            json!({"input": {"parentBomLines": [uid]}}),
+    let rev = children[0]["itemRevOfBOMLine"]["uid"].as_str().unwrap();
+    let (_, _, grm) = c
+        .call_with(
+            "Core-2007-09-DataManagement/expandGRMRelationsForPrimary",
+            json!({"primaryObjects": [{"uid": rev}], "pref": {"expItemRev": false, "returnRelations": true,
+                "info": [{"relationTypeName": "IMAN_MEWorkInstruction", "otherSideObjectTypes": []}]}}),
+            json!({"types": [{"name": "Dataset", "properties": [{"name": "object_name"}]}]}),
         )
         .await;
+    let rd = &grm["output"][0]["relationshipData"][0];
+    assert_eq!(rd["relationName"], "IMAN_MEWorkInstruction");
     assert_eq!(
-        tree["output"][0]["children"].as_array().unwrap().len(),
-        8,
-        "8 operations per plan"
+        rd["relationshipObjects"][0]["otherSideObject"]["type"],
+        "PDF"
     );
+    assert_eq!(s.leaked_windows(), 1);
+    let (_, _, closed) = c
+        .call(
+            "Manufacturing-2011-06-DataManagement/closeContexts",
+            json!({"contexts": [top]}),
+        )
+        .await;
+    assert_eq!(closed["deleted"][0], top.as_str());
+    assert_eq!(s.leaked_windows(), 0);
+    let st = s.stats();
+    assert_eq!(
+        (st.windows_opened, st.windows_closed, st.stale_lines),
+        (1, 1, 0)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_teamcenter_refuses_is_refused() {
+    let s = sim(quiet()).await;
+    let mut c = Client::new(&s);
+    c.login("mfg_sync", "mfg_sync_pw").await;
+    let refused = |status: u16, v: &Value, code: i64| {
+        assert_eq!(status, 500, "{v}");
+        assert!(qname(v).ends_with("InternalServerException"), "{v}");
+        assert_eq!(v["messages"][0]["code"], code, "{v}");
+    };
+    // Active Workspace search providers do not exist on a plain 12.4 server.
+    let (st, _, v) = c
+        .call(
+            "Query-2012-10-Finder/performSearch",
+            json!({"searchInput": {"providerName": "Mfg0ChangedProcessProvider"}}),
+        )
+        .await;
+    refused(st, &v, 214_004);
+    let q = item_revision_query(&mut c).await;
+    // `inputs` is the key of executeBusinessObjectQueries, not of executeSavedQueries.
+    let (st, _, v) = c
+        .call(
+            "Query-2008-06-SavedQuery/executeSavedQueries",
+            json!({"inputs": []}),
+        )
+        .await;
+    refused(st, &v, 214_086);
+    // An ISO date where the display form is expected; an entry the query lacks.
+    for (entries, values) in [
+        (
+            ["Type", "Modified After"],
+            ["MEProcessRevision", "2024-01-01T00:00:00+00:00"],
+        ),
+        (
+            ["Type", "Modified Since"],
+            ["MEProcessRevision", "01-Jan-2024 00:00"],
+        ),
+    ] {
+        let (st, _, v) = c
+            .call(
+                "Query-2008-06-SavedQuery/executeSavedQueries",
+                execute(&q, &entries, &values),
+            )
+            .await;
+        assert_eq!(st, 200);
+        assert!(
+            v["arrayOfResults"][0]["objectUIDS"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+        );
+        let message = v["ServiceData"]["partialErrors"][0]["errorValues"][0]["message"]
+            .as_str()
+            .unwrap();
+        assert!(message.contains(entries[1]), "names the entry: {message}");
+    }
+    let (_, _, found) = c
+        .call(
+            "Query-2008-06-SavedQuery/executeSavedQueries",
+            execute(&q, &["Type"], &["MEProcessRevision"]),
+        )
+        .await;
+    let plan = found["arrayOfResults"][0]["objectUIDS"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // expandPSOneLevel takes lines of an open window, not revisions.
+    let (st, _, v) = c.call(EXPAND, expand(&[&plan])).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["ServiceData"]["partialErrors"][0]["uid"], plan.as_str());
+    assert!(v["output"].as_array().unwrap().is_empty());
+    // Without excludeFilter / pref the body does not match the schema.
+    let (st, _, v) = c
+        .call(EXPAND, json!({"input": {"parentBomLines": [plan]}}))
+        .await;
+    refused(st, &v, 214_086);
+    // A property the type does not have.
+    let (_, _, v) = c
+        .call(
+            "Core-2006-03-DataManagement/getProperties",
+            json!({"objects": [plan], "attributes": ["mfg0sequence"]}),
+        )
+        .await;
+    assert!(
+        v["partialErrors"][0]["errorValues"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("mfg0sequence")
+    );
+    // expandGRMRelationsForPrimary without a relation filter: 214160.
+    let (_, _, v) = c
+        .call("Core-2007-09-DataManagement/expandGRMRelationsForPrimary", json!({"primaryObjects": [plan], "pref": {"expItemRev": false, "returnRelations": true, "info": []}}))
+        .await;
+    assert_eq!(
+        v["ServiceData"]["partialErrors"][0]["errorValues"][0]["code"],
+        214_160
+    );
+    // A line of another session's window is not live here.
+    let (_, _, opened) = c.call(OPEN, open(&plan)).await;
+    let top = opened["output"][0]["contexts"][0]["context"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut other = Client::new(&s);
+    other.call("Core-2011-06-Session/login", json!({"credentials": {"user": "mfg_sync", "password": "mfg_sync_pw", "group": "", "role": "", "locale": "en_US", "descrimator": "other"}})).await;
+    let (_, _, v) = other.call(EXPAND, expand(&[&top])).await;
+    assert_eq!(v["ServiceData"]["partialErrors"][0]["uid"], top.as_str());
+    assert_eq!(s.stats().stale_lines, 1);
+    // The window dies with its session: logged out, it is not a leak.
+    assert_eq!(s.leaked_windows(), 1);
+    c.call("Core-2006-03-Session/logout", json!({})).await;
+    assert_eq!(s.leaked_windows(), 0);
+    assert_eq!(s.stats().windows_died, 1);
 }
 
 #[tokio::test(start_paused = true)]

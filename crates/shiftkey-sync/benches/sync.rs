@@ -44,14 +44,14 @@ fn main() {
         let ops = plans * cfg.data.ops_per_plan as usize;
         let sim = Sim::start(cfg, Arc::new(TokioClock::new())).await.unwrap();
         let tc = TcClient::session(reqwest::Client::new(), SessionConfig::new(sim.url().parse().unwrap(), "mfg_sync", "mfg_sync_pw".into())).unwrap();
-        let ecfg = EngineConfig { batch: 200, read: ReadConfig { page: 1000, chunk: 500, overlap: Duration::ZERO }, ..EngineConfig::default() };
+        let ecfg = EngineConfig { batch: 200, read: ReadConfig::default().with_chunk(500).with_overlap(Duration::ZERO), ..EngineConfig::default() };
         let runs = if full { 3 } else { 1 };
         let (mut initial, mut incremental) = (Vec::new(), Vec::new());
         for run in 0..runs {
             let path = std::env::temp_dir().join(format!("shiftkey-sync-bench-{}-{run}.db", std::process::id()));
             let _ = std::fs::remove_file(&path);
             let sink = Arc::new(SqlSink::connect(&format!("sqlite://{}?mode=rwc", path.display())).await.unwrap());
-            let engine = Engine::new(tc.clone(), sink, ecfg);
+            let engine = Engine::new(tc.clone(), sink, ecfg.clone());
             let t = Instant::now();
             let r = engine.cycle(&Stop::default()).await.unwrap();
             initial.push(t.elapsed());

@@ -6,16 +6,24 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use shiftkey_auth::{Clock, TokioClock};
-use shiftkey_shopfloor::{OperationRecord, ProcessRecord, Sink, SinkError};
-use shiftkey_teamcenter::{Operation, ProcessPlan, ReadConfig, TcClient, TcError};
+use shiftkey_shopfloor::{Document, OperationRecord, ProcessRecord, Sink, SinkError};
+use shiftkey_teamcenter::{
+    FeedbackConfig, FeedbackValues, Operation, ProcessPlan, ReadConfig, TcClient, TcError,
+};
 
 /// Engine settings.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
     /// Time between cycle starts (15 min).
     pub interval: Duration,
-    /// Teamcenter read settings (page, chunk, overlap 5 min).
+    /// Teamcenter read settings: the site mapping (query, window, properties, overlap 5 min).
     pub read: ReadConfig,
+    /// Where feedback goes in Teamcenter (`None`: no feedback writes; rows stay in the outbox).
+    pub feedback: Option<FeedbackConfig>,
+    /// Every this long one cycle reads every plan, not only those whose `last_mod_date` moved:
+    /// a structure-only edit may not move it (`TEAMCENTER-READS.md` §2.8). Unchanged plans cost
+    /// the reads but no sink writes. `None`: never.
+    pub reconcile_every: Option<Duration>,
     /// Process revisions per sink transaction (50).
     pub batch: usize,
     /// Feedback rows pushed per cycle at most (100).
@@ -32,6 +40,8 @@ impl Default for EngineConfig {
         Self {
             interval: Duration::from_secs(15 * 60),
             read: ReadConfig::default(),
+            feedback: None,
+            reconcile_every: Some(Duration::from_secs(24 * 3600)),
             batch: 50,
             feedback_limit: 100,
             jitter: Duration::ZERO,
@@ -45,6 +55,13 @@ impl Default for EngineConfig {
 pub struct CycleReport {
     /// Process revisions read from Teamcenter.
     pub read: usize,
+    /// Process revisions Teamcenter could not open (left out; see the log).
+    pub skipped: usize,
+    /// Process revisions the change query returned (the watermark overlap) whose version the
+    /// sink already holds: not read again.
+    pub already_synced: usize,
+    /// Whether this cycle read every plan (a reconcile).
+    pub reconciled: bool,
     /// Inserted into the sink.
     pub inserted: u64,
     /// Updated in the sink.
@@ -120,7 +137,7 @@ pub fn map_plan(plan: &ProcessPlan, operations: &[Operation]) -> ProcessRecord {
         revision: plan.revision.clone(),
         name: plan.name.clone(),
         plant: plan.plant.clone(),
-        released: !plan.release_status.is_empty(),
+        released: !plan.release_status.is_empty() && !plan.obsolete,
         obsolete: plan.obsolete,
         last_modified: plan.last_modified,
         operations: operations
@@ -132,7 +149,15 @@ pub fn map_plan(plan: &ProcessPlan, operations: &[Operation]) -> ProcessRecord {
                 sequence: o.sequence,
                 work_area: o.work_area.clone(),
                 allocated_time_s: o.allocated_time_s,
-                instructions: o.instructions.clone(),
+                work_instructions: o
+                    .work_instructions
+                    .iter()
+                    .map(|w| Document {
+                        uid: w.uid.clone(),
+                        name: w.name.clone(),
+                        kind: w.type_name.clone(),
+                    })
+                    .collect(),
                 resources: o.resources.clone(),
                 consumed_parts: o.consumed_parts.clone(),
                 obsolete: o.obsolete,
@@ -152,6 +177,8 @@ pub struct Engine {
     cfg: EngineConfig,
     clock: Arc<dyn Clock>,
     observer: Option<CycleObserver>,
+    /// When the last reconcile (a read of every plan) started.
+    last_reconcile: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -174,6 +201,7 @@ impl Engine {
             cfg,
             clock: Arc::new(TokioClock::new()),
             observer: None,
+            last_reconcile: Arc::new(std::sync::Mutex::new(None)),
         }
     }
 
@@ -197,25 +225,76 @@ impl Engine {
         &self.tc
     }
 
-    /// One cycle: read → apply in batches with their watermarks → push feedback.
+    /// Whether this cycle reads every plan (the first one, then every `reconcile_every`).
+    fn reconcile_due(&self) -> bool {
+        let Some(every) = self.cfg.reconcile_every else {
+            return false;
+        };
+        let now = self.clock.now();
+        let Ok(mut last) = self.last_reconcile.lock() else {
+            return false;
+        };
+        match *last {
+            Some(t) if now.saturating_duration_since(t) < every => false,
+            Some(_) => {
+                *last = Some(now);
+                true
+            }
+            None => {
+                // The first cycle of a process reads from the watermark; reconciles follow.
+                *last = Some(now);
+                false
+            }
+        }
+    }
+
+    /// One cycle: find changed plans → per batch: read their bills of process, apply with the
+    /// batch's watermark → push feedback.
     pub async fn cycle(&self, stop: &Stop) -> Result<CycleReport, SyncError> {
         let started = self.clock.now();
         let mut report = CycleReport::default();
         let watermark = self.sink.watermark().await?;
-        let changes = self.tc.changed_since(watermark, &self.cfg.read).await?;
-        report.read = changes.plans.len();
-        for pe in &changes.partial_errors {
+        report.reconciled = self.reconcile_due();
+        let since = if report.reconciled { None } else { watermark };
+        let mut changed = self.tc.changed_plans(since, &self.cfg.read).await?;
+        if !report.reconciled {
+            let uids: Vec<String> = changed.plans.iter().map(|p| p.uid.clone()).collect();
+            let stored = self.sink.stored_versions(&uids).await?;
+            let ms = |t: &SystemTime| {
+                t.duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis())
+            };
+            let before = changed.plans.len();
+            changed.plans.retain(|p| {
+                stored
+                    .get(&p.uid)
+                    .is_none_or(|s| ms(s) != ms(&p.last_modified))
+            });
+            report.already_synced = before - changed.plans.len();
+        }
+        report.read = changed.plans.len();
+        for pe in &changed.partial_errors {
             tracing::warn!(uid = pe.uid.as_deref().unwrap_or("?"), errors = ?pe.errors, "Teamcenter reported a partial error");
         }
         // Plans come oldest first: each batch's watermark covers everything before it.
         let mut current = watermark;
-        for batch in changes.plans.chunks(self.cfg.batch.max(1)) {
+        for batch in changed.plans.chunks(self.cfg.batch.max(1)) {
             if stop.requested() {
                 report.stopped = true;
                 break;
             }
-            let records: Vec<ProcessRecord> = batch.iter().map(|(p, o)| map_plan(p, o)).collect();
-            let newest = records.iter().map(|r| r.last_modified).max();
+            let mut read = self.tc.read_operations(batch, &self.cfg.read).await?;
+            for pe in &read.partial_errors {
+                tracing::warn!(uid = pe.uid.as_deref().unwrap_or("?"), errors = ?pe.errors, "Teamcenter reported a partial error");
+            }
+            report.skipped += read.skipped.len();
+            let records: Vec<ProcessRecord> = batch
+                .iter()
+                .filter_map(|p| read.operations.remove(&p.uid).map(|ops| map_plan(p, &ops)))
+                .collect();
+            // Skipped plans count for the watermark too: they are retried when they change
+            // again or at the next reconcile, never in a loop.
+            let newest = batch.iter().map(|p| p.last_modified).max();
             let next = match (current, newest) {
                 (Some(c), Some(n)) => Some(c.max(n)),
                 (c, n) => c.or(n),
@@ -246,20 +325,21 @@ impl Engine {
     }
 
     async fn push_feedback(&self) -> Result<u64, SyncError> {
+        let Some(cfg) = &self.cfg.feedback else {
+            return Ok(0);
+        };
         let mut pushed = 0;
         for fb in self.sink.pending_feedback(self.cfg.feedback_limit).await? {
-            let mut props = vec![
-                ("mes0completed_count", vec![fb.completed_count.to_string()]),
-                ("mes0deviation", vec![fb.deviation.clone()]),
-            ];
-            if let Some(t) = fb.actual_cycle_time_s {
-                props.push(("mes0actual_cycle_time", vec![format!("{t}")]));
-            }
+            let values = FeedbackValues {
+                completed_count: fb.completed_count,
+                actual_cycle_time_s: fb.actual_cycle_time_s,
+                deviation: &fb.deviation,
+            };
             // The key makes a push interrupted between Teamcenter and the outbox harmless.
             let key = format!("shiftkey-feedback-{}", fb.id);
             if self
                 .tc
-                .set_properties_once(&fb.operation_uid, &props, &key)
+                .write_feedback(cfg, &fb.operation_uid, values, &key)
                 .await?
             {
                 pushed += 1;
@@ -278,6 +358,11 @@ impl Engine {
         mut lease: Option<&mut (dyn Lease + '_)>,
     ) -> Result<u64, SyncError> {
         use rand::{Rng, SeedableRng};
+        if self.cfg.feedback.is_none() {
+            tracing::info!(
+                "no [teamcenter.feedback] configured: shop-floor feedback stays in the outbox"
+            );
+        }
         let mut rng = match self.cfg.seed {
             Some(seed) => rand::rngs::StdRng::seed_from_u64(seed),
             None => rand::rngs::StdRng::from_entropy(),

@@ -11,7 +11,7 @@ use shiftkey_auth::Clock;
 use shiftkey_shopfloor::{ProcessRecord, Sink, SqlSink};
 use shiftkey_sim::{ScaledClock, Sim, SimConfig};
 use shiftkey_sync::{Engine, EngineConfig, Stop, map_plan};
-use shiftkey_teamcenter::{ReadConfig, SessionConfig, TcClient};
+use shiftkey_teamcenter::{FeedbackConfig, FeedbackValues, ReadConfig, SessionConfig, TcClient};
 
 const H: u64 = 3600;
 
@@ -103,13 +103,36 @@ async fn after_every_cycle_the_sink_equals_the_source() {
     assert!(sink.watermark().await.unwrap().is_some());
 }
 
+fn feedback_config() -> FeedbackConfig {
+    let mut fb = FeedbackConfig::new("xx4_mes_feedback_key");
+    fb.completed_count = Some("xx4_completed_count".into());
+    fb.deviation = Some("xx4_deviation".into());
+    fb
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feedback_reaches_teamcenter_exactly_once_even_after_an_interrupted_push() {
     let clock = clock();
-    let sim = sim(quiet(), &clock).await;
+    let mut cfg = quiet();
+    cfg.tc.site_properties.insert(
+        "MEOPRevision".into(),
+        vec![
+            "xx4_mes_feedback_key".into(),
+            "xx4_completed_count".into(),
+            "xx4_deviation".into(),
+        ],
+    );
+    let sim = sim(cfg, &clock).await;
     let sink = sqlite("feedback").await;
     let client = tc(&sim, "mfg_sync_pw");
-    let engine = Engine::new(client.clone(), sink.clone(), EngineConfig::default());
+    let engine = Engine::new(
+        client.clone(),
+        sink.clone(),
+        EngineConfig {
+            feedback: Some(feedback_config()),
+            ..EngineConfig::default()
+        },
+    );
     engine.cycle(&Stop::default()).await.unwrap();
     let op = sink.all().await.unwrap()[0].operations[0].uid.clone();
     sink.record_feedback(&op, 7, Some(58.0), "").await.unwrap();
@@ -118,11 +141,17 @@ async fn feedback_reaches_teamcenter_exactly_once_even_after_an_interrupted_push
         .unwrap();
     // The first push reached Teamcenter but the process died before marking it sent.
     let first = sink.pending_feedback(1).await.unwrap().remove(0);
+    let values = FeedbackValues {
+        completed_count: 7,
+        actual_cycle_time_s: Some(58.0),
+        deviation: "",
+    };
     assert!(
         client
-            .set_properties_once(
+            .write_feedback(
+                &feedback_config(),
                 &op,
-                &[("mes0completed_count", vec!["7".into()])],
+                values,
                 &format!("shiftkey-feedback-{}", first.id)
             )
             .await
@@ -150,9 +179,100 @@ async fn feedback_reaches_teamcenter_exactly_once_even_after_an_interrupted_push
         0
     );
     assert_eq!(
-        sim.with_data(|d| d.get(&op).unwrap().get("mes0deviation").map(str::to_owned)),
+        sim.with_data(|d| d.get(&op).unwrap().get("xx4_deviation").map(str::to_owned)),
         Some("late part".to_owned())
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_feedback_config_nothing_is_written_and_rows_wait() {
+    let clock = clock();
+    let sim = sim(quiet(), &clock).await;
+    let sink = sqlite("nofeedback").await;
+    let engine = Engine::new(
+        tc(&sim, "mfg_sync_pw"),
+        sink.clone(),
+        EngineConfig::default(),
+    );
+    engine.cycle(&Stop::default()).await.unwrap();
+    let op = sink.all().await.unwrap()[0].operations[0].uid.clone();
+    sink.record_feedback(&op, 7, None, "").await.unwrap();
+    assert_eq!(
+        engine
+            .cycle(&Stop::default())
+            .await
+            .unwrap()
+            .feedback_pushed,
+        0
+    );
+    assert_eq!(
+        sink.pending_feedback(10).await.unwrap().len(),
+        1,
+        "kept for when it is configured"
+    );
+    assert!(
+        !sim.stats()
+            .requests
+            .contains_key("Core-2010-09-DataManagement/setProperties")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_without_changes_costs_two_calls_and_opens_no_window() {
+    let clock = clock();
+    let sim = sim(quiet(), &clock).await;
+    let sink = sqlite("nochange").await;
+    let client = tc(&sim, "mfg_sync_pw");
+    let engine = Engine::new(client.clone(), sink.clone(), EngineConfig::default())
+        .with_clock(Arc::clone(&clock));
+    engine.cycle(&Stop::default()).await.unwrap();
+    sim.pause_changes(true);
+    let (calls, windows) = (client.calls(), sim.stats().windows_opened);
+    let r = engine.cycle(&Stop::default()).await.unwrap();
+    assert_eq!(r.read, 0);
+    assert!(
+        r.already_synced > 0,
+        "the overlap returned plans the sink already holds"
+    );
+    assert_eq!(client.calls() - calls, 2, "the query and one load");
+    assert_eq!(sim.stats().windows_opened, windows);
+    assert_eq!(sim.leaked_windows(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn structure_edits_that_leave_the_plan_date_are_caught_by_the_reconcile() {
+    for reconcile in [Some(Duration::from_secs(2 * H)), None] {
+        let mut cfg = quiet();
+        cfg.data.structure_edit_moves_plan = false;
+        cfg.data.changes_per_hour = 12.0;
+        let clock = clock();
+        let sim = sim(cfg, &clock).await;
+        let sink = sqlite("reconcile").await;
+        let engine = Engine::new(
+            tc(&sim, "mfg_sync_pw"),
+            sink.clone(),
+            EngineConfig {
+                reconcile_every: reconcile,
+                ..EngineConfig::default()
+            },
+        )
+        .with_clock(Arc::clone(&clock));
+        assert!(!engine.cycle(&Stop::default()).await.unwrap().reconciled);
+        clock.sleep(Duration::from_secs(H)).await;
+        let r = engine.cycle(&Stop::default()).await.unwrap();
+        assert!(!r.reconciled);
+        sim.pause_changes(true);
+        assert_ne!(
+            sink.all().await.unwrap(),
+            truth(&sim).await,
+            "a structure-only edit left the plan date alone: the incremental read missed it"
+        );
+        clock.sleep(Duration::from_secs(H + 60)).await;
+        let r = engine.cycle(&Stop::default()).await.unwrap();
+        assert_eq!(r.reconciled, reconcile.is_some());
+        let equal = sink.all().await.unwrap() == truth(&sim).await;
+        assert_eq!(equal, reconcile.is_some(), "reconcile every {reconcile:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

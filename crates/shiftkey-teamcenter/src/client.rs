@@ -25,6 +25,8 @@ pub struct TcClient {
     base: Url,
     prefix: &'static str,
     calls: Arc<AtomicU64>,
+    /// The change query's UID and entries, with the session generation they were found in.
+    pub(crate) query_cache: Arc<std::sync::Mutex<Option<crate::mfg::CachedQuery>>>,
 }
 
 impl TcClient {
@@ -109,6 +111,7 @@ impl TcClient {
             base,
             prefix,
             calls: Arc::new(AtomicU64::new(0)),
+            query_cache: Arc::new(std::sync::Mutex::new(None)),
         }
     }
 
@@ -133,18 +136,66 @@ impl TcClient {
             })
     }
 
+    /// Whether windows live in a session this client owns (session mode), so that a new session
+    /// means dead windows. Behind an OAuth gateway the server session is the gateway's and does
+    /// not change with the bearer token [I].
+    pub(crate) fn windows_follow_token(&self) -> bool {
+        self.prefix == "/tc/JsonRestServices"
+    }
+
+    /// The generation of the current session (or token), if there is one. A window opened under
+    /// one generation dies with that session: a change means start over.
+    #[must_use]
+    pub fn generation(&self) -> Option<u64> {
+        self.middleware.manager().with_token(|t| t.generation)
+    }
+
     /// Calls `operation` (`Library-YYYY-MM-Service/operation`) with `body`; checks `.QName` for
     /// exceptions whatever the HTTP status.
     pub async fn call(&self, operation: &str, body: Value) -> Result<Value, TcError> {
+        self.call_with_policy(operation, body, serde_json::json!({}))
+            .await
+    }
+
+    /// [`TcClient::call`] with an object property policy in `header.policy` (see
+    /// [`wire::policy`]).
+    pub async fn call_with_policy(
+        &self,
+        operation: &str,
+        body: Value,
+        policy: Value,
+    ) -> Result<Value, TcError> {
+        self.call_under(operation, body, policy, false)
+            .await
+            .map(|(answer, _)| answer)
+    }
+
+    /// [`TcClient::call_with_policy`], also returning the session generation the server
+    /// answered under (see [`shiftkey_http::AnsweredUnder`]). A `session_bound` call names
+    /// runtime objects of the current session: after a dead-session answer it is not resent
+    /// under a new session (see [`shiftkey_http::SessionBound`]).
+    pub(crate) async fn call_under(
+        &self,
+        operation: &str,
+        body: Value,
+        policy: Value,
+        session_bound: bool,
+    ) -> Result<(Value, Option<u64>), TcError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let response = self
-            .http
-            .post(self.url(operation)?)
+        let mut request = self.http.post(self.url(operation)?);
+        if session_bound {
+            request = request.with_extension(shiftkey_http::SessionBound);
+        }
+        let response = request
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(wire::envelope(body).to_string())
+            .body(wire::envelope_with_policy(body, policy).to_string())
             .send()
             .await?;
         let status = response.status();
+        let under = response
+            .extensions()
+            .get::<shiftkey_http::AnsweredUnder>()
+            .map(|g| g.0);
         let bytes = response
             .bytes()
             .await
@@ -167,7 +218,7 @@ impl TcClient {
                 "HTTP {status} without an exception in the body"
             )));
         }
-        Ok(answer)
+        Ok((answer, under))
     }
 
     /// A cheap alive check (`getTCSessionInfo`).

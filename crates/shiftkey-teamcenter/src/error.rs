@@ -68,6 +68,23 @@ pub enum TcError {
         /// What was wrong, where.
         detail: String,
     },
+    /// The site lacks what the configuration names (a saved query, an entry, a type, a property,
+    /// a revision rule), or refused a request for a reason only its administrator can fix. Says
+    /// what is missing and what exists.
+    #[error("the Teamcenter site does not match the configuration: {detail}")]
+    Site {
+        /// What is missing, and what the site has instead.
+        detail: String,
+    },
+    /// The session changed again and again while a window was open (each change kills the
+    /// window, and the traversal starts over from the open).
+    #[error(
+        "the Teamcenter session changed {attempts} times while reading a bill of process; giving up for this cycle"
+    )]
+    WindowLost {
+        /// Traversals started.
+        attempts: u32,
+    },
     /// The HTTP layer gave up (no session/token, circuit open, transport after retries).
     #[error("{0}")]
     Http(#[from] reqwest_middleware::Error),

@@ -37,13 +37,18 @@ mod error;
 pub mod mfg;
 mod pool;
 mod session;
+mod site;
 pub mod wire;
 
 pub use client::TcClient;
 pub use error::{ErrorValue, SsoHint, TcError};
-pub use mfg::{ChangeSet, Operation, ProcessPlan, ReadConfig};
+pub use mfg::{
+    ChangeSet, ChangedPlans, FeedbackValues, Operation, PlanStructures, ProcessPlan,
+    WorkInstruction,
+};
 pub use pool::TcPool;
 pub use session::{SessionConfig, SessionLogin, TcClassifier};
+pub use site::{ChangeQuery, FeedbackConfig, FieldMap, ReadConfig, WindowMode};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -1,18 +1,27 @@
-//! Manufacturing reads for the shop floor: process plans and their operations, incrementally.
+//! Manufacturing reads for the shop floor, the way a real Teamcenter serves them
+//! (`TEAMCENTER-READS.md` §9): changed plans by saved query (or business-object query), their
+//! bills of process through a window, operation *line* properties, the lines they reference, and
+//! work instructions by relation. Plus idempotent feedback writes to site-defined properties.
+//!
+//! Windows live only as long as the session that opened them. Every answer inside a window is
+//! checked for the session generation it was answered under: a change means the window died (or
+//! belongs to a session no longer used), and the traversal of that group of plans starts again
+//! from the open. Windows are closed on every path: success, error, and a dropped future.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::client::TcClient;
 use crate::error::TcError;
+use crate::site::{ChangeQuery, FeedbackConfig, ReadConfig, WindowMode};
 use crate::wire::{self, ModelObject, PartialError, Props, ServiceData};
 
 /// A process plan revision (`MEProcessRevision`) → an ISA-95 operations definition.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProcessPlan {
-    /// UID.
+    /// UID of the revision.
     pub uid: String,
     /// `item_id`.
     pub id: String,
@@ -20,70 +29,81 @@ pub struct ProcessPlan {
     pub revision: String,
     /// `object_name`.
     pub name: String,
-    /// Plant (`mfg0plant`).
+    /// The plant: the configured site property, or the configured default.
     pub plant: String,
-    /// `release_status_list` (empty: not released).
+    /// Names of the release statuses (empty: not released).
     pub release_status: Vec<String>,
     /// `last_mod_date`.
     pub last_modified: SystemTime,
-    /// `fnd0IsObsolete`.
+    /// Whether a release status is one of the configured obsolete statuses.
     pub obsolete: bool,
 }
 
-/// An operation revision (`MEOPRevision`) → an ISA-95 operations segment.
+/// A dataset attached as a work instruction: listed, not downloaded.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WorkInstruction {
+    /// The dataset's UID.
+    pub uid: String,
+    /// Its `object_name`.
+    pub name: String,
+    /// Its type (`PDF`, `Text`, `MSWordX`, ...).
+    pub type_name: String,
+}
+
+/// An operation: a `Mfg0BvrOperation` line of a plan's bill of process → an ISA-95 operations
+/// segment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Operation {
-    /// UID.
+    /// The operation revision's UID (`itemRevOfBOMLine`; where feedback is written).
     pub uid: String,
+    /// The persistent occurrence UID (`bl_occurrence_uid`).
+    pub occurrence: String,
     /// The plan it belongs to.
     pub plan_uid: String,
-    /// `item_id`.
+    /// Operation id (`bl_item_item_id`).
     pub id: String,
-    /// `object_name`.
+    /// Name (`bl_rev_object_name`).
     pub name: String,
-    /// Sequence number (`mfg0sequence`).
+    /// Sequence (`bl_sequence_no`).
     pub sequence: u32,
-    /// Work area / station `item_id`, if allocated.
+    /// Work area id (`Mfg0assigned_workarea` → `bl_item_item_id`), if assigned.
     pub work_area: Option<String>,
-    /// Allocated time in seconds.
+    /// Allocated time in seconds (`Mfg0allocated_time` × the configured unit).
     pub allocated_time_s: Option<f64>,
-    /// Work instruction text.
-    pub instructions: String,
-    /// Resource `item_id`s.
+    /// Work-instruction datasets (`IMAN_MEWorkInstruction` by default).
+    pub work_instructions: Vec<WorkInstruction>,
+    /// Equipment ids (`Mfg0used_equipment`).
     pub resources: Vec<String>,
-    /// Consumed part `item_id`s.
+    /// Consumed part ids (`Mfg0consumed_material`).
     pub consumed_parts: Vec<String>,
-    /// `fnd0IsObsolete`.
+    /// Whether the operation revision carries an obsolete status.
     pub obsolete: bool,
-    /// `last_mod_date`.
-    pub last_modified: SystemTime,
 }
 
-/// How to read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReadConfig {
-    /// Search page size (default 200).
-    pub page: usize,
-    /// Objects per `loadObjects` / `getProperties` call (default 100).
-    pub chunk: usize,
-    /// Overlap subtracted from the watermark against clock skew (default 5 min).
-    pub overlap: Duration,
+/// Changed plans, oldest first, with what Teamcenter reported along the way.
+#[derive(Debug, Clone, Default)]
+pub struct ChangedPlans {
+    /// The plans, by `last_mod_date` then UID.
+    pub plans: Vec<ProcessPlan>,
+    /// Partial errors (objects that could not be loaded are left out and reported here).
+    pub partial_errors: Vec<PartialError>,
 }
 
-impl Default for ReadConfig {
-    fn default() -> Self {
-        Self {
-            page: 200,
-            chunk: 100,
-            overlap: Duration::from_secs(300),
-        }
-    }
+/// The operations of a group of plans.
+#[derive(Debug, Clone, Default)]
+pub struct PlanStructures {
+    /// Operations by plan UID, in sequence order.
+    pub operations: BTreeMap<String, Vec<Operation>>,
+    /// Plans that could not be opened (partial errors of the open say why).
+    pub skipped: Vec<String>,
+    /// Partial errors reported outside windows (opens, work-instruction relations).
+    pub partial_errors: Vec<PartialError>,
 }
 
-/// The result of an incremental read.
+/// The result of [`TcClient::changed_since`].
 #[derive(Debug, Clone, Default)]
 pub struct ChangeSet {
-    /// Changed plans with all their operations.
+    /// Changed plans with all their operations (plans that could not be opened left out).
     pub plans: Vec<(ProcessPlan, Vec<Operation>)>,
     /// The newest `last_mod_date` seen (the next watermark), if anything changed.
     pub high_watermark: Option<SystemTime>,
@@ -91,227 +111,948 @@ pub struct ChangeSet {
     pub partial_errors: Vec<PartialError>,
 }
 
-fn plan(o: &ModelObject) -> Result<ProcessPlan, TcError> {
+/// Shop-floor feedback for one operation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FeedbackValues<'a> {
+    /// Completed count.
+    pub completed_count: i64,
+    /// Actual cycle time in seconds.
+    pub actual_cycle_time_s: Option<f64>,
+    /// Deviation note.
+    pub deviation: &'a str,
+}
+
+/// The change query's UID and entries, found once per session.
+#[derive(Debug, Clone)]
+pub(crate) struct CachedQuery {
+    generation: Option<u64>,
+    name: String,
+    uid: String,
+}
+
+fn describe(errors: &[PartialError]) -> String {
+    errors
+        .iter()
+        .flat_map(|pe| {
+            pe.errors.iter().map(move |e| {
+                format!(
+                    "{}code {}: {}",
+                    pe.uid
+                        .as_deref()
+                        .map(|u| format!("{u}: "))
+                        .unwrap_or_default(),
+                    e.code,
+                    e.message
+                )
+            })
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Whether the session died under a session-bound call.
+fn session_lost(e: &TcError) -> bool {
+    matches!(
+        e.http_error(),
+        Some(shiftkey_http::HttpError::SessionLost { .. })
+    )
+}
+
+fn unexpected(operation: &str, detail: impl Into<String>) -> TcError {
+    TcError::Unexpected {
+        operation: operation.to_owned(),
+        detail: detail.into(),
+    }
+}
+
+/// Status names of a revision's release status list, resolved through `objects`.
+fn status_names(
+    o: &ModelObject,
+    prop: &str,
+    objects: &BTreeMap<String, ModelObject>,
+) -> Vec<String> {
+    Props::of(o)
+        .refs(prop)
+        .iter()
+        .filter_map(|s| objects.get(s))
+        .filter_map(|s| Props::of(s).optional("object_name"))
+        .collect()
+}
+
+fn plan(
+    o: &ModelObject,
+    cfg: &ReadConfig,
+    objects: &BTreeMap<String, ModelObject>,
+) -> Result<ProcessPlan, TcError> {
+    let f = &cfg.fields;
     let p = Props::of(o);
+    let release_status = status_names(o, &f.release_status, objects);
     Ok(ProcessPlan {
         uid: o.uid.clone(),
-        id: p.string("item_id")?,
-        revision: p.string("item_revision_id")?,
-        name: p.optional("object_name").unwrap_or_default(),
-        plant: p.optional("mfg0plant").unwrap_or_default(),
-        release_status: p.list("release_status_list"),
-        last_modified: p.date("last_mod_date")?,
-        obsolete: p.flag("fnd0IsObsolete")?,
+        id: p.string(&f.plan_id)?,
+        revision: p.string(&f.plan_revision)?,
+        name: p.optional(&f.plan_name).unwrap_or_default(),
+        plant: f
+            .plant_property
+            .as_deref()
+            .and_then(|prop| p.optional(prop))
+            .unwrap_or_else(|| f.plant_default.clone()),
+        obsolete: release_status
+            .iter()
+            .any(|s| f.obsolete_statuses.contains(s)),
+        release_status,
+        last_modified: p.date(&f.last_modified)?,
     })
 }
 
-impl TcClient {
-    async fn load(
-        &self,
-        uids: &[String],
-        attributes: Option<&[&str]>,
-        cfg: &ReadConfig,
-        out: &mut ChangeSet,
-    ) -> Result<BTreeMap<String, ModelObject>, TcError> {
-        let mut objects = BTreeMap::new();
-        for chunk in uids.chunks(cfg.chunk.max(1)) {
-            let (op, answer) = match attributes {
-                None => (
-                    "Core-2007-09-DataManagement/loadObjects",
-                    self.call(
-                        "Core-2007-09-DataManagement/loadObjects",
-                        json!({"uids": chunk}),
-                    )
-                    .await?,
-                ),
-                Some(attrs) => {
-                    let objs: Vec<_> = chunk.iter().map(|u| json!({"uid": u})).collect();
-                    (
-                        "Core-2006-03-DataManagement/getProperties",
-                        self.call(
-                            "Core-2006-03-DataManagement/getProperties",
-                            json!({"objects": objs, "attributes": attrs}),
-                        )
-                        .await?,
-                    )
-                }
-            };
-            let sd = ServiceData::parse(&answer, op)?;
-            out.partial_errors.extend(sd.partial_errors);
-            objects.extend(sd.objects);
+/// Open windows of one traversal round.
+#[derive(Debug, Clone)]
+struct Opened {
+    /// What to close: top lines (contexts) or window UIDs (BOM windows).
+    handles: Vec<String>,
+    /// Plan UID → its top line.
+    tops: Vec<(String, String)>,
+    /// Plans that could not be opened.
+    skipped: Vec<String>,
+    partial_errors: Vec<PartialError>,
+    /// The session generation the windows belong to.
+    generation: Option<u64>,
+}
+
+/// Closes windows when dropped without [`WindowGuard::close`] (an error or a cancelled future),
+/// in a background task; never with a session other than the one that opened them.
+#[derive(Debug)]
+struct WindowGuard {
+    tc: TcClient,
+    contexts: bool,
+    handles: Vec<String>,
+    generation: Option<u64>,
+}
+
+impl WindowGuard {
+    fn request(&self) -> (&'static str, Value) {
+        if self.contexts {
+            (
+                "Manufacturing-2011-06-DataManagement/closeContexts",
+                json!({"contexts": self.handles}),
+            )
+        } else {
+            (
+                "Cad-2007-01-StructureManagement/closeBOMWindows",
+                json!({"bomWindows": self.handles}),
+            )
         }
-        Ok(objects)
     }
 
-    /// Process plans changed since `watermark` (minus the overlap), with all their operations,
-    /// read in pages and chunks: `performSearch` → `loadObjects` (plans) → `expandPSOneLevel` →
-    /// `loadObjects` (operations) → `getProperties` (`item_id` of work areas, resources, parts).
+    /// Whether the windows' session is still the one in use (else they died or will die with it).
+    fn same_session(&self) -> bool {
+        self.tc.window_generation() == self.generation
+    }
+
+    async fn close(mut self) {
+        if self.handles.is_empty() || !self.same_session() {
+            self.handles.clear();
+            return;
+        }
+        let (op, body) = self.request();
+        self.handles.clear();
+        let bound = self.tc.windows_follow_token();
+        match self
+            .tc
+            .call_under(op, body, json!({}), bound)
+            .await
+            .map(|(a, _)| a)
+        {
+            Ok(answer) => {
+                if let Ok(sd) = ServiceData::parse(&answer, op)
+                    && !sd.partial_errors.is_empty()
+                {
+                    tracing::warn!(errors = %describe(&sd.partial_errors), "closing Teamcenter windows reported errors");
+                }
+            }
+            Err(e) if session_lost(&e) => {
+                tracing::debug!("the windows died with their session before the close");
+            }
+            Err(e) => tracing::warn!(error = %e, "closing Teamcenter windows failed"),
+        }
+    }
+}
+
+impl Drop for WindowGuard {
+    fn drop(&mut self) {
+        if self.handles.is_empty() || !self.same_session() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (op, body) = self.request();
+        let tc = self.tc.clone();
+        rt.spawn(async move {
+            let bound = tc.windows_follow_token();
+            if let Err(e) = tc.call_under(op, body, json!({}), bound).await {
+                tracing::warn!(error = %e, "closing Teamcenter windows after an interrupted read failed");
+            }
+        });
+    }
+}
+
+/// What one traversal round found: operation lines and the objects the answers carried.
+#[derive(Debug, Default)]
+struct Walk {
+    /// (plan UID, line, revision UID) in tree order.
+    ops: Vec<(String, ModelObject, Option<String>)>,
+    /// Every model object seen (revisions, release statuses, lines).
+    objects: BTreeMap<String, ModelObject>,
+    /// Referenced line UID → its id.
+    names: BTreeMap<String, String>,
+}
+
+const EXPAND: &str = "Cad-2007-01-StructureManagement/expandPSOneLevel";
+const GET_PROPERTIES: &str = "Core-2006-03-DataManagement/getProperties";
+
+impl TcClient {
+    /// The session generation windows opened now belong to (`None` behind a gateway).
+    fn window_generation(&self) -> Option<u64> {
+        self.generation().filter(|_| self.windows_follow_token())
+    }
+
+    /// Changed process revisions since `watermark` minus the overlap (all of them for `None`),
+    /// loaded with their plan properties, oldest first. Calls: the change query (plus, once per
+    /// session, finding and describing the saved query), then `loadObjects` in chunks.
+    pub async fn changed_plans(
+        &self,
+        watermark: Option<SystemTime>,
+        cfg: &ReadConfig,
+    ) -> Result<ChangedPlans, TcError> {
+        let since = watermark.map(|w| w.checked_sub(cfg.overlap).unwrap_or(SystemTime::UNIX_EPOCH));
+        let uids = self.changed_uids(since, cfg).await?;
+        let mut out = ChangedPlans::default();
+        if uids.is_empty() {
+            return Ok(out);
+        }
+        let f = &cfg.fields;
+        let mut plan_props = vec![
+            (f.plan_id.as_str(), false),
+            (f.plan_revision.as_str(), false),
+            (f.plan_name.as_str(), false),
+            (f.last_modified.as_str(), false),
+            (f.release_status.as_str(), true),
+        ];
+        if let Some(p) = &f.plant_property {
+            plan_props.push((p.as_str(), false));
+        }
+        let mut types: Vec<(&str, Vec<(&str, bool)>)> = cfg
+            .process_types
+            .iter()
+            .map(|t| (t.as_str(), plan_props.clone()))
+            .collect();
+        types.push(("ReleaseStatus", vec![("object_name", false)]));
+        let policy = wire::policy(&types);
+        let op = "Core-2007-09-DataManagement/loadObjects";
+        for chunk in uids.chunks(cfg.chunk.max(1)) {
+            let answer = self
+                .call_with_policy(op, json!({"uids": chunk}), policy.clone())
+                .await?;
+            let sd = ServiceData::parse(&answer, op)?;
+            for uid in chunk {
+                if let Some(o) = sd.objects.get(uid) {
+                    out.plans.push(plan(o, cfg, &sd.objects)?);
+                }
+            }
+            out.partial_errors.extend(sd.partial_errors);
+        }
+        out.plans.sort_by(|a, b| {
+            a.last_modified
+                .cmp(&b.last_modified)
+                .then(a.uid.cmp(&b.uid))
+        });
+        Ok(out)
+    }
+
+    /// The UIDs the change query returns.
+    async fn changed_uids(
+        &self,
+        since: Option<SystemTime>,
+        cfg: &ReadConfig,
+    ) -> Result<Vec<String>, TcError> {
+        let (op, body, what) = match &cfg.change_query {
+            ChangeQuery::SavedQuery {
+                name,
+                type_entry,
+                modified_after_entry,
+            } => {
+                let uid = self
+                    .saved_query(name, &[type_entry, modified_after_entry])
+                    .await?;
+                let mut entries = vec![type_entry.clone()];
+                let mut values = vec![cfg.process_types.join(";")];
+                if let Some(t) = since {
+                    entries.push(modified_after_entry.clone());
+                    values.push(wire::query_date(t, cfg.utc_offset_minutes));
+                }
+                (
+                    "Query-2008-06-SavedQuery/executeSavedQueries",
+                    json!({"input": [{"query": {"uid": uid, "type": "ImanQuery"}, "entries": entries, "values": values,
+                        "limitList": [], "maxNumToReturn": 0, "resultsType": 0, "requestId": "", "clientId": "shiftkey-changed-plans"}]}),
+                    format!("the saved query `{name}`"),
+                )
+            }
+            ChangeQuery::BusinessObject { property } => {
+                let clauses: Vec<Value> = since
+                    .map(|t| json!({"propName": property, "propValue": wire::query_date(t, cfg.utc_offset_minutes), "mathOperator": ">=", "logicOperator": "AND"}))
+                    .into_iter()
+                    .collect();
+                let inputs: Vec<Value> = cfg
+                    .process_types
+                    .iter()
+                    .map(|t| json!({"typeName": t, "clauses": clauses, "maxNumToReturn": 0, "requestId": "", "clientId": format!("shiftkey-changed-{t}")}))
+                    .collect();
+                (
+                    "Query-2010-09-SavedQuery/executeBusinessObjectQueries",
+                    json!({"inputs": inputs}),
+                    "the business-object query".to_owned(),
+                )
+            }
+        };
+        let answer = self.call(op, body).await?;
+        let sd = ServiceData::parse(&answer, op)?;
+        if !sd.partial_errors.is_empty() {
+            return Err(TcError::Site {
+                detail: format!("{what} was refused: {}", describe(&sd.partial_errors)),
+            });
+        }
+        let Some(results) = answer["arrayOfResults"].as_array() else {
+            return Err(unexpected(op, "no arrayOfResults array"));
+        };
+        let mut seen = BTreeSet::new();
+        let mut uids = Vec::new();
+        for r in results {
+            for u in r["objectUIDS"].as_array().into_iter().flatten() {
+                let Some(u) = u.as_str() else {
+                    return Err(unexpected(
+                        op,
+                        "objectUIDS holds a value that is not a string",
+                    ));
+                };
+                if seen.insert(u.to_owned()) {
+                    uids.push(u.to_owned());
+                }
+            }
+        }
+        Ok(uids)
+    }
+
+    /// The UID of the saved query `name`, checked to have `entries`; found once per session.
+    async fn saved_query(&self, name: &str, entries: &[&String]) -> Result<String, TcError> {
+        let generation = self.generation();
+        if let Ok(cache) = self.query_cache.lock()
+            && let Some(c) = cache.as_ref()
+            && c.generation == generation
+            && generation.is_some()
+            && c.name == name
+        {
+            return Ok(c.uid.clone());
+        }
+        let (uid, fields) = self.describe_query(name).await?;
+        let missing: Vec<&str> = entries
+            .iter()
+            .filter(|e| !fields.iter().any(|f| f == **e))
+            .map(|e| e.as_str())
+            .collect();
+        if !missing.is_empty() {
+            return Err(TcError::Site {
+                detail: format!(
+                    "the saved query `{name}` has no entry {}; its entries are: {}",
+                    missing
+                        .iter()
+                        .map(|m| format!("`{m}`"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    fields
+                        .iter()
+                        .map(|m| format!("`{m}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+        if let Ok(mut cache) = self.query_cache.lock() {
+            *cache = Some(CachedQuery {
+                generation: self.generation(),
+                name: name.to_owned(),
+                uid: uid.clone(),
+            });
+        }
+        Ok(uid)
+    }
+
+    /// Finds the saved query `name` and its entry names (`findSavedQueries` then
+    /// `describeSavedQueries`). A missing query is a [`TcError::Site`] naming what was found.
+    pub async fn describe_query(&self, name: &str) -> Result<(String, Vec<String>), TcError> {
+        let op = "Query-2010-04-SavedQuery/findSavedQueries";
+        let answer = self
+            .call_with_policy(
+                op,
+                json!({"inputCriteria": [{"queryNames": [name], "queryDescs": [""], "queryType": 0}]}),
+                wire::policy(&[("ImanQuery", vec![("query_name", false)])]),
+            )
+            .await?;
+        let sd = ServiceData::parse(&answer, op)?;
+        let found: Vec<(String, String)> = answer["savedQueries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(wire::ref_uid)
+            .map(|u| {
+                let n = sd
+                    .objects
+                    .get(u)
+                    .and_then(|o| Props::of(o).optional("query_name"))
+                    .unwrap_or_default();
+                (u.to_owned(), n)
+            })
+            .collect();
+        // The criteria match by pattern: keep the exact name only.
+        let Some((uid, _)) = found.iter().find(|(_, n)| n == name) else {
+            return Err(TcError::Site {
+                detail: format!(
+                    "no saved query is named `{name}` (findSavedQueries found {}); create it in Query Builder or configure another name",
+                    if found.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        found
+                            .iter()
+                            .map(|(_, n)| format!("`{n}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                ),
+            });
+        };
+        let op = "Query-2006-03-SavedQuery/describeSavedQueries";
+        let answer = self
+            .call(op, json!({"queries": [{"uid": uid, "type": "ImanQuery"}]}))
+            .await?;
+        let fields: Vec<String> = answer["fieldLists"][0]["fields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f["entryName"].as_str().map(str::to_owned))
+            .collect();
+        if fields.is_empty() {
+            return Err(unexpected(op, format!("no fields described for `{name}`")));
+        }
+        Ok((uid.clone(), fields))
+    }
+
+    /// The operations of `plans`, read through windows opened `cfg.window_batch` plans at a
+    /// time, then their work instructions by relation.
+    pub async fn read_operations(
+        &self,
+        plans: &[ProcessPlan],
+        cfg: &ReadConfig,
+    ) -> Result<PlanStructures, TcError> {
+        const ATTEMPTS: u32 = 3;
+        let mut out = PlanStructures::default();
+        let mut lines = Vec::new();
+        let mut objects = BTreeMap::new();
+        let mut names = BTreeMap::new();
+        for group in plans.chunks(cfg.window_batch.max(1)) {
+            let mut attempt = 0;
+            let walk = loop {
+                attempt += 1;
+                let opened = self.open(group, cfg).await?;
+                let guard = WindowGuard {
+                    tc: self.clone(),
+                    contexts: matches!(cfg.window, WindowMode::Contexts),
+                    handles: opened.handles.clone(),
+                    generation: opened.generation,
+                };
+                let walked = self.walk(&opened, cfg).await;
+                guard.close().await;
+                match walked? {
+                    Some(w) => {
+                        out.skipped.extend(opened.skipped);
+                        out.partial_errors.extend(opened.partial_errors);
+                        break w;
+                    }
+                    None if attempt < ATTEMPTS => {
+                        tracing::info!(
+                            attempt,
+                            "the Teamcenter session changed during a traversal; opening again"
+                        );
+                    }
+                    None => return Err(TcError::WindowLost { attempts: attempt }),
+                }
+            };
+            lines.extend(walk.ops);
+            objects.extend(walk.objects);
+            names.extend(walk.names);
+        }
+        let revisions: Vec<String> = lines
+            .iter()
+            .filter_map(|(_, _, r)| r.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let instructions = self.work_instructions(&revisions, cfg, &mut out).await?;
+        let f = &cfg.fields;
+        for (plan_uid, line, rev) in lines {
+            let p = Props::of(&line);
+            let Some(rev) = rev else {
+                return Err(unexpected(
+                    EXPAND,
+                    format!("operation line {} has no itemRevOfBOMLine", line.uid),
+                ));
+            };
+            let sequence = match p.number(&f.sequence)? {
+                None => 0,
+                Some(n) if n.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&n) => n as u32,
+                Some(n) => {
+                    return Err(unexpected(
+                        EXPAND,
+                        format!(
+                            "{} {} property {}: `{n}` is not a sequence number",
+                            line.type_name, line.uid, f.sequence
+                        ),
+                    ));
+                }
+            };
+            let name_of = |u: &String| names.get(u).cloned().unwrap_or_default();
+            let obsolete = objects
+                .get(&rev)
+                .map(|r| status_names(r, &f.release_status, &objects))
+                .is_some_and(|s| s.iter().any(|n| f.obsolete_statuses.contains(n)));
+            let op = Operation {
+                uid: rev.clone(),
+                occurrence: p.optional(&f.occurrence).unwrap_or_default(),
+                plan_uid: plan_uid.clone(),
+                id: p.string(&f.op_id)?,
+                name: p.optional(&f.op_name).unwrap_or_default(),
+                sequence,
+                work_area: p.refs(&f.work_area).first().map(name_of),
+                allocated_time_s: p
+                    .number(&f.allocated_time)?
+                    .map(|t| t * f.allocated_time_unit_s),
+                work_instructions: instructions.get(&rev).cloned().unwrap_or_default(),
+                resources: p.refs(&f.equipment).iter().map(name_of).collect(),
+                consumed_parts: p.refs(&f.consumed).iter().map(name_of).collect(),
+                obsolete,
+            };
+            out.operations.entry(plan_uid).or_default().push(op);
+        }
+        for ops in out.operations.values_mut() {
+            ops.sort_by(|a, b| a.sequence.cmp(&b.sequence).then_with(|| a.id.cmp(&b.id)));
+        }
+        for p in plans {
+            if !out.skipped.contains(&p.uid) {
+                out.operations.entry(p.uid.clone()).or_default();
+            }
+        }
+        Ok(out)
+    }
+
+    /// Opens one window per plan in `group`.
+    async fn open(&self, group: &[ProcessPlan], cfg: &ReadConfig) -> Result<Opened, TcError> {
+        let (op, body, contexts) = match &cfg.window {
+            WindowMode::Contexts => {
+                let settings = json!({"type": "", "stringProps": {}, "tagProps": {}, "boolProps": {}, "intProps": {},
+                    "dateProps": {}, "doubleProps": {}, "floatProps": {}, "stringArrayProps": {}, "tagArrayProps": {},
+                    "boolArrayProps": {}, "intArrayProps": {}, "dateArrayProps": {}, "doubleArrayProps": {},
+                    "floatArrayProps": {}, "compoundCreateInput": {}});
+                let input: Vec<Value> = group
+                    .iter()
+                    .map(|p| json!({"object": {"uid": p.uid, "type": "MEProcessRevision"}, "openViews": false,
+                        "openAssociatedContexts": false, "contextSettings": settings}))
+                    .collect();
+                (
+                    "Manufacturing-2011-06-DataManagement/openContexts",
+                    json!({"input": input}),
+                    true,
+                )
+            }
+            WindowMode::BomWindows { revision_rule } => {
+                let rule = match revision_rule {
+                    Some(r) => self.revision_rule(r).await?,
+                    None => String::new(),
+                };
+                let info: Vec<Value> = group
+                    .iter()
+                    .map(|p| json!({"clientId": p.uid, "item": "", "itemRev": {"uid": p.uid, "type": "MEProcessRevision"}, "bomView": "",
+                        "revRuleConfigInfo": {"clientId": "", "revRule": if rule.is_empty() { json!("") } else { json!({"uid": rule}) },
+                            "props": {"unitNo": -1, "date": "0001-01-01T00:00:00", "today": true, "endItem": "", "endItemRevision": "", "overrideFolders": []}},
+                        "objectForConfigure": "", "activeAssemblyArrangement": ""}))
+                    .collect();
+                (
+                    "Cad-2007-01-StructureManagement/createBOMWindows",
+                    json!({"info": info}),
+                    false,
+                )
+            }
+        };
+        let (answer, under) = self.call_under(op, body, json!({}), false).await?;
+        let generation = under.filter(|_| self.windows_follow_token());
+        let sd = ServiceData::parse(&answer, op)?;
+        let mut opened = Opened {
+            handles: Vec::new(),
+            tops: Vec::new(),
+            skipped: Vec::new(),
+            partial_errors: sd.partial_errors,
+            generation,
+        };
+        for o in answer["output"].as_array().into_iter().flatten() {
+            if contexts {
+                for c in o["contexts"].as_array().into_iter().flatten() {
+                    if let (Some(top), Some(plan)) =
+                        (wire::ref_uid(&c["context"]), wire::ref_uid(&c["object"]))
+                    {
+                        opened.handles.push(top.to_owned());
+                        opened.tops.push((plan.to_owned(), top.to_owned()));
+                    }
+                }
+            } else if let (Some(window), Some(top), Some(plan)) = (
+                wire::ref_uid(&o["bomWindow"]),
+                wire::ref_uid(&o["bomLine"]),
+                o["clientId"].as_str(),
+            ) {
+                opened.handles.push(window.to_owned());
+                opened.tops.push((plan.to_owned(), top.to_owned()));
+            }
+        }
+        for p in group {
+            if !opened.tops.iter().any(|(plan, _)| *plan == p.uid) {
+                tracing::warn!(plan = %p.id, uid = %p.uid, "Teamcenter could not open the plan; it is left out of this cycle");
+                opened.skipped.push(p.uid.clone());
+            }
+        }
+        Ok(opened)
+    }
+
+    /// The UID of the revision rule named `name` (`getRevisionRules`).
+    pub async fn revision_rule(&self, name: &str) -> Result<String, TcError> {
+        let op = "Cad-2007-01-StructureManagement/getRevisionRules";
+        let answer = self
+            .call_with_policy(
+                op,
+                Value::Null,
+                wire::policy(&[("RevisionRule", vec![("object_name", false)])]),
+            )
+            .await?;
+        let sd = ServiceData::parse(&answer, op)?;
+        let rules: Vec<(String, String)> = answer["output"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| wire::ref_uid(&r["revRule"]))
+            .map(|u| {
+                let n = sd
+                    .objects
+                    .get(u)
+                    .and_then(|o| Props::of(o).optional("object_name"))
+                    .unwrap_or_default();
+                (u.to_owned(), n)
+            })
+            .collect();
+        rules
+            .iter()
+            .find(|(_, n)| n == name)
+            .map(|(u, _)| u.clone())
+            .ok_or_else(|| TcError::Site {
+                detail: format!(
+                    "no revision rule is named `{name}`; the site has {}",
+                    rules
+                        .iter()
+                        .map(|(_, n)| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
+    }
+
+    /// A call inside the windows: `None` when the windows' session died under it (it is then
+    /// not resent) or it was answered under another session.
+    async fn in_window(
+        &self,
+        op: &str,
+        body: Value,
+        policy: Value,
+        generation: Option<u64>,
+    ) -> Result<Option<(Value, ServiceData)>, TcError> {
+        let bound = self.windows_follow_token();
+        let (answer, under) = match self.call_under(op, body, policy, bound).await {
+            Ok(r) => r,
+            Err(e) if session_lost(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if under.filter(|_| bound) != generation {
+            return Ok(None);
+        }
+        let sd = ServiceData::parse(&answer, op)?;
+        if !sd.partial_errors.is_empty() {
+            return Err(unexpected(op, describe(&sd.partial_errors)));
+        }
+        Ok(Some((answer, sd)))
+    }
+
+    /// Expands the opened plans down to `cfg.depth` levels and resolves the lines the operations
+    /// reference. `None`: the session changed, start over.
+    async fn walk(&self, opened: &Opened, cfg: &ReadConfig) -> Result<Option<Walk>, TcError> {
+        let f = &cfg.fields;
+        let line_props = vec![
+            (f.op_id.as_str(), false),
+            (f.op_name.as_str(), false),
+            (f.sequence.as_str(), false),
+            (f.occurrence.as_str(), false),
+        ];
+        let op_props = vec![
+            (f.allocated_time.as_str(), false),
+            (f.work_area.as_str(), false),
+            (f.equipment.as_str(), false),
+            (f.consumed.as_str(), false),
+        ];
+        let mut types: Vec<(&str, Vec<(&str, bool)>)> = vec![("BOMLine", line_props)];
+        types.extend(
+            cfg.operation_types
+                .iter()
+                .map(|t| (t.as_str(), op_props.clone())),
+        );
+        types.push(("ItemRevision", vec![(f.release_status.as_str(), true)]));
+        types.push(("ReleaseStatus", vec![("object_name", false)]));
+        let policy = wire::policy(&types);
+        let mut walk = Walk::default();
+        let mut level = opened.tops.clone();
+        for _ in 0..cfg.depth {
+            if level.is_empty() {
+                break;
+            }
+            let mut next = Vec::new();
+            for chunk in level.chunks(cfg.chunk.max(1)) {
+                let plan_of: BTreeMap<&str, &str> = chunk
+                    .iter()
+                    .map(|(p, l)| (l.as_str(), p.as_str()))
+                    .collect();
+                let parents: Vec<&str> = chunk.iter().map(|(_, l)| l.as_str()).collect();
+                let body = json!({"input": {"parentBomLines": parents, "excludeFilter": "None"},
+                    "pref": {"expItemRev": false, "info": []}});
+                let Some((answer, sd)) = self
+                    .in_window(EXPAND, body, policy.clone(), opened.generation)
+                    .await?
+                else {
+                    return Ok(None);
+                };
+                for o in answer["output"].as_array().into_iter().flatten() {
+                    let Some(plan) =
+                        wire::ref_uid(&o["parent"]["bomLine"]).and_then(|l| plan_of.get(l))
+                    else {
+                        return Err(unexpected(
+                            EXPAND,
+                            "an output's parent is not a line that was expanded",
+                        ));
+                    };
+                    for c in o["children"].as_array().into_iter().flatten() {
+                        let Some(line) = wire::ref_uid(&c["bomLine"]) else {
+                            continue;
+                        };
+                        let type_name = sd
+                            .objects
+                            .get(line)
+                            .map(|m| m.type_name.clone())
+                            .or_else(|| c["bomLine"]["type"].as_str().map(str::to_owned))
+                            .unwrap_or_default();
+                        if cfg.operation_types.contains(&type_name) {
+                            let Some(m) = sd.objects.get(line) else {
+                                return Err(unexpected(
+                                    EXPAND,
+                                    format!("operation line {line} is not in modelObjects"),
+                                ));
+                            };
+                            let rev = wire::ref_uid(&c["itemRevOfBOMLine"]).map(str::to_owned);
+                            walk.ops.push(((*plan).to_owned(), m.clone(), rev));
+                        } else if cfg.process_line_types.contains(&type_name) {
+                            next.push(((*plan).to_owned(), line.to_owned()));
+                        }
+                    }
+                }
+                walk.objects.extend(sd.objects);
+            }
+            level = next;
+        }
+        let refs: Vec<String> = walk
+            .ops
+            .iter()
+            .flat_map(|(_, line, _)| {
+                let p = Props::of(line);
+                let mut r = p.refs(&f.work_area);
+                r.extend(p.refs(&f.equipment));
+                r.extend(p.refs(&f.consumed));
+                r
+            })
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for chunk in refs.chunks(cfg.chunk.max(1)) {
+            let body = json!({"objects": chunk, "attributes": [f.reference_id]});
+            let Some((_, sd)) = self
+                .in_window(GET_PROPERTIES, body, json!({}), opened.generation)
+                .await?
+            else {
+                return Ok(None);
+            };
+            for uid in chunk {
+                let id = sd
+                    .objects
+                    .get(uid)
+                    .and_then(|o| Props::of(o).optional(&f.reference_id))
+                    .unwrap_or_default();
+                walk.names.insert(uid.clone(), id);
+            }
+        }
+        Ok(Some(walk))
+    }
+
+    /// Work-instruction datasets of operation revisions (`expandGRMRelationsForPrimary`).
+    async fn work_instructions(
+        &self,
+        revisions: &[String],
+        cfg: &ReadConfig,
+        out: &mut PlanStructures,
+    ) -> Result<BTreeMap<String, Vec<WorkInstruction>>, TcError> {
+        let mut found: BTreeMap<String, Vec<WorkInstruction>> = BTreeMap::new();
+        if cfg.work_instruction_relations.is_empty() {
+            return Ok(found);
+        }
+        let op = "Core-2007-09-DataManagement/expandGRMRelationsForPrimary";
+        let info: Vec<Value> = cfg
+            .work_instruction_relations
+            .iter()
+            .map(|r| json!({"relationTypeName": r, "otherSideObjectTypes": []}))
+            .collect();
+        let policy = wire::policy(&[("Dataset", vec![("object_name", false)])]);
+        for chunk in revisions.chunks(cfg.chunk.max(1)) {
+            let primaries: Vec<Value> = chunk.iter().map(|u| json!({"uid": u})).collect();
+            let body = json!({"primaryObjects": primaries,
+                "pref": {"expItemRev": false, "returnRelations": true, "info": info}});
+            let answer = self.call_with_policy(op, body, policy.clone()).await?;
+            let sd = ServiceData::parse(&answer, op)?;
+            for o in answer["output"].as_array().into_iter().flatten() {
+                let Some(primary) = wire::ref_uid(&o["inputObject"]) else {
+                    continue;
+                };
+                let list = found.entry(primary.to_owned()).or_default();
+                for rd in o["relationshipData"].as_array().into_iter().flatten() {
+                    for ro in rd["relationshipObjects"].as_array().into_iter().flatten() {
+                        let other = &ro["otherSideObject"];
+                        let Some(uid) = wire::ref_uid(other) else {
+                            continue;
+                        };
+                        let model = sd.objects.get(uid);
+                        list.push(WorkInstruction {
+                            uid: uid.to_owned(),
+                            name: model
+                                .and_then(|m| Props::of(m).optional("object_name"))
+                                .unwrap_or_default(),
+                            type_name: model
+                                .map(|m| m.type_name.clone())
+                                .or_else(|| other["type"].as_str().map(str::to_owned))
+                                .unwrap_or_default(),
+                        });
+                    }
+                }
+                list.sort();
+                list.dedup();
+            }
+            out.partial_errors.extend(sd.partial_errors);
+        }
+        Ok(found)
+    }
+
+    /// Plans changed since `watermark` (minus the overlap) with all their operations:
+    /// [`TcClient::changed_plans`] then [`TcClient::read_operations`].
     pub async fn changed_since(
         &self,
         watermark: Option<SystemTime>,
         cfg: &ReadConfig,
     ) -> Result<ChangeSet, TcError> {
-        let since = watermark.map_or(SystemTime::UNIX_EPOCH, |w| {
-            w.checked_sub(cfg.overlap).unwrap_or(SystemTime::UNIX_EPOCH)
-        });
-        let mut out = ChangeSet::default();
-        let mut plan_uids = Vec::new();
-        loop {
-            let answer = self
-                .call(
-                    "Query-2012-10-Finder/performSearch",
-                    json!({"searchInput": {"providerName": "Mfg0ChangedProcessProvider", "searchCriteria": {"type": "MEProcessRevision", "modifiedSince": wire::tc_date(since)}, "startIndex": plan_uids.len(), "maxToReturn": cfg.page}}),
-                )
-                .await?;
-            let found = answer["searchResults"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|r| r["uid"].as_str().map(str::to_owned))
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default();
-            let total = answer["totalFound"].as_u64().unwrap_or(0) as usize;
-            let got = found.len();
-            plan_uids.extend(found);
-            if got == 0 || plan_uids.len() >= total {
-                break;
-            }
-        }
-        if plan_uids.is_empty() {
-            return Ok(out);
-        }
-        let plans = self.load(&plan_uids, None, cfg, &mut out).await?;
-        // Operations of each plan.
-        let mut ops_of: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for chunk in plan_uids.chunks(cfg.chunk.max(1)) {
-            let answer = self
-                .call(
-                    "Cad-2007-01-StructureManagement/expandPSOneLevel",
-                    json!({"input": {"parentBomLines": chunk}}),
-                )
-                .await?;
-            for o in answer["output"].as_array().into_iter().flatten() {
-                let Some(parent) = o["parent"]["itemRevOfBOMLine"]["uid"]
-                    .as_str()
-                    .or(o["parent"]["bomLine"]["uid"].as_str())
-                else {
-                    continue;
-                };
-                let children = o["children"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|c| c["itemRevOfBOMLine"]["uid"].as_str().map(str::to_owned))
-                    .collect();
-                ops_of.insert(parent.to_owned(), children);
-            }
-        }
-        let op_uids: Vec<String> = ops_of.values().flatten().cloned().collect();
-        let ops = self.load(&op_uids, None, cfg, &mut out).await?;
-        // Names of what operations reference.
-        let refs: BTreeSet<String> = ops
-            .values()
-            .flat_map(|o| {
-                let p = Props::of(o);
-                let mut r = p.refs("Mfg0workarea");
-                r.extend(p.refs("Mfg0assigned_resources"));
-                r.extend(p.refs("Mfg0consumed_material"));
-                r
-            })
-            .collect();
-        let refs: Vec<String> = refs.into_iter().collect();
-        let named = self.load(&refs, Some(&["item_id"]), cfg, &mut out).await?;
-        let name = |uid: &String| {
-            named
-                .get(uid)
-                .and_then(|o| Props::of(o).optional("item_id"))
-                .unwrap_or_else(|| uid.clone())
+        let changed = self.changed_plans(watermark, cfg).await?;
+        let mut out = ChangeSet {
+            high_watermark: changed.plans.iter().map(|p| p.last_modified).max(),
+            partial_errors: changed.partial_errors,
+            ..ChangeSet::default()
         };
-        for uid in &plan_uids {
-            let Some(o) = plans.get(uid) else { continue };
-            let p = plan(o)?;
-            out.high_watermark = Some(
-                out.high_watermark
-                    .map_or(p.last_modified, |w: SystemTime| w.max(p.last_modified)),
-            );
-            let mut operations = Vec::new();
-            for op_uid in ops_of.get(uid).into_iter().flatten() {
-                let Some(o) = ops.get(op_uid) else { continue };
-                let pr = Props::of(o);
-                let sequence = pr.number("mfg0sequence")?.unwrap_or(0.0);
-                operations.push(Operation {
-                    uid: o.uid.clone(),
-                    plan_uid: uid.clone(),
-                    id: pr.string("item_id")?,
-                    name: pr.optional("object_name").unwrap_or_default(),
-                    sequence: if sequence.is_finite()
-                        && sequence >= 0.0
-                        && sequence <= f64::from(u32::MAX)
-                    {
-                        sequence as u32
-                    } else {
-                        0
-                    },
-                    work_area: pr.refs("Mfg0workarea").first().map(name),
-                    allocated_time_s: pr.number("allocated_time")?,
-                    instructions: pr.optional("mes0work_instructions").unwrap_or_default(),
-                    resources: pr.refs("Mfg0assigned_resources").iter().map(name).collect(),
-                    consumed_parts: pr.refs("Mfg0consumed_material").iter().map(name).collect(),
-                    obsolete: pr.flag("fnd0IsObsolete")?,
-                    last_modified: pr.date("last_mod_date")?,
-                });
+        let mut read = self.read_operations(&changed.plans, cfg).await?;
+        out.partial_errors.extend(read.partial_errors);
+        for p in changed.plans {
+            if let Some(ops) = read.operations.remove(&p.uid) {
+                out.plans.push((p, ops));
             }
-            operations.sort_by_key(|o| o.sequence);
-            out.plans.push((p, operations));
         }
         Ok(out)
     }
 
-    /// Sets properties on `uid` once per `idempotency_key` (stored in `mes0feedback_key`): a
-    /// repeated push with the same key changes nothing. Returns whether it wrote.
-    pub async fn set_properties_once(
+    /// Writes shop-floor feedback to the site-defined properties of `cfg` on the operation
+    /// revision `uid`, once per `idempotency_key` (kept in `cfg.key_property`): a repeated push
+    /// with the same key changes nothing. Returns whether it wrote. A property the site lacks is
+    /// a [`TcError::Site`] naming it.
+    pub async fn write_feedback(
         &self,
+        cfg: &FeedbackConfig,
         uid: &str,
-        props: &[(&str, Vec<String>)],
+        values: FeedbackValues<'_>,
         idempotency_key: &str,
     ) -> Result<bool, TcError> {
         let answer = self
             .call(
-                "Core-2006-03-DataManagement/getProperties",
-                json!({"objects": [{"uid": uid}], "attributes": ["mes0feedback_key"]}),
+                GET_PROPERTIES,
+                json!({"objects": [{"uid": uid}], "attributes": [cfg.key_property]}),
             )
             .await?;
-        let sd = ServiceData::parse(&answer, "getProperties")?;
-        if let Some(o) = sd.objects.get(uid)
-            && Props::of(o)
-                .list("mes0feedback_key")
+        let sd = ServiceData::parse(&answer, GET_PROPERTIES)?;
+        if !sd.partial_errors.is_empty() {
+            return Err(TcError::Site {
+                detail: format!(
+                    "reading the feedback key `{}` of {uid}: {}",
+                    cfg.key_property,
+                    describe(&sd.partial_errors)
+                ),
+            });
+        }
+        if sd.objects.get(uid).is_some_and(|o| {
+            Props::of(o)
+                .list(&cfg.key_property)
                 .iter()
                 .any(|k| k == idempotency_key)
-        {
+        }) {
             return Ok(false);
         }
-        let mut vec: Vec<_> = props
-            .iter()
-            .map(|(n, v)| json!({"name": n, "values": v}))
-            .collect();
-        vec.push(json!({"name": "mes0feedback_key", "values": [idempotency_key]}));
+        let mut vec = vec![json!({"name": cfg.key_property, "values": [idempotency_key]})];
+        if let Some(p) = &cfg.completed_count {
+            vec.push(json!({"name": p, "values": [values.completed_count.to_string()]}));
+        }
+        if let Some((p, t)) = cfg
+            .actual_cycle_time
+            .as_ref()
+            .zip(values.actual_cycle_time_s)
+        {
+            vec.push(json!({"name": p, "values": [format!("{t}")]}));
+        }
+        if let Some(p) = &cfg.deviation {
+            vec.push(json!({"name": p, "values": [values.deviation]}));
+        }
+        let op = "Core-2010-09-DataManagement/setProperties";
         let answer = self
             .call(
-                "Core-2010-09-DataManagement/setProperties",
-                json!({"info": [{"object": {"uid": uid}, "vecNameVal": vec}], "options": []}),
+                op,
+                json!({"info": [{"object": {"uid": uid}, "timestamp": "", "vecNameVal": vec}], "options": []}),
             )
             .await?;
-        let sd = ServiceData::parse(&answer, "setProperties")?;
-        if let Some(pe) = sd.partial_errors.first() {
-            return Err(TcError::Service {
-                qname: "setProperties partial error".into(),
-                code: pe.errors.first().map_or(0, |e| e.code),
-                message: pe
-                    .errors
-                    .first()
-                    .map(|e| e.message.clone())
-                    .unwrap_or_default(),
+        let sd = ServiceData::parse(&answer, op)?;
+        if !sd.partial_errors.is_empty() {
+            return Err(TcError::Site {
+                detail: format!(
+                    "writing feedback to {uid}: {}",
+                    describe(&sd.partial_errors)
+                ),
             });
         }
         Ok(true)

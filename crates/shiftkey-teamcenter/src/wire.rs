@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
+use chrono::{Datelike, Offset, Timelike};
 use serde_json::{Value, json};
 
 use crate::error::{ErrorValue, SsoHint, TcError};
@@ -14,7 +15,49 @@ pub const NULL_UID: &str = "AAAAAAAAAAAAAA";
 /// A request envelope: `{"header": {"state": {...}, "policy": {}}, "body": ...}`.
 #[must_use]
 pub fn envelope(body: Value) -> Value {
-    json!({"header": {"state": {"clientVersion": "shiftkey", "stateless": true}, "policy": {}}, "body": body})
+    envelope_with_policy(body, json!({}))
+}
+
+/// A request envelope with an object property policy in `header.policy`
+/// (`TEAMCENTER-READS.md` §4): the server returns exactly these properties.
+#[must_use]
+pub fn envelope_with_policy(body: Value, policy: Value) -> Value {
+    json!({"header": {"state": {"clientVersion": "shiftkey", "stateless": true, "locale": "en_US"}, "policy": policy}, "body": body})
+}
+
+/// A property policy: `(type, [(property, with_properties)])` → `{"useRefCount": false, "types": [...]}`.
+/// `withProperties` brings referenced objects along (their own entries decide their properties).
+#[must_use]
+pub fn policy(types: &[(&str, Vec<(&str, bool)>)]) -> Value {
+    let types: Vec<Value> = types
+        .iter()
+        .map(|(t, props)| {
+            let props: Vec<Value> = props
+                .iter()
+                .map(|(p, with)| {
+                    if *with {
+                        json!({"name": p, "modifiers": [{"name": "withProperties", "Value": "true"}]})
+                    } else {
+                        json!({"name": p})
+                    }
+                })
+                .collect();
+            json!({"name": t, "properties": props})
+        })
+        .collect();
+    json!({"useRefCount": false, "types": types})
+}
+
+/// The UID of a reference, in any of its forms: `"uid"` or `{"uid": ...}` (§0.1). The null UID
+/// and empty strings are `None`.
+#[must_use]
+pub fn ref_uid(v: &Value) -> Option<&str> {
+    let uid = match v {
+        Value::String(s) => s.as_str(),
+        Value::Object(m) => m.get("uid").and_then(Value::as_str)?,
+        _ => return None,
+    };
+    (!uid.is_empty() && uid != NULL_UID).then_some(uid)
 }
 
 fn error_values(v: &Value) -> Vec<ErrorValue> {
@@ -77,22 +120,27 @@ pub fn check_exception(v: &Value) -> Result<(), TcError> {
     })
 }
 
-/// A model object: UID, class and string `dbValues` by property.
+/// A model object: UID, class, type and string `dbValues` by property. A property the request
+/// did not ask for is absent, which is not the same as empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelObject {
     /// The UID.
     pub uid: String,
     /// `className`.
     pub class: String,
+    /// `type` (the business object type; `className` when absent).
+    pub type_name: String,
     /// Property → `dbValues`.
     pub props: BTreeMap<String, Vec<String>>,
 }
 
-/// A partial error of one object.
+/// A partial error of one object or input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartialError {
     /// The object it concerns, when given.
     pub uid: Option<String>,
+    /// The index of the input it concerns (`clientIndex`, also read as `clienetIndex`).
+    pub client_index: Option<i64>,
     /// The errors.
     pub errors: Vec<ErrorValue>,
 }
@@ -104,6 +152,10 @@ pub struct ServiceData {
     pub plain: Vec<String>,
     /// `updated` UIDs.
     pub updated: Vec<String>,
+    /// `created` UIDs.
+    pub created: Vec<String>,
+    /// `deleted` UIDs.
+    pub deleted: Vec<String>,
     /// `modelObjects` by UID.
     pub objects: BTreeMap<String, ModelObject>,
     /// `partialErrors`, per object.
@@ -169,6 +221,11 @@ impl ServiceData {
                     ModelObject {
                         uid: uid.clone(),
                         class: o["className"].as_str().unwrap_or_default().to_owned(),
+                        type_name: o["type"]
+                            .as_str()
+                            .or(o["className"].as_str())
+                            .unwrap_or_default()
+                            .to_owned(),
                         props: parsed,
                     },
                 );
@@ -180,12 +237,15 @@ impl ServiceData {
             .flatten()
             .map(|pe| PartialError {
                 uid: pe["uid"].as_str().map(str::to_owned),
+                client_index: pe["clientIndex"].as_i64().or(pe["clienetIndex"].as_i64()),
                 errors: error_values(&pe["errorValues"]),
             })
             .collect();
         Ok(Self {
             plain: strings(&sd["plain"]),
             updated: strings(&sd["updated"]),
+            created: strings(&sd["created"]),
+            deleted: strings(&sd["deleted"]),
             objects,
             partial_errors,
         })
@@ -254,10 +314,15 @@ impl<'a> Props<'a> {
         }
     }
 
-    /// A date (`yyyy-MM-ddTHH:mm:ss+zzzz`), required.
+    /// A date, required and not the null date. `dbValues` dates are ISO 8601 with an offset,
+    /// with or without its colon (`2006-03-15T14:20:45-07:00`, `…-0700`; §0.2).
     pub fn date(&self, prop: &str) -> Result<SystemTime, TcError> {
         let s = self.string(prop)?;
-        chrono::DateTime::parse_from_str(&s, "%Y-%m-%dT%H:%M:%S%z")
+        if s.starts_with("0001-01-01T00:00:00") {
+            return Err(self.err(prop, "the null date"));
+        }
+        chrono::DateTime::parse_from_str(&s, "%Y-%m-%dT%H:%M:%S%:z")
+            .or_else(|_| chrono::DateTime::parse_from_str(&s, "%Y-%m-%dT%H:%M:%S%z"))
             .map(SystemTime::from)
             .map_err(|e| self.err(prop, &format!("`{s}` is not a Teamcenter date ({e})")))
     }
@@ -284,9 +349,31 @@ impl<'a> Props<'a> {
     }
 }
 
-/// Teamcenter's date form for a query.
+/// Teamcenter's date form for a date *property* write (`yyyy-MM-dd'T'HH:mm:ssZ`, as Siemens'
+/// connector writes it; §7.1).
 #[must_use]
 pub fn tc_date(t: SystemTime) -> String {
     let dt: chrono::DateTime<chrono::Utc> = t.into();
     dt.format("%Y-%m-%dT%H:%M:%S+0000").to_string()
+}
+
+/// A saved-query date *value*: the display form `dd-MMM-yyyy HH:mm` with English month names, in
+/// the server's time zone (`utc_offset_minutes` east of UTC), seconds dropped (rounded down, so
+/// the query never starts later than asked; §2.5). Never ISO.
+#[must_use]
+pub fn query_date(t: SystemTime, utc_offset_minutes: i32) -> String {
+    let offset = chrono::FixedOffset::east_opt(utc_offset_minutes.saturating_mul(60))
+        .unwrap_or_else(|| chrono::Utc.fix());
+    let dt = chrono::DateTime::<chrono::Utc>::from(t).with_timezone(&offset);
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS[dt.month0() as usize % 12];
+    format!(
+        "{:02}-{month}-{:04} {:02}:{:02}",
+        dt.day(),
+        dt.year(),
+        dt.hour(),
+        dt.minute()
+    )
 }

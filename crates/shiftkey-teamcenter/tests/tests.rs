@@ -5,3 +5,4 @@
 
 mod parse;
 mod reads;
+mod site;

@@ -190,6 +190,12 @@ pub(crate) struct TeamcenterConfig {
     pub(crate) group: String,
     #[serde(default)]
     pub(crate) role: String,
+    /// The site mapping: query, window, properties (`[teamcenter.read]`).
+    #[serde(default)]
+    pub(crate) read: crate::site::ReadSection,
+    /// Where shop-floor feedback goes (`[teamcenter.feedback]`; absent: no feedback writes).
+    #[serde(default)]
+    pub(crate) feedback: Option<crate::site::FeedbackSection>,
 }
 
 /// Where the shop floor is.
@@ -362,6 +368,7 @@ impl Config {
         if let Some(tc) = &self.teamcenter {
             url::Url::parse(&tc.url)
                 .with_context(|| format!("`teamcenter.url`: `{}` is not a URL", tc.url))?;
+            crate::site::configs(tc, self.overlap())?;
         }
         if self.schedule.interval_minutes == 0 || self.schedule.batch == 0 {
             bail!("`schedule.interval_minutes` and `schedule.batch` must be greater than zero");
@@ -486,6 +493,11 @@ impl Config {
         out
     }
 
+    /// The watermark overlap of `[schedule]`.
+    pub(crate) fn overlap(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.schedule.overlap_minutes.saturating_mul(60))
+    }
+
     /// The `[teamcenter]` section, or an error saying the command needs it.
     pub(crate) fn teamcenter(&self) -> anyhow::Result<&TeamcenterConfig> {
         self.teamcenter
@@ -530,6 +542,31 @@ user = "mfg_sync"                       # a dedicated service user
 password = { env = "TC_PASSWORD" }
 group = ""                              # empty: the user's default group
 role = ""
+
+# How shiftkey finds and reads process plans on this site (docs/teamcenter.md has the
+# administrator's checklist; `shiftkey doctor` checks every name below). Defaults: the standard model.
+[teamcenter.read]
+query = "saved_query"                   # or "business_object" (executeBusinessObjectQueries, no entry names)
+query_name = "Item Revision..."         # the saved query, as Query Builder names it
+type_entry = "Type"                     # its entries, as describeSavedQueries shows them (localized!)
+modified_after_entry = "Modified After"
+types = ["MEProcessRevision"]           # plan types
+utc_offset_minutes = 0                  # the server's standard-time UTC offset: query dates are local
+window = "contexts"                     # openContexts; or "bom_windows" with revision_rule = "Latest Working"
+depth = 4                               # levels expanded below a plan (nested processes)
+plant = ""                              # plant name for every plan, or plant_property = "xx4_plant"
+allocated_time_unit = "s"               # unit of Mfg0allocated_time on this site: s | min | h
+work_instruction_relations = ["IMAN_MEWorkInstruction"]
+# [teamcenter.read.properties]          # field = property, e.g. sequence = "bl_sequence_no"
+
+# Shop-floor feedback needs site-defined (BMIDE) properties on the operation revision; without
+# this section shiftkey writes nothing back and feedback waits in the outbox.
+# [teamcenter.feedback]
+# type = "MEOPRevision"
+# key_property = "xx4_mes_feedback_key"  # required: the idempotency key of the last write
+# completed_count = "xx4_completed_count"
+# actual_cycle_time = "xx4_actual_cycle_time"
+# deviation = "xx4_deviation"
 
 # The shop-floor database the sync writes.
 [sink]

@@ -79,7 +79,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let tc = TcClient::session_with_clock(reqwest::Client::new(), session, Arc::clone(&clock))?;
     let _keepalive = tc.keepalive()?;
     let cfg = EngineConfig::default();
-    let engine = Engine::new(tc.clone(), sink.clone(), cfg).with_clock(Arc::clone(&clock));
+    let engine = Engine::new(tc.clone(), sink.clone(), cfg.clone()).with_clock(Arc::clone(&clock));
     if !args.json {
         eprintln!(
             "shiftkey demo: {} simulated hours at {}× against an emulated Teamcenter on {} → {}",

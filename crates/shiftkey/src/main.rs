@@ -13,6 +13,7 @@ mod config;
 mod demo;
 mod doctor;
 mod ops;
+mod site;
 mod store_cmd;
 mod tokens;
 
@@ -296,16 +297,15 @@ fn refresh_hook(monitor: Arc<ErrorRateMonitor>) -> tokens::RefreshHook {
     })
 }
 
-fn engine_config(cfg: &config::Config) -> shiftkey_sync::EngineConfig {
-    shiftkey_sync::EngineConfig {
+fn engine_config(cfg: &config::Config) -> anyhow::Result<shiftkey_sync::EngineConfig> {
+    let (read, feedback) = site::configs(cfg.teamcenter()?, cfg.overlap())?;
+    Ok(shiftkey_sync::EngineConfig {
         interval: std::time::Duration::from_secs(cfg.schedule.interval_minutes * 60),
         batch: cfg.schedule.batch,
-        read: shiftkey_teamcenter::ReadConfig {
-            overlap: std::time::Duration::from_secs(cfg.schedule.overlap_minutes * 60),
-            ..Default::default()
-        },
+        read,
+        feedback,
         ..Default::default()
-    }
+    })
 }
 
 async fn sync_once(args: SyncArgs) -> anyhow::Result<ExitCode> {
@@ -316,7 +316,7 @@ async fn sync_once(args: SyncArgs) -> anyhow::Result<ExitCode> {
     let cfg = config::Config::load(&args.config)?;
     let tc = teamcenter(&cfg, &reqwest::Client::new(), None)?;
     let sink = Arc::new(shiftkey_shopfloor::SqlSink::connect(&cfg.sink_url()?).await?);
-    let engine = shiftkey_sync::Engine::new(tc, sink, engine_config(&cfg));
+    let engine = shiftkey_sync::Engine::new(tc, sink, engine_config(&cfg)?);
     let report = engine.cycle(&shiftkey_sync::Stop::default()).await?;
     println!(
         "read {}, inserted {}, updated {}, unchanged {}, feedback pushed {}",
@@ -445,7 +445,7 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
             let _keepalive = tc.keepalive()?;
             let sink = Arc::new(shiftkey_shopfloor::SqlSink::connect(&cfg.sink_url()?).await?);
             let observer = Arc::clone(&ops);
-            let engine = shiftkey_sync::Engine::new(tc, sink, engine_config(&cfg))
+            let engine = shiftkey_sync::Engine::new(tc, sink, engine_config(&cfg)?)
                 .on_cycle(Arc::new(move |r| observer.cycle(r)));
             eprintln!(
                 "shiftkey: syncing {} every {} min; SIGTERM or Ctrl-C stops",

@@ -69,6 +69,16 @@ impl Sink for MemorySink {
     async fn watermark(&self) -> Result<Option<SystemTime>, SinkError> {
         Ok(self.state.lock().unwrap_or_else(PoisonError::into_inner).1)
     }
+    async fn stored_versions(
+        &self,
+        uids: &[String],
+    ) -> Result<BTreeMap<String, SystemTime>, SinkError> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(uids
+            .iter()
+            .filter_map(|u| state.0.get(u).map(|p| (u.clone(), p.last_modified)))
+            .collect())
+    }
     async fn pending_feedback(&self, _limit: i64) -> Result<Vec<Feedback>, SinkError> {
         Ok(Vec::new())
     }
@@ -314,7 +324,15 @@ async fn run_profile(profile: &str, days: f64, seed: u64) -> Result<Value, Strin
     let script_failed = script_failures.load(std::sync::atomic::Ordering::Relaxed);
     // Cycles failed for other reasons (5xx bursts longer than the retry policy) stay rare: more
     // than 10 % means something is stuck (a circuit that never closes, a spinning task).
-    let goals = surfaced == 0 && auth_failed == 0 && ratio <= 1.2 && other_failed * 10 <= run;
+    // Every window opened was closed or died with its session; no runtime line of a dead session
+    // was ever sent again.
+    let leaked_windows = sim.leaked_windows();
+    let goals = surfaced == 0
+        && auth_failed == 0
+        && ratio <= 1.2
+        && other_failed * 10 <= run
+        && leaked_windows == 0
+        && server.stale_lines == 0;
     Ok(json!({
         "profile": profile,
         "days": days,
@@ -336,6 +354,7 @@ async fn run_profile(profile: &str, days: f64, seed: u64) -> Result<Value, Strin
             "lifetime_s": s.true_lifetime.as_secs(),
             "idle_s": s.true_idle.map(|d| d.as_secs()),
         },
+        "windows": {"opened": server.windows_opened, "closed": server.windows_closed, "died_with_session": server.windows_died, "leaked": leaked_windows, "stale_lines_sent": server.stale_lines},
         "server_kills": server.killed,
         "faults_injected": server.faults,
         "goals_met": goals,
@@ -398,9 +417,9 @@ fn main() -> ExitCode {
     };
     let mut reports = Vec::new();
     println!(
-        "| profile | days | cycles run / ok | failed (auth / other) | 401s recovered / surfaced | token calls / law minimum | max token wait | keepalives | learned lifetime / idle (true) | goals |"
+        "| profile | days | cycles run / ok | failed (auth / other) | 401s recovered / surfaced | token calls / law minimum | max token wait | keepalives | learned lifetime / idle (true) | windows opened / leaked / stale lines | goals |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut all_met = true;
     for p in profiles {
         let r = match rt.block_on(run_profile(p, days, seed)) {
@@ -419,7 +438,7 @@ fn main() -> ExitCode {
                 .map_or_else(|| "—".to_owned(), |s| format!("{} min", s / 60))
         };
         println!(
-            "| {} | {} | {} / {} | {} / {} | {} / {} | {} / {} ({}×) | {} ms | {} | {} / {} ({} / {}) | {} |",
+            "| {} | {} | {} / {} | {} / {} | {} / {} | {} / {} ({}×) | {} ms | {} | {} / {} ({} / {}) | {} / {} / {} | {} |",
             p,
             days,
             r["cycles"]["run"],
@@ -437,6 +456,9 @@ fn main() -> ExitCode {
             m(&r["learned"]["idle_limit_s"]),
             h(&r["true"]["lifetime_s"]),
             m(&r["true"]["idle_s"]),
+            r["windows"]["opened"],
+            r["windows"]["leaked"],
+            r["windows"]["stale_lines_sent"],
             if r["goals_met"] == true {
                 "met"
             } else {

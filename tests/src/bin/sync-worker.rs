@@ -54,10 +54,7 @@ fn main() -> std::process::ExitCode {
             sink,
             EngineConfig {
                 batch: 2,
-                read: ReadConfig {
-                    chunk: 7,
-                    ..ReadConfig::default()
-                },
+                read: ReadConfig::default().with_chunk(7),
                 ..EngineConfig::default()
             },
         );

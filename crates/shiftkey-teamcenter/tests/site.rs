@@ -1,0 +1,500 @@
+//! The read path as a real site serves it (saved queries, windows, line properties, relations),
+//! the site mapping, and feedback — against the emulator, which refuses what Teamcenter refuses.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use shiftkey_sim::{Sim, SimConfig};
+use shiftkey_teamcenter::{
+    ChangeSet, FeedbackConfig, FeedbackValues, ReadConfig, TcError, WindowMode,
+};
+use tokio::time::sleep;
+
+use super::reads::{H, client, quiet, secs, sim};
+
+/// Every plan's operations equal the data set's truth, field by field.
+fn assert_truth(s: &Sim, got: &ChangeSet) {
+    s.with_data(|d| {
+        for (plan, ops) in &got.plans {
+            let p = d.get(&plan.uid).unwrap();
+            assert_eq!(Some(plan.id.as_str()), p.get("item_id"));
+            assert_eq!(Some(plan.revision.as_str()), p.get("item_revision_id"));
+            assert_eq!(Some(plan.name.as_str()), p.get("object_name"));
+            assert_eq!(
+                plan.release_status.is_empty(),
+                p.props["release_status_list"].is_empty()
+            );
+            let truth = d.operations_of(&plan.uid);
+            assert_eq!(ops.len(), truth.len(), "operations of {}", plan.id);
+            for t in &truth {
+                let op = ops
+                    .iter()
+                    .find(|o| o.uid == t.revision)
+                    .unwrap_or_else(|| panic!("operation {} of {} missing", t.id, plan.id));
+                assert_eq!(op.id, t.id);
+                assert_eq!(op.name, t.name);
+                assert_eq!(op.occurrence, t.occurrence);
+                assert_eq!(op.sequence.to_string(), t.sequence);
+                assert_eq!(op.work_area, t.work_area);
+                assert_eq!(op.resources, t.equipment);
+                assert_eq!(op.consumed_parts, t.consumed);
+                assert_eq!(
+                    op.allocated_time_s,
+                    t.allocated_time.as_deref().map(|v| v.parse().unwrap())
+                );
+                let mut wi: Vec<&str> = op
+                    .work_instructions
+                    .iter()
+                    .map(|w| w.uid.as_str())
+                    .collect();
+                let mut want: Vec<&str> = t.instructions.iter().map(String::as_str).collect();
+                wi.sort_unstable();
+                want.sort_unstable();
+                assert_eq!(wi, want, "work instructions of {}", op.id);
+                for w in &op.work_instructions {
+                    assert_eq!(w.type_name, "PDF");
+                    assert_eq!(
+                        Some(w.name.as_str()),
+                        d.get(&w.uid).unwrap().get("object_name")
+                    );
+                }
+            }
+            assert!(ops.windows(2).all(|w| w[0].sequence <= w[1].sequence));
+        }
+    });
+}
+
+fn floor_minute(t: SystemTime) -> SystemTime {
+    let s = t.duration_since(UNIX_EPOCH).unwrap().as_secs();
+    UNIX_EPOCH + Duration::from_secs(s / 60 * 60)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_then_incremental_read_equals_the_truth_and_closes_every_window() {
+    let s = sim(quiet()).await;
+    let tc = client(&s, "mfg_sync_pw");
+    let cfg = ReadConfig::default().with_chunk(9);
+    let all = tc.changed_since(None, &cfg).await.unwrap();
+    assert_eq!(all.plans.len(), 20);
+    assert!(all.partial_errors.is_empty(), "{:?}", all.partial_errors);
+    assert_truth(&s, &all);
+    let st = s.stats();
+    assert_eq!(st.windows_opened, 20);
+    assert_eq!(st.windows_closed, 20);
+    assert_eq!(s.leaked_windows(), 0);
+    assert_eq!(st.stale_lines, 0);
+    for op in [
+        "Query-2010-04-SavedQuery/findSavedQueries",
+        "Query-2006-03-SavedQuery/describeSavedQueries",
+        "Query-2008-06-SavedQuery/executeSavedQueries",
+        "Manufacturing-2011-06-DataManagement/openContexts",
+        "Manufacturing-2011-06-DataManagement/closeContexts",
+        "Cad-2007-01-StructureManagement/expandPSOneLevel",
+        "Core-2007-09-DataManagement/expandGRMRelationsForPrimary",
+    ] {
+        assert!(
+            st.requests.contains_key(op),
+            "{op} was called: {:?}",
+            st.requests
+        );
+    }
+
+    // Every plan was last modified at the initial watermark: the first incremental read sees all
+    // of them again (the overlap), and moves the watermark to the newest edit.
+    sleep(secs(2 * H)).await;
+    let w = tc
+        .changed_since(all.high_watermark, &cfg)
+        .await
+        .unwrap()
+        .high_watermark
+        .unwrap();
+    assert!(Some(w) > all.high_watermark);
+    // Two simulated hours later: exactly the plans modified since watermark − 5 min (to the minute).
+    sleep(secs(2 * H)).await;
+    let changed = tc.changed_since(Some(w), &cfg).await.unwrap();
+    let truth: Vec<String> = s.with_data(|d| {
+        d.changed_processes(floor_minute(w - secs(300)))
+            .iter()
+            .map(|o| o.uid.clone())
+            .collect()
+    });
+    assert!(
+        !truth.is_empty() && truth.len() < 20,
+        "the planner edited some plans in two hours: {}",
+        truth.len()
+    );
+    let got: Vec<String> = changed.plans.iter().map(|(p, _)| p.uid.clone()).collect();
+    assert_eq!(got.len(), truth.len());
+    assert!(truth.iter().all(|u| got.contains(u)));
+    assert_truth(&s, &changed);
+    assert!(changed.high_watermark > Some(w));
+    assert_eq!(s.leaked_windows(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn finding_changes_costs_two_calls_once_the_query_is_known() {
+    let s = sim(quiet()).await;
+    s.pause_changes(true);
+    let tc = client(&s, "mfg_sync_pw");
+    let cfg = ReadConfig::default();
+    let first = tc.changed_plans(None, &cfg).await.unwrap();
+    assert_eq!(tc.calls(), 4, "find, describe, execute, load");
+    let w = first.plans.iter().map(|p| p.last_modified).max();
+    let before = tc.calls();
+    let again = tc.changed_plans(w, &cfg).await.unwrap();
+    // The overlap returns the newest plans again (the engine skips what the sink already has).
+    assert_eq!(again.plans.len(), first.plans.len());
+    assert_eq!(
+        tc.calls() - before,
+        2,
+        "execute and load: the query UID is cached for the session"
+    );
+    // Nothing modified after the window: one call.
+    let before = tc.calls();
+    let none = tc
+        .changed_plans(w.map(|w| w + secs(3600)), &cfg)
+        .await
+        .unwrap();
+    assert!(none.plans.is_empty());
+    assert_eq!(tc.calls() - before, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bom_windows_use_a_revision_rule_checked_against_the_site() {
+    let s = sim(quiet()).await;
+    let tc = client(&s, "mfg_sync_pw");
+    let cfg = ReadConfig::default().with_window(WindowMode::BomWindows {
+        revision_rule: Some("Latest Working".into()),
+    });
+    let all = tc.changed_since(None, &cfg).await.unwrap();
+    assert_eq!(all.plans.len(), 20);
+    assert_truth(&s, &all);
+    let st = s.stats();
+    assert!(
+        st.requests
+            .contains_key("Cad-2007-01-StructureManagement/createBOMWindows")
+    );
+    assert_eq!(st.windows_closed, st.windows_opened);
+    assert_eq!(s.leaked_windows(), 0);
+
+    let wrong = ReadConfig::default().with_window(WindowMode::BomWindows {
+        revision_rule: Some("Latest Released".into()),
+    });
+    let err = tc.changed_since(None, &wrong).await.unwrap_err();
+    assert!(matches!(err, TcError::Site { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("Latest Released") && text.contains("`Latest Working`"),
+        "{text}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_business_object_query_finds_what_the_saved_query_finds() {
+    let s = sim(quiet()).await;
+    s.pause_changes(true);
+    let tc = client(&s, "mfg_sync_pw");
+    let saved = tc
+        .changed_since(None, &ReadConfig::default())
+        .await
+        .unwrap();
+    let bo = tc
+        .changed_since(None, &ReadConfig::default().with_business_object_query())
+        .await
+        .unwrap();
+    let uids = |c: &ChangeSet| {
+        c.plans
+            .iter()
+            .map(|(p, _)| p.uid.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(uids(&saved), uids(&bo));
+    assert!(
+        s.stats()
+            .requests
+            .contains_key("Query-2010-09-SavedQuery/executeBusinessObjectQueries")
+    );
+    // Incremental too: from a watermark after every plan's date, nothing.
+    let later = bo.high_watermark.map(|w| w + secs(3600));
+    let none = tc
+        .changed_plans(later, &ReadConfig::default().with_business_object_query())
+        .await
+        .unwrap();
+    assert!(none.plans.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_localized_site_needs_its_own_entry_names_and_says_which_it_has() {
+    let mut cfg = quiet();
+    cfg.tc.entry_names.insert("Type".into(), "Typ".into());
+    cfg.tc
+        .entry_names
+        .insert("Modified After".into(), "Geändert nach".into());
+    let s = sim(cfg).await;
+    let tc = client(&s, "mfg_sync_pw");
+    let err = tc
+        .changed_since(None, &ReadConfig::default())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, TcError::Site { .. }), "{err}");
+    assert!(
+        text.contains("`Type`")
+            && text.contains("`Modified After`")
+            && text.contains("`Geändert nach`"),
+        "names what is missing and what exists: {text}"
+    );
+    let local = ReadConfig::default().with_saved_query("Item Revision...", "Typ", "Geändert nach");
+    let all = tc.changed_since(None, &local).await.unwrap();
+    assert_eq!(all.plans.len(), 20);
+    sleep(secs(H)).await;
+    tc.changed_since(all.high_watermark, &local).await.unwrap();
+
+    let missing =
+        ReadConfig::default().with_saved_query("Process Revision...", "Type", "Modified After");
+    let err = tc
+        .changed_since(None, &missing)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("Process Revision...") && err.contains("Query Builder"),
+        "{err}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn query_dates_are_written_in_the_servers_time_zone() {
+    for (server, client_offset, exact) in [(120, 120, true), (120, 0, false)] {
+        let mut cfg = quiet();
+        cfg.tc.utc_offset_minutes = server;
+        let s = sim(cfg).await;
+        let tc = client(&s, "mfg_sync_pw");
+        let read = ReadConfig::default().with_utc_offset_minutes(client_offset);
+        let all = tc.changed_plans(None, &read).await.unwrap();
+        sleep(secs(3 * H)).await;
+        let w0 = all.plans.iter().map(|p| p.last_modified).max();
+        let step = tc.changed_plans(w0, &read).await.unwrap();
+        let w = step.plans.iter().map(|p| p.last_modified).max().unwrap();
+        sleep(secs(3 * H)).await;
+        let changed = tc.changed_plans(Some(w), &read).await.unwrap();
+        let truth = s.with_data(|d| d.changed_processes(floor_minute(w - secs(300))).len());
+        if exact {
+            assert_eq!(
+                changed.plans.len(),
+                truth,
+                "server +{server} min, client +{client_offset}"
+            );
+        } else {
+            // A client offset below the server's starts the query earlier: more, never fewer.
+            assert!(
+                changed.plans.len() > truth,
+                "{} vs {truth}",
+                changed.plans.len()
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_death_inside_a_window_reopens_and_never_resends_stale_lines() {
+    // Every call takes a simulated second; the server restarts while the plans are expanded.
+    let mut slow = quiet();
+    slow.faults.latency_ms = 1000;
+    let s = Arc::new(sim(slow).await);
+    s.pause_changes(true);
+    let tc = client(&s, "mfg_sync_pw");
+    let cfg = ReadConfig::default();
+    let plans = tc.changed_plans(None, &cfg).await.unwrap().plans;
+    let restarter = {
+        let s = Arc::clone(&s);
+        // The open answers after 1 s; the expansion is in flight at 1.5 s.
+        tokio::spawn(async move {
+            sleep(Duration::from_millis(1500)).await;
+            s.restart();
+        })
+    };
+    let read = tc.read_operations(&plans, &cfg).await.unwrap();
+    restarter.await.unwrap();
+    assert_eq!(read.operations.len(), 20);
+    assert!(read.skipped.is_empty());
+    let st = s.stats();
+    assert_eq!(st.killed.get("restart"), Some(&1));
+    assert_eq!(
+        st.stale_lines, 0,
+        "no line of the dead session was sent again"
+    );
+    assert_eq!(
+        st.windows_opened, 40,
+        "twenty windows opened again after the restart"
+    );
+    assert_eq!(st.windows_died, 20);
+    assert_eq!(s.leaked_windows(), 0);
+    assert_eq!(tc.middleware().stats().surfaced, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn windows_are_closed_when_a_read_fails_or_is_cancelled() {
+    let s = sim(quiet()).await;
+    let tc = client(&s, "mfg_sync_pw");
+    // A referenced-line property the site lacks: the read fails inside the window.
+    let mut fields = shiftkey_teamcenter::FieldMap::default();
+    fields.reference_id = "xx4_no_such_property".into();
+    let bad = ReadConfig::default().with_fields(fields);
+    let err = tc.changed_since(None, &bad).await.unwrap_err().to_string();
+    assert!(err.contains("xx4_no_such_property"), "{err}");
+    assert!(s.stats().windows_opened > 0);
+    assert_eq!(s.leaked_windows(), 0, "closed on the error path");
+
+    // A read dropped mid-way (a stop, a deadline): the guard closes in the background.
+    let mut slow = quiet();
+    slow.faults.latency_ms = 1000;
+    let s = sim(slow).await;
+    let tc = client(&s, "mfg_sync_pw");
+    let plans = tc
+        .changed_plans(None, &ReadConfig::default())
+        .await
+        .unwrap()
+        .plans;
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(1500),
+        tc.read_operations(&plans, &ReadConfig::default()),
+    )
+    .await;
+    assert!(cancelled.is_err(), "dropped inside the window");
+    assert_eq!(s.stats().windows_opened, 20);
+    assert_eq!(s.leaked_windows(), 20, "open while the read runs");
+    sleep(secs(5)).await;
+    assert_eq!(s.leaked_windows(), 0, "closed after the drop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn nested_processes_are_read_to_the_configured_depth() {
+    let mut cfg = quiet();
+    cfg.data.nested_processes = 1;
+    let s = sim(cfg).await;
+    s.pause_changes(true);
+    let tc = client(&s, "mfg_sync_pw");
+    let deep = tc
+        .changed_since(None, &ReadConfig::default())
+        .await
+        .unwrap();
+    let top_plans: Vec<_> = deep
+        .plans
+        .iter()
+        .filter(|(p, _)| !p.id.contains("-S"))
+        .collect();
+    assert_eq!(top_plans.len(), 20);
+    for (p, ops) in &top_plans {
+        assert_eq!(
+            ops.len(),
+            8 + 2,
+            "{}: its own 8 and the sub-process's 2",
+            p.id
+        );
+    }
+    assert_truth(&s, &deep);
+    let shallow = tc
+        .changed_since(None, &ReadConfig::default().with_depth(1))
+        .await
+        .unwrap();
+    let (_, ops) = shallow
+        .plans
+        .iter()
+        .find(|(p, _)| p.uid == top_plans[0].0.uid)
+        .unwrap();
+    assert_eq!(ops.len(), 8, "depth 1 stops above the sub-process");
+}
+
+#[tokio::test(start_paused = true)]
+async fn work_instruction_relations_are_configurable() {
+    let s = sim(quiet()).await;
+    s.pause_changes(true);
+    let tc = client(&s, "mfg_sync_pw");
+    let mut cfg = ReadConfig::default();
+    let default = tc.changed_since(None, &cfg).await.unwrap();
+    let first = |c: &ChangeSet| {
+        c.plans[0]
+            .1
+            .iter()
+            .find(|o| o.id.ends_with("OP010"))
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        first(&default).work_instructions.len(),
+        1,
+        "the work instruction only"
+    );
+    cfg.work_instruction_relations
+        .push("IMAN_specification".into());
+    let both = tc.changed_since(None, &cfg).await.unwrap();
+    let docs = first(&both).work_instructions;
+    assert_eq!(docs.len(), 2);
+    assert!(
+        docs.iter()
+            .any(|d| d.type_name == "Text" && d.name.starts_with("SPEC-"))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn feedback_needs_site_properties_and_is_written_once_per_key() {
+    // A standard site has no feedback property: a clear error naming it, nothing written.
+    let s = sim(quiet()).await;
+    let tc = client(&s, "mfg_sync_pw");
+    let all = tc
+        .changed_since(None, &ReadConfig::default())
+        .await
+        .unwrap();
+    let op = all.plans[0].1[0].uid.clone();
+    let mut fb = FeedbackConfig::new("xx4_mes_feedback_key");
+    fb.completed_count = Some("xx4_completed_count".into());
+    fb.actual_cycle_time = Some("xx4_actual_cycle_time".into());
+    let values = FeedbackValues {
+        completed_count: 7,
+        actual_cycle_time_s: Some(42.5),
+        deviation: "",
+    };
+    let err = tc
+        .write_feedback(&fb, &op, values, "fb-1")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TcError::Site { .. }), "{err}");
+    assert!(err.to_string().contains("xx4_mes_feedback_key"), "{err}");
+
+    // With the BMIDE properties in place: once per key.
+    let mut cfg: SimConfig = quiet();
+    cfg.tc.site_properties.insert(
+        "MEOPRevision".into(),
+        vec![
+            "xx4_mes_feedback_key".into(),
+            "xx4_completed_count".into(),
+            "xx4_actual_cycle_time".into(),
+        ],
+    );
+    let s = sim(cfg).await;
+    let tc = client(&s, "mfg_sync_pw");
+    let all = tc
+        .changed_since(None, &ReadConfig::default())
+        .await
+        .unwrap();
+    let op = all.plans[0].1[0].uid.clone();
+    assert!(tc.write_feedback(&fb, &op, values, "fb-1").await.unwrap());
+    assert!(
+        !tc.write_feedback(&fb, &op, values, "fb-1").await.unwrap(),
+        "same key: nothing written"
+    );
+    s.with_data(|d| {
+        let o = d.get(&op).unwrap();
+        assert_eq!(o.get("xx4_completed_count"), Some("7"));
+        assert_eq!(o.get("xx4_actual_cycle_time"), Some("42.5"));
+        assert_eq!(o.get("xx4_mes_feedback_key"), Some("fb-1"));
+    });
+    // A property the site lacks (deviation was not created): the write names it.
+    fb.deviation = Some("xx4_deviation".into());
+    let err = tc
+        .write_feedback(&fb, &op, values, "fb-2")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("xx4_deviation"), "{err}");
+}

@@ -1,0 +1,241 @@
+//! `[teamcenter.read]` and `[teamcenter.feedback]`: the site mapping in the config file, turned
+//! into `shiftkey-teamcenter`'s typed [`ReadConfig`] and [`FeedbackConfig`]. Defaults are the
+//! standard model; every key is optional except `feedback.key_property`.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+use shiftkey_teamcenter::{FeedbackConfig, FieldMap, ReadConfig, WindowMode};
+
+/// `[teamcenter.read]`.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ReadSection {
+    /// `saved_query` (default) or `business_object`.
+    pub(crate) query: String,
+    pub(crate) query_name: String,
+    pub(crate) type_entry: String,
+    pub(crate) modified_after_entry: String,
+    /// Plan types (default `["MEProcessRevision"]`).
+    pub(crate) types: Vec<String>,
+    /// The server's UTC offset in minutes (standard time) for query dates.
+    pub(crate) utc_offset_minutes: i32,
+    /// `contexts` (default) or `bom_windows`.
+    pub(crate) window: String,
+    /// With `bom_windows`: the revision rule's name (empty: the default rule).
+    pub(crate) revision_rule: String,
+    pub(crate) depth: u32,
+    pub(crate) chunk: usize,
+    pub(crate) operation_types: Vec<String>,
+    pub(crate) process_line_types: Vec<String>,
+    pub(crate) work_instruction_relations: Vec<String>,
+    /// A site property on the plan naming its plant.
+    pub(crate) plant_property: String,
+    /// The plant when there is no such property.
+    pub(crate) plant: String,
+    pub(crate) obsolete_statuses: Vec<String>,
+    /// `s` (default), `min` or `h`.
+    pub(crate) allocated_time_unit: String,
+    /// Field → Teamcenter property overrides (keys as in [`FIELDS`]).
+    pub(crate) properties: BTreeMap<String, String>,
+}
+
+impl Default for ReadSection {
+    fn default() -> Self {
+        let d = ReadConfig::default();
+        let (query_name, type_entry, modified_after_entry) = match d.change_query {
+            shiftkey_teamcenter::ChangeQuery::SavedQuery {
+                name,
+                type_entry,
+                modified_after_entry,
+            } => (name, type_entry, modified_after_entry),
+            _ => Default::default(),
+        };
+        Self {
+            query: "saved_query".into(),
+            query_name,
+            type_entry,
+            modified_after_entry,
+            types: d.process_types,
+            utc_offset_minutes: d.utc_offset_minutes,
+            window: "contexts".into(),
+            revision_rule: String::new(),
+            depth: d.depth,
+            chunk: d.chunk,
+            operation_types: d.operation_types,
+            process_line_types: d.process_line_types,
+            work_instruction_relations: d.work_instruction_relations,
+            plant_property: String::new(),
+            plant: String::new(),
+            obsolete_statuses: d.fields.obsolete_statuses,
+            allocated_time_unit: "s".into(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// The field names `[teamcenter.read.properties]` accepts.
+pub(crate) const FIELDS: [&str; 14] = [
+    "plan_id",
+    "plan_revision",
+    "plan_name",
+    "last_modified",
+    "release_status",
+    "op_id",
+    "op_name",
+    "sequence",
+    "allocated_time",
+    "work_area",
+    "equipment",
+    "consumed",
+    "occurrence",
+    "reference_id",
+];
+
+impl ReadSection {
+    /// The typed read configuration; every error names the key.
+    pub(crate) fn to_config(&self, overlap: std::time::Duration) -> anyhow::Result<ReadConfig> {
+        let mut c = ReadConfig::default().with_overlap(overlap);
+        c = match self.query.as_str() {
+            "saved_query" => c.with_saved_query(
+                &self.query_name,
+                &self.type_entry,
+                &self.modified_after_entry,
+            ),
+            "business_object" => c.with_business_object_query(),
+            other => bail!(
+                "`teamcenter.read.query`: `{other}` is neither `saved_query` nor `business_object`"
+            ),
+        };
+        c = c.with_window(match self.window.as_str() {
+            "contexts" => WindowMode::Contexts,
+            "bom_windows" => WindowMode::BomWindows {
+                revision_rule: (!self.revision_rule.is_empty()).then(|| self.revision_rule.clone()),
+            },
+            other => {
+                bail!("`teamcenter.read.window`: `{other}` is neither `contexts` nor `bom_windows`")
+            }
+        });
+        if self.types.is_empty() {
+            bail!("`teamcenter.read.types` is empty: name at least one plan type");
+        }
+        if self.operation_types.is_empty() {
+            bail!(
+                "`teamcenter.read.operation_types` is empty: name at least one operation line type"
+            );
+        }
+        if !(1..=20).contains(&self.depth) {
+            bail!("`teamcenter.read.depth` = {} is outside 1..=20", self.depth);
+        }
+        if !(1..=10_000).contains(&self.chunk) {
+            bail!(
+                "`teamcenter.read.chunk` = {} is outside 1..=10000",
+                self.chunk
+            );
+        }
+        if !(-14 * 60..=14 * 60).contains(&self.utc_offset_minutes) {
+            bail!(
+                "`teamcenter.read.utc_offset_minutes` = {} is not a UTC offset (-840..=840)",
+                self.utc_offset_minutes
+            );
+        }
+        c.process_types = self.types.clone();
+        c.utc_offset_minutes = self.utc_offset_minutes;
+        c.operation_types = self.operation_types.clone();
+        c.process_line_types = self.process_line_types.clone();
+        c.work_instruction_relations = self.work_instruction_relations.clone();
+        c = c.with_depth(self.depth).with_chunk(self.chunk);
+        let mut f = FieldMap::default();
+        f.plant_property = (!self.plant_property.is_empty()).then(|| self.plant_property.clone());
+        f.plant_default = self.plant.clone();
+        f.obsolete_statuses = self.obsolete_statuses.clone();
+        f.allocated_time_unit_s = match self.allocated_time_unit.as_str() {
+            "s" => 1.0,
+            "min" => 60.0,
+            "h" => 3600.0,
+            other => bail!(
+                "`teamcenter.read.allocated_time_unit`: `{other}` is not one of `s`, `min`, `h`"
+            ),
+        };
+        for (field, prop) in &self.properties {
+            if prop.trim().is_empty() {
+                bail!("`teamcenter.read.properties.{field}` is empty");
+            }
+            let slot = match field.as_str() {
+                "plan_id" => &mut f.plan_id,
+                "plan_revision" => &mut f.plan_revision,
+                "plan_name" => &mut f.plan_name,
+                "last_modified" => &mut f.last_modified,
+                "release_status" => &mut f.release_status,
+                "op_id" => &mut f.op_id,
+                "op_name" => &mut f.op_name,
+                "sequence" => &mut f.sequence,
+                "allocated_time" => &mut f.allocated_time,
+                "work_area" => &mut f.work_area,
+                "equipment" => &mut f.equipment,
+                "consumed" => &mut f.consumed,
+                "occurrence" => &mut f.occurrence,
+                "reference_id" => &mut f.reference_id,
+                other => bail!(
+                    "`teamcenter.read.properties.{other}` is not a field; the fields are {}",
+                    FIELDS.join(", ")
+                ),
+            };
+            *slot = prop.clone();
+        }
+        Ok(c.with_fields(f))
+    }
+}
+
+/// `[teamcenter.feedback]`: site-defined properties on the operation revision.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FeedbackSection {
+    #[serde(default = "default_feedback_type", rename = "type")]
+    pub(crate) type_name: String,
+    pub(crate) key_property: String,
+    #[serde(default)]
+    pub(crate) completed_count: Option<String>,
+    #[serde(default)]
+    pub(crate) actual_cycle_time: Option<String>,
+    #[serde(default)]
+    pub(crate) deviation: Option<String>,
+}
+
+fn default_feedback_type() -> String {
+    "MEOPRevision".to_owned()
+}
+
+impl FeedbackSection {
+    /// The typed feedback configuration.
+    pub(crate) fn to_config(&self) -> anyhow::Result<FeedbackConfig> {
+        let key = self.key_property.trim();
+        if key.is_empty() {
+            bail!(
+                "`teamcenter.feedback.key_property` is empty: name the site property that keeps the idempotency key"
+            );
+        }
+        let mut c = FeedbackConfig::new(key);
+        c.type_name.clone_from(&self.type_name);
+        c.completed_count.clone_from(&self.completed_count);
+        c.actual_cycle_time.clone_from(&self.actual_cycle_time);
+        c.deviation.clone_from(&self.deviation);
+        Ok(c)
+    }
+}
+
+/// Both, from the `[teamcenter]` section when present.
+pub(crate) fn configs(
+    tc: &crate::config::TeamcenterConfig,
+    overlap: std::time::Duration,
+) -> anyhow::Result<(ReadConfig, Option<FeedbackConfig>)> {
+    let read = tc.read.to_config(overlap).context("in [teamcenter.read]")?;
+    let feedback = tc
+        .feedback
+        .as_ref()
+        .map(FeedbackSection::to_config)
+        .transpose()
+        .context("in [teamcenter.feedback]")?;
+    Ok((read, feedback))
+}
