@@ -95,6 +95,45 @@ async fn a_401_is_healed_by_one_refresh_and_never_seen() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_session_bound_request_is_not_resent_under_a_new_session() {
+    let r = rig(secs(8 * H), |b| b).await;
+    let first = r.get("data").await.unwrap();
+    assert_eq!(
+        first.extensions().get::<shiftkey_http::AnsweredUnder>(),
+        Some(&shiftkey_http::AnsweredUnder(1)),
+        "the answer says which generation it was answered under"
+    );
+    r.server.kill("tok-1");
+    let hits = r.server.hits.load(Ordering::Relaxed);
+    let err = r
+        .client
+        .get(r.base.join("data").unwrap())
+        .with_extension(shiftkey_http::SessionBound)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(http_error(&err), HttpError::SessionLost { generation: 1 });
+    assert_eq!(
+        r.server.hits.load(Ordering::Relaxed) - hits,
+        1,
+        "sent once, not again under the new token"
+    );
+    // The replacement is on its way: the next request carries it, without a second refresh.
+    let next = r.get("data").await.unwrap();
+    assert_eq!(next.status(), 200);
+    assert_eq!(
+        next.extensions().get::<shiftkey_http::AnsweredUnder>(),
+        Some(&shiftkey_http::AnsweredUnder(2))
+    );
+    assert_eq!(r.strategy.calls(), 2);
+    assert_eq!(
+        r.middleware.stats().surfaced,
+        0,
+        "not a surfaced 401: the caller starts over"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_token_that_served_and_then_died_soon_after_a_reactive_refresh_is_replaced() {
     // Two kills 10 s apart (two restarts): the second hits a reactive replacement inside its
     // min_interval, but one the server had accepted, so refreshing again does help.

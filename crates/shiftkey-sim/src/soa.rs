@@ -837,6 +837,10 @@ impl Ctx<'_> {
                 })
                 .map(|o| o.uid.clone())
                 .collect();
+            let mut uids = uids;
+            if let Some(max) = q["maxNumToReturn"].as_u64().filter(|m| *m > 0) {
+                uids.truncate(usize::try_from(max).unwrap_or(usize::MAX));
+            }
             results.push(json!({"objectUIDS": uids, "objectsRelMap": []}));
         }
         Ok(json!({"arrayOfResults": results, "ServiceData": {"partialErrors": errors}}))

@@ -32,6 +32,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod check;
 mod client;
 mod error;
 pub mod mfg;
@@ -40,6 +41,7 @@ mod session;
 mod site;
 pub mod wire;
 
+pub use check::Finding;
 pub use client::TcClient;
 pub use error::{ErrorValue, SsoHint, TcError};
 pub use mfg::{

@@ -326,7 +326,52 @@ impl TcClient {
         cfg: &ReadConfig,
     ) -> Result<ChangedPlans, TcError> {
         let since = watermark.map(|w| w.checked_sub(cfg.overlap).unwrap_or(SystemTime::UNIX_EPOCH));
-        let uids = self.changed_uids(since, cfg).await?;
+        let uids = self.changed_uids(since, cfg, 0).await?;
+        self.load_plans(&uids, cfg).await
+    }
+
+    /// One plan the change query finds, read in full (for `doctor`): the plan, its operation
+    /// count and its work-instruction count. `None` when the query finds nothing.
+    pub async fn sample_plan(
+        &self,
+        cfg: &ReadConfig,
+    ) -> Result<Option<(ProcessPlan, usize, usize)>, TcError> {
+        let uids = self.changed_uids(None, cfg, 1).await?;
+        let Some(plan) = self
+            .load_plans(&uids[..uids.len().min(1)], cfg)
+            .await?
+            .plans
+            .pop()
+        else {
+            return Ok(None);
+        };
+        let read = self
+            .read_operations(std::slice::from_ref(&plan), cfg)
+            .await?;
+        if let Some(pe) = read.partial_errors.first() {
+            return Err(TcError::Site {
+                detail: format!(
+                    "opening {}: {}",
+                    plan.id,
+                    describe(std::slice::from_ref(pe))
+                ),
+            });
+        }
+        if read.skipped.contains(&plan.uid) {
+            return Err(TcError::Site {
+                detail: format!("Teamcenter could not open {} ({})", plan.id, plan.uid),
+            });
+        }
+        let ops = read
+            .operations
+            .get(&plan.uid)
+            .map_or(&[][..], Vec::as_slice);
+        let docs = ops.iter().map(|o| o.work_instructions.len()).sum();
+        Ok(Some((plan.clone(), ops.len(), docs)))
+    }
+
+    /// Loads `uids` as plans (`loadObjects` in chunks with the plan policy), oldest first.
+    async fn load_plans(&self, uids: &[String], cfg: &ReadConfig) -> Result<ChangedPlans, TcError> {
         let mut out = ChangedPlans::default();
         if uids.is_empty() {
             return Ok(out);
@@ -371,10 +416,12 @@ impl TcClient {
     }
 
     /// The UIDs the change query returns.
+    /// At most `max` of them (0: all).
     async fn changed_uids(
         &self,
         since: Option<SystemTime>,
         cfg: &ReadConfig,
+        max: u32,
     ) -> Result<Vec<String>, TcError> {
         let (op, body, what) = match &cfg.change_query {
             ChangeQuery::SavedQuery {
@@ -394,7 +441,7 @@ impl TcClient {
                 (
                     "Query-2008-06-SavedQuery/executeSavedQueries",
                     json!({"input": [{"query": {"uid": uid, "type": "ImanQuery"}, "entries": entries, "values": values,
-                        "limitList": [], "maxNumToReturn": 0, "resultsType": 0, "requestId": "", "clientId": "shiftkey-changed-plans"}]}),
+                        "limitList": [], "maxNumToReturn": max, "resultsType": 0, "requestId": "", "clientId": "shiftkey-changed-plans"}]}),
                     format!("the saved query `{name}`"),
                 )
             }
@@ -406,7 +453,7 @@ impl TcClient {
                 let inputs: Vec<Value> = cfg
                     .process_types
                     .iter()
-                    .map(|t| json!({"typeName": t, "clauses": clauses, "maxNumToReturn": 0, "requestId": "", "clientId": format!("shiftkey-changed-{t}")}))
+                    .map(|t| json!({"typeName": t, "clauses": clauses, "maxNumToReturn": max, "requestId": "", "clientId": format!("shiftkey-changed-{t}")}))
                     .collect();
                 (
                     "Query-2010-09-SavedQuery/executeBusinessObjectQueries",

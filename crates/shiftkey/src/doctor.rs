@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use shiftkey_auth::{AuthStrategy as _, Clock as _, TokioClock};
 use shiftkey_http::{Classifier as _, Verdict};
-use shiftkey_teamcenter::{SessionConfig, SessionLogin, TcClassifier};
+use shiftkey_teamcenter::{SessionConfig, SessionLogin, TcClassifier, TcClient};
 
 use crate::config::Config;
 use crate::tokens::human;
@@ -127,11 +127,14 @@ pub(crate) async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
                 s.role.clone_from(&tc.role);
                 let login = SessionLogin::new(http.clone(), s.clone());
                 match login.acquire(None).await {
-                    Ok(_) => r.line(
-                        Level::Ok,
-                        "login",
-                        format!("teamcenter: logged in as {}", tc.user),
-                    ),
+                    Ok(_) => {
+                        r.line(
+                            Level::Ok,
+                            "login",
+                            format!("teamcenter: logged in as {}", tc.user),
+                        );
+                        site(&mut r, &http, &s, tc, cfg.overlap()).await;
+                    }
                     Err(e) => r.line(Level::Fail, "login", format!("teamcenter: {e}")),
                 }
                 session_cfg = Some(s);
@@ -175,6 +178,48 @@ pub(crate) async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The site against `[teamcenter.read]` and `[teamcenter.feedback]`, read-only: the saved query
+/// and its entries, types and properties, the revision rule, one process opened and closed.
+/// Each failure prints what the Teamcenter administrator must create.
+async fn site(
+    r: &mut Report,
+    http: &reqwest::Client,
+    session: &SessionConfig,
+    tc: &crate::config::TeamcenterConfig,
+    overlap: Duration,
+) {
+    let (read, feedback) = match crate::site::configs(tc, overlap) {
+        Ok(c) => c,
+        Err(e) => return r.line(Level::Fail, "site", format!("{e:#}")),
+    };
+    let client = match TcClient::session(http.clone(), session.clone()) {
+        Ok(c) => c,
+        Err(e) => return r.line(Level::Fail, "site", e.to_string()),
+    };
+    match client.check_site(&read, feedback.as_ref()).await {
+        Ok(findings) => {
+            for f in findings {
+                let level = if f.ok { Level::Ok } else { Level::Fail };
+                r.line(level, f.check, &f.detail);
+                if let Some(fix) = &f.fix {
+                    println!("      {:<12}  fix: {fix}", "");
+                }
+            }
+        }
+        Err(e) => r.line(Level::Fail, "site", format!("teamcenter: {e}")),
+    }
+    if feedback.is_none() {
+        r.line(
+            Level::Warn,
+            "feedback",
+            "no [teamcenter.feedback]: shop-floor feedback is kept in the outbox, not written to Teamcenter",
+        );
+    }
+    if let Err(e) = client.logout().await {
+        tracing::debug!(error = %e, "doctor: logout after the site checks failed");
+    }
 }
 
 /// Reachability, TLS and clock skew of one endpoint (any HTTP answer counts as reachable).

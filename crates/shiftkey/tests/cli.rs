@@ -218,6 +218,43 @@ fn the_example_config_loads_and_bad_configs_name_the_key() {
         &[("X", "x")],
         "not a loopback address",
     );
+    let read = |extra: &str| format!("{base}password = {{ env = \"X\" }}\n{extra}");
+    check(
+        "badfield.toml",
+        &read("[teamcenter.read.properties]\nsequence_no = \"bl_sequence_no\"\n"),
+        &[("X", "x")],
+        "`teamcenter.read.properties.sequence_no` is not a field; the fields are plan_id",
+    );
+    check(
+        "badwindow.toml",
+        &read("[teamcenter.read]\nwindow = \"tree\"\n"),
+        &[("X", "x")],
+        "`teamcenter.read.window`: `tree` is neither",
+    );
+    check(
+        "badunit.toml",
+        &read("[teamcenter.read]\nallocated_time_unit = \"ms\"\n"),
+        &[("X", "x")],
+        "teamcenter.read.allocated_time_unit",
+    );
+    check(
+        "badoffset.toml",
+        &read("[teamcenter.read]\nutc_offset_minutes = 1440\n"),
+        &[("X", "x")],
+        "teamcenter.read.utc_offset_minutes",
+    );
+    check(
+        "nokey.toml",
+        &read("[teamcenter.feedback]\ncompleted_count = \"xx4_count\"\n"),
+        &[("X", "x")],
+        "key_property",
+    );
+    check(
+        "emptykey.toml",
+        &read("[teamcenter.feedback]\nkey_property = \" \"\n"),
+        &[("X", "x")],
+        "`teamcenter.feedback.key_property` is empty",
+    );
     check(
         "badlisten.toml",
         &format!("{base}password = {{ env = \"X\" }}\n[ops]\nlisten = \"everywhere\"\n"),
@@ -271,6 +308,84 @@ async fn sync_once_syncs_the_emulator_into_sqlite() {
         String::from_utf8_lossy(&second.stdout).contains("inserted 0"),
         "a second run adds nothing: {}",
         String::from_utf8_lossy(&second.stdout)
+    );
+    let _ = std::fs::remove_file(&db);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_once_follows_the_site_mapping_and_writes_feedback_where_configured() {
+    // A German site with BMIDE feedback properties: the defaults cannot work, the mapping can.
+    let mut sim_cfg = shiftkey_sim::SimConfig::default();
+    sim_cfg.tc.entry_names.insert("Type".into(), "Typ".into());
+    sim_cfg
+        .tc
+        .entry_names
+        .insert("Modified After".into(), "Geändert nach".into());
+    sim_cfg.tc.site_properties.insert(
+        "MEOPRevision".into(),
+        vec!["xx4_fb_key".into(), "xx4_done".into()],
+    );
+    let sim = shiftkey_sim::Sim::start(
+        sim_cfg,
+        std::sync::Arc::new(shiftkey_auth::TokioClock::new()),
+    )
+    .await
+    .unwrap();
+    let db = std::env::temp_dir().join(format!("shiftkey-cli-site-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&db);
+    let head = format!(
+        "[teamcenter]\nurl = \"{}\"\nuser = \"mfg_sync\"\npassword = {{ env = \"TC_PW\" }}\n",
+        sim.url()
+    );
+    let sink = format!("[sink]\nurl = \"sqlite://{}?mode=rwc\"\n", db.display());
+    let once = |name: &str, text: String| {
+        let cfg = temp(name, &text);
+        move || {
+            shiftkey(
+                &["sync", "--once", "-c", cfg.to_str().unwrap()],
+                &[("TC_PW", "mfg_sync_pw")],
+            )
+        }
+    };
+    let defaults = tokio::task::spawn_blocking(once("site-default.toml", format!("{head}{sink}")))
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&defaults.stderr);
+    assert!(!defaults.status.success());
+    assert!(
+        stderr.contains("`Geändert nach`"),
+        "the error lists the site's entries: {stderr}"
+    );
+    let mapped = format!(
+        "{head}[teamcenter.read]\ntype_entry = \"Typ\"\nmodified_after_entry = \"Geändert nach\"\n\
+         [teamcenter.feedback]\nkey_property = \"xx4_fb_key\"\ncompleted_count = \"xx4_done\"\n{sink}"
+    );
+    let first = tokio::task::spawn_blocking(once("site-mapped.toml", mapped.clone()))
+        .await
+        .unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(String::from_utf8_lossy(&first.stdout).contains("inserted 20"));
+    let store =
+        shiftkey_shopfloor::SqlSink::connect(&format!("sqlite://{}?mode=rwc", db.display()))
+            .await
+            .unwrap();
+    let op = store.all().await.unwrap()[0].operations[0].uid.clone();
+    store.record_feedback(&op, 12, None, "").await.unwrap();
+    let second = tokio::task::spawn_blocking(once("site-mapped2.toml", mapped))
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&second.stdout).contains("feedback pushed 1"),
+        "{}",
+        String::from_utf8_lossy(&second.stdout)
+    );
+    assert_eq!(
+        sim.with_data(|d| d.get(&op).unwrap().get("xx4_done").map(str::to_owned)),
+        Some("12".to_owned())
     );
     let _ = std::fs::remove_file(&db);
 }

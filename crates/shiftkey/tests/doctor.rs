@@ -41,6 +41,11 @@ async fn doctor_checks_reachability_clock_and_login_and_names_a_refused_one() {
         "ok    reachability  teamcenter",
         "ok    clock-skew    teamcenter",
         "ok    login         teamcenter: logged in as mfg_sync",
+        "ok    saved-query   `Item Revision...` has the entries `Type` and `Modified After`",
+        "ok    types         `MEProcessRevision` has",
+        "ok    types         `Mfg0BvrOperation` has",
+        "ok    open-process  opened P01-PR",
+        "warn  feedback      no [teamcenter.feedback]",
     ] {
         assert!(out.contains(line), "{line:?} missing:\n{out}");
     }
@@ -62,6 +67,57 @@ async fn doctor_checks_reachability_clock_and_login_and_names_a_refused_one() {
         "{}",
         text(&down)
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_says_what_the_administrator_must_create() {
+    // A German site: the saved query's entries are localized; no BMIDE feedback properties.
+    let mut sim_cfg = shiftkey_sim::SimConfig::default();
+    sim_cfg
+        .tc
+        .entry_names
+        .insert("Modified After".into(), "Geändert nach".into());
+    let sim = common::start_sim(sim_cfg).await;
+    let dir = temp_dir("doctor-site");
+    let cfg = dir.join("shiftkey.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[teamcenter]\nurl = \"{}\"\nuser = \"mfg_sync\"\npassword = {{ env = \"TC_PW\" }}\n\
+             [teamcenter.read]\nwindow = \"bom_windows\"\nrevision_rule = \"Latest Released\"\n\
+             [teamcenter.read.properties]\nsequence = \"xx4_seq\"\n\
+             [teamcenter.feedback]\nkey_property = \"xx4_mes_feedback_key\"\n",
+            sim.url()
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap().to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        shiftkey(&["doctor", "-c", &c], &[("TC_PW", "mfg_sync_pw")])
+    })
+    .await
+    .unwrap();
+    let text = text(&out);
+    assert_eq!(out.status.code(), Some(7), "{text}");
+    for line in [
+        "FAIL  saved-query   `Item Revision...` has no entry `Modified After`; its entries are",
+        "`Geändert nach`",
+        "fix: in Query Builder add the clauses",
+        "FAIL  types         `Mfg0BvrOperation` has no property `xx4_seq`",
+        "fix: set [teamcenter.read.properties]",
+        "FAIL  types         `MEOPRevision` has no property `xx4_mes_feedback_key`",
+        "fix: in BMIDE add the string properties `xx4_mes_feedback_key` to `MEOPRevision`",
+        "FAIL  revision-rule  no revision rule is named `Latest Released`; the site has",
+        "`Latest Working`",
+    ] {
+        assert!(text.contains(line), "{line:?} missing:\n{text}");
+    }
+    assert!(
+        !text.contains("open-process"),
+        "no process is opened against a broken mapping:\n{text}"
+    );
+    assert_eq!(sim.leaked_windows(), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

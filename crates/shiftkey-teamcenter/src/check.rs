@@ -1,0 +1,251 @@
+//! A read-only check of a site against a [`ReadConfig`] (and a [`FeedbackConfig`]): does the
+//! saved query exist with the configured entries, does every configured type and property exist
+//! (`Core-2011-06-Session/getTypeDescriptions`), does the revision rule exist, can the service
+//! user open one process. Each finding says what the Teamcenter administrator must create.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::json;
+
+use crate::client::TcClient;
+use crate::error::TcError;
+use crate::site::{ChangeQuery, FeedbackConfig, ReadConfig, WindowMode};
+
+/// One result of [`TcClient::check_site`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Finding {
+    /// What was checked (`saved-query`, `types`, `revision-rule`, `open-process`, `feedback`).
+    pub check: &'static str,
+    /// Whether it passed.
+    pub ok: bool,
+    /// What was found.
+    pub detail: String,
+    /// What the administrator must create or change, when it failed.
+    pub fix: Option<String>,
+}
+
+impl Finding {
+    fn ok(check: &'static str, detail: String) -> Self {
+        Self {
+            check,
+            ok: true,
+            detail,
+            fix: None,
+        }
+    }
+
+    fn fail(check: &'static str, detail: String, fix: String) -> Self {
+        Self {
+            check,
+            ok: false,
+            detail,
+            fix: Some(fix),
+        }
+    }
+}
+
+impl TcClient {
+    /// Every property of each type in `types` that exists on the site
+    /// (`Core-2011-06-Session/getTypeDescriptions`; unknown types are left out of the answer).
+    pub async fn type_properties(
+        &self,
+        types: &[&str],
+    ) -> Result<BTreeMap<String, BTreeSet<String>>, TcError> {
+        let op = "Core-2011-06-Session/getTypeDescriptions";
+        let answer = self.call(op, json!({"typeNames": types})).await?;
+        let Some(list) = answer["types"].as_array() else {
+            return Err(TcError::Unexpected {
+                operation: op.to_owned(),
+                detail: "no types array".into(),
+            });
+        };
+        Ok(list
+            .iter()
+            .filter_map(|t| {
+                let name = t["name"].as_str()?.to_owned();
+                let props = t["propertyDescriptors"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p["name"].as_str().map(str::to_owned))
+                    .collect();
+                Some((name, props))
+            })
+            .collect())
+    }
+
+    /// Checks the site against `read` (and `feedback`), read-only. `Err` only when Teamcenter
+    /// cannot be asked at all; what the site lacks is a failed [`Finding`].
+    pub async fn check_site(
+        &self,
+        read: &ReadConfig,
+        feedback: Option<&FeedbackConfig>,
+    ) -> Result<Vec<Finding>, TcError> {
+        let mut out = Vec::new();
+        if let ChangeQuery::SavedQuery {
+            name,
+            type_entry,
+            modified_after_entry,
+        } = &read.change_query
+        {
+            match self.describe_query(name).await {
+                Ok((_, entries)) => {
+                    let missing: Vec<&String> = [type_entry, modified_after_entry]
+                        .into_iter()
+                        .filter(|e| !entries.contains(e))
+                        .collect();
+                    if missing.is_empty() {
+                        out.push(Finding::ok(
+                            "saved-query",
+                            format!("`{name}` has the entries `{type_entry}` and `{modified_after_entry}`"),
+                        ));
+                    } else {
+                        out.push(Finding::fail(
+                            "saved-query",
+                            format!(
+                                "`{name}` has no entry {}; its entries are {}",
+                                missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", "),
+                                entries.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
+                            ),
+                            "in Query Builder add the clauses `object_type =` and `last_mod_date >=` to the query, or set [teamcenter.read] type_entry / modified_after_entry to the entry names above (they are localized)".into(),
+                        ));
+                    }
+                }
+                Err(TcError::Site { detail }) => out.push(Finding::fail(
+                    "saved-query",
+                    detail,
+                    format!("in Query Builder create `{name}` on ItemRevision with the clauses `Type` (object_type =) and `Modified After` (last_mod_date >=), or set [teamcenter.read] query = \"business_object\""),
+                )),
+                Err(e) => return Err(e),
+            }
+        }
+
+        let f = &read.fields;
+        let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut want = |t: &str, props: &[&String]| {
+            wanted
+                .entry(t.to_owned())
+                .or_default()
+                .extend(props.iter().map(|p| (*p).clone()));
+        };
+        let mut plan_props = vec![
+            &f.plan_id,
+            &f.plan_revision,
+            &f.plan_name,
+            &f.last_modified,
+            &f.release_status,
+        ];
+        if let Some(p) = &f.plant_property {
+            plan_props.push(p);
+        }
+        for t in &read.process_types {
+            want(t, &plan_props);
+        }
+        let line_props = [
+            &f.op_id,
+            &f.op_name,
+            &f.sequence,
+            &f.occurrence,
+            &f.reference_id,
+        ];
+        let op_props = [&f.allocated_time, &f.work_area, &f.equipment, &f.consumed];
+        for t in &read.operation_types {
+            want(t, &line_props);
+            want(t, &op_props);
+        }
+        let relations: Vec<&String> = read.work_instruction_relations.iter().collect();
+        want("MEOPRevision", &relations);
+        let mut feedback_props = Vec::new();
+        if let Some(fb) = feedback {
+            feedback_props = fb.properties().into_iter().map(str::to_owned).collect();
+            let refs: Vec<&String> = feedback_props.iter().collect();
+            want(&fb.type_name, &refs);
+        }
+        let names: Vec<&str> = wanted.keys().map(String::as_str).collect();
+        let site = self.type_properties(&names).await?;
+        for (t, props) in &wanted {
+            let Some(have) = site.get(t) else {
+                out.push(Finding::fail(
+                    "types",
+                    format!("the type `{t}` does not exist on this site"),
+                    format!("deploy the template that defines `{t}` (Manufacturing Process Planner for the Mfg0/ME types), or configure the site's own type"),
+                ));
+                continue;
+            };
+            let missing: BTreeSet<&String> = props.iter().filter(|p| !have.contains(*p)).collect();
+            let is_feedback = feedback.is_some_and(|fb| &fb.type_name == t);
+            if missing.is_empty() {
+                out.push(Finding::ok(
+                    "types",
+                    format!(
+                        "`{t}` has {}",
+                        props
+                            .iter()
+                            .collect::<BTreeSet<_>>()
+                            .into_iter()
+                            .map(|p| format!("`{p}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            } else {
+                let list = missing
+                    .iter()
+                    .map(|p| format!("`{p}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let fix = if is_feedback && missing.iter().all(|m| feedback_props.contains(m)) {
+                    format!(
+                        "in BMIDE add the string properties {list} to `{t}` (site-defined feedback properties; the service user needs write access), or change [teamcenter.feedback]"
+                    )
+                } else {
+                    format!(
+                        "set [teamcenter.read.properties] to this site's property names for {list}, or add them in BMIDE to `{t}`"
+                    )
+                };
+                out.push(Finding::fail(
+                    "types",
+                    format!("`{t}` has no property {list}"),
+                    fix,
+                ));
+            }
+        }
+
+        if let WindowMode::BomWindows {
+            revision_rule: Some(rule),
+        } = &read.window
+        {
+            match self.revision_rule(rule).await {
+                Ok(_) => out.push(Finding::ok("revision-rule", format!("`{rule}` exists"))),
+                Err(TcError::Site { detail }) => out.push(Finding::fail(
+                    "revision-rule",
+                    detail,
+                    "set [teamcenter.read] revision_rule to one of the rules above, or create it in Structure Manager".into(),
+                )),
+                Err(e) => return Err(e),
+            }
+        }
+
+        if out.iter().all(|f| f.ok) {
+            out.push(match self.sample_plan(read).await {
+                Ok(Some((plan, ops, docs))) => Finding::ok(
+                    "open-process",
+                    format!("opened {} rev {} ({}): {ops} operation(s), {docs} work instruction(s); window closed", plan.id, plan.revision, plan.name),
+                ),
+                Ok(None) => Finding::fail(
+                    "open-process",
+                    "the change query found no process revision to open".into(),
+                    "check that the service user can read MEProcessRevision objects (its group's access rules) and that [teamcenter.read] types names the site's plan types".into(),
+                ),
+                Err(e @ (TcError::Site { .. } | TcError::Unexpected { .. } | TcError::Service { .. })) => Finding::fail(
+                    "open-process",
+                    e.to_string(),
+                    "give the service user read access to process plans and the Manufacturing Process Planner license, or check [teamcenter.read] window".into(),
+                ),
+                Err(e) => return Err(e),
+            });
+        }
+        Ok(out)
+    }
+}
