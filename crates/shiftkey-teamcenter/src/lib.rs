@@ -9,8 +9,13 @@
 //! - [`wire`]: the envelope, `.QName` exceptions ([`TcError`]), `ServiceData` and typed
 //!   `dbValues` parsing with errors naming the object and property.
 //! - [`TcPool`]: N sessions with distinct descrimators for parallel reads, bounded in flight.
-//! - [`mfg`]: [`ProcessPlan`] and [`Operation`], [`TcClient::changed_since`] (search, then batched
-//!   loads and structure expansion), and idempotent feedback writes.
+//! - [`mfg`]: [`ProcessPlan`] and [`Operation`]; [`TcClient::changed_plans`] (a saved query or a
+//!   business-object query, then batched loads with a property policy),
+//!   [`TcClient::read_operations`] (bill-of-process windows, line properties, referenced lines,
+//!   work instructions by relation; windows closed on every path), [`TcClient::changed_since`]
+//!   (both), and [`TcClient::write_feedback`] (idempotent, to site-defined properties).
+//! - [`ReadConfig`], [`FieldMap`], [`FeedbackConfig`]: the site mapping; [`TcClient::check_site`]
+//!   checks a site against it read-only.
 //!
 //! **Only this crate knows Teamcenter's JSON.**
 //!
