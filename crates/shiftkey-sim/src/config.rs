@@ -163,6 +163,9 @@ pub struct TcConfig {
     pub entry_names: BTreeMap<String, String>,
     /// Site-defined (BMIDE) properties by type, e.g. `MEOPRevision = ["xx4_mes_feedback_key"]`.
     pub site_properties: BTreeMap<String, Vec<String>>,
+    /// Whether the `withProperties` policy modifier also brings along referenced *BOM lines*
+    /// (it does for persistent objects [V]; for runtime lines it is not verified). Default true.
+    pub follow_line_references: bool,
 }
 
 impl Default for TcConfig {
@@ -176,6 +179,7 @@ impl Default for TcConfig {
             ],
             entry_names: BTreeMap::new(),
             site_properties: BTreeMap::new(),
+            follow_line_references: true,
         }
     }
 }

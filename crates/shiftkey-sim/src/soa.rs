@@ -74,6 +74,13 @@ impl Windows {
         self.died += (before - self.open.len()) as u64;
     }
 
+    /// The client closed window `n`.
+    fn close(&mut self, n: u64) {
+        self.open.remove(&n);
+        self.closed_ids.insert(n);
+        self.closed += 1;
+    }
+
     /// Every window dies (a restart).
     pub(crate) fn all_died(&mut self) {
         self.died += self.open.len() as u64;
@@ -446,7 +453,13 @@ impl Ctx<'_> {
             }
             let values = self.values(uid, &w.name);
             if w.with_properties {
-                follow.extend(values.iter().filter(|v| v.as_str() != NULL_UID).cloned());
+                follow.extend(
+                    values
+                        .iter()
+                        .filter(|v| v.as_str() != NULL_UID)
+                        .filter(|v| self.cfg.follow_line_references || parse_line(v).is_none())
+                        .cloned(),
+                );
             }
             entry["props"][&w.name] = json!({"dbValues": values, "uiValues": values});
         }
@@ -938,9 +951,7 @@ impl Ctx<'_> {
                             .get(&l.window)
                             .is_some_and(|w| w.kind == WindowKind::Context) =>
                 {
-                    self.windows.open.remove(&l.window);
-                    self.windows.closed_ids.insert(l.window);
-                    self.windows.closed += 1;
+                    self.windows.close(l.window);
                     deleted.push(uid.to_owned());
                 }
                 _ => errors.push(self.not_found(uid, i)),
@@ -1023,9 +1034,7 @@ impl Ctx<'_> {
             });
             match live {
                 Some(n) => {
-                    self.windows.open.remove(&n);
-                    self.windows.closed_ids.insert(n);
-                    self.windows.closed += 1;
+                    self.windows.close(n);
                     deleted.push(uid.to_owned());
                 }
                 None => errors.push(self.not_found(uid, i)),

@@ -195,6 +195,11 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// An engine syncing `tc` into `sink`.
     pub fn new(tc: TcClient, sink: Arc<dyn Sink>, cfg: EngineConfig) -> Self {
+        if cfg.feedback.is_none() {
+            tracing::info!(
+                "no Teamcenter feedback target configured: shop-floor feedback stays in the outbox"
+            );
+        }
         Self {
             tc,
             sink,
@@ -358,11 +363,6 @@ impl Engine {
         mut lease: Option<&mut (dyn Lease + '_)>,
     ) -> Result<u64, SyncError> {
         use rand::{Rng, SeedableRng};
-        if self.cfg.feedback.is_none() {
-            tracing::info!(
-                "no [teamcenter.feedback] configured: shop-floor feedback stays in the outbox"
-            );
-        }
         let mut rng = match self.cfg.seed {
             Some(seed) => rand::rngs::StdRng::seed_from_u64(seed),
             None => rand::rngs::StdRng::from_entropy(),

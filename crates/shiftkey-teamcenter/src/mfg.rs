@@ -851,12 +851,15 @@ impl TcClient {
             (f.op_name.as_str(), false),
             (f.sequence.as_str(), false),
             (f.occurrence.as_str(), false),
+            (f.reference_id.as_str(), false),
         ];
+        // `withProperties` asks the server to send the referenced lines along (with their
+        // `BOMLine` properties); lines it leaves out are read with `getProperties` below.
         let op_props = vec![
             (f.allocated_time.as_str(), false),
-            (f.work_area.as_str(), false),
-            (f.equipment.as_str(), false),
-            (f.consumed.as_str(), false),
+            (f.work_area.as_str(), true),
+            (f.equipment.as_str(), true),
+            (f.consumed.as_str(), true),
         ];
         let mut types: Vec<(&str, Vec<(&str, bool)>)> = vec![("BOMLine", line_props)];
         types.extend(
@@ -937,6 +940,20 @@ impl TcClient {
             })
             .collect::<BTreeSet<_>>()
             .into_iter()
+            .filter(|uid| {
+                let known = walk
+                    .objects
+                    .get(uid)
+                    .filter(|o| o.props.contains_key(&f.reference_id))
+                    .map(|o| Props::of(o).optional(&f.reference_id).unwrap_or_default());
+                match known {
+                    Some(id) => {
+                        walk.names.insert(uid.clone(), id);
+                        false
+                    }
+                    None => true,
+                }
+            })
             .collect();
         for chunk in refs.chunks(cfg.chunk.max(1)) {
             let body = json!({"objects": chunk, "attributes": [f.reference_id]});

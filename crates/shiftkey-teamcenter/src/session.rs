@@ -271,7 +271,10 @@ impl Classifier for TcClassifier {
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response.bytes().await?;
+        // Parse only a body that can be the exception: large answers are parsed once, by the caller.
+        const NAME: &[u8] = b"InvalidUserException";
         let dead = bytes.first() == Some(&b'{')
+            && bytes.windows(NAME.len()).any(|w| w == NAME)
             && serde_json::from_slice::<Value>(&bytes).is_ok_and(|v| wire::is_invalid_user(&v));
         let mut rebuilt = http::Response::new(bytes);
         *rebuilt.status_mut() = status;

@@ -498,3 +498,29 @@ async fn feedback_needs_site_properties_and_is_written_once_per_key() {
         .unwrap_err();
     assert!(err.to_string().contains("xx4_deviation"), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn referenced_lines_come_along_or_are_read_with_get_properties() {
+    for follow in [true, false] {
+        let mut cfg = quiet();
+        cfg.tc.follow_line_references = follow;
+        let s = sim(cfg).await;
+        let tc = client(&s, "mfg_sync_pw");
+        let all = tc
+            .changed_since(None, &ReadConfig::default())
+            .await
+            .unwrap();
+        assert_truth(&s, &all);
+        let reads = s
+            .stats()
+            .requests
+            .get("Core-2006-03-DataManagement/getProperties")
+            .copied()
+            .unwrap_or(0);
+        if follow {
+            assert_eq!(reads, 0, "withProperties brought every referenced line");
+        } else {
+            assert!(reads > 0, "the lines the server left out were read");
+        }
+    }
+}
