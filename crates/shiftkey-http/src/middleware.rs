@@ -52,6 +52,9 @@ pub struct Stats {
     pub premature_deaths: u64,
     /// Keepalive requests sent.
     pub keepalives: u64,
+    /// Rejections of `SessionBound` requests: the token was replaced and the caller told to
+    /// start over (not surfaced, not retried).
+    pub session_lost: u64,
 }
 
 #[derive(Debug, Default)]
@@ -63,6 +66,7 @@ struct Counters {
     retries: AtomicU64,
     premature_deaths: AtomicU64,
     keepalives: AtomicU64,
+    session_lost: AtomicU64,
     /// The newest token generation the server accepted at least once.
     accepted_generation: AtomicU64,
 }
@@ -354,6 +358,7 @@ impl AuthMiddleware {
             retries: c.retries.load(Ordering::Relaxed),
             premature_deaths: c.premature_deaths.load(Ordering::Relaxed),
             keepalives: c.keepalives.load(Ordering::Relaxed),
+            session_lost: c.session_lost.load(Ordering::Relaxed),
         }
     }
 
@@ -590,8 +595,12 @@ impl Middleware for AuthMiddleware {
                         return Err(self.surfaced(HttpError::NotReplayable));
                     }
                     if extensions.get::<SessionBound>().is_some() {
-                        // Not surfaced as a 401: the caller starts over under the new session.
-                        s.counters.recovered.fetch_add(1, Ordering::Relaxed);
+                        // Not surfaced as a 401: the caller starts over under the new session. The
+                        // server answered and one rejection is no auth failure: both breakers
+                        // hear a success (a half-open probe is released).
+                        s.auth_breaker.record(done.into_std(), true);
+                        s.server_breaker.record(done.into_std(), true);
+                        s.counters.session_lost.fetch_add(1, Ordering::Relaxed);
                         return Err(fail(HttpError::SessionLost { generation }));
                     }
                     refreshed_from = Some(generation);

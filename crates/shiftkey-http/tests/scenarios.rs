@@ -126,9 +126,10 @@ async fn a_session_bound_request_is_not_resent_under_a_new_session() {
         Some(&shiftkey_http::AnsweredUnder(2))
     );
     assert_eq!(r.strategy.calls(), 2);
+    let stats = r.middleware.stats();
     assert_eq!(
-        r.middleware.stats().surfaced,
-        0,
+        (stats.surfaced, stats.session_lost),
+        (0, 1),
         "not a surfaced 401: the caller starts over"
     );
 }

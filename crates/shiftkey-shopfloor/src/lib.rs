@@ -72,8 +72,11 @@ pub struct ProcessRecord {
 /// An operation as the shop floor stores it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OperationRecord {
-    /// Teamcenter UID.
+    /// Teamcenter UID of the operation revision (where feedback goes).
     pub uid: String,
+    /// The persistent occurrence in the plan (with the plan, the row key; empty: `uid`).
+    #[serde(default)]
+    pub occurrence: String,
     /// Item id.
     pub id: String,
     /// Name.
@@ -158,6 +161,16 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     ) -> Result<ApplyReport, SinkError>;
     /// The committed watermark.
     async fn watermark(&self) -> Result<Option<SystemTime>, SinkError>;
+    /// When the engine last read every plan (a reconcile), if the sink keeps it. The default
+    /// keeps nothing; the engine then remembers it for the life of the process only.
+    async fn reconciled(&self) -> Result<Option<SystemTime>, SinkError> {
+        Ok(None)
+    }
+    /// Records a completed full read at `at` (the default does nothing).
+    async fn mark_reconciled(&self, at: SystemTime) -> Result<(), SinkError> {
+        let _ = at;
+        Ok(())
+    }
     /// The `last_modified` the sink holds for each of `uids` (absent: not stored). The engine
     /// skips reading a plan whose version the sink already has. The default knows nothing, so
     /// every plan the change query returns is read.

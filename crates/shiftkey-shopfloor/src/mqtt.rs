@@ -154,6 +154,14 @@ impl Sink for MqttSink {
         self.store.watermark().await
     }
 
+    async fn reconciled(&self) -> Result<Option<SystemTime>, SinkError> {
+        self.store.reconciled().await
+    }
+
+    async fn mark_reconciled(&self, at: SystemTime) -> Result<(), SinkError> {
+        self.store.mark_reconciled(at).await
+    }
+
     async fn stored_versions(
         &self,
         uids: &[String],

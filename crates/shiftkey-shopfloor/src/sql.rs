@@ -31,26 +31,36 @@ const SCHEMA: &[&str] = &[
         uid TEXT PRIMARY KEY, item_id TEXT NOT NULL, revision TEXT NOT NULL, name TEXT NOT NULL,
         plant TEXT NOT NULL, released BIGINT NOT NULL, obsolete BIGINT NOT NULL,
         last_modified_ms BIGINT NOT NULL, content_hash TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS process_segment (
-        uid TEXT PRIMARY KEY, process_uid TEXT NOT NULL REFERENCES process_definition(uid),
-        item_id TEXT NOT NULL, name TEXT NOT NULL, sequence BIGINT NOT NULL, work_area TEXT,
-        allocated_time_s DOUBLE PRECISION, work_instructions_json TEXT NOT NULL, resources_json TEXT NOT NULL,
-        consumed_parts_json TEXT NOT NULL, obsolete BIGINT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS process_segment_by_process ON process_segment (process_uid)",
-    "CREATE TABLE IF NOT EXISTS sync_state (id BIGINT PRIMARY KEY, watermark_ms BIGINT)",
+    SEGMENT_TABLE,
+    "CREATE INDEX IF NOT EXISTS process_segment_by_uid ON process_segment (uid)",
+    "CREATE TABLE IF NOT EXISTS sync_state (id BIGINT PRIMARY KEY, watermark_ms BIGINT, reconciled_ms BIGINT)",
     "CREATE TABLE IF NOT EXISTS feedback_outbox (
         id {id}, operation_uid TEXT NOT NULL, completed_count BIGINT NOT NULL,
         actual_cycle_time_s DOUBLE PRECISION, deviation TEXT NOT NULL, sent BIGINT NOT NULL DEFAULT 0)",
 ];
 
+/// Operations, one row per occurrence of an operation in a process revision: the same operation
+/// revision can appear in a plan and in a sub-process that is a plan of its own.
+const SEGMENT_TABLE: &str = "CREATE TABLE IF NOT EXISTS process_segment (
+        process_uid TEXT NOT NULL REFERENCES process_definition(uid), occurrence TEXT NOT NULL,
+        uid TEXT NOT NULL, item_id TEXT NOT NULL, name TEXT NOT NULL, sequence BIGINT NOT NULL,
+        work_area TEXT, allocated_time_s DOUBLE PRECISION, work_instructions_json TEXT NOT NULL,
+        resources_json TEXT NOT NULL, consumed_parts_json TEXT NOT NULL, obsolete BIGINT NOT NULL,
+        PRIMARY KEY (process_uid, occurrence))";
+
 const VERSION: i64 = 2;
 
-/// Version 1 → 2: work instructions became a list of attached documents (they are datasets in
-/// Teamcenter, not text). The old text column goes, and the watermark is cleared so the next
-/// cycle reads every plan again and fills the new column.
+/// Version 1 → 2: operations are keyed by (process, occurrence), work instructions are a list of
+/// attached documents (datasets in Teamcenter, not text), and the last full read is kept. The
+/// operation rows are rebuilt, and the watermark and stored versions are cleared, so the next
+/// cycle reads every plan again and fills them: the sink is a replica of Teamcenter, nothing is
+/// lost. Run in one transaction; a second instance migrating at the same time redoes the same
+/// steps on an empty table.
 const MIGRATE_V1_TO_V2: &[&str] = &[
-    "ALTER TABLE process_segment ADD COLUMN work_instructions_json TEXT NOT NULL DEFAULT '[]'",
-    "ALTER TABLE process_segment DROP COLUMN instructions",
+    "DROP TABLE IF EXISTS process_segment",
+    SEGMENT_TABLE,
+    "CREATE INDEX IF NOT EXISTS process_segment_by_uid ON process_segment (uid)",
+    "ALTER TABLE sync_state ADD COLUMN reconciled_ms BIGINT",
     "UPDATE process_definition SET content_hash = '', last_modified_ms = 0",
     "UPDATE sync_state SET watermark_ms = NULL",
     "UPDATE shopfloor_schema SET version = 2",
@@ -108,7 +118,13 @@ impl SqlSink {
             Some(1) => {
                 let mut tx = pool.begin().await.map_err(err("migrate schema 1 → 2"))?;
                 for ddl in MIGRATE_V1_TO_V2 {
-                    sqlx::query(ddl)
+                    // PostgreSQL: a second instance migrating at once must not fail on the column.
+                    let ddl = if sqlite {
+                        (*ddl).to_owned()
+                    } else {
+                        ddl.replace("ADD COLUMN ", "ADD COLUMN IF NOT EXISTS ")
+                    };
+                    sqlx::query(&ddl)
                         .execute(&mut *tx)
                         .await
                         .map_err(err(format!("migrate schema 1 → 2: {ddl}")))?;
@@ -153,7 +169,7 @@ impl SqlSink {
         for r in rows {
             let uid: String = r.try_get("uid").map_err(err("read uid"))?;
             let ops = sqlx::query(
-                "SELECT uid, item_id, name, sequence, work_area, allocated_time_s, work_instructions_json, resources_json, consumed_parts_json, obsolete FROM process_segment WHERE process_uid = $1 ORDER BY sequence, uid",
+                "SELECT occurrence, uid, item_id, name, sequence, work_area, allocated_time_s, work_instructions_json, resources_json, consumed_parts_json, obsolete FROM process_segment WHERE process_uid = $1 ORDER BY sequence, item_id, occurrence",
             )
             .bind(&uid)
             .fetch_all(&self.pool)
@@ -170,6 +186,7 @@ impl SqlSink {
                 }
                 operations.push(crate::OperationRecord {
                     uid: o.try_get("uid").map_err(err("read uid"))?,
+                    occurrence: o.try_get("occurrence").map_err(err("read occurrence"))?,
                     id: o.try_get("item_id").map_err(err("read item_id"))?,
                     name: o.try_get("name").map_err(err("read name"))?,
                     sequence: u32::try_from(
@@ -234,18 +251,42 @@ impl SqlSink {
     }
 }
 
+/// The URL without its secrets, for error messages: the password of the authority (up to the
+/// *last* `@`, as URL parsers read it) and any `password=` query parameter become `***`.
 fn redact(url: &str) -> String {
-    // postgres://user:password@host → postgres://user:***@host
-    match (url.find("://"), url.find('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_owned(),
+    let (head, query) = match url.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match head.find("://") {
+        Some(s) => {
+            let rest = &head[s + 3..];
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let authority = &rest[..authority_end];
+            match authority.rfind('@') {
+                Some(at) => {
+                    let user = authority[..at]
+                        .split_once(':')
+                        .map_or(&authority[..at], |(u, _)| u);
+                    format!("{}{user}:***{}", &head[..s + 3], &rest[at..])
+                }
+                None => head.to_owned(),
             }
         }
-        _ => url.to_owned(),
+        None => head.to_owned(),
+    };
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
     }
+    out
 }
 
 fn content_hash(p: &ProcessRecord) -> String {
@@ -309,9 +350,9 @@ impl Sink for SqlSink {
                 .map_err(err(format!("clear operations of {}", p.uid)))?;
             for o in &p.operations {
                 sqlx::query(
-                    "INSERT INTO process_segment (uid, process_uid, item_id, name, sequence, work_area, allocated_time_s, work_instructions_json, resources_json, consumed_parts_json, obsolete)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                     ON CONFLICT (uid) DO UPDATE SET process_uid = excluded.process_uid, item_id = excluded.item_id, name = excluded.name,
+                    "INSERT INTO process_segment (uid, process_uid, item_id, name, sequence, work_area, allocated_time_s, work_instructions_json, resources_json, consumed_parts_json, obsolete, occurrence)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                     ON CONFLICT (process_uid, occurrence) DO UPDATE SET uid = excluded.uid, item_id = excluded.item_id, name = excluded.name,
                        sequence = excluded.sequence, work_area = excluded.work_area, allocated_time_s = excluded.allocated_time_s,
                        work_instructions_json = excluded.work_instructions_json, resources_json = excluded.resources_json,
                        consumed_parts_json = excluded.consumed_parts_json, obsolete = excluded.obsolete",
@@ -327,6 +368,11 @@ impl Sink for SqlSink {
                 .bind(serde_json::to_string(&o.resources).unwrap_or_else(|_| "[]".into()))
                 .bind(serde_json::to_string(&o.consumed_parts).unwrap_or_else(|_| "[]".into()))
                 .bind(i64::from(o.obsolete))
+                .bind(if o.occurrence.is_empty() {
+                    &o.uid
+                } else {
+                    &o.occurrence
+                })
                 .execute(&mut *tx)
                 .await
                 .map_err(err(format!("insert operation {}", o.uid)))?;
@@ -371,6 +417,29 @@ impl Sink for SqlSink {
             }
         }
         Ok(out)
+    }
+
+    async fn reconciled(&self) -> Result<Option<SystemTime>, SinkError> {
+        let row = sqlx::query("SELECT reconciled_ms FROM sync_state WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err("read the last full read"))?;
+        Ok(match row {
+            Some(r) => r
+                .try_get::<Option<i64>, _>("reconciled_ms")
+                .map_err(err("read the last full read"))?
+                .map(from_millis),
+            None => None,
+        })
+    }
+
+    async fn mark_reconciled(&self, at: SystemTime) -> Result<(), SinkError> {
+        sqlx::query("INSERT INTO sync_state (id, reconciled_ms) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET reconciled_ms = excluded.reconciled_ms")
+            .bind(millis(at))
+            .execute(&self.pool)
+            .await
+            .map_err(err("record the full read"))?;
+        Ok(())
     }
 
     async fn watermark(&self) -> Result<Option<SystemTime>, SinkError> {
@@ -419,5 +488,31 @@ impl Sink for SqlSink {
             .await
             .map_err(err("mark feedback sent"))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redact_hides_every_password_form() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(
+            redact("postgres://app:p@ss@db/x"),
+            "postgres://app:***@db/x"
+        );
+        assert_eq!(
+            redact("postgres://db/x?user=app&password=s3cret&sslmode=require"),
+            "postgres://db/x?user=app&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact("sqlite://shop.db?mode=rwc"),
+            "sqlite://shop.db?mode=rwc"
+        );
+        assert!(!redact("postgres://a:b@c@d@host/x").contains('b'));
     }
 }

@@ -14,6 +14,7 @@ fn t(s: u64) -> SystemTime {
 fn op(uid: &str, seq: u32, text: &str) -> OperationRecord {
     OperationRecord {
         uid: uid.into(),
+        occurrence: format!("occ-{uid}"),
         id: format!("OP-{seq}"),
         name: format!("Operation {seq}"),
         sequence: seq,
@@ -135,10 +136,10 @@ async fn a_version_1_database_is_migrated_and_read_again_from_the_start() {
         "the next cycle reads everything again"
     );
     let all = s.all().await.unwrap();
-    assert_eq!(
-        all[0].operations[0].work_instructions,
-        vec![],
-        "old rows read, nothing lost but the text"
+    assert_eq!(all[0].uid, "P1", "plans stay");
+    assert!(
+        all[0].operations.is_empty(),
+        "operation rows are rebuilt by the next read"
     );
     // The re-read plan is written again even though nothing else changed.
     let p1 = plan("P1", 10, vec![op("O1", 10, "fit")]);
@@ -150,5 +151,27 @@ async fn a_version_1_database_is_migrated_and_read_again_from_the_start() {
         1
     );
     assert_eq!(s.all().await.unwrap(), vec![p1]);
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test]
+async fn one_operation_revision_in_two_plans_is_stored_under_both() {
+    // A sub-process is a plan of its own and part of its parent: the same operation revision
+    // appears under both, each with its own occurrence.
+    let (s, path) = sink("shared-op").await;
+    let mut in_parent = op("O1", 10, "fit");
+    in_parent.occurrence = "occ-parent".into();
+    let mut in_sub = op("O1", 10, "fit");
+    in_sub.occurrence = "occ-sub".into();
+    let parent = plan("P1", 10, vec![in_parent]);
+    let sub = plan("P2", 10, vec![in_sub]);
+    s.apply(&[parent.clone(), sub.clone()], t(10))
+        .await
+        .unwrap();
+    let all = s.all().await.unwrap();
+    assert_eq!(all, vec![parent.clone(), sub]);
+    // Re-applying the parent (unchanged) does not take the operation from the sub-process.
+    assert_eq!(s.apply(&[parent], t(11)).await.unwrap().unchanged, 1);
+    assert_eq!(s.all().await.unwrap()[1].operations.len(), 1);
     let _ = std::fs::remove_file(path);
 }

@@ -474,6 +474,11 @@ impl Dataset {
         self.occurrences.get(uid)
     }
 
+    /// One occurrence, to edit (a test planting odd data).
+    pub fn occurrence_mut(&mut self, uid: &str) -> Option<&mut Occurrence> {
+        self.occurrences.get_mut(uid)
+    }
+
     /// The top-level occurrences of a process revision (`None`: not a process with a structure).
     #[must_use]
     pub fn structure(&self, process: &str) -> Option<&[String]> {

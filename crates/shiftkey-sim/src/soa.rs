@@ -1065,11 +1065,14 @@ impl Ctx<'_> {
             ));
         }
         let pref = &input["pref"];
-        if !pref["expItemRev"].is_boolean() || !pref["info"].is_array() {
+        // `info` may be left out (S4 does on expandPSAllLevels); when given it is an array.
+        if !pref["expItemRev"].is_boolean() || !(pref["info"].is_null() || pref["info"].is_array())
+        {
             return Err(Refusal::syntax(
-                "body.pref needs expItemRev (boolean) and info (array)",
+                "body.pref needs expItemRev (boolean), and info must be an array when given",
             ));
         }
+
         let mut output = Vec::new();
         let mut plain = Vec::new();
         let mut errors = Vec::new();

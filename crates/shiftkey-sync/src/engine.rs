@@ -144,6 +144,7 @@ pub fn map_plan(plan: &ProcessPlan, operations: &[Operation]) -> ProcessRecord {
             .iter()
             .map(|o| OperationRecord {
                 uid: o.uid.clone(),
+                occurrence: o.occurrence.clone(),
                 id: o.id.clone(),
                 name: o.name.clone(),
                 sequence: o.sequence,
@@ -177,8 +178,8 @@ pub struct Engine {
     cfg: EngineConfig,
     clock: Arc<dyn Clock>,
     observer: Option<CycleObserver>,
-    /// When the last reconcile (a read of every plan) started.
-    last_reconcile: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+    /// When the last full read (a reconcile) of this process started, in wall time.
+    last_reconcile: Arc<std::sync::Mutex<Option<SystemTime>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -230,27 +231,19 @@ impl Engine {
         &self.tc
     }
 
-    /// Whether this cycle reads every plan (the first one, then every `reconcile_every`).
-    fn reconcile_due(&self) -> bool {
+    /// Whether this cycle reads every plan: `reconcile_every` after the last full read, which
+    /// the sink keeps across restarts (and `sync --once` from cron) where it can, and this
+    /// process remembers otherwise. A sink that was never fully read is due at once.
+    async fn reconcile_due(&self, now: SystemTime) -> Result<bool, SyncError> {
         let Some(every) = self.cfg.reconcile_every else {
-            return false;
+            return Ok(false);
         };
-        let now = self.clock.now();
-        let Ok(mut last) = self.last_reconcile.lock() else {
-            return false;
-        };
-        match *last {
-            Some(t) if now.saturating_duration_since(t) < every => false,
-            Some(_) => {
-                *last = Some(now);
-                true
-            }
-            None => {
-                // The first cycle of a process reads from the watermark; reconciles follow.
-                *last = Some(now);
-                false
-            }
-        }
+        let kept = self.sink.reconciled().await?;
+        let remembered = self.last_reconcile.lock().ok().and_then(|l| *l);
+        Ok(match kept.max(remembered) {
+            None => true,
+            Some(t) => now.duration_since(t).is_ok_and(|age| age >= every),
+        })
     }
 
     /// One cycle: find changed plans → per batch: read their bills of process, apply with the
@@ -259,7 +252,9 @@ impl Engine {
         let started = self.clock.now();
         let mut report = CycleReport::default();
         let watermark = self.sink.watermark().await?;
-        report.reconciled = self.reconcile_due();
+        let wall = self.clock.wall();
+        // A first read (no watermark) reads everything: it is a full read too.
+        report.reconciled = watermark.is_none() || self.reconcile_due(wall).await?;
         let since = if report.reconciled { None } else { watermark };
         let mut changed = self.tc.changed_plans(since, &self.cfg.read).await?;
         if !report.reconciled {
@@ -314,6 +309,12 @@ impl Engine {
             report.unchanged += applied.unchanged;
         }
         report.watermark = current;
+        if report.reconciled && !report.stopped {
+            self.sink.mark_reconciled(wall).await?;
+            if let Ok(mut last) = self.last_reconcile.lock() {
+                *last = Some(wall);
+            }
+        }
         if !report.stopped {
             report.feedback_pushed = self.push_feedback().await?;
         }
@@ -342,11 +343,21 @@ impl Engine {
             };
             // The key makes a push interrupted between Teamcenter and the outbox harmless.
             let key = format!("shiftkey-feedback-{}", fb.id);
-            if self
+            let written = match self
                 .tc
                 .write_feedback(cfg, &fb.operation_uid, values, &key)
-                .await?
+                .await
             {
+                Ok(w) => w,
+                // This row cannot be written (the operation is gone, no write access, a missing
+                // property): it stays in the outbox, the others go on.
+                Err(e @ TcError::Site { .. }) => {
+                    tracing::warn!(row = fb.id, operation = %fb.operation_uid, error = %e, "feedback row not written; kept in the outbox");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if written {
                 pushed += 1;
             }
             self.sink.mark_feedback_sent(fb.id).await?;

@@ -257,7 +257,10 @@ async fn structure_edits_that_leave_the_plan_date_are_caught_by_the_reconcile() 
             },
         )
         .with_clock(Arc::clone(&clock));
-        assert!(!engine.cycle(&Stop::default()).await.unwrap().reconciled);
+        assert!(
+            engine.cycle(&Stop::default()).await.unwrap().reconciled,
+            "the first read of an empty sink is a full read"
+        );
         clock.sleep(Duration::from_secs(H)).await;
         let r = engine.cycle(&Stop::default()).await.unwrap();
         assert!(!r.reconciled);
@@ -272,7 +275,58 @@ async fn structure_edits_that_leave_the_plan_date_are_caught_by_the_reconcile() 
         assert_eq!(r.reconciled, reconcile.is_some());
         let equal = sink.all().await.unwrap() == truth(&sim).await;
         assert_eq!(equal, reconcile.is_some(), "reconcile every {reconcile:?}");
+        // The sink keeps the time of the last full read: a restarted process (or `sync --once`
+        // from cron) does not read everything again before it is due.
+        let restarted = Engine::new(
+            tc(&sim, "mfg_sync_pw"),
+            sink.clone(),
+            EngineConfig {
+                reconcile_every: reconcile,
+                ..EngineConfig::default()
+            },
+        )
+        .with_clock(Arc::clone(&clock));
+        assert!(!restarted.cycle(&Stop::default()).await.unwrap().reconciled);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feedback_row_teamcenter_refuses_stays_and_does_not_block_the_others() {
+    let clock = clock();
+    let mut cfg = quiet();
+    cfg.tc.site_properties.insert(
+        "MEOPRevision".into(),
+        vec![
+            "xx4_mes_feedback_key".into(),
+            "xx4_completed_count".into(),
+            "xx4_deviation".into(),
+        ],
+    );
+    let sim = sim(cfg, &clock).await;
+    let sink = sqlite("feedback-refused").await;
+    let engine = Engine::new(
+        tc(&sim, "mfg_sync_pw"),
+        sink.clone(),
+        EngineConfig {
+            feedback: Some(feedback_config()),
+            ..EngineConfig::default()
+        },
+    );
+    engine.cycle(&Stop::default()).await.unwrap();
+    let op = sink.all().await.unwrap()[0].operations[0].uid.clone();
+    // An operation revision that no longer exists, then a good row.
+    sink.record_feedback("gone$x9QAAAAA", 1, None, "")
+        .await
+        .unwrap();
+    sink.record_feedback(&op, 3, None, "").await.unwrap();
+    let r = engine.cycle(&Stop::default()).await.unwrap();
+    assert_eq!(r.feedback_pushed, 1);
+    let pending = sink.pending_feedback(10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        pending[0].operation_uid, "gone$x9QAAAAA",
+        "kept for an operator to look at"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -205,6 +205,60 @@ fn plan(
     })
 }
 
+/// One operation line mapped through the site's fields.
+fn operation(
+    line: &ModelObject,
+    rev: Option<String>,
+    plan_uid: &str,
+    cfg: &ReadConfig,
+    names: &BTreeMap<String, String>,
+    objects: &BTreeMap<String, ModelObject>,
+    instructions: &BTreeMap<String, Vec<WorkInstruction>>,
+) -> Result<Operation, TcError> {
+    let f = &cfg.fields;
+    let p = Props::of(line);
+    let Some(rev) = rev else {
+        return Err(unexpected(
+            EXPAND,
+            format!("operation line {} has no itemRevOfBOMLine", line.uid),
+        ));
+    };
+    let sequence = match p.number(&f.sequence)? {
+        None => 0,
+        Some(n) if n.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&n) => n as u32,
+        Some(n) => {
+            return Err(unexpected(
+                EXPAND,
+                format!(
+                    "{} {} property {}: `{n}` is not a sequence number",
+                    line.type_name, line.uid, f.sequence
+                ),
+            ));
+        }
+    };
+    let name_of = |u: &String| names.get(u).cloned().unwrap_or_default();
+    let obsolete = objects
+        .get(&rev)
+        .map(|r| status_names(r, &f.release_status, objects))
+        .is_some_and(|s| s.iter().any(|n| f.obsolete_statuses.contains(n)));
+    Ok(Operation {
+        occurrence: p.optional(&f.occurrence).unwrap_or_default(),
+        plan_uid: plan_uid.to_owned(),
+        id: p.string(&f.op_id)?,
+        name: p.optional(&f.op_name).unwrap_or_default(),
+        sequence,
+        work_area: p.refs(&f.work_area).first().map(name_of),
+        allocated_time_s: p
+            .number(&f.allocated_time)?
+            .map(|t| t * f.allocated_time_unit_s),
+        work_instructions: instructions.get(&rev).cloned().unwrap_or_default(),
+        resources: p.refs(&f.equipment).iter().map(name_of).collect(),
+        consumed_parts: p.refs(&f.consumed).iter().map(name_of).collect(),
+        obsolete,
+        uid: rev,
+    })
+}
+
 /// Open windows of one traversal round.
 #[derive(Debug, Clone)]
 struct Opened {
@@ -644,50 +698,33 @@ impl TcClient {
             .into_iter()
             .collect();
         let instructions = self.work_instructions(&revisions, cfg, &mut out).await?;
-        let f = &cfg.fields;
+        // A line that does not map (no revision, a sequence that is not a number, a missing id)
+        // leaves its plan out of this cycle with a partial error naming it; the other plans go on.
+        let mut bad: BTreeMap<String, String> = BTreeMap::new();
         for (plan_uid, line, rev) in lines {
-            let p = Props::of(&line);
-            let Some(rev) = rev else {
-                return Err(unexpected(
-                    EXPAND,
-                    format!("operation line {} has no itemRevOfBOMLine", line.uid),
-                ));
-            };
-            let sequence = match p.number(&f.sequence)? {
-                None => 0,
-                Some(n) if n.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&n) => n as u32,
-                Some(n) => {
-                    return Err(unexpected(
-                        EXPAND,
-                        format!(
-                            "{} {} property {}: `{n}` is not a sequence number",
-                            line.type_name, line.uid, f.sequence
-                        ),
-                    ));
+            if bad.contains_key(&plan_uid) {
+                continue;
+            }
+            match operation(&line, rev, &plan_uid, cfg, &names, &objects, &instructions) {
+                Ok(op) => out.operations.entry(plan_uid).or_default().push(op),
+                Err(e) => {
+                    bad.insert(plan_uid, e.to_string());
                 }
-            };
-            let name_of = |u: &String| names.get(u).cloned().unwrap_or_default();
-            let obsolete = objects
-                .get(&rev)
-                .map(|r| status_names(r, &f.release_status, &objects))
-                .is_some_and(|s| s.iter().any(|n| f.obsolete_statuses.contains(n)));
-            let op = Operation {
-                uid: rev.clone(),
-                occurrence: p.optional(&f.occurrence).unwrap_or_default(),
-                plan_uid: plan_uid.clone(),
-                id: p.string(&f.op_id)?,
-                name: p.optional(&f.op_name).unwrap_or_default(),
-                sequence,
-                work_area: p.refs(&f.work_area).first().map(name_of),
-                allocated_time_s: p
-                    .number(&f.allocated_time)?
-                    .map(|t| t * f.allocated_time_unit_s),
-                work_instructions: instructions.get(&rev).cloned().unwrap_or_default(),
-                resources: p.refs(&f.equipment).iter().map(name_of).collect(),
-                consumed_parts: p.refs(&f.consumed).iter().map(name_of).collect(),
-                obsolete,
-            };
-            out.operations.entry(plan_uid).or_default().push(op);
+            }
+        }
+        for (plan_uid, why) in bad {
+            tracing::warn!(plan = %plan_uid, error = %why, "a bill-of-process line does not map; the plan is left out of this cycle");
+            out.operations.remove(&plan_uid);
+            out.skipped.push(plan_uid.clone());
+            out.partial_errors.push(PartialError {
+                uid: Some(plan_uid),
+                client_index: None,
+                errors: vec![crate::error::ErrorValue {
+                    code: 0,
+                    level: 3,
+                    message: why,
+                }],
+            });
         }
         for ops in out.operations.values_mut() {
             ops.sort_by(|a, b| a.sequence.cmp(&b.sequence).then_with(|| a.id.cmp(&b.id)));
@@ -740,12 +777,18 @@ impl TcClient {
         };
         let (answer, under) = self.call_under(op, body, json!({}), false).await?;
         let generation = under.filter(|_| self.windows_follow_token());
-        let sd = ServiceData::parse(&answer, op)?;
+        // The windows exist now: an odd ServiceData must not lose track of them.
+        let partial_errors = ServiceData::parse(&answer, op)
+            .map(|sd| sd.partial_errors)
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "the open's ServiceData did not parse");
+                Vec::new()
+            });
         let mut opened = Opened {
             handles: Vec::new(),
             tops: Vec::new(),
             skipped: Vec::new(),
-            partial_errors: sd.partial_errors,
+            partial_errors,
             generation,
         };
         for o in answer["output"].as_array().into_iter().flatten() {
@@ -826,10 +869,16 @@ impl TcClient {
         policy: Value,
         generation: Option<u64>,
     ) -> Result<Option<(Value, ServiceData)>, TcError> {
+        // The session already changed (a proactive or reactive re-login): the lines are stale.
+        if self.window_generation() != generation {
+            return Ok(None);
+        }
         let bound = self.windows_follow_token();
         let (answer, under) = match self.call_under(op, body, policy, bound).await {
             Ok(r) => r,
-            Err(e) if session_lost(&e) => return Ok(None),
+            Err(e) if session_lost(&e) || self.window_generation() != generation => {
+                return Ok(None);
+            }
             Err(e) => return Err(e),
         };
         if under.filter(|_| bound) != generation {

@@ -189,19 +189,12 @@ impl ServiceData {
         let mut objects = BTreeMap::new();
         if let Some(map) = sd["modelObjects"].as_object() {
             for (uid, o) in map {
-                let Some(props) = o["props"].as_object() else {
-                    return Err(TcError::Unexpected {
-                        operation: operation.to_owned(),
-                        detail: format!("model object {uid} has no props object"),
-                    });
-                };
+                // `props` and `dbValues` are optional in the wire types (S12); a property without
+                // `dbValues` (a `uIValueOnly` policy) counts as not loaded.
                 let mut parsed = BTreeMap::new();
-                for (name, p) in props {
+                for (name, p) in o["props"].as_object().into_iter().flatten() {
                     if !p["dbValues"].is_array() {
-                        return Err(TcError::Unexpected {
-                            operation: operation.to_owned(),
-                            detail: format!("property {name} of {uid} has no dbValues array"),
-                        });
+                        continue;
                     }
                     if p["dbValues"]
                         .as_array()
@@ -353,8 +346,20 @@ impl<'a> Props<'a> {
 /// connector writes it; §7.1).
 #[must_use]
 pub fn tc_date(t: SystemTime) -> String {
-    let dt: chrono::DateTime<chrono::Utc> = t.into();
-    dt.format("%Y-%m-%dT%H:%M:%S+0000").to_string()
+    utc(t).format("%Y-%m-%dT%H:%M:%S+0000").to_string()
+}
+
+/// `t` in UTC, clamped to chrono's range (a `SystemTime` from a damaged store can lie outside it).
+fn utc(t: SystemTime) -> chrono::DateTime<chrono::Utc> {
+    let secs = match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),
+    };
+    chrono::DateTime::from_timestamp(secs, 0).unwrap_or(if secs < 0 {
+        chrono::DateTime::<chrono::Utc>::MIN_UTC
+    } else {
+        chrono::DateTime::<chrono::Utc>::MAX_UTC
+    })
 }
 
 /// A saved-query date *value*: the display form `dd-MMM-yyyy HH:mm` with English month names, in
@@ -364,7 +369,7 @@ pub fn tc_date(t: SystemTime) -> String {
 pub fn query_date(t: SystemTime, utc_offset_minutes: i32) -> String {
     let offset = chrono::FixedOffset::east_opt(utc_offset_minutes.saturating_mul(60))
         .unwrap_or_else(|| chrono::Utc.fix());
-    let dt = chrono::DateTime::<chrono::Utc>::from(t).with_timezone(&offset);
+    let dt = utc(t).with_timezone(&offset);
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];

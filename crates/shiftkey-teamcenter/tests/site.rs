@@ -524,3 +524,33 @@ async fn referenced_lines_come_along_or_are_read_with_get_properties() {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_line_that_does_not_map_leaves_only_its_plan_out() {
+    let s = sim(quiet()).await;
+    s.pause_changes(true);
+    let tc = client(&s, "mfg_sync_pw");
+    let plans = tc
+        .changed_plans(None, &ReadConfig::default())
+        .await
+        .unwrap()
+        .plans;
+    let victim = plans[3].clone();
+    s.with_data(|d| {
+        let occ = d.structure(&victim.uid).unwrap()[0].clone();
+        d.occurrence_mut(&occ).unwrap().sequence = "10a".into();
+    });
+    let read = tc
+        .read_operations(&plans, &ReadConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(read.skipped, vec![victim.uid.clone()]);
+    assert_eq!(read.operations.len(), 19, "the other plans are read");
+    let pe = read
+        .partial_errors
+        .iter()
+        .find(|p| p.uid.as_deref() == Some(victim.uid.as_str()))
+        .unwrap();
+    assert!(pe.errors[0].message.contains("10a"), "{pe:?}");
+    assert_eq!(s.leaked_windows(), 0);
+}
