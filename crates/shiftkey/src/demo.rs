@@ -161,6 +161,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             "lifetime_cap_s": limits.lifetime_cap.map(|d| d.as_secs()),
             "idle_limit_s": limits.idle_limit.map(|d| d.as_secs()),
         },
+        "teamcenter_windows": {"opened": server.windows_opened, "closed": server.windows_closed, "died_with_session": server.windows_died, "leaked": sim.leaked_windows(), "stale_lines_sent": server.stale_lines},
         "sqlite": db.display().to_string(),
     });
     if args.json {
@@ -182,14 +183,23 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         println!("  retries (429/5xx)          {}", http.retries);
         println!("  sessions killed by server  {:?}", server.killed);
         println!(
+            "  bill-of-process windows    {} opened, {} closed, {} died with their session, {} leaked",
+            server.windows_opened,
+            server.windows_closed,
+            server.windows_died,
+            sim.leaked_windows()
+        );
+        println!(
             "  learned limits             lifetime cap {:?}, idle limit {:?}",
             limits.lifetime_cap, limits.idle_limit
         );
     }
     // A surfaced 401 or a failed cycle is the demo failing its promise: exit 1.
-    Ok(if http.surfaced == 0 && ok == cycles {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(crate::EXIT_FAILURE)
-    })
+    Ok(
+        if http.surfaced == 0 && ok == cycles && sim.leaked_windows() == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(crate::EXIT_FAILURE)
+        },
+    )
 }

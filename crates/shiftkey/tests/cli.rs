@@ -29,6 +29,12 @@ fn demo_reports_zero_surfaced_401s_and_every_cycle_succeeded() {
     assert!(run >= 20, "a cycle every 15 simulated minutes: {run}");
     assert_eq!(report["cycles"]["succeeded"].as_u64(), Some(run));
     assert_eq!(report["process_revisions_in_sink"], 20);
+    assert_eq!(report["teamcenter_windows"]["leaked"], 0, "{report:#}");
+    assert_eq!(
+        report["teamcenter_windows"]["stale_lines_sent"], 0,
+        "{report:#}"
+    );
+    assert!(report["teamcenter_windows"]["opened"].as_u64().unwrap() >= 20);
     assert_eq!(
         report["server_kills"]["restart"], 1,
         "the scripted server restart happened and was survived: {report:#}"
