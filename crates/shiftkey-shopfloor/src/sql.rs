@@ -153,6 +153,12 @@ impl SqlSink {
         Ok(Self { pool })
     }
 
+    /// Closes the pool: waits for connections in use to come back, then closes them all. Call it
+    /// before the runtime shuts down, so no connection is returned to a pool whose tasks are gone.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
     /// The pool (for tests and the feedback producer).
     #[must_use]
     pub fn pool(&self) -> &AnyPool {

@@ -145,12 +145,14 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let limits = tc.middleware().learned_limits();
     let server = sim.stats();
     let stored = sink.all().await?.len();
+    let watermark_set = sink.watermark().await?.is_some();
+    sink.close().await;
     let report = json!({
         "simulated_hours": args.hours,
         "cycles": {"run": cycles, "succeeded": ok, "failed": failures.len(), "failures": failures},
         "records_synced": records,
         "process_revisions_in_sink": stored,
-        "watermark_set": sink.watermark().await?.is_some(),
+        "watermark_set": watermark_set,
         "refreshes": {"proactive": tokens.proactive, "reactive": tokens.reactive, "keepalives": http.keepalives, "logins": server.logins},
         "unauthorized": {"recovered": http.recovered, "surfaced": http.surfaced},
         "retries": http.retries,

@@ -316,8 +316,10 @@ async fn sync_once(args: SyncArgs) -> anyhow::Result<ExitCode> {
     let cfg = config::Config::load(&args.config)?;
     let tc = teamcenter(&cfg, &reqwest::Client::new(), None)?;
     let sink = Arc::new(shiftkey_shopfloor::SqlSink::connect(&cfg.sink_url()?).await?);
-    let engine = shiftkey_sync::Engine::new(tc, sink, engine_config(&cfg)?);
-    let report = engine.cycle(&shiftkey_sync::Stop::default()).await?;
+    let engine = shiftkey_sync::Engine::new(tc, sink.clone(), engine_config(&cfg)?);
+    let report = engine.cycle(&shiftkey_sync::Stop::default()).await;
+    sink.close().await;
+    let report = report?;
     println!(
         "read {}, inserted {}, updated {}, unchanged {}, feedback pushed {}",
         report.read, report.inserted, report.updated, report.unchanged, report.feedback_pushed
@@ -445,7 +447,7 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
             let _keepalive = tc.keepalive()?;
             let sink = Arc::new(shiftkey_shopfloor::SqlSink::connect(&cfg.sink_url()?).await?);
             let observer = Arc::clone(&ops);
-            let engine = shiftkey_sync::Engine::new(tc, sink, engine_config(&cfg)?)
+            let engine = shiftkey_sync::Engine::new(tc, sink.clone(), engine_config(&cfg)?)
                 .on_cycle(Arc::new(move |r| observer.cycle(r)));
             eprintln!(
                 "shiftkey: syncing {} every {} min; SIGTERM or Ctrl-C stops",
@@ -453,6 +455,7 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
                 cfg.schedule.interval_minutes
             );
             let cycles = engine.run(&stop, None).await;
+            sink.close().await;
             cycles.map(|n| eprintln!("shiftkey: stopped after {n} cycles"))
         }
         None => {
