@@ -708,13 +708,42 @@ async fn refresher<S: AuthStrategy>(inner: Arc<Inner>, strategy: S, mut planner:
         planner.on_start(now);
         let started_wall = inner.clock.wall();
         let timeout = inner.cfg.acquire_timeout;
-        let outcome = tokio::select! {
-            r = obtain(&inner, &strategy, &mut last, generation, now, started_wall, applied_cap, &planner) => r,
-            () = inner.clock.sleep(timeout) => Err(AuthError::transient(
-                TransientKind::Timeout,
-                format!("`{}` acquire took longer than {timeout:?}", strategy.name()),
-            )),
-            () = wait_stop(&inner) => break,
+        let outcome = {
+            let deadline = inner.clock.sleep(timeout);
+            tokio::pin!(deadline);
+            let attempt = obtain(
+                &inner,
+                &strategy,
+                &mut last,
+                generation,
+                now,
+                started_wall,
+                applied_cap,
+                &planner,
+            );
+            tokio::pin!(attempt);
+            let outcome = tokio::select! {
+                r = &mut attempt => Some(r),
+                () = &mut deadline => Some(Err(AuthError::transient(
+                    TransientKind::Timeout,
+                    format!("`{}` acquire took longer than {timeout:?}", strategy.name()),
+                ))),
+                () = wait_stop(&inner) => None,
+            };
+            if outcome.is_none() {
+                // A stop must not drop an attempt that may hold the store's lock with a rotated
+                // refresh token on its way: the server has consumed the old one, and a sibling
+                // would present it again (reuse detection then revokes the whole chain). Let it
+                // finish and save, within the same deadline, then stop.
+                tokio::select! {
+                    _ = &mut attempt => {}
+                    () = &mut deadline => {}
+                }
+            }
+            outcome
+        };
+        let Some(outcome) = outcome else {
+            break;
         };
         let end = inner.clock.now();
         match outcome {

@@ -507,6 +507,29 @@ mod shared_store {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_stop_during_a_refresh_lets_it_finish_and_save_the_rotated_token() {
+        // The server rotates when it answers; a process stopping mid-request must still save
+        // what it got, or a sibling presents the consumed refresh token again.
+        let store = MemoryStore::default();
+        let strategy = ScriptedStrategy::new(secs(H), secs(5));
+        let m = TokenManager::builder(strategy.clone())
+            .config(seeded())
+            .store(Arc::new(store.clone()))
+            .build()
+            .unwrap();
+        m.token().await.unwrap();
+        m.refresh_now();
+        sleep(secs(1)).await;
+        assert_eq!(strategy.calls(), 2, "the refresh is in flight");
+        m.shutdown().await;
+        assert_eq!(
+            store.load().await.unwrap().unwrap().generation,
+            2,
+            "the in-flight refresh finished and was saved before the stop"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn processes_sharing_a_store_refresh_once_per_rotation() {
         let store = Arc::new(MemoryStore::default());
         let strategy = ScriptedStrategy::new(secs(H), Duration::from_millis(200));

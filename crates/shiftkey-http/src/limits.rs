@@ -27,7 +27,7 @@ pub struct Death {
     pub idle: Duration,
 }
 
-/// What has been learned (or pinned): the auth core's [`ServerLimits`], which the
+/// What has been learned (or pinned): the auth core's [`ServerLimits`](shiftkey_auth::ServerLimits), which the
 /// `TokenManager` persists with the token.
 pub use shiftkey_auth::ServerLimits as LearnedLimits;
 

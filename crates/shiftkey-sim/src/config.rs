@@ -164,7 +164,7 @@ pub struct TcConfig {
     /// Site-defined (BMIDE) properties by type, e.g. `MEOPRevision = ["xx4_mes_feedback_key"]`.
     pub site_properties: BTreeMap<String, Vec<String>>,
     /// Whether the `withProperties` policy modifier also brings along referenced *BOM lines*
-    /// (it does for persistent objects [V]; for runtime lines it is not verified). Default true.
+    /// (it does for persistent objects \[V\]; for runtime lines it is not verified). Default true.
     pub follow_line_references: bool,
 }
 

@@ -544,7 +544,7 @@ impl Ctx<'_> {
 
     /// `Core-2011-06-Session/getTypeDescriptions`: a `TypeSchema` (`types`, `lovs`, `tools`), no
     /// ServiceData; unknown type names are ignored (documented for the 2015-10 variant, assumed
-    /// here) [V shape: S11 `metamodel/ModelType.hxx`, `PropertyDescriptor.hxx`].
+    /// here) \[V shape: S11 `metamodel/ModelType.hxx`, `PropertyDescriptor.hxx`\].
     fn type_descriptions(&self, input: &Value) -> Result<Value, Refusal> {
         let names = strings(input, "typeNames")?;
         let types: Vec<Value> = names

@@ -60,23 +60,23 @@ pub const SERVICE_DATA: &str = "http://teamcenter.com/Schemas/Soa/2006-03/Base.S
 
 // Error codes. [V] where TEAMCENTER-READS.md cites them; the others are the emulator's choice
 // (no public source names the real code) and no client may depend on them.
-/// The body does not match the operation's schema ("invalid syntax") [V code, I status].
+/// The body does not match the operation's schema ("invalid syntax") \[V code, I status\].
 pub const INVALID_SYNTAX: u32 = 214_086;
-/// `expandGRMRelationsForPrimary` without a relation filter [V].
+/// `expandGRMRelationsForPrimary` without a relation filter \[V\].
 pub const NO_RELATION_FILTER: u32 = 214_160;
-/// `setProperties`: the property does not exist [V code, on 2007-01].
+/// `setProperties`: the property does not exist \[V code, on 2007-01\].
 pub const SET_PROPERTY_MISSING: u32 = 214_121;
-/// An unknown UID, or a BOM line that is not live in this session [I].
+/// An unknown UID, or a BOM line that is not live in this session \[I\].
 pub const NO_SUCH_OBJECT: u32 = 515_024;
-/// A property the type does not have [I].
+/// A property the type does not have \[I\].
 pub const NO_SUCH_PROPERTY: u32 = 38_015;
-/// A type that does not exist [I].
+/// A type that does not exist \[I\].
 pub const NO_SUCH_TYPE: u32 = 38_016;
-/// A saved-query entry the query does not have [I].
+/// A saved-query entry the query does not have \[I\].
 pub const NO_SUCH_ENTRY: u32 = 216_501;
-/// A saved-query date value not in `dd-MMM-yyyy HH:mm` [I].
+/// A saved-query date value not in `dd-MMM-yyyy HH:mm` \[I\].
 pub const BAD_DATE: u32 = 216_502;
-/// An object that cannot be opened as a process or BOM window [I].
+/// An object that cannot be opened as a process or BOM window \[I\].
 pub const CANNOT_OPEN: u32 = 217_001;
 
 /// The XML a logout of a dead session returns, even on the JSON endpoint.

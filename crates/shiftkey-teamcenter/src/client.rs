@@ -138,7 +138,7 @@ impl TcClient {
 
     /// Whether windows live in a session this client owns (session mode), so that a new session
     /// means dead windows. Behind an OAuth gateway the server session is the gateway's and does
-    /// not change with the bearer token [I].
+    /// not change with the bearer token \[I\].
     pub(crate) fn windows_follow_token(&self) -> bool {
         self.prefix == "/tc/JsonRestServices"
     }

@@ -20,7 +20,7 @@ pub enum ChangeQuery {
         modified_after_entry: String,
     },
     /// `executeBusinessObjectQueries`, one input per type, with `property >= date`: needs no site
-    /// query and no locale-bound entry names. The date value format is not verified [I].
+    /// query and no locale-bound entry names. The date value format is not verified \[I\].
     BusinessObject {
         /// The date property (default `last_mod_date`).
         property: String,
@@ -47,7 +47,7 @@ pub enum WindowMode {
     Contexts,
     /// `Cad-2007-01-StructureManagement/createBOMWindows` with the named revision rule (checked
     /// against `getRevisionRules`; `None`: the default rule) → `closeBOMWindows`. That this yields
-    /// bill-of-process lines is not verified [I].
+    /// bill-of-process lines is not verified \[I\].
     BomWindows {
         /// The revision rule's `object_name`, e.g. `Latest Working`.
         revision_rule: Option<String>,
@@ -83,7 +83,7 @@ pub struct FieldMap {
     /// Operation line: allocated time (`Mfg0allocated_time`).
     pub allocated_time: String,
     /// Seconds per unit of the allocated time (default 1: seconds). The unit is a site
-    /// preference and not verified [I].
+    /// preference and not verified \[I\].
     pub allocated_time_unit_s: f64,
     /// Operation line: the work area line (`Mfg0assigned_workarea`).
     pub work_area: String,
