@@ -153,6 +153,22 @@ impl SqlSink {
         Ok(Self { pool })
     }
 
+    /// A time column of the `sync_state` row (`watermark_ms`, `reconciled_ms`).
+    async fn state_time(&self, column: &'static str) -> Result<Option<SystemTime>, SinkError> {
+        let what = format!("read sync_state.{column}");
+        let row = sqlx::query(&format!("SELECT {column} FROM sync_state WHERE id = 1"))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err(what.clone()))?;
+        Ok(match row {
+            Some(r) => r
+                .try_get::<Option<i64>, _>(column)
+                .map_err(err(what))?
+                .map(from_millis),
+            None => None,
+        })
+    }
+
     /// Closes the pool: waits for connections in use to come back, then closes them all. Call it
     /// before the runtime shuts down, so no connection is returned to a pool whose tasks are gone.
     pub async fn close(&self) {
@@ -426,17 +442,7 @@ impl Sink for SqlSink {
     }
 
     async fn reconciled(&self) -> Result<Option<SystemTime>, SinkError> {
-        let row = sqlx::query("SELECT reconciled_ms FROM sync_state WHERE id = 1")
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(err("read the last full read"))?;
-        Ok(match row {
-            Some(r) => r
-                .try_get::<Option<i64>, _>("reconciled_ms")
-                .map_err(err("read the last full read"))?
-                .map(from_millis),
-            None => None,
-        })
+        self.state_time("reconciled_ms").await
     }
 
     async fn mark_reconciled(&self, at: SystemTime) -> Result<(), SinkError> {
@@ -449,17 +455,7 @@ impl Sink for SqlSink {
     }
 
     async fn watermark(&self) -> Result<Option<SystemTime>, SinkError> {
-        let row = sqlx::query("SELECT watermark_ms FROM sync_state WHERE id = 1")
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(err("read watermark"))?;
-        Ok(match row {
-            Some(r) => r
-                .try_get::<Option<i64>, _>("watermark_ms")
-                .map_err(err("read watermark"))?
-                .map(from_millis),
-            None => None,
-        })
+        self.state_time("watermark_ms").await
     }
 
     async fn pending_feedback(&self, limit: i64) -> Result<Vec<Feedback>, SinkError> {

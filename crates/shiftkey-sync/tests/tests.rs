@@ -103,6 +103,18 @@ async fn after_every_cycle_the_sink_equals_the_source() {
     assert!(sink.watermark().await.unwrap().is_some());
 }
 
+/// The site-defined (BMIDE) properties [`feedback_config`] writes.
+fn with_feedback_properties(cfg: &mut SimConfig) {
+    cfg.tc.site_properties.insert(
+        "MEOPRevision".into(),
+        vec![
+            "xx4_mes_feedback_key".into(),
+            "xx4_completed_count".into(),
+            "xx4_deviation".into(),
+        ],
+    );
+}
+
 fn feedback_config() -> FeedbackConfig {
     let mut fb = FeedbackConfig::new("xx4_mes_feedback_key");
     fb.completed_count = Some("xx4_completed_count".into());
@@ -114,14 +126,7 @@ fn feedback_config() -> FeedbackConfig {
 async fn feedback_reaches_teamcenter_exactly_once_even_after_an_interrupted_push() {
     let clock = clock();
     let mut cfg = quiet();
-    cfg.tc.site_properties.insert(
-        "MEOPRevision".into(),
-        vec![
-            "xx4_mes_feedback_key".into(),
-            "xx4_completed_count".into(),
-            "xx4_deviation".into(),
-        ],
-    );
+    with_feedback_properties(&mut cfg);
     let sim = sim(cfg, &clock).await;
     let sink = sqlite("feedback").await;
     let client = tc(&sim, "mfg_sync_pw");
@@ -294,14 +299,7 @@ async fn structure_edits_that_leave_the_plan_date_are_caught_by_the_reconcile() 
 async fn a_feedback_row_teamcenter_refuses_stays_and_does_not_block_the_others() {
     let clock = clock();
     let mut cfg = quiet();
-    cfg.tc.site_properties.insert(
-        "MEOPRevision".into(),
-        vec![
-            "xx4_mes_feedback_key".into(),
-            "xx4_completed_count".into(),
-            "xx4_deviation".into(),
-        ],
-    );
+    with_feedback_properties(&mut cfg);
     let sim = sim(cfg, &clock).await;
     let sink = sqlite("feedback-refused").await;
     let engine = Engine::new(
