@@ -898,6 +898,8 @@ fn prepare(
     token.issued_at = sent;
     token.issued_at_wall = sent_wall;
     token.generation = generation;
+    // A strategy may set any lifetime (the field is public): schedule by a sane one.
+    token.lifetime = crate::clamp_lifetime(token.lifetime);
     apply_cap(&mut token, cap);
     token
 }

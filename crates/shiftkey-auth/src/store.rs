@@ -123,8 +123,9 @@ impl StoredToken {
     /// Time left before `expires`, at wall time `now_wall` (zero if past).
     #[must_use]
     pub fn remaining(&self, now_wall: SystemTime) -> Duration {
-        (self.issued_at + self.lifetime)
-            .duration_since(now_wall)
+        self.issued_at
+            .checked_add(crate::clamp_lifetime(self.lifetime))
+            .and_then(|end| end.duration_since(now_wall).ok())
             .unwrap_or(Duration::ZERO)
     }
 }

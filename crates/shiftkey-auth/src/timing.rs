@@ -248,10 +248,11 @@ pub fn schedule(
         0.0
     };
     let jitter = m.soft.mul_f64(cfg.jitter_fraction * draw);
-    let expires_at = issued_at + lifetime;
+    let after = |d: Duration| crate::token::instant_after(issued_at, d);
+    let expires_at = after(lifetime);
     Schedule {
-        refresh_at: issued_at + lifetime.saturating_sub(m.soft + jitter),
-        hard_at: issued_at + lifetime.saturating_sub(m.hard),
+        refresh_at: after(lifetime.saturating_sub(m.soft.saturating_add(jitter))),
+        hard_at: after(lifetime.saturating_sub(m.hard)),
         expires_at,
         margins: m,
     }
@@ -268,15 +269,15 @@ pub fn backoff_delay(
     draw: f64,
     retry_after: Option<Duration>,
 ) -> Duration {
-    let exponent = failures.saturating_sub(1).min(64);
-    let ceiling = cfg.backoff_base.as_secs_f64() * cfg.backoff_factor.powi(exponent as i32);
-    let ceiling = ceiling.min(cfg.backoff_cap.as_secs_f64());
-    let draw = if draw.is_finite() {
-        draw.clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
-    let backoff = Duration::from_secs_f64(ceiling * draw).min(cfg.backoff_cap);
+    // The workspace's one backoff (shiftkey-policy), with this config's numbers.
+    let backoff = shiftkey_policy::Backoff {
+        base: cfg.backoff_base,
+        factor: cfg.backoff_factor,
+        cap: cfg.backoff_cap,
+        max_attempts: u32::MAX,
+        jitter: shiftkey_policy::Jitter::Full,
+    }
+    .delay(failures, Duration::ZERO, draw);
     match retry_after {
         Some(ra) => backoff.max(ra.min(cfg.retry_after_max)),
         None => backoff,

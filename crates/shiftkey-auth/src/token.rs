@@ -50,6 +50,37 @@ impl From<String> for Secret {
     }
 }
 
+/// The shortest lifetime a token is given: a server answering `expires_in: 0.2` still gets one
+/// second, so a schedule never divides by zero.
+pub const MIN_LIFETIME: Duration = Duration::from_secs(1);
+
+/// The longest lifetime a token is given (one year): a server answering `expires_in` of 2^63
+/// seconds gets a year, so no instant ever overflows.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
+
+/// `lifetime` clamped to [[`MIN_LIFETIME`], [`MAX_LIFETIME`]]: what every token is scheduled by.
+///
+/// # Example
+/// ```
+/// use std::time::Duration;
+/// use shiftkey_auth::{MAX_LIFETIME, clamp_lifetime};
+///
+/// assert_eq!(clamp_lifetime(Duration::from_secs(3599)), Duration::from_secs(3599));
+/// assert_eq!(clamp_lifetime(Duration::MAX), MAX_LIFETIME);
+/// assert_eq!(clamp_lifetime(Duration::ZERO), Duration::from_secs(1));
+/// ```
+#[must_use]
+pub fn clamp_lifetime(lifetime: Duration) -> Duration {
+    lifetime.clamp(MIN_LIFETIME, MAX_LIFETIME)
+}
+
+/// `at + after`, saturating at a year past `at` instead of overflowing (never a panic).
+pub(crate) fn instant_after(at: tokio::time::Instant, after: Duration) -> tokio::time::Instant {
+    at.checked_add(after.min(MAX_LIFETIME))
+        .or_else(|| at.checked_add(MIN_LIFETIME))
+        .unwrap_or(at)
+}
+
 /// Where a token's lifetime came from, in the order of DESIGN §3.1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -94,7 +125,8 @@ pub struct TokenSet {
 }
 
 impl TokenSet {
-    /// A token with the given access value and lifetime, issued at `issued_at`.
+    /// A token with the given access value and lifetime (clamped by [`clamp_lifetime`]), issued
+    /// at `issued_at`.
     pub fn new(
         access_token: impl Into<Secret>,
         lifetime: Duration,
@@ -107,7 +139,7 @@ impl TokenSet {
             token_type: "Bearer".to_owned(),
             issued_at,
             issued_at_wall,
-            lifetime,
+            lifetime: clamp_lifetime(lifetime),
             lifetime_source: LifetimeSource::ExpiresIn,
             scope: None,
             generation: 0,
@@ -118,7 +150,7 @@ impl TokenSet {
     /// Monotonic instant at which the server will consider the token expired.
     #[must_use]
     pub fn expires_at(&self) -> tokio::time::Instant {
-        self.issued_at + self.lifetime
+        instant_after(self.issued_at, self.lifetime)
     }
 
     /// Age of the token at `now`.

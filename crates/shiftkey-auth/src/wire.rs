@@ -14,19 +14,126 @@ struct OAuthErrorBody {
     error_description: Option<String>,
 }
 
-/// Reads `Retry-After` as delta seconds or an HTTP date (against the response's `Date` when present).
+/// The connect deadline of [`credential_client`] (10 s).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The per-request deadline of [`credential_client`] (60 s).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A reqwest client builder for token, login and revocation endpoints: no redirects followed (a
+/// redirect answer becomes an error instead of the credentials re-sent elsewhere), a 10 s connect
+/// deadline and a 60 s deadline per request. Add your TLS and proxy settings, then `build()`.
+///
+/// # Example
+/// ```
+/// let http = shiftkey_auth::credential_client().build()?;
+/// # Ok::<(), reqwest::Error>(())
+/// ```
+#[must_use]
+pub fn credential_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+}
+
+/// The largest token or login answer read (1 MiB): a real one is a few kilobytes.
+pub(crate) const MAX_ANSWER: usize = 1024 * 1024;
+
+/// The longest `Retry-After` honoured from a token or login endpoint.
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
+
+/// Reads `Retry-After` with the workspace's one parser ([`shiftkey_policy::parse_retry_after`]):
+/// delta seconds or an HTTP date (against the response's `Date` when present), clamped to 1 h.
 pub(crate) fn retry_after(headers: &HeaderMap, now_wall: SystemTime) -> Option<Duration> {
-    let value = headers
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
+    shiftkey_policy::parse_retry_after(value, server_date(headers), now_wall, RETRY_AFTER_MAX)
+}
+
+/// Reads a response body up to `limit` bytes: the bytes, and whether there was more (then the
+/// rest is not read and the connection is dropped).
+pub(crate) async fn read_bounded(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Ok((Vec::new(), true));
+        }
+        body.extend_from_slice(&chunk);
     }
-    let at = httpdate::parse_http_date(value).ok()?;
-    let reference = server_date(headers).unwrap_or(now_wall);
-    Some(at.duration_since(reference).unwrap_or(Duration::ZERO))
+    Ok((body, false))
+}
+
+/// An endpoint as errors and logs name it: scheme, host, port and path, never the query.
+pub(crate) fn endpoint(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    shown.set_query(None);
+    shown.set_fragment(None);
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.to_string()
+}
+
+/// Whether `url` may carry credentials: `https`, or `http` to a loopback address (a process on
+/// this machine), or any `http` when the operator allowed it (`allow_insecure_http`, a lab switch).
+///
+/// # Errors
+/// A permanent configuration error naming `what` and the URL.
+pub(crate) fn check_secure(url: &url::Url, allow_insecure: bool, what: &str) -> Result<(), AuthError> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if allow_insecure || is_loopback(url) => Ok(()),
+        scheme => Err(AuthError::permanent(
+            PermanentKind::Configuration,
+            format!(
+                "{what} {} would send credentials over `{scheme}`: use https (or, in a lab only, \
+                 set `allow_insecure_http = true`)",
+                endpoint(url)
+            ),
+        )),
+    }
+}
+
+/// Whether `url`'s host is a loopback address or `localhost` (where `http://` may carry
+/// credentials: nothing leaves the machine).
+///
+/// # Example
+/// ```
+/// use shiftkey_auth::is_loopback;
+///
+/// assert!(is_loopback(&"http://127.0.0.1:8080/token".parse()?));
+/// assert!(is_loopback(&"http://[::1]/token".parse()?));
+/// assert!(!is_loopback(&"http://idp.plant.local/token".parse()?));
+/// # Ok::<(), url::ParseError>(())
+/// ```
+#[must_use]
+pub fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// A token or login endpoint answered with a redirect: credentials never follow one.
+pub(crate) fn redirected(status: StatusCode, headers: &HeaderMap, from: &url::Url) -> AuthError {
+    let to = headers
+        .get(http::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|l| from.join(l).ok())
+        .map_or_else(|| "an unnamed location".to_owned(), |u| endpoint(&u));
+    AuthError::permanent(
+        PermanentKind::Configuration,
+        format!(
+            "{} answered HTTP {} redirecting to {to}; credentials are never re-sent to a \
+             redirect target: configure the final URL",
+            endpoint(from),
+            status.as_u16()
+        ),
+    )
 }
 
 /// The response's `Date` header.
@@ -134,21 +241,66 @@ pub(crate) fn transport_error(err: reqwest::Error) -> AuthError {
     AuthError::transient(kind, err.without_url().to_string())
 }
 
+/// Seconds as a server sends them (already a finite number) as a duration: `None` when not
+/// positive, saturating when beyond what a `Duration` holds (the caller clamps).
+pub(crate) fn seconds(v: f64) -> Option<Duration> {
+    (v.is_finite() && v > 0.0).then(|| Duration::try_from_secs_f64(v).unwrap_or(Duration::MAX))
+}
+
+/// A lifetime field of a JSON answer (`field` names it in the warning): a number or a numeric
+/// string, as a finite number of seconds. `null` and absence are `None`; anything else is `None`
+/// with a warning (the lifetime then comes from the JWT or the configured default).
+pub(crate) fn json_seconds(value: &serde_json::Value, field: &str) -> Option<f64> {
+    use serde_json::Value;
+    let parsed = match value {
+        Value::Null => return None,
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    let parsed = parsed.filter(|v| v.is_finite());
+    if parsed.is_none() {
+        tracing::warn!(
+            field,
+            "the answer's lifetime field is not a number of seconds; ignoring it"
+        );
+    }
+    parsed
+}
+
 /// The lifetime of a new token, in the order of DESIGN §3.1: `expires_in`, then the JWT's
-/// `exp - iat`, then the configured default.
+/// `exp - iat`, then the configured default (with a warning naming the assumption). Whatever the
+/// source, the result is clamped to [1 s, 1 year] ([`crate::clamp_lifetime`]).
 pub(crate) fn lifetime(
     expires_in: Option<Duration>,
     access_token: &str,
     default: Duration,
     now_wall: SystemTime,
 ) -> (Duration, LifetimeSource) {
+    let clamp = |d: Duration, source: &'static str| {
+        let c = crate::clamp_lifetime(d);
+        if c != d {
+            tracing::warn!(
+                source,
+                claimed_s = d.as_secs_f64(),
+                used_s = c.as_secs_f64(),
+                "the token's lifetime is outside [1 s, 1 year]; clamped"
+            );
+        }
+        c
+    };
     if let Some(d) = expires_in.filter(|d| !d.is_zero()) {
-        return (d, LifetimeSource::ExpiresIn);
+        return (clamp(d, "expires_in"), LifetimeSource::ExpiresIn);
     }
     if let Some(d) = crate::jwt::jwt_lifetime(access_token, now_wall) {
-        return (d, LifetimeSource::JwtClaims);
+        return (clamp(d, "jwt exp"), LifetimeSource::JwtClaims);
     }
-    (default, LifetimeSource::Default)
+    tracing::warn!(
+        assumed_s = default.as_secs_f64(),
+        "the server sent no usable `expires_in` and the access token is not a JWT with `exp`: \
+         assuming the configured `default_lifetime`"
+    );
+    (clamp(default, "default_lifetime"), LifetimeSource::Default)
 }
 
 #[cfg(test)]
@@ -275,6 +427,17 @@ mod tests {
             lifetime(None, "opaque", d, now),
             (d, LifetimeSource::Default)
         );
+        // 2^63 seconds and more: a year, never an overflow further on.
+        assert_eq!(
+            lifetime(seconds(9.3e18), "x", d, now),
+            (crate::MAX_LIFETIME, LifetimeSource::ExpiresIn)
+        );
+        assert_eq!(
+            lifetime(seconds(0.25), "x", d, now),
+            (Duration::from_secs(1), LifetimeSource::ExpiresIn)
+        );
+        assert_eq!(seconds(-5.0), None);
+        assert_eq!(seconds(f64::NAN), None);
         // {"exp":120,"iat":20}
         let jwt = "e30.eyJleHAiOjEyMCwiaWF0IjoyMH0.s";
         assert_eq!(

@@ -5,3 +5,4 @@
 mod bearer;
 mod manager;
 mod timing_props;
+mod wire;

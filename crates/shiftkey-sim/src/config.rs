@@ -134,6 +134,12 @@ pub struct FaultConfig {
     /// Probability that the connection drops mid-answer: headers and part of the body are sent,
     /// then the connection closes (the client sees a body error, not a status).
     pub drop_probability: f64,
+    /// Probability that a request hangs: it is read, then never answered, until the client gives
+    /// up and drops the connection or the emulator stops (then HTTP 503). A hung request changes
+    /// nothing and is counted in `Stats::hung`. Drawn last, after `drop_probability`, for SOA
+    /// requests (session and gateway) and the token endpoint; `Sim::hang_next` hangs chosen
+    /// requests instead. Default 0.
+    pub hang_probability: f64,
 }
 
 impl Default for FaultConfig {
@@ -147,6 +153,7 @@ impl Default for FaultConfig {
             latency_ms: 0,
             date_skew_secs: 0,
             drop_probability: 0.0,
+            hang_probability: 0.0,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! - [`Dataset`]: a deterministic manufacturing data set with Teamcenter's names, and a change stream.
 //! - [`ScaledClock`]: simulated time `scale` times faster than real time, shared with the client.
 //! - [`Stats`]: what happened (logins, grants, kills by cause, exceptions, requests by operation).
+//! - [`HangTarget`]: which requests [`Sim::hang_next`] holds without an answer.
 //!
 //! # Example
 //! ```
@@ -51,7 +52,7 @@ pub use data::{
     DataConfig, Dataset, NULL_UID, Object, Occurrence, OperationTruth, WORK_INSTRUCTION,
     parse_tc_date, tc_date,
 };
-pub use server::Stats;
+pub use server::{HangTarget, Stats};
 use shiftkey_auth::Clock;
 
 /// A running emulator. Stops when dropped.
@@ -109,6 +110,15 @@ impl Sim {
         self.inner.restart();
     }
 
+    /// The next `requests` requests to `target` hang: each is read in full and never answered,
+    /// until the client gives up and drops the connection or the emulator stops (then it gets
+    /// HTTP 503). A hung request changes nothing (no login, no grant or rotation, no write) and
+    /// is counted in [`Stats::hung`]. Replaces what was still pending for `target`; 0 cancels.
+    /// See [`HangTarget`] for which operations each target covers.
+    pub fn hang_next(&self, target: HangTarget, requests: u32) {
+        self.inner.hang_next(target, requests);
+    }
+
     /// Runs `f` on the data set (the truth a sync is compared with), after applying the changes
     /// due by now.
     pub fn with_data<R>(&self, f: impl FnOnce(&mut Dataset) -> R) -> R {
@@ -144,6 +154,8 @@ impl Sim {
 
 impl Drop for Sim {
     fn drop(&mut self) {
+        // Hung requests end first: connections finish their request in flight after the abort.
+        self.inner.shutdown();
         self.task.abort();
     }
 }

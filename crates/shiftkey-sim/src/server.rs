@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -55,6 +56,62 @@ pub struct Stats {
     /// Requests that named a runtime line or window not live in the caller's session (a client
     /// reusing stale `SR::…` UIDs).
     pub stale_lines: u64,
+    /// Requests held without an answer ([`Sim::hang_next`](crate::Sim::hang_next) or
+    /// `faults.hang_probability`). A hung request is still counted in `requests`, but in nothing
+    /// else: it logs no one in, grants and rotates no token, writes nothing.
+    pub hung: u64,
+}
+
+/// Which requests [`Sim::hang_next`](crate::Sim::hang_next) holds without an answer.
+///
+/// A hung request is read in full and then never answered, until the client gives up and drops
+/// the connection or the emulator stops (then it gets HTTP 503). The SOA operations are classified
+/// by name, the same on the session path (`/tc/JsonRestServices/...`) and behind the OAuth gateway
+/// (`/tc/RestServices/...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HangTarget {
+    /// The OAuth token endpoint `POST /oauth/token`, every grant type. The gateway has no login
+    /// operation of its own: its bearer token comes from here.
+    Token,
+    /// Teamcenter login: the operation `login` of any `…-Session` service, i.e.
+    /// `Core-2006-03-Session/login` and `Core-2011-06-Session/login` (the one the emulator
+    /// answers and the session client sends).
+    Login,
+    /// Teamcenter reads: every other SOA operation that is neither a login nor a feedback write —
+    /// saved queries, `loadObjects`, `getProperties`, `getTypeDescriptions`, revision rules,
+    /// `openContexts`/`closeContexts`, `createBOMWindows`/`closeBOMWindows`, `expandPSOneLevel`,
+    /// `expandGRMRelationsForPrimary`, `getTCSessionInfo`, `logout`, and operations the emulator
+    /// does not have.
+    Reads,
+    /// Feedback writes: the operation `setProperties` of any `…-DataManagement` service, i.e.
+    /// `Core-2010-09-DataManagement/setProperties` — the write the sync's feedback sends and the
+    /// only write the emulator has. (The feedback path's reads, such as the `getProperties` of
+    /// the idempotency key, are [`HangTarget::Reads`].)
+    Feedback,
+}
+
+impl HangTarget {
+    /// The target of the SOA operation `service/operation`.
+    fn of_operation(service: &str, operation: &str) -> Self {
+        if service.ends_with("-Session") && operation == "login" {
+            Self::Login
+        } else if service.ends_with("-DataManagement") && operation == "setProperties" {
+            Self::Feedback
+        } else {
+            Self::Reads
+        }
+    }
+
+    /// The target's slot in [`Inner`]'s pending-hang counters.
+    fn slot(self) -> usize {
+        match self {
+            Self::Token => 0,
+            Self::Login => 1,
+            Self::Reads => 2,
+            Self::Feedback => 3,
+        }
+    }
 }
 
 fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
@@ -113,6 +170,10 @@ pub(crate) struct Inner {
     restarts: Mutex<Vec<Instant>>,
     token_counter: Mutex<u64>,
     pub(crate) changes_paused: std::sync::atomic::AtomicBool,
+    /// Requests still to hang, by [`HangTarget::slot`].
+    hangs: [AtomicU32; 4],
+    /// Becomes `true` when the emulator stops: hung requests then end.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -155,7 +216,26 @@ impl Inner {
             restarts: Mutex::new(restarts),
             token_counter: Mutex::new(0),
             changes_paused: std::sync::atomic::AtomicBool::new(false),
+            hangs: Default::default(),
+            stopping: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// The next `requests` requests to `target` hang (replacing what was still pending; 0 cancels).
+    pub(crate) fn hang_next(&self, target: HangTarget, requests: u32) {
+        self.hangs[target.slot()].store(requests, Ordering::Release);
+    }
+
+    /// Whether this request to `target` is one to hang (and counts it off).
+    fn take_hang(&self, target: HangTarget) -> bool {
+        self.hangs[target.slot()]
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// The emulator stops: hung requests end (with HTTP 503), and later ones do not hang.
+    pub(crate) fn shutdown(&self) {
+        self.stopping.send_replace(true);
     }
 
     /// Restarts the server now: every session and gateway access token dies.
@@ -348,7 +428,19 @@ async fn date_header(
     res
 }
 
-/// Latency, 429s and 503 bursts, drawn in request order.
+/// Holds a request without an answer until the emulator stops, then answers 503. If the client
+/// gives up first, hyper drops the connection and this future with it. Counted in `hung`; does
+/// nothing else.
+async fn hang(s: &Inner) -> Response {
+    lock(&s.stats).hung += 1;
+    let mut stopping = s.stopping.subscribe();
+    // Sees a stop that happened before the subscription too; an error (the sender gone) cannot
+    // happen while `s` lives, and would end the hang as well.
+    let _ = stopping.wait_for(|stopped| *stopped).await;
+    (StatusCode::SERVICE_UNAVAILABLE, "emulator stopped").into_response()
+}
+
+/// Latency, 429s, 503 bursts, dropped connections and hangs, drawn in request order.
 async fn inject_faults(s: &Inner) -> Option<Response> {
     let f = &s.cfg.faults;
     if f.latency_ms > 0 {
@@ -370,10 +462,16 @@ async fn inject_faults(s: &Inner) -> Option<Response> {
             Some("rate_limited")
         } else if f.drop_probability > 0.0 && st.rng.gen_bool(f.drop_probability.clamp(0.0, 1.0)) {
             Some("dropped")
+        } else if f.hang_probability > 0.0 && st.rng.gen_bool(f.hang_probability.clamp(0.0, 1.0)) {
+            Some("hung")
         } else {
             None
         }
     }?;
+    if verdict == "hung" {
+        // Counted in `hung`, not in `faults`.
+        return Some(hang(s).await);
+    }
     bump(&mut lock(&s.stats).faults, verdict);
     Some(match verdict {
         "rate_limited" => (
@@ -417,6 +515,9 @@ async fn soa(
 ) -> Response {
     let op = format!("{service}/{operation}");
     bump(&mut lock(&s.stats).requests, &op);
+    if s.take_hang(HangTarget::of_operation(&service, &operation)) {
+        return hang(&s).await;
+    }
     if let Some(r) = inject_faults(&s).await {
         return r;
     }
@@ -596,6 +697,9 @@ async fn gateway(
 ) -> Response {
     let op = format!("{service}/{operation}");
     bump(&mut lock(&s.stats).requests, &format!("gateway:{op}"));
+    if s.take_hang(HangTarget::of_operation(&service, &operation)) {
+        return hang(&s).await;
+    }
     if let Some(r) = inject_faults(&s).await {
         return r;
     }
@@ -663,6 +767,9 @@ fn oauth_error(s: &Inner, status: StatusCode, error: &str) -> Response {
 
 async fn token(State(s): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
     bump(&mut lock(&s.stats).requests, "oauth/token");
+    if s.take_hang(HangTarget::Token) {
+        return hang(&s).await;
+    }
     if let Some(r) = inject_faults(&s).await {
         return r;
     }
@@ -794,7 +901,9 @@ fn percent_decode(s: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Binds `addr` and serves until the task is dropped.
+/// Binds `addr` and serves until the task is dropped. Stopping should call [`Inner::shutdown`]
+/// too: a dropped serve task lets each connection finish its request in flight, and a hung one
+/// finishes only then.
 pub(crate) async fn serve(
     state: Arc<Inner>,
     addr: SocketAddr,

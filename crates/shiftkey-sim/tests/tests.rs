@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use shiftkey_auth::TokioClock;
-use shiftkey_sim::{Sim, SimConfig};
+use shiftkey_sim::{HangTarget, Sim, SimConfig};
 use tokio::time::sleep;
 
 const H: u64 = 3600;
@@ -749,4 +749,217 @@ async fn stats_are_served_as_json_with_grants_by_client() {
         .unwrap();
     assert_eq!(v["grants_by_client"]["shiftkey"], 1, "{v}");
     assert_eq!(v["grants"]["client_credentials"], 1, "{v}");
+}
+
+/// How long a client waits for a request the emulator hangs: it gives up (a timeout) after this.
+const GIVE_UP: Duration = Duration::from_millis(300);
+/// How long a client waits for a request the emulator answers: generous for a busy machine.
+const PATIENT: Duration = Duration::from_secs(10);
+
+/// A `client_credentials` grant the client gives up on after `wait`.
+async fn token_request(s: &Sim, wait: Duration) -> reqwest::Result<reqwest::Response> {
+    reqwest::Client::new()
+        .post(format!("{}/oauth/token", s.url()))
+        .basic_auth("shiftkey", Some("shiftkey-secret"))
+        .form(&[("grant_type", "client_credentials")])
+        .timeout(wait)
+        .send()
+        .await
+}
+
+/// A SOA call (with the session `cookie`, if any) the client gives up on after `wait`.
+async fn soa_request(
+    http: &reqwest::Client,
+    s: &Sim,
+    cookie: Option<&str>,
+    op: &str,
+    body: Value,
+    wait: Duration,
+) -> reqwest::Result<reqwest::Response> {
+    let mut req = http
+        .post(format!("{}/tc/JsonRestServices/{op}", s.url()))
+        .body(json!({"header": {"state": {}, "policy": {}}, "body": body}).to_string())
+        .timeout(wait);
+    if let Some(c) = cookie {
+        req = req.header("cookie", format!("JSESSIONID={c}"));
+    }
+    req.send().await
+}
+
+const GET_SAVED_QUERIES: &str = "Query-2006-03-SavedQuery/getSavedQueries";
+const SET_PROPERTIES: &str = "Core-2010-09-DataManagement/setProperties";
+
+fn credentials() -> Value {
+    json!({"credentials": {"user": "mfg_sync", "password": "mfg_sync_pw", "group": "", "role": "", "locale": "en_US", "descrimator": "t"}})
+}
+
+// Real time: the client's give-up timer must not jump ahead of the server under paused time.
+
+#[tokio::test]
+async fn a_hung_token_request_is_never_answered_and_grants_nothing() {
+    let s = Sim::start(quiet(), Arc::new(TokioClock::new()))
+        .await
+        .unwrap();
+    s.hang_next(HangTarget::Token, 1);
+    let err = token_request(&s, GIVE_UP).await.expect_err("hung");
+    assert!(err.is_timeout(), "the client gave up: {err:?}");
+    let resp = token_request(&s, PATIENT).await.unwrap();
+    assert_eq!(resp.status(), 200, "only the next request hangs");
+    let v: Value = resp.json().await.unwrap();
+    assert!(v["access_token"].is_string(), "{v}");
+    let st = s.stats();
+    assert_eq!(st.hung, 1);
+    assert_eq!(st.requests.get("oauth/token"), Some(&2));
+    assert_eq!(
+        st.grants.get("client_credentials"),
+        Some(&1),
+        "the hung request granted nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_hung_read_is_never_answered_and_the_next_one_is() {
+    let s = Sim::start(quiet(), Arc::new(TokioClock::new()))
+        .await
+        .unwrap();
+    let mut c = Client::new(&s);
+    // A pending read hang is not a login hang.
+    s.hang_next(HangTarget::Reads, 1);
+    let (status, _) = c.login("mfg_sync", "mfg_sync_pw").await;
+    assert_eq!(status, 200);
+    let cookie = c.cookie.clone().unwrap();
+    let http = reqwest::Client::new();
+    let err = soa_request(
+        &http,
+        &s,
+        Some(&cookie),
+        GET_SAVED_QUERIES,
+        json!({}),
+        GIVE_UP,
+    )
+    .await
+    .expect_err("hung");
+    assert!(err.is_timeout(), "the client gave up: {err:?}");
+    let resp = soa_request(
+        &http,
+        &s,
+        Some(&cookie),
+        GET_SAVED_QUERIES,
+        json!({}),
+        PATIENT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["queries"].as_array().map(Vec::len), Some(3), "{v}");
+    let st = s.stats();
+    assert_eq!(st.hung, 1);
+    assert_eq!(st.requests.get(GET_SAVED_QUERIES), Some(&2));
+    assert_eq!(st.logins, 1);
+}
+
+#[tokio::test]
+async fn a_hung_login_logs_no_one_in() {
+    let s = Sim::start(quiet(), Arc::new(TokioClock::new()))
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let login = "Core-2011-06-Session/login";
+    s.hang_next(HangTarget::Login, 1);
+    let err = soa_request(&http, &s, None, login, credentials(), GIVE_UP)
+        .await
+        .expect_err("hung");
+    assert!(err.is_timeout(), "the client gave up: {err:?}");
+    assert_eq!((s.stats().hung, s.stats().logins), (1, 0));
+    let resp = soa_request(&http, &s, None, login, credentials(), PATIENT)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("set-cookie").is_some());
+    assert_eq!((s.stats().hung, s.stats().logins), (1, 1));
+}
+
+#[tokio::test]
+async fn a_hung_feedback_write_writes_nothing() {
+    let mut cfg = quiet();
+    cfg.tc.site_properties.insert(
+        "MEOPRevision".to_owned(),
+        vec!["xx4_mes_feedback_key".to_owned()],
+    );
+    let s = Sim::start(cfg, Arc::new(TokioClock::new())).await.unwrap();
+    let op = s.with_data(|d| {
+        d.objects()
+            .values()
+            .find(|o| o.type_name == "MEOPRevision")
+            .map(|o| o.uid.clone())
+            .unwrap()
+    });
+    let key = |s: &Sim| {
+        s.with_data(|d| {
+            d.get(&op)
+                .and_then(|o| o.get("xx4_mes_feedback_key"))
+                .map(str::to_owned)
+        })
+    };
+    let mut c = Client::new(&s);
+    c.login("mfg_sync", "mfg_sync_pw").await;
+    let cookie = c.cookie.clone().unwrap();
+    let write = json!({"info": [{"object": {"uid": op, "type": "MEOPRevision"}, "timestamp": "",
+        "vecNameVal": [{"name": "xx4_mes_feedback_key", "values": ["k1"]}]}], "options": []});
+    let http = reqwest::Client::new();
+    s.hang_next(HangTarget::Feedback, 1);
+    let err = soa_request(
+        &http,
+        &s,
+        Some(&cookie),
+        SET_PROPERTIES,
+        write.clone(),
+        GIVE_UP,
+    )
+    .await
+    .expect_err("hung");
+    assert!(err.is_timeout(), "the client gave up: {err:?}");
+    assert_eq!(key(&s), None, "the hung write wrote nothing");
+    let resp = soa_request(&http, &s, Some(&cookie), SET_PROPERTIES, write, PATIENT)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["ServiceData"]["updated"][0], op.as_str(), "{v}");
+    assert_eq!(key(&s).as_deref(), Some("k1"));
+    assert_eq!(s.stats().hung, 1);
+}
+
+#[tokio::test]
+async fn a_hung_request_ends_with_503_when_the_emulator_stops() {
+    let mut cfg = quiet();
+    cfg.faults.hang_probability = 1.0;
+    let s = Sim::start(cfg, Arc::new(TokioClock::new())).await.unwrap();
+    let url = format!("{}/oauth/token", s.url());
+    let pending = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .basic_auth("shiftkey", Some("shiftkey-secret"))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    for _ in 0..1000 {
+        if s.stats().hung > 0 {
+            break;
+        }
+        sleep(Duration::from_millis(10)).await;
+    }
+    let st = s.stats();
+    assert_eq!(st.hung, 1, "held by hang_probability");
+    assert!(st.grants.is_empty() && st.faults.is_empty(), "{st:?}");
+    drop(s);
+    let status = tokio::time::timeout(PATIENT, pending)
+        .await
+        .expect("the hang ends when the emulator stops")
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 503);
 }

@@ -38,6 +38,9 @@ pub struct BearerLoginConfig {
     pub lifetime_pointer: Option<String>,
     /// Lifetime assumed when the server says nothing (default 1 h).
     pub default_lifetime: Duration,
+    /// Allow an `http://` login URL that is not a loopback address (default false). A lab
+    /// switch: the credentials then cross the network in clear text.
+    pub allow_insecure_http: bool,
 }
 
 impl BearerLoginConfig {
@@ -50,10 +53,15 @@ impl BearerLoginConfig {
             token_pointer: "/access_token".to_owned(),
             lifetime_pointer: Some("/expires_in".to_owned()),
             default_lifetime: Duration::from_secs(3600),
+            allow_insecure_http: false,
         }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Err(e) = wire::check_secure(&self.login_url, self.allow_insecure_http, "the login URL")
+        {
+            return Err(ConfigError::new("login_url", e.to_string()));
+        }
         let pointer_ok = |p: &str| p.starts_with('/');
         if !pointer_ok(&self.token_pointer) {
             return Err(ConfigError::new(
@@ -84,6 +92,10 @@ impl BearerLoginConfig {
 
 /// Logs in with user name and password (or an API key) at a login endpoint and reads the token
 /// from the JSON answer; renews by logging in again.
+///
+/// Give it a reqwest client that follows no redirects and has a timeout: a redirect answer is
+/// then an error, never the credentials posted again to another address. Answers over 1 MiB are
+/// refused unread.
 ///
 /// # Example
 /// ```
@@ -150,7 +162,19 @@ impl AuthStrategy for BearerLogin {
         let response = request.send().await.map_err(wire::transport_error)?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(wire::transport_error)?;
+        if status.is_redirection() {
+            return Err(wire::redirected(status, &headers, &self.cfg.login_url));
+        }
+        let (body, too_large) = wire::read_bounded(response, wire::MAX_ANSWER)
+            .await
+            .map_err(wire::transport_error)?;
+        if too_large {
+            return Err(invalid(format!(
+                "the answer of the login endpoint {} is larger than the {} KiB limit",
+                wire::endpoint(&self.cfg.login_url),
+                wire::MAX_ANSWER / 1024
+            )));
+        }
         let now_wall = self.clock.wall();
         if !status.is_success() {
             return Err(wire::classify_failure(status, &headers, &body, now_wall));
@@ -171,27 +195,13 @@ impl AuthStrategy for BearerLogin {
                     self.cfg.token_pointer
                 ))
             })?;
-        let expires_in = match &self.cfg.lifetime_pointer {
-            Some(p) => match json.pointer(p) {
-                None | Some(serde_json::Value::Null) => None,
-                Some(v) => {
-                    let secs = v
-                        .as_f64()
-                        .or_else(|| v.as_str().and_then(|s| s.trim().parse::<f64>().ok()));
-                    match secs {
-                        Some(s) if s.is_finite() && s > 0.0 && s < 1e10 => {
-                            Some(Duration::from_secs_f64(s))
-                        }
-                        _ => {
-                            return Err(invalid(format!(
-                                "login answer's `{p}` is not a positive number of seconds"
-                            )));
-                        }
-                    }
-                }
-            },
-            None => None,
-        };
+        let expires_in = self
+            .cfg
+            .lifetime_pointer
+            .as_deref()
+            .and_then(|p| json.pointer(p).map(|v| (p, v)))
+            .and_then(|(p, v)| wire::json_seconds(v, p))
+            .and_then(wire::seconds);
         let (lifetime, source) =
             wire::lifetime(expires_in, access, self.cfg.default_lifetime, now_wall);
         let mut token = TokenSet::new(access, lifetime, self.clock.now(), now_wall);

@@ -5,6 +5,7 @@ mod bearer;
 mod client_auth;
 mod oauth;
 mod oauth_http;
+mod response;
 mod service_account;
 
 pub use bearer::{BearerLogin, BearerLoginConfig, BodyFormat};

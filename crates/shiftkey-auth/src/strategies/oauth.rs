@@ -5,21 +5,40 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use oauth2::basic::BasicClient;
+use oauth2::basic::{
+    BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
+};
 use oauth2::{
     AuthType, ClientId, ClientSecret, EndpointNotSet, EndpointSet, ResourceOwnerPassword,
-    ResourceOwnerUsername, Scope, TokenUrl,
+    ResourceOwnerUsername, Scope, StandardRevocableToken, TokenUrl,
 };
 use url::Url;
 
 use super::client_auth::{ClientAuth, JWT_BEARER_ASSERTION};
 use super::oauth_http::OAuthHttp;
+use super::response::TokenAnswer;
 use crate::{AuthError, AuthStrategy, Clock, PermanentKind, Secret, TokenSet, TokioClock};
 
-type TokenClient =
-    BasicClient<EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
+/// oauth2's client with [`TokenAnswer`], which reads every token response shape real servers send.
+type TokenClient = oauth2::Client<
+    BasicErrorResponse,
+    TokenAnswer,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+>;
 
 /// A client of one token endpoint, shared by the OAuth strategies.
+///
+/// Give it a reqwest client that follows **no redirects** (`redirect::Policy::none()`) and has a
+/// timeout: a token request carries the client secret, a password or a refresh token, and a
+/// redirect answer is then an error instead of a copy of them sent elsewhere. An `http://` token
+/// URL is refused unless it is a loopback address or [`OAuthClient::allow_insecure_http`] is set.
 ///
 /// # Example
 /// ```
@@ -43,6 +62,7 @@ pub struct OAuthClient {
     scopes: Vec<String>,
     pub(super) default_lifetime: Duration,
     pub(super) clock: Arc<dyn Clock>,
+    allow_insecure_http: bool,
 }
 
 impl OAuthClient {
@@ -63,7 +83,20 @@ impl OAuthClient {
             scopes: Vec::new(),
             default_lifetime: Duration::from_secs(3600),
             clock: Arc::new(TokioClock::new()),
+            allow_insecure_http: false,
         }
+    }
+
+    /// Allows an `http://` token URL that is not a loopback address (default false). A lab switch:
+    /// credentials then cross the network in clear text.
+    #[must_use]
+    pub fn allow_insecure_http(mut self, allow: bool) -> Self {
+        self.allow_insecure_http = allow;
+        self
+    }
+
+    pub(super) fn check_secure(&self) -> Result<(), AuthError> {
+        crate::wire::check_secure(&self.token_url, self.allow_insecure_http, "the token endpoint")
     }
 
     /// Scopes to ask for on password and client_credentials grants.
@@ -100,7 +133,14 @@ impl OAuthClient {
     pub(super) fn client(&self) -> TokenClient {
         let token_url = TokenUrl::from_url(self.token_url.clone());
         let client =
-            BasicClient::new(ClientId::new(self.client_id.clone())).set_token_uri(token_url);
+            oauth2::Client::<
+                BasicErrorResponse,
+                TokenAnswer,
+                BasicTokenIntrospectionResponse,
+                StandardRevocableToken,
+                BasicRevocationErrorResponse,
+            >::new(ClientId::new(self.client_id.clone()))
+            .set_token_uri(token_url);
         match &self.auth {
             ClientAuth::SecretBasic(s) => client
                 .set_client_secret(ClientSecret::new(s.expose().to_owned()))
@@ -128,6 +168,7 @@ impl OAuthClient {
 macro_rules! send {
     ($client:expr, $request:expr) => {{
         let client: &OAuthClient = $client;
+        client.check_secure()?;
         let mut request = $request;
         if let Some(assertion) = client.assertion()? {
             request = request
@@ -137,7 +178,12 @@ macro_rules! send {
         let http = OAuthHttp::new(&client.http);
         let call = http.sender();
         let result = request.request_async(&call).await;
-        http.finish(result, client.default_lifetime, &*client.clock)
+        http.finish(
+            result,
+            client.default_lifetime,
+            &*client.clock,
+            client.token_url(),
+        )
     }};
 }
 pub(super) use send;
@@ -281,6 +327,16 @@ impl AuthStrategy for OAuthRefresh {
                 if token.refresh_token.is_none() {
                     token.refresh_token = Some(refresh);
                 }
+                if let Some(old) = previous.and_then(|p| p.scope.as_deref())
+                    && let Some(new) = token.scope.as_deref()
+                    && !same_scope(old, new)
+                {
+                    tracing::info!(
+                        previous_scope = old,
+                        scope = new,
+                        "the server granted a different scope on refresh"
+                    );
+                }
                 Ok(token)
             }
             Err(
@@ -296,4 +352,11 @@ impl AuthStrategy for OAuthRefresh {
     fn name(&self) -> &str {
         "oauth-refresh"
     }
+}
+
+/// Whether two space-delimited scope strings name the same scopes, in any order.
+fn same_scope(a: &str, b: &str) -> bool {
+    let a: std::collections::BTreeSet<&str> = a.split_whitespace().collect();
+    let b: std::collections::BTreeSet<&str> = b.split_whitespace().collect();
+    a == b
 }
