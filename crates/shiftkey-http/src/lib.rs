@@ -49,7 +49,10 @@ pub use classify::{BearerClassifier, Classifier, Verdict};
 pub use error::HttpError;
 pub use inject::Injector;
 pub use keepalive::Keepalive;
-pub use middleware::{AnsweredUnder, AuthMiddleware, AuthMiddlewareBuilder, SessionBound, Stats};
+pub use middleware::{
+    AnsweredUnder, AuthMiddleware, AuthMiddlewareBuilder, DEFAULT_ATTEMPT_TIMEOUT, Idempotent,
+    SessionBound, Stats,
+};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -34,6 +34,18 @@ pub struct AnsweredUnder(pub u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionBound;
 
+/// A request extension (`RequestBuilder::with_extension(Idempotent)`): sending this request twice
+/// has the effect of sending it once, whatever its method. The middleware retries 5xx, 429 and
+/// transport failures only for idempotent methods (GET, HEAD, PUT, DELETE, OPTIONS, TRACE) and
+/// for requests marked with this; any other `POST` or `PATCH` that reached the server is sent once.
+/// (The single retry after a token rejection is for every method: the server refused before
+/// acting.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Idempotent;
+
+/// The per-attempt deadline [`AuthMiddleware`] gives a request that has none (60 s).
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Counters since the middleware was built (all monotonic).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -83,6 +95,7 @@ pub(crate) struct Shared {
     monitor: Option<Arc<ErrorRateMonitor>>,
     pub(crate) learner: LimitLearner,
     pub(crate) clock: Arc<dyn Clock>,
+    attempt_timeout: Duration,
     origin: Instant,
     last_activity_ms: AtomicU64,
     pub(crate) learned: Notify,
@@ -131,7 +144,10 @@ impl Shared {
 ///    one dead token cause one refresh), and retries **once** with the new token when the body is
 ///    replayable; a fresh token rejected again is [`HttpError::Rejected`];
 /// 4. retries 429 (honouring `Retry-After`), 5xx, connect errors and timeouts with backoff, within
-///    the retry budget, never re-sending a body that cannot be replayed;
+///    the retry budget — for idempotent methods and requests marked [`Idempotent`] only (any
+///    request that never reached the server, a connect error, may go again), never re-sending a
+///    body that cannot be replayed; every attempt has a deadline ([`DEFAULT_ATTEMPT_TIMEOUT`]
+///    unless the request sets its own);
 /// 5. records premature deaths, learns the server's real lifetime cap and idle limit, and caps the
 ///    manager's schedule by the learned lifetime;
 /// 6. counts outcomes in `metrics` and the optional [`ErrorRateMonitor`]; logs through `tracing`,
@@ -167,9 +183,19 @@ pub struct AuthMiddlewareBuilder {
     limits: LimitsConfig,
     learned: Option<LearnedLimits>,
     clock: Option<Arc<dyn Clock>>,
+    attempt_timeout: Duration,
 }
 
 impl AuthMiddlewareBuilder {
+    /// The deadline of one attempt of a request that sets none itself (default 60 s,
+    /// [`DEFAULT_ATTEMPT_TIMEOUT`]): a hung socket fails the attempt instead of the caller
+    /// waiting for ever. A request's own `timeout` wins.
+    #[must_use]
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = timeout;
+        self
+    }
+
     /// How the token travels (default `Authorization: Bearer`).
     #[must_use]
     pub fn injector(mut self, injector: Injector) -> Self {
@@ -261,6 +287,7 @@ impl AuthMiddlewareBuilder {
             monitor: self.monitor,
             learner,
             clock,
+            attempt_timeout: self.attempt_timeout,
             origin,
             last_activity_ms: AtomicU64::new(0),
             learned: Notify::new(),
@@ -321,6 +348,7 @@ impl AuthMiddleware {
             limits: LimitsConfig::default(),
             learned: None,
             clock: None,
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
         }
     }
 
@@ -449,6 +477,13 @@ impl Middleware for AuthMiddleware {
     ) -> reqwest_middleware::Result<Response> {
         let s = &*self.shared;
         s.counters.requests.fetch_add(1, Ordering::Relaxed);
+        // Policy retries only for what is safe to send twice.
+        let idempotent =
+            req.method().is_idempotent() || extensions.get::<Idempotent>().is_some();
+        let mut req = req;
+        if req.timeout().is_none() {
+            *req.timeout_mut() = Some(s.attempt_timeout);
+        }
         let mut pending = Some(req);
         let mut attempt: u32 = 0;
         let mut refreshed_from: Option<u64> = None;
@@ -524,7 +559,7 @@ impl Middleware for AuthMiddleware {
                     metrics::counter!("shiftkey_http_requests_total", "outcome" => "transport_error").increment(1);
                     let connect =
                         matches!(&e, reqwest_middleware::Error::Reqwest(re) if re.is_connect());
-                    let replay = if spare.is_some() {
+                    let replay = if spare.is_some() && idempotent {
                         Replay::Safe
                     } else {
                         Replay::Unsafe { sent: !connect }
@@ -638,7 +673,7 @@ impl Middleware for AuthMiddleware {
             s.server_breaker
                 .record(done.into_std(), !outcome.is_server_failure());
             self.record(done, outcome.class());
-            let replay = if spare.is_some() {
+            let replay = if spare.is_some() && idempotent {
                 Replay::Safe
             } else {
                 Replay::Unsafe { sent: true }

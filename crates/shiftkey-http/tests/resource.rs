@@ -118,6 +118,13 @@ async fn data(State(s): State<Arc<Server>>, headers: HeaderMap) -> Response {
     }
 }
 
+/// Accepts and never answers (a hung upstream).
+async fn hang(State(s): State<Arc<Server>>) -> Response {
+    s.hits.fetch_add(1, Ordering::SeqCst);
+    std::future::pending::<()>().await;
+    StatusCode::OK.into_response()
+}
+
 async fn scope(State(s): State<Arc<Server>>) -> Response {
     s.hits.fetch_add(1, Ordering::SeqCst);
     let mut h = HeaderMap::new();
@@ -150,7 +157,8 @@ pub(crate) fn http_date(offset: Duration) -> String {
 pub(crate) async fn start() -> (Arc<Server>, url::Url) {
     let server = Arc::new(Server::default());
     let app = Router::new()
-        .route("/data", get(data))
+        .route("/data", get(data).post(data))
+        .route("/hang", get(hang).post(hang))
         .route("/scope", get(scope))
         .route("/upload", post(upload))
         .with_state(Arc::clone(&server));

@@ -292,6 +292,75 @@ async fn a_5xx_burst_gets_at_most_three_attempts_and_the_budget_stops_retries() 
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_post_that_gets_a_503_is_sent_once_and_a_marked_one_is_retried() {
+    let r = rig(secs(8 * H), |b| b).await;
+    r.server.push((0..2).map(|_| Scripted::Status(503)));
+    let url = r.base.join("data").unwrap();
+    let resp = r.client.post(url.clone()).body("x").send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(r.server.hits.load(Ordering::SeqCst), 1, "a POST is never re-sent");
+    assert_eq!(r.middleware.stats().retries, 0);
+
+    let resp = r
+        .client
+        .post(url)
+        .with_extension(shiftkey_http::Idempotent)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "the marked POST was retried past the 503");
+    assert_eq!(r.server.hits.load(Ordering::SeqCst), 3);
+    assert_eq!(r.middleware.stats().retries, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejected_post_is_healed_and_sent_again() {
+    let r = rig(secs(8 * H), |b| b).await;
+    assert_eq!(r.get("data").await.unwrap().status(), 200);
+    r.server.kill("tok-1");
+    let url = r.base.join("data").unwrap();
+    let resp = r.client.post(url).body("x").send().await.unwrap();
+    assert_eq!(resp.status(), 200, "the server refused before acting: one retry");
+    assert_eq!(r.middleware.stats().recovered, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_server_fails_each_attempt_at_its_deadline() {
+    let r = rig(secs(8 * H), |b| b.attempt_timeout(secs(5))).await;
+    let err = r.get("hang").await.unwrap_err();
+    assert!(
+        matches!(&err, reqwest_middleware::Error::Reqwest(e) if e.is_timeout()),
+        "{err}"
+    );
+    assert_eq!(r.server.hits.load(Ordering::SeqCst), 3, "a GET is retried");
+    let err = r
+        .client
+        .post(r.base.join("hang").unwrap())
+        .body("x")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, reqwest_middleware::Error::Reqwest(e) if e.is_timeout()),
+        "{err}"
+    );
+    assert_eq!(r.server.hits.load(Ordering::SeqCst), 4, "a POST is not");
+    // A request's own deadline wins over the middleware's.
+    let err = r
+        .client
+        .get(r.base.join("hang").unwrap())
+        .timeout(secs(1))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, reqwest_middleware::Error::Reqwest(e) if e.is_timeout()),
+        "{err}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_lifetime_cap_below_expires_in_is_learned_and_then_never_hit() {
     let r = rig(secs(8 * H), |b| b).await;
     *r.server.lifetime_cap.lock().unwrap() = Some(secs(4 * H));

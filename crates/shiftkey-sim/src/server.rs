@@ -45,7 +45,7 @@ pub struct Stats {
     pub exceptions: BTreeMap<String, u64>,
     /// Requests by `Library-YYYY-MM-Service/operation`.
     pub requests: BTreeMap<String, u64>,
-    /// Faults injected: `rate_limited`, `server_error`.
+    /// Faults injected: `rate_limited`, `server_error`, `dropped` (hung requests are in `hung`).
     pub faults: BTreeMap<String, u64>,
     /// Windows (`openContexts`, `createBOMWindows`) opened.
     pub windows_opened: u64,
@@ -233,7 +233,8 @@ impl Inner {
             .is_ok()
     }
 
-    /// The emulator stops: hung requests end (with HTTP 503), and later ones do not hang.
+    /// The emulator stops: hung requests end with HTTP 503, and a request to hang from now on
+    /// gets its 503 at once.
     pub(crate) fn shutdown(&self) {
         self.stopping.send_replace(true);
     }
