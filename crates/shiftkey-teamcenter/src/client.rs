@@ -13,6 +13,12 @@ use crate::error::TcError;
 use crate::session::{SessionConfig, SessionLogin, TcClassifier};
 use crate::wire;
 
+/// The default deadline of one attempt of a Teamcenter call (60 s).
+pub const DEFAULT_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The default limit of one Teamcenter answer (64 MiB).
+pub const DEFAULT_MAX_ANSWER: usize = 64 * 1024 * 1024;
+
 /// A Teamcenter client: session mode (`/tc/JsonRestServices`, `JSESSIONID`) or gateway mode
 /// (`/tc/RestServices`, OAuth bearer). Either way a dead session or token is healed by one
 /// re-login and one retry, counted, and learned from (DESIGN §3.3, §3.5).
@@ -25,6 +31,8 @@ pub struct TcClient {
     base: Url,
     prefix: &'static str,
     calls: Arc<AtomicU64>,
+    read_timeout: std::time::Duration,
+    max_answer: usize,
     /// The change query's UID and entries, with the session generation they were found in.
     pub(crate) query_cache: Arc<std::sync::Mutex<Option<crate::mfg::CachedQuery>>>,
 }
@@ -111,8 +119,26 @@ impl TcClient {
             base,
             prefix,
             calls: Arc::new(AtomicU64::new(0)),
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            max_answer: DEFAULT_MAX_ANSWER,
             query_cache: Arc::new(std::sync::Mutex::new(None)),
         }
+    }
+
+    /// The deadline of one attempt of a Teamcenter call (default 60 s,
+    /// [`DEFAULT_READ_TIMEOUT`]); a hung server fails the attempt instead of the cycle.
+    #[must_use]
+    pub fn with_read_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.read_timeout = timeout;
+        self
+    }
+
+    /// The largest answer read (default 64 MiB, [`DEFAULT_MAX_ANSWER`]); a larger one is an
+    /// error naming the operation and the limit.
+    #[must_use]
+    pub fn with_max_answer(mut self, bytes: usize) -> Self {
+        self.max_answer = bytes;
+        self
     }
 
     /// The middleware (stats, learned limits, the token manager).
@@ -181,10 +207,42 @@ impl TcClient {
         policy: Value,
         session_bound: bool,
     ) -> Result<(Value, Option<u64>), TcError> {
+        self.send(operation, body, policy, session_bound, true)
+            .await
+    }
+
+    /// Calls a Teamcenter operation that changes data (`setProperties`): sent once, never
+    /// retried after a 5xx or a timeout (the caller's idempotency key decides whether to write
+    /// again); the one retry after an `InvalidUserException` stays, since the server refused
+    /// before acting.
+    ///
+    /// # Errors
+    /// As [`TcClient::call`].
+    pub async fn write(&self, operation: &str, body: Value) -> Result<Value, TcError> {
+        self.send(operation, body, serde_json::json!({}), false, false)
+            .await
+            .map(|(answer, _)| answer)
+    }
+
+    async fn send(
+        &self,
+        operation: &str,
+        body: Value,
+        policy: Value,
+        session_bound: bool,
+        idempotent: bool,
+    ) -> Result<(Value, Option<u64>), TcError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let mut request = self.http.post(self.url(operation)?);
+        let mut request = self
+            .http
+            .post(self.url(operation)?)
+            .timeout(self.read_timeout);
         if session_bound {
             request = request.with_extension(shiftkey_http::SessionBound);
+        }
+        if idempotent {
+            // Reads: the policy may retry them after a 5xx, a 429 or a timeout.
+            request = request.with_extension(shiftkey_http::Idempotent);
         }
         let response = request
             .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -196,14 +254,26 @@ impl TcClient {
             .extensions()
             .get::<shiftkey_http::AnsweredUnder>()
             .map(|g| g.0);
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| TcError::Http(reqwest_middleware::Error::Reqwest(e)))?;
         let unexpected = |detail: String| TcError::Unexpected {
             operation: operation.to_owned(),
             detail,
         };
+        let mut response = response;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| TcError::Http(reqwest_middleware::Error::Reqwest(e)))?
+        {
+            if bytes.len() + chunk.len() > self.max_answer {
+                return Err(unexpected(format!(
+                    "the answer is larger than the {} byte limit (raise `max_answer_bytes` if \
+                     the site's answers really are this large)",
+                    self.max_answer
+                )));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         if bytes.first() == Some(&b'<') {
             return Err(unexpected(format!(
                 "an XML body where JSON was expected (HTTP {status}): {}",

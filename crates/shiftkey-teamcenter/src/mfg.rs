@@ -1154,7 +1154,7 @@ impl TcClient {
         }
         let op = "Core-2010-09-DataManagement/setProperties";
         let answer = self
-            .call(
+            .write(
                 op,
                 json!({"info": [{"object": {"uid": uid}, "timestamp": "", "vecNameVal": vec}], "options": []}),
             )

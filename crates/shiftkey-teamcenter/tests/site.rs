@@ -554,3 +554,51 @@ async fn a_line_that_does_not_map_leaves_only_its_plan_out() {
     assert!(pe.errors[0].message.contains("10a"), "{pe:?}");
     assert_eq!(s.leaked_windows(), 0);
 }
+
+/// Real time: a hang is only a hang if the client's deadline is a real one.
+#[tokio::test]
+async fn a_hung_read_is_retried_a_hung_write_is_sent_once_and_answers_are_bounded() {
+    let mut cfg: SimConfig = quiet();
+    cfg.tc.site_properties.insert(
+        "MEOPRevision".into(),
+        vec!["xx4_mes_feedback_key".into()],
+    );
+    let s = sim(cfg).await;
+    let tc = client(&s, "mfg_sync_pw").with_read_timeout(Duration::from_millis(500));
+    let all = tc
+        .changed_since(None, &ReadConfig::default())
+        .await
+        .unwrap();
+    let op = all.plans[0].1[0].uid.clone();
+
+    // A read that hangs times out and is sent again (reads are idempotent).
+    s.hang_next(shiftkey_sim::HangTarget::Reads, 1);
+    tc.session_info().await.unwrap();
+    assert_eq!(s.stats().hung, 1);
+
+    // A write that hangs times out and is not sent again: the key is not written.
+    let fb = FeedbackConfig::new("xx4_mes_feedback_key");
+    let values = FeedbackValues {
+        completed_count: 1,
+        actual_cycle_time_s: None,
+        deviation: "",
+    };
+    s.hang_next(shiftkey_sim::HangTarget::Feedback, 1);
+    let err = tc
+        .write_feedback(&fb, &op, values, "fb-1")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TcError::Http(_)), "{err}");
+    assert_eq!(s.stats().hung, 2);
+    s.with_data(|d| {
+        assert_eq!(d.get(&op).unwrap().get("xx4_mes_feedback_key"), None);
+    });
+    // The next attempt, by the caller (the next cycle), writes it once.
+    assert!(tc.write_feedback(&fb, &op, values, "fb-1").await.unwrap());
+
+    // An answer over the limit is an error naming the operation and the limit.
+    let small = client(&s, "mfg_sync_pw").with_max_answer(64);
+    let err = small.session_info().await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("getTCSessionInfo") && msg.contains("64 byte limit"), "{msg}");
+}
