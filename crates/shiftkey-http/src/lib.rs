@@ -13,6 +13,8 @@
 //! - [`limits`]: premature deaths → lifetime cap and idle limit; [`AuthMiddleware::keepalive`]
 //!   keeps an idle session alive.
 //! - [`HttpError`]: what the middleware itself can fail with.
+//! - [`resource_client`] / [`same_origin_redirects`]: the reqwest client to put under it —
+//!   deadlines, and no credential ever sent to another origin by a redirect.
 //!
 //! # Example: wrap your client
 //! ```no_run
@@ -39,6 +41,7 @@
 #![warn(missing_docs)]
 
 mod classify;
+mod client;
 mod error;
 mod inject;
 mod keepalive;
@@ -46,6 +49,7 @@ pub mod limits;
 mod middleware;
 
 pub use classify::{BearerClassifier, Classifier, Verdict};
+pub use client::{resource_client, same_origin_redirects};
 pub use error::HttpError;
 pub use inject::Injector;
 pub use keepalive::Keepalive;

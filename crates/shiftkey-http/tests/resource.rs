@@ -118,6 +118,18 @@ async fn data(State(s): State<Arc<Server>>, headers: HeaderMap) -> Response {
     }
 }
 
+/// Redirects to `?to=URL` (same or another origin).
+async fn moved(State(s): State<Arc<Server>>, uri: axum::http::Uri) -> Response {
+    s.hits.fetch_add(1, Ordering::SeqCst);
+    let to = url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "to")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    let mut h = HeaderMap::new();
+    h.insert("location", to.parse().unwrap());
+    (StatusCode::TEMPORARY_REDIRECT, h).into_response()
+}
+
 /// Accepts and never answers (a hung upstream).
 async fn hang(State(s): State<Arc<Server>>) -> Response {
     s.hits.fetch_add(1, Ordering::SeqCst);
@@ -159,6 +171,7 @@ pub(crate) async fn start() -> (Arc<Server>, url::Url) {
     let app = Router::new()
         .route("/data", get(data).post(data))
         .route("/hang", get(hang).post(hang))
+        .route("/moved", get(moved))
         .route("/scope", get(scope))
         .route("/upload", post(upload))
         .with_state(Arc::clone(&server));

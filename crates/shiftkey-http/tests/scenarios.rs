@@ -325,6 +325,34 @@ async fn a_rejected_post_is_healed_and_sent_again() {
     assert_eq!(r.middleware.stats().recovered, 1);
 }
 
+#[tokio::test]
+async fn redirects_never_take_the_credential_to_another_origin() {
+    let (other, other_base) = resource::start().await;
+    let (server, base) = resource::start().await;
+    let strategy = ScriptedStrategy::new(secs(8 * H), Duration::from_millis(1));
+    let manager = TokenManager::builder(strategy).build().unwrap();
+    let middleware = AuthMiddleware::builder(manager)
+        .injector(shiftkey_http::Injector::Header {
+            name: http::HeaderName::from_static("x-api-key"),
+            prefix: String::new(),
+        })
+        .build();
+    let http = shiftkey_http::resource_client(secs(10)).build().unwrap();
+    let client = ClientBuilder::new(http).with(middleware).build();
+    // Within the origin: followed.
+    let mut url = base.join("moved").unwrap();
+    url.query_pairs_mut()
+        .append_pair("to", base.join("scope").unwrap().as_str());
+    assert_eq!(client.get(url).send().await.unwrap().status(), 403);
+    assert_eq!(server.hits.load(Ordering::SeqCst), 2);
+    // To another origin: the 307 reaches the caller; nothing reaches the other server.
+    let mut url = base.join("moved").unwrap();
+    url.query_pairs_mut()
+        .append_pair("to", other_base.join("scope").unwrap().as_str());
+    assert_eq!(client.get(url).send().await.unwrap().status(), 307);
+    assert_eq!(other.hits.load(Ordering::SeqCst), 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_hung_server_fails_each_attempt_at_its_deadline() {
     let r = rig(secs(8 * H), |b| b.attempt_timeout(secs(5))).await;

@@ -44,7 +44,13 @@ pub struct SessionConfig {
     /// After a re-login, the previous session is logged out this much later (default 60 s), so
     /// requests still carrying it finish and its server process goes back to the pool.
     pub retire_after: Duration,
+    /// Allow an `http://` base URL that is not a loopback address (default false). A lab switch:
+    /// the password and the session cookie then cross the network in clear text.
+    pub allow_insecure_http: bool,
 }
+
+/// The largest login answer read (1 MiB; a real one is a few kilobytes).
+const MAX_LOGIN_ANSWER: usize = 1024 * 1024;
 
 impl SessionConfig {
     /// A config with the defaults above.
@@ -60,6 +66,7 @@ impl SessionConfig {
             hard_limit: Duration::from_secs(8 * 3600),
             idle_limit: Duration::from_secs(20 * 60),
             retire_after: Duration::from_secs(60),
+            allow_insecure_http: false,
         }
     }
 }
@@ -163,6 +170,19 @@ impl AuthStrategy for SessionLogin {
             .map_err(|e| {
                 AuthError::permanent(PermanentKind::Configuration, format!("base URL: {e}"))
             })?;
+        let plain = url.scheme() != "https";
+        if plain && !(c.allow_insecure_http || shiftkey_auth::is_loopback(&url)) {
+            return Err(AuthError::permanent(
+                PermanentKind::Configuration,
+                format!(
+                    "the Teamcenter URL {}://{} would send the password over `{}`: use https (or, \
+                     in a lab only, set `allow_insecure_http = true`)",
+                    url.scheme(),
+                    url.host_str().unwrap_or_default(),
+                    url.scheme()
+                ),
+            ));
+        }
         let body = wire::envelope(json!({"credentials": {
             "user": c.user, "password": c.password.expose(), "group": c.group, "role": c.role, "locale": c.locale, "descrimator": descrimator
         }}));
@@ -189,9 +209,32 @@ impl AuthStrategy for SessionLogin {
                     }),
             });
         }
-        let bytes = response.bytes().await.map_err(|e| {
+        if status.is_redirection() {
+            return Err(AuthError::permanent(
+                PermanentKind::Configuration,
+                format!(
+                    "login answered HTTP {} (a redirect): the password is never re-sent to a \
+                     redirect target; configure the final Teamcenter URL",
+                    status.as_u16()
+                ),
+            ));
+        }
+        let mut response = response;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| {
             AuthError::transient(TransientKind::Network, e.without_url().to_string())
-        })?;
+        })? {
+            if bytes.len() + chunk.len() > MAX_LOGIN_ANSWER {
+                return Err(AuthError::transient(
+                    TransientKind::InvalidResponse,
+                    format!(
+                        "the login answer is larger than the {} KiB limit",
+                        MAX_LOGIN_ANSWER / 1024
+                    ),
+                ));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         let answer: Value = match serde_json::from_slice(&bytes) {
             Ok(v) => v,
             Err(_) if status.is_server_error() => {

@@ -253,3 +253,18 @@ async fn a_proactive_relogin_gets_a_fresh_server_process_and_retires_the_old_one
         "each replaced session was logged out: {stats:?}"
     );
 }
+
+#[tokio::test]
+async fn a_clear_text_teamcenter_url_is_refused_unless_loopback_or_allowed() {
+    let cfg = SessionConfig::new(
+        "http://tc.plant.invalid/".parse().unwrap(),
+        "mfg_sync",
+        "pw".into(),
+    );
+    let tc = TcClient::session(reqwest::Client::new(), cfg).unwrap();
+    let err = tc.session_info().await.unwrap_err().to_string();
+    assert!(err.contains("allow_insecure_http"), "{err}");
+    // Loopback is this machine: the emulator on 127.0.0.1 is served over http.
+    let s = sim(quiet()).await;
+    client(&s, "mfg_sync_pw").session_info().await.unwrap();
+}
