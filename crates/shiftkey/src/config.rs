@@ -46,6 +46,10 @@ pub(crate) struct Config {
     /// The ops HTTP server and alerts.
     #[serde(default)]
     pub(crate) ops: OpsConfig,
+    /// Allow `http://` for credential-bearing URLs that are not loopback (default false). A lab
+    /// switch, logged as a warning at start.
+    #[serde(default)]
+    pub(crate) allow_insecure_http: bool,
 }
 
 /// The encrypted token store: one file per named token, `<dir>/<name>.token`.
@@ -196,6 +200,20 @@ pub(crate) struct TeamcenterConfig {
     /// Where shop-floor feedback goes (`[teamcenter.feedback]`; absent: no feedback writes).
     #[serde(default)]
     pub(crate) feedback: Option<crate::site::FeedbackSection>,
+    /// The deadline of one attempt of a Teamcenter call, in seconds (default 60).
+    #[serde(default = "default_read_timeout")]
+    pub(crate) read_timeout_secs: u64,
+    /// The largest Teamcenter answer read, in MiB (default 64).
+    #[serde(default = "default_max_answer")]
+    pub(crate) max_answer_mib: u64,
+}
+
+fn default_read_timeout() -> u64 {
+    60
+}
+
+fn default_max_answer() -> u64 {
+    64
 }
 
 /// Where the shop floor is.
@@ -366,9 +384,15 @@ impl Config {
             }
         }
         if let Some(tc) = &self.teamcenter {
-            url::Url::parse(&tc.url)
+            let url = url::Url::parse(&tc.url)
                 .with_context(|| format!("`teamcenter.url`: `{}` is not a URL", tc.url))?;
+            crate::net::check_secure(self, "teamcenter.url", &url)?;
             crate::site::configs(tc, self.overlap())?;
+            if tc.read_timeout_secs == 0 || tc.max_answer_mib == 0 {
+                bail!(
+                    "`teamcenter.read_timeout_secs` and `teamcenter.max_answer_mib` must be greater than zero"
+                );
+            }
         }
         if self.schedule.interval_minutes == 0 || self.schedule.batch == 0 {
             bail!("`schedule.interval_minutes` and `schedule.batch` must be greater than zero");
@@ -390,12 +414,14 @@ impl Config {
                 bail!("`tokens.{name}`: a token name is letters, digits, `-` and `_`");
             }
             let key = |field: &str| format!("tokens.{name}.{field}");
-            url::Url::parse(&t.token_url).with_context(|| {
+            let token_url = url::Url::parse(&t.token_url).with_context(|| {
                 format!("`{}`: `{}` is not a URL", key("token_url"), t.token_url)
             })?;
+            crate::net::check_secure(self, &key("token_url"), &token_url)?;
             if let Some(u) = &t.revoke_url {
-                url::Url::parse(u)
+                let revoke = url::Url::parse(u)
                     .with_context(|| format!("`{}`: `{u}` is not a URL", key("revoke_url")))?;
+                crate::net::check_secure(self, &key("revoke_url"), &revoke)?;
             }
             match t.client_auth {
                 ClientAuthKind::Basic | ClientAuthKind::Post if t.client_secret.is_none() => {

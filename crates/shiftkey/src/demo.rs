@@ -76,7 +76,11 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("opening {}", db.display()))?,
     );
     let session = SessionConfig::new(sim.url().parse()?, "mfg_sync", "mfg_sync_pw".into());
-    let tc = TcClient::session_with_clock(reqwest::Client::new(), session, Arc::clone(&clock))?;
+    let tc = TcClient::session_with_clock(
+        crate::net::teamcenter_client(shiftkey_teamcenter::DEFAULT_READ_TIMEOUT)?,
+        session,
+        Arc::clone(&clock),
+    )?;
     let _keepalive = tc.keepalive()?;
     let cfg = EngineConfig::default();
     let engine = Engine::new(tc.clone(), sink.clone(), cfg.clone()).with_clock(Arc::clone(&clock));

@@ -97,9 +97,7 @@ pub(crate) async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
         ),
         Err(e) => r.line(Level::Fail, "config", format!("{e:#}")),
     }
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()?;
+    let http = crate::net::plain_client(Duration::from_secs(20))?;
     let mut endpoints: Vec<(String, String)> = Vec::new();
     if let Some(tc) = &cfg.teamcenter {
         endpoints.push(("teamcenter".to_owned(), tc.url.clone()));
@@ -125,6 +123,7 @@ pub(crate) async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
                 let mut s = SessionConfig::new(base, tc.user.clone(), password);
                 s.group.clone_from(&tc.group);
                 s.role.clone_from(&tc.role);
+                s.allow_insecure_http = cfg.allow_insecure_http;
                 let login = SessionLogin::new(http.clone(), s.clone());
                 match login.acquire(None).await {
                     Ok(_) => {
@@ -143,7 +142,7 @@ pub(crate) async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
         }
     }
     for (name, t) in &cfg.tokens {
-        match crate::tokens::strategy(&http, name, t) {
+        match crate::tokens::strategy(&http, name, t, cfg.allow_insecure_http) {
             Ok(s) => match s.acquire(None).await {
                 Ok(token) => r.line(
                     Level::Ok,

@@ -12,6 +12,7 @@ mod broker;
 mod config;
 mod demo;
 mod doctor;
+mod net;
 mod ops;
 mod site;
 mod store_cmd;
@@ -238,11 +239,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// alerts, its middleware reporting to `monitor`.
 fn teamcenter(
     cfg: &config::Config,
-    http: &reqwest::Client,
     monitor: Option<Arc<ErrorRateMonitor>>,
 ) -> anyhow::Result<shiftkey_teamcenter::TcClient> {
     use anyhow::Context as _;
     let tc = cfg.teamcenter()?;
+    let read_timeout = std::time::Duration::from_secs(tc.read_timeout_secs);
+    let http = &net::teamcenter_client(read_timeout)?;
     let password = tc.password.resolve("teamcenter.password")?;
     let base: url::Url = tc
         .url
@@ -252,6 +254,7 @@ fn teamcenter(
         shiftkey_teamcenter::SessionConfig::new(base.clone(), tc.user.clone(), password);
     session.group.clone_from(&tc.group);
     session.role.clone_from(&tc.role);
+    session.allow_insecure_http = cfg.allow_insecure_http;
     let idle = session.idle_limit;
     let mut login = tokens::Timed::wrap(
         "teamcenter",
@@ -284,7 +287,9 @@ fn teamcenter(
         mw.build(),
         base,
         false,
-    ))
+    )
+    .with_read_timeout(read_timeout)
+    .with_max_answer(usize::try_from(tc.max_answer_mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)))
 }
 
 /// Feeds token refresh outcomes into the alert monitor.
@@ -314,7 +319,8 @@ async fn sync_once(args: SyncArgs) -> anyhow::Result<ExitCode> {
         "use `shiftkey sync --once` for one cycle, or `shiftkey run` for the daemon"
     );
     let cfg = config::Config::load(&args.config)?;
-    let tc = teamcenter(&cfg, &reqwest::Client::new(), None)?;
+    net::warn_if_insecure(&cfg);
+    let tc = teamcenter(&cfg, None)?;
     let sink = Arc::new(shiftkey_shopfloor::SqlSink::connect(&cfg.sink_url()?).await?);
     let engine = shiftkey_sync::Engine::new(tc, sink.clone(), engine_config(&cfg)?);
     let report = engine.cycle(&shiftkey_sync::Stop::default()).await;
@@ -332,7 +338,8 @@ async fn sync_once(args: SyncArgs) -> anyhow::Result<ExitCode> {
 async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> {
     let cfg = config::Config::load(path)?;
     cfg.resolve_all()?;
-    let http = reqwest::Client::new();
+    net::warn_if_insecure(&cfg);
+    let http = net::credential_client()?;
     let prometheus = if cfg.ops.listen.is_empty() {
         None
     } else {
@@ -352,7 +359,7 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
     );
     let tokens = tokens::Tokens::build(&cfg, &http, Some(refresh_hook(Arc::clone(&monitor))))?;
     let tc = if sync {
-        Some(teamcenter(&cfg, &http, Some(Arc::clone(&monitor)))?)
+        Some(teamcenter(&cfg, Some(Arc::clone(&monitor)))?)
     } else {
         None
     };

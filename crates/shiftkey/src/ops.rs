@@ -112,7 +112,7 @@ impl Ops {
                 })?;
                 url::Url::parse(&url)
                     .with_context(|| format!("`ops.webhook_env`: {var} does not hold a URL"))?;
-                Some((reqwest::Client::new(), url))
+                Some((crate::net::plain_client(Duration::from_secs(10))?, url))
             }
             None => None,
         };

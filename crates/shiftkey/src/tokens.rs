@@ -70,6 +70,7 @@ pub(crate) fn oauth_client(
     http: &reqwest::Client,
     name: &str,
     t: &TokenConfig,
+    allow_insecure_http: bool,
 ) -> anyhow::Result<OAuthClient> {
     let key = |field: &str| format!("tokens.{name}.{field}");
     let url = t
@@ -100,7 +101,8 @@ pub(crate) fn oauth_client(
     };
     Ok(
         OAuthClient::new(http.clone(), url, t.client_id.clone(), auth)
-            .with_scopes(t.scopes.clone()),
+            .with_scopes(t.scopes.clone())
+            .allow_insecure_http(allow_insecure_http),
     )
 }
 
@@ -109,8 +111,9 @@ pub(crate) fn strategy(
     http: &reqwest::Client,
     name: &str,
     t: &TokenConfig,
+    allow_insecure_http: bool,
 ) -> anyhow::Result<Timed> {
-    let client = oauth_client(http, name, t)?;
+    let client = oauth_client(http, name, t, allow_insecure_http)?;
     let inner: Arc<dyn AuthStrategy> = match t.kind {
         TokenKind::ClientCredentials => Arc::new(ServiceAccount::new(client)),
         TokenKind::Password => {
@@ -218,7 +221,7 @@ impl Tokens {
         let key = key_source(store_cfg)?;
         ensure_private_dir(&store_cfg.dir)?;
         for (name, t) in &cfg.tokens {
-            let mut strategy = strategy(http, name, t)?;
+            let mut strategy = strategy(http, name, t, cfg.allow_insecure_http)?;
             if let Some(h) = &hook {
                 strategy = strategy.with_hook(Arc::clone(h));
             }
@@ -306,7 +309,7 @@ pub(crate) enum TokenCommand {
 
 /// Runs a `token` subcommand.
 pub(crate) async fn command(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
-    let http = reqwest::Client::new();
+    let http = crate::net::credential_client()?;
     match cmd {
         TokenCommand::Status { config } => {
             let cfg = Config::load(&config)?;

@@ -192,6 +192,20 @@ fn the_example_config_loads_and_bad_configs_name_the_key() {
         "interval_minutes",
     );
     check("empty.toml", "", &[], "nothing to do");
+    let remote = "[teamcenter]\nurl = \"http://tc.plant.example/\"\nuser = \"u\"\npassword = { env = \"X\" }\n[sink]\nurl = \"sqlite::memory:\"\n";
+    check(
+        "cleartext.toml",
+        remote,
+        &[("X", "x")],
+        "allow_insecure_http",
+    );
+    let lab = temp("lab.toml", &format!("allow_insecure_http = true\n{remote}"));
+    let out = shiftkey(&["config", "check", "-c", lab.to_str().unwrap()], &[("X", "x")]);
+    assert!(
+        out.status.success(),
+        "the lab switch allows it: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     check(
         "nostore.toml",
         "[tokens.mes]\nkind = \"client_credentials\"\ntoken_url = \"http://127.0.0.1:9/t\"\nclient_id = \"c\"\nclient_secret = { env = \"X\" }\n",
