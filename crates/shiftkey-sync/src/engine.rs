@@ -1,7 +1,6 @@
 //! The engine: cycles and the schedule.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -104,20 +103,44 @@ impl SyncError {
     }
 }
 
-/// A stop request, checked between batches.
-#[derive(Debug, Clone, Default)]
-pub struct Stop(Arc<AtomicBool>);
+/// A stop request. It cancels the Teamcenter call in flight at once (its windows are closed in
+/// the background); a shop-floor batch already being applied finishes, so the sink never holds
+/// half a batch.
+#[derive(Debug, Clone)]
+pub struct Stop(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Stop {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::watch::Sender::new(false)))
+    }
+}
 
 impl Stop {
-    /// Asks the engine to stop after the current batch.
+    /// Asks the engine to stop: the call in flight is cancelled, the batch being applied finishes.
     pub fn request(&self) {
-        self.0.store(true, Ordering::Release);
+        self.0.send_replace(true);
     }
 
     /// Whether a stop was requested.
     #[must_use]
     pub fn requested(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        *self.0.borrow()
+    }
+
+    /// Resolves once a stop is requested.
+    pub async fn stopped(&self) {
+        let mut rx = self.0.subscribe();
+        // An error means the sender is gone, which cannot happen while `self` holds it.
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    }
+
+    /// Runs `work` unless a stop comes first (then `None`, and `work` is dropped).
+    pub async fn or_stop<T>(&self, work: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            biased;
+            () = self.stopped() => None,
+            out = work => Some(out),
+        }
     }
 }
 
@@ -256,7 +279,14 @@ impl Engine {
         // A first read (no watermark) reads everything: it is a full read too.
         report.reconciled = watermark.is_none() || self.reconcile_due(wall).await?;
         let since = if report.reconciled { None } else { watermark };
-        let mut changed = self.tc.changed_plans(since, &self.cfg.read).await?;
+        let Some(changed) = stop
+            .or_stop(self.tc.changed_plans(since, &self.cfg.read))
+            .await
+        else {
+            report.stopped = true;
+            return Ok(self.finish(report, started));
+        };
+        let mut changed = changed?;
         if !report.reconciled {
             let uids: Vec<String> = changed.plans.iter().map(|p| p.uid.clone()).collect();
             let stored = self.sink.stored_versions(&uids).await?;
@@ -283,7 +313,14 @@ impl Engine {
                 report.stopped = true;
                 break;
             }
-            let mut read = self.tc.read_operations(batch, &self.cfg.read).await?;
+            let Some(read) = stop
+                .or_stop(self.tc.read_operations(batch, &self.cfg.read))
+                .await
+            else {
+                report.stopped = true;
+                break;
+            };
+            let mut read = read?;
             for pe in &read.partial_errors {
                 tracing::warn!(uid = pe.uid.as_deref().unwrap_or("?"), errors = ?pe.errors, "Teamcenter reported a partial error");
             }
@@ -299,6 +336,7 @@ impl Engine {
                 (Some(c), Some(n)) => Some(c.max(n)),
                 (c, n) => c.or(n),
             };
+            // Not cancelled by a stop: one transaction, applied whole.
             let applied = self
                 .sink
                 .apply(&records, next.unwrap_or(SystemTime::UNIX_EPOCH))
@@ -316,8 +354,14 @@ impl Engine {
             }
         }
         if !report.stopped {
-            report.feedback_pushed = self.push_feedback().await?;
+            let (pushed, stopped) = self.push_feedback(stop).await?;
+            report.feedback_pushed = pushed;
+            report.stopped = stopped;
         }
+        Ok(self.finish(report, started))
+    }
+
+    fn finish(&self, mut report: CycleReport, started: tokio::time::Instant) -> CycleReport {
         report.duration = self.clock.now().saturating_duration_since(started);
         tracing::info!(
             read = report.read,
@@ -325,14 +369,16 @@ impl Engine {
             updated = report.updated,
             unchanged = report.unchanged,
             feedback = report.feedback_pushed,
+            stopped = report.stopped,
             "sync cycle done"
         );
-        Ok(report)
+        report
     }
 
-    async fn push_feedback(&self) -> Result<u64, SyncError> {
+    /// Pushes the outbox; the count written, and whether a stop cut it short.
+    async fn push_feedback(&self, stop: &Stop) -> Result<(u64, bool), SyncError> {
         let Some(cfg) = &self.cfg.feedback else {
-            return Ok(0);
+            return Ok((0, false));
         };
         let mut pushed = 0;
         for fb in self.sink.pending_feedback(self.cfg.feedback_limit).await? {
@@ -343,11 +389,17 @@ impl Engine {
             };
             // The key makes a push interrupted between Teamcenter and the outbox harmless.
             let key = format!("shiftkey-feedback-{}", fb.id);
-            let written = match self
-                .tc
-                .write_feedback(cfg, &fb.operation_uid, values, &key)
+            let Some(written) = stop
+                .or_stop(
+                    self.tc
+                        .write_feedback(cfg, &fb.operation_uid, values, &key),
+                )
                 .await
-            {
+            else {
+                // Written or not, the key makes the next push of this row harmless.
+                return Ok((pushed, true));
+            };
+            let written = match written {
                 Ok(w) => w,
                 // This row cannot be written (the operation is gone, no write access, a missing
                 // property): it stays in the outbox, the others go on.
@@ -362,7 +414,7 @@ impl Engine {
             }
             self.sink.mark_feedback_sent(fb.id).await?;
         }
-        Ok(pushed)
+        Ok((pushed, false))
     }
 
     /// Runs cycles every `interval` until `stop`: no overlap (a long cycle delays the next), one
@@ -383,9 +435,7 @@ impl Engine {
         while !stop.requested() {
             let now = self.clock.now();
             if now < next {
-                self.clock
-                    .sleep((next - now).min(Duration::from_secs(1)))
-                    .await;
+                stop.or_stop(self.clock.sleep(next - now)).await;
                 continue;
             }
             let leader = match lease.as_deref_mut() {

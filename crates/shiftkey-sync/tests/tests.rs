@@ -413,3 +413,66 @@ async fn refused_credentials_stop_the_engine_with_a_permanent_error() {
     assert!(err.is_permanent(), "{err}");
     assert_eq!(sim.stats().login_failures, 1);
 }
+
+/// A hung Teamcenter fails the cycle at the read deadline, and the next cycle succeeds: the sink
+/// then equals the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_server_fails_one_cycle_within_its_deadline_and_the_next_succeeds() {
+    let clock = clock();
+    let sim = sim(quiet(), &clock).await;
+    let sink = sqlite("hang").await;
+    let engine = Engine::new(
+        tc(&sim, "mfg_sync_pw").with_read_timeout(Duration::from_millis(300)),
+        sink.clone(),
+        EngineConfig::default(),
+    )
+    .with_clock(Arc::clone(&clock));
+    // Every attempt of the first read hangs (a read is tried three times).
+    tc(&sim, "mfg_sync_pw").session_info().await.unwrap();
+    sim.hang_next(shiftkey_sim::HangTarget::Reads, 3);
+    let err = engine.cycle(&Stop::default()).await.unwrap_err();
+    assert!(err.to_string().contains("timed out"), "{err}");
+    assert_eq!(sim.stats().hung, 3);
+    let report = engine.cycle(&Stop::default()).await.unwrap();
+    assert_eq!(report.inserted, 20);
+    sim.pause_changes(true);
+    assert_eq!(sink.all().await.unwrap(), truth(&sim).await);
+}
+
+/// A stop cancels the Teamcenter call in flight: a cycle hung on a read that would wait an hour
+/// returns as soon as the stop comes, marked stopped, and nothing half-done reaches the sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_cancels_a_hung_read_at_once() {
+    let clock = clock();
+    let sim = sim(quiet(), &clock).await;
+    let sink = sqlite("stop-hang").await;
+    let engine = Arc::new(
+        Engine::new(
+            tc(&sim, "mfg_sync_pw").with_read_timeout(Duration::from_secs(3600)),
+            sink.clone(),
+            EngineConfig::default(),
+        )
+        .with_clock(Arc::clone(&clock)),
+    );
+    tc(&sim, "mfg_sync_pw").session_info().await.unwrap();
+    sim.hang_next(shiftkey_sim::HangTarget::Reads, 1_000);
+    let stop = Stop::default();
+    let cycle = {
+        let (engine, stop) = (Arc::clone(&engine), stop.clone());
+        tokio::spawn(async move { engine.cycle(&stop).await })
+    };
+    while sim.stats().hung == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.request();
+    // A guard against a hang, not a timing claim: without the cancel this waits an hour.
+    let report = tokio::time::timeout(Duration::from_secs(120), cycle)
+        .await
+        .expect("the stop did not cancel the hung read")
+        .unwrap()
+        .unwrap();
+    assert!(report.stopped);
+    assert_eq!(report.inserted, 0);
+    assert!(sink.all().await.unwrap().is_empty());
+    assert_eq!(sink.watermark().await.unwrap(), None);
+}

@@ -86,8 +86,22 @@ pub enum TcError {
         attempts: u32,
     },
     /// The HTTP layer gave up (no session/token, circuit open, transport after retries).
-    #[error("{0}")]
+    #[error("{}", describe_http(.0))]
     Http(#[from] reqwest_middleware::Error),
+}
+
+/// The HTTP layer's error, saying plainly when it was a deadline or a refused connection
+/// (reqwest's own text names only the URL).
+fn describe_http(e: &reqwest_middleware::Error) -> String {
+    match e {
+        reqwest_middleware::Error::Reqwest(r) if r.is_timeout() => {
+            format!("timed out: no answer before the deadline ({r})")
+        }
+        reqwest_middleware::Error::Reqwest(r) if r.is_connect() => {
+            format!("cannot connect ({r})")
+        }
+        other => other.to_string(),
+    }
 }
 
 fn sso_suffix(sso: &Option<SsoHint>) -> String {
