@@ -23,7 +23,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use shiftkey_auth::{Invalidation, Secret, TokenManager};
+use shiftkey_auth::{Invalidation, LifetimeSource, Secret, TokenManager};
 use shiftkey_http::limits::{Death, LimitLearner, LimitsConfig, Recorded};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -42,32 +42,56 @@ enum Request {
 /// The broker's shared state: a manager per token, and what the reported deaths taught about
 /// each server's real limits (a cap below `expires_in` is learned from the clients' reports, as
 /// the HTTP middleware learns it from responses, so refreshes become proactive again).
+///
+/// Nothing a client reports can make a refresh storm (any local process of ours can report):
+/// - a report refreshes through [`TokenManager::invalidate`], which refuses to replace a token
+///   obtained by a report-triggered refresh less than `min_interval` ago: at most one
+///   report-triggered refresh per minimum interval, however many clients report;
+/// - each generation's death counts once (the learner ignores repeats, whoever sends them);
+/// - a lifetime cap learned from reports is never below [`floor`] (max(60 s, 10 % of the
+///   server's `expires_in`)), neither applied nor persisted — a cap restored from the store below
+///   it is raised to it.
 pub(crate) struct Broker {
     managers: BTreeMap<String, TokenManager>,
     learners: BTreeMap<String, LimitLearner>,
-    /// The generation a refresh was last forced for, per token.
-    forced: std::sync::Mutex<BTreeMap<String, u64>>,
+    /// The lifetime the server claims (`expires_in`) per token, as last seen unclamped.
+    claimed: std::sync::Mutex<BTreeMap<String, Duration>>,
 }
 
-/// A reactive token rejected younger than this was probably never accepted: not refreshed again
-/// (the manager's `min_interval` guard). Older, it served and then died: refreshed.
-const FRESH_REJECTION: Duration = Duration::from_secs(10);
+/// The lowest lifetime cap learned from broker reports: max(60 s, 10 % of what the server
+/// claims).
+pub(crate) fn floor(claimed: Option<Duration>) -> Duration {
+    let tenth = claimed.map_or(Duration::ZERO, |c| c / 10);
+    Duration::from_secs(60).max(tenth)
+}
 
 impl Broker {
     pub(crate) fn new(managers: BTreeMap<String, TokenManager>) -> Arc<Self> {
         let learners = managers
             .iter()
             .map(|(name, m)| {
+                let mut restored = m.server_limits();
+                if let Some(cap) = restored.lifetime_cap
+                    && cap < floor(None)
+                {
+                    tracing::warn!(
+                        token = name.as_str(),
+                        cap_s = cap.as_secs(),
+                        "a stored lifetime cap is below the floor for reported limits; raised"
+                    );
+                    restored.lifetime_cap = Some(floor(None));
+                    m.set_server_limits(restored);
+                }
                 (
                     name.clone(),
-                    LimitLearner::new(LimitsConfig::default()).with_learned(m.server_limits()),
+                    LimitLearner::new(LimitsConfig::default()).with_learned(restored),
                 )
             })
             .collect();
         Arc::new(Self {
             managers,
             learners,
-            forced: std::sync::Mutex::default(),
+            claimed: std::sync::Mutex::default(),
         })
     }
 
@@ -77,10 +101,13 @@ impl Broker {
             .ok_or_else(|| format!("no token named `{name}`"))
     }
 
-    async fn reply(&self, req: Request) -> Value {
+    /// Answers one request from `client` (for the logs).
+    async fn reply(&self, req: Request, client: &str) -> Value {
         let result = match req {
-            Request::Get { name } => self.get(&name, None).await,
-            Request::Rejected { name, generation } => self.get(&name, Some(generation)).await,
+            Request::Get { name } => self.get(&name, None, client).await,
+            Request::Rejected { name, generation } => {
+                self.get(&name, Some(generation), client).await
+            }
             Request::Stats => Ok(self.stats()),
         };
         result.unwrap_or_else(|e| json!({"ok": false, "error": e}))
@@ -88,29 +115,31 @@ impl Broker {
 
     /// The current token of `name`; with `rejected`, that generation is reported dead first
     /// (compare-and-swap: many reports of one generation make one refresh).
-    async fn get(&self, name: &str, rejected: Option<u64>) -> Result<Value, String> {
+    async fn get(&self, name: &str, rejected: Option<u64>, client: &str) -> Result<Value, String> {
         let manager = self.manager(name)?;
+        // What the server claims, remembered for the floor (a learned token says the cap).
+        if let Some(claimed) = manager
+            .with_token(|t| (t.lifetime_source != LifetimeSource::Learned).then_some(t.lifetime))
+            .flatten()
+        {
+            self.claimed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(name.to_owned(), claimed);
+        }
         if let Some(generation) = rejected {
             // The age of the reported token, when it is the current one (a real death).
             let age = manager
                 .try_token()
                 .filter(|t| t.generation() == generation)
                 .map(|t| tokio::time::Instant::now().saturating_duration_since(t.issued_at));
-            let mut outcome = manager.invalidate(generation);
-            // The manager refuses to replace a reactive token younger than `min_interval` (a
-            // server that rejects every fresh token must not cause a refresh storm). A token that
-            // served for a while first and then died — a restart right after a reactive refresh
-            // — is a new death: refresh it, at most once per `FRESH_REJECTION` per token.
-            if outcome == Invalidation::TooSoon && age.is_some_and(|a| a >= FRESH_REJECTION) {
-                manager.refresh_now();
-                outcome = Invalidation::Refreshing;
-                self.forced
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(name.to_owned(), generation);
-            }
+            // The manager refuses to replace a token a report-triggered refresh got less than
+            // `min_interval` ago (TooSoon): a client reporting every token it gets cannot make
+            // more than one refresh per minimum interval.
+            let outcome = manager.invalidate(generation);
             tracing::info!(
                 token = name,
+                client,
                 generation,
                 ?outcome,
                 "a client reported a rejected token"
@@ -124,7 +153,25 @@ impl Broker {
                     age,
                     idle: Duration::ZERO,
                 };
-                if let Recorded::Learned(limits) = learner.record(generation, death) {
+                if let Recorded::Learned(mut limits) = learner.record(generation, death) {
+                    let claimed = self
+                        .claimed
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .get(name)
+                        .copied();
+                    let floor = floor(claimed);
+                    if let Some(cap) = limits.lifetime_cap
+                        && cap < floor
+                    {
+                        tracing::warn!(
+                            token = name,
+                            reported_cap_s = cap.as_secs_f64(),
+                            floor_s = floor.as_secs(),
+                            "reports suggest a lifetime cap below the floor; using the floor"
+                        );
+                        limits.lifetime_cap = Some(floor);
+                    }
                     tracing::warn!(
                         token = name,
                         lifetime_cap_s = limits.lifetime_cap.map(|d| d.as_secs()),
@@ -141,7 +188,7 @@ impl Broker {
         // A reported generation that is still served is about to be replaced (a cap was just
         // learned and the manager is rescheduling): wait briefly for its successor.
         for _ in 0..100 {
-            if rejected != Some(token.generation()) || !self.replacing(name, token.generation()) {
+            if rejected != Some(token.generation()) || !self.replacing(name) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -170,20 +217,11 @@ impl Broker {
             .ok_or_else(|| format!("token `{name}`: no servable token"))
     }
 
-    /// Whether the rejected current token `generation` of `name` is on its way out: a cap was
-    /// learned, or a refresh was forced for it.
-    fn replacing(&self, name: &str, generation: u64) -> bool {
-        let forced = self
-            .forced
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Whether a cap was learned for `name` (its current token is then rescheduled by it).
+    fn replacing(&self, name: &str) -> bool {
+        self.learners
             .get(name)
-            == Some(&generation);
-        forced
-            || self
-                .learners
-                .get(name)
-                .is_some_and(|l| l.limits().lifetime_cap.is_some())
+            .is_some_and(|l| l.limits().lifetime_cap.is_some())
     }
 
     fn stats(&self) -> Value {
@@ -246,8 +284,10 @@ pub(crate) async fn serve_socket(listener: UnixListener, broker: Arc<Broker>) {
                 continue;
             }
         };
-        match stream.peer_cred() {
-            Ok(cred) if cred.uid() == uid => {}
+        let client = match stream.peer_cred() {
+            Ok(cred) if cred.uid() == uid => cred
+                .pid()
+                .map_or_else(|| "socket".to_owned(), |pid| format!("pid {pid}")),
             Ok(cred) => {
                 tracing::warn!(
                     peer_uid = cred.uid(),
@@ -259,17 +299,17 @@ pub(crate) async fn serve_socket(listener: UnixListener, broker: Arc<Broker>) {
                 tracing::warn!(error = %e, "broker: cannot read the peer's credentials; refused");
                 continue;
             }
-        }
+        };
         let broker = Arc::clone(&broker);
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, &broker).await {
+            if let Err(e) = connection(stream, &broker, &client).await {
                 tracing::debug!(error = %e, "broker: connection ended");
             }
         });
     }
 }
 
-async fn connection(stream: UnixStream, broker: &Broker) -> std::io::Result<()> {
+async fn connection(stream: UnixStream, broker: &Broker, client: &str) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read.take(1 << 20)).lines();
     while let Some(line) = lines.next_line().await? {
@@ -277,7 +317,7 @@ async fn connection(stream: UnixStream, broker: &Broker) -> std::io::Result<()> 
             continue;
         }
         let reply = match serde_json::from_str::<Request>(&line) {
-            Ok(req) => broker.reply(req).await,
+            Ok(req) => broker.reply(req, client).await,
             Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
         };
         let mut bytes = serde_json::to_vec(&reply).unwrap_or_default();
@@ -412,7 +452,7 @@ async fn http_get(
         return unauthorized();
     };
     tracing::debug!(client, token = name, "broker: HTTP get");
-    answer(broker.reply(Request::Get { name }).await)
+    answer(broker.reply(Request::Get { name }, client).await)
 }
 
 async fn http_rejected(
@@ -434,10 +474,13 @@ async fn http_rejected(
     tracing::debug!(client, token = name, "broker: HTTP rejected");
     answer(
         broker
-            .reply(Request::Rejected {
-                name,
-                generation: body.generation,
-            })
+            .reply(
+                Request::Rejected {
+                    name,
+                    generation: body.generation,
+                },
+                client,
+            )
             .await,
     )
 }
@@ -448,5 +491,110 @@ pub(crate) struct SocketFile(pub(crate) PathBuf);
 impl Drop for SocketFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+    use super::*;
+    use shiftkey_auth::testing::ScriptedStrategy;
+    use shiftkey_auth::timing::RefreshConfig;
+    use tokio::time::Instant;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn broker(lifetime: Duration) -> (Arc<Broker>, ScriptedStrategy, TokenManager) {
+        let strategy = ScriptedStrategy::new(lifetime, Duration::from_millis(50));
+        let manager = TokenManager::builder(strategy.clone())
+            .config(RefreshConfig {
+                seed: Some(7),
+                ..RefreshConfig::default()
+            })
+            .build()
+            .unwrap();
+        let broker = Broker::new(BTreeMap::from([("mes".to_owned(), manager.clone())]));
+        (broker, strategy, manager)
+    }
+
+    async fn generation(b: &Broker, rejected: Option<u64>) -> u64 {
+        let v = b.get("mes", rejected, "test").await.unwrap();
+        v["generation"].as_u64().unwrap()
+    }
+
+    /// A client that reports every token rejected the moment it gets it, and again every 10 s,
+    /// for a simulated day: at most one token-endpoint call per minimum interval, and no
+    /// learned cap below the floor.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_reporting_every_token_cannot_make_a_refresh_storm() {
+        let lifetime = Duration::from_secs(3600);
+        let (b, strategy, manager) = broker(lifetime);
+        let start = Instant::now();
+        while start.elapsed() < DAY {
+            let g = generation(&b, None).await;
+            generation(&b, Some(g)).await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        let min_interval = Duration::from_secs(60);
+        let bound = DAY.as_secs() / min_interval.as_secs();
+        let calls = strategy.calls() as u64;
+        // The first token, and one proactive refresh whose token a report replaces at once.
+        assert!(calls <= bound + 2, "{calls} token-endpoint calls in a day");
+        let starts = strategy.starts();
+        let close = starts
+            .windows(2)
+            .filter(|w| w[1] - w[0] < min_interval)
+            .count();
+        assert!(close <= 2, "{close} refreshes closer than the minimum interval");
+        let cap = manager.server_limits().lifetime_cap;
+        assert!(
+            cap.is_none_or(|c| c >= floor(Some(lifetime))),
+            "learned cap {cap:?} is below the floor"
+        );
+        manager.shutdown().await;
+    }
+
+    /// A server that kills 8 h tokens at 2 h: two deaths in a row teach the cap (above the
+    /// floor of 48 min), and from then on refreshes come before it: no more deaths.
+    #[tokio::test(start_paused = true)]
+    async fn a_real_cap_above_the_floor_is_learned_from_reports() {
+        let lifetime = Duration::from_secs(8 * 3600);
+        let real = Duration::from_secs(2 * 3600);
+        let (b, _strategy, manager) = broker(lifetime);
+        let start = Instant::now();
+        let mut deaths = 0;
+        while start.elapsed() < 2 * DAY {
+            let g = generation(&b, None).await;
+            let age = manager
+                .try_token()
+                .filter(|t| t.generation() == g)
+                .map(|t| Instant::now().saturating_duration_since(t.issued_at));
+            if age.is_some_and(|a| a >= real) {
+                deaths += 1;
+                generation(&b, Some(g)).await;
+            }
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+        let cap = manager.server_limits().lifetime_cap.unwrap();
+        assert!(cap >= floor(Some(lifetime)) && cap <= real + Duration::from_secs(120), "{cap:?}");
+        assert_eq!(deaths, 2, "two deaths teach the cap; none after");
+        manager.shutdown().await;
+    }
+
+    /// A cap persisted below the floor (by an older version) is raised when the broker starts.
+    #[tokio::test(start_paused = true)]
+    async fn a_stored_cap_below_the_floor_is_raised() {
+        let (_, _, manager) = broker(Duration::from_secs(3600));
+        manager.set_server_limits(shiftkey_auth::ServerLimits {
+            lifetime_cap: Some(Duration::from_secs(1)),
+            idle_limit: None,
+        });
+        let _b = Broker::new(BTreeMap::from([("mes".to_owned(), manager.clone())]));
+        assert_eq!(
+            manager.server_limits().lifetime_cap,
+            Some(Duration::from_secs(60))
+        );
+        manager.shutdown().await;
     }
 }

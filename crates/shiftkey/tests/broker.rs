@@ -282,35 +282,6 @@ fn own_uid() -> u32 {
     uid
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_broker_learns_a_lifetime_cap_from_reports_and_refreshes_ahead_of_it() {
-    // Tokens claim 30 s and die at 4 s: the second death in a row teaches the cap.
-    let mut sim_cfg = shiftkey_sim::SimConfig::default();
-    sim_cfg.oauth.access_ttl_secs = 30;
-    sim_cfg.oauth.access_ttl_cap_secs = Some(4);
-    let sim = common::start_sim(sim_cfg).await;
-    let dir = temp_dir("broker-cap");
-    let cfg = config(&dir, &sim.url(), false);
-    let socket = dir.join("run/broker.sock");
-    let mut broker = Daemon::spawn(&["--verbose", "broker", "-c", cfg.to_str().unwrap()], &ENV);
-    broker.wait_for("serving 1 token(s)").await;
-    let (ok, surfaced) = script(&socket, &sim.url(), Duration::from_secs(16)).await;
-    let stats = ask(&socket, serde_json::json!({"op": "stats"})).await;
-    let (exit, log) = broker.terminate().await;
-    assert!(exit.success(), "{log}");
-    assert!(
-        log.contains("learned the server's real token lifetime"),
-        "{log}"
-    );
-    assert_eq!(surfaced, 0, "no script saw a 401: {stats}");
-    assert!(ok > 40, "{ok}");
-    assert_eq!(
-        stats["tokens"]["gw"]["reactive"], 1,
-        "after the cap was learned, refreshes came before it: {stats}"
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
 /// A script in Rust: every 250 ms a gateway call with the broker's token, reporting a rejection
 /// and retrying once; returns (calls that succeeded, 401s that reached the script).
 async fn script(socket: &Path, sim_url: &str, run: Duration) -> (u32, u32) {
@@ -348,11 +319,13 @@ async fn script(socket: &Path, sim_url: &str, run: Duration) -> (u32, u32) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_soon_after_a_reactive_refresh_is_healed_too() {
-    // Two restarts 13 s apart: the second kills a token obtained reactively 13 s earlier, younger
-    // than its 30 s min_interval, which on its own the manager would not replace.
+async fn a_second_restart_after_the_minimum_interval_is_healed_too() {
+    // Two restarts 16 s apart: the second kills the token the first one's report got, once it
+    // is older than its 15 s minimum interval (30 s tokens). Sooner, reports would wait: one
+    // report-triggered refresh per minimum interval is what keeps a misbehaving client from
+    // causing a refresh storm (the broker's unit tests show both).
     let mut sim_cfg = shiftkey_sim::SimConfig::default();
-    sim_cfg.oauth.access_ttl_secs = 60;
+    sim_cfg.oauth.access_ttl_secs = 30;
     let sim = std::sync::Arc::new(common::start_sim(sim_cfg).await);
     let dir = temp_dir("broker-restarts");
     let cfg = config(&dir, &sim.url(), false);
@@ -364,11 +337,11 @@ async fn a_restart_soon_after_a_reactive_refresh_is_healed_too() {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(3)).await;
             sim.restart();
-            tokio::time::sleep(Duration::from_secs(13)).await;
+            tokio::time::sleep(Duration::from_secs(16)).await;
             sim.restart();
         })
     };
-    let (ok, surfaced) = script(&socket, &sim.url(), Duration::from_secs(20)).await;
+    let (ok, surfaced) = script(&socket, &sim.url(), Duration::from_secs(22)).await;
     restarts.await.unwrap();
     let (exit, log) = broker.terminate().await;
     assert!(exit.success(), "{log}");
