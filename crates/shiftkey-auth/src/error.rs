@@ -46,6 +46,10 @@ pub enum AuthError {
     /// The token manager was shut down.
     #[error("the token manager has shut down")]
     Shutdown,
+    /// The token refresher stopped without being asked to (a panic in a strategy or a store):
+    /// nothing will refresh this credential again until the process restarts.
+    #[error("the token refresher stopped unexpectedly (see the log); restart the process")]
+    TaskDied,
 }
 
 impl AuthError {

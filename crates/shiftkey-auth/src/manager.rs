@@ -113,6 +113,9 @@ struct Published {
     halted: Option<AuthError>,
     next_attempt: Option<Instant>,
     shutdown: bool,
+    /// The refresher ended without being asked to (a panic in a strategy or store, or its task
+    /// was aborted): nothing will ever refresh again.
+    died: bool,
 }
 
 /// A snapshot for status pages, `doctor` and tests.
@@ -430,7 +433,11 @@ impl TokenManager {
             {
                 let p = rx.borrow_and_update();
                 if p.shutdown {
-                    return Err(AuthError::Shutdown);
+                    return Err(if p.died {
+                        AuthError::TaskDied
+                    } else {
+                        AuthError::Shutdown
+                    });
                 }
                 if let Some(e) = &p.halted {
                     return Err(e.clone());
@@ -592,6 +599,21 @@ impl TokenManager {
         }
     }
 
+    /// Whether the refresher task ended without being asked to (a panic in a strategy or a
+    /// store): no token will ever be refreshed again, and the process should be restarted.
+    #[must_use]
+    pub fn refresher_died(&self) -> bool {
+        self.inner.published.borrow().died
+    }
+
+    /// Resolves when the refresher task ends without being asked to (see
+    /// [`TokenManager::refresher_died`]); never, while it runs.
+    pub async fn died(&self) {
+        let mut rx = self.inner.published.subscribe();
+        // The sender lives in `Inner`, which `self` holds: the wait cannot fail.
+        let _ = rx.wait_for(|p| p.died).await;
+    }
+
     /// Stops the refresher and waits until it has stopped. Callers waiting for a token get
     /// [`AuthError::Shutdown`]; the current token stays readable through `try_token`.
     pub async fn shutdown(&self) {
@@ -619,7 +641,36 @@ fn record_skew(inner: &Inner, server_date: Option<SystemTime>, sent_wall: System
     }
 }
 
+/// Dropped when the refresher ends, however it ends: an unwinding panic or an aborted task
+/// included. Waiting callers then get an error at once instead of waiting for a token that will
+/// never come, and `shutdown` returns.
+struct ExitGuard(Arc<Inner>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        let inner = &self.0;
+        let asked = inner.stop.load(Ordering::Acquire);
+        inner.published.send_if_modified(|p| {
+            if p.shutdown {
+                return false;
+            }
+            p.shutdown = true;
+            p.died = !asked;
+            p.next_attempt = None;
+            true
+        });
+        if !asked {
+            tracing::error!(
+                credential = %inner.name,
+                panicked = std::thread::panicking(),
+                "the token refresher stopped unexpectedly: no token will be refreshed again"
+            );
+        }
+    }
+}
+
 async fn refresher<S: AuthStrategy>(inner: Arc<Inner>, strategy: S, mut planner: Planner) {
+    let _exit = ExitGuard(Arc::clone(&inner));
     let mut last: Option<TokenSet> = None;
     let mut generation: u64 = 0;
     let mut applied_cap: Option<Duration> = None;

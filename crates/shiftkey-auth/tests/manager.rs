@@ -566,3 +566,38 @@ mod shared_store {
         }
     }
 }
+
+/// A strategy with a bug: it panics.
+#[derive(Debug)]
+struct Panics;
+
+#[async_trait::async_trait]
+impl shiftkey_auth::AuthStrategy for Panics {
+    async fn acquire(
+        &self,
+        _previous: Option<&shiftkey_auth::TokenSet>,
+    ) -> Result<shiftkey_auth::TokenSet, shiftkey_auth::AuthError> {
+        panic!("a bug in a strategy")
+    }
+
+    fn name(&self) -> &str {
+        "panics"
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresher_that_dies_fails_waiting_callers_at_once_and_shutdown_still_returns() {
+    let m = TokenManager::builder(Panics).build().unwrap();
+    let err = m.token().await.unwrap_err();
+    assert!(
+        matches!(err, shiftkey_auth::AuthError::TaskDied),
+        "a caller is told the refresher died, not left to time out: {err:?}"
+    );
+    assert!(m.refresher_died());
+    m.died().await;
+    m.shutdown().await;
+    assert!(matches!(
+        m.token().await,
+        Err(shiftkey_auth::AuthError::TaskDied)
+    ));
+}
