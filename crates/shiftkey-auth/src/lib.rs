@@ -74,8 +74,8 @@ pub use store::{
     StoredToken, TokenStore,
 };
 pub use strategy::AuthStrategy;
-pub use wire::{CONNECT_TIMEOUT, REQUEST_TIMEOUT, credential_client, is_loopback};
 pub use token::{LifetimeSource, MAX_LIFETIME, MIN_LIFETIME, Secret, TokenSet, clamp_lifetime};
+pub use wire::{CONNECT_TIMEOUT, REQUEST_TIMEOUT, credential_client, is_loopback};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

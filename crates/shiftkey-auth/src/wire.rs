@@ -29,7 +29,6 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// let http = shiftkey_auth::credential_client().build()?;
 /// # Ok::<(), reqwest::Error>(())
 /// ```
-#[must_use]
 pub fn credential_client() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -81,7 +80,11 @@ pub(crate) fn endpoint(url: &url::Url) -> String {
 ///
 /// # Errors
 /// A permanent configuration error naming `what` and the URL.
-pub(crate) fn check_secure(url: &url::Url, allow_insecure: bool, what: &str) -> Result<(), AuthError> {
+pub(crate) fn check_secure(
+    url: &url::Url,
+    allow_insecure: bool,
+    what: &str,
+) -> Result<(), AuthError> {
     match url.scheme() {
         "https" => Ok(()),
         "http" if allow_insecure || is_loopback(url) => Ok(()),

@@ -21,7 +21,12 @@ async fn serve() -> (url::Url, Arc<AtomicUsize>) {
     let counter = Arc::clone(&stolen);
     let thief = Router::new().fallback(move || {
         counter.fetch_add(1, Ordering::SeqCst);
-        async { (StatusCode::OK, r#"{"access_token":"stolen","expires_in":60}"#) }
+        async {
+            (
+                StatusCode::OK,
+                r#"{"access_token":"stolen","expires_in":60}"#,
+            )
+        }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let thief_at = format!("http://{}/collect", listener.local_addr().unwrap());
@@ -148,7 +153,11 @@ async fn a_redirect_from_the_token_endpoint_is_an_error_and_the_secret_stays_hom
         .await
         .unwrap_err();
     assert!(err.to_string().contains("redirect"), "{err}");
-    assert_eq!(stolen.load(Ordering::SeqCst), 0, "credentials followed a redirect");
+    assert_eq!(
+        stolen.load(Ordering::SeqCst),
+        0,
+        "credentials followed a redirect"
+    );
 }
 
 #[tokio::test]

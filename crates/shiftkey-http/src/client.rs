@@ -50,7 +50,6 @@ pub fn same_origin_redirects() -> reqwest::redirect::Policy {
 /// let http = shiftkey_http::resource_client(Duration::from_secs(60)).build()?;
 /// # Ok::<(), reqwest::Error>(())
 /// ```
-#[must_use]
 pub fn resource_client(timeout: Duration) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .redirect(same_origin_redirects())

@@ -478,8 +478,7 @@ impl Middleware for AuthMiddleware {
         let s = &*self.shared;
         s.counters.requests.fetch_add(1, Ordering::Relaxed);
         // Policy retries only for what is safe to send twice.
-        let idempotent =
-            req.method().is_idempotent() || extensions.get::<Idempotent>().is_some();
+        let idempotent = req.method().is_idempotent() || extensions.get::<Idempotent>().is_some();
         let mut req = req;
         if req.timeout().is_none() {
             *req.timeout_mut() = Some(s.attempt_timeout);

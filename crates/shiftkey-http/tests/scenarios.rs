@@ -298,7 +298,11 @@ async fn a_post_that_gets_a_503_is_sent_once_and_a_marked_one_is_retried() {
     let url = r.base.join("data").unwrap();
     let resp = r.client.post(url.clone()).body("x").send().await.unwrap();
     assert_eq!(resp.status(), 503);
-    assert_eq!(r.server.hits.load(Ordering::SeqCst), 1, "a POST is never re-sent");
+    assert_eq!(
+        r.server.hits.load(Ordering::SeqCst),
+        1,
+        "a POST is never re-sent"
+    );
     assert_eq!(r.middleware.stats().retries, 0);
 
     let resp = r
@@ -309,7 +313,11 @@ async fn a_post_that_gets_a_503_is_sent_once_and_a_marked_one_is_retried() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200, "the marked POST was retried past the 503");
+    assert_eq!(
+        resp.status(),
+        200,
+        "the marked POST was retried past the 503"
+    );
     assert_eq!(r.server.hits.load(Ordering::SeqCst), 3);
     assert_eq!(r.middleware.stats().retries, 1);
 }
@@ -321,7 +329,11 @@ async fn a_rejected_post_is_healed_and_sent_again() {
     r.server.kill("tok-1");
     let url = r.base.join("data").unwrap();
     let resp = r.client.post(url).body("x").send().await.unwrap();
-    assert_eq!(resp.status(), 200, "the server refused before acting: one retry");
+    assert_eq!(
+        resp.status(),
+        200,
+        "the server refused before acting: one retry"
+    );
     assert_eq!(r.middleware.stats().recovered, 1);
 }
 

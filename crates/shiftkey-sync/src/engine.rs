@@ -390,10 +390,7 @@ impl Engine {
             // The key makes a push interrupted between Teamcenter and the outbox harmless.
             let key = format!("shiftkey-feedback-{}", fb.id);
             let Some(written) = stop
-                .or_stop(
-                    self.tc
-                        .write_feedback(cfg, &fb.operation_uid, values, &key),
-                )
+                .or_stop(self.tc.write_feedback(cfg, &fb.operation_uid, values, &key))
                 .await
             else {
                 // Written or not, the key makes the next push of this row harmless.

@@ -559,10 +559,9 @@ async fn a_line_that_does_not_map_leaves_only_its_plan_out() {
 #[tokio::test]
 async fn a_hung_read_is_retried_a_hung_write_is_sent_once_and_answers_are_bounded() {
     let mut cfg: SimConfig = quiet();
-    cfg.tc.site_properties.insert(
-        "MEOPRevision".into(),
-        vec!["xx4_mes_feedback_key".into()],
-    );
+    cfg.tc
+        .site_properties
+        .insert("MEOPRevision".into(), vec!["xx4_mes_feedback_key".into()]);
     let s = sim(cfg).await;
     let tc = client(&s, "mfg_sync_pw").with_read_timeout(Duration::from_millis(500));
     let all = tc
@@ -600,5 +599,8 @@ async fn a_hung_read_is_retried_a_hung_write_is_sent_once_and_answers_are_bounde
     let small = client(&s, "mfg_sync_pw").with_max_answer(64);
     let err = small.session_info().await.unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("getTCSessionInfo") && msg.contains("64 byte limit"), "{msg}");
+    assert!(
+        msg.contains("getTCSessionInfo") && msg.contains("64 byte limit"),
+        "{msg}"
+    );
 }

@@ -546,7 +546,10 @@ mod tests {
             .windows(2)
             .filter(|w| w[1] - w[0] < min_interval)
             .count();
-        assert!(close <= 2, "{close} refreshes closer than the minimum interval");
+        assert!(
+            close <= 2,
+            "{close} refreshes closer than the minimum interval"
+        );
         let cap = manager.server_limits().lifetime_cap;
         assert!(
             cap.is_none_or(|c| c >= floor(Some(lifetime))),
@@ -577,7 +580,10 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(60)).await;
         }
         let cap = manager.server_limits().lifetime_cap.unwrap();
-        assert!(cap >= floor(Some(lifetime)) && cap <= real + Duration::from_secs(120), "{cap:?}");
+        assert!(
+            cap >= floor(Some(lifetime)) && cap <= real + Duration::from_secs(120),
+            "{cap:?}"
+        );
         assert_eq!(deaths, 2, "two deaths teach the cap; none after");
         manager.shutdown().await;
     }

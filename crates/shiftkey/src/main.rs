@@ -16,6 +16,7 @@ mod net;
 mod ops;
 mod site;
 mod store_cmd;
+mod supervise;
 mod tokens;
 
 use std::process::ExitCode;
@@ -204,7 +205,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let out = rt.block_on(async move {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
             Command::Sim(args) => sim(args).await,
@@ -232,7 +233,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         }
-    })
+    });
+    // Tasks still running (a hung blocking call included) do not hold the process.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    out
 }
 
 /// The Teamcenter client of `[teamcenter]`: session mode, its login timed for metrics and
@@ -282,14 +286,14 @@ fn teamcenter(
     if let Some(m) = monitor {
         mw = mw.monitor(m);
     }
-    Ok(shiftkey_teamcenter::TcClient::with_middleware(
-        http.clone(),
-        mw.build(),
-        base,
-        false,
+    Ok(
+        shiftkey_teamcenter::TcClient::with_middleware(http.clone(), mw.build(), base, false)
+            .with_read_timeout(read_timeout)
+            .with_max_answer(
+                usize::try_from(tc.max_answer_mib.saturating_mul(1024 * 1024))
+                    .unwrap_or(usize::MAX),
+            ),
     )
-    .with_read_timeout(read_timeout)
-    .with_max_answer(usize::try_from(tc.max_answer_mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)))
 }
 
 /// Feeds token refresh outcomes into the alert monitor.
@@ -382,16 +386,22 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
         sync.then(|| std::time::Duration::from_secs(cfg.schedule.interval_minutes * 60)),
     )?;
     let _ = ops_slot.set(Arc::clone(&ops));
-    let mut tasks = Vec::new();
+    let mut tasks = supervise::Tasks::default();
     if !cfg.ops.listen.is_empty() {
         let (addr, task) = ops::serve(&cfg.ops.listen, Arc::clone(&ops)).await?;
-        tasks.push(task);
+        tasks.spawn("ops", async move {
+            if let Err(e) = task.await
+                && e.is_panic()
+            {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        });
         eprintln!("shiftkey: ops endpoints on http://{addr}/status");
     }
     {
         let ops = Arc::clone(&ops);
         let cfg_expiry = config::Config::load(path)?;
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn("ops-poll", async move {
             let mut tick = 0u64;
             loop {
                 if tick.is_multiple_of(21_600) {
@@ -401,27 +411,33 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
                 tick += 1;
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
-        }));
+        });
     }
     // Warm up: every token fetched (or adopted from the store) now, so scripts get one at once
-    // and a refused credential shows in the log and `/readyz` before anyone asks.
+    // and a refused credential shows in the log and `/readyz` before anyone asks. One-shot
+    // tasks: not watched; their refreshers are.
+    let mut warmups = Vec::new();
     for (name, m) in &tokens.managers {
+        tasks.watch_refresher(name, m);
         let (name, m) = (name.clone(), m.clone());
-        tasks.push(tokio::spawn(async move {
+        warmups.push(tokio::spawn(async move {
             if let Err(e) = m.token().await {
                 tracing::error!(token = %name, error = %e, "cannot get a token");
             }
         }));
+    }
+    if let Some(tc) = &tc {
+        tasks.watch_refresher("teamcenter", tc.middleware().manager());
     }
     let _socket_file;
     if !tokens.managers.is_empty() {
         let broker = broker::Broker::new(tokens.managers.clone());
         let listener = broker::bind_socket(&cfg.broker.socket).await?;
         _socket_file = broker::SocketFile(cfg.broker.socket.clone());
-        tasks.push(tokio::spawn(broker::serve_socket(
-            listener,
-            Arc::clone(&broker),
-        )));
+        tasks.spawn(
+            "broker",
+            broker::serve_socket(listener, Arc::clone(&broker)),
+        );
         eprintln!(
             "shiftkey: serving {} token(s) on {}",
             tokens.managers.len(),
@@ -434,11 +450,11 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
                 .map_err(|e| anyhow::anyhow!("`broker.http`: cannot listen on {addr}: {e}"))?;
             let addr = listener.local_addr()?;
             let router = broker::http_router(broker, auth);
-            tasks.push(tokio::spawn(async move {
+            tasks.spawn("broker-http", async move {
                 if let Err(e) = axum::serve(listener, router).await {
                     tracing::error!(error = %e, "the broker's HTTP listener stopped");
                 }
-            }));
+            });
             eprintln!("shiftkey: broker HTTP on http://{addr}/v1/tokens/NAME");
         }
     } else if !sync {
@@ -449,33 +465,79 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
     }
     let stop = shiftkey_sync::Stop::default();
     let stopped = stop_on_signal(stop.clone());
-    let result = match tc {
-        Some(tc) => {
-            let _keepalive = tc.keepalive()?;
-            let sink = Arc::new(shiftkey_shopfloor::SqlSink::connect(&cfg.sink_url()?).await?);
-            let observer = Arc::clone(&ops);
-            let engine = shiftkey_sync::Engine::new(tc, sink.clone(), engine_config(&cfg)?)
-                .on_cycle(Arc::new(move |r| observer.cycle(r)));
-            eprintln!(
-                "shiftkey: syncing {} every {} min; SIGTERM or Ctrl-C stops",
-                cfg.teamcenter()?.url,
-                cfg.schedule.interval_minutes
-            );
-            let cycles = engine.run(&stop, None).await;
-            sink.close().await;
-            cycles.map(|n| eprintln!("shiftkey: stopped after {n} cycles"))
-        }
-        None => {
-            stopped.notified().await;
-            eprintln!("shiftkey: broker stopped");
-            Ok(())
+    let mut sink_to_close = None;
+    let mut _keepalive = None;
+    let tc_manager = tc.as_ref().map(|t| t.middleware().manager().clone());
+    let work: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>> =
+        match tc {
+            Some(tc) => {
+                _keepalive = Some(tc.keepalive()?);
+                let sink = Arc::new(shiftkey_shopfloor::SqlSink::connect(&cfg.sink_url()?).await?);
+                sink_to_close = Some(Arc::clone(&sink));
+                let observer = Arc::clone(&ops);
+                let engine = shiftkey_sync::Engine::new(tc, sink, engine_config(&cfg)?)
+                    .on_cycle(Arc::new(move |r| observer.cycle(r)));
+                eprintln!(
+                    "shiftkey: syncing {} every {} min; SIGTERM or Ctrl-C stops",
+                    cfg.teamcenter()?.url,
+                    cfg.schedule.interval_minutes
+                );
+                let hooked = supervise::hook_names("sync");
+                let stop = stop.clone();
+                let sync = tokio::spawn(async move {
+                    if hooked {
+                        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                        panic!("{}: this task was asked to die", supervise::PANIC_TASK_ENV);
+                    }
+                    engine.run(&stop, None).await
+                });
+                Box::pin(async move {
+                    match sync.await {
+                        Ok(cycles) => cycles
+                            .map(|n| eprintln!("shiftkey: stopped after {n} cycles"))
+                            .map_err(anyhow::Error::from),
+                        Err(_) => {
+                            tracing::error!(task = "sync", "a background task panicked");
+                            Err(anyhow::Error::new(supervise::TaskDied("sync".to_owned())))
+                        }
+                    }
+                })
+            }
+            None => Box::pin(async move {
+                stopped.notified().await;
+                eprintln!("shiftkey: broker stopped");
+                Ok(())
+            }),
+        };
+    let result = tokio::select! {
+        r = work => r,
+        name = tasks.first_death() => {
+            ops.task_died(&name);
+            stop.request();
+            Err(anyhow::Error::new(supervise::TaskDied(name)))
         }
     };
-    for t in &tasks {
-        t.abort();
+    if let Err(e) = &result {
+        tracing::error!(error = %format!("{e:#}"), "shiftkey is stopping");
     }
-    for m in tokens.managers.values() {
-        m.shutdown().await;
+    // However it stopped, the rest is bounded: SIGTERM ends the process within 5 s.
+    let cleanup = async {
+        tasks.abort_all();
+        for w in &warmups {
+            w.abort();
+        }
+        for m in tokens.managers.values().chain(tc_manager.as_ref()) {
+            m.shutdown().await;
+        }
+        if let Some(sink) = sink_to_close {
+            sink.close().await;
+        }
+    };
+    if tokio::time::timeout(std::time::Duration::from_secs(4), cleanup)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the clean stop took longer than 4 s; exiting anyway");
     }
     result?;
     Ok(ExitCode::SUCCESS)

@@ -67,6 +67,8 @@ struct Log {
     last_success: Option<SystemTime>,
     alerts: BTreeMap<String, Active>,
     seen: BTreeMap<String, (shiftkey_auth::Stats, Option<u64>)>,
+    /// Background tasks that ended unexpectedly.
+    dead: Vec<String>,
 }
 
 /// What the ops server reads and the daemon writes.
@@ -283,12 +285,22 @@ impl Ops {
     }
 
     /// Why the process is not ready, if it is not.
+    /// Records that the background task `name` ended unexpectedly: `/readyz` names it.
+    pub(crate) fn task_died(&self, name: &str) {
+        self.log().dead.push(name.to_owned());
+    }
+
     fn not_ready(&self) -> Vec<String> {
         let mut why = Vec::new();
+        for name in &self.log().dead {
+            why.push(format!("the background task `{name}` stopped unexpectedly"));
+        }
         let at = tokio::time::Instant::now();
         for (name, m) in &self.tokens {
             let status = m.status();
-            if let Some(e) = &status.halted {
+            if m.refresher_died() {
+                why.push(format!("token {name}: its refresher stopped unexpectedly"));
+            } else if let Some(e) = &status.halted {
                 why.push(format!("token {name}: refreshing stopped: {e}"));
             } else if status.schedule.is_none_or(|s| at >= s.expires_at) {
                 why.push(format!("token {name}: no fresh token"));
@@ -636,4 +648,34 @@ pub(crate) async fn serve(
             }
         }),
     ))
+}
+
+#[cfg(test)]
+mod supervision_tests {
+    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn readyz_names_a_dead_task() {
+        let dir = std::env::temp_dir().join(format!("shiftkey-ops-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "[teamcenter]\nurl = \"http://127.0.0.1:9\"\nuser = \"u\"\npassword = { env = \"X\" }\n",
+        )
+        .unwrap();
+        let cfg = Config::load(&path).unwrap();
+        let ops = Ops::new(&cfg, None, Vec::new(), None, None).unwrap();
+        assert!(ops.not_ready().is_empty(), "{:?}", ops.not_ready());
+        ops.task_died("broker");
+        let why = ops.not_ready();
+        assert!(
+            why.iter()
+                .any(|w| w.contains("`broker` stopped unexpectedly")),
+            "{why:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -177,6 +177,12 @@ impl Timed {
 #[async_trait]
 impl AuthStrategy for Timed {
     async fn acquire(&self, previous: Option<&TokenSet>) -> Result<TokenSet, AuthError> {
+        if crate::supervise::hook_names(&format!("refresher:{}", self.name)) {
+            panic!(
+                "{}: this refresher was asked to die",
+                crate::supervise::PANIC_TASK_ENV
+            );
+        }
         let started = self.clock.now();
         let result = self.inner.acquire(previous).await;
         let took = self.clock.now() - started;

@@ -200,7 +200,10 @@ fn the_example_config_loads_and_bad_configs_name_the_key() {
         "allow_insecure_http",
     );
     let lab = temp("lab.toml", &format!("allow_insecure_http = true\n{remote}"));
-    let out = shiftkey(&["config", "check", "-c", lab.to_str().unwrap()], &[("X", "x")]);
+    let out = shiftkey(
+        &["config", "check", "-c", lab.to_str().unwrap()],
+        &[("X", "x")],
+    );
     assert!(
         out.status.success(),
         "the lab switch allows it: {}",

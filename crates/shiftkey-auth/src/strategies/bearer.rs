@@ -58,7 +58,8 @@ impl BearerLoginConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if let Err(e) = wire::check_secure(&self.login_url, self.allow_insecure_http, "the login URL")
+        if let Err(e) =
+            wire::check_secure(&self.login_url, self.allow_insecure_http, "the login URL")
         {
             return Err(ConfigError::new("login_url", e.to_string()));
         }

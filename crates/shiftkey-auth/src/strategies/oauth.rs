@@ -96,7 +96,11 @@ impl OAuthClient {
     }
 
     pub(super) fn check_secure(&self) -> Result<(), AuthError> {
-        crate::wire::check_secure(&self.token_url, self.allow_insecure_http, "the token endpoint")
+        crate::wire::check_secure(
+            &self.token_url,
+            self.allow_insecure_http,
+            "the token endpoint",
+        )
     }
 
     /// Scopes to ask for on password and client_credentials grants.
@@ -132,15 +136,14 @@ impl OAuthClient {
 
     pub(super) fn client(&self) -> TokenClient {
         let token_url = TokenUrl::from_url(self.token_url.clone());
-        let client =
-            oauth2::Client::<
-                BasicErrorResponse,
-                TokenAnswer,
-                BasicTokenIntrospectionResponse,
-                StandardRevocableToken,
-                BasicRevocationErrorResponse,
-            >::new(ClientId::new(self.client_id.clone()))
-            .set_token_uri(token_url);
+        let client = oauth2::Client::<
+            BasicErrorResponse,
+            TokenAnswer,
+            BasicTokenIntrospectionResponse,
+            StandardRevocableToken,
+            BasicRevocationErrorResponse,
+        >::new(ClientId::new(self.client_id.clone()))
+        .set_token_uri(token_url);
         match &self.auth {
             ClientAuth::SecretBasic(s) => client
                 .set_client_secret(ClientSecret::new(s.expose().to_owned()))

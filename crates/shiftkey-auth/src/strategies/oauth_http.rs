@@ -91,7 +91,11 @@ fn label_json(response: &mut oauth2::HttpResponse) {
         .headers()
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
     let looks_json = response
         .body()
         .iter()
@@ -162,11 +166,9 @@ impl OAuthHttp {
             Err(other) => {
                 let last = self.last.lock().ok().and_then(|mut l| l.take());
                 match last {
-                    Some(a) if a.status.is_redirection() => Err(wire::redirected(
-                        a.status,
-                        &a.headers,
-                        endpoint,
-                    )),
+                    Some(a) if a.status.is_redirection() => {
+                        Err(wire::redirected(a.status, &a.headers, endpoint))
+                    }
                     Some(a) if !a.status.is_success() => Err(wire::classify_failure(
                         a.status, &a.headers, &a.body, now_wall,
                     )),
@@ -255,7 +257,8 @@ mod tests {
             (json!(-60), 3600),
         ];
         for (expires_in, want) in cases {
-            let body = json!({"access_token": "a", "token_type": "bearer", "expires_in": expires_in});
+            let body =
+                json!({"access_token": "a", "token_type": "bearer", "expires_in": expires_in});
             let token = answer(body.to_string().as_bytes()).unwrap();
             assert_eq!(token.lifetime.as_secs(), want, "{body}");
             assert_eq!(token.token_type, "Bearer");
@@ -308,9 +311,8 @@ mod tests {
             Just("scope"),
             Just("id_token"),
         ];
-        prop::collection::btree_map(field, json_value(), 0..6).prop_map(|m| {
-            Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
-        })
+        prop::collection::btree_map(field, json_value(), 0..6)
+            .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()))
     }
 
     proptest! {

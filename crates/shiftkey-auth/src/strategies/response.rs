@@ -143,8 +143,7 @@ mod tests {
 
     fn parse(body: &str) -> Result<TokenAnswer, String> {
         let de = &mut serde_json::Deserializer::from_str(body);
-        serde_path_to_error::deserialize(de)
-            .map_err(|e| format!("{} at `{}`", e.inner(), e.path()))
+        serde_path_to_error::deserialize(de).map_err(|e| format!("{} at `{}`", e.inner(), e.path()))
     }
 
     #[test]
@@ -174,7 +173,10 @@ mod tests {
             secs(r#"{"access_token":"a","token_type":"Bearer","expires_in":{"s":1}}"#),
             Ok(None)
         );
-        assert_eq!(secs(r#"{"access_token":"a","token_type":"Bearer"}"#), Ok(None));
+        assert_eq!(
+            secs(r#"{"access_token":"a","token_type":"Bearer"}"#),
+            Ok(None)
+        );
     }
 
     #[test]
@@ -185,7 +187,10 @@ mod tests {
             r#"{"access_token":"a"}"#,
             r#"{"access_token":"a","token_type":null}"#,
         ] {
-            assert_eq!(parse(body).map(|a| a.token_type_name()), Ok("Bearer".into()));
+            assert_eq!(
+                parse(body).map(|a| a.token_type_name()),
+                Ok("Bearer".into())
+            );
         }
         assert_eq!(
             parse(r#"{"access_token":"a","token_type":"N_A"}"#).map(|a| a.token_type_name()),
@@ -197,8 +202,9 @@ mod tests {
     fn refresh_token_and_scope_variants() {
         let a = parse(r#"{"access_token":"a","refresh_token":"","scope":["x","y"]}"#);
         let a = a.as_ref().map_err(Clone::clone);
-        assert!(a.is_ok_and(|a| a.refresh_token().is_none()
-            && a.scopes().map(Vec::len) == Some(2)));
+        assert!(
+            a.is_ok_and(|a| a.refresh_token().is_none() && a.scopes().map(Vec::len) == Some(2))
+        );
         let b = parse(r#"{"access_token":"a","refresh_token":null,"scope":"x  y z"}"#);
         assert!(b.is_ok_and(|b| b.scopes().map(Vec::len) == Some(3)));
     }

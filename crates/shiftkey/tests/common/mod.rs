@@ -116,6 +116,19 @@ impl Daemon {
         format!("http://{}", rest.split('/').next().unwrap())
     }
 
+    /// Waits (up to 60 s) for the process to exit by itself: its status and whole log.
+    pub(crate) async fn wait_exit(mut self) -> (std::process::ExitStatus, String) {
+        for _ in 0..600 {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return (status, self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("still running after 60 s:\n{}", self.log());
+    }
+
     /// SIGTERM, then the exit status and the whole log.
     pub(crate) async fn terminate(mut self) -> (std::process::ExitStatus, String) {
         let child = self.child.take().unwrap();
