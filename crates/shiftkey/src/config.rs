@@ -560,6 +560,9 @@ pub(crate) const EXAMPLE: &str = r#"# shiftkey configuration. Every key can be o
 # SHIFTKEY_<SECTION>__<KEY>, e.g. SHIFTKEY_SCHEDULE__INTERVAL_MINUTES=5.
 # Secrets are never written here: give { env = "NAME" }, { file = "/path" } or
 # { credential = "name" } (a systemd LoadCredential=).
+#
+# http:// is refused for Teamcenter and token URLs unless the host is a loopback address.
+# allow_insecure_http = true   # a lab switch only: credentials cross the network in clear text
 
 # The Teamcenter server the sync reads (`run`, `sync --once`, `doctor`).
 [teamcenter]
@@ -568,6 +571,8 @@ user = "mfg_sync"                       # a dedicated service user
 password = { env = "TC_PASSWORD" }
 group = ""                              # empty: the user's default group
 role = ""
+read_timeout_secs = 60                  # the deadline of one attempt of a Teamcenter call
+max_answer_mib = 64                     # larger answers are refused, naming the operation
 
 # How shiftkey finds and reads process plans on this site (docs/teamcenter.md has the
 # administrator's checklist; `shiftkey doctor` checks every name below). Defaults: the standard model.
