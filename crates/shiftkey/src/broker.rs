@@ -336,6 +336,22 @@ pub(crate) struct Reply {
 
 /// Asks a running broker at `socket` for `name`; `None` when no broker is listening.
 pub(crate) async fn ask(socket: &Path, name: &str) -> anyhow::Result<Option<Reply>> {
+    // A broker that accepts and never answers must not hang a shell script.
+    tokio::time::timeout(ASK_TIMEOUT, ask_inner(socket, name))
+        .await
+        .with_context(|| {
+            format!(
+                "the broker on {} did not answer within {} s",
+                socket.display(),
+                ASK_TIMEOUT.as_secs()
+            )
+        })?
+}
+
+/// How long `token get` waits for the broker (its own wait for a refresh is 30 s).
+const ASK_TIMEOUT: Duration = Duration::from_secs(40);
+
+async fn ask_inner(socket: &Path, name: &str) -> anyhow::Result<Option<Reply>> {
     let Ok(stream) = UnixStream::connect(socket).await else {
         return Ok(None);
     };
@@ -586,6 +602,25 @@ mod tests {
         );
         assert_eq!(deaths, 2, "two deaths teach the cap; none after");
         manager.shutdown().await;
+    }
+
+    /// `token get` against a broker that accepts and never answers fails with a clear error.
+    #[tokio::test(start_paused = true)]
+    async fn asking_a_broker_that_never_answers_times_out() {
+        let dir = std::env::temp_dir().join(format!("shiftkey-ask-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("hung.sock");
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).unwrap();
+        let held = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            std::future::pending::<()>().await;
+            drop(stream);
+        });
+        let err = ask(&socket, "mes").await.err().unwrap();
+        assert!(format!("{err:#}").contains("did not answer"), "{err:#}");
+        held.abort();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A cap persisted below the floor (by an older version) is raised when the broker starts.
