@@ -52,6 +52,7 @@ pub(crate) enum DecodeError {
     FutureVersion(u8),
     Truncated(usize),
     BadHeader(&'static str),
+    KdfOutOfBounds(KdfParams),
     WrongKey,
     Tampered,
     BadPayload(String),
@@ -73,6 +74,17 @@ impl DecodeError {
             ),
             Self::Truncated(n) => (Corrupt, format!("{path} is truncated ({n} bytes)")),
             Self::BadHeader(what) => (Corrupt, format!("{path} has a corrupt header ({what})")),
+            Self::KdfOutOfBounds(p) => (
+                Corrupt,
+                format!(
+                    "{path} asks for Argon2id m={} KiB, t={}, p={}, outside the accepted bounds (t ≤ {}, m ≤ 1 GiB, p ≤ {}): its header is damaged or forged; nothing was derived",
+                    p.m_kib,
+                    p.t,
+                    p.p,
+                    crate::KDF_CEILING.t,
+                    crate::KDF_CEILING.p
+                ),
+            ),
             Self::WrongKey => (
                 WrongKey,
                 format!(
@@ -144,11 +156,18 @@ pub(crate) fn parse_header(bytes: &[u8]) -> Result<Header, DecodeError> {
     }
     let kdf = match bytes[5] {
         0 => Kdf::Raw,
-        1 => Kdf::Argon2id(KdfParams {
-            m_kib: u32_at(bytes, 6),
-            t: u32_at(bytes, 10),
-            p: u32_at(bytes, 14),
-        }),
+        1 => {
+            let params = KdfParams {
+                m_kib: u32_at(bytes, 6),
+                t: u32_at(bytes, 10),
+                p: u32_at(bytes, 14),
+            };
+            // Checked before anything is derived: the header is authenticated only by the key.
+            if !params.within_bounds() {
+                return Err(DecodeError::KdfOutOfBounds(params));
+            }
+            Kdf::Argon2id(params)
+        }
         _ => return Err(DecodeError::BadHeader("unknown KDF id")),
     };
     let mut salt = [0u8; 16];

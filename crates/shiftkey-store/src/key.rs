@@ -36,6 +36,14 @@ pub const KDF_FLOOR: KdfParams = KdfParams {
     p: 1,
 };
 
+/// The costliest Argon2id parameters accepted, configured or read from a file: 1 GiB of memory,
+/// 10 passes, 8 lanes.
+pub const KDF_CEILING: KdfParams = KdfParams {
+    m_kib: 1024 * 1024,
+    t: 10,
+    p: 8,
+};
+
 fn config(detail: impl Into<String>) -> StoreError {
     StoreError::new(StoreErrorKind::Configuration, detail)
 }
@@ -43,18 +51,30 @@ fn config(detail: impl Into<String>) -> StoreError {
 impl KdfParams {
     /// Refuses parameters below [`KDF_FLOOR`] (a file claiming them is refused too).
     pub fn validate(&self) -> Result<(), StoreError> {
-        if self.m_kib < KDF_FLOOR.m_kib
-            || self.t < KDF_FLOOR.t
-            || self.p == 0
-            || self.p > 64
-            || self.m_kib > 4 * 1024 * 1024
-        {
+        if !self.within_bounds() {
             return Err(config(format!(
-                "Argon2id parameters m={} KiB, t={}, p={} are outside the accepted range (at least m={} KiB, t={}, p=1; at most 4 GiB, 64 lanes)",
-                self.m_kib, self.t, self.p, KDF_FLOOR.m_kib, KDF_FLOOR.t
+                "Argon2id parameters m={} KiB, t={}, p={} are outside the accepted range (at least m={} KiB, t={}, p=1; at most m={} KiB (1 GiB), t={}, p={})",
+                self.m_kib,
+                self.t,
+                self.p,
+                KDF_FLOOR.m_kib,
+                KDF_FLOOR.t,
+                KDF_CEILING.m_kib,
+                KDF_CEILING.t,
+                KDF_CEILING.p
             )));
         }
         Ok(())
+    }
+
+    /// Whether the parameters lie between [`KDF_FLOOR`] and [`KDF_CEILING`]. A file's header is
+    /// checked against this before anything is derived: the header is not authenticated until
+    /// the key exists, and a flipped bit must not ask for hours of Argon2.
+    #[must_use]
+    pub fn within_bounds(&self) -> bool {
+        (KDF_FLOOR.m_kib..=KDF_CEILING.m_kib).contains(&self.m_kib)
+            && (KDF_FLOOR.t..=KDF_CEILING.t).contains(&self.t)
+            && (KDF_FLOOR.p..=KDF_CEILING.p).contains(&self.p)
     }
 
     pub(crate) fn derive(
@@ -172,7 +192,9 @@ impl KeySource {
 pub(crate) type WriteKey = (crate::format::Kdf, [u8; 16], Zeroizing<[u8; 32]>);
 
 /// The derived key and the salt it belongs to.
-type Derived = Option<([u8; 16], Zeroizing<[u8; 32]>)>;
+/// The last derived key, with the salt and the parameters it was derived under: a key is reused
+/// only for the same salt *and* the same parameters.
+type Derived = Option<([u8; 16], KdfParams, Zeroizing<[u8; 32]>)>;
 
 /// A key source plus the key derived from it, at most once per salt per process. Shared by the
 /// file and PostgreSQL stores.
@@ -212,13 +234,14 @@ impl Keyring {
             (KeySource::Raw(k), Kdf::Raw) => Ok(k.clone()),
             (KeySource::Passphrase { passphrase, .. }, Kdf::Argon2id(params)) => {
                 let mut cached = self.cached();
-                if let Some((s, k)) = cached.as_ref()
+                if let Some((s, p, k)) = cached.as_ref()
                     && s == salt
+                    && *p == params
                 {
                     return Ok(k.clone());
                 }
                 let k = params.derive(passphrase, salt)?;
-                *cached = Some((*salt, k.clone()));
+                *cached = Some((*salt, params, k.clone()));
                 Ok(k)
             }
             (KeySource::Raw(_), Kdf::Argon2id(_)) => Err(StoreError::new(
@@ -239,12 +262,17 @@ impl Keyring {
             KeySource::Raw(k) => Ok((Kdf::Raw, [0u8; 16], k.clone())),
             KeySource::Passphrase { passphrase, params } => {
                 let mut cached = self.cached();
-                if let Some((salt, k)) = cached.as_ref() {
+                // The key read last is reused only if it was derived under the configured
+                // parameters: a file read under others is rewritten under a fresh salt, so the
+                // parameters in its header are the ones its key came from.
+                if let Some((salt, p, k)) = cached.as_ref()
+                    && p == params
+                {
                     return Ok((Kdf::Argon2id(*params), *salt, k.clone()));
                 }
                 let salt = format::new_salt();
                 let k = params.derive(passphrase, &salt)?;
-                *cached = Some((salt, k.clone()));
+                *cached = Some((salt, *params, k.clone()));
                 Ok((Kdf::Argon2id(*params), salt, k))
             }
         }

@@ -45,7 +45,7 @@ mod key;
 mod postgres;
 
 pub use file::FileStore;
-pub use key::{KDF_FLOOR, KdfParams, KeySource};
+pub use key::{KDF_CEILING, KDF_FLOOR, KdfParams, KeySource};
 #[cfg(feature = "postgres")]
 pub use postgres::{LeaderLease, PgStore};
 

@@ -430,3 +430,62 @@ mod with_manager {
         assert_eq!(std::fs::read(store.path()).unwrap(), before, "nothing lost");
     }
 }
+
+fn passphrase(params: KdfParams) -> KeySource {
+    KeySource::Passphrase {
+        passphrase: Secret::new("correct horse"),
+        params,
+    }
+}
+
+/// A file written under KDF parameters A, read and rewritten by a process configured with B:
+/// the rewrite derives under B with a fresh salt, so the next process (B) opens it. (The key
+/// cache used to be keyed by salt only: the file was stamped B but encrypted with A's key, and
+/// the refresh-token chain was lost to WrongKey.)
+#[tokio::test]
+async fn a_file_rewritten_under_new_kdf_parameters_opens_under_them() {
+    let d = dir("kdf-change");
+    let a = KDF_FLOOR;
+    let b = KdfParams { t: 3, ..KDF_FLOOR };
+    let path = d.0.join("t");
+    save(&FileStore::new(&path, passphrase(a)), &token(1)).await;
+    let upgraded = FileStore::new(&path, passphrase(b));
+    assert_eq!(upgraded.load().await.unwrap().unwrap().generation, 1);
+    save(&upgraded, &token(2)).await;
+    let next = FileStore::new(&path, passphrase(b));
+    assert_eq!(next.load().await.unwrap().unwrap().generation, 2);
+    // And back: a process still configured with A reads the B file and rewrites it under A.
+    let back = FileStore::new(&path, passphrase(a));
+    assert_eq!(back.load().await.unwrap().unwrap().generation, 2);
+    save(&back, &token(3)).await;
+    let again = FileStore::new(&path, passphrase(a));
+    assert_eq!(again.load().await.unwrap().unwrap().generation, 3);
+}
+
+/// A header asking for absurd Argon2 costs is refused before anything is derived, naming the file.
+#[tokio::test]
+async fn kdf_parameters_beyond_the_ceiling_in_a_header_are_refused_unread() {
+    let d = dir("kdf-ceiling");
+    let path = d.0.join("t");
+    let store = FileStore::new(&path, passphrase(KDF_FLOOR));
+    save(&store, &token(1)).await;
+    for (at, value) in [(10usize, 1_000_000u32), (6, u32::MAX), (14, 64)] {
+        let mut bytes = std::fs::read(&path).unwrap();
+        let original = bytes.clone();
+        bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let err = FileStore::new(&path, passphrase(KDF_FLOOR))
+            .verify()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, StoreErrorKind::Corrupt, "{err}");
+        assert!(
+            err.detail.contains("outside the accepted bounds") && err.detail.contains("/t"),
+            "{err}"
+        );
+        std::fs::write(&path, &original).unwrap();
+    }
+    let too_costly = KdfParams { t: 11, ..KDF_FLOOR };
+    assert!(too_costly.validate().is_err());
+    assert!(shiftkey_store::KDF_CEILING.validate().is_ok());
+}
