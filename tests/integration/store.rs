@@ -243,3 +243,44 @@ async fn sigkill_during_writes_never_tears_the_file_or_loses_a_rotation() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Format v2 binds a row's payload to its credential: a database administrator who copies one
+/// credential's payload over another's gets an error naming the row, not the other token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_copied_to_another_credentials_row_does_not_open() {
+    use shiftkey_auth::StoreErrorKind;
+    let pg = PgServer::start();
+    let key = || KeySource::from_base64(KEY, "test").unwrap();
+    let mes = PgStore::connect(&pg.url(), "mes", key()).await.unwrap();
+    let erp = PgStore::connect(&pg.url(), "erp", key()).await.unwrap();
+    for (store, generation) in [(&mes, 1), (&erp, 2)] {
+        let mut guard = store.lock().await.unwrap();
+        guard.save(&token(generation)).await.unwrap();
+        guard.unlock().await.unwrap();
+    }
+    assert_eq!(erp.load().await.unwrap().unwrap().generation, 2);
+    sqlx::query(
+        "UPDATE shiftkey_tokens SET payload = (SELECT payload FROM shiftkey_tokens WHERE credential = 'mes') WHERE credential = 'erp'",
+    )
+    .execute(mes.pool())
+    .await
+    .unwrap();
+    let err = erp.load().await.unwrap_err();
+    assert_eq!(err.kind, StoreErrorKind::Corrupt, "{err}");
+    assert!(err.detail.contains("row `erp`"), "{err}");
+    assert_eq!(mes.load().await.unwrap().unwrap().generation, 1);
+}
+
+fn token(generation: u64) -> shiftkey_auth::StoredToken {
+    shiftkey_auth::StoredToken {
+        access_token: format!("at-{generation}"),
+        refresh_token: Some(format!("rt-{generation}")),
+        token_type: "Bearer".into(),
+        issued_at: std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
+        lifetime: std::time::Duration::from_secs(3600),
+        lifetime_source: shiftkey_auth::StoredLifetimeSource::ExpiresIn,
+        scope: None,
+        generation,
+        limits: shiftkey_auth::ServerLimits::default(),
+    }
+}

@@ -13,6 +13,12 @@ use shiftkey_auth::{StoreError, StoreErrorKind, StoreGuard, StoredToken, TokenSt
 use zeroize::Zeroizing;
 
 use crate::format::{self, DecodeError};
+
+/// What a store file's payload is bound to (format version 2): the kind only.
+pub(crate) const FILE_BINDING: format::Binding<'static> = format::Binding {
+    kind: "file",
+    name: "",
+};
 use crate::key::{KeySource, Keyring};
 
 fn io(path: &Path, what: &str, e: std::io::Error) -> StoreError {
@@ -185,7 +191,7 @@ impl Inner {
                     e
                 }
             })?;
-        match format::decode(&bytes, &header, &key) {
+        match format::decode(&bytes, &header, &key, FILE_BINDING) {
             Ok(token) => Ok(Some(token)),
             Err(e) if !repair => Err(e.into_store_error(&self.shown())),
             Err(e) => self.undecodable(e),
@@ -232,7 +238,7 @@ impl Inner {
 
     fn write(&self, token: &StoredToken) -> Result<(), StoreError> {
         let (kdf, salt, key) = self.keyring.write_key()?;
-        let bytes = Zeroizing::new(format::encode(token, kdf, &salt, &key)?);
+        let bytes = Zeroizing::new(format::encode(token, kdf, &salt, &key, FILE_BINDING)?);
         let dir = self
             .path
             .parent()

@@ -1,9 +1,9 @@
-//! The store file format, version 1 (documented in `docs/store-format.md`).
+//! The store format, version 2 (documented in `docs/store-format.md`).
 //!
 //! ```text
 //! offset size field
 //!      0    4 magic "SKTS"
-//!      4    1 version (1)
+//!      4    1 version (2; 1 is still read)
 //!      5    1 KDF id: 0 = raw key, 1 = Argon2id
 //!      6    4 Argon2id m (KiB), u32 little-endian (0 for a raw key)
 //!     10    4 Argon2id t
@@ -11,8 +11,12 @@
 //!     18   16 salt (zero for a raw key)
 //!     34   16 key check: AES-256-GCM tag of an empty message (nonce 0, AAD "shiftkey key check v1")
 //!     50   12 nonce (random per write)
-//!     62    … AES-256-GCM ciphertext and 16-byte tag of the JSON token; AAD = bytes 0..62
+//!     62    … AES-256-GCM ciphertext and 16-byte tag of the JSON token
 //! ```
+//! AAD: version 2, bytes 0..62 then the [`Binding`] ("shiftkey store v2", the store kind and the
+//! credential name, each NUL-terminated): a payload opens only where it was written, so a database
+//! administrator cannot swap or replay rows between credentials. Version 1: bytes 0..62 only
+//! (read, and rewritten as version 2 on the next save).
 //! The key check tells a wrong key (nothing touched) from a tampered file (moved aside).
 
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
@@ -24,7 +28,30 @@ use zeroize::Zeroizing;
 use crate::key::KdfParams;
 
 pub(crate) const MAGIC: &[u8; 4] = b"SKTS";
-pub(crate) const VERSION: u8 = 1;
+pub(crate) const VERSION: u8 = 2;
+
+/// Where a payload belongs: bound into the AEAD's associated data from format version 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Binding<'a> {
+    /// `file` or `postgres`.
+    pub(crate) kind: &'a str,
+    /// The credential's name (a file is bound to its kind only: renaming it is an operator's
+    /// right, and a swap of two files needs write access to the private folder anyway).
+    pub(crate) name: &'a str,
+}
+
+impl Binding<'_> {
+    /// The associated data of a version-2 payload whose header is `header`.
+    fn aad(&self, header: &[u8]) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(header.len() + 32 + self.name.len());
+        aad.extend_from_slice(header);
+        for part in ["shiftkey store v2", self.kind, self.name] {
+            aad.extend_from_slice(part.as_bytes());
+            aad.push(0);
+        }
+        aad
+    }
+}
 pub(crate) const HEADER_LEN: usize = 62;
 const TAG_LEN: usize = 16;
 const KEY_CHECK_AAD: &[u8] = b"shiftkey key check v1";
@@ -39,6 +66,7 @@ pub(crate) enum Kdf {
 /// A parsed header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Header {
+    pub(crate) version: u8,
     pub(crate) kdf: Kdf,
     pub(crate) salt: [u8; 16],
     key_check: [u8; 16],
@@ -69,7 +97,7 @@ impl DecodeError {
             Self::FutureVersion(v) => (
                 Unsupported,
                 format!(
-                    "{path} has format version {v}, newer than this shiftkey understands (1); left untouched — upgrade shiftkey"
+                    "{path} has format version {v}, newer than this shiftkey understands (2); left untouched — upgrade shiftkey"
                 ),
             ),
             Self::Truncated(n) => (Corrupt, format!("{path} is truncated ({n} bytes)")),
@@ -93,7 +121,9 @@ impl DecodeError {
             ),
             Self::Tampered => (
                 Corrupt,
-                format!("{path} failed authentication: a byte was changed or the file is damaged"),
+                format!(
+                    "{path} failed authentication: a byte was changed, the file is damaged, or the payload was copied from another credential"
+                ),
             ),
             Self::BadPayload(e) => (
                 Corrupt,
@@ -144,9 +174,10 @@ pub(crate) fn parse_header(bytes: &[u8]) -> Result<Header, DecodeError> {
     if &bytes[..4] != MAGIC {
         return Err(DecodeError::NotOurs);
     }
-    if bytes[4] != VERSION {
-        return Err(if bytes[4] > VERSION {
-            DecodeError::FutureVersion(bytes[4])
+    let version = bytes[4];
+    if !(1..=VERSION).contains(&version) {
+        return Err(if version > VERSION {
+            DecodeError::FutureVersion(version)
         } else {
             DecodeError::BadHeader("version 0")
         });
@@ -177,6 +208,7 @@ pub(crate) fn parse_header(bytes: &[u8]) -> Result<Header, DecodeError> {
     let mut nonce = [0u8; 12];
     nonce.copy_from_slice(&bytes[50..62]);
     Ok(Header {
+        version,
         kdf,
         salt,
         key_check,
@@ -189,17 +221,23 @@ pub(crate) fn decode(
     bytes: &[u8],
     header: &Header,
     key: &[u8; 32],
+    binding: Binding<'_>,
 ) -> Result<StoredToken, DecodeError> {
     if key_check(key).map_err(|_| DecodeError::WrongKey)? != header.key_check {
         return Err(DecodeError::WrongKey);
     }
+    let aad = if header.version >= 2 {
+        binding.aad(&bytes[..HEADER_LEN])
+    } else {
+        bytes[..HEADER_LEN].to_vec()
+    };
     let plain = Zeroizing::new(
         cipher(key)
             .decrypt(
                 &Nonce::from(header.nonce),
                 Payload {
                     msg: &bytes[HEADER_LEN..],
-                    aad: &bytes[..HEADER_LEN],
+                    aad: &aad,
                 },
             )
             .map_err(|_| DecodeError::Tampered)?,
@@ -207,16 +245,28 @@ pub(crate) fn decode(
     serde_json::from_slice(&plain).map_err(|e| DecodeError::BadPayload(e.to_string()))
 }
 
-/// Encrypts `token` into a complete file.
+/// Encrypts `token` into a complete payload of the current version, bound to `binding`.
 pub(crate) fn encode(
     token: &StoredToken,
     kdf: Kdf,
     salt: &[u8; 16],
     key: &[u8; 32],
+    binding: Binding<'_>,
+) -> Result<Vec<u8>, StoreError> {
+    encode_version(token, kdf, salt, key, binding, VERSION)
+}
+
+fn encode_version(
+    token: &StoredToken,
+    kdf: Kdf,
+    salt: &[u8; 16],
+    key: &[u8; 32],
+    binding: Binding<'_>,
+    version: u8,
 ) -> Result<Vec<u8>, StoreError> {
     let mut out = Vec::with_capacity(HEADER_LEN + 512);
     out.extend_from_slice(MAGIC);
-    out.push(VERSION);
+    out.push(version);
     let (id, p) = match kdf {
         Kdf::Raw => (
             0u8,
@@ -240,12 +290,17 @@ pub(crate) fn encode(
         Zeroizing::new(serde_json::to_vec(token).map_err(|e| {
             StoreError::new(StoreErrorKind::Io, format!("serialising the token: {e}"))
         })?);
+    let aad = if version >= 2 {
+        binding.aad(&out[..HEADER_LEN])
+    } else {
+        out[..HEADER_LEN].to_vec()
+    };
     let sealed = cipher(key)
         .encrypt(
             &nonce,
             Payload {
                 msg: &plain,
-                aad: &out[..HEADER_LEN],
+                aad: &aad,
             },
         )
         .map_err(|_| StoreError::new(StoreErrorKind::Io, "AES-GCM encryption failed"))?;
@@ -258,4 +313,81 @@ pub(crate) fn new_salt() -> [u8; 16] {
     let mut s = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut s);
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+    use std::time::{Duration, SystemTime};
+
+    use shiftkey_auth::{ServerLimits, StoredLifetimeSource};
+
+    use super::*;
+
+    const KEY: [u8; 32] = [7; 32];
+    const MES: Binding<'static> = Binding {
+        kind: "postgres",
+        name: "mes",
+    };
+
+    fn token() -> StoredToken {
+        StoredToken {
+            access_token: "at".into(),
+            refresh_token: Some("rt".into()),
+            token_type: "Bearer".into(),
+            issued_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            lifetime: Duration::from_secs(3600),
+            lifetime_source: StoredLifetimeSource::ExpiresIn,
+            scope: None,
+            generation: 4,
+            limits: ServerLimits::default(),
+        }
+    }
+
+    fn open(bytes: &[u8], binding: Binding<'_>) -> Result<StoredToken, DecodeError> {
+        let header = parse_header(bytes)?;
+        decode(bytes, &header, &KEY, binding)
+    }
+
+    #[test]
+    fn a_version_2_payload_opens_only_under_its_own_name_and_kind() {
+        let bytes = encode(&token(), Kdf::Raw, &[0; 16], &KEY, MES).unwrap();
+        assert_eq!(bytes[4], 2);
+        assert_eq!(open(&bytes, MES).unwrap(), token());
+        for other in [
+            Binding {
+                kind: "postgres",
+                name: "erp",
+            },
+            Binding {
+                kind: "file",
+                name: "mes",
+            },
+        ] {
+            assert!(
+                matches!(open(&bytes, other), Err(DecodeError::Tampered)),
+                "{other:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_version_1_payload_is_still_read() {
+        let v1 = encode_version(&token(), Kdf::Raw, &[0; 16], &KEY, MES, 1).unwrap();
+        assert_eq!(v1[4], 1);
+        // Version 1 bound nothing: it opens under any name (and is rewritten as 2 on save).
+        assert_eq!(open(&v1, MES).unwrap(), token());
+        assert_eq!(
+            open(
+                &v1,
+                Binding {
+                    kind: "postgres",
+                    name: "erp"
+                }
+            )
+            .unwrap(),
+            token()
+        );
+    }
 }

@@ -57,6 +57,6 @@ struct ReadmeDoctests;
 #[doc(hidden)]
 pub fn decode_for_fuzzing(bytes: &[u8], key: &[u8; 32]) -> bool {
     format::parse_header(bytes)
-        .and_then(|h| format::decode(bytes, &h, key))
+        .and_then(|h| format::decode(bytes, &h, key, file::FILE_BINDING))
         .is_ok()
 }

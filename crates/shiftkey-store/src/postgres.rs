@@ -118,6 +118,14 @@ impl PgStore {
 }
 
 impl Inner {
+    /// What a row's payload is bound to: this credential, in PostgreSQL.
+    fn binding(&self) -> format::Binding<'_> {
+        format::Binding {
+            kind: "postgres",
+            name: &self.credential,
+        }
+    }
+
     fn decode(&self, payload: &[u8]) -> Result<Option<StoredToken>, StoreError> {
         if payload.is_empty() {
             return Ok(None);
@@ -129,7 +137,7 @@ impl Inner {
                     .keyring
                     .key_for(h.kdf, &h.salt)
                     .map_err(|_| DecodeError::WrongKey)?;
-                format::decode(payload, &h, &key)
+                format::decode(payload, &h, &key, self.binding())
             })
             .map(Some)
             .map_err(|e| e.into_store_error(&shown))
@@ -137,7 +145,7 @@ impl Inner {
 
     fn encode(&self, token: &StoredToken) -> Result<Vec<u8>, StoreError> {
         let (kdf, salt, key) = self.keyring.write_key()?;
-        format::encode(token, kdf, &salt, &key)
+        format::encode(token, kdf, &salt, &key, self.binding())
     }
 }
 
