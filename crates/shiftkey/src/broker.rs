@@ -247,15 +247,24 @@ impl Broker {
     }
 }
 
-/// Binds the Unix socket: its directory 0700, the socket 0600; a stale socket (nobody
-/// answers) is replaced, a live one is an error.
+/// Binds the Unix socket in a private folder (ours, 0700, not a link). The socket is created
+/// 0600 with no window in which it is more open (the umask is 0177 around `bind`). A stale socket
+/// of ours (nobody answers) is replaced; anything else at the path is refused, never removed.
 pub(crate) async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
-    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
     let dir = path
         .parent()
         .with_context(|| format!("`broker.socket`: {} has no directory", path.display()))?;
     crate::tokens::ensure_private_dir(dir)?;
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        let ours = meta.uid() == rustix::process::getuid().as_raw();
+        if !meta.file_type().is_socket() || !ours {
+            bail!(
+                "{} exists and is not a socket of this user; it is left alone: remove it yourself \
+                 if it is yours, or set a different `broker.socket`",
+                path.display()
+            );
+        }
         if UnixStream::connect(path).await.is_ok() {
             bail!(
                 "another broker is already serving {} (stop it, or set a different `broker.socket`)",
@@ -265,11 +274,10 @@ pub(crate) async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
         std::fs::remove_file(path)
             .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
     }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot chmod 600 {}", path.display()))?;
-    Ok(listener)
+    let previous = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+    let bound = UnixListener::bind(path);
+    rustix::process::umask(previous);
+    bound.with_context(|| format!("cannot listen on {}", path.display()))
 }
 
 /// Serves the Unix socket until the task is dropped.
@@ -355,6 +363,19 @@ async fn ask_inner(socket: &Path, name: &str) -> anyhow::Result<Option<Reply>> {
     let Ok(stream) = UnixStream::connect(socket).await else {
         return Ok(None);
     };
+    // Trust only a broker running as this user: another user's process at the path would
+    // otherwise hand a script a token of its choosing.
+    let uid = rustix::process::getuid().as_raw();
+    let peer = stream
+        .peer_cred()
+        .with_context(|| format!("cannot read who serves {}", socket.display()))?;
+    if peer.uid() != uid {
+        bail!(
+            "{} is served by uid {}, not by this user (uid {uid}); not trusted",
+            socket.display(),
+            peer.uid()
+        );
+    }
     let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_vec(&Request::Get {
         name: name.to_owned(),
@@ -620,6 +641,44 @@ mod tests {
         let err = ask(&socket, "mes").await.err().unwrap();
         assert!(format!("{err:#}").contains("did not answer"), "{err:#}");
         held.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `token get` trusts only a broker running as this user. Checkable where a socket of
+    /// another user can be made: as root, with a listener that drops to `nobody`.
+    #[tokio::test]
+    async fn a_socket_served_by_another_user_is_not_trusted() {
+        if !rustix::process::getuid().is_root() {
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("shiftkey-foreign-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let socket = dir.join("b.sock");
+        let script = format!(
+            "import os, socket, sys, time\nos.setgid(65534)\nos.setuid(65534)\n\
+             s = socket.socket(socket.AF_UNIX)\ns.bind({path:?})\ns.listen()\n\
+             print('ready', flush=True)\nc, _ = s.accept()\ntime.sleep(30)\n",
+            path = socket.to_str().unwrap()
+        );
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "ready");
+        let err = ask(&socket, "mes").await.err().unwrap();
+        assert!(format!("{err:#}").contains("not trusted"), "{err:#}");
+        let _ = child.kill();
+        let _ = child.wait();
         let _ = std::fs::remove_dir_all(&dir);
     }
 

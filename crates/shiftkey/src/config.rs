@@ -123,8 +123,9 @@ pub(crate) struct TokenConfig {
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct BrokerConfig {
-    /// The Unix socket (created 0600, its directory 0700).
-    pub(crate) socket: PathBuf,
+    /// The Unix socket (created 0600, its directory 0700). Default
+    /// `$XDG_RUNTIME_DIR/shiftkey/broker.sock`; see [`BrokerConfig::socket_path`].
+    pub(crate) socket: Option<PathBuf>,
     /// Optional loopback HTTP listener, e.g. `127.0.0.1:8732`.
     pub(crate) http: Option<String>,
     /// HTTP client name → its secret (by reference).
@@ -134,21 +135,30 @@ pub(crate) struct BrokerConfig {
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
-            socket: default_socket(),
+            socket: None,
             http: None,
             clients: std::collections::BTreeMap::new(),
         }
     }
 }
 
-/// `$XDG_RUNTIME_DIR/shiftkey/broker.sock`, or one under the temp folder named by user.
-fn default_socket() -> PathBuf {
-    let base = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("shiftkey-{}", rustix::process::getuid().as_raw()))
-        });
-    base.join("shiftkey").join("broker.sock")
+impl BrokerConfig {
+    /// `broker.socket`, else `$XDG_RUNTIME_DIR/shiftkey/broker.sock`. There is no fallback in the
+    /// shared temp folder: a predictable path there is one another user can occupy first.
+    pub(crate) fn socket_path(&self) -> anyhow::Result<PathBuf> {
+        if let Some(p) = &self.socket {
+            return Ok(p.clone());
+        }
+        match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+            Some(dir) => Ok(PathBuf::from(dir).join("shiftkey").join("broker.sock")),
+            None => Err(anyhow::Error::new(ConfigProblem(
+                "the broker needs a private folder for its socket: set `broker.socket` (e.g. \
+                 /run/shiftkey/broker.sock with systemd's RuntimeDirectory=shiftkey), or run \
+                 where XDG_RUNTIME_DIR is set"
+                    .to_owned(),
+            ))),
+        }
+    }
 }
 
 /// The ops HTTP server and alerting.

@@ -432,8 +432,9 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
     let _socket_file;
     if !tokens.managers.is_empty() {
         let broker = broker::Broker::new(tokens.managers.clone());
-        let listener = broker::bind_socket(&cfg.broker.socket).await?;
-        _socket_file = broker::SocketFile(cfg.broker.socket.clone());
+        let socket = cfg.broker.socket_path()?;
+        let listener = broker::bind_socket(&socket).await?;
+        _socket_file = broker::SocketFile(socket.clone());
         tasks.spawn(
             "broker",
             broker::serve_socket(listener, Arc::clone(&broker)),
@@ -441,7 +442,7 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
         eprintln!(
             "shiftkey: serving {} token(s) on {}",
             tokens.managers.len(),
-            cfg.broker.socket.display()
+            socket.display()
         );
         if let Some(addr) = &cfg.broker.http {
             let auth = Arc::new(broker::HttpAuth::from_config(&cfg)?);

@@ -464,3 +464,32 @@ async fn the_daemon_syncs_and_stops_gracefully_on_sigterm() {
     assert!(stderr.contains("stopped after 1 cycles"), "{stderr}");
     let _ = std::fs::remove_file(&db);
 }
+
+/// Without `broker.socket` and without XDG_RUNTIME_DIR there is no private place for the socket:
+/// the broker says so and exits 3, instead of using a predictable path in the shared temp folder.
+#[test]
+fn the_broker_wants_a_private_socket_folder() {
+    let dir = std::env::temp_dir().join(format!("shiftkey-cli-nosock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[store]\ndir = \"{}/store\"\nkey = {{ env = \"K\" }}\n[tokens.gw]\nkind = \"client_credentials\"\ntoken_url = \"http://127.0.0.1:9/t\"\nclient_id = \"c\"\nclient_secret = {{ env = \"S\" }}\n[ops]\nlisten = \"\"\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["broker", "-c", cfg.to_str().unwrap()])
+        .env_remove("XDG_RUNTIME_DIR")
+        .env("K", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
+        .env("S", "s")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("broker.socket"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
