@@ -276,7 +276,8 @@ fn token(generation: u64) -> shiftkey_auth::StoredToken {
         access_token: format!("at-{generation}"),
         refresh_token: Some(format!("rt-{generation}")),
         token_type: "Bearer".into(),
-        issued_at: std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
+        issued_at: std::time::SystemTime::UNIX_EPOCH
+            + std::time::Duration::from_secs(1_800_000_000),
         lifetime: std::time::Duration::from_secs(3600),
         lifetime_source: shiftkey_auth::StoredLifetimeSource::ExpiresIn,
         scope: None,

@@ -404,9 +404,16 @@ async fn ask_inner(socket: &Path, name: &str) -> anyhow::Result<Option<Reply>> {
     }))
 }
 
-/// Per-client secrets of the HTTP listener.
+/// One client of the HTTP listener: its name, its secret, the tokens it may get.
+struct HttpClient {
+    name: String,
+    secret: Secret,
+    tokens: Vec<String>,
+}
+
+/// Per-client secrets and scopes of the HTTP listener.
 pub(crate) struct HttpAuth {
-    clients: Vec<(String, Secret)>,
+    clients: Vec<HttpClient>,
 }
 
 impl HttpAuth {
@@ -415,13 +422,42 @@ impl HttpAuth {
             .broker
             .clients
             .iter()
-            .map(|(name, s)| Ok((name.clone(), s.resolve(&format!("broker.clients.{name}"))?)))
+            .map(|(name, c)| {
+                Ok(HttpClient {
+                    name: name.clone(),
+                    secret: c.secret.resolve(&format!("broker.clients.{name}.secret"))?,
+                    tokens: c.tokens.clone(),
+                })
+            })
             .collect::<anyhow::Result<_>>()?;
         Ok(Self { clients })
     }
 
+    /// The client presenting `headers`' bearer secret (compared in constant time), if it may get
+    /// `token`: `Ok(name)`; `Err` with the answer to send otherwise.
+    fn authorize(&self, headers: &HeaderMap, token: &str) -> Result<&str, Box<Response>> {
+        let Some(client) = self.client(headers) else {
+            return Err(Box::new(unauthorized()));
+        };
+        if !client.tokens.iter().any(|t| t == token) {
+            tracing::warn!(
+                client = client.name.as_str(),
+                token,
+                "broker: a client asked for a token it may not get"
+            );
+            return Err(Box::new(
+                (
+                    StatusCode::FORBIDDEN,
+                    Json(json!({"ok": false, "error": format!("client `{}` may not get token `{token}`", client.name)})),
+                )
+                    .into_response(),
+            ));
+        }
+        Ok(client.name.as_str())
+    }
+
     /// The client presenting `headers`' bearer secret, compared in constant time.
-    fn client(&self, headers: &HeaderMap) -> Option<&str> {
+    fn client(&self, headers: &HeaderMap) -> Option<&HttpClient> {
         use subtle::ConstantTimeEq as _;
         let presented = headers
             .get(header::AUTHORIZATION)?
@@ -430,9 +466,9 @@ impl HttpAuth {
             .strip_prefix("Bearer ")?
             .as_bytes();
         let mut found = None;
-        for (name, secret) in &self.clients {
-            if bool::from(secret.expose().as_bytes().ct_eq(presented)) {
-                found = Some(name.as_str());
+        for c in &self.clients {
+            if bool::from(c.secret.expose().as_bytes().ct_eq(presented)) {
+                found = Some(c);
             }
         }
         found
@@ -485,10 +521,11 @@ async fn http_get(
     UrlPath(name): UrlPath<String>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(client) = auth.client(&headers) else {
-        return unauthorized();
+    let client = match auth.authorize(&headers, &name) {
+        Ok(c) => c,
+        Err(answer) => return *answer,
     };
-    tracing::debug!(client, token = name, "broker: HTTP get");
+    tracing::info!(client, token = name, "broker: HTTP get");
     answer(broker.reply(Request::Get { name }, client).await)
 }
 
@@ -498,8 +535,9 @@ async fn http_rejected(
     headers: HeaderMap,
     body: Result<Json<RejectedBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let Some(client) = auth.client(&headers) else {
-        return unauthorized();
+    let client = match auth.authorize(&headers, &name) {
+        Ok(c) => c,
+        Err(answer) => return *answer,
     };
     let Ok(Json(body)) = body else {
         return (
@@ -508,7 +546,7 @@ async fn http_rejected(
         )
             .into_response();
     };
-    tracing::debug!(client, token = name, "broker: HTTP rejected");
+    tracing::info!(client, token = name, "broker: HTTP rejected");
     answer(
         broker
             .reply(

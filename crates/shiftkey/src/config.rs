@@ -128,9 +128,22 @@ pub(crate) struct BrokerConfig {
     pub(crate) socket: Option<PathBuf>,
     /// Optional loopback HTTP listener, e.g. `127.0.0.1:8732`.
     pub(crate) http: Option<String>,
-    /// HTTP client name → its secret (by reference).
-    pub(crate) clients: std::collections::BTreeMap<String, SecretRef>,
+    /// HTTP clients by name: each one's secret and the tokens it may get.
+    pub(crate) clients: std::collections::BTreeMap<String, BrokerClient>,
 }
+
+/// One client of the broker's HTTP listener (`[broker.clients.NAME]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BrokerClient {
+    /// Its secret, by reference; at least [`MIN_CLIENT_SECRET`] bytes.
+    pub(crate) secret: SecretRef,
+    /// The `[tokens.NAME]` it may get; any other is refused (403).
+    pub(crate) tokens: Vec<String>,
+}
+
+/// The shortest broker client secret accepted (32 bytes: `head -c 32 /dev/urandom | base64`).
+pub(crate) const MIN_CLIENT_SECRET: usize = 32;
 
 impl Default for BrokerConfig {
     fn default() -> Self {
@@ -467,11 +480,23 @@ impl Config {
                 format!("`broker.http`: `{http}` is not an address like 127.0.0.1:8732")
             })?;
             if self.broker.clients.is_empty() {
-                bail!("`broker.http` needs at least one `[broker.clients]` secret");
+                bail!("`broker.http` needs at least one `[broker.clients.NAME]` client");
             }
             if !addr.ip().is_loopback() {
                 bail!(
                     "`broker.http`: `{http}` is not a loopback address; the broker serves this host only"
+                );
+            }
+        }
+        for (client, c) in &self.broker.clients {
+            if c.tokens.is_empty() {
+                bail!(
+                    "`broker.clients.{client}.tokens` is empty: list the tokens this client may get"
+                );
+            }
+            if let Some(unknown) = c.tokens.iter().find(|t| !self.tokens.contains_key(*t)) {
+                bail!(
+                    "`broker.clients.{client}.tokens` names `{unknown}`, which is not a `[tokens.NAME]`"
                 );
             }
         }
@@ -523,8 +548,8 @@ impl Config {
                 }
             }
         }
-        for (client, s) in &self.broker.clients {
-            out.push((format!("broker.clients.{client}"), s));
+        for (client, c) in &self.broker.clients {
+            out.push((format!("broker.clients.{client}.secret"), &c.secret));
         }
         out
     }
@@ -560,6 +585,16 @@ impl Config {
         let refs = self.secret_refs();
         for (key, s) in &refs {
             s.resolve_text(key)?;
+        }
+        for (client, c) in &self.broker.clients {
+            let key = format!("broker.clients.{client}.secret");
+            let len = c.secret.resolve(&key)?.expose().len();
+            if len < MIN_CLIENT_SECRET {
+                return Err(anyhow::Error::new(ConfigProblem(format!(
+                    "`{key}` is {len} bytes; a broker client secret needs at least \
+                     {MIN_CLIENT_SECRET} (make one with `head -c 32 /dev/urandom | base64`)"
+                ))));
+            }
         }
         Ok(refs.len())
     }
@@ -640,8 +675,9 @@ scopes = ["mes.write"]
 [broker]
 # socket = "/run/shiftkey/broker.sock"  # default: $XDG_RUNTIME_DIR/shiftkey/broker.sock
 # http = "127.0.0.1:8732"               # optional loopback HTTP; needs [broker.clients]
-# [broker.clients]
-# label-printer = { env = "BROKER_SECRET_LABEL_PRINTER" }
+# [broker.clients.label-printer]          # one section per HTTP client
+# secret = { env = "BROKER_SECRET_LABEL_PRINTER" }   # at least 32 bytes
+# tokens = ["mes"]                       # the tokens it may get; others are refused
 
 # The ops HTTP server: /healthz, /readyz, /metrics, /status.
 [ops]

@@ -263,8 +263,8 @@ pub(crate) fn ensure_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
             .with_context(|| format!("cannot create {}", dir.display()))?;
     }
     // lstat: a link is refused, not followed (another user could point it anywhere).
-    let meta = std::fs::symlink_metadata(dir)
-        .with_context(|| format!("cannot read {}", dir.display()))?;
+    let meta =
+        std::fs::symlink_metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
     if meta.file_type().is_symlink() {
         bail!(
             "{} is a symbolic link; point the configuration at the real folder",
@@ -530,7 +530,8 @@ mod private_dir_tests {
     use super::ensure_private_dir;
 
     fn scratch(name: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("shiftkey-private-{}-{name}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("shiftkey-private-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
     }
@@ -573,7 +574,10 @@ mod private_dir_tests {
         let path = base.join("broker.sock");
         // Something else at the path: refused and left alone.
         std::fs::write(&path, "not a socket").unwrap();
-        let err = crate::broker::bind_socket(&path).await.unwrap_err().to_string();
+        let err = crate::broker::bind_socket(&path)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a socket of this user"), "{err}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a socket");
         std::fs::remove_file(&path).unwrap();
@@ -583,7 +587,10 @@ mod private_dir_tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         // A live one: refused.
-        let err = crate::broker::bind_socket(&path).await.unwrap_err().to_string();
+        let err = crate::broker::bind_socket(&path)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("already serving"), "{err}");
         drop(listener);
         let _ = std::fs::remove_dir_all(&base);

@@ -29,7 +29,7 @@ async fn ask(socket: &Path, request: serde_json::Value) -> serde_json::Value {
 fn config(dir: &Path, sim_url: &str, http: bool) -> std::path::PathBuf {
     let cfg = dir.join("shiftkey.toml");
     let http = if http {
-        "http = \"127.0.0.1:0\"\n[broker.clients]\nlabel-printer = { env = \"PRINTER_SECRET\" }\n"
+        "http = \"127.0.0.1:0\"\n[broker.clients.label-printer]\nsecret = { env = \"PRINTER_SECRET\" }\ntokens = [\"gw\"]\n"
     } else {
         ""
     };
@@ -48,10 +48,13 @@ fn config(dir: &Path, sim_url: &str, http: bool) -> std::path::PathBuf {
     cfg
 }
 
+/// The label printer's broker secret (at least 32 bytes).
+const PRINTER_SECRET: &str = "printer-secret-1-abcdefghijklmnopqrstuvwxyz";
+
 const ENV: [(&str, &str); 3] = [
     ("SK_KEY", KEY),
     ("GW_SECRET", "shiftkey-secret"),
-    ("PRINTER_SECRET", "printer-secret-1"),
+    ("PRINTER_SECRET", PRINTER_SECRET),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,19 +186,28 @@ async fn the_http_listener_wants_a_client_secret_and_the_socket_is_private() {
         }
     };
     assert_eq!(get(None, "/v1/tokens/gw").await.0, 401);
-    assert_eq!(get(Some("printer-secret-2"), "/v1/tokens/gw").await.0, 401);
-    let (code, body) = get(Some("printer-secret-1"), "/v1/tokens/gw").await;
+    assert_eq!(
+        get(
+            Some("printer-secret-2-abcdefghijklmnopqrstuvwxyz"),
+            "/v1/tokens/gw"
+        )
+        .await
+        .0,
+        401
+    );
+    let (code, body) = get(Some(PRINTER_SECRET), "/v1/tokens/gw").await;
     assert_eq!(code, 200, "{body}");
     let token = body["token"].as_str().unwrap().to_owned();
     assert!(token.starts_with("at_"));
     let generation = body["generation"].as_u64().unwrap();
-    let (code, body) = get(Some("printer-secret-1"), "/v1/tokens/nope").await;
-    assert_eq!(code, 404, "{body}");
+    // A token the client is not scoped to is refused, whether it exists or not.
+    let (code, body) = get(Some(PRINTER_SECRET), "/v1/tokens/nope").await;
+    assert_eq!(code, 403, "{body}");
 
     // Reporting the generation refreshes it; reporting it again changes nothing.
     let rejected = |g: u64| {
         http.post(format!("{base}/v1/tokens/gw/rejected"))
-            .bearer_auth("printer-secret-1")
+            .bearer_auth(PRINTER_SECRET)
             .json(&serde_json::json!({ "generation": g }))
             .send()
     };
@@ -213,7 +225,7 @@ async fn the_http_listener_wants_a_client_secret_and_the_socket_is_private() {
     );
     let bad = http
         .post(format!("{base}/v1/tokens/gw/rejected"))
-        .bearer_auth("printer-secret-1")
+        .bearer_auth(PRINTER_SECRET)
         .body("generation=1")
         .send()
         .await

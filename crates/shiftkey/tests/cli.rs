@@ -236,10 +236,27 @@ fn the_example_config_loads_and_bad_configs_name_the_key() {
     check(
         "publicbroker.toml",
         &format!(
-            "{base}password = {{ env = \"X\" }}\n[broker]\nhttp = \"0.0.0.0:8732\"\n[broker.clients]\na = {{ env = \"X\" }}\n"
+            "{base}password = {{ env = \"X\" }}\n[broker]\nhttp = \"0.0.0.0:8732\"\n[broker.clients.a]\nsecret = {{ env = \"X\" }}\ntokens = []\n"
         ),
         &[("X", "x")],
         "not a loopback address",
+    );
+    let broker = |client: &str| {
+        format!(
+            "[store]\ndir = \"/tmp/x\"\nkey = {{ env = \"K\" }}\n[tokens.mes]\nkind = \"client_credentials\"\ntoken_url = \"http://127.0.0.1:9/t\"\nclient_id = \"c\"\nclient_secret = {{ env = \"K\" }}\n[broker]\nhttp = \"127.0.0.1:8732\"\n[broker.clients.printer]\n{client}"
+        )
+    };
+    check(
+        "shortsecret.toml",
+        &broker("secret = { env = \"S\" }\ntokens = [\"mes\"]\n"),
+        &[("K", "k"), ("S", "hunter2-is-short")],
+        "`broker.clients.printer.secret` is 16 bytes",
+    );
+    check(
+        "unscoped.toml",
+        &broker("secret = { env = \"S\" }\ntokens = [\"erp\"]\n"),
+        &[("K", "k"), ("S", "x")],
+        "`broker.clients.printer.tokens` names `erp`",
     );
     let read = |extra: &str| format!("{base}password = {{ env = \"X\" }}\n{extra}");
     check(

@@ -21,7 +21,7 @@ async fn a_dead_background_task_stops_the_daemon_non_zero_and_is_named() {
              [tokens.gw]\nkind = \"client_credentials\"\ntoken_url = \"{url}/oauth/token\"\n\
              client_id = \"shiftkey\"\nclient_secret = {{ env = \"GW_SECRET\" }}\n\
              [broker]\nsocket = \"{dir}/run/broker.sock\"\nhttp = \"127.0.0.1:0\"\n\
-             [broker.clients]\nprinter = {{ env = \"PRINTER_SECRET\" }}\n\
+             [broker.clients.printer]\nsecret = {{ env = \"PRINTER_SECRET\" }}\ntokens = [\"gw\"]\n\
              [ops]\nlisten = \"127.0.0.1:0\"\n",
             url = sim.url(),
             dir = dir.display()
@@ -46,7 +46,10 @@ async fn a_dead_background_task_stops_the_daemon_non_zero_and_is_named() {
                 ("TC_PW", "mfg_sync_pw"),
                 ("SK_KEY", KEY),
                 ("GW_SECRET", "shiftkey-secret"),
-                ("PRINTER_SECRET", "printer-secret-1"),
+                (
+                    "PRINTER_SECRET",
+                    "printer-secret-1-abcdefghijklmnopqrstuvwxyz",
+                ),
                 ("SHIFTKEY_TEST_PANIC_TASK", task),
             ],
         );
