@@ -120,7 +120,7 @@ pub(crate) struct TokenConfig {
 }
 
 /// The token broker (`shiftkey broker`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct BrokerConfig {
     /// The Unix socket (created 0600, its directory 0700). Default
@@ -144,16 +144,6 @@ pub(crate) struct BrokerClient {
 
 /// The shortest broker client secret accepted (32 bytes: `head -c 32 /dev/urandom | base64`).
 pub(crate) const MIN_CLIENT_SECRET: usize = 32;
-
-impl Default for BrokerConfig {
-    fn default() -> Self {
-        Self {
-            socket: None,
-            http: None,
-            clients: std::collections::BTreeMap::new(),
-        }
-    }
-}
 
 impl BrokerConfig {
     /// `broker.socket`, else `$XDG_RUNTIME_DIR/shiftkey/broker.sock`. There is no fallback in the
