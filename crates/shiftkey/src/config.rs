@@ -317,8 +317,11 @@ impl SecretRef {
         let value = match self {
             Self::Env { env } => std::env::var(env)
                 .with_context(|| format!("`{key}`: environment variable {env} is not set"))?,
-            Self::File { file } => std::fs::read_to_string(file)
-                .with_context(|| format!("`{key}`: cannot read {}", file.display()))?,
+            Self::File { file } => {
+                private_file(key, file)?;
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("`{key}`: cannot read {}", file.display()))?
+            }
             Self::Credential { credential } => {
                 let dir = std::env::var_os("CREDENTIALS_DIRECTORY").with_context(|| format!("`{key}`: systemd credential {credential}, but CREDENTIALS_DIRECTORY is not set"))?;
                 let path = Path::new(&dir).join(credential);
@@ -334,6 +337,24 @@ impl SecretRef {
         }
         Ok(Secret::new(value))
     }
+}
+
+/// Refuses a secret file that group or others may read, as store files are refused.
+fn private_file(key: &str, file: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(file)
+        .with_context(|| format!("`{key}`: cannot read {}", file.display()))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "`{key}`: {} is readable by other users (mode {mode:o}); run `chmod 600 {}`",
+            file.display(),
+            file.display()
+        );
+    }
+    Ok(())
 }
 
 impl Config {

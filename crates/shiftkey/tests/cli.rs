@@ -192,6 +192,19 @@ fn the_example_config_loads_and_bad_configs_name_the_key() {
         "interval_minutes",
     );
     check("empty.toml", "", &[], "nothing to do");
+    let secret_file = temp("tc-password", "hunter2\n");
+    std::fs::set_permissions(&secret_file, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .unwrap();
+    let by_file = format!(
+        "{base}password = {{ file = \"{}\" }}\n[sink]\nurl = \"sqlite::memory:\"\n",
+        secret_file.display()
+    );
+    check("openfile.toml", &by_file, &[], "chmod 600");
+    std::fs::set_permissions(&secret_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .unwrap();
+    let p = temp("privatefile.toml", &by_file);
+    let out = shiftkey(&["config", "check", "-c", p.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let remote = "[teamcenter]\nurl = \"http://tc.plant.example/\"\nuser = \"u\"\npassword = { env = \"X\" }\n[sink]\nurl = \"sqlite::memory:\"\n";
     check(
         "cleartext.toml",
