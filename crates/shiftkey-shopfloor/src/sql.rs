@@ -276,39 +276,30 @@ impl SqlSink {
 /// The URL without its secrets, for error messages: the password of the authority (up to the
 /// *last* `@`, as URL parsers read it) and any `password=` query parameter become `***`.
 fn redact(url: &str) -> String {
-    let (head, query) = match url.split_once('?') {
-        Some((h, q)) => (h, Some(q)),
-        None => (url, None),
+    // A URL parser, not string surgery: a password holding `@`, `:` or `/`, an IPv6 host and a
+    // query are all found where a driver finds them.
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return "(a database URL that does not parse)".to_owned();
     };
-    let mut out = match head.find("://") {
-        Some(s) => {
-            let rest = &head[s + 3..];
-            let authority_end = rest.find('/').unwrap_or(rest.len());
-            let authority = &rest[..authority_end];
-            match authority.rfind('@') {
-                Some(at) => {
-                    let user = authority[..at]
-                        .split_once(':')
-                        .map_or(&authority[..at], |(u, _)| u);
-                    format!("{}{user}:***{}", &head[..s + 3], &rest[at..])
-                }
-                None => head.to_owned(),
-            }
-        }
-        None => head.to_owned(),
-    };
-    if let Some(q) = query {
-        let params: Vec<String> = q
-            .split('&')
-            .map(|kv| match kv.split_once('=') {
-                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                _ => kv.to_owned(),
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
+    }
+    if parsed.query().is_some() {
+        let secret = |k: &str| {
+            ["password", "sslpassword", "passfile"]
+                .iter()
+                .any(|s| k.eq_ignore_ascii_case(s))
+        };
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if secret(&k) { "***".to_owned() } else { v.into_owned() };
+                (k.into_owned(), v)
             })
             .collect();
-        out.push('?');
-        out.push_str(&params.join("&"));
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
     }
-    out
+    parsed.to_string()
 }
 
 fn content_hash(p: &ProcessRecord) -> String {
@@ -516,5 +507,11 @@ mod tests {
             "sqlite://shop.db?mode=rwc"
         );
         assert!(!redact("postgres://a:b@c@d@host/x").contains('b'));
+        assert_eq!(
+            redact("postgres://app:pa%2Fss@[::1]:5432/x?sslpassword=k3y"),
+            "postgres://app:***@[::1]:5432/x?sslpassword=***"
+        );
+        assert_eq!(redact("sqlite::memory:"), "sqlite::memory:");
+        assert!(!redact("postgres://app:se cret@").contains("cret"));
     }
 }
