@@ -115,6 +115,18 @@ fn sso_suffix(sso: &Option<SsoHint>) -> String {
 }
 
 impl TcError {
+    /// Whether a call got no answer before its deadline.
+    #[must_use]
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Http(reqwest_middleware::Error::Reqwest(r)) if r.is_timeout())
+    }
+
+    /// Whether the server could not be connected to.
+    #[must_use]
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Self::Http(reqwest_middleware::Error::Reqwest(r)) if r.is_connect())
+    }
+
     /// The middleware's own error, when the HTTP layer gave up.
     #[must_use]
     pub fn http_error(&self) -> Option<&HttpError> {

@@ -181,6 +181,12 @@ pub(crate) struct OpsConfig {
     pub(crate) unauthorized_critical: f64,
     /// Consecutive failed refreshes that raise a critical alert.
     pub(crate) refresh_failures_max: u32,
+    /// Allow `listen` on a non-loopback address (default false): put a reverse proxy with TLS
+    /// and authentication in front instead when you can.
+    pub(crate) allow_remote: bool,
+    /// Host names (as in the `Host` header) the ops server answers to besides its loopback
+    /// names, e.g. the name a reverse proxy forwards.
+    pub(crate) allowed_hosts: Vec<String>,
 }
 
 impl Default for OpsConfig {
@@ -192,6 +198,8 @@ impl Default for OpsConfig {
             unauthorized_warning: 0.01,
             unauthorized_critical: 0.05,
             refresh_failures_max: 3,
+            allow_remote: false,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -512,7 +520,8 @@ impl Config {
             }
         }
         if !self.ops.listen.is_empty() {
-            self.ops
+            let addr = self
+                .ops
                 .listen
                 .parse::<std::net::SocketAddr>()
                 .with_context(|| {
@@ -521,6 +530,14 @@ impl Config {
                         self.ops.listen
                     )
                 })?;
+            if !addr.ip().is_loopback() && !self.ops.allow_remote {
+                bail!(
+                    "`ops.listen`: `{}` is not a loopback address; the ops endpoints have no \
+                     authentication — serve them on loopback behind a reverse proxy, or set \
+                     `ops.allow_remote = true` if the network is yours alone",
+                    self.ops.listen
+                );
+            }
         }
         let o = &self.ops;
         if !(0.0..=1.0).contains(&o.unauthorized_warning)
@@ -698,4 +715,6 @@ expiry_warning_days = 14
 unauthorized_warning = 0.01             # share of 401s over 15 min: warning
 unauthorized_critical = 0.05            # ... critical
 refresh_failures_max = 3                # consecutive failed refreshes: critical
+# allow_remote = false                  # a non-loopback listen needs this (prefer a reverse proxy)
+# allowed_hosts = ["ops.plant.example"] # Host names answered besides loopback (DNS rebinding guard)
 "#;

@@ -14,6 +14,7 @@ mod demo;
 mod doctor;
 mod net;
 mod ops;
+mod serve;
 mod site;
 mod store_cmd;
 mod supervise;
@@ -450,12 +451,11 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
                 .await
                 .map_err(|e| anyhow::anyhow!("`broker.http`: cannot listen on {addr}: {e}"))?;
             let addr = listener.local_addr()?;
-            let router = broker::http_router(broker, auth);
-            tasks.spawn("broker-http", async move {
-                if let Err(e) = axum::serve(listener, router).await {
-                    tracing::error!(error = %e, "the broker's HTTP listener stopped");
-                }
-            });
+            let router = serve::with_host_check(
+                broker::http_router(broker, auth),
+                serve::Hosts::loopback_and(&[]),
+            );
+            tasks.spawn("broker-http", serve::serve(listener, router));
             eprintln!("shiftkey: broker HTTP on http://{addr}/v1/tokens/NAME");
         }
     } else if !sync {

@@ -79,6 +79,8 @@ pub(crate) struct Ops {
     teamcenter: Option<AuthMiddleware>,
     interval: Option<Duration>,
     webhook: Option<(reqwest::Client, String)>,
+    /// Host names the ops server answers to besides its loopback names.
+    allowed_hosts: Vec<String>,
     log: Mutex<Log>,
 }
 
@@ -125,6 +127,7 @@ impl Ops {
             teamcenter,
             interval,
             webhook,
+            allowed_hosts: cfg.ops.allowed_hosts.clone(),
             log: Mutex::new(Log::default()),
         }))
     }
@@ -152,7 +155,7 @@ impl Ops {
             }
             Err(e) => {
                 metrics::counter!("shiftkey_sync_cycles_total", "result" => "failed").increment(1);
-                Err(e.to_string())
+                Err(public_sync(e))
             }
         };
         let mut log = self.log();
@@ -260,7 +263,7 @@ impl Ops {
                     status
                         .last_error
                         .as_ref()
-                        .map(|e| format!(": {e}"))
+                        .map(|e| format!(": {}", public_auth(e)))
                         .unwrap_or_default()
                 ));
             }
@@ -301,7 +304,10 @@ impl Ops {
             if m.refresher_died() {
                 why.push(format!("token {name}: its refresher stopped unexpectedly"));
             } else if let Some(e) = &status.halted {
-                why.push(format!("token {name}: refreshing stopped: {e}"));
+                why.push(format!(
+                    "token {name}: refreshing stopped: {}",
+                    public_auth(e)
+                ));
             } else if status.schedule.is_none_or(|s| at >= s.expires_at) {
                 why.push(format!("token {name}: no fresh token"));
             }
@@ -378,11 +384,15 @@ impl Ops {
                             }
                         }
                     },
-                    Err(e) => self.alert(
-                        &alert_key,
-                        Some(Severity::Warning),
-                        format!("cannot read the expiry of `{key}`: {e:#}"),
-                    ),
+                    Err(e) => {
+                        // The cause (with its file path) goes to the log only.
+                        tracing::warn!(key = key.as_str(), error = %format!("{e:#}"), "cannot read a credential's expiry");
+                        self.alert(
+                            &alert_key,
+                            Some(Severity::Warning),
+                            format!("cannot read the expiry of `{key}` (the log says why)"),
+                        );
+                    }
                 }
             }
         }
@@ -439,6 +449,75 @@ impl AlertSink for OpsSink {
             _ => format!("{:?} = {}", a.rule, a.value),
         };
         self.0.alert(&key, a.severity, detail);
+    }
+}
+
+/// A token error as the ops pages show it: its kind and the server's code, never the server's
+/// text, a URL or a path (those go to the log).
+pub(crate) fn public_auth(e: &shiftkey_auth::AuthError) -> String {
+    use shiftkey_auth::AuthError;
+    match e {
+        AuthError::Transient { kind, .. } => format!("transient: {kind}"),
+        AuthError::Permanent { kind, .. } => format!("refused: {kind}"),
+        AuthError::Rejected { generation, .. } => {
+            format!("generation {generation} was rejected again")
+        }
+        AuthError::Shutdown => "shut down".to_owned(),
+        AuthError::TaskDied => "the refresher stopped".to_owned(),
+        _ => "failed (the log says why)".to_owned(),
+    }
+}
+
+/// A sync error as the ops pages show it (see [`public_auth`]).
+pub(crate) fn public_sync(e: &SyncError) -> String {
+    use shiftkey_teamcenter::TcError;
+    match e {
+        SyncError::Teamcenter(tc) => format!(
+            "Teamcenter: {}",
+            match tc {
+                TcError::InvalidCredentials { code, .. } =>
+                    format!("credentials refused (code {code})"),
+                TcError::SessionRejected { .. } => "the session was rejected again".to_owned(),
+                TcError::InternalServer { messages } => format!(
+                    "internal error (codes {})",
+                    messages
+                        .iter()
+                        .map(|m| m.code.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                TcError::Service { code, .. } => format!("service error (code {code})"),
+                TcError::Unexpected { operation, .. } => {
+                    format!("an unexpected answer from {operation}")
+                }
+                TcError::Site { .. } =>
+                    "the site mapping does not fit (run `shiftkey doctor`)".to_owned(),
+                TcError::Http(_) => match tc.http_error() {
+                    Some(http) => {
+                        use shiftkey_http::HttpError;
+                        match http {
+                            HttpError::Token(a) => public_auth(a),
+                            HttpError::Rejected { .. } => {
+                                "the new session was rejected again".to_owned()
+                            }
+                            HttpError::AuthCircuitOpen { .. } => {
+                                "the auth circuit is open".to_owned()
+                            }
+                            HttpError::ServerCircuitOpen { .. } => {
+                                "the server circuit is open".to_owned()
+                            }
+                            _ => "HTTP layer error".to_owned(),
+                        }
+                    }
+                    None if tc.is_timeout() => "timed out".to_owned(),
+                    None if tc.is_connect() => "cannot connect".to_owned(),
+                    None => "HTTP error".to_owned(),
+                },
+                _ => "failed".to_owned(),
+            }
+        ),
+        SyncError::Sink(_) => "the shop-floor sink failed (the log says why)".to_owned(),
+        _ => "failed (the log says why)".to_owned(),
     }
 }
 
@@ -546,9 +625,11 @@ impl Ops {
                 s.stats.reactive,
                 s.stats.failures,
                 match (&s.halted, &s.last_error) {
-                    (Some(e), _) =>
-                        format!("<span class=\"bad\">halted: {}</span>", esc(&e.to_string())),
-                    (None, Some(e)) => format!("retrying: {}", esc(&e.to_string())),
+                    (Some(e), _) => format!(
+                        "<span class=\"bad\">halted: {}</span>",
+                        esc(&public_auth(e))
+                    ),
+                    (None, Some(e)) => format!("retrying: {}", esc(&public_auth(e))),
                     (None, None) => "<span class=\"ok\">ok</span>".to_owned(),
                 }
             );
@@ -639,15 +720,11 @@ pub(crate) async fn serve(
         .await
         .with_context(|| format!("`ops.listen`: cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    let router = ops.router();
-    Ok((
-        addr,
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
-                tracing::error!(error = %e, "the ops server stopped");
-            }
-        }),
-    ))
+    let router = crate::serve::with_host_check(
+        ops.router(),
+        crate::serve::Hosts::loopback_and(&ops.allowed_hosts),
+    );
+    Ok((addr, tokio::spawn(crate::serve::serve(listener, router))))
 }
 
 #[cfg(test)]
@@ -655,6 +732,30 @@ mod supervision_tests {
     #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
     use super::*;
+
+    #[test]
+    fn the_pages_show_kinds_and_codes_never_server_text_or_paths() {
+        use shiftkey_auth::{AuthError, PermanentKind, TransientKind};
+        let refused = AuthError::permanent(
+            PermanentKind::InvalidGrant,
+            "invalid_grant: refresh token rt-s3cret for https://idp.example/token?x=y was revoked",
+        );
+        assert_eq!(public_auth(&refused), "refused: invalid_grant");
+        let flaky = AuthError::transient(TransientKind::Timeout, "/etc/shiftkey/ca.pem: slow");
+        assert_eq!(public_auth(&flaky), "transient: timeout");
+        let sink = SyncError::Sink(shiftkey_shopfloor::SinkError {
+            what: "open /var/lib/shiftkey/shop.db".to_owned(),
+            source: sqlx::Error::PoolClosed,
+        });
+        let shown = public_sync(&sink);
+        assert!(!shown.contains("/var/lib"), "{shown}");
+        let tc = SyncError::Teamcenter(shiftkey_teamcenter::TcError::Service {
+            qname: "ServiceException".to_owned(),
+            code: 214_086,
+            message: "window 7 of /home/tc/secret-project is gone".to_owned(),
+        });
+        assert_eq!(public_sync(&tc), "Teamcenter: service error (code 214086)");
+    }
 
     #[tokio::test]
     async fn readyz_names_a_dead_task() {

@@ -193,18 +193,28 @@ fn the_example_config_loads_and_bad_configs_name_the_key() {
     );
     check("empty.toml", "", &[], "nothing to do");
     let secret_file = temp("tc-password", "hunter2\n");
-    std::fs::set_permissions(&secret_file, std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .unwrap();
+    std::fs::set_permissions(
+        &secret_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
     let by_file = format!(
         "{base}password = {{ file = \"{}\" }}\n[sink]\nurl = \"sqlite::memory:\"\n",
         secret_file.display()
     );
     check("openfile.toml", &by_file, &[], "chmod 600");
-    std::fs::set_permissions(&secret_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .unwrap();
+    std::fs::set_permissions(
+        &secret_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let p = temp("privatefile.toml", &by_file);
     let out = shiftkey(&["config", "check", "-c", p.to_str().unwrap()], &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let remote = "[teamcenter]\nurl = \"http://tc.plant.example/\"\nuser = \"u\"\npassword = { env = \"X\" }\n[sink]\nurl = \"sqlite::memory:\"\n";
     check(
         "cleartext.toml",
@@ -521,5 +531,39 @@ fn the_broker_wants_a_private_socket_folder() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("broker.socket"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_remote_ops_listen_needs_allow_remote() {
+    let dir = std::env::temp_dir().join(format!("shiftkey-cli-remote-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = "[teamcenter]\nurl = \"http://127.0.0.1:9\"\nuser = \"u\"\npassword = { env = \"X\" }\n[sink]\nurl = \"sqlite::memory:\"\n";
+    let check = |name: &str, ops: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("{base}[ops]\n{ops}")).unwrap();
+        Command::new(BIN)
+            .args(["config", "check", "-c", p.to_str().unwrap()])
+            .env("X", "x")
+            .output()
+            .unwrap()
+    };
+    let out = check("remote.toml", "listen = \"0.0.0.0:9464\"\n");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("allow_remote"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = check(
+        "allowed.toml",
+        "listen = \"0.0.0.0:9464\"\nallow_remote = true\nallowed_hosts = [\"ops.plant.example\"]\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,0 +1,217 @@
+//! Serving the ops and broker HTTP routers: a connection limit, a deadline for request headers
+//! (a client that trickles bytes cannot hold a connection for ever), and a `Host` check against
+//! DNS rebinding (a web page cannot make a browser on this host talk to us under another name).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+
+/// Connections served at once; more are closed at once.
+pub(crate) const MAX_CONNECTIONS: usize = 64;
+
+/// A client must send its whole request head within this.
+pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `Host` names a request may carry: loopback names, and those configured.
+#[derive(Debug, Clone)]
+pub(crate) struct Hosts(Arc<Vec<String>>);
+
+impl Hosts {
+    /// Loopback names (`localhost`, `127.0.0.1`, `[::1]`) and `extra`.
+    pub(crate) fn loopback_and(extra: &[String]) -> Self {
+        let mut names = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "[::1]".to_owned(),
+        ];
+        names.extend(extra.iter().map(|h| h.to_ascii_lowercase()));
+        Self(Arc::new(names))
+    }
+
+    fn allows(&self, host: &str) -> bool {
+        // The name without its port (an IPv6 literal keeps its brackets).
+        let name = match host.rsplit_once(':') {
+            Some((n, port)) if !n.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => host,
+        }
+        .to_ascii_lowercase();
+        self.0.iter().any(|h| *h == name)
+    }
+}
+
+async fn check_host(State(hosts): State<Hosts>, request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match host {
+        Some(h) if hosts.allows(&h) => next.run(request).await,
+        _ => {
+            tracing::warn!(host = ?host, "refused a request for a host name that is not ours");
+            (
+                StatusCode::MISDIRECTED_REQUEST,
+                "this server answers to its loopback names (and those in `ops.allowed_hosts`)\n",
+            )
+                .into_response()
+        }
+    }
+}
+
+/// `router` with the `Host` check in front.
+pub(crate) fn with_host_check(router: Router, hosts: Hosts) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(hosts, check_host))
+}
+
+/// Serves `router` on `listener` until the task is dropped: at most [`MAX_CONNECTIONS`] at
+/// once, each request head within [`HEADER_TIMEOUT`].
+pub(crate) async fn serve(listener: TcpListener, router: Router) {
+    serve_with(listener, router, MAX_CONNECTIONS, HEADER_TIMEOUT).await;
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    max_connections: usize,
+    header_timeout: Duration,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            tracing::warn!(
+                limit = max_connections,
+                "connection limit reached; a connection was closed unserved"
+            );
+            drop(stream);
+            continue;
+        };
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "connection ended");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    async fn start(max: usize, timeout: Duration) -> std::net::SocketAddr {
+        let router = with_host_check(
+            Router::new().route("/", axum::routing::get(|| async { "ok" })),
+            Hosts::loopback_and(&[]),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve_with(listener, router, max, timeout));
+        addr
+    }
+
+    /// Reads until the server closes or resets the connection (a guard bounds the wait: a hang
+    /// fails the test).
+    async fn until_closed(s: &mut tokio::net::TcpStream) -> String {
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out))
+            .await
+            .expect("the server kept the connection open");
+        if let Err(e) = read {
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_trickled_request_head_is_cut_off_and_a_full_one_served() {
+        let addr = start(8, Duration::from_millis(300)).await;
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
+            .await
+            .unwrap();
+        let answer = until_closed(&mut slow).await;
+        assert!(!answer.contains("200 OK"), "{answer}");
+        let mut ok = tokio::net::TcpStream::connect(addr).await.unwrap();
+        ok.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(until_closed(&mut ok).await.starts_with("HTTP/1.1 200"));
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_limit_are_closed_unserved() {
+        let addr = start(1, Duration::from_secs(30)).await;
+        let mut held = tokio::net::TcpStream::connect(addr).await.unwrap();
+        held.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut first = [0u8; 12];
+        held.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200");
+        let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = over
+            .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await;
+        assert_eq!(until_closed(&mut over).await, "");
+    }
+
+    #[tokio::test]
+    async fn another_host_name_is_refused() {
+        let addr = start(8, Duration::from_secs(30)).await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: rebound.evil.example\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(until_closed(&mut s).await.starts_with("HTTP/1.1 421"));
+    }
+
+    #[test]
+    fn only_loopback_names_and_configured_ones_are_ours() {
+        let hosts = Hosts::loopback_and(&["ops.plant.example".to_owned()]);
+        for ok in [
+            "localhost",
+            "localhost:9464",
+            "127.0.0.1:9464",
+            "[::1]:9464",
+            "OPS.plant.example",
+        ] {
+            assert!(hosts.allows(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:9464",
+            "127.0.0.1.evil.example",
+            "",
+        ] {
+            assert!(!hosts.allows(bad), "{bad}");
+        }
+    }
+}
