@@ -43,7 +43,7 @@ impl Hosts {
             _ => host,
         }
         .to_ascii_lowercase();
-        self.0.iter().any(|h| *h == name)
+        self.0.contains(&name)
     }
 }
 
