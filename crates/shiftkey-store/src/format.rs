@@ -134,8 +134,11 @@ impl DecodeError {
     }
 }
 
+/// The cipher for `key`, read in place: no copy of the key is left on the stack (the cipher's
+/// own key schedule is zeroized on drop, aes-gcm's `zeroize` feature).
 fn cipher(key: &[u8; 32]) -> Aes256Gcm {
-    Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key))
+    let key: &Key<Aes256Gcm> = key.into();
+    Aes256Gcm::new(key)
 }
 
 fn key_check(key: &[u8; 32]) -> Result<[u8; 16], StoreError> {

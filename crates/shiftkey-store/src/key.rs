@@ -174,8 +174,9 @@ impl KeySource {
     /// ```
     #[must_use]
     pub fn generate_base64() -> Secret {
-        use aes_gcm::aead::{KeyInit as _, OsRng};
-        let key = Zeroizing::new(aes_gcm::Aes256Gcm::generate_key(&mut OsRng));
+        use rand::RngCore as _;
+        let mut key = Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(key.as_mut());
         Secret::new(STANDARD.encode(&key[..]))
     }
 
