@@ -285,3 +285,47 @@ fn token(generation: u64) -> shiftkey_auth::StoredToken {
         limits: shiftkey_auth::ServerLimits::default(),
     }
 }
+
+/// TLS to PostgreSQL: `sslmode=verify-full` with the right CA connects; with another CA the
+/// connection is refused, and the error says it is the certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_full_connects_with_the_right_ca_and_refuses_a_wrong_one() {
+    use shiftkey_tests::postgres::TestCa;
+    let dir = temp_dir("pg-tls");
+    let ca = TestCa::new(&dir, "right");
+    let other = TestCa::new(&dir, "wrong");
+    let pg = PgServer::start_tls(&ca);
+    let url = |ca: &TestCa| {
+        format!(
+            "{}?sslmode=verify-full&sslrootcert={}",
+            pg.url(),
+            ca.cert_file.display()
+        )
+    };
+    let key = || KeySource::from_base64(KEY, "test").unwrap();
+    let store = PgStore::connect(&url(&ca), "tls", key()).await.unwrap();
+    let tls: bool = {
+        use sqlx::Row;
+        sqlx::query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+            .get("ssl")
+    };
+    assert!(tls, "the connection is encrypted");
+    let err = PgStore::connect(&url(&other), "tls", key()).await.unwrap_err();
+    let shown = err.to_string().to_lowercase();
+    assert!(
+        shown.contains("certificate") || shown.contains("issuer"),
+        "{err}"
+    );
+    // The sink goes through the same driver.
+    let sink = shiftkey_shopfloor::SqlSink::connect(&url(&ca)).await.unwrap();
+    sink.close().await;
+    assert!(
+        shiftkey_shopfloor::SqlSink::connect(&url(&other))
+            .await
+            .is_err()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

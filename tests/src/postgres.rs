@@ -33,12 +33,72 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// A throwaway certificate authority (PEM), and the file it is written to.
+pub struct TestCa {
+    /// The CA certificate's file (what `sslrootcert=` names).
+    pub cert_file: PathBuf,
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl TestCa {
+    /// A new CA named `name`, its certificate written to `dir/name.pem`.
+    ///
+    /// # Panics
+    /// When generating or writing fails.
+    pub fn new(dir: &Path, name: &str) -> Self {
+        let mut params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).unwrap_or_else(|e| panic!("{e}"));
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("shiftkey test CA {name}"));
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+        let cert = params.self_signed(&key).unwrap_or_else(|e| panic!("{e}"));
+        let cert_file = dir.join(format!("{name}.pem"));
+        std::fs::write(&cert_file, cert.pem()).unwrap_or_else(|e| panic!("{e}"));
+        Self {
+            cert_file,
+            cert,
+            key,
+        }
+    }
+
+    /// A server certificate for `localhost` and 127.0.0.1 signed by this CA: (cert PEM, key PEM).
+    fn server_cert(&self) -> (String, String) {
+        let params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .unwrap_or_else(|e| panic!("{e}"));
+        let key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .unwrap_or_else(|e| panic!("{e}"));
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
 impl PgServer {
     /// Starts a fresh cluster (`-A trust`, loopback only, fsync off: it is thrown away).
     ///
     /// # Panics
     /// When the binaries are missing (with the install command) or the server does not start.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// The same with `ssl = on` and a server certificate for 127.0.0.1 signed by `ca`.
+    ///
+    /// # Panics
+    /// As [`PgServer::start`].
+    pub fn start_tls(ca: &TestCa) -> Self {
+        Self::start_with(Some(ca))
+    }
+
+    fn start_with(ca: Option<&TestCa>) -> Self {
         let bin = bin_dir();
         let as_postgres = is_root();
         let dir = std::env::temp_dir().join(format!(
@@ -81,10 +141,35 @@ impl PgServer {
                 "UTF8",
             ],
         );
-        let opts = format!(
+        let mut opts = format!(
             "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=100",
             server.dir.display()
         );
+        if let Some(ca) = ca {
+            use std::os::unix::fs::PermissionsExt as _;
+            let (cert, key) = ca.server_cert();
+            let cert_file = data.join("server.crt");
+            let key_file = data.join("server.key");
+            std::fs::write(&cert_file, cert).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(&key_file, key).unwrap_or_else(|e| panic!("{e}"));
+            // PostgreSQL refuses a key others can read, or one that is not its own.
+            std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))
+                .unwrap_or_else(|e| panic!("{e}"));
+            if server.as_postgres {
+                let ok = Command::new("chown")
+                    .args(["postgres:postgres"])
+                    .arg(&cert_file)
+                    .arg(&key_file)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(ok, "chown of the server key failed");
+            }
+            opts.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert_file.display(),
+                key_file.display()
+            ));
+        }
         server.run(
             "pg_ctl",
             &[
