@@ -223,7 +223,7 @@ async fn sigkill_during_writes_never_tears_the_file_or_loses_a_rotation() {
         match store.load().await.unwrap() {
             Some(t) => {
                 assert_eq!(
-                    t.refresh_token.as_deref(),
+                    t.refresh_token.as_ref().map(shiftkey_auth::Secret::expose),
                     Some(format!("rt-{}", t.generation).as_str()),
                     "complete, never torn"
                 );
@@ -273,8 +273,8 @@ async fn a_payload_copied_to_another_credentials_row_does_not_open() {
 
 fn token(generation: u64) -> shiftkey_auth::StoredToken {
     shiftkey_auth::StoredToken {
-        access_token: format!("at-{generation}"),
-        refresh_token: Some(format!("rt-{generation}")),
+        access_token: format!("at-{generation}").into(),
+        refresh_token: Some(format!("rt-{generation}").into()),
         token_type: "Bearer".into(),
         issued_at: std::time::SystemTime::UNIX_EPOCH
             + std::time::Duration::from_secs(1_800_000_000),
@@ -313,14 +313,18 @@ async fn verify_full_connects_with_the_right_ca_and_refuses_a_wrong_one() {
             .get("ssl")
     };
     assert!(tls, "the connection is encrypted");
-    let err = PgStore::connect(&url(&other), "tls", key()).await.unwrap_err();
+    let err = PgStore::connect(&url(&other), "tls", key())
+        .await
+        .unwrap_err();
     let shown = err.to_string().to_lowercase();
     assert!(
         shown.contains("certificate") || shown.contains("issuer"),
         "{err}"
     );
     // The sink goes through the same driver.
-    let sink = shiftkey_shopfloor::SqlSink::connect(&url(&ca)).await.unwrap();
+    let sink = shiftkey_shopfloor::SqlSink::connect(&url(&ca))
+        .await
+        .unwrap();
     sink.close().await;
     assert!(
         shiftkey_shopfloor::SqlSink::connect(&url(&other))

@@ -50,9 +50,10 @@ impl TestCa {
         let mut params =
             rcgen::CertificateParams::new(Vec::<String>::new()).unwrap_or_else(|e| panic!("{e}"));
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("shiftkey test CA {name}"));
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            format!("shiftkey test CA {name}"),
+        );
         params.key_usages = vec![
             rcgen::KeyUsagePurpose::KeyCertSign,
             rcgen::KeyUsagePurpose::CrlSign,

@@ -24,10 +24,11 @@ pub struct ServerLimits {
 /// A token as persisted: wall-clock times only (monotonic instants mean nothing to another process).
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredToken {
-    /// The access token.
-    pub access_token: String,
-    /// The refresh token, if any. Persisted **before** the access token is handed out.
-    pub refresh_token: Option<String>,
+    /// The access token (zeroized on drop).
+    pub access_token: Secret,
+    /// The refresh token, if any (zeroized on drop). Persisted **before** the access token is
+    /// handed out.
+    pub refresh_token: Option<Secret>,
     /// Token type (`Bearer`, ...).
     pub token_type: String,
     /// When the request that produced it was sent (wall clock).
@@ -76,8 +77,8 @@ impl StoredToken {
     #[must_use]
     pub fn from_token(token: &TokenSet, limits: ServerLimits) -> Self {
         Self {
-            access_token: token.access_token.expose().to_owned(),
-            refresh_token: token.refresh_token.as_ref().map(|r| r.expose().to_owned()),
+            access_token: token.access_token.clone(),
+            refresh_token: token.refresh_token.clone(),
             token_type: token.token_type.clone(),
             issued_at: token.issued_at_wall,
             lifetime: token.lifetime,
@@ -102,12 +103,12 @@ impl StoredToken {
             .unwrap_or(Duration::ZERO);
         let issued = now.checked_sub(age).unwrap_or(now);
         let mut t = TokenSet::new(
-            self.access_token.as_str(),
+            self.access_token.clone(),
             self.lifetime,
             issued,
             self.issued_at,
         );
-        t.refresh_token = self.refresh_token.as_deref().map(Secret::new);
+        t.refresh_token.clone_from(&self.refresh_token);
         t.token_type.clone_from(&self.token_type);
         t.lifetime_source = match self.lifetime_source {
             StoredLifetimeSource::ExpiresIn => LifetimeSource::ExpiresIn,
@@ -241,5 +242,33 @@ impl TokenStore for MemoryStore {
         Ok(Box::new(MemoryGuard(
             Arc::clone(&self.slot).lock_owned().await,
         )))
+    }
+}
+
+#[cfg(test)]
+mod secret_tests {
+    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+    use super::*;
+
+    /// The tokens are `Secret`s in memory (zeroized on drop, redacted in `Debug`) and plain JSON
+    /// strings in the encrypted payload, exactly as before: old payloads still read.
+    #[test]
+    fn stored_tokens_are_secrets_in_memory_and_strings_on_disk() {
+        let old = r#"{"access_token":"at-1","refresh_token":"rt-1","token_type":"Bearer",
+            "issued_at":{"secs_since_epoch":1800000000,"nanos_since_epoch":0},
+            "lifetime":{"secs":3600,"nanos":0},"lifetime_source":"ExpiresIn","scope":null,
+            "generation":1}"#;
+        let t: StoredToken = serde_json::from_str(old).unwrap();
+        assert_eq!(t.access_token.expose(), "at-1");
+        assert_eq!(t.refresh_token.as_ref().map(Secret::expose), Some("rt-1"));
+        let again = serde_json::to_value(&t).unwrap();
+        assert_eq!(again["access_token"], "at-1");
+        assert_eq!(again["refresh_token"], "rt-1");
+        let shown = format!("{t:?} {:?}", t.access_token);
+        assert!(
+            !shown.contains("at-1") && !shown.contains("rt-1"),
+            "{shown}"
+        );
     }
 }

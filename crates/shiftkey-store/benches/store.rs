@@ -21,8 +21,8 @@ use shiftkey_store::{FileStore, KdfParams, KeySource};
 
 fn token(generation: u64) -> StoredToken {
     StoredToken {
-        access_token: "a".repeat(900),
-        refresh_token: Some("r".repeat(40)),
+        access_token: "a".repeat(900).into(),
+        refresh_token: Some("r".repeat(40).into()),
         token_type: "Bearer".into(),
         issued_at: SystemTime::now(),
         lifetime: Duration::from_secs(3600),

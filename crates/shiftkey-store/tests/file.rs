@@ -42,8 +42,8 @@ fn key(b64: &str) -> KeySource {
 
 pub(crate) fn token(generation: u64) -> StoredToken {
     StoredToken {
-        access_token: format!("at-{generation}"),
-        refresh_token: Some(format!("rt-{generation}")),
+        access_token: format!("at-{generation}").into(),
+        refresh_token: Some(format!("rt-{generation}").into()),
         token_type: "Bearer".into(),
         issued_at: SystemTime::now(),
         lifetime: Duration::from_secs(3600),
@@ -298,7 +298,13 @@ async fn passphrases_derive_once_and_rekey_keeps_the_token() {
         .await
         .unwrap();
     assert_eq!(
-        back.load().await.unwrap().unwrap().refresh_token.as_deref(),
+        back.load()
+            .await
+            .unwrap()
+            .unwrap()
+            .refresh_token
+            .as_ref()
+            .map(shiftkey_auth::Secret::expose),
         Some("rt-5")
     );
 }
@@ -306,7 +312,10 @@ async fn passphrases_derive_once_and_rekey_keeps_the_token() {
 async fn store_token_5_without_time(store: &FileStore) -> StoredToken {
     let t = store.load().await.unwrap().unwrap();
     assert_eq!(
-        (t.generation, t.refresh_token.as_deref()),
+        (
+            t.generation,
+            t.refresh_token.as_ref().map(shiftkey_auth::Secret::expose)
+        ),
         (5, Some("rt-5"))
     );
     t

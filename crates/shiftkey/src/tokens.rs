@@ -461,8 +461,8 @@ async fn revoke(cfg: &Config, http: &reqwest::Client, name: &str) -> anyhow::Res
     if let Some(url) = &t.revoke_url {
         // RFC 7009: revoking the refresh token revokes its access tokens too.
         let (token, hint) = match &stored.refresh_token {
-            Some(rt) => (rt.as_str(), "refresh_token"),
-            None => (stored.access_token.as_str(), "access_token"),
+            Some(rt) => (rt.expose(), "refresh_token"),
+            None => (stored.access_token.expose(), "access_token"),
         };
         let mut form = vec![("token", token), ("token_type_hint", hint)];
         let mut req = http.post(url.as_str());

@@ -141,8 +141,8 @@ async fn write(path: &str, key: &str) -> Result<(), String> {
             .map_or(0, |t| t.generation)
             + 1;
         let token = StoredToken {
-            access_token: format!("at-{generation}"),
-            refresh_token: Some(format!("rt-{generation}")),
+            access_token: format!("at-{generation}").into(),
+            refresh_token: Some(format!("rt-{generation}").into()),
             token_type: "Bearer".into(),
             #[allow(clippy::disallowed_methods, reason = "a test fixture's timestamp")]
             issued_at: SystemTime::now(),
