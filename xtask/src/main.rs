@@ -1,6 +1,7 @@
 //! shiftkey's build tasks (`cargo xtask <task>`), in the manner of rust-analyzer's xtask.
 //!
-//! - `test`: installs the npm packages the tests need (once), then runs the whole test suite.
+//! - `test`: installs what the tests need when it is missing (Debian packages as root, the npm
+//!   packages) or stops with the command that would, then runs the whole test suite.
 //! - `proptest [--cases N]`: the property suites with N cases each (default 100 000).
 //! - `bench`: every criterion suite and the end-to-end measures, then rewrites the generated table
 //!   of `docs/benchmarks.md` (medians of this run, ratios against the baselines measured in the
@@ -12,8 +13,8 @@
 //!   restart) against a naive script, "refresh every hour", authlib, requests-oauthlib,
 //!   google-auth (in a virtual environment it creates) and shiftkey as a library and through its
 //!   broker, all at once in real time; prints the side-by-side table.
-//! - `ci`: what `.ci/run` runs after installing system packages: test, a 3-day soak of every
-//!   profile, fmt, clippy, deny.
+//! - `ci`: what `.ci/run` runs: cargo-deny when missing, test, a 3-day soak of every profile,
+//!   fmt, clippy, deny.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -100,7 +101,63 @@ fn npm_packages() -> Result<()> {
     .context("`npm ci` failed: install Node.js 20+ and npm (`apt-get install -y nodejs npm`)")
 }
 
+/// Whether `program` is on the `PATH`.
+fn have(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
+    })
+}
+
+/// The Debian packages the tests need that this machine lacks.
+fn missing_packages() -> Vec<&'static str> {
+    let postgres = std::fs::read_dir("/usr/lib/postgresql").is_ok_and(|d| {
+        d.filter_map(Result::ok)
+            .any(|e| e.path().join("bin/initdb").is_file())
+    });
+    [
+        (have("node"), "nodejs"),
+        (have("npm"), "npm"),
+        (postgres, "postgresql"),
+        (have("mosquitto"), "mosquitto"),
+        (have("python3"), "python3"),
+        (have("runuser"), "util-linux"),
+    ]
+    .into_iter()
+    .filter(|(present, _)| !present)
+    .map(|(_, package)| package)
+    .collect()
+}
+
+/// Installs what the tests need from the system when it is missing and this can (root with
+/// apt-get); otherwise stops before building, with the one command that would.
+fn system_packages() -> Result<()> {
+    let need = missing_packages();
+    if need.is_empty() {
+        return Ok(());
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let list = need.join(" ");
+    if !(root && have("apt-get")) {
+        bail!(
+            "the tests start real servers and need: {list}. Run `sudo apt-get install -y {list}` \
+             (or your system's equivalent), then `cargo xtask test` again"
+        );
+    }
+    say(&format!("xtask: installing what the tests need: {list}"));
+    status(Command::new("apt-get").args(["update", "-qq"]))?;
+    status(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(&need)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
 fn test() -> Result<()> {
+    system_packages()?;
     npm_packages()?;
     cargo(&["test", "--workspace", "--all-targets"])?;
     cargo(&["test", "--workspace", "--doc"])
@@ -600,6 +657,14 @@ fn peers(args: &[String]) -> Result<()> {
 }
 
 fn ci() -> Result<()> {
+    if !Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["deny", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        say("xtask: installing cargo-deny");
+        cargo(&["install", "cargo-deny", "--locked"])?;
+    }
     test()?;
     soak(&["--days".into(), "3".into()])?;
     cargo(&["fmt", "--all", "--check"])?;
