@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shiftkey_auth::Clock;
-use shiftkey_shopfloor::{ProcessRecord, SqlSink};
+use shiftkey_shopfloor::{ProcessRecord, Sink as _, SqlSink};
 use shiftkey_sim::{ScaledClock, Sim, SimConfig};
 use shiftkey_sync::{Engine, EngineConfig, Stop, map_plan};
 use shiftkey_teamcenter::{ReadConfig, SessionConfig, TcClient};
@@ -15,6 +15,10 @@ use shiftkey_tests::postgres::PgServer;
 const WORKER: &str = env!("CARGO_BIN_EXE_sync-worker");
 
 async fn busy_sim() -> Sim {
+    busy_sim_with(|_| {}).await
+}
+
+async fn busy_sim_with(f: impl FnOnce(&mut SimConfig)) -> Sim {
     let mut cfg = SimConfig::default();
     cfg.session.load_by_hour = [1; 24];
     cfg.data.changes_per_hour = 60.0;
@@ -24,6 +28,7 @@ async fn busy_sim() -> Sim {
     )]
     let start = std::time::SystemTime::now();
     let clock: Arc<dyn Clock> = Arc::new(ScaledClock::new(start, 1440.0));
+    f(&mut cfg);
     Sim::start(cfg, clock).await.unwrap()
 }
 
@@ -45,41 +50,218 @@ async fn truth(sim: &Sim) -> Vec<ProcessRecord> {
     v
 }
 
+/// The site property the crash test's feedback goes to.
+const FEEDBACK_KEY: &str = "xx4_mes_feedback_key";
+
+/// What a kill must never break, checked on the database right after the kill, before any other
+/// process touches it: no plan lost, no version or watermark going back, no torn plan (a stored
+/// plan at the source's current version equals the source), and no feedback written twice.
+struct Durable {
+    versions: std::collections::BTreeMap<String, std::time::SystemTime>,
+    watermark: Option<std::time::SystemTime>,
+}
+
+impl Durable {
+    async fn check(&mut self, kill: usize, url: &str, sim: &Sim, source: &TcClient, rows: &[i64]) {
+        let sink = SqlSink::connect(url).await.unwrap();
+        let stored = sink.all().await.unwrap();
+        let watermark = sink.watermark().await.unwrap();
+        let pending: Vec<i64> = sink
+            .pending_feedback(1_000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|f| f.id)
+            .collect();
+        sink.close().await;
+        assert!(
+            watermark >= self.watermark,
+            "kill {kill}: the watermark went back"
+        );
+        for (uid, v) in &self.versions {
+            let now = stored
+                .iter()
+                .find(|p| &p.uid == uid)
+                .map(|p| p.last_modified);
+            assert!(
+                now.is_some_and(|n| n >= *v),
+                "kill {kill}: plan {uid} was lost or went back"
+            );
+        }
+        let all = source
+            .changed_since(None, &ReadConfig::default())
+            .await
+            .unwrap();
+        // A plan stored at the source's current version has the source's operations, whole.
+        // (Only their identities: a work instruction attached later does not move the plan's
+        // date, in Teamcenter as in the emulator, so the reconcile catches that, not a kill.)
+        let shape = |r: &ProcessRecord| -> Vec<(String, String)> {
+            r.operations
+                .iter()
+                .map(|o| (o.occurrence.clone(), o.uid.clone()))
+                .collect()
+        };
+        for record in &stored {
+            if let Some((plan, ops)) = all.plans.iter().find(|(p, _)| p.uid == record.uid)
+                && plan.last_modified == record.last_modified
+            {
+                assert_eq!(
+                    shape(record),
+                    shape(&map_plan(plan, ops)),
+                    "kill {kill}: plan {} is torn",
+                    record.uid
+                );
+            }
+        }
+        for id in rows {
+            let written = sim
+                .with_data(|d| d.times_written(FEEDBACK_KEY, &format!("shiftkey-feedback-{id}")));
+            assert!(
+                written <= 1,
+                "kill {kill}: feedback row {id} was written {written} times"
+            );
+            if !pending.contains(id) {
+                assert_eq!(
+                    written, 1,
+                    "kill {kill}: row {id} is marked sent but was never written"
+                );
+            }
+        }
+        self.versions = stored
+            .into_iter()
+            .map(|p| (p.uid, p.last_modified))
+            .collect();
+        self.watermark = watermark;
+    }
+}
+
+/// 100 SIGKILLs, each landing where the worker said it was: inside a sink transaction (rows
+/// written, not committed) or between a feedback write to Teamcenter and the outbox's "sent".
+/// After every kill, before anything heals, nothing durable is lost or torn and no feedback is
+/// written twice; at the end every feedback row reached Teamcenter exactly once (the emulator
+/// counts the writes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
-    let sim = busy_sim().await;
+async fn sigkill_inside_transactions_and_feedback_pushes_loses_and_duplicates_nothing() {
+    let sim = busy_sim_with(|cfg| {
+        cfg.tc
+            .site_properties
+            .insert("MEOPRevision".into(), vec![FEEDBACK_KEY.into()]);
+    })
+    .await;
+    let source = tc(&sim);
     let path = std::env::temp_dir().join(format!("shiftkey-crash-sync-{}.db", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let url = format!("sqlite://{}?mode=rwc", path.display());
-    let mut cycles_seen = 0;
-    for i in 0..100u64 {
+    // Feedback for 30 distinct operations waits in the outbox.
+    let rows: Vec<i64> = {
+        let sink = SqlSink::connect(&url).await.unwrap();
+        let ops: Vec<String> = truth(&sim)
+            .await
+            .iter()
+            .flat_map(|p| p.operations.iter().map(|o| o.uid.clone()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .take(30)
+            .collect();
+        for op in &ops {
+            sink.record_feedback(op, 3, Some(41.5), "").await.unwrap();
+        }
+        let ids = sink
+            .pending_feedback(1_000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|f| f.id)
+            .collect();
+        sink.close().await;
+        ids
+    };
+    let mut durable = Durable {
+        versions: std::collections::BTreeMap::new(),
+        watermark: None,
+    };
+    let (mut in_tx, mut in_feedback) = (0, 0);
+    for kill in 0..100usize {
         let mut child = Command::new(WORKER)
             .args([sim.url(), url.clone()])
+            .env("SYNC_WORKER_PHASES", "1")
+            .env("SYNC_WORKER_FEEDBACK", FEEDBACK_KEY)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(30 + (i * 37) % 170)).await;
-        child.kill().unwrap(); // SIGKILL: mid-read, mid-transaction, mid-feedback, wherever it is
+        // Alternate the target; once no feedback is left to push, every kill is in a transaction.
+        let want_feedback = kill % 2 == 1;
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let landed = tokio::task::spawn_blocking(move || {
+            let mut fallback = None;
+            loop {
+                // A worker that says nothing for 20 s is stuck: the test fails below.
+                match rx.recv_timeout(Duration::from_secs(20)) {
+                    Ok(l) if l.starts_with("fb-written") && want_feedback => return Some(l),
+                    Ok(l) if l == "in-tx" && !want_feedback => return Some(l),
+                    // A feedback kill was wanted but a cycle with nothing to push went by.
+                    Ok(l) if l == "cycle" && want_feedback && fallback.is_some() => {
+                        return fallback;
+                    }
+                    Ok(l) if l == "in-tx" => fallback = Some(l),
+                    Ok(_) => {}
+                    Err(_) => return fallback,
+                }
+            }
+        });
+        // The worker holds still for 100 ms after saying where it is: SIGKILL lands there.
+        let landed = landed.await.unwrap();
+        child.kill().unwrap();
         child.wait().unwrap();
-        cycles_seen += BufReader::new(child.stdout.take().unwrap()).lines().count();
+        match landed.as_deref() {
+            Some(l) if l.starts_with("fb-written") => in_feedback += 1,
+            Some("in-tx") => in_tx += 1,
+            other => panic!("kill {kill}: the worker never reached a kill point ({other:?})"),
+        }
+        durable.check(kill, &url, &sim, &source, &rows).await;
     }
+    assert!(in_tx >= 50, "kills inside a sink transaction: {in_tx}");
     assert!(
-        cycles_seen > 20,
-        "the workers got work done between kills: {cycles_seen} cycles"
+        in_feedback >= 10,
+        "kills between a feedback write and its outbox mark: {in_feedback}"
     );
-    // Restart once more, cleanly, with the source held still: the sink equals the source.
+    // A clean cycle with the source held still: the sink equals the source, and every feedback
+    // row reached Teamcenter exactly once.
     sim.pause_changes(true);
     let sink = Arc::new(SqlSink::connect(&url).await.unwrap());
-    let engine = Engine::new(tc(&sim), sink.clone(), EngineConfig::default());
+    let engine = Engine::new(
+        tc(&sim),
+        sink.clone(),
+        EngineConfig {
+            feedback: Some(shiftkey_teamcenter::FeedbackConfig::new(FEEDBACK_KEY)),
+            // A full read: edits that leave a plan's date (a new work instruction) come too.
+            reconcile_every: Some(Duration::ZERO),
+            ..EngineConfig::default()
+        },
+    );
     engine.cycle(&Stop::default()).await.unwrap();
     let stored = sink.all().await.unwrap();
-    assert_eq!(stored.len(), 20, "no lost or duplicated process revision");
     assert_eq!(
         stored,
         truth(&sim).await,
-        "no torn revision: every operation set is whole and current"
+        "no lost, duplicated or torn revision"
     );
+    for id in &rows {
+        assert_eq!(
+            sim.with_data(|d| d.times_written(FEEDBACK_KEY, &format!("shiftkey-feedback-{id}"))),
+            1,
+            "feedback row {id}"
+        );
+    }
     let _ = std::fs::remove_file(&path);
 }
 

@@ -103,9 +103,8 @@ fn npm_packages() -> Result<()> {
 
 /// Whether `program` is on the `PATH`.
 fn have(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 /// The Debian packages the tests need that this machine lacks.

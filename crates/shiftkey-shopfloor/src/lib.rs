@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "mqtt")]
 pub use mqtt::{MqttSink, isa95, topic};
-pub use sql::SqlSink;
+pub use sql::{CommitHook, SqlSink};
 
 /// A process plan revision as the shop floor stores it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

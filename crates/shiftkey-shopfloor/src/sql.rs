@@ -72,9 +72,22 @@ const MIGRATE_V1_TO_V2: &[&str] = &[
 /// - `apply`: one transaction: per process revision compare the content hash (skip unchanged),
 ///   upsert the `process_definition` row, replace its `process_segment` rows, then set the
 ///   watermark; commit. A crash before commit leaves the previous state whole.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SqlSink {
     pool: AnyPool,
+    before_commit: Option<CommitHook>,
+}
+
+/// Called inside every `apply` transaction, after its rows and watermark are written and before
+/// `COMMIT` (see [`SqlSink::with_before_commit`]).
+pub type CommitHook = std::sync::Arc<dyn Fn() + Send + Sync>;
+
+impl std::fmt::Debug for SqlSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlSink")
+            .field("before_commit", &self.before_commit.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl SqlSink {
@@ -150,7 +163,10 @@ impl SqlSink {
                 .await
                 .map_err(err("enable WAL"))?;
         }
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            before_commit: None,
+        })
     }
 
     /// A time column of the `sync_state` row (`watermark_ms`, `reconciled_ms`).
@@ -167,6 +183,16 @@ impl SqlSink {
                 .map(from_millis),
             None => None,
         })
+    }
+
+    /// Calls `hook` inside every `apply` transaction, after its rows and watermark are written and
+    /// before `COMMIT`: a crash test's worker says "inside a transaction now" from here (and the
+    /// killer kills it there), and a tracer can time the commit. The hook must not block long:
+    /// the transaction holds SQLite's one writer.
+    #[must_use]
+    pub fn with_before_commit(mut self, hook: CommitHook) -> Self {
+        self.before_commit = Some(hook);
+        self
     }
 
     /// Closes the pool: waits for connections in use to come back, then closes them all. Call it
@@ -400,6 +426,9 @@ impl Sink for SqlSink {
             .execute(&mut *tx)
             .await
             .map_err(err("commit watermark"))?;
+        if let Some(hook) = &self.before_commit {
+            hook();
+        }
         tx.commit().await.map_err(err("commit"))?;
         Ok(report)
     }

@@ -188,6 +188,9 @@ pub struct Dataset {
     next_uid: u64,
     changes_applied: u64,
     last_advance: SystemTime,
+    /// How many times each (property, value) was written by `setProperties`: the evidence that a
+    /// feedback write happened exactly once.
+    written: BTreeMap<(String, String), u64>,
 }
 
 const REVISION_TYPES: [&str; 5] = [
@@ -211,6 +214,7 @@ impl Dataset {
             cfg: cfg.clone(),
             next_uid: 0,
             changes_applied: 0,
+            written: BTreeMap::new(),
             last_advance: now,
         };
         let base = tc_date(now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now));
@@ -702,6 +706,15 @@ impl Dataset {
         }
     }
 
+    /// How many times `setProperties` wrote `value` into `property` (any object).
+    #[must_use]
+    pub fn times_written(&self, property: &str, value: &str) -> u64 {
+        self.written
+            .get(&(property.to_owned(), value.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Sets properties (the feedback path). Unknown objects are `Err` with the UID.
     pub fn set_properties(
         &mut self,
@@ -712,6 +725,9 @@ impl Dataset {
         let o = self.objects.get_mut(uid).ok_or_else(|| uid.to_owned())?;
         for (k, v) in props {
             o.set(k, v.clone());
+            for value in v {
+                *self.written.entry((k.clone(), value.clone())).or_default() += 1;
+            }
         }
         o.one("last_mod_date", tc_date(now));
         Ok(())

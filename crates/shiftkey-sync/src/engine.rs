@@ -193,6 +193,21 @@ pub fn map_plan(plan: &ProcessPlan, operations: &[Operation]) -> ProcessRecord {
 /// Called by [`Engine::run`] after every cycle with its outcome (status pages, metrics).
 pub type CycleObserver = Arc<dyn Fn(Result<&CycleReport, &SyncError>) + Send + Sync>;
 
+/// A point inside a cycle where a crash is most telling (see [`Engine::on_phase`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Feedback row `row` was written to Teamcenter and is not yet marked sent in the outbox: a
+    /// crash here must not write it twice (the idempotency key holds).
+    FeedbackWritten {
+        /// The outbox row.
+        row: i64,
+    },
+}
+
+/// Called at each [`Phase`] of a cycle.
+pub type PhaseHook = Arc<dyn Fn(Phase) + Send + Sync>;
+
 /// The sync engine.
 #[derive(Clone)]
 pub struct Engine {
@@ -201,6 +216,7 @@ pub struct Engine {
     cfg: EngineConfig,
     clock: Arc<dyn Clock>,
     observer: Option<CycleObserver>,
+    phase: Option<PhaseHook>,
     /// When the last full read (a reconcile) of this process started, in wall time.
     last_reconcile: Arc<std::sync::Mutex<Option<SystemTime>>>,
 }
@@ -230,6 +246,7 @@ impl Engine {
             cfg,
             clock: Arc::new(TokioClock::new()),
             observer: None,
+            phase: None,
             last_reconcile: Arc::new(std::sync::Mutex::new(None)),
         }
     }
@@ -238,6 +255,14 @@ impl Engine {
     #[must_use]
     pub fn on_cycle(mut self, observer: CycleObserver) -> Self {
         self.observer = Some(observer);
+        self
+    }
+
+    /// Calls `hook` at each [`Phase`] of a cycle (crash tests kill the process there; tracers time
+    /// it). It must not block long.
+    #[must_use]
+    pub fn on_phase(mut self, hook: PhaseHook) -> Self {
+        self.phase = Some(hook);
         self
     }
 
@@ -408,6 +433,9 @@ impl Engine {
             };
             if written {
                 pushed += 1;
+            }
+            if let Some(hook) = &self.phase {
+                hook(Phase::FeedbackWritten { row: fb.id });
             }
             self.sink.mark_feedback_sent(fb.id).await?;
         }

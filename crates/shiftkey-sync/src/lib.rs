@@ -34,7 +34,8 @@ mod engine;
 mod lease;
 
 pub use engine::{
-    CycleObserver, CycleReport, Engine, EngineConfig, Lease, Stop, SyncError, map_plan,
+    CycleObserver, CycleReport, Engine, EngineConfig, Lease, Phase, PhaseHook, Stop, SyncError,
+    map_plan,
 };
 #[cfg(feature = "postgres")]
 pub use lease::PgLease;

@@ -1,6 +1,11 @@
 //! A sync process for the crash and leader tests: `sync-worker SIM_URL SINK_URL [LEASE_URL]`
 //! runs sync cycles back to back (small batches, many commit points) until killed. With a lease URL
 //! it syncs only while it holds the leader lease, and prints `cycle` after each cycle it ran.
+//!
+//! With `SYNC_WORKER_PHASES=1` it also says where it is, and stays there a moment, so that a
+//! killer can kill it exactly there: `in-tx` inside a sink transaction (rows written, not
+//! committed), `fb-written N` after feedback row N reached Teamcenter and before the outbox marks
+//! it sent. With `SYNC_WORKER_FEEDBACK=PROPERTY` it pushes feedback into that site property.
 
 #![allow(
     clippy::print_stdout,
@@ -42,22 +47,47 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::FAILURE;
             }
         };
+        let phases = std::env::var("SYNC_WORKER_PHASES").is_ok_and(|v| v == "1");
+        // Where the worker is, said and held for a moment: the killer kills it there.
+        let say = |line: String| {
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "the worker holds still inside the phase on purpose, on its own thread"
+            )]
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
         let sink = match SqlSink::connect(&args[1]).await {
+            Ok(s) if phases => Arc::new(s.with_before_commit(Arc::new(move || {
+                say("in-tx".to_owned());
+            }))),
             Ok(s) => Arc::new(s),
             Err(e) => {
                 eprintln!("{e}");
                 return std::process::ExitCode::FAILURE;
             }
         };
-        let engine = Engine::new(
+        let feedback = std::env::var("SYNC_WORKER_FEEDBACK")
+            .ok()
+            .map(shiftkey_teamcenter::FeedbackConfig::new);
+        let mut engine = Engine::new(
             tc,
             sink,
             EngineConfig {
                 batch: 2,
                 read: ReadConfig::default().with_chunk(7),
+                feedback,
                 ..EngineConfig::default()
             },
         );
+        if phases {
+            engine = engine.on_phase(Arc::new(move |phase| {
+                if let shiftkey_sync::Phase::FeedbackWritten { row } = phase {
+                    say(format!("fb-written {row}"));
+                }
+            }));
+        }
         let mut lease = args.get(2).map(|url| PgLease::new(url.clone(), 4242));
         let mut out = std::io::stdout();
         loop {
