@@ -55,7 +55,7 @@ pub use inject::Injector;
 pub use keepalive::Keepalive;
 pub use middleware::{
     AnsweredUnder, AuthMiddleware, AuthMiddlewareBuilder, DEFAULT_ATTEMPT_TIMEOUT, Idempotent,
-    SessionBound, Stats,
+    ResentAfterLostAnswer, SessionBound, Stats,
 };
 
 #[cfg(doctest)]

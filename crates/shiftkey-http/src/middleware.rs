@@ -43,6 +43,13 @@ pub struct SessionBound;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Idempotent;
 
+/// Put in a response's extensions by [`AuthMiddleware`] when the request was sent again after an
+/// attempt whose answer was lost (a timeout or a connection cut after the request went out): the
+/// server may have acted on it twice. Callers whose requests create things (Teamcenter's windows)
+/// use it to clean up what they cannot name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResentAfterLostAnswer;
+
 /// The per-attempt deadline [`AuthMiddleware`] gives a request that has none (60 s).
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -485,6 +492,8 @@ impl Middleware for AuthMiddleware {
         }
         let mut pending = Some(req);
         let mut attempt: u32 = 0;
+        // Whether an attempt whose answer was lost (sent, then timed out or cut) was retried.
+        let mut resent_after_loss = false;
         let mut refreshed_from: Option<u64> = None;
         loop {
             let Some(mut request) = pending.take() else {
@@ -566,6 +575,7 @@ impl Middleware for AuthMiddleware {
                     match self.retry_delay(&outcome, attempt, replay, spare.is_some(), "transport")
                     {
                         Some(delay) => {
+                            resent_after_loss |= !connect;
                             s.clock.sleep(delay).await;
                             pending = spare;
                             continue;
@@ -693,6 +703,9 @@ impl Middleware for AuthMiddleware {
                         .increment(1);
                     let mut response = response;
                     response.extensions_mut().insert(AnsweredUnder(generation));
+                    if resent_after_loss {
+                        response.extensions_mut().insert(ResentAfterLostAnswer);
+                    }
                     return Ok(response);
                 }
             }

@@ -80,7 +80,7 @@ pub enum HangTarget {
     Login,
     /// Teamcenter reads: every other SOA operation that is neither a login nor a feedback write —
     /// saved queries, `loadObjects`, `getProperties`, `getTypeDescriptions`, revision rules,
-    /// `openContexts`/`closeContexts`, `createBOMWindows`/`closeBOMWindows`, `expandPSOneLevel`,
+    /// `openContexts`, `createBOMWindows`, `expandPSOneLevel`,
     /// `expandGRMRelationsForPrimary`, `getTCSessionInfo`, `logout`, and operations the emulator
     /// does not have.
     Reads,
@@ -89,6 +89,8 @@ pub enum HangTarget {
     /// only write the emulator has. (The feedback path's reads, such as the `getProperties` of
     /// the idempotency key, are [`HangTarget::Reads`].)
     Feedback,
+    /// Window closes: `closeContexts` and `closeBOMWindows` (not counted as reads).
+    WindowClose,
 }
 
 impl HangTarget {
@@ -98,6 +100,8 @@ impl HangTarget {
             Self::Login
         } else if service.ends_with("-DataManagement") && operation == "setProperties" {
             Self::Feedback
+        } else if operation == "closeContexts" || operation == "closeBOMWindows" {
+            Self::WindowClose
         } else {
             Self::Reads
         }
@@ -110,6 +114,7 @@ impl HangTarget {
             Self::Login => 1,
             Self::Reads => 2,
             Self::Feedback => 3,
+            Self::WindowClose => 4,
         }
     }
 }
@@ -171,7 +176,7 @@ pub(crate) struct Inner {
     token_counter: Mutex<u64>,
     pub(crate) changes_paused: std::sync::atomic::AtomicBool,
     /// Requests still to hang, by [`HangTarget::slot`].
-    hangs: [AtomicU32; 4],
+    hangs: [AtomicU32; 5],
     /// Becomes `true` when the emulator stops: hung requests then end.
     stopping: tokio::sync::watch::Sender<bool>,
 }

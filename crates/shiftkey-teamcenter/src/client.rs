@@ -211,6 +211,18 @@ impl TcClient {
             .await
     }
 
+    /// Calls an operation that creates something in the session (a window). Retried like a
+    /// read, but the answer says whether it was sent again after an attempt whose answer was lost
+    /// (then the server may hold a second, unnamed copy).
+    pub(crate) async fn call_creating(
+        &self,
+        operation: &str,
+        body: Value,
+    ) -> Result<(Value, Option<u64>, bool), TcError> {
+        self.send_full(operation, body, serde_json::json!({}), false, true)
+            .await
+    }
+
     /// Calls a Teamcenter operation that changes data (`setProperties`): sent once, never
     /// retried after a 5xx or a timeout (the caller's idempotency key decides whether to write
     /// again); the one retry after an `InvalidUserException` stays, since the server refused
@@ -232,6 +244,19 @@ impl TcClient {
         session_bound: bool,
         idempotent: bool,
     ) -> Result<(Value, Option<u64>), TcError> {
+        self.send_full(operation, body, policy, session_bound, idempotent)
+            .await
+            .map(|(answer, under, _)| (answer, under))
+    }
+
+    async fn send_full(
+        &self,
+        operation: &str,
+        body: Value,
+        policy: Value,
+        session_bound: bool,
+        idempotent: bool,
+    ) -> Result<(Value, Option<u64>, bool), TcError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let mut request = self
             .http
@@ -254,6 +279,10 @@ impl TcClient {
             .extensions()
             .get::<shiftkey_http::AnsweredUnder>()
             .map(|g| g.0);
+        let resent = response
+            .extensions()
+            .get::<shiftkey_http::ResentAfterLostAnswer>()
+            .is_some();
         let unexpected = |detail: String| TcError::Unexpected {
             operation: operation.to_owned(),
             detail,
@@ -288,7 +317,7 @@ impl TcClient {
                 "HTTP {status} without an exception in the body"
             )));
         }
-        Ok((answer, under))
+        Ok((answer, under, resent))
     }
 
     /// A cheap alive check (`getTCSessionInfo`).

@@ -121,6 +121,12 @@ impl TcError {
         matches!(self, Self::Http(reqwest_middleware::Error::Reqwest(r)) if r.is_timeout())
     }
 
+    /// Whether the server refused before acting: HTTP 429 or 503 (after the retries).
+    #[must_use]
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Unexpected { detail, .. } if detail.contains("(HTTP 429") || detail.contains("(HTTP 503"))
+    }
+
     /// Whether the server could not be connected to.
     #[must_use]
     pub fn is_connect(&self) -> bool {

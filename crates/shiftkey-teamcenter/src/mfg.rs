@@ -327,7 +327,14 @@ impl WindowGuard {
             Err(e) if session_lost(&e) => {
                 tracing::debug!("the windows died with their session before the close");
             }
-            Err(e) => tracing::warn!(error = %e, "closing Teamcenter windows failed"),
+            Err(e) => {
+                // Windows left open live as long as the session: retire it (a new login now;
+                // the old session, and its windows, are logged out once its requests are done).
+                tracing::warn!(error = %e, "closing Teamcenter windows failed; retiring the session so that they do not outlive it");
+                if self.tc.windows_follow_token() {
+                    self.tc.middleware().manager().refresh_now();
+                }
+            }
         }
     }
 }
@@ -344,8 +351,13 @@ impl Drop for WindowGuard {
         let tc = self.tc.clone();
         rt.spawn(async move {
             let bound = tc.windows_follow_token();
-            if let Err(e) = tc.call_under(op, body, json!({}), bound).await {
-                tracing::warn!(error = %e, "closing Teamcenter windows after an interrupted read failed");
+            if let Err(e) = tc.call_under(op, body, json!({}), bound).await
+                && !session_lost(&e)
+            {
+                tracing::warn!(error = %e, "closing Teamcenter windows after an interrupted read failed; retiring the session");
+                if tc.windows_follow_token() {
+                    tc.middleware().manager().refresh_now();
+                }
             }
         });
     }
@@ -775,7 +787,30 @@ impl TcClient {
                 )
             }
         };
-        let (answer, under) = self.call_under(op, body, json!({}), false).await?;
+        // An open whose answer was lost (a timeout, a cut connection) may have opened windows
+        // nobody can name to close; they would live as long as the session. Then retire the
+        // session: a new login now, and the old one is logged out (its windows with it) once its
+        // requests are done. A refusal (429, 503) opened nothing and is simply retried.
+        let retire = |why: &dyn std::fmt::Display| {
+            if self.windows_follow_token() {
+                tracing::warn!(cause = %why, "an answer to a window open was lost; retiring the session so that no window outlives it");
+                self.middleware().manager().refresh_now();
+            }
+        };
+        let (answer, under) = match self.call_creating(op, body).await {
+            Ok((answer, under, resent)) => {
+                if resent {
+                    retire(&"the open was sent again after a lost answer");
+                }
+                (answer, under)
+            }
+            Err(e) => {
+                if !e.is_connect() && !e.is_refusal() {
+                    retire(&e);
+                }
+                return Err(e);
+            }
+        };
         let generation = under.filter(|_| self.windows_follow_token());
         // The windows exist now: an odd ServiceData must not lose track of them.
         let partial_errors = ServiceData::parse(&answer, op)

@@ -604,3 +604,35 @@ async fn a_hung_read_is_retried_a_hung_write_is_sent_once_and_answers_are_bounde
         "{msg}"
     );
 }
+
+/// A close that cannot get through (every attempt hangs) leaves windows no one can close later:
+/// the client retires the session, and the windows die with it. Real time: the hang needs a
+/// real deadline.
+#[tokio::test]
+async fn windows_a_failed_close_left_open_die_with_the_retired_session() {
+    let s = sim(quiet()).await;
+    let mut cfg = shiftkey_teamcenter::SessionConfig::new(
+        s.url().parse().unwrap(),
+        "mfg_sync",
+        "mfg_sync_pw".into(),
+    );
+    cfg.retire_after = Duration::from_millis(100);
+    let tc = shiftkey_teamcenter::TcClient::session(reqwest::Client::new(), cfg)
+        .unwrap()
+        .with_read_timeout(Duration::from_millis(300));
+    s.hang_next(shiftkey_sim::HangTarget::WindowClose, 3);
+    let all = tc
+        .changed_since(None, &ReadConfig::default())
+        .await
+        .unwrap();
+    assert!(!all.plans.is_empty());
+    assert_eq!(s.stats().hung, 3, "every attempt of the close hung");
+    // The old session is logged out shortly after the new login; its windows go with it.
+    for _ in 0..100 {
+        if s.leaked_windows() == 0 {
+            break;
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(s.leaked_windows(), 0, "windows outlived the failed close");
+}
