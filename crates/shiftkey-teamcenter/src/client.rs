@@ -33,6 +33,8 @@ pub struct TcClient {
     calls: Arc<AtomicU64>,
     read_timeout: std::time::Duration,
     max_answer: usize,
+    /// Window closes that failed, to try again before the next open (see `mfg::Orphan`).
+    pub(crate) orphans: Arc<std::sync::Mutex<Vec<crate::mfg::Orphan>>>,
     /// The change query's UID and entries, with the session generation they were found in.
     pub(crate) query_cache: Arc<std::sync::Mutex<Option<crate::mfg::CachedQuery>>>,
 }
@@ -121,6 +123,7 @@ impl TcClient {
             calls: Arc::new(AtomicU64::new(0)),
             read_timeout: DEFAULT_READ_TIMEOUT,
             max_answer: DEFAULT_MAX_ANSWER,
+            orphans: Arc::new(std::sync::Mutex::new(Vec::new())),
             query_cache: Arc::new(std::sync::Mutex::new(None)),
         }
     }

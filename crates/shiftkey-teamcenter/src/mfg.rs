@@ -271,6 +271,18 @@ struct Opened {
     partial_errors: Vec<PartialError>,
     /// The session generation the windows belong to.
     generation: Option<u64>,
+    /// The open was sent again after a lost answer: retire the session after the traversal.
+    retire: bool,
+}
+
+/// A window close that failed: tried again before the next open in the same session (once); if
+/// that fails too, the session is retired so that the windows die with it. Windows of a session
+/// that has since been replaced died with it and are forgotten.
+#[derive(Debug, Clone)]
+pub(crate) struct Orphan {
+    generation: Option<u64>,
+    operation: &'static str,
+    body: Value,
 }
 
 /// Closes windows when dropped without [`WindowGuard::close`] (an error or a cancelled future),
@@ -309,6 +321,7 @@ impl WindowGuard {
             return;
         }
         let (op, body) = self.request();
+        let body_again = body.clone();
         self.handles.clear();
         let bound = self.tc.windows_follow_token();
         match self
@@ -328,12 +341,8 @@ impl WindowGuard {
                 tracing::debug!("the windows died with their session before the close");
             }
             Err(e) => {
-                // Windows left open live as long as the session: retire it (a new login now;
-                // the old session, and its windows, are logged out once its requests are done).
-                tracing::warn!(error = %e, "closing Teamcenter windows failed; retiring the session so that they do not outlive it");
-                if self.tc.windows_follow_token() {
-                    self.tc.middleware().manager().refresh_now();
-                }
+                tracing::warn!(error = %e, "closing Teamcenter windows failed; trying again before the next open");
+                self.tc.remember_orphan(self.generation, op, body_again);
             }
         }
     }
@@ -349,15 +358,14 @@ impl Drop for WindowGuard {
         };
         let (op, body) = self.request();
         let tc = self.tc.clone();
+        let generation = self.generation;
         rt.spawn(async move {
             let bound = tc.windows_follow_token();
-            if let Err(e) = tc.call_under(op, body, json!({}), bound).await
+            if let Err(e) = tc.call_under(op, body.clone(), json!({}), bound).await
                 && !session_lost(&e)
             {
-                tracing::warn!(error = %e, "closing Teamcenter windows after an interrupted read failed; retiring the session");
-                if tc.windows_follow_token() {
-                    tc.middleware().manager().refresh_now();
-                }
+                tracing::warn!(error = %e, "closing Teamcenter windows after an interrupted read failed; trying again before the next open");
+                tc.remember_orphan(generation, op, body);
             }
         });
     }
@@ -381,6 +389,56 @@ impl TcClient {
     /// The session generation windows opened now belong to (`None` behind a gateway).
     fn window_generation(&self) -> Option<u64> {
         self.generation().filter(|_| self.windows_follow_token())
+    }
+
+    /// Replaces the session between traversals (windows that cannot be closed die with the old
+    /// one, logged out shortly after the new login). The token is swapped out at once, so the next
+    /// call waits for the new session instead of mixing two.
+    fn retire_session(&self) {
+        if !self.windows_follow_token() {
+            return;
+        }
+        let manager = self.middleware().manager();
+        if let Some(generation) = manager.try_token().map(|t| t.generation())
+            && manager.invalidate(generation) == shiftkey_auth::Invalidation::TooSoon
+        {
+            manager.refresh_now();
+        }
+    }
+
+    fn remember_orphan(&self, generation: Option<u64>, operation: &'static str, body: Value) {
+        if let Ok(mut o) = self.orphans.lock() {
+            o.push(Orphan {
+                generation,
+                operation,
+                body,
+            });
+        }
+    }
+
+    /// Tries the failed closes of this session once more; if one fails again, retires the
+    /// session (a new login now; the old one, and its windows, are logged out shortly).
+    async fn close_orphans(&self) {
+        let orphans = match self.orphans.lock() {
+            Ok(mut o) => std::mem::take(&mut *o),
+            Err(_) => return,
+        };
+        let now = self.window_generation();
+        for o in orphans {
+            if o.generation != now {
+                continue; // their session is gone, and the windows with it
+            }
+            let bound = self.windows_follow_token();
+            match self.call_under(o.operation, o.body, json!({}), bound).await {
+                Ok(_) => tracing::info!("windows a failed close left open are closed now"),
+                Err(e) if session_lost(&e) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "windows cannot be closed; retiring the session so that they do not outlive it");
+                    self.retire_session();
+                    return;
+                }
+            }
+        }
     }
 
     /// Changed process revisions since `watermark` minus the overlap (all of them for `None`),
@@ -684,6 +742,12 @@ impl TcClient {
                 };
                 let walked = self.walk(&opened, cfg).await;
                 guard.close().await;
+                if opened.retire {
+                    tracing::warn!(
+                        "a window open was sent again after a lost answer; retiring the session so that no window outlives it"
+                    );
+                    self.retire_session();
+                }
                 match walked? {
                     Some(w) => {
                         out.skipped.extend(opened.skipped);
@@ -751,6 +815,7 @@ impl TcClient {
 
     /// Opens one window per plan in `group`.
     async fn open(&self, group: &[ProcessPlan], cfg: &ReadConfig) -> Result<Opened, TcError> {
+        self.close_orphans().await;
         let (op, body, contexts) = match &cfg.window {
             WindowMode::Contexts => {
                 let settings = json!({"type": "", "stringProps": {}, "tagProps": {}, "boolProps": {}, "intProps": {},
@@ -791,22 +856,14 @@ impl TcClient {
         // nobody can name to close; they would live as long as the session. Then retire the
         // session: a new login now, and the old one is logged out (its windows with it) once its
         // requests are done. A refusal (429, 503) opened nothing and is simply retried.
-        let retire = |why: &dyn std::fmt::Display| {
-            if self.windows_follow_token() {
-                tracing::warn!(cause = %why, "an answer to a window open was lost; retiring the session so that no window outlives it");
-                self.middleware().manager().refresh_now();
-            }
-        };
-        let (answer, under) = match self.call_creating(op, body).await {
-            Ok((answer, under, resent)) => {
-                if resent {
-                    retire(&"the open was sent again after a lost answer");
-                }
-                (answer, under)
-            }
+        let (answer, under, retire) = match self.call_creating(op, body).await {
+            // Re-sent after a lost answer: a first copy may exist; the session is retired once
+            // this traversal has closed the windows it can name.
+            Ok(v) => v,
             Err(e) => {
                 if !e.is_connect() && !e.is_refusal() {
-                    retire(&e);
+                    tracing::warn!(error = %e, "an answer to a window open was lost; retiring the session so that no window outlives it");
+                    self.retire_session();
                 }
                 return Err(e);
             }
@@ -825,6 +882,7 @@ impl TcClient {
             skipped: Vec::new(),
             partial_errors,
             generation,
+            retire,
         };
         for o in answer["output"].as_array().into_iter().flatten() {
             if contexts {
