@@ -40,8 +40,10 @@ pub fn same_origin_redirects() -> reqwest::redirect::Policy {
 }
 
 /// A reqwest client builder for authenticated resource calls: [`same_origin_redirects`], a 10 s
-/// connect deadline and `timeout` per request (the middleware's per-attempt deadline applies
-/// when a request sets none; this is the outer bound). Add TLS and proxy settings, then `build()`.
+/// connect deadline and `timeout` per request. Under [`AuthMiddleware`](crate::AuthMiddleware),
+/// every request gets the middleware's per-attempt deadline (`attempt_timeout`, 60 s) unless it
+/// sets its own, and a request's deadline replaces the client's: set `attempt_timeout` to the
+/// same value. Add TLS and proxy settings, then `build()`.
 ///
 /// # Example
 /// ```

@@ -494,6 +494,10 @@ impl Middleware for AuthMiddleware {
         let mut attempt: u32 = 0;
         // Whether an attempt whose answer was lost (sent, then timed out or cut) was retried.
         let mut resent_after_loss = false;
+        // The session a `SessionBound` request's resources live in: a policy retry must not
+        // carry them to another one.
+        let session_bound = extensions.get::<SessionBound>().is_some();
+        let mut first_generation: Option<u64> = None;
         let mut refreshed_from: Option<u64> = None;
         loop {
             let Some(mut request) = pending.take() else {
@@ -538,6 +542,15 @@ impl Middleware for AuthMiddleware {
                     )
                 }
             };
+            if session_bound {
+                match first_generation {
+                    Some(g) if g != generation => {
+                        s.counters.session_lost.fetch_add(1, Ordering::Relaxed);
+                        return Err(fail(HttpError::SessionLost { generation: g }));
+                    }
+                    _ => first_generation = Some(generation),
+                }
+            }
             if !ok {
                 return Err(fail(HttpError::Token(shiftkey_auth::AuthError::transient(
                     shiftkey_auth::TransientKind::InvalidResponse,
@@ -556,11 +569,14 @@ impl Middleware for AuthMiddleware {
             let response = match result {
                 Ok(r) => r,
                 Err(e) => {
+                    // Only a refused connection proves the request never left; any other
+                    // transport error (a reset, a cut body) may have reached the server, and is
+                    // judged like a timeout: retried only when the request is idempotent.
                     let outcome = match &e {
-                        reqwest_middleware::Error::Reqwest(re) if re.is_timeout() => {
-                            Outcome::Timeout
+                        reqwest_middleware::Error::Reqwest(re) if re.is_connect() => {
+                            Outcome::Connect
                         }
-                        _ => Outcome::Connect,
+                        _ => Outcome::Timeout,
                     };
                     s.server_breaker.record(done.into_std(), false);
                     self.record(done, outcome.class());
@@ -689,6 +705,10 @@ impl Middleware for AuthMiddleware {
             };
             match self.retry_delay(&outcome, attempt, replay, spare.is_some(), "status") {
                 Some(delay) => {
+                    // A 5xx other than 503 may come after the server acted.
+                    let status = response.status();
+                    resent_after_loss |=
+                        status.is_server_error() && status != http::StatusCode::SERVICE_UNAVAILABLE;
                     tracing::debug!(attempt, status = response.status().as_u16(), "retrying");
                     s.clock.sleep(delay).await;
                     pending = spare;

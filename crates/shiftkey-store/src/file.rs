@@ -202,9 +202,11 @@ impl Inner {
     /// else is damage: the file is moved aside and the credential re-authenticates.
     fn undecodable(&self, e: DecodeError) -> Result<Option<StoredToken>, StoreError> {
         match e {
-            DecodeError::WrongKey | DecodeError::NotOurs | DecodeError::FutureVersion(_) => {
-                Err(e.into_store_error(&self.shown()))
-            }
+            // Nothing here proves damage: the file is left where it is.
+            DecodeError::WrongKey
+            | DecodeError::NotOurs
+            | DecodeError::FutureVersion(_)
+            | DecodeError::KdfOutOfBounds(_) => Err(e.into_store_error(&self.shown())),
             damage => {
                 let mut err = damage.into_store_error(&self.shown());
                 err.detail = match self.move_aside() {

@@ -103,9 +103,9 @@ impl DecodeError {
             Self::Truncated(n) => (Corrupt, format!("{path} is truncated ({n} bytes)")),
             Self::BadHeader(what) => (Corrupt, format!("{path} has a corrupt header ({what})")),
             Self::KdfOutOfBounds(p) => (
-                Corrupt,
+                Unsupported,
                 format!(
-                    "{path} asks for Argon2id m={} KiB, t={}, p={}, outside the accepted bounds (t ≤ {}, m ≤ 1 GiB, p ≤ {}): its header is damaged or forged; nothing was derived",
+                    "{path} asks for Argon2id m={} KiB, t={}, p={}, outside the accepted bounds (t ≤ {}, m ≤ 1 GiB, p ≤ {}): its header is damaged or forged, or it was written with costlier parameters than this version accepts; nothing was derived and the file is left untouched",
                     p.m_kib,
                     p.t,
                     p.p,

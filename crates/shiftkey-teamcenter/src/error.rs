@@ -121,10 +121,12 @@ impl TcError {
         matches!(self, Self::Http(reqwest_middleware::Error::Reqwest(r)) if r.is_timeout())
     }
 
-    /// Whether the server refused before acting: HTTP 429 or 503 (after the retries).
+    /// Whether the request went out and its answer was lost (a deadline, a connection cut after
+    /// sending, a cut body): the server may have acted without our knowing the result. A refused
+    /// connection, an answered error or an open circuit is not that.
     #[must_use]
-    pub fn is_refusal(&self) -> bool {
-        matches!(self, Self::Unexpected { detail, .. } if detail.contains("(HTTP 429") || detail.contains("(HTTP 503"))
+    pub fn answer_lost(&self) -> bool {
+        matches!(self, Self::Http(reqwest_middleware::Error::Reqwest(r)) if !r.is_connect())
     }
 
     /// Whether the server could not be connected to.

@@ -394,13 +394,15 @@ impl TcClient {
     /// Replaces the session between traversals (windows that cannot be closed die with the old
     /// one, logged out shortly after the new login). The token is swapped out at once, so the next
     /// call waits for the new session instead of mixing two.
-    fn retire_session(&self) {
+    /// Only while `generation` (the session the windows belong to) is still the current one: a
+    /// session that has already been replaced took its windows with it.
+    fn retire_session(&self, generation: Option<u64>) {
         if !self.windows_follow_token() {
             return;
         }
         let manager = self.middleware().manager();
-        if let Some(generation) = manager.try_token().map(|t| t.generation())
-            && manager.invalidate(generation) == shiftkey_auth::Invalidation::TooSoon
+        if let Some(g) = generation.filter(|g| self.generation() == Some(*g))
+            && manager.invalidate(g) == shiftkey_auth::Invalidation::TooSoon
         {
             manager.refresh_now();
         }
@@ -419,14 +421,17 @@ impl TcClient {
     /// Tries the failed closes of this session once more; if one fails again, retires the
     /// session (a new login now; the old one, and its windows, are logged out shortly).
     async fn close_orphans(&self) {
-        let orphans = match self.orphans.lock() {
-            Ok(mut o) => std::mem::take(&mut *o),
-            Err(_) => return,
-        };
-        let now = self.window_generation();
-        for o in orphans {
-            if o.generation != now {
-                continue; // their session is gone, and the windows with it
+        loop {
+            // One at a time: a cancelled future (a stop) loses no other orphan.
+            let next = match self.orphans.lock() {
+                Ok(mut o) => o.pop(),
+                Err(_) => return,
+            };
+            let Some(o) = next else { return };
+            // Checked before each close: their session may have been replaced meanwhile, and its
+            // windows died with it (their lines must never be sent under another session).
+            if o.generation != self.window_generation() {
+                continue;
             }
             let bound = self.windows_follow_token();
             match self.call_under(o.operation, o.body, json!({}), bound).await {
@@ -434,8 +439,7 @@ impl TcClient {
                 Err(e) if session_lost(&e) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "windows cannot be closed; retiring the session so that they do not outlive it");
-                    self.retire_session();
-                    return;
+                    self.retire_session(o.generation);
                 }
             }
         }
@@ -746,7 +750,7 @@ impl TcClient {
                     tracing::warn!(
                         "a window open was sent again after a lost answer; retiring the session so that no window outlives it"
                     );
-                    self.retire_session();
+                    self.retire_session(opened.generation);
                 }
                 match walked? {
                     Some(w) => {
@@ -855,15 +859,17 @@ impl TcClient {
         // An open whose answer was lost (a timeout, a cut connection) may have opened windows
         // nobody can name to close; they would live as long as the session. Then retire the
         // session: a new login now, and the old one is logged out (its windows with it) once its
-        // requests are done. A refusal (429, 503) opened nothing and is simply retried.
+        // requests are done. A refusal (429, 503) opened nothing and is simply retried; an
+        // answered exception or an open circuit opened nothing either.
+        let sent_under = self.generation();
         let (answer, under, retire) = match self.call_creating(op, body).await {
             // Re-sent after a lost answer: a first copy may exist; the session is retired once
             // this traversal has closed the windows it can name.
             Ok(v) => v,
             Err(e) => {
-                if !e.is_connect() && !e.is_refusal() {
+                if e.answer_lost() {
                     tracing::warn!(error = %e, "an answer to a window open was lost; retiring the session so that no window outlives it");
-                    self.retire_session();
+                    self.retire_session(sent_under);
                 }
                 return Err(e);
             }

@@ -117,6 +117,8 @@ impl Broker {
     /// (compare-and-swap: many reports of one generation make one refresh).
     async fn get(&self, name: &str, rejected: Option<u64>, client: &str) -> Result<Value, String> {
         let manager = self.manager(name)?;
+        // A cap learned by this very report: the manager is rescheduling the current token.
+        let mut just_learned = false;
         // What the server claims, remembered for the floor (a learned token says the cap).
         if let Some(claimed) = manager
             .with_token(|t| (t.lifetime_source != LifetimeSource::Learned).then_some(t.lifetime))
@@ -178,6 +180,7 @@ impl Broker {
                         "learned the server's real token lifetime from rejected tokens"
                     );
                     manager.set_server_limits(limits);
+                    just_learned = true;
                 }
             }
         }
@@ -185,10 +188,10 @@ impl Broker {
             .token()
             .await
             .map_err(|e| format!("token `{name}`: {e}"))?;
-        // A reported generation that is still served is about to be replaced (a cap was just
-        // learned and the manager is rescheduling): wait briefly for its successor.
+        // A reported generation that is still served is about to be replaced (this report just
+        // taught a cap and the manager is rescheduling): wait briefly for its successor.
         for _ in 0..100 {
-            if rejected != Some(token.generation()) || !self.replacing(name) {
+            if rejected != Some(token.generation()) || !just_learned {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -215,13 +218,6 @@ impl Broker {
                 })
             })
             .ok_or_else(|| format!("token `{name}`: no servable token"))
-    }
-
-    /// Whether a cap was learned for `name` (its current token is then rescheduled by it).
-    fn replacing(&self, name: &str) -> bool {
-        self.learners
-            .get(name)
-            .is_some_and(|l| l.limits().lifetime_cap.is_some())
     }
 
     fn stats(&self) -> Value {

@@ -510,12 +510,25 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
                 Ok(())
             }),
         };
+    let grace = {
+        let stop = stop.clone();
+        async move {
+            stop.stopped().await;
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        }
+    };
     let result = tokio::select! {
         r = work => r,
         name = tasks.first_death() => {
             ops.task_died(&name);
             stop.request();
             Err(anyhow::Error::new(supervise::TaskDied(name)))
+        }
+        // A stop cancels Teamcenter calls at once; a sink call stuck on its database does not
+        // end by itself, and SIGTERM must still end the process.
+        () = grace => {
+            tracing::warn!("the sync did not stop within 3 s of the request; stopping anyway");
+            Ok(())
         }
     };
     if let Err(e) = &result {

@@ -20,6 +20,10 @@ pub(crate) const MAX_CONNECTIONS: usize = 64;
 /// A client must send its whole request head within this.
 pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A request (its body included) must be read and answered within this; longer than the
+/// broker's own wait for a token (30 s).
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(45);
+
 /// The `Host` names a request may carry: loopback names, and those configured.
 #[derive(Debug, Clone)]
 pub(crate) struct Hosts(Arc<Vec<String>>);
@@ -32,7 +36,20 @@ impl Hosts {
             "127.0.0.1".to_owned(),
             "[::1]".to_owned(),
         ];
-        names.extend(extra.iter().map(|h| h.to_ascii_lowercase()));
+        // As the check compares them: lower case, without a port, IPv6 in brackets.
+        names.extend(extra.iter().map(|h| {
+            let h = h.trim().to_ascii_lowercase();
+            if h.parse::<std::net::Ipv6Addr>().is_ok() {
+                format!("[{h}]")
+            } else {
+                match h.rsplit_once(':') {
+                    Some((n, p)) if !n.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                        n.to_owned()
+                    }
+                    _ => h,
+                }
+            }
+        }));
         Self(Arc::new(names))
     }
 
@@ -54,7 +71,12 @@ async fn check_host(State(hosts): State<Hosts>, request: Request, next: Next) ->
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     match host {
-        Some(h) if hosts.allows(&h) => next.run(request).await,
+        // Bounded, body included: a client that trickles a body cannot hold a connection slot.
+        Some(h) if hosts.allows(&h) => tokio::time::timeout(REQUEST_TIMEOUT, next.run(request))
+            .await
+            .unwrap_or_else(|_| {
+                (StatusCode::REQUEST_TIMEOUT, "the request took too long\n").into_response()
+            }),
         _ => {
             tracing::warn!(host = ?host, "refused a request for a host name that is not ours");
             (
@@ -195,13 +217,19 @@ mod tests {
 
     #[test]
     fn only_loopback_names_and_configured_ones_are_ours() {
-        let hosts = Hosts::loopback_and(&["ops.plant.example".to_owned()]);
+        let hosts = Hosts::loopback_and(&[
+            "ops.plant.example".to_owned(),
+            "proxy.plant.example:443".to_owned(),
+            "fd00::7".to_owned(),
+        ]);
         for ok in [
             "localhost",
             "localhost:9464",
             "127.0.0.1:9464",
             "[::1]:9464",
             "OPS.plant.example",
+            "proxy.plant.example",
+            "[fd00::7]:9464",
         ] {
             assert!(hosts.allows(ok), "{ok}");
         }
