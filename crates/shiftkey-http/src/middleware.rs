@@ -74,6 +74,12 @@ pub struct Stats {
     /// Rejections of `SessionBound` requests: the token was replaced and the caller told to
     /// start over (not surfaced, not retried).
     pub session_lost: u64,
+    /// Every rejection the server sent (401, `InvalidUserException`), counted once each, whose
+    /// request then succeeded (or was handed back to start over, `SessionLost`): healed.
+    pub rejections_healed: u64,
+    /// … and those whose request then failed anyway: the caller saw an error. Healed plus
+    /// surfaced equals the rejections the server sent, exactly.
+    pub rejections_surfaced: u64,
 }
 
 #[derive(Debug, Default)]
@@ -86,6 +92,8 @@ struct Counters {
     premature_deaths: AtomicU64,
     keepalives: AtomicU64,
     session_lost: AtomicU64,
+    rejections_healed: AtomicU64,
+    rejections_surfaced: AtomicU64,
     /// The newest token generation the server accepted at least once.
     accepted_generation: AtomicU64,
 }
@@ -394,6 +402,8 @@ impl AuthMiddleware {
             premature_deaths: c.premature_deaths.load(Ordering::Relaxed),
             keepalives: c.keepalives.load(Ordering::Relaxed),
             session_lost: c.session_lost.load(Ordering::Relaxed),
+            rejections_healed: c.rejections_healed.load(Ordering::Relaxed),
+            rejections_surfaced: c.rejections_surfaced.load(Ordering::Relaxed),
         }
     }
 
@@ -481,6 +491,38 @@ impl Middleware for AuthMiddleware {
         req: Request,
         extensions: &mut Extensions,
         next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        // Each rejection the server sends is accounted for once, by how its request ended.
+        let mut rejections = 0u64;
+        let result = self.run(req, extensions, next, &mut rejections).await;
+        if rejections > 0 {
+            let c = &self.shared.counters;
+            let healed = match &result {
+                Ok(_) => true,
+                Err(e) => matches!(
+                    HttpError::from_middleware(e),
+                    Some(HttpError::SessionLost { .. })
+                ),
+            };
+            let counter = if healed {
+                &c.rejections_healed
+            } else {
+                &c.rejections_surfaced
+            };
+            counter.fetch_add(rejections, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+impl AuthMiddleware {
+    /// One request, however many attempts; `rejections` counts the server's rejections of it.
+    async fn run(
+        &self,
+        req: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+        rejections: &mut u64,
     ) -> reqwest_middleware::Result<Response> {
         let s = &*self.shared;
         s.counters.requests.fetch_add(1, Ordering::Relaxed);
@@ -608,6 +650,7 @@ impl Middleware for AuthMiddleware {
                 .map_err(reqwest_middleware::Error::Reqwest)?;
             match verdict {
                 Verdict::Refresh => {
+                    *rejections += 1;
                     self.record(done, shiftkey_policy::Class::Unauthorized);
                     metrics::counter!("shiftkey_http_requests_total", "outcome" => "unauthorized")
                         .increment(1);

@@ -92,6 +92,7 @@ async fn a_401_is_healed_by_one_refresh_and_never_seen() {
     assert_eq!(r.strategy.calls(), 2);
     let stats = r.middleware.stats();
     assert_eq!((stats.recovered, stats.surfaced), (1, 0));
+    assert_eq!((stats.rejections_healed, stats.rejections_surfaced), (1, 0));
 }
 
 #[tokio::test(start_paused = true)]
@@ -212,6 +213,11 @@ async fn a_fresh_token_rejected_again_is_rejected_and_the_auth_circuit_opens() {
         "an open circuit fails fast without a request"
     );
     assert_eq!(r.middleware.stats().surfaced, 3);
+    // Every rejection the server sent is accounted for: the first request saw two (the dead
+    // token's and its replacement's), the next two one each; none healed.
+    assert_eq!(r.server.unauthorized.load(Ordering::SeqCst), 4);
+    let st = r.middleware.stats();
+    assert_eq!((st.rejections_healed, st.rejections_surfaced), (0, 4));
 }
 
 #[tokio::test(start_paused = true)]

@@ -3,7 +3,9 @@
 //!
 //! Usage: `soak [--days N] [--profile NAME|all] [--seed S] [--json FILE]`
 //! Profiles: calm, teamcenter-busy-pool, lifetime-cap, restarts, flaky, rotation-storm; `all` runs
-//! every one. Exits 1 when a goal is missed: 0 surfaced 401s, 0 cycles failed because of auth,
+//! every one. Exits 1 when a goal is missed: 0 surfaced 401s, every rejection the emulator sent
+//! accounted for by a client (healed or surfaced, the sums equal to the emulator's count), 0
+//! refresh-token reuse kills, 0 cycles failed because of auth,
 //! token-endpoint calls ≤ 1.2 × the minimum the timing law allows (plus the deaths no client can
 //! avoid: one per restart, and two per limit it cannot know before seeing it twice), and at most
 //! 10 % of cycles failed for any other reason.
@@ -301,12 +303,15 @@ async fn run_profile(profile: &str, days: f64, seed: u64) -> Result<Value, Strin
         server.logins
     };
     let (mut recovered, mut surfaced, mut keepalive_count, mut waits) = (0, 0, 0, 0);
+    let (mut healed, mut surfaced_rejections) = (0u64, 0u64);
     let mut max_wait_us = 0u64;
     let (mut proactive, mut reactive) = (0, 0);
     for c in &clients {
         let st = c.middleware().stats();
         recovered += st.recovered;
         surfaced += st.surfaced;
+        healed += st.rejections_healed;
+        surfaced_rejections += st.rejections_surfaced;
         keepalive_count += st.keepalives;
         let m = c.middleware().manager().stats();
         waits += m.waits;
@@ -327,7 +332,23 @@ async fn run_profile(profile: &str, days: f64, seed: u64) -> Result<Value, Strin
     // Every window opened was closed or died with its session; no runtime line of a dead session
     // was ever sent again.
     let leaked_windows = sim.leaked_windows();
+    // Every rejection the server says it sent is accounted for by a client, healed or surfaced.
+    let sent_rejections = server
+        .exceptions
+        .get("InvalidUserException")
+        .copied()
+        .unwrap_or(0)
+        + server.exceptions.get("invalid_token").copied().unwrap_or(0);
+    let reconciled = healed + surfaced_rejections == sent_rejections;
+    // A presented refresh token that had already been rotated kills the family (RFC 9700).
+    let reuse_kills = server.killed.get("reuse").copied().unwrap_or(0);
+    // Every client counts, not only the one that syncs: the other processes' calls must not fail
+    // for a credential reason either (they share the token; a 503 burst may fail one call).
     let goals = surfaced == 0
+        && reuse_kills == 0
+        && script_failed * 10 <= run.max(1)
+        && surfaced_rejections == 0
+        && reconciled
         && auth_failed == 0
         && ratio <= 1.2
         && other_failed * 10 <= run
@@ -339,6 +360,8 @@ async fn run_profile(profile: &str, days: f64, seed: u64) -> Result<Value, Strin
         "cycles": {"run": run, "succeeded": ok, "failed_auth": auth_failed, "failed_other": other_failed, "failures": failures},
         "script_calls_failed": script_failed,
         "unauthorized": {"recovered": recovered, "surfaced": surfaced},
+        "rejections": {"server_sent": sent_rejections, "healed": healed, "surfaced": surfaced_rejections},
+        "reuse_kills": reuse_kills,
         "token_endpoint_calls": token_calls,
         "minimum_calls": {"by_lifetime": raw_min, "by_timing_law": law_min},
         "calls_per_law_minimum": (ratio * 100.0).round() / 100.0,
@@ -417,7 +440,7 @@ fn main() -> ExitCode {
     };
     let mut reports = Vec::new();
     println!(
-        "| profile | days | cycles run / ok | failed (auth / other) | 401s recovered / surfaced | token calls / law minimum | max token wait | keepalives | learned lifetime / idle (true) | windows opened / leaked / stale lines | goals |"
+        "| profile | days | cycles run / ok | failed (auth / other) | rejections healed / surfaced / server sent | token calls / law minimum | max token wait | keepalives | learned lifetime / idle (true) | windows opened / leaked / stale lines | goals |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut all_met = true;
@@ -438,15 +461,16 @@ fn main() -> ExitCode {
                 .map_or_else(|| "—".to_owned(), |s| format!("{} min", s / 60))
         };
         println!(
-            "| {} | {} | {} / {} | {} / {} | {} / {} | {} / {} ({}×) | {} ms | {} | {} / {} ({} / {}) | {} / {} / {} | {} |",
+            "| {} | {} | {} / {} | {} / {} | {} / {} / {} | {} / {} ({}×) | {} ms | {} | {} / {} ({} / {}) | {} / {} / {} | {} |",
             p,
             days,
             r["cycles"]["run"],
             r["cycles"]["succeeded"],
             r["cycles"]["failed_auth"],
             r["cycles"]["failed_other"],
-            r["unauthorized"]["recovered"],
-            r["unauthorized"]["surfaced"],
+            r["rejections"]["healed"],
+            r["rejections"]["surfaced"],
+            r["rejections"]["server_sent"],
             r["token_endpoint_calls"],
             r["minimum_calls"]["by_timing_law"],
             r["calls_per_law_minimum"],
