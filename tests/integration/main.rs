@@ -5,5 +5,6 @@
 mod faults;
 mod http;
 mod oauth;
+mod soak;
 mod store;
 mod sync;

@@ -111,6 +111,8 @@ pub(crate) struct Shared {
     pub(crate) learner: LimitLearner,
     pub(crate) clock: Arc<dyn Clock>,
     attempt_timeout: Duration,
+    /// The retry jitter's generator: seeded for reproducible runs, else from the OS.
+    rng: std::sync::Mutex<rand::rngs::StdRng>,
     origin: Instant,
     last_activity_ms: AtomicU64,
     pub(crate) learned: Notify,
@@ -199,9 +201,18 @@ pub struct AuthMiddlewareBuilder {
     learned: Option<LearnedLimits>,
     clock: Option<Arc<dyn Clock>>,
     attempt_timeout: Duration,
+    seed: Option<u64>,
 }
 
 impl AuthMiddlewareBuilder {
+    /// Seeds the retry jitter (default: from the OS). Same seed, same backoff delays: for
+    /// reproducible soaks and tests.
+    #[must_use]
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
     /// The deadline of one attempt of a request that sets none itself (default 60 s,
     /// [`DEFAULT_ATTEMPT_TIMEOUT`]): a hung socket fails the attempt instead of the caller
     /// waiting for ever. A request's own `timeout` wins.
@@ -303,6 +314,10 @@ impl AuthMiddlewareBuilder {
             learner,
             clock,
             attempt_timeout: self.attempt_timeout,
+            rng: std::sync::Mutex::new(match self.seed {
+                Some(seed) => rand::SeedableRng::seed_from_u64(seed),
+                None => rand::SeedableRng::from_entropy(),
+            }),
             origin,
             last_activity_ms: AtomicU64::new(0),
             learned: Notify::new(),
@@ -364,6 +379,7 @@ impl AuthMiddleware {
             learned: None,
             clock: None,
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+            seed: None,
         }
     }
 
@@ -453,13 +469,14 @@ impl AuthMiddleware {
         reason: &'static str,
     ) -> Option<Duration> {
         let s = &*self.shared;
-        match s.policy.decide(
-            outcome,
-            attempt,
-            replay,
-            Some(&s.budget),
-            rand::random::<f64>(),
-        ) {
+        let draw = s
+            .rng
+            .lock()
+            .map_or(0.5, |mut r| rand::Rng::r#gen::<f64>(&mut *r));
+        match s
+            .policy
+            .decide(outcome, attempt, replay, Some(&s.budget), draw)
+        {
             Decision::Retry(delay)
                 if replayable && s.server_breaker.state() != BreakerState::Open =>
             {

@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use shiftkey_auth::strategies::{ClientAuth, OAuthClient, OAuthPassword, OAuthRefresh};
 use shiftkey_auth::timing::{RefreshConfig, margins};
-use shiftkey_auth::{Clock, MemoryStore, TokenManager, TokioClock};
+use shiftkey_auth::{Clock, MemoryStore, TokenManager};
 use shiftkey_http::HttpError;
 use shiftkey_shopfloor::{ApplyReport, Feedback, ProcessRecord, Sink, SinkError};
 use shiftkey_sim::{Sim, SimConfig};
@@ -200,7 +200,14 @@ fn auth_failure(e: &SyncError) -> bool {
 
 async fn run_profile(profile: &str, days: f64, seed: u64) -> Result<Value, String> {
     let s = setup(profile, days, seed).ok_or_else(|| format!("unknown profile `{profile}`"))?;
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    // A simulated start, not the real one: the busy hours of the day, and so the whole run,
+    // depend on the seed only (2026-01-05 00:00 UTC, a Monday).
+    let start = std::time::UNIX_EPOCH + Duration::from_secs(1_767_571_200);
+    let clock: Arc<dyn Clock> = Arc::new(shiftkey_sim::ScaledClock::new(start, 1.0));
+    let refresh = |i: u64| shiftkey_auth::timing::RefreshConfig {
+        seed: Some(seed.wrapping_add(i)),
+        ..shiftkey_auth::timing::RefreshConfig::default()
+    };
     let sim = Sim::start(s.sim.clone(), Arc::clone(&clock))
         .await
         .map_err(|e| format!("emulator: {e}"))?;
@@ -226,22 +233,63 @@ async fn run_profile(profile: &str, days: f64, seed: u64) -> Result<Value, Strin
             let manager = TokenManager::builder(strategy)
                 .store(store.clone())
                 .clock(Arc::clone(&clock))
+                .config(refresh(i as u64))
                 .name(format!("process-{i}"))
                 .build()
                 .map_err(|e| e.to_string())?;
-            clients.push(TcClient::gateway(http.clone(), base.clone(), manager));
+            let middleware = shiftkey_http::AuthMiddleware::builder(manager)
+                .classifier(shiftkey_teamcenter::TcClassifier)
+                .clock(Arc::clone(&clock))
+                .seed(seed.wrapping_add(100 + i as u64))
+                .build();
+            clients.push(TcClient::with_middleware(
+                http.clone(),
+                middleware,
+                base.clone(),
+                true,
+            ));
         }
     } else {
         let session = SessionConfig::new(base.clone(), "mfg_sync", "mfg_sync_pw".into());
-        clients.push(
-            TcClient::session_with_clock(http.clone(), session, Arc::clone(&clock))
-                .map_err(|e| e.to_string())?,
-        );
+        // As `TcClient::session` builds it, with seeded refresh and retry jitter.
+        let idle = session.idle_limit;
+        let login = shiftkey_teamcenter::SessionLogin::new(http.clone(), session)
+            .with_clock(Arc::clone(&clock));
+        let manager = TokenManager::builder(login)
+            .clock(Arc::clone(&clock))
+            .config(refresh(0))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let middleware = shiftkey_http::AuthMiddleware::builder(manager)
+            .injector(shiftkey_http::Injector::Cookie {
+                name: "JSESSIONID".to_owned(),
+            })
+            .classifier(shiftkey_teamcenter::TcClassifier)
+            .learned(shiftkey_auth::ServerLimits {
+                lifetime_cap: None,
+                idle_limit: Some(idle),
+            })
+            .clock(Arc::clone(&clock))
+            .seed(seed.wrapping_add(100))
+            .build();
+        clients.push(TcClient::with_middleware(
+            http.clone(),
+            middleware,
+            base.clone(),
+            false,
+        ));
     }
     let keepalives: Vec<_> = clients.iter().filter_map(|c| c.keepalive().ok()).collect();
     let sink = Arc::new(MemorySink::default());
-    let engine = Engine::new(clients[0].clone(), sink.clone(), EngineConfig::default())
-        .with_clock(Arc::clone(&clock));
+    let engine = Engine::new(
+        clients[0].clone(),
+        sink.clone(),
+        EngineConfig {
+            seed: Some(seed),
+            ..EngineConfig::default()
+        },
+    )
+    .with_clock(Arc::clone(&clock));
     // The other processes of a rotation storm: a script each, calling every 15 min, staggered.
     let script_failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let others: Vec<_> = clients
