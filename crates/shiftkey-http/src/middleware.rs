@@ -75,9 +75,10 @@ pub struct Stats {
     /// start over (not surfaced, not retried).
     pub session_lost: u64,
     /// Every rejection the server sent (401, `InvalidUserException`), counted once each, whose
-    /// request then succeeded (or was handed back to start over, `SessionLost`): healed.
+    /// request did not end in an authentication error (it succeeded, was handed back to start
+    /// over, or failed later for a reason of the server's): healed.
     pub rejections_healed: u64,
-    /// … and those whose request then failed anyway: the caller saw an error. Healed plus
+    /// … and those whose request ended in an authentication error the caller saw. Healed plus
     /// surfaced equals the rejections the server sent, exactly.
     pub rejections_surfaced: u64,
 }
@@ -514,11 +515,19 @@ impl Middleware for AuthMiddleware {
         let result = self.run(req, extensions, next, &mut rejections).await;
         if rejections > 0 {
             let c = &self.shared.counters;
+            // Surfaced: the caller got an authentication error. A request that was healed and
+            // then failed for another reason (a 503 burst, a cut connection) had its rejection
+            // healed: that failure is the server's, not the token's.
             let healed = match &result {
                 Ok(_) => true,
-                Err(e) => matches!(
+                Err(e) => !matches!(
                     HttpError::from_middleware(e),
-                    Some(HttpError::SessionLost { .. })
+                    Some(
+                        HttpError::Rejected { .. }
+                            | HttpError::NotReplayable
+                            | HttpError::AuthCircuitOpen { .. }
+                            | HttpError::Token(_)
+                    )
                 ),
             };
             let counter = if healed {
