@@ -195,6 +195,31 @@ impl SqlSink {
         self
     }
 
+    /// The plans whose stored rows do not hash to the content hash written with them in the same
+    /// transaction: a torn write (a plan row from one batch, its operations from another) would
+    /// show here. Empty on a healthy database.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub async fn torn(&self) -> Result<Vec<String>, SinkError> {
+        let recorded: std::collections::BTreeMap<String, String> =
+            sqlx::query("SELECT uid, content_hash FROM process_definition")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(err("read content hashes"))?
+                .iter()
+                .map(|r| Ok((r.try_get("uid")?, r.try_get("content_hash")?)))
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(err("read content hashes"))?;
+        Ok(self
+            .all()
+            .await?
+            .iter()
+            .filter(|p| recorded.get(&p.uid).is_some_and(|h| *h != content_hash(p)))
+            .map(|p| p.uid.clone())
+            .collect())
+    }
+
     /// Closes the pool: waits for connections in use to come back, then closes them all. Call it
     /// before the runtime shuts down, so no connection is returned to a pool whose tasks are gone.
     pub async fn close(&self) {

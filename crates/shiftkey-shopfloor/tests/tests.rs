@@ -175,3 +175,19 @@ async fn one_operation_revision_in_two_plans_is_stored_under_both() {
     assert_eq!(s.all().await.unwrap()[1].operations.len(), 1);
     let _ = std::fs::remove_file(path);
 }
+
+#[tokio::test]
+async fn a_torn_plan_is_found_by_its_content_hash() {
+    let (s, path) = sink("torn").await;
+    let a = plan("P1", 1, vec![op("O1", 10, "a"), op("O2", 20, "b")]);
+    let b = plan("P2", 1, vec![op("O3", 10, "c")]);
+    s.apply(&[a, b], t(1)).await.unwrap();
+    assert!(s.torn().await.unwrap().is_empty(), "a healthy database");
+    // What a half-committed batch would leave: one of P1's operations gone.
+    sqlx::query("DELETE FROM process_segment WHERE uid = 'O2'")
+        .execute(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(s.torn().await.unwrap(), vec!["P1".to_owned()]);
+    let _ = std::fs::remove_file(&path);
+}
