@@ -582,3 +582,38 @@ async fn outcomes_reach_the_error_rate_monitor() {
         "the one 401, even though it was recovered"
     );
 }
+
+/// A server that reads the request and closes the connection without an answer: the request
+/// may have been acted on. A POST is sent once; a GET is retried.
+#[tokio::test]
+async fn a_connection_cut_after_sending_resends_only_what_is_idempotent() {
+    let r = rig(secs(8 * H), |b| b).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            // Read the request, then close without an answer.
+            let _ = s.readable().await;
+            let _ = s.try_read(&mut buf);
+            drop(s);
+        }
+    });
+    let url = format!("http://{addr}/cut");
+    assert!(r.client.post(&url).body("x").send().await.is_err());
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "a POST that may have arrived is sent once"
+    );
+    assert!(r.client.get(&url).send().await.is_err());
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        4,
+        "a GET is tried three times"
+    );
+}
