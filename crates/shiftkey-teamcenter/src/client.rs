@@ -212,6 +212,7 @@ impl TcClient {
     ) -> Result<(Value, Option<u64>), TcError> {
         self.send(operation, body, policy, session_bound, true)
             .await
+            .map(|(answer, under, _)| (answer, under))
     }
 
     /// Calls an operation that creates something in the session (a window). Retried like a
@@ -222,7 +223,7 @@ impl TcClient {
         operation: &str,
         body: Value,
     ) -> Result<(Value, Option<u64>, bool), TcError> {
-        self.send_full(operation, body, serde_json::json!({}), false, true)
+        self.send(operation, body, serde_json::json!({}), false, true)
             .await
     }
 
@@ -236,23 +237,12 @@ impl TcClient {
     pub async fn write(&self, operation: &str, body: Value) -> Result<Value, TcError> {
         self.send(operation, body, serde_json::json!({}), false, false)
             .await
-            .map(|(answer, _)| answer)
+            .map(|(answer, _, _)| answer)
     }
 
+    /// One call: the answer, the generation it was answered under, and whether it was sent
+    /// again after an attempt whose answer was lost.
     async fn send(
-        &self,
-        operation: &str,
-        body: Value,
-        policy: Value,
-        session_bound: bool,
-        idempotent: bool,
-    ) -> Result<(Value, Option<u64>), TcError> {
-        self.send_full(operation, body, policy, session_bound, idempotent)
-            .await
-            .map(|(answer, under, _)| (answer, under))
-    }
-
-    async fn send_full(
         &self,
         operation: &str,
         body: Value,
