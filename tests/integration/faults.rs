@@ -170,7 +170,13 @@ async fn a_full_disk_fails_the_save_clearly_and_keeps_the_old_token() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // Real time: the writer is another process.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while store.load().await.unwrap().is_none_or(|t| t.generation < 3) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker wrote fewer than 3 generations in 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     first.kill().unwrap();

@@ -122,6 +122,7 @@ async fn a_token_killed_by_the_resource_server_is_healed_by_one_real_refresh() {
     assert_eq!((stats.recovered, stats.surfaced), (1, 0));
 }
 
+// Real time: the tokens expire on oidc-provider's clock, in another process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_lived_tokens_never_reach_the_resource_server_expired() {
     let (resource, url) = start(4).await;

@@ -200,7 +200,8 @@ async fn reusing_a_rotated_refresh_token_is_permanent_and_revokes_the_family() {
     assert_eq!(server.successes("password", 2).await, 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// One thread, so that time can be paused at the end (`tokio::time::pause`).
+#[tokio::test]
 async fn wrong_secret_and_wrong_password_are_permanent() {
     let server = OidcServer::start(600);
     let bad = ServiceAccount::new(client(
@@ -240,10 +241,13 @@ async fn wrong_secret_and_wrong_password_are_permanent() {
     // The manager stops after a permanent error instead of hammering the server.
     let manager = TokenManager::builder(bad).build().unwrap();
     assert!(manager.token().await.unwrap_err().is_permanent());
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Paused from here, so an hour passes at once: a manager that tried again would have by then.
+    tokio::time::pause();
+    tokio::time::sleep(Duration::from_secs(3600)).await;
     assert_eq!(manager.stats().acquires, 1);
 }
 
+// Real time: the tokens expire on oidc-provider's clock, in another process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_second_tokens_are_refreshed_proactively_and_never_sent_expired() {
     let server = OidcServer::start(4);

@@ -1,6 +1,6 @@
 //! The sync process under SIGKILL, and several instances behind one leader lease.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write as _};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -170,6 +170,7 @@ async fn sigkill_inside_transactions_and_feedback_pushes_loses_and_duplicates_no
             .args([sim.url(), url.clone()])
             .env("SYNC_WORKER_PHASES", "1")
             .env("SYNC_WORKER_FEEDBACK", FEEDBACK_KEY)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -185,27 +186,39 @@ async fn sigkill_inside_transactions_and_feedback_pushes_loses_and_duplicates_no
                 }
             }
         });
+        // The worker holds still after saying where it is until told to go on (a line on its
+        // stdin): SIGKILL lands there, however slow the machine.
+        let mut go_on = child.stdin.take().unwrap();
         let landed = tokio::task::spawn_blocking(move || {
             let mut fallback = None;
-            loop {
+            let landed = loop {
                 // A worker that says nothing for 20 s is stuck: the test fails below.
                 match rx.recv_timeout(Duration::from_secs(20)) {
-                    Ok(l) if l.starts_with("fb-written") && want_feedback => return Some(l),
-                    Ok(l) if l == "in-tx" && !want_feedback => return Some(l),
+                    Ok(l) if l.starts_with("fb-written") && want_feedback => break Some(l),
+                    Ok(l) if l == "in-tx" && !want_feedback => break Some(l),
                     // A feedback kill was wanted but a cycle with nothing to push went by.
                     Ok(l) if l == "cycle" && want_feedback && fallback.is_some() => {
-                        return fallback;
+                        break fallback;
                     }
-                    Ok(l) if l == "in-tx" => fallback = Some(l),
+                    // A phase passed over: the worker waits for the word to go on.
+                    Ok(l) if l == "in-tx" || l.starts_with("fb-written") => {
+                        // A worker that died cannot read it: the test fails below.
+                        let _ = writeln!(go_on).and_then(|()| go_on.flush());
+                        if l == "in-tx" {
+                            fallback = Some(l);
+                        }
+                    }
                     Ok(_) => {}
-                    Err(_) => return fallback,
+                    Err(_) => break fallback,
                 }
-            }
+            };
+            // Kept open until the kill: closed, it would let the worker go on.
+            (landed, go_on)
         });
-        // The worker holds still for 100 ms after saying where it is: SIGKILL lands there.
-        let landed = landed.await.unwrap();
+        let (landed, go_on) = landed.await.unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
+        drop(go_on);
         match landed.as_deref() {
             Some(l) if l.starts_with("fb-written") => in_feedback += 1,
             Some("in-tx") => in_tx += 1,
@@ -275,9 +288,21 @@ async fn only_the_lease_holder_syncs_and_a_killed_leader_is_replaced() {
     };
     let load =
         |c: &Arc<std::sync::atomic::AtomicUsize>| c.load(std::sync::atomic::Ordering::SeqCst);
+    // Real time: the workers are processes, and the lease lives in PostgreSQL.
     let (mut a, ca) = spawn();
     let (mut b, cb) = spawn();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The leader's own cycles measure the window: while it runs 10 (a second at least, with its
+    // 100 ms pauses), the follower checks the lease every 50 ms and must never get it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while load(&ca).max(load(&cb)) < 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no instance ran 10 cycles in 60 s: a={} b={}",
+            load(&ca),
+            load(&cb)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (ran_a, ran_b) = (load(&ca), load(&cb));
     assert!(
         (ran_a > 0) != (ran_b > 0),
@@ -292,8 +317,14 @@ async fn only_the_lease_holder_syncs_and_a_killed_leader_is_replaced() {
     leader.kill().unwrap();
     leader.wait().unwrap();
     let before = load(follower_count);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(load(follower_count) > before, "the follower took over");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while load(follower_count) <= before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the follower did not take over in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for child in [&mut a, &mut b] {
         let _ = child.kill();
         let _ = child.wait();
@@ -352,7 +383,8 @@ async fn mqtt_gets_one_retained_isa95_message_per_process_before_the_watermark_m
     );
     client.subscribe("plant/#", QoS::AtLeastOnce).await.unwrap();
     let mut messages = std::collections::BTreeMap::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // Real time: Mosquitto is another process. Generous: the loop ends with the 20th message.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while messages.len() < 20 && tokio::time::Instant::now() < deadline {
         if let Ok(Ok(Event::Incoming(Packet::Publish(p)))) =
             tokio::time::timeout(Duration::from_secs(1), events.poll()).await

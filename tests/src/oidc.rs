@@ -124,13 +124,14 @@ impl OidcServer {
             .clone()
     }
 
-    /// Waits (up to 5 s) until `done` holds for the events read so far, and returns them.
+    /// Waits (up to 20 s: the events come from another process) until `done` holds for the
+    /// events read so far, and returns them.
     ///
     /// Events reach us through a reader thread, so an answer can arrive before its event line has
     /// been read. Lines are read in order: once the latest expected event is here, so is every
     /// earlier one, and counts of earlier events are exact.
     pub async fn wait_events(&self, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-        for _ in 0..250 {
+        for _ in 0..1000 {
             let events = self.events();
             if done(&events) {
                 return events;

@@ -368,6 +368,9 @@ fn bad_keys_are_clear_errors() {
     assert!(!format!("{:?}", KeySource::from_base64(KEY_A, "x").unwrap()).contains(KEY_A));
 }
 
+// Real time: the file lock is polled on a blocking thread against the real clock, which paused
+// time does not reach. The 200 ms is how long `b` waits for a lock `a` is known to hold: the
+// timeout is the expected outcome, so no machine is too slow for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lock_excludes_other_handles_and_times_out_clearly() {
     let d = dir("lock");

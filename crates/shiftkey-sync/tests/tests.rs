@@ -421,6 +421,8 @@ async fn a_hung_server_fails_one_cycle_within_its_deadline_and_the_next_succeeds
     let clock = clock();
     let sim = sim(quiet(), &clock).await;
     let sink = sqlite("hang").await;
+    // A real deadline (the emulator's hang is real). Kept short: each hung attempt costs it, and a
+    // real second is 24 simulated minutes of session idling and data changes.
     let engine = Engine::new(
         tc(&sim, "mfg_sync_pw").with_read_timeout(Duration::from_millis(300)),
         sink.clone(),
@@ -461,7 +463,12 @@ async fn a_stop_cancels_a_hung_read_at_once() {
         let (engine, stop) = (Arc::clone(&engine), stop.clone());
         tokio::spawn(async move { engine.cycle(&stop).await })
     };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while sim.stats().hung == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no read reached the emulator in 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     stop.request();

@@ -113,7 +113,7 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn the_first_task_to_die_is_named_a_panic_included() {
         let mut tasks = Tasks::default();
         tasks.spawn("lives", std::future::pending());

@@ -87,25 +87,41 @@ async fn python_scripts_survive_expiry_and_a_server_kill_with_one_refresh_for_al
         })
         .collect();
 
+    // Real time throughout: the broker and the scripts are processes, and the tokens expire on
+    // the emulator's real clock.
     // Right after a proactive refresh (so no other refresh is due for ~3 s), kill every token
     // on the server side.
     let stats = |v: &serde_json::Value, k: &str| v["tokens"]["gw"][k].as_u64().unwrap();
-    let mut killed = false;
-    for _ in 0..500 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
         let s = ask(&socket, serde_json::json!({"op": "stats"})).await;
         if stats(&s, "proactive") >= 1 {
             assert_eq!(stats(&s, "reactive"), 0, "{s}");
             sim.restart();
-            killed = true;
             break;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no proactive refresh in 30 s of 6 s tokens: {s}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(
-        killed,
-        "a proactive refresh happened within 5 s of 6 s tokens"
-    );
-    // Soon after the kill, exactly one reactive refresh served every script.
+    // The first script to meet the killed token reports it: wait for that refresh.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = ask(&socket, serde_json::json!({"op": "stats"})).await;
+        if stats(&s, "reactive") >= 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no script reported the killed token in 30 s: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Then give the other scripts time to report the same token (each calls every ~20 ms): the
+    // broker still refreshes only once. A window for a second refresh to show, not a bound on
+    // speed: a late report of the killed generation is ignored all the same.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let after_kill = ask(&socket, serde_json::json!({"op": "stats"})).await;
     assert_eq!(
@@ -141,7 +157,8 @@ async fn python_scripts_survive_expiry_and_a_server_kill_with_one_refresh_for_al
         total["recovered"].as_u64().unwrap() >= 1,
         "the kill was felt and healed: {total}"
     );
-    assert!(total["ok"].as_u64().unwrap() > 100, "{total}");
+    // Traffic through the expiries, not a speed: a busy machine makes fewer calls.
+    assert!(total["ok"].as_u64().unwrap() > 20, "{total}");
     let end = ask(&socket, serde_json::json!({"op": "stats"})).await;
     assert!(
         stats(&end, "proactive") >= 2,
@@ -295,8 +312,8 @@ fn own_uid() -> u32 {
 }
 
 /// A script in Rust: every 250 ms a gateway call with the broker's token, reporting a rejection
-/// and retrying once; returns (calls that succeeded, 401s that reached the script).
-async fn script(socket: &Path, sim_url: &str, run: Duration) -> (u32, u32) {
+/// and retrying once; returns (calls that succeeded, 401s that reached the script, rounds).
+async fn script(socket: &Path, sim_url: &str, run: Duration) -> (u32, u32, u32) {
     let gateway = format!("{sim_url}/tc/RestServices/Core-2007-01-Session/getTCSessionInfo");
     let http = reqwest::Client::new();
     let call = |token: String| {
@@ -306,9 +323,10 @@ async fn script(socket: &Path, sim_url: &str, run: Duration) -> (u32, u32) {
             .body(r#"{"header":{},"body":{}}"#);
         async move { req.send().await.unwrap().status().as_u16() }
     };
-    let (mut ok, mut surfaced) = (0, 0);
+    let (mut ok, mut surfaced, mut rounds) = (0, 0, 0);
     let end = tokio::time::Instant::now() + run;
     while tokio::time::Instant::now() < end {
+        rounds += 1;
         let got = ask(socket, serde_json::json!({"op": "get", "name": "gw"})).await;
         let mut status = call(got["token"].as_str().unwrap().to_owned()).await;
         if status == 401 {
@@ -327,7 +345,7 @@ async fn script(socket: &Path, sim_url: &str, run: Duration) -> (u32, u32) {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    (ok, surfaced)
+    (ok, surfaced, rounds)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,7 +353,8 @@ async fn a_second_restart_after_the_minimum_interval_is_healed_too() {
     // Two restarts 16 s apart: the second kills the token the first one's report got, once it
     // is older than its 15 s minimum interval (30 s tokens). Sooner, reports would wait: one
     // report-triggered refresh per minimum interval is what keeps a misbehaving client from
-    // causing a refresh storm (the broker's unit tests show both).
+    // causing a refresh storm (the broker's unit tests show both). Real time: the minimum
+    // interval runs on the broker process's clock, and the tokens expire on the emulator's.
     let mut sim_cfg = shiftkey_sim::SimConfig::default();
     sim_cfg.oauth.access_ttl_secs = 30;
     let sim = std::sync::Arc::new(common::start_sim(sim_cfg).await);
@@ -353,7 +372,7 @@ async fn a_second_restart_after_the_minimum_interval_is_healed_too() {
             sim.restart();
         })
     };
-    let (ok, surfaced) = script(&socket, &sim.url(), Duration::from_secs(22)).await;
+    let (ok, surfaced, rounds) = script(&socket, &sim.url(), Duration::from_secs(22)).await;
     restarts.await.unwrap();
     let (exit, log) = broker.terminate().await;
     assert!(exit.success(), "{log}");
@@ -363,6 +382,7 @@ async fn a_second_restart_after_the_minimum_interval_is_healed_too() {
         "both restarts killed a token"
     );
     assert_eq!(surfaced, 0, "no script saw a 401:\n{log}");
-    assert!(ok > 60, "{ok}");
+    // Most rounds succeed, however few a busy machine fits into the 22 s.
+    assert!(ok * 3 > rounds * 2, "{ok} of {rounds} rounds succeeded");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,6 +4,8 @@
 
 use std::process::Command;
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_shiftkey");
 
 #[test]
@@ -471,36 +473,36 @@ async fn the_daemon_syncs_and_stops_gracefully_on_sigterm() {
             db.display()
         ),
     );
-    let child = Command::new(BIN)
-        .args(["run", "-c", cfg.to_str().unwrap()])
-        .env("TC_PW", "mfg_sync_pw")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The first cycle runs at once; give it time, then ask politely.
-    for _ in 0..100 {
-        if sim
-            .stats()
-            .requests
-            .contains_key("Cad-2007-01-StructureManagement/expandPSOneLevel")
-        {
+    let mut daemon = common::Daemon::spawn(
+        &["run", "-c", cfg.to_str().unwrap()],
+        &[("TC_PW", "mfg_sync_pw")],
+    );
+    // The first cycle runs at once: wait until the status page lists it (real time, a real
+    // process; up to 30 s), then ask politely.
+    let ops = daemon.address("ops endpoints on ").await;
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status = http
+            .get(format!("{ops}/status"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if status.contains("<td class=\"ok\">ok</td>") {
             break;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no finished cycle in 30 s: {status}\n{}",
+            daemon.log()
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "a graceful stop exits 0: {stderr}");
+    let (status, stderr) = daemon.terminate().await;
+    assert!(status.success(), "a graceful stop exits 0: {stderr}");
     assert!(stderr.contains("stopped after 1 cycles"), "{stderr}");
     let _ = std::fs::remove_file(&db);
 }

@@ -95,9 +95,10 @@ webhook_env = "SK_HOOK"
             (r.status().as_u16(), r.text().await.unwrap())
         }
     };
-    // The first cycle runs at once; the status page shows it.
+    // The first cycle runs at once; the status page shows it (real time, a real process: up to
+    // 30 s).
     let mut status = String::new();
-    for _ in 0..100 {
+    for _ in 0..300 {
         status = get("/status").await.1;
         if status.contains("<td class=\"ok\">ok</td><td>20</td>") {
             break;

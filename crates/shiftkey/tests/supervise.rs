@@ -86,7 +86,13 @@ async fn sigterm_stops_the_daemon_while_a_read_hangs() {
         &[("TC_PW", "mfg_sync_pw")],
     );
     daemon.wait_for("syncing").await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     while sim.stats().hung == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no read reached the emulator in 30 s:\n{}",
+            daemon.log()
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     // A guard, not a timing claim: without the cancel the exit waits for the read's deadlines.

@@ -1,7 +1,9 @@
 //! `cargo xtask soak`: the sync daemon against the emulator for N simulated days under a fault
 //! profile, in paused tokio time (a month runs in seconds to minutes), then a report and its goals.
+//! `rotation-storm` is 8 real OS processes sharing one encrypted file store, in compressed real
+//! time (`--scale`, simulated seconds per real second, 1440 by default: a day per real minute).
 //!
-//! Usage: `soak [--days N] [--profile NAME|all] [--seed S] [--json FILE]`
+//! Usage: `soak [--days N] [--profile NAME|all] [--seed S] [--scale X] [--json FILE]`
 //! Profiles: calm, teamcenter-busy-pool, lifetime-cap, restarts, flaky, rotation-storm; `all` runs
 //! every one. Exits 1 when a goal is missed: 0 surfaced 401s, every rejection the emulator sent
 //! accounted for by a client (healed or surfaced, the sums equal to the emulator's count), 0
@@ -18,17 +20,21 @@
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use shiftkey_auth::strategies::{ClientAuth, OAuthClient, OAuthPassword, OAuthRefresh};
 use shiftkey_auth::timing::{RefreshConfig, margins};
-use shiftkey_auth::{Clock, MemoryStore, TokenManager};
+use shiftkey_auth::{Clock, MemoryStore, TokenManager, TokenStore};
 use shiftkey_http::HttpError;
 use shiftkey_shopfloor::{ApplyReport, Feedback, ProcessRecord, Sink, SinkError};
-use shiftkey_sim::{Sim, SimConfig};
+use shiftkey_sim::{ScaledClock, Sim, SimConfig};
+use shiftkey_store::{FileStore, KeySource};
 use shiftkey_sync::{Engine, EngineConfig, Stop, SyncError};
 use shiftkey_teamcenter::{SessionConfig, TcClient};
 
@@ -198,57 +204,225 @@ fn auth_failure(e: &SyncError) -> bool {
     }
 }
 
+/// The simulated start of every run: the busy hours of the day, and so the whole run, depend on
+/// the seed only (2026-01-05 00:00 UTC, a Monday).
+const START: Duration = Duration::from_secs(1_767_571_200);
+
+/// What the clients saw, summed over every client (and, for rotation-storm, every process).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Tally {
+    /// Sync cycles run, succeeded, failed because of authentication, failed otherwise.
+    run: u64,
+    ok: u64,
+    auth_failed: u64,
+    other_failed: u64,
+    /// Failed cycles by (truncated) error.
+    failures: BTreeMap<String, u64>,
+    /// Script calls (the other processes) that failed.
+    script_failed: u64,
+    recovered: u64,
+    surfaced: u64,
+    healed: u64,
+    surfaced_rejections: u64,
+    keepalives: u64,
+    waits: u64,
+    max_wait_us: u64,
+    proactive: u64,
+    reactive: u64,
+    /// What the syncing client learned.
+    learned_cap_s: Option<u64>,
+    learned_idle_s: Option<u64>,
+}
+
+impl Tally {
+    fn add(&mut self, o: Self) {
+        self.run += o.run;
+        self.ok += o.ok;
+        self.auth_failed += o.auth_failed;
+        self.other_failed += o.other_failed;
+        for (k, v) in o.failures {
+            *self.failures.entry(k).or_default() += v;
+        }
+        self.script_failed += o.script_failed;
+        self.recovered += o.recovered;
+        self.surfaced += o.surfaced;
+        self.healed += o.healed;
+        self.surfaced_rejections += o.surfaced_rejections;
+        self.keepalives += o.keepalives;
+        self.waits += o.waits;
+        self.max_wait_us = self.max_wait_us.max(o.max_wait_us);
+        self.proactive += o.proactive;
+        self.reactive += o.reactive;
+        self.learned_cap_s = self.learned_cap_s.or(o.learned_cap_s);
+        self.learned_idle_s = self.learned_idle_s.or(o.learned_idle_s);
+    }
+
+    /// Adds the counters of the clients' middleware and token managers.
+    fn count(&mut self, clients: &[TcClient]) {
+        for c in clients {
+            let st = c.middleware().stats();
+            self.recovered += st.recovered;
+            self.surfaced += st.surfaced;
+            self.healed += st.rejections_healed;
+            self.surfaced_rejections += st.rejections_surfaced;
+            self.keepalives += st.keepalives;
+            let m = c.middleware().manager().stats();
+            self.waits += m.waits;
+            self.max_wait_us = self.max_wait_us.max(m.max_wait_us);
+            self.proactive += m.proactive;
+            self.reactive += m.reactive;
+        }
+    }
+}
+
+/// The refresh configuration of client `i`: seeded jitter; `scale` stretches the waits that stand
+/// for real latency (a caller's wait for a refresh in flight), which time compression must not
+/// shrink below what a loopback round trip between processes takes.
+fn refresh_config(seed: u64, i: u64, scale: f64) -> RefreshConfig {
+    let d = RefreshConfig::default();
+    RefreshConfig {
+        seed: Some(seed.wrapping_add(i)),
+        wait_timeout: d.wait_timeout.mul_f64(scale.max(1.0)),
+        acquire_timeout: d.acquire_timeout.mul_f64(scale.max(1.0)),
+        ..d
+    }
+}
+
+/// A process of the OAuth gateway profiles: refresh with rotation, password fallback, sharing
+/// `store` with the others.
+fn gateway_client(
+    http: &reqwest::Client,
+    base: &url::Url,
+    store: Arc<dyn TokenStore>,
+    clock: &Arc<dyn Clock>,
+    seed: u64,
+    i: u64,
+    scale: f64,
+) -> Result<TcClient, String> {
+    let token_url = base.join("oauth/token").map_err(|e| e.to_string())?;
+    let client = OAuthClient::new(
+        http.clone(),
+        token_url,
+        "shiftkey",
+        ClientAuth::SecretBasic("shiftkey-secret".into()),
+    )
+    .with_clock(Arc::clone(clock));
+    let strategy = OAuthRefresh::new(client.clone()).with_fallback(OAuthPassword::new(
+        client,
+        "mfg_sync",
+        "mfg_sync_pw".into(),
+    ));
+    let manager = TokenManager::builder(strategy)
+        .store(store)
+        .clock(Arc::clone(clock))
+        .config(refresh_config(seed, i, scale))
+        .name(format!("process-{i}"))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let middleware = shiftkey_http::AuthMiddleware::builder(manager)
+        .classifier(shiftkey_teamcenter::TcClassifier)
+        .clock(Arc::clone(clock))
+        .seed(seed.wrapping_add(100 + i))
+        .build();
+    Ok(TcClient::with_middleware(
+        http.clone(),
+        middleware,
+        base.clone(),
+        true,
+    ))
+}
+
+/// Runs the sync engine on `sync` (every 15 min) and a script on each of `scripts` (every 15 min,
+/// the n-th one starting n minutes in) until the simulated time `end`.
+async fn drive(
+    sync: Option<&TcClient>,
+    scripts: &[(u64, TcClient)],
+    clock: &Arc<dyn Clock>,
+    seed: u64,
+    end: SystemTime,
+) -> Tally {
+    let script_failures = Arc::new(AtomicU64::new(0));
+    let others: Vec<_> = scripts
+        .iter()
+        .map(|(n, c)| {
+            let (c, clock, n) = (c.clone(), Arc::clone(clock), *n);
+            let failures = Arc::clone(&script_failures);
+            tokio::spawn(async move {
+                clock.sleep(Duration::from_secs(60 * n)).await;
+                loop {
+                    if c.session_info().await.is_err() {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    clock.sleep(Duration::from_secs(900)).await;
+                }
+            })
+        })
+        .collect();
+    let mut tally = Tally::default();
+    let keepalives: Vec<_> = sync.iter().filter_map(|c| c.keepalive().ok()).collect();
+    let mut next = clock.wall();
+    if let Some(client) = sync {
+        let sink = Arc::new(MemorySink::default());
+        let engine = Engine::new(
+            client.clone(),
+            sink,
+            EngineConfig {
+                seed: Some(seed),
+                ..EngineConfig::default()
+            },
+        )
+        .with_clock(Arc::clone(clock));
+        let stop = Stop::default();
+        while clock.wall() < end {
+            let now = clock.wall();
+            if let Ok(wait) = next.duration_since(now)
+                && !wait.is_zero()
+            {
+                clock.sleep(wait).await;
+                continue;
+            }
+            tally.run += 1;
+            match engine.cycle(&stop).await {
+                Ok(_) => tally.ok += 1,
+                Err(e) => {
+                    if auth_failure(&e) {
+                        tally.auth_failed += 1;
+                    } else {
+                        tally.other_failed += 1;
+                    }
+                    let key: String = e.to_string().chars().take(120).collect();
+                    *tally.failures.entry(key).or_default() += 1;
+                }
+            }
+            next += Duration::from_secs(900);
+        }
+        let learned = client.middleware().learned_limits();
+        tally.learned_cap_s = learned.lifetime_cap.map(|d| d.as_secs());
+        tally.learned_idle_s = learned.idle_limit.map(|d| d.as_secs());
+    } else if let Ok(wait) = end.duration_since(clock.wall()) {
+        clock.sleep(wait).await;
+    }
+    for o in others {
+        o.abort();
+    }
+    drop(keepalives);
+    tally.script_failed = script_failures.load(Ordering::Relaxed);
+    tally
+}
+
+/// One profile in this process, in paused time.
 async fn run_profile(profile: &str, days: f64, seed: u64) -> Result<Value, String> {
     let s = setup(profile, days, seed).ok_or_else(|| format!("unknown profile `{profile}`"))?;
-    // A simulated start, not the real one: the busy hours of the day, and so the whole run,
-    // depend on the seed only (2026-01-05 00:00 UTC, a Monday).
-    let start = std::time::UNIX_EPOCH + Duration::from_secs(1_767_571_200);
-    let clock: Arc<dyn Clock> = Arc::new(shiftkey_sim::ScaledClock::new(start, 1.0));
-    let refresh = |i: u64| shiftkey_auth::timing::RefreshConfig {
-        seed: Some(seed.wrapping_add(i)),
-        ..shiftkey_auth::timing::RefreshConfig::default()
-    };
+    let start = UNIX_EPOCH + START;
+    let clock: Arc<dyn Clock> = Arc::new(ScaledClock::new(start, 1.0));
     let sim = Sim::start(s.sim.clone(), Arc::clone(&clock))
         .await
         .map_err(|e| format!("emulator: {e}"))?;
     let base: url::Url = sim.url().parse().map_err(|e| format!("{e}"))?;
     let http = reqwest::Client::new();
-    let mut clients = Vec::new();
-    if s.gateway {
-        let store = Arc::new(MemoryStore::default());
-        for i in 0..s.processes {
-            let token_url = base.join("oauth/token").map_err(|e| e.to_string())?;
-            let client = OAuthClient::new(
-                http.clone(),
-                token_url,
-                "shiftkey",
-                ClientAuth::SecretBasic("shiftkey-secret".into()),
-            )
-            .with_clock(Arc::clone(&clock));
-            let strategy = OAuthRefresh::new(client.clone()).with_fallback(OAuthPassword::new(
-                client,
-                "mfg_sync",
-                "mfg_sync_pw".into(),
-            ));
-            let manager = TokenManager::builder(strategy)
-                .store(store.clone())
-                .clock(Arc::clone(&clock))
-                .config(refresh(i as u64))
-                .name(format!("process-{i}"))
-                .build()
-                .map_err(|e| e.to_string())?;
-            let middleware = shiftkey_http::AuthMiddleware::builder(manager)
-                .classifier(shiftkey_teamcenter::TcClassifier)
-                .clock(Arc::clone(&clock))
-                .seed(seed.wrapping_add(100 + i as u64))
-                .build();
-            clients.push(TcClient::with_middleware(
-                http.clone(),
-                middleware,
-                base.clone(),
-                true,
-            ));
-        }
+    let client = if s.gateway {
+        let store: Arc<dyn TokenStore> = Arc::new(MemoryStore::default());
+        gateway_client(&http, &base, store, &clock, seed, 0, 1.0)?
     } else {
         let session = SessionConfig::new(base.clone(), "mfg_sync", "mfg_sync_pw".into());
         // As `TcClient::session` builds it, with seeded refresh and retry jitter.
@@ -257,7 +431,7 @@ async fn run_profile(profile: &str, days: f64, seed: u64) -> Result<Value, Strin
             .with_clock(Arc::clone(&clock));
         let manager = TokenManager::builder(login)
             .clock(Arc::clone(&clock))
-            .config(refresh(0))
+            .config(refresh_config(seed, 0, 1.0))
             .build()
             .map_err(|e| e.to_string())?;
         let middleware = shiftkey_http::AuthMiddleware::builder(manager)
@@ -272,109 +446,177 @@ async fn run_profile(profile: &str, days: f64, seed: u64) -> Result<Value, Strin
             .clock(Arc::clone(&clock))
             .seed(seed.wrapping_add(100))
             .build();
-        clients.push(TcClient::with_middleware(
-            http.clone(),
-            middleware,
-            base.clone(),
-            false,
-        ));
-    }
-    let keepalives: Vec<_> = clients.iter().filter_map(|c| c.keepalive().ok()).collect();
-    let sink = Arc::new(MemorySink::default());
-    let engine = Engine::new(
-        clients[0].clone(),
-        sink.clone(),
-        EngineConfig {
-            seed: Some(seed),
-            ..EngineConfig::default()
-        },
-    )
-    .with_clock(Arc::clone(&clock));
-    // The other processes of a rotation storm: a script each, calling every 15 min, staggered.
-    let script_failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let others: Vec<_> = clients
-        .iter()
-        .enumerate()
-        .skip(1)
-        .map(|(i, c)| {
-            let (c, clock) = (c.clone(), Arc::clone(&clock));
-            let failures = Arc::clone(&script_failures);
-            tokio::spawn(async move {
-                clock.sleep(Duration::from_secs(60 * i as u64)).await;
-                loop {
-                    if c.session_info().await.is_err() {
-                        failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    clock.sleep(Duration::from_secs(900)).await;
-                }
-            })
-        })
-        .collect();
+        TcClient::with_middleware(http.clone(), middleware, base.clone(), false)
+    };
+    let end = start + Duration::from_secs_f64(days * 86_400.0);
+    let mut tally = drive(Some(&client), &[], &clock, seed, end).await;
+    tally.count(std::slice::from_ref(&client));
+    Ok(report(profile, days, &s, tally, &sim))
+}
 
-    let duration = Duration::from_secs_f64(days * 86_400.0);
-    let t0 = clock.now();
-    let end = t0 + duration;
-    let stop = Stop::default();
-    let (mut run, mut ok, mut auth_failed, mut other_failed) = (0u64, 0u64, 0u64, 0u64);
-    let mut failures: BTreeMap<String, u64> = BTreeMap::new();
-    let mut next = t0;
-    while clock.now() < end {
-        let now = clock.now();
-        if now < next {
-            clock.sleep(next - now).await;
-            continue;
-        }
-        run += 1;
-        match engine.cycle(&stop).await {
-            Ok(_) => ok += 1,
-            Err(e) => {
-                if auth_failure(&e) {
-                    auth_failed += 1;
-                } else {
-                    other_failed += 1;
-                }
-                let key: String = e.to_string().chars().take(120).collect();
-                *failures.entry(key).or_default() += 1;
+/// rotation-storm: the emulator here, and 8 real OS processes (this program with `--worker`)
+/// sharing one encrypted file store, in compressed real time (`scale` simulated seconds per real
+/// second; every process reads the same simulated time from a shared real anchor). Process 0
+/// syncs; the others are scripts calling every 15 minutes. Real processes make the run depend on
+/// the OS's scheduling: the same seed gives the same faults and jitter, not the same interleaving.
+async fn run_storm(days: f64, seed: u64, scale: f64) -> Result<Value, String> {
+    let profile = "rotation-storm";
+    let s = setup(profile, days, seed).ok_or_else(|| format!("unknown profile `{profile}`"))?;
+    #[allow(clippy::disallowed_methods, reason = "the real anchor the processes share")]
+    let origin = SystemTime::now();
+    let clock: Arc<dyn Clock> = Arc::new(ScaledClock::anchored(
+        origin,
+        UNIX_EPOCH + START,
+        scale,
+    ));
+    let sim = Sim::start(s.sim.clone(), Arc::clone(&clock))
+        .await
+        .map_err(|e| format!("emulator: {e}"))?;
+    let dir = std::env::temp_dir().join(format!("shiftkey-soak-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let store = dir.join("storm.token");
+    let key = base64::engine::general_purpose::STANDARD.encode(seed.to_le_bytes().repeat(4));
+    let exe = std::env::current_exe().map_err(|e| format!("this program's path: {e}"))?;
+    let origin_ns = origin
+        .duration_since(UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_nanos()
+        .to_string();
+    let mut children = Vec::new();
+    for i in 0..s.processes {
+        let child = tokio::process::Command::new(&exe)
+            .args(["--worker", &i.to_string(), "--url", &sim.url()])
+            .arg("--store")
+            .arg(&store)
+            .args(["--key", &key, "--origin", &origin_ns])
+            .args(["--scale", &scale.to_string(), "--days", &days.to_string()])
+            .args(["--seed", &seed.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("starting worker {i}: {e}"))?;
+        children.push(child);
+    }
+    // Real time: the run's length at this scale, and a generous allowance for a loaded machine.
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_secs_f64(days * 86_400.0 / scale)
+        + Duration::from_secs(120);
+    let mut tally = Tally::default();
+    let mut result = Ok(());
+    for (i, child) in children.into_iter().enumerate() {
+        let out = match tokio::time::timeout_at(deadline, child.wait_with_output()).await {
+            Ok(Ok(out)) => out,
+            Ok(Err(e)) => {
+                result = Err(format!("worker {i}: {e}"));
+                break;
+            }
+            Err(_) => {
+                result = Err(format!("worker {i} did not finish in time"));
+                break;
+            }
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        match text.lines().last().map(serde_json::from_str::<Tally>) {
+            Some(Ok(t)) if out.status.success() => tally.add(t),
+            _ => {
+                result = Err(format!(
+                    "worker {i} ended with {} and no report: {text}",
+                    out.status
+                ));
+                break;
             }
         }
-        next += Duration::from_secs(900);
     }
-    for o in others {
-        o.abort();
-    }
-    drop(keepalives);
+    let _ = std::fs::remove_dir_all(&dir);
+    result?;
+    Ok(report(profile, days, &s, tally, &sim))
+}
 
+/// A rotation-storm process (`--worker I ...`): prints its tally as one JSON line.
+async fn worker(w: WorkerArgs) -> Result<(), String> {
+    let origin = UNIX_EPOCH + Duration::from_nanos(w.origin_ns);
+    let start = UNIX_EPOCH + START;
+    let clock: Arc<dyn Clock> = Arc::new(ScaledClock::anchored(origin, start, w.scale));
+    let base: url::Url = w.url.parse().map_err(|e| format!("--url: {e}"))?;
+    let key = KeySource::from_base64(&w.key, "--key").map_err(|e| e.to_string())?;
+    let store: Arc<dyn TokenStore> = Arc::new(FileStore::new(&w.store, key));
+    let http = reqwest::Client::new();
+    let client = gateway_client(&http, &base, store, &clock, w.seed, w.index, w.scale)?;
+    let end = start + Duration::from_secs_f64(w.days * 86_400.0);
+    let mut tally = if w.index == 0 {
+        drive(Some(&client), &[], &clock, w.seed, end).await
+    } else {
+        drive(None, &[(w.index, client.clone())], &clock, w.seed, end).await
+    };
+    tally.count(std::slice::from_ref(&client));
+    client.middleware().manager().shutdown().await;
+    println!(
+        "{}",
+        serde_json::to_string(&tally).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+/// The arguments of a rotation-storm process.
+struct WorkerArgs {
+    index: u64,
+    url: String,
+    store: String,
+    key: String,
+    origin_ns: u64,
+    scale: f64,
+    days: f64,
+    seed: u64,
+}
+
+impl WorkerArgs {
+    fn parse(args: &[String]) -> Result<Self, String> {
+        let get = |name: &str| {
+            args.iter()
+                .position(|a| a == name)
+                .and_then(|i| args.get(i + 1))
+                .ok_or_else(|| format!("worker: {name} is missing"))
+        };
+        let num = |name: &str| -> Result<f64, String> {
+            let v = get(name)?;
+            v.parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite() && *f > 0.0)
+                .ok_or_else(|| format!("worker: {name} `{v}` is not a positive number"))
+        };
+        let int = |name: &str| -> Result<u64, String> {
+            let v = get(name)?;
+            v.parse()
+                .map_err(|_| format!("worker: {name} `{v}` is not a whole number"))
+        };
+        Ok(Self {
+            index: int("--worker")?,
+            url: get("--url")?.clone(),
+            store: get("--store")?.clone(),
+            key: get("--key")?.clone(),
+            origin_ns: int("--origin")?,
+            scale: num("--scale")?,
+            days: num("--days")?,
+            seed: int("--seed")?,
+        })
+    }
+}
+
+/// The report of a profile and whether it met its goals.
+fn report(profile: &str, days: f64, s: &Setup, t: Tally, sim: &Sim) -> Value {
     let server = sim.stats();
     let token_calls = if s.gateway {
         server.grants.values().sum::<u64>()
     } else {
         server.logins
     };
-    let (mut recovered, mut surfaced, mut keepalive_count, mut waits) = (0, 0, 0, 0);
-    let (mut healed, mut surfaced_rejections) = (0u64, 0u64);
-    let mut max_wait_us = 0u64;
-    let (mut proactive, mut reactive) = (0, 0);
-    for c in &clients {
-        let st = c.middleware().stats();
-        recovered += st.recovered;
-        surfaced += st.surfaced;
-        healed += st.rejections_healed;
-        surfaced_rejections += st.rejections_surfaced;
-        keepalive_count += st.keepalives;
-        let m = c.middleware().manager().stats();
-        waits += m.waits;
-        max_wait_us = max_wait_us.max(m.max_wait_us);
-        proactive += m.proactive;
-        reactive += m.reactive;
-    }
-    let learned = clients[0].middleware().learned_limits();
+    let duration = Duration::from_secs_f64(days * 86_400.0);
     let raw_min = (duration.as_secs_f64() / s.true_lifetime.as_secs_f64()).ceil() as u64;
     let law_min = (duration.as_secs_f64() / law_period(s.true_lifetime).as_secs_f64()).ceil()
         as u64
         + s.forced_kills
         + 2 * s.unknown_limits;
     let ratio = token_calls as f64 / law_min.max(1) as f64;
-    let script_failed = script_failures.load(std::sync::atomic::Ordering::Relaxed);
     // Cycles failed for other reasons (5xx bursts longer than the retry policy) stay rare: more
     // than 10 % means something is stuck (a circuit that never closes, a spinning task).
     // Every window opened was closed or died with its session; no runtime line of a dead session
@@ -387,39 +629,40 @@ async fn run_profile(profile: &str, days: f64, seed: u64) -> Result<Value, Strin
         .copied()
         .unwrap_or(0)
         + server.exceptions.get("invalid_token").copied().unwrap_or(0);
-    let reconciled = healed + surfaced_rejections == sent_rejections;
+    let reconciled = t.healed + t.surfaced_rejections == sent_rejections;
     // A presented refresh token that had already been rotated kills the family (RFC 9700).
     let reuse_kills = server.killed.get("reuse").copied().unwrap_or(0);
     // Every client counts, not only the one that syncs: the other processes' calls must not fail
     // for a credential reason either (they share the token; a 503 burst may fail one call).
-    let goals = surfaced == 0
+    let goals = t.surfaced == 0
         && reuse_kills == 0
-        && script_failed * 10 <= run.max(1)
-        && surfaced_rejections == 0
+        && t.script_failed * 10 <= t.run.max(1)
+        && t.surfaced_rejections == 0
         && reconciled
-        && auth_failed == 0
+        && t.auth_failed == 0
         && ratio <= 1.2
-        && other_failed * 10 <= run
+        && t.other_failed * 10 <= t.run
         && leaked_windows == 0
         && server.stale_lines == 0;
-    Ok(json!({
+    json!({
         "profile": profile,
         "days": days,
-        "cycles": {"run": run, "succeeded": ok, "failed_auth": auth_failed, "failed_other": other_failed, "failures": failures},
-        "script_calls_failed": script_failed,
-        "unauthorized": {"recovered": recovered, "surfaced": surfaced},
-        "rejections": {"server_sent": sent_rejections, "healed": healed, "surfaced": surfaced_rejections},
+        "processes": s.processes,
+        "cycles": {"run": t.run, "succeeded": t.ok, "failed_auth": t.auth_failed, "failed_other": t.other_failed, "failures": t.failures},
+        "script_calls_failed": t.script_failed,
+        "unauthorized": {"recovered": t.recovered, "surfaced": t.surfaced},
+        "rejections": {"server_sent": sent_rejections, "healed": t.healed, "surfaced": t.surfaced_rejections},
         "reuse_kills": reuse_kills,
         "token_endpoint_calls": token_calls,
         "minimum_calls": {"by_lifetime": raw_min, "by_timing_law": law_min},
         "calls_per_law_minimum": (ratio * 100.0).round() / 100.0,
-        "refreshes": {"proactive": proactive, "reactive": reactive},
-        "keepalives": keepalive_count,
-        "callers_that_waited": waits,
-        "max_token_wait_ms": max_wait_us / 1000,
+        "refreshes": {"proactive": t.proactive, "reactive": t.reactive},
+        "keepalives": t.keepalives,
+        "callers_that_waited": t.waits,
+        "max_token_wait_ms": t.max_wait_us / 1000,
         "learned": {
-            "lifetime_cap_s": learned.lifetime_cap.map(|d| d.as_secs()),
-            "idle_limit_s": learned.idle_limit.map(|d| d.as_secs()),
+            "lifetime_cap_s": t.learned_cap_s,
+            "idle_limit_s": t.learned_idle_s,
         },
         "true": {
             "lifetime_s": s.true_lifetime.as_secs(),
@@ -429,11 +672,30 @@ async fn run_profile(profile: &str, days: f64, seed: u64) -> Result<Value, Strin
         "server_kills": server.killed,
         "faults_injected": server.faults,
         "goals_met": goals,
-    }))
+    })
 }
 
 fn main() -> ExitCode {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.first().is_some_and(|a| a == "--worker") {
+        let result = WorkerArgs::parse(&raw).and_then(|w| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| format!("worker: cannot start the runtime: {e}"))?
+                .block_on(worker(w))
+        });
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("soak: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mut days = 30.0;
+    let mut scale = 1440.0;
     let mut profile = "all".to_owned();
     let mut seed = 7;
     let mut json_out: Option<String> = None;
@@ -455,8 +717,15 @@ fn main() -> ExitCode {
                     .map_err(|_| format!("--seed: `{v}` is not a number"))
             }),
             "--json" => value("--json").map(|v| json_out = Some(v)),
+            "--scale" => value("--scale").and_then(|v| {
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|f| f.is_finite() && (1.0..=100_000.0).contains(f))
+                    .map(|f| scale = f)
+                    .ok_or_else(|| format!("--scale: `{v}` is not a number from 1 to 100000"))
+            }),
             other => Err(format!(
-                "unknown argument `{other}`; usage: soak [--days N] [--profile NAME|all] [--seed S] [--json FILE]"
+                "unknown argument `{other}`; usage: soak [--days N] [--profile NAME|all] [--seed S] [--scale X] [--json FILE]"
             )),
         };
         if let Err(e) = parsed {
@@ -493,7 +762,18 @@ fn main() -> ExitCode {
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut all_met = true;
     for p in profiles {
-        let r = match rt.block_on(run_profile(p, days, seed)) {
+        let run = if p == "rotation-storm" {
+            // Real processes cannot share paused time: compressed real time instead.
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the runtime: {e}"))
+                .and_then(|real| real.block_on(run_storm(days, seed, scale)))
+        } else {
+            rt.block_on(run_profile(p, days, seed))
+        };
+        let r = match run {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("soak: {p}: {e}");

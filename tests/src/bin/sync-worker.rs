@@ -2,10 +2,11 @@
 //! runs sync cycles back to back (small batches, many commit points) until killed. With a lease URL
 //! it syncs only while it holds the leader lease, and prints `cycle` after each cycle it ran.
 //!
-//! With `SYNC_WORKER_PHASES=1` it also says where it is, and stays there a moment, so that a
-//! killer can kill it exactly there: `in-tx` inside a sink transaction (rows written, not
-//! committed), `fb-written N` after feedback row N reached Teamcenter and before the outbox marks
-//! it sent. With `SYNC_WORKER_FEEDBACK=PROPERTY` it pushes feedback into that site property.
+//! With `SYNC_WORKER_PHASES=1` it also says where it is, and stays there until a line on stdin
+//! tells it to go on, so that a killer can kill it exactly there: `in-tx` inside a sink
+//! transaction (rows written, not committed), `fb-written N` after feedback row N reached
+//! Teamcenter and before the outbox marks it sent. With `SYNC_WORKER_FEEDBACK=PROPERTY` it pushes
+//! feedback into that site property.
 
 #![allow(
     clippy::print_stdout,
@@ -48,15 +49,12 @@ fn main() -> std::process::ExitCode {
             }
         };
         let phases = std::env::var("SYNC_WORKER_PHASES").is_ok_and(|v| v == "1");
-        // Where the worker is, said and held for a moment: the killer kills it there.
+        // Where the worker is, said and held until the killer says go on (or closes stdin): the
+        // killer kills it there. A signal, not a timer, so a slow killer still lands in the phase.
         let say = |line: String| {
             let mut out = std::io::stdout();
             let _ = writeln!(out, "{line}").and_then(|()| out.flush());
-            #[allow(
-                clippy::disallowed_methods,
-                reason = "the worker holds still inside the phase on purpose, on its own thread"
-            )]
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            let _ = std::io::stdin().read_line(&mut String::new());
         };
         let sink = match SqlSink::connect(&args[1]).await {
             Ok(s) if phases => Arc::new(s.with_before_commit(Arc::new(move || {

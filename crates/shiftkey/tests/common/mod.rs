@@ -58,6 +58,8 @@ pub(crate) fn text(out: &Output) -> String {
 pub(crate) struct Daemon {
     child: Option<Child>,
     log: Arc<Mutex<String>>,
+    /// The thread reading stderr into `log`: it ends when the process's stderr closes.
+    reader: std::thread::JoinHandle<()>,
 }
 
 impl Daemon {
@@ -71,7 +73,7 @@ impl Daemon {
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
         let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr)
                 .lines()
                 .map_while(Result::ok)
@@ -84,6 +86,19 @@ impl Daemon {
         Self {
             child: Some(child),
             log,
+            reader,
+        }
+    }
+
+    /// Waits (up to 10 s) until the reader has reached the end of stderr, so that the log is
+    /// whole once the process has exited. A child the daemon started may still hold stderr open:
+    /// then the log is what was read by the deadline.
+    async fn drain(&self) {
+        for _ in 0..1000 {
+            if self.reader.is_finished() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -121,7 +136,7 @@ impl Daemon {
         for _ in 0..600 {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 self.child = None;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                self.drain().await;
                 return (status, self.log());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -142,7 +157,7 @@ impl Daemon {
             .await
             .unwrap()
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.drain().await;
         (status, self.log())
     }
 }
