@@ -13,6 +13,10 @@
 //!   restart) against a naive script, "refresh every hour", authlib, requests-oauthlib,
 //!   google-auth (in a virtual environment it creates) and shiftkey as a library and through its
 //!   broker, all at once in real time; prints the side-by-side table.
+//! - `mutants`: cargo-mutants (installed when missing) over the timing law
+//!   (`shiftkey-auth::timing`), the policy engine (`shiftkey-policy`) and the limit learner
+//!   (`shiftkey-http::limits`), each mutant tested by its own crate's tests; writes the missed
+//!   mutants into `docs/reliability.md`. Not in CI: it takes the better part of an hour on 2 cores.
 //! - `ci`: what `.ci/run` runs: cargo-deny when missing, test, a 3-day soak of every profile,
 //!   fmt, clippy, deny.
 
@@ -44,10 +48,11 @@ fn run() -> Result<()> {
         "bench" => bench(),
         "soak" => soak(&args[1..]),
         "peers" => peers(&args[1..]),
+        "mutants" => mutants(),
         "ci" => ci(),
         "help" | "--help" | "-h" => {
             say(
-                "usage: cargo xtask <test | proptest [--cases N] | bench | soak [--days N] [--profile NAME|all] [--release] | peers [--minutes N] | ci>",
+                "usage: cargo xtask <test | proptest [--cases N] | bench | soak [--days N] [--profile NAME|all] [--release] | peers [--minutes N] | mutants | ci>",
             );
             Ok(())
         }
@@ -376,8 +381,17 @@ fn bench() -> Result<()> {
         }
         let text = String::from_utf8_lossy(&out.stdout);
         say(&text);
-        if !criterion && *bench == "sync" {
-            end_to_end.push_str(text.trim());
+        // The measures the suites print themselves (store percentiles, call counts, the end to
+        // end load), not criterion's own report lines.
+        if !criterion {
+            for line in text.lines().map(str::trim_end).filter(|l| {
+                l.contains(" p50 ")
+                    || l.starts_with("initial load")
+                    || l.starts_with("HTTP calls")
+                    || l.starts_with("incremental cycle")
+            }) {
+                end_to_end.push_str(&format!("{bench}: {line}\n"));
+            }
         }
     }
     // Criterion's results of this run: <target>/criterion/**/new/{benchmark,estimates}.json.
@@ -458,8 +472,10 @@ fn bench() -> Result<()> {
          Run of {date} on {cores} cores ({cpu}), shared and noisy: compare ratios within this table, \
          not absolute numbers across runs. Command: `cargo xtask bench` (criterion, 1 s warm-up, \
          3 s measurement per benchmark). A ratio is this median over the baseline's median \
-         (lower is faster).\n\n{table}\nEnd to end (`cargo bench -p shiftkey-sync --bench sync`, SQLite):\n\n\
-         ```text\n{end_to_end}\n```\n{BENCH_END}\n"
+         (lower is faster).\n\n{table}\nPrinted by the suites themselves (`store`: 1 000 saves and loads; \
+         `initial_load`: the read path's calls; `sync`: end to end into SQLite):\n\n\
+         ```text\n{}\n```\n{BENCH_END}\n",
+        end_to_end.trim_end()
     );
     let path = root().join("docs/benchmarks.md");
     let doc = std::fs::read_to_string(&path)?;
@@ -726,6 +742,95 @@ fn peers(args: &[String]) -> Result<()> {
         "peers",
         &format!("cargo xtask peers --minutes {minutes}"),
         &table,
+    )
+}
+
+/// The modules whose every mutant a test must kill (or the docs explain).
+const MUTATED: [&str; 3] = [
+    "crates/shiftkey-auth/src/timing.rs",
+    "crates/shiftkey-policy/src/*.rs",
+    "crates/shiftkey-http/src/limits.rs",
+];
+
+/// Runs cargo-mutants over [`MUTATED`] and writes its outcome into docs/reliability.md.
+fn mutants() -> Result<()> {
+    if !Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["mutants", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        say("xtask: installing cargo-mutants");
+        cargo(&["install", "cargo-mutants", "--locked"])?;
+    }
+    let out_dir = root().join("target").join("mutants");
+    let mut args: Vec<String> = [
+        "mutants",
+        "--package",
+        "shiftkey-auth",
+        "--package",
+        "shiftkey-policy",
+        "--package",
+        "shiftkey-http",
+        "--no-shuffle",
+        "--jobs",
+        "1",
+        "--output",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    args.push(out_dir.display().to_string());
+    for f in MUTATED {
+        args.push("--file".to_owned());
+        args.push(f.to_owned());
+    }
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "xtask reports wall time; no decision depends on it"
+    )]
+    let started = Instant::now();
+    // cargo-mutants exits non-zero when a mutant survives or times out: that is a result to
+    // report, not a failure of this task. Only a run that produced no outcomes fails.
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(&args)
+        .current_dir(root())
+        .status()
+        .context("running cargo mutants")?;
+    let read = |name: &str| {
+        std::fs::read_to_string(out_dir.join("mutants.out").join(name)).unwrap_or_default()
+    };
+    let outcomes = read("outcomes.json");
+    if outcomes.is_empty() {
+        bail!("cargo mutants produced no outcomes ({status})");
+    }
+    let count = |name: &str| read(name).lines().filter(|l| !l.trim().is_empty()).count();
+    let (caught, missed, timeout, unviable) = (
+        count("caught.txt"),
+        count("missed.txt"),
+        count("timeout.txt"),
+        count("unviable.txt"),
+    );
+    let mut body = format!(
+        "Modules: {}. {} mutants: {caught} caught, {missed} missed, {timeout} timed out, \
+         {unviable} unviable (did not build), in {} min.\n",
+        MUTATED.map(|m| format!("`{m}`")).join(", "),
+        caught + missed + timeout + unviable,
+        started.elapsed().as_secs() / 60,
+    );
+    if missed + timeout > 0 {
+        body.push_str("\n| outcome | mutant |\n|---|---|\n");
+        for (kind, file) in [("missed", "missed.txt"), ("timed out", "timeout.txt")] {
+            for line in read(file).lines().filter(|l| !l.trim().is_empty()) {
+                body.push_str(&format!("| {kind} | `{}` |\n", line.trim()));
+            }
+        }
+    }
+    say(&body);
+    write_generated(
+        "docs/reliability.md",
+        "mutants",
+        "cargo xtask mutants",
+        &body,
     )
 }
 

@@ -124,7 +124,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn anchored_clocks_built_at_different_times_agree() {
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        #[allow(clippy::disallowed_methods, reason = "the anchor is the real wall clock")]
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "the anchor is the real wall clock"
+        )]
         let origin = SystemTime::now() - Duration::from_secs(30);
         let first = ScaledClock::anchored(origin, start, 100.0);
         // Thirty real seconds before: 3 000 simulated seconds have passed (and a little more).
@@ -140,7 +143,10 @@ mod tests {
         let gap = a.duration_since(b).unwrap_or_else(|e| e.duration());
         assert!(gap < Duration::from_secs(60), "{a:?} vs {b:?}");
         // A real origin in the future counts as now.
-        #[allow(clippy::disallowed_methods, reason = "the anchor is the real wall clock")]
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "the anchor is the real wall clock"
+        )]
         let future = SystemTime::now() + Duration::from_secs(3600);
         assert_eq!(ScaledClock::anchored(future, start, 100.0).wall(), start);
     }

@@ -2,9 +2,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
-use std::process::Command;
-
 mod common;
+
+use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_shiftkey");
 

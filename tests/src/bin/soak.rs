@@ -462,13 +462,12 @@ async fn run_profile(profile: &str, days: f64, seed: u64) -> Result<Value, Strin
 async fn run_storm(days: f64, seed: u64, scale: f64) -> Result<Value, String> {
     let profile = "rotation-storm";
     let s = setup(profile, days, seed).ok_or_else(|| format!("unknown profile `{profile}`"))?;
-    #[allow(clippy::disallowed_methods, reason = "the real anchor the processes share")]
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the real anchor the processes share"
+    )]
     let origin = SystemTime::now();
-    let clock: Arc<dyn Clock> = Arc::new(ScaledClock::anchored(
-        origin,
-        UNIX_EPOCH + START,
-        scale,
-    ));
+    let clock: Arc<dyn Clock> = Arc::new(ScaledClock::anchored(origin, UNIX_EPOCH + START, scale));
     let sim = Sim::start(s.sim.clone(), Arc::clone(&clock))
         .await
         .map_err(|e| format!("emulator: {e}"))?;
