@@ -47,7 +47,7 @@ mod postgres;
 pub use file::FileStore;
 pub use key::{KDF_CEILING, KDF_FLOOR, KdfParams, KeySource};
 #[cfg(feature = "postgres")]
-pub use postgres::{LeaderLease, PgStore};
+pub use postgres::{LEASE_DEADLINE, LeaderLease, PgStore};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

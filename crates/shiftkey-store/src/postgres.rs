@@ -271,6 +271,19 @@ impl TokenStore for PgStore {
     }
 }
 
+/// How long a leader lease waits for the database per step (connect, lock, ping).
+pub const LEASE_DEADLINE: Duration = Duration::from_secs(10);
+
+fn lease_timeout(what: &str) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Io,
+        format!(
+            "PostgreSQL: {what}: no answer within {} s",
+            LEASE_DEADLINE.as_secs()
+        ),
+    )
+}
+
 /// A leader lease: `pg_try_advisory_lock` held on a dedicated connection, so only one of N
 /// instances syncs at a time; the lease is lost when that connection dies.
 #[derive(Debug)]
@@ -281,25 +294,36 @@ pub struct LeaderLease {
 
 impl LeaderLease {
     /// Tries to become leader for `key`; `None` if another instance holds it.
+    ///
+    /// Connecting and asking take at most [`LEASE_DEADLINE`] each.
     pub async fn try_acquire(url: &str, key: i64) -> Result<Option<Self>, StoreError> {
-        let mut conn = sqlx::PgConnection::connect(url)
+        let mut conn = tokio::time::timeout(LEASE_DEADLINE, sqlx::PgConnection::connect(url))
             .await
+            .map_err(|_| lease_timeout("lease connect"))?
             .map_err(|e| db("lease connect", e))?;
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(key)
-            .fetch_one(&mut conn)
-            .await
-            .map_err(|e| db("lease", e))?;
+        let got: bool = tokio::time::timeout(
+            LEASE_DEADLINE,
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(key)
+                .fetch_one(&mut conn),
+        )
+        .await
+        .map_err(|_| lease_timeout("lease"))?
+        .map_err(|e| db("lease", e))?;
         Ok(got.then_some(Self {
             conn: Some(conn),
             key,
         }))
     }
 
-    /// Whether the lease is still held (its connection is alive). A `false` is final.
+    /// Whether the lease is still held (its connection is alive). A `false` is final. A ping
+    /// that gets no answer within [`LEASE_DEADLINE`] counts as a lost lease: a leader that
+    /// cannot reach the database stops syncing rather than risk two leaders.
     pub async fn is_held(&mut self) -> bool {
         let alive = match self.conn.as_mut() {
-            Some(c) => c.ping().await.is_ok(),
+            Some(c) => tokio::time::timeout(LEASE_DEADLINE, c.ping())
+                .await
+                .is_ok_and(|r| r.is_ok()),
             None => false,
         };
         if !alive {

@@ -372,6 +372,87 @@ async fn the_schedule_never_overlaps_and_catches_up_once() {
     );
 }
 
+/// A lease another process holds until the clock reaches `free_at`.
+struct ScriptedLease {
+    clock: Arc<dyn Clock>,
+    free_at: tokio::time::Instant,
+    asked: Arc<std::sync::atomic::AtomicU32>,
+}
+
+#[async_trait::async_trait]
+impl shiftkey_sync::Lease for ScriptedLease {
+    async fn ensure(&mut self) -> bool {
+        self.asked
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.clock.now() >= self.free_at
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_takes_over_within_the_lease_check_not_a_whole_interval() {
+    let clock = clock();
+    let sim = sim(quiet(), &clock).await;
+    let sink = sqlite("follower").await;
+    // When each cycle finished, in simulated time.
+    let finished = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let engine = {
+        let (finished, at) = (Arc::clone(&finished), Arc::clone(&clock));
+        Arc::new(
+            Engine::new(
+                tc(&sim, "mfg_sync_pw"),
+                sink.clone(),
+                EngineConfig::default(),
+            )
+            .with_clock(Arc::clone(&clock))
+            .on_cycle(Arc::new(move |r| {
+                finished.lock().unwrap().push((at.now(), r.is_ok()));
+            })),
+        )
+    };
+    // The leader dies 20 simulated minutes in: the lease is free from then on.
+    let start = clock.now();
+    let free_at = start + Duration::from_secs(20 * 60);
+    let asked = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut lease = ScriptedLease {
+        clock: Arc::clone(&clock),
+        free_at,
+        asked: Arc::clone(&asked),
+    };
+    let stop = Stop::default();
+    let runner = {
+        let (engine, stop) = (Arc::clone(&engine), stop.clone());
+        tokio::spawn(async move { engine.run(&stop, Some(&mut lease)).await })
+    };
+    // Until then nothing is synced; the follower keeps asking (every 10 s, not every 15 min).
+    clock.sleep(Duration::from_secs(19 * 60)).await;
+    assert!(
+        sink.all().await.unwrap().is_empty(),
+        "a follower never syncs"
+    );
+    let before = asked.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(before > 20, "asked {before} times in 19 minutes");
+    clock.sleep(Duration::from_secs(11 * 60)).await;
+    stop.request();
+    runner.await.unwrap().unwrap();
+    // The first cycle ran as soon as the lease came free, long before the next 15-minute slot
+    // (30 min in) an interval-long wait would have given (10 min is a generous allowance for a
+    // debug build's cycle at 1 440× on a busy machine; the check itself is 10 s).
+    let finished = finished.lock().unwrap().clone();
+    let (first, ok) = *finished.first().expect("the new leader ran a cycle");
+    assert!(ok, "the first cycle succeeded");
+    assert!(first >= free_at, "no cycle before the lease was ours");
+    assert!(
+        first < free_at + Duration::from_secs(10 * 60),
+        "the first cycle ended {:?} after the lease came free",
+        first - free_at
+    );
+    assert_eq!(
+        sink.all().await.unwrap().len(),
+        20,
+        "the whole site was synced"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jitter_spreads_the_slots() {
     let clock = clock();

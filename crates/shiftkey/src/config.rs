@@ -37,6 +37,9 @@ pub(crate) struct Config {
     /// Where tokens are kept between runs (needed by `[tokens.*]`).
     #[serde(default)]
     pub(crate) store: Option<StoreConfig>,
+    /// The leader lease: several `shiftkey run` processes, one syncing.
+    #[serde(default)]
+    pub(crate) lease: Option<LeaseConfig>,
     /// Named OAuth credentials the broker serves and `token` manages.
     #[serde(default)]
     pub(crate) tokens: std::collections::BTreeMap<String, TokenConfig>,
@@ -52,11 +55,33 @@ pub(crate) struct Config {
     pub(crate) allow_insecure_http: bool,
 }
 
-/// The encrypted token store: one file per named token, `<dir>/<name>.token`.
+/// Where the encrypted tokens are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum StoreBackend {
+    /// One file per named token, `<dir>/<name>.token` (one host).
+    #[default]
+    File,
+    /// One row per named token in PostgreSQL, shared by every host (`url` or `url_env`).
+    Postgres,
+}
+
+/// The encrypted token store: one file per named token, `<dir>/<name>.token`, or one PostgreSQL
+/// row per token.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct StoreConfig {
-    pub(crate) dir: PathBuf,
+    #[serde(default)]
+    pub(crate) backend: StoreBackend,
+    /// The folder of the file store (`backend = "file"`).
+    #[serde(default)]
+    pub(crate) dir: Option<PathBuf>,
+    /// The database (`backend = "postgres"`): a URL without a password...
+    #[serde(default)]
+    pub(crate) url: Option<String>,
+    /// ... or an environment variable holding it.
+    #[serde(default)]
+    pub(crate) url_env: Option<String>,
     /// A raw 32-byte key, base64 (`shiftkey store init` makes one).
     #[serde(default)]
     pub(crate) key: Option<SecretRef>,
@@ -237,6 +262,79 @@ fn default_max_answer() -> u64 {
     64
 }
 
+impl StoreConfig {
+    /// The file store's folder, or an error naming the key.
+    pub(crate) fn dir(&self) -> anyhow::Result<&Path> {
+        match (self.backend, &self.dir) {
+            (StoreBackend::File, Some(d)) => Ok(d),
+            (StoreBackend::File, None) => Err(anyhow::Error::new(ConfigProblem(
+                "`store.dir` is required with `store.backend = \"file\"`".to_owned(),
+            ))),
+            (StoreBackend::Postgres, _) => Err(anyhow::Error::new(ConfigProblem(
+                "this command works on a file store; `store.backend` is \"postgres\"".to_owned(),
+            ))),
+        }
+    }
+}
+
+/// The leader lease (`[lease]`): with it, any number of `shiftkey run` processes on any hosts
+/// share one PostgreSQL advisory lock; only its holder syncs, the others serve the broker and
+/// the ops endpoints and take over when the holder dies.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LeaseConfig {
+    /// The database: a URL without a password...
+    #[serde(default)]
+    pub(crate) url: Option<String>,
+    /// ... or an environment variable holding it.
+    #[serde(default)]
+    pub(crate) url_env: Option<String>,
+    /// The advisory lock's key: every process of one sync job uses the same (default 7242).
+    #[serde(default = "default_lease_key")]
+    pub(crate) key: i64,
+}
+
+fn default_lease_key() -> i64 {
+    7242
+}
+
+/// Checks a database URL pair of `section`: exactly one of `url` and `url_env`, and no password
+/// written in the file.
+fn check_db_url(
+    section: &str,
+    url: Option<&String>,
+    url_env: Option<&String>,
+) -> anyhow::Result<()> {
+    if url.is_none() == url_env.is_none() {
+        bail!("set exactly one of `{section}.url` and `{section}.url_env`");
+    }
+    if let Some(url) = url
+        && url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .is_some_and(|(creds, _)| creds.contains(':'))
+    {
+        bail!(
+            "`{section}.url` contains a password; put the URL in an environment variable and name it in `{section}.url_env`"
+        );
+    }
+    Ok(())
+}
+
+/// The URL of a database URL pair of `section`.
+fn resolve_db_url(
+    section: &str,
+    url: Option<&String>,
+    url_env: Option<&String>,
+) -> anyhow::Result<String> {
+    match (url, url_env) {
+        (Some(u), _) => Ok(u.clone()),
+        (None, Some(var)) => std::env::var(var)
+            .with_context(|| format!("`{section}.url_env`: environment variable {var} is not set")),
+        (None, None) => bail!("set `{section}.url` or `{section}.url_env`"),
+    }
+}
+
 /// Where the shop floor is.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -411,18 +509,32 @@ impl Config {
             }
         }
         if let Some(sink) = &self.sink {
-            if sink.url.is_none() == sink.url_env.is_none() {
-                bail!("set exactly one of `sink.url` and `sink.url_env`");
+            check_db_url("sink", sink.url.as_ref(), sink.url_env.as_ref())?;
+        }
+        if let Some(store) = &self.store {
+            match store.backend {
+                StoreBackend::File => {
+                    if store.dir.is_none() {
+                        bail!("`store.dir` is required with `store.backend = \"file\"`");
+                    }
+                    if store.url.is_some() || store.url_env.is_some() {
+                        bail!(
+                            "`store.url` and `store.url_env` are for `store.backend = \"postgres\"`"
+                        );
+                    }
+                }
+                StoreBackend::Postgres => {
+                    if store.dir.is_some() {
+                        bail!("`store.dir` is for `store.backend = \"file\"`");
+                    }
+                    check_db_url("store", store.url.as_ref(), store.url_env.as_ref())?;
+                }
             }
-            if let Some(url) = &sink.url
-                && url
-                    .split_once("://")
-                    .and_then(|(_, rest)| rest.split_once('@'))
-                    .is_some_and(|(creds, _)| creds.contains(':'))
-            {
-                bail!(
-                    "`sink.url` contains a password; put the URL in an environment variable and name it in `sink.url_env`"
-                );
+        }
+        if let Some(lease) = &self.lease {
+            check_db_url("lease", lease.url.as_ref(), lease.url_env.as_ref())?;
+            if self.teamcenter.is_none() {
+                bail!("`[lease]` elects the process that syncs: it needs a `[teamcenter]` section");
             }
         }
         if let Some(tc) = &self.teamcenter {
@@ -600,12 +712,26 @@ impl Config {
             .sink
             .as_ref()
             .context("this command needs a `[sink]` section (see `shiftkey config example`)")?;
-        match (&sink.url, &sink.url_env) {
-            (Some(u), _) => Ok(u.clone()),
-            (None, Some(var)) => std::env::var(var)
-                .with_context(|| format!("`sink.url_env`: environment variable {var} is not set")),
-            (None, None) => bail!("set `sink.url` or `sink.url_env`"),
-        }
+        resolve_db_url("sink", sink.url.as_ref(), sink.url_env.as_ref())
+    }
+
+    /// The PostgreSQL URL of a `store.backend = "postgres"`.
+    pub(crate) fn store_url(&self) -> anyhow::Result<String> {
+        let store = self
+            .store
+            .as_ref()
+            .context("this command needs a `[store]` section (see `shiftkey config example`)")?;
+        resolve_db_url("store", store.url.as_ref(), store.url_env.as_ref())
+    }
+
+    /// The PostgreSQL URL of `[lease]`, when there is one.
+    pub(crate) fn lease_url(&self) -> anyhow::Result<Option<(String, i64)>> {
+        self.lease
+            .as_ref()
+            .map(|l| {
+                resolve_db_url("lease", l.url.as_ref(), l.url_env.as_ref()).map(|u| (u, l.key))
+            })
+            .transpose()
     }
 
     /// Resolves every secret reference (for `config check` and `doctor`); the error names the key.
@@ -686,6 +812,13 @@ overlap_minutes = 5                     # re-read this much before the watermark
 [store]
 dir = "/var/lib/shiftkey"
 key = { env = "SHIFTKEY_STORE_KEY" }
+# backend = "postgres"                  # shared by every host instead: one encrypted row per token
+# url_env = "SHIFTKEY_STORE_URL"        # postgres://user:pw@db/plant (then no `dir`)
+
+# Several `shiftkey run` processes on any hosts, one syncing at a time (docs/operations.md).
+# [lease]
+# url_env = "SHIFTKEY_LEASE_URL"        # a PostgreSQL database every process reaches
+# key = 7242                            # the same in every process of one sync job
 
 # Named OAuth credentials: `shiftkey broker` serves them to scripts, `shiftkey token` manages them.
 [tokens.mes]

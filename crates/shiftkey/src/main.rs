@@ -362,7 +362,8 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
         ErrorRateMonitor::new(monitor_cfg, tokio::time::Instant::now().into_std())
             .with_sink(LateSink(Arc::clone(&ops_slot))),
     );
-    let tokens = tokens::Tokens::build(&cfg, &http, Some(refresh_hook(Arc::clone(&monitor))))?;
+    let tokens =
+        tokens::Tokens::build(&cfg, &http, Some(refresh_hook(Arc::clone(&monitor)))).await?;
     let tc = if sync {
         Some(teamcenter(&cfg, Some(Arc::clone(&monitor)))?)
     } else {
@@ -483,6 +484,15 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
                     cfg.teamcenter()?.url,
                     cfg.schedule.interval_minutes
                 );
+                let mut lease = cfg.lease_url()?.map(|(url, key)| {
+                    eprintln!(
+                        "shiftkey: leader lease {key}: this process syncs only while it holds it"
+                    );
+                    ReportedLease {
+                        lease: shiftkey_sync::PgLease::new(url, key),
+                        ops: Arc::clone(&ops),
+                    }
+                });
                 let hooked = supervise::hook_names("sync");
                 let stop = stop.clone();
                 let sync = tokio::spawn(async move {
@@ -490,7 +500,10 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
                         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
                         panic!("{}: this task was asked to die", supervise::PANIC_TASK_ENV);
                     }
-                    engine.run(&stop, None).await
+                    let lease = lease
+                        .as_mut()
+                        .map(|l| l as &mut (dyn shiftkey_sync::Lease + '_));
+                    engine.run(&stop, lease).await
                 });
                 Box::pin(async move {
                     match sync.await {
@@ -555,6 +568,21 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
     }
     result?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The leader lease, reporting each check's answer to the ops state.
+struct ReportedLease {
+    lease: shiftkey_sync::PgLease,
+    ops: Arc<ops::Ops>,
+}
+
+#[async_trait::async_trait]
+impl shiftkey_sync::Lease for ReportedLease {
+    async fn ensure(&mut self) -> bool {
+        let leader = self.lease.ensure().await;
+        self.ops.leader(leader);
+        leader
+    }
 }
 
 /// Requests `stop` on SIGTERM or Ctrl-C; the returned notify fires then too.

@@ -35,6 +35,9 @@ pub(crate) fn install_recorder() -> anyhow::Result<PrometheusHandle> {
         .context("histogram buckets")?
         .install_recorder()
         .context("installing the metrics recorder")
+        .inspect(|_| {
+            metrics::gauge!("shiftkey_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        })
 }
 
 /// One line of a token's timeline.
@@ -81,6 +84,8 @@ pub(crate) struct Ops {
     webhook: Option<(reqwest::Client, String)>,
     /// Host names the ops server answers to besides its loopback names.
     allowed_hosts: Vec<String>,
+    /// Under a leader lease: whether this process holds it (0 no lease, 1 leader, 2 follower).
+    role: std::sync::atomic::AtomicU8,
     log: Mutex<Log>,
 }
 
@@ -128,8 +133,25 @@ impl Ops {
             interval,
             webhook,
             allowed_hosts: cfg.ops.allowed_hosts.clone(),
+            role: std::sync::atomic::AtomicU8::new(0),
             log: Mutex::new(Log::default()),
         }))
+    }
+
+    /// Records whether this process holds the leader lease (`/status`, `shiftkey_sync_leader`).
+    pub(crate) fn leader(&self, leader: bool) {
+        let before = self.role.swap(
+            if leader { 1 } else { 2 },
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        metrics::gauge!("shiftkey_sync_leader").set(if leader { 1.0 } else { 0.0 });
+        if before != self.role.load(std::sync::atomic::Ordering::Relaxed) {
+            if leader {
+                tracing::info!("this process holds the leader lease: it syncs");
+            } else {
+                tracing::info!("another process holds the leader lease: this one stands by");
+            }
+        }
     }
 
     fn log(&self) -> std::sync::MutexGuard<'_, Log> {
@@ -576,9 +598,17 @@ impl Ops {
              table{border-collapse:collapse;margin-bottom:1.5em}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}\
              .ok{color:#060}.bad{color:#a00}</style></head><body><h1>shiftkey</h1>",
         );
+        let role = match self.role.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => " Role: <b>leader</b> (holds the lease, syncs).",
+            2 => {
+                " Role: <b>follower</b> (another process holds the lease; this one serves and stands by)."
+            }
+            _ => "",
+        };
         let _ = write!(
             h,
-            "<p>Up since {}. Readiness: {}</p>",
+            "<p>shiftkey {}. Up since {}.{role} Readiness: {}</p>",
+            env!("CARGO_PKG_VERSION"),
             stamp(self.started),
             if why.is_empty() {
                 "<span class=\"ok\">ready</span>".to_owned()

@@ -79,8 +79,8 @@ fn init(config: &Path, key_out: Option<&Path>) -> anyhow::Result<ExitCode> {
     if config.exists() {
         let cfg = Config::load(config)?;
         let store = store_config(&cfg).map_err(|e| ConfigProblem(format!("{e:#}")))?;
-        ensure_private_dir(&store.dir)?;
-        println!("store folder {} is ready (0700)", store.dir.display());
+        ensure_private_dir(store.dir()?)?;
+        println!("store folder {} is ready (0700)", store.dir()?.display());
     } else if key_out.is_none() {
         bail!(ConfigProblem(format!(
             "config file {} does not exist; write one with `shiftkey config example`, or give --key-out to only make a key",
@@ -121,8 +121,8 @@ fn token_files(cfg: &Config) -> anyhow::Result<Vec<PathBuf>> {
         .tokens
         .keys()
         .map(|n| crate::tokens::store_path(store, n))
-        .collect();
-    if let Ok(entries) = std::fs::read_dir(&store.dir) {
+        .collect::<anyhow::Result<_>>()?;
+    if let Ok(entries) = std::fs::read_dir(store.dir()?) {
         for e in entries.flatten() {
             let p = e.path();
             if p.extension().is_some_and(|x| x == "token") && !files.contains(&p) {
@@ -166,8 +166,9 @@ async fn check(config: &Path) -> anyhow::Result<ExitCode> {
     let store_cfg = store_config(&cfg)?;
     let key = key_source(store_cfg)?;
     let mut bad = 0;
-    if let Err(e) = ensure_private_dir_exists(&store_cfg.dir) {
-        println!("FAIL  {}: {e:#}", store_cfg.dir.display());
+    let dir = store_cfg.dir()?;
+    if let Err(e) = ensure_private_dir_exists(dir) {
+        println!("FAIL  {}: {e:#}", dir.display());
         bad += 1;
     }
     for path in token_files(&cfg)? {

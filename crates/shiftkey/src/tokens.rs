@@ -16,9 +16,9 @@ use shiftkey_auth::strategies::{
 use shiftkey_auth::{
     AuthError, AuthStrategy, Clock, TokenManager, TokenSet, TokenStore, TokioClock,
 };
-use shiftkey_store::{FileStore, KeySource};
+use shiftkey_store::{FileStore, KeySource, PgStore};
 
-use crate::config::{ClientAuthKind, Config, StoreConfig, TokenConfig, TokenKind};
+use crate::config::{ClientAuthKind, Config, StoreBackend, StoreConfig, TokenConfig, TokenKind};
 
 /// The store key from `[store]`.
 pub(crate) fn key_source(store: &StoreConfig) -> anyhow::Result<KeySource> {
@@ -32,9 +32,34 @@ pub(crate) fn key_source(store: &StoreConfig) -> anyhow::Result<KeySource> {
     }
 }
 
-/// The store file of token `name`.
-pub(crate) fn store_path(store: &StoreConfig, name: &str) -> PathBuf {
-    store.dir.join(format!("{name}.token"))
+/// The store file of token `name` (a file store).
+pub(crate) fn store_path(store: &StoreConfig, name: &str) -> anyhow::Result<PathBuf> {
+    Ok(store.dir()?.join(format!("{name}.token")))
+}
+
+/// The store of token `name` as `[store]` says, and where it is (for messages). A file store's
+/// folder is created private when missing; a PostgreSQL store connects (and creates its table).
+pub(crate) async fn open_store(
+    cfg: &Config,
+    key: &KeySource,
+    name: &str,
+) -> anyhow::Result<(Arc<dyn TokenStore>, String)> {
+    let store_cfg = store_config(cfg)?;
+    match store_cfg.backend {
+        StoreBackend::File => {
+            ensure_private_dir(store_cfg.dir()?)?;
+            let path = store_path(store_cfg, name)?;
+            let shown = path.display().to_string();
+            Ok((Arc::new(FileStore::new(path, key.clone())), shown))
+        }
+        StoreBackend::Postgres => {
+            let url = cfg.store_url()?;
+            let store = PgStore::connect(&url, name, key.clone())
+                .await
+                .with_context(|| format!("`store`: the PostgreSQL token store for `{name}`"))?;
+            Ok((Arc::new(store), format!("PostgreSQL row `{name}`")))
+        }
+    }
 }
 
 /// The `[store]` section or an error naming it.
@@ -213,8 +238,8 @@ pub(crate) struct Tokens {
 }
 
 impl Tokens {
-    /// Builds a manager per `[tokens.NAME]`, each on its own store file.
-    pub(crate) fn build(
+    /// Builds a manager per `[tokens.NAME]`, each on its own store file or row.
+    pub(crate) async fn build(
         cfg: &Config,
         http: &reqwest::Client,
         hook: Option<RefreshHook>,
@@ -223,16 +248,13 @@ impl Tokens {
         if cfg.tokens.is_empty() {
             return Ok(Self { managers });
         }
-        let store_cfg = store_config(cfg)?;
-        let key = key_source(store_cfg)?;
-        ensure_private_dir(&store_cfg.dir)?;
+        let key = key_source(store_config(cfg)?)?;
         for (name, t) in &cfg.tokens {
             let mut strategy = strategy(http, name, t, cfg.allow_insecure_http)?;
             if let Some(h) = &hook {
                 strategy = strategy.with_hook(Arc::clone(h));
             }
-            let store: Arc<dyn TokenStore> =
-                Arc::new(FileStore::new(store_path(store_cfg, name), key.clone()));
+            let (store, _) = open_store(cfg, &key, name).await?;
             let manager = TokenManager::builder(strategy)
                 .store(store)
                 .name(name.clone())
@@ -342,7 +364,7 @@ pub(crate) async fn command(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
         TokenCommand::Refresh { name, config } => {
             let cfg = Config::load(&config)?;
             token_config(&cfg, &name)?;
-            let tokens = Tokens::build(&cfg, &http, None)?;
+            let tokens = Tokens::build(&cfg, &http, None).await?;
             let manager = tokens.get(&name)?;
             let before = manager
                 .token()
@@ -373,7 +395,7 @@ pub(crate) async fn command(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 println!("{}", reply.access_token.expose());
                 return Ok(ExitCode::SUCCESS);
             }
-            let tokens = Tokens::build(&cfg, &http, None)?;
+            let tokens = Tokens::build(&cfg, &http, None).await?;
             let manager = tokens.get(&name)?;
             let token = manager
                 .token()
@@ -406,10 +428,24 @@ async fn status(cfg: &Config) -> anyhow::Result<ExitCode> {
     let now = SystemTime::now();
     let mut bad = false;
     for name in cfg.tokens.keys() {
-        let path = store_path(store_cfg, name);
-        let store = FileStore::new(&path, key.clone());
-        match store.verify().await {
-            Ok(None) => println!("{name}: none stored yet ({})", path.display()),
+        // A file is verified (its permissions and key too); a row is read.
+        let (loaded, place) = match store_cfg.backend {
+            StoreBackend::File => {
+                let path = store_path(store_cfg, name)?;
+                let store = FileStore::new(&path, key.clone());
+                (store.verify().await, path.display().to_string())
+            }
+            StoreBackend::Postgres => match open_store(cfg, &key, name).await {
+                Ok((store, place)) => (store.load().await, place),
+                Err(e) => {
+                    bad = true;
+                    println!("{name}: unreadable: {e:#}");
+                    continue;
+                }
+            },
+        };
+        match loaded {
+            Ok(None) => println!("{name}: none stored yet ({place})"),
             Ok(Some(t)) => {
                 let left = t.remaining(now);
                 let state = if left.is_zero() { "expired" } else { "valid" };
@@ -450,7 +486,9 @@ async fn status(cfg: &Config) -> anyhow::Result<ExitCode> {
 async fn revoke(cfg: &Config, http: &reqwest::Client, name: &str) -> anyhow::Result<ExitCode> {
     let t = token_config(cfg, name)?;
     let store_cfg = store_config(cfg)?;
-    let path = store_path(store_cfg, name);
+    // Revoking deletes the stored token's file: a file store only for now (with PostgreSQL,
+    // `store.dir()` says so and nothing is revoked).
+    let path = store_path(store_cfg, name)?;
     let store = FileStore::new(&path, key_source(store_cfg)?);
     let mut guard = store.lock().await?;
     let Some(stored) = guard.load().await? else {

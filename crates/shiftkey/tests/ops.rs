@@ -173,6 +173,24 @@ webhook_env = "SK_HOOK"
         !status.contains("tokens.bad.certificate"),
         "a certificate valid for 100 years raises nothing: {status}"
     );
+    // The webhook is delivered by its own task after the alert is raised: wait for both (a real
+    // process posting over loopback; generous).
+    let delivered = |hooks: &[serde_json::Value]| {
+        hooks
+            .iter()
+            .filter(|a| {
+                a["alert"] == "credential_expiry:tokens.gw.certificate"
+                    || a["alert"] == "credential_expiry:tokens.gw.client_secret"
+            })
+            .count()
+            >= 2
+    };
+    for _ in 0..300 {
+        if delivered(&alerts.lock().unwrap()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let hooks = alerts.lock().unwrap().clone();
     assert!(
         hooks
