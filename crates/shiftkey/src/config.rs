@@ -292,6 +292,14 @@ pub(crate) struct LeaseConfig {
     /// The advisory lock's key: every process of one sync job uses the same (default 7242).
     #[serde(default = "default_lease_key")]
     pub(crate) key: i64,
+    /// How often a follower asks for the lease, in seconds (default 10): a leader's death is
+    /// noticed within this long, and the new leader syncs at once.
+    #[serde(default = "default_lease_check")]
+    pub(crate) check_secs: u64,
+}
+
+fn default_lease_check() -> u64 {
+    10
 }
 
 fn default_lease_key() -> i64 {
@@ -533,6 +541,9 @@ impl Config {
         }
         if let Some(lease) = &self.lease {
             check_db_url("lease", lease.url.as_ref(), lease.url_env.as_ref())?;
+            if lease.check_secs == 0 {
+                bail!("`lease.check_secs` must be greater than zero");
+            }
             if self.teamcenter.is_none() {
                 bail!("`[lease]` elects the process that syncs: it needs a `[teamcenter]` section");
             }
@@ -819,6 +830,7 @@ key = { env = "SHIFTKEY_STORE_KEY" }
 # [lease]
 # url_env = "SHIFTKEY_LEASE_URL"        # a PostgreSQL database every process reaches
 # key = 7242                            # the same in every process of one sync job
+# check_secs = 10                       # a follower takes over within this long of a death
 
 # Named OAuth credentials: `shiftkey broker` serves them to scripts, `shiftkey token` manages them.
 [tokens.mes]

@@ -314,6 +314,12 @@ fn engine_config(cfg: &config::Config) -> anyhow::Result<shiftkey_sync::EngineCo
         batch: cfg.schedule.batch,
         read,
         feedback,
+        lease_check: cfg
+            .lease
+            .as_ref()
+            .map_or(shiftkey_sync::EngineConfig::default().lease_check, |l| {
+                std::time::Duration::from_secs(l.check_secs)
+            }),
         ..Default::default()
     })
 }

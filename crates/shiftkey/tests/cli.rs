@@ -193,6 +193,43 @@ fn the_example_config_loads_and_bad_configs_name_the_key() {
         &[("X", "x")],
         "interval_minutes",
     );
+    // The PostgreSQL store and the leader lease: each key named, no password in the file.
+    let tc = format!("{base}password = {{ env = \"X\" }}\n[sink]\nurl = \"sqlite::memory:\"\n");
+    let token = "[tokens.gw]\nkind = \"client_credentials\"\ntoken_url = \"http://127.0.0.1:9/t\"\nclient_id = \"c\"\nclient_secret = { env = \"X\" }\n";
+    check(
+        "pgstore-nourl.toml",
+        &format!("{tc}[store]\nbackend = \"postgres\"\nkey = {{ env = \"X\" }}\n{token}"),
+        &[("X", "x")],
+        "`store.url` and `store.url_env`",
+    );
+    check(
+        "pgstore-dir.toml",
+        &format!(
+            "{tc}[store]\nbackend = \"postgres\"\ndir = \"/tmp/x\"\nurl_env = \"U\"\nkey = {{ env = \"X\" }}\n{token}"
+        ),
+        &[("X", "x")],
+        "`store.dir` is for",
+    );
+    check(
+        "filestore-nodir.toml",
+        &format!("{tc}[store]\nkey = {{ env = \"X\" }}\n{token}"),
+        &[("X", "x")],
+        "`store.dir` is required",
+    );
+    check(
+        "lease-pass.toml",
+        &format!("{tc}[lease]\nurl = \"postgres://app:hunter2@db/x\"\n"),
+        &[("X", "x")],
+        "lease.url_env",
+    );
+    check(
+        "lease-notc.toml",
+        &format!(
+            "[lease]\nurl_env = \"U\"\n[store]\ndir = \"/tmp/x\"\nkey = {{ env = \"X\" }}\n{token}"
+        ),
+        &[("X", "x")],
+        "needs a `[teamcenter]` section",
+    );
     check("empty.toml", "", &[], "nothing to do");
     let secret_file = temp("tc-password", "hunter2\n");
     std::fs::set_permissions(

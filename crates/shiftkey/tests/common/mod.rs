@@ -162,6 +162,16 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// SIGKILL, and waits for the process to be gone.
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -1,0 +1,210 @@
+//! High availability with real processes: two `shiftkey run` daemons against one real PostgreSQL
+//! (token store, leader lease and sink) and the emulator; the leader is killed with SIGKILL again
+//! and again, at random moments (its first cycle in flight included).
+//!
+//! Real time: the daemons are processes, the lease lives in PostgreSQL. Every wait polls a
+//! condition with a generous deadline; no assertion is about speed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Daemon, KEY, temp_dir};
+use shiftkey_auth::TokenStore as _;
+use shiftkey_shopfloor::Sink as _;
+use shiftkey_tests::postgres::PgServer;
+
+/// The two daemons' configs differ only in their broker socket.
+fn config(dir: &std::path::Path, sim: &str, i: usize) -> std::path::PathBuf {
+    let path = dir.join(format!("shiftkey-{i}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"[teamcenter]
+url = "{sim}"
+user = "mfg_sync"
+password = {{ env = "TC_PW" }}
+[sink]
+url_env = "PG_URL"
+[schedule]
+interval_minutes = 1
+[store]
+backend = "postgres"
+url_env = "PG_URL"
+key = {{ env = "SK_KEY" }}
+[tokens.gw]
+kind = "client_credentials"
+token_url = "{sim}/oauth/token"
+client_id = "shiftkey"
+client_secret = {{ env = "GW_SECRET" }}
+[lease]
+url_env = "PG_URL"
+check_secs = 1
+[broker]
+socket = "{dir}/run-{i}/broker.sock"
+[ops]
+listen = "127.0.0.1:0"
+"#,
+            dir = dir.display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A daemon and its ops address.
+struct Node {
+    daemon: Daemon,
+    ops: String,
+}
+
+async fn start(cfg: &std::path::Path, pg: &str) -> Node {
+    let env = [
+        ("TC_PW", "mfg_sync_pw"),
+        ("SK_KEY", KEY),
+        ("GW_SECRET", "shiftkey-secret"),
+        ("PG_URL", pg),
+    ];
+    let mut daemon = Daemon::spawn(&["run", "-c", cfg.to_str().unwrap()], &env);
+    let ops = daemon.address("ops endpoints on ").await;
+    Node { daemon, ops }
+}
+
+/// Whether the node says it holds the lease (a dead or starting node does not).
+async fn leads(http: &reqwest::Client, node: &Node) -> bool {
+    match http.get(format!("{}/status", node.ops)).send().await {
+        Ok(r) => r
+            .text()
+            .await
+            .is_ok_and(|t| t.contains("Role: <b>leader</b>")),
+        Err(_) => false,
+    }
+}
+
+/// Waits (up to 30 s) until exactly one node leads, checking at every look that never both do;
+/// returns its index.
+async fn one_leader(http: &reqwest::Client, nodes: &[Node; 2]) -> usize {
+    for _ in 0..600 {
+        let (a, b) = (leads(http, &nodes[0]).await, leads(http, &nodes[1]).await);
+        assert!(!(a && b), "two leaders at once");
+        if a != b {
+            return usize::from(b);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "no leader within 30 s:\n{}\n---\n{}",
+        nodes[0].daemon.log(),
+        nodes[1].daemon.log()
+    );
+}
+
+/// The emulator's truth, mapped as the engine maps it.
+async fn truth(sim: &shiftkey_sim::Sim) -> Vec<shiftkey_shopfloor::ProcessRecord> {
+    let tc = shiftkey_teamcenter::TcClient::session(
+        reqwest::Client::new(),
+        shiftkey_teamcenter::SessionConfig::new(
+            sim.url().parse().unwrap(),
+            "mfg_sync",
+            "mfg_sync_pw".into(),
+        ),
+    )
+    .unwrap();
+    let all = tc
+        .changed_since(None, &shiftkey_teamcenter::ReadConfig::default())
+        .await
+        .unwrap();
+    let mut v: Vec<_> = all
+        .plans
+        .iter()
+        .map(|(p, o)| shiftkey_sync::map_plan(p, o))
+        .collect();
+    v.sort_by(|a, b| a.uid.cmp(&b.uid));
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_keep_one_leader_and_lose_nothing_when_the_leader_is_killed() {
+    // 20 kills by default; `SHIFTKEY_HA_KILLS=N` for more (or fewer while developing).
+    let kills: u64 = std::env::var("SHIFTKEY_HA_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let pg = PgServer::start();
+    let mut cfg = shiftkey_sim::SimConfig::default();
+    cfg.session.load_by_hour = [1; 24];
+    cfg.session.load_noise = 0;
+    // Plans change all the time, and every call takes 100 ms: a cycle lasts long enough for
+    // kills to land inside it.
+    cfg.data.changes_per_hour = 3600.0;
+    cfg.faults.latency_ms = 100;
+    let sim = common::start_sim(cfg).await;
+    let dir = temp_dir("ha");
+    let cfgs = [config(&dir, &sim.url(), 0), config(&dir, &sim.url(), 1)];
+    let url = pg.url();
+    let mut nodes = [start(&cfgs[0], &url).await, start(&cfgs[1], &url).await];
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let sink = shiftkey_shopfloor::SqlSink::connect(&url).await.unwrap();
+    // A seeded spread of kill moments: from at once (the new leader's first cycle in flight)
+    // to a few seconds after taking over.
+    let mut seed = 0x5eed_u64;
+    for kill in 0..kills {
+        let leader = one_leader(&http, &nodes).await;
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        tokio::time::sleep(Duration::from_millis((seed >> 33) % 3000)).await;
+        // Nothing changes from here until the new leader has caught up.
+        sim.pause_changes(true);
+        // SIGKILL: the follower takes over. Then the dead process comes back (as systemd would
+        // restart it) and waits its turn.
+        nodes[leader].daemon.kill();
+        let new = one_leader(&http, &nodes).await;
+        assert_ne!(new, leader, "kill {kill}: the follower took over");
+        nodes[leader] = start(&cfgs[leader], &url).await;
+        // After the takeover the sink catches up with the source: nothing the dead leader was
+        // writing is lost or torn (60 s: the new leader syncs at once, then every minute).
+        let want = truth(&sim).await;
+        let mut got = Vec::new();
+        for _ in 0..600 {
+            got = sink.all().await.unwrap();
+            if got == want {
+                break;
+            }
+            assert!(!(leads(&http, &nodes[0]).await && leads(&http, &nodes[1]).await));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            got == want,
+            "kill {kill}: the sink ({} plans) never matched the source ({} plans)",
+            got.len(),
+            want.len()
+        );
+        sim.pause_changes(false);
+    }
+    // One token for the whole run: every restart of either process found it in PostgreSQL.
+    let store = shiftkey_store::PgStore::connect(
+        &url,
+        "gw",
+        shiftkey_store::KeySource::from_base64(KEY, "test").unwrap(),
+    )
+    .await
+    .unwrap();
+    let stored = store.load().await.unwrap().expect("the token is stored");
+    let grants: u64 = sim.stats().grants.values().sum();
+    assert_eq!(
+        grants,
+        stored.generation,
+        "token-endpoint calls equal the stored generations across {} process starts",
+        kills + 2
+    );
+    for mut n in nodes {
+        n.daemon.kill();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
