@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use common::{Daemon, KEY, temp_dir};
 use shiftkey_auth::TokenStore as _;
-use shiftkey_shopfloor::Sink as _;
 use shiftkey_tests::postgres::PgServer;
 
 /// The two daemons' configs differ only in their broker socket.
