@@ -6,5 +6,6 @@
     reason = "tests pick an arbitrary origin instant; the policy takes `now` as input"
 )]
 
+mod edges;
 mod props;
 mod units;
