@@ -457,8 +457,15 @@ fn bench() -> Result<()> {
                 rows.iter()
                     .find(|(g, f, _)| g == group && is_baseline(f) && f != function)
             });
-        let ratio = match baseline {
-            Some((_, f, b)) if !is_baseline(function) => format!("{:.2}× `{f}`", median / b),
+        // Without a baseline in its group, a two-thread row is compared with the same operation
+        // on one thread (both measured the same way): how it scales under contention.
+        let one_thread = function
+            .strip_suffix("/2_threads")
+            .map(|op| format!("{op}/1_thread"))
+            .and_then(|f| rows.iter().find(|(g, r, _)| g == group && *r == f));
+        let ratio = match (baseline, one_thread) {
+            (Some((_, f, b)), _) if !is_baseline(function) => format!("{:.2}× `{f}`", median / b),
+            (None, Some((_, f, b))) => format!("{:.2}× `{f}`", median / b),
             _ => "—".to_owned(),
         };
         table.push_str(&format!(
