@@ -18,7 +18,7 @@
 //!   (`shiftkey-http::limits`), each mutant tested by its own crate's tests; writes the missed
 //!   mutants into `docs/reliability.md`. Not in CI: it takes the better part of an hour on 2 cores.
 //! - `ci`: what `.ci/run` runs: cargo-deny when missing, test, a 3-day soak of every profile,
-//!   fmt, clippy, deny.
+//!   fmt, clippy (also of the binary without its `demo` feature), deny.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -125,6 +125,7 @@ fn missing_packages() -> Vec<&'static str> {
         (have("mosquitto"), "mosquitto"),
         (have("python3"), "python3"),
         (have("runuser"), "util-linux"),
+        (have("systemd-analyze"), "systemd"),
     ]
     .into_iter()
     .filter(|(present, _)| !present)
@@ -855,6 +856,25 @@ fn mutants() -> Result<()> {
     )
 }
 
+/// `systemd-analyze verify` on the packaged unit, its `ExecStart` pointed at the binary the
+/// tests built (verify checks that the command exists).
+fn systemd_unit() -> Result<()> {
+    let unit = root().join("packaging/systemd/shiftkey.service");
+    let text = std::fs::read_to_string(&unit).context("reading the systemd unit")?;
+    let binary = root().join("target/debug/shiftkey");
+    let dir = std::env::temp_dir().join(format!("shiftkey-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let copy = dir.join("shiftkey.service");
+    std::fs::write(
+        &copy,
+        text.replace("/usr/bin/shiftkey", &binary.display().to_string()),
+    )?;
+    let result = status(Command::new("systemd-analyze").arg("verify").arg(&copy))
+        .context("`systemd-analyze verify packaging/systemd/shiftkey.service` failed");
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 fn ci() -> Result<()> {
     if !Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["deny", "--version"])
@@ -871,6 +891,17 @@ fn ci() -> Result<()> {
         "clippy",
         "--workspace",
         "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    systemd_unit()?;
+    // The service build: the binary without the emulator (`demo` off).
+    cargo(&[
+        "clippy",
+        "-p",
+        "shiftkey",
+        "--no-default-features",
         "--",
         "-D",
         "warnings",

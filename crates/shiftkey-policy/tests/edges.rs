@@ -73,7 +73,10 @@ impl Seen {
 }
 
 fn monitor() -> (ErrorRateMonitor, Seen, Instant) {
-    #[allow(clippy::disallowed_methods, reason = "an arbitrary origin; `now` is an input")]
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "an arbitrary origin; `now` is an input"
+    )]
     let t0 = Instant::now();
     let seen = Seen::default();
     (
@@ -103,7 +106,11 @@ fn refresh_counts_enter_and_leave_the_window() {
     assert_eq!((c.refresh_ok, c.refresh_failed), (1, 1));
     let later = t0 + MonitorConfig::default().window + Duration::from_secs(30);
     let c = m.counts(later);
-    assert_eq!((c.refresh_ok, c.refresh_failed), (0, 0), "the window slid past them");
+    assert_eq!(
+        (c.refresh_ok, c.refresh_failed),
+        (0, 0),
+        "the window slid past them"
+    );
 }
 
 /// Kills `> → >=` on both 401-rate thresholds: a rate exactly at a threshold is not above it.

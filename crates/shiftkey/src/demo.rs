@@ -209,3 +209,46 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         },
     )
 }
+
+/// Options of `shiftkey sim`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SimArgs {
+    /// Port on 127.0.0.1.
+    #[arg(long, default_value_t = 8080)]
+    pub(crate) port: u16,
+    /// Simulated seconds per real second.
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) time_scale: f64,
+    /// A scenario file (TOML; see shiftkey-sim's README for every key).
+    #[arg(long)]
+    pub(crate) config: Option<std::path::PathBuf>,
+}
+
+/// `shiftkey sim`: the emulator alone, until Ctrl-C.
+pub(crate) async fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
+    let cfg = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the scenario {}", path.display()))?;
+            shiftkey_sim::SimConfig::from_toml(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => shiftkey_sim::SimConfig::default(),
+    };
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "simulated time starts at the real wall time"
+    )]
+    let start = std::time::SystemTime::now();
+    let clock = std::sync::Arc::new(shiftkey_sim::ScaledClock::new(start, args.time_scale));
+    let sim = shiftkey_sim::Sim::start_on(cfg, clock, ([127, 0, 0, 1], args.port).into())
+        .await
+        .with_context(|| format!("cannot listen on 127.0.0.1:{}", args.port))?;
+    println!(
+        "shiftkey sim: Teamcenter emulator on {} (time scale {}); Ctrl-C stops it",
+        sim.url(),
+        args.time_scale
+    );
+    tokio::signal::ctrl_c().await?;
+    Ok(ExitCode::SUCCESS)
+}

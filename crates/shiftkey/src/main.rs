@@ -10,6 +10,7 @@
 
 mod broker;
 mod config;
+#[cfg(feature = "demo")]
 mod demo;
 mod doctor;
 mod net;
@@ -18,6 +19,7 @@ mod serve;
 mod site;
 mod store_cmd;
 mod supervise;
+mod systemd;
 mod tokens;
 
 use std::process::ExitCode;
@@ -66,9 +68,11 @@ struct Cli {
 enum Command {
     /// Run the whole job on embedded defaults: an emulated Teamcenter with realistic faults, the
     /// sync daemon into a SQLite file, a simulated day in about a minute, then a report.
+    #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
     /// Run the Teamcenter/OAuth emulator alone.
-    Sim(SimArgs),
+    #[cfg(feature = "demo")]
+    Sim(demo::SimArgs),
     /// Run the sync daemon: a cycle every `schedule.interval_minutes`, until SIGTERM or Ctrl-C
     /// (which stop it between batches).
     Run {
@@ -122,20 +126,6 @@ enum ConfigCommand {
     },
 }
 
-/// Options of `shiftkey sim`.
-#[derive(Debug, clap::Args)]
-struct SimArgs {
-    /// Port on 127.0.0.1.
-    #[arg(long, default_value_t = 8080)]
-    port: u16,
-    /// Simulated seconds per real second.
-    #[arg(long, default_value_t = 1.0)]
-    time_scale: f64,
-    /// A scenario file (TOML; see shiftkey-sim's README for every key).
-    #[arg(long)]
-    config: Option<std::path::PathBuf>,
-}
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -144,16 +134,19 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
         }
     };
-    let level = if cli.verbose {
-        tracing::Level::DEBUG
-    } else {
-        tracing::Level::WARN
+    let filter = match log_filter(&cli) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("shiftkey: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
     };
     let log = tracing_subscriber::fmt()
-        .with_max_level(level)
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false);
-    if cli.log_json {
+    let json = cli.log_json;
+    if json {
         log.json().init();
     } else {
         log.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -162,8 +155,33 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("shiftkey: {e:#}");
+            if json {
+                tracing::error!(error = %format!("{e:#}"), "shiftkey stopped");
+            } else {
+                eprintln!("shiftkey: {e:#}");
+            }
             ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+/// What is logged: `RUST_LOG` when set (tracing-subscriber's `EnvFilter` syntax, e.g.
+/// `warn,shiftkey_auth=debug`); otherwise `--verbose` logs everything at debug, and by default
+/// the services (`run`, `broker`) log shiftkey's own events at info and the rest at warn, the
+/// other commands warnings only.
+fn log_filter(cli: &Cli) -> Result<tracing_subscriber::EnvFilter, String> {
+    match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => tracing_subscriber::EnvFilter::try_new(&v)
+            .map_err(|e| format!("RUST_LOG=`{v}` is not a log filter: {e}")),
+        _ => {
+            let default = if cli.verbose {
+                "debug"
+            } else if matches!(cli.command, Command::Run { .. } | Command::Broker { .. }) {
+                "warn,shiftkey=info"
+            } else {
+                "warn"
+            };
+            tracing_subscriber::EnvFilter::try_new(default).map_err(|e| e.to_string())
         }
     }
 }
@@ -208,8 +226,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .build()?;
     let out = rt.block_on(async move {
         match cli.command {
+            #[cfg(feature = "demo")]
             Command::Demo(args) => demo::run(args).await,
-            Command::Sim(args) => sim(args).await,
+            #[cfg(feature = "demo")]
+            Command::Sim(args) => demo::sim(args).await,
             Command::Sync(args) => sync_once(args).await,
             Command::Run { config } => daemon(&config, true).await,
             Command::Broker { config } => daemon(&config, false).await,
@@ -404,7 +424,7 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
                 std::panic::resume_unwind(e.into_panic());
             }
         });
-        eprintln!("shiftkey: ops endpoints on http://{addr}/status");
+        tracing::info!(%addr, "ops endpoints on http://{addr}/status");
     }
     {
         let ops = Arc::clone(&ops);
@@ -447,8 +467,9 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
             "broker",
             broker::serve_socket(listener, Arc::clone(&broker)),
         );
-        eprintln!(
-            "shiftkey: serving {} token(s) on {}",
+        tracing::info!(
+            socket = %socket.display(),
+            "serving {} token(s) on {}",
             tokens.managers.len(),
             socket.display()
         );
@@ -463,7 +484,7 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
                 serve::Hosts::loopback_and(&[]),
             );
             tasks.spawn("broker-http", serve::serve(listener, router));
-            eprintln!("shiftkey: broker HTTP on http://{addr}/v1/tokens/NAME");
+            tracing::info!(%addr, "broker HTTP on http://{addr}/v1/tokens/NAME");
         }
     } else if !sync {
         anyhow::bail!(config::ConfigProblem(format!(
@@ -485,14 +506,15 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
                 let observer = Arc::clone(&ops);
                 let engine = shiftkey_sync::Engine::new(tc, sink, engine_config(&cfg)?)
                     .on_cycle(Arc::new(move |r| observer.cycle(r)));
-                eprintln!(
-                    "shiftkey: syncing {} every {} min; SIGTERM or Ctrl-C stops",
+                tracing::info!(
+                    "syncing {} every {} min; SIGTERM or Ctrl-C stops",
                     cfg.teamcenter()?.url,
                     cfg.schedule.interval_minutes
                 );
                 let mut lease = cfg.lease_url()?.map(|(url, key)| {
-                    eprintln!(
-                        "shiftkey: leader lease {key}: this process syncs only while it holds it"
+                    tracing::info!(
+                        key,
+                        "leader lease {key}: this process syncs only while it holds it"
                     );
                     ReportedLease {
                         lease: shiftkey_sync::PgLease::new(url, key),
@@ -514,7 +536,7 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
                 Box::pin(async move {
                     match sync.await {
                         Ok(cycles) => cycles
-                            .map(|n| eprintln!("shiftkey: stopped after {n} cycles"))
+                            .map(|n| tracing::info!(cycles = n, "stopped after {n} cycles"))
                             .map_err(anyhow::Error::from),
                         Err(_) => {
                             tracing::error!(task = "sync", "a background task panicked");
@@ -525,10 +547,39 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
             }
             None => Box::pin(async move {
                 stopped.notified().await;
-                eprintln!("shiftkey: broker stopped");
+                tracing::info!("broker stopped");
                 Ok(())
             }),
         };
+    // systemd: READY once every token was fetched (or refused) and the sync is up (its first
+    // cycle, or standing by under a lease) or, without one, the broker serves; then a watchdog
+    // ping every half `WatchdogSec` while the sync's loop shows life.
+    {
+        let managers: Vec<shiftkey_auth::TokenManager> =
+            tokens.managers.values().cloned().collect();
+        let ops = Arc::clone(&ops);
+        let slack = std::time::Duration::from_secs(cfg.schedule.interval_minutes * 60 * 2 + 300);
+        tasks.spawn("systemd", async move {
+            for m in &managers {
+                let _ = m.token().await;
+            }
+            if sync {
+                ops.wait_up().await;
+            }
+            systemd::ready();
+            match systemd::watchdog_every() {
+                Some(every) => loop {
+                    if ops.alive(slack) {
+                        systemd::alive();
+                    } else {
+                        tracing::warn!("the sync shows no life: no watchdog ping");
+                    }
+                    tokio::time::sleep(every).await;
+                },
+                None => std::future::pending::<()>().await,
+            }
+        });
+    }
     let grace = {
         let stop = stop.clone();
         async move {
@@ -553,6 +604,7 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
     if let Err(e) = &result {
         tracing::error!(error = %format!("{e:#}"), "shiftkey is stopping");
     }
+    systemd::stopping();
     // However it stopped, the rest is bounded: SIGTERM ends the process within 5 s.
     let cleanup = async {
         tasks.abort_all();
@@ -608,7 +660,7 @@ fn stop_on_signal(stop: shiftkey_sync::Stop) -> Arc<tokio::sync::Notify> {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
-        eprintln!("shiftkey: stopping after the current batch");
+        tracing::info!("stopping after the current batch");
         stop.request();
         fired.notify_one();
     });
@@ -626,33 +678,4 @@ impl shiftkey_policy::AlertSink for LateSink {
             None => shiftkey_policy::AlertSink::alert(&shiftkey_policy::TracingSink, a),
         }
     }
-}
-
-async fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
-    use anyhow::Context as _;
-    let cfg = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the scenario {}", path.display()))?;
-            shiftkey_sim::SimConfig::from_toml(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-        }
-        None => shiftkey_sim::SimConfig::default(),
-    };
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "simulated time starts at the real wall time"
-    )]
-    let start = std::time::SystemTime::now();
-    let clock = std::sync::Arc::new(shiftkey_sim::ScaledClock::new(start, args.time_scale));
-    let sim = shiftkey_sim::Sim::start_on(cfg, clock, ([127, 0, 0, 1], args.port).into())
-        .await
-        .with_context(|| format!("cannot listen on 127.0.0.1:{}", args.port))?;
-    println!(
-        "shiftkey sim: Teamcenter emulator on {} (time scale {}); Ctrl-C stops it",
-        sim.url(),
-        args.time_scale
-    );
-    tokio::signal::ctrl_c().await?;
-    Ok(ExitCode::SUCCESS)
 }

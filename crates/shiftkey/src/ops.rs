@@ -86,6 +86,11 @@ pub(crate) struct Ops {
     allowed_hosts: Vec<String>,
     /// Under a leader lease: whether this process holds it (0 no lease, 1 leader, 2 follower).
     role: std::sync::atomic::AtomicU8,
+    /// When the sync's loop last showed it is alive (a finished cycle, a lease check; at first
+    /// the start): the systemd watchdog pings only while this is recent.
+    beat: Mutex<tokio::time::Instant>,
+    /// Set once the sync is up: its first cycle finished, or it stands by as a follower.
+    up: tokio::sync::watch::Sender<bool>,
     log: Mutex<Log>,
 }
 
@@ -134,12 +139,45 @@ impl Ops {
             webhook,
             allowed_hosts: cfg.ops.allowed_hosts.clone(),
             role: std::sync::atomic::AtomicU8::new(0),
+            beat: Mutex::new(tokio::time::Instant::now()),
+            up: tokio::sync::watch::channel(false).0,
             log: Mutex::new(Log::default()),
         }))
     }
 
+    /// Resolves once the sync is up: its first cycle finished (whatever its result), or this
+    /// process stands by as a follower.
+    pub(crate) async fn wait_up(&self) {
+        let mut up = self.up.subscribe();
+        let _ = up.wait_for(|u| *u).await;
+    }
+
+    /// The sync's loop is alive (a finished cycle, a lease check).
+    pub(crate) fn beat(&self) {
+        *self.beat.lock().unwrap_or_else(PoisonError::into_inner) = tokio::time::Instant::now();
+    }
+
+    /// Whether the service is healthy enough for a watchdog ping: no background task died, and
+    /// the sync's loop (when this process syncs) showed life within `slack`.
+    pub(crate) fn alive(&self, slack: Duration) -> bool {
+        if !self.log().dead.is_empty() {
+            return false;
+        }
+        self.interval.is_none()
+            || self
+                .beat
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .elapsed()
+                <= slack
+    }
+
     /// Records whether this process holds the leader lease (`/status`, `shiftkey_sync_leader`).
     pub(crate) fn leader(&self, leader: bool) {
+        self.beat();
+        if !leader {
+            self.up.send_replace(true);
+        }
         let before = self.role.swap(
             if leader { 1 } else { 2 },
             std::sync::atomic::Ordering::Relaxed,
@@ -160,6 +198,8 @@ impl Ops {
 
     /// Records a finished sync cycle.
     pub(crate) fn cycle(&self, result: Result<&CycleReport, &SyncError>) {
+        self.beat();
+        self.up.send_replace(true);
         let at = now();
         let outcome = match result {
             Ok(r) => {

@@ -544,6 +544,89 @@ async fn the_daemon_syncs_and_stops_gracefully_on_sigterm() {
     let _ = std::fs::remove_file(&db);
 }
 
+/// With `--log-json` a service's stderr is JSON lines only (journald, a log shipper), its own
+/// events at info by default; `RUST_LOG` picks what is logged, and a bad one is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_json_is_pure_json_lines_and_rust_log_filters() {
+    let sim = shiftkey_sim::Sim::start(
+        shiftkey_sim::SimConfig::default(),
+        std::sync::Arc::new(shiftkey_auth::TokioClock::new()),
+    )
+    .await
+    .unwrap();
+    let db = std::env::temp_dir().join(format!("shiftkey-cli-json-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&db);
+    let cfg = temp(
+        "json.toml",
+        &format!(
+            "[teamcenter]\nurl = \"{}\"\nuser = \"mfg_sync\"\npassword = {{ env = \"TC_PW\" }}\n[sink]\nurl = \"sqlite://{}?mode=rwc\"\n[ops]\nlisten = \"127.0.0.1:0\"\n",
+            sim.url(),
+            db.display()
+        ),
+    );
+    let mut daemon = common::Daemon::spawn(
+        &["--log-json", "run", "-c", cfg.to_str().unwrap()],
+        &[("TC_PW", "mfg_sync_pw")],
+    );
+    daemon.wait_for("syncing").await;
+    let (status, stderr) = daemon.terminate().await;
+    assert!(status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 2, "{stderr}");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("ops endpoints on http://127.0.0.1:")),
+        "{stderr}"
+    );
+
+    // RUST_LOG=error: the info lines are gone. The sink's database file appears after the ops
+    // server would have logged its address: once it exists, the line would be there.
+    let db2 = db.with_extension("quiet.db");
+    let _ = std::fs::remove_file(&db2);
+    let cfg2 = temp(
+        "json-quiet.toml",
+        &std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace(&db.display().to_string(), &db2.display().to_string()),
+    );
+    let quiet = common::Daemon::spawn(
+        &["run", "-c", cfg2.to_str().unwrap()],
+        &[("TC_PW", "mfg_sync_pw"), ("RUST_LOG", "error")],
+    );
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !db2.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no sink in 30 s: {}",
+            quiet.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (status, stderr) = quiet.terminate().await;
+    assert!(status.success(), "{stderr}");
+    assert!(!stderr.contains("ops endpoints on"), "{stderr}");
+    let _ = std::fs::remove_file(&db2);
+
+    // A filter that does not parse is a usage error naming it.
+    let out = shiftkey(&["config", "example"], &[("RUST_LOG", "shiftkey=loudest")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("RUST_LOG=`shiftkey=loudest`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_file(&db);
+}
+
 /// Without `broker.socket` and without XDG_RUNTIME_DIR there is no private place for the socket:
 /// the broker says so and exits 3, instead of using a predictable path in the shared temp folder.
 #[test]
