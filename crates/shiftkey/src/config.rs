@@ -229,13 +229,36 @@ impl Default for OpsConfig {
     }
 }
 
+/// How shiftkey authenticates to Teamcenter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum TcMode {
+    /// `Core-2011-06-Session/login` with `user` and `password`; the `JSESSIONID` cookie on every
+    /// call to `/tc/JsonRestServices/…`.
+    #[default]
+    Session,
+    /// Behind Teamcenter's OAuth gateway: the bearer tokens of `[tokens.<token>]` on every call
+    /// to `/tc/RestServices/…`.
+    Gateway,
+}
+
 /// Where Teamcenter is and how to log in.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TeamcenterConfig {
     pub(crate) url: String,
+    /// How shiftkey authenticates (`session`, the default, or `gateway`).
+    #[serde(default)]
+    pub(crate) mode: TcMode,
+    /// Session mode: the user that logs in.
+    #[serde(default)]
     pub(crate) user: String,
-    pub(crate) password: SecretRef,
+    /// Session mode: its password.
+    #[serde(default)]
+    pub(crate) password: Option<SecretRef>,
+    /// Gateway mode: the `[tokens.NAME]` whose bearer tokens are sent.
+    #[serde(default)]
+    pub(crate) token: Option<String>,
     #[serde(default)]
     pub(crate) group: String,
     #[serde(default)]
@@ -549,6 +572,35 @@ impl Config {
             }
         }
         if let Some(tc) = &self.teamcenter {
+            match tc.mode {
+                TcMode::Session => {
+                    if tc.user.is_empty() || tc.password.is_none() {
+                        bail!(
+                            "`teamcenter.user` and `teamcenter.password` are required in session mode (the default; `teamcenter.mode = \"gateway\"` uses a `[tokens.NAME]` instead)"
+                        );
+                    }
+                    if tc.token.is_some() {
+                        bail!("`teamcenter.token` is for `teamcenter.mode = \"gateway\"`");
+                    }
+                }
+                TcMode::Gateway => {
+                    let Some(name) = &tc.token else {
+                        bail!(
+                            "`teamcenter.mode = \"gateway\"` needs `teamcenter.token`, the name of a `[tokens.NAME]` section"
+                        );
+                    };
+                    if !self.tokens.contains_key(name) {
+                        bail!(
+                            "`teamcenter.token`: there is no `[tokens.{name}]` section to take gateway tokens from"
+                        );
+                    }
+                    if !tc.user.is_empty() || tc.password.is_some() {
+                        bail!(
+                            "`teamcenter.user` and `teamcenter.password` are for session mode; in gateway mode the credentials are those of `[tokens.{name}]`"
+                        );
+                    }
+                }
+            }
             let url = url::Url::parse(&tc.url)
                 .with_context(|| format!("`teamcenter.url`: `{}` is not a URL", tc.url))?;
             crate::net::check_secure(self, "teamcenter.url", &url)?;
@@ -678,7 +730,9 @@ impl Config {
     fn secret_refs(&self) -> Vec<(String, &SecretRef)> {
         let mut out = Vec::new();
         if let Some(tc) = &self.teamcenter {
-            out.push(("teamcenter.password".to_owned(), &tc.password));
+            if let Some(p) = &tc.password {
+                out.push(("teamcenter.password".to_owned(), p));
+            }
         }
         if let Some(store) = &self.store {
             if let Some(k) = &store.key {
@@ -779,6 +833,8 @@ pub(crate) const EXAMPLE: &str = r#"# shiftkey configuration. Every key can be o
 url = "https://tc.example.com"          # the server; shiftkey adds /tc/JsonRestServices/...
 user = "mfg_sync"                       # a dedicated service user
 password = { env = "TC_PASSWORD" }
+# mode = "gateway"                      # behind the OAuth gateway (/tc/RestServices): instead of
+# token = "tc"                          # user and password, the bearer tokens of [tokens.tc]
 group = ""                              # empty: the user's default group
 role = ""
 read_timeout_secs = 60                  # the deadline of one attempt of a Teamcenter call

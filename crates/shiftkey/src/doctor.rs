@@ -116,8 +116,20 @@ pub(crate) async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
         reach(&mut r, &http, what, url).await;
     }
     let mut session_cfg = None;
-    if let Some(tc) = &cfg.teamcenter {
-        match tc.password.resolve("teamcenter.password") {
+    if let Some(tc) = &cfg.teamcenter
+        && let Some(token) = &tc.token
+    {
+        r.line(
+            Level::Warn,
+            "login",
+            format!(
+                "teamcenter: gateway mode with the tokens of `tokens.{token}` (its login is checked below); the site check needs session mode for now"
+            ),
+        );
+    } else if let Some(tc) = &cfg.teamcenter
+        && let Some(password) = &tc.password
+    {
+        match password.resolve("teamcenter.password") {
             Ok(password) => {
                 let base = tc.url.parse()?;
                 let mut s = SessionConfig::new(base, tc.user.clone(), password);

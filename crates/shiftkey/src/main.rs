@@ -260,21 +260,46 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     out
 }
 
-/// The Teamcenter client of `[teamcenter]`: session mode, its login timed for metrics and
-/// alerts, its middleware reporting to `monitor`.
+/// The Teamcenter client of `[teamcenter]`, its middleware reporting to `monitor`: in session
+/// mode with its own login (timed for metrics and alerts), in gateway mode with the manager of
+/// the `[tokens.NAME]` it names (from `tokens`).
 fn teamcenter(
     cfg: &config::Config,
     monitor: Option<Arc<ErrorRateMonitor>>,
+    tokens: &tokens::Tokens,
 ) -> anyhow::Result<shiftkey_teamcenter::TcClient> {
     use anyhow::Context as _;
     let tc = cfg.teamcenter()?;
     let read_timeout = std::time::Duration::from_secs(tc.read_timeout_secs);
     let http = &net::teamcenter_client(read_timeout)?;
-    let password = tc.password.resolve("teamcenter.password")?;
     let base: url::Url = tc
         .url
         .parse()
         .with_context(|| format!("`teamcenter.url`: `{}` is not a URL", tc.url))?;
+    let max_answer =
+        usize::try_from(tc.max_answer_mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
+    if let Some(name) = &tc.token {
+        // Gateway mode: the token's own manager, shared with the broker that serves it.
+        let manager = tokens.get(name)?.clone();
+        let mut mw = shiftkey_http::AuthMiddleware::builder(manager)
+            .classifier(shiftkey_teamcenter::TcClassifier);
+        if let Some(m) = monitor {
+            mw = mw.monitor(m);
+        }
+        return Ok(shiftkey_teamcenter::TcClient::with_middleware(
+            http.clone(),
+            mw.build(),
+            base,
+            true,
+        )
+        .with_read_timeout(read_timeout)
+        .with_max_answer(max_answer));
+    }
+    let password = tc
+        .password
+        .as_ref()
+        .context("`teamcenter.password` is required in session mode")?
+        .resolve("teamcenter.password")?;
     let mut session =
         shiftkey_teamcenter::SessionConfig::new(base.clone(), tc.user.clone(), password);
     session.group.clone_from(&tc.group);
@@ -310,10 +335,7 @@ fn teamcenter(
     Ok(
         shiftkey_teamcenter::TcClient::with_middleware(http.clone(), mw.build(), base, false)
             .with_read_timeout(read_timeout)
-            .with_max_answer(
-                usize::try_from(tc.max_answer_mib.saturating_mul(1024 * 1024))
-                    .unwrap_or(usize::MAX),
-            ),
+            .with_max_answer(max_answer),
     )
 }
 
@@ -351,7 +373,13 @@ async fn sync_once(args: SyncArgs) -> anyhow::Result<ExitCode> {
     );
     let cfg = config::Config::load(&args.config)?;
     net::warn_if_insecure(&cfg);
-    let tc = teamcenter(&cfg, None)?;
+    // Gateway mode takes its tokens from a `[tokens.NAME]` (and its store).
+    let tokens = if cfg.teamcenter()?.token.is_some() {
+        tokens::Tokens::build(&cfg, &net::credential_client()?, None).await?
+    } else {
+        tokens::Tokens::default()
+    };
+    let tc = teamcenter(&cfg, None, &tokens)?;
     let sink = Arc::new(shiftkey_shopfloor::SqlSink::connect(&cfg.sink_url()?).await?);
     let engine = shiftkey_sync::Engine::new(tc, sink.clone(), engine_config(&cfg)?);
     let report = engine.cycle(&shiftkey_sync::Stop::default()).await;
@@ -391,7 +419,7 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
     let tokens =
         tokens::Tokens::build(&cfg, &http, Some(refresh_hook(Arc::clone(&monitor)))).await?;
     let tc = if sync {
-        Some(teamcenter(&cfg, Some(Arc::clone(&monitor)))?)
+        Some(teamcenter(&cfg, Some(Arc::clone(&monitor)), &tokens)?)
     } else {
         None
     };
@@ -400,7 +428,9 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
         .iter()
         .map(|(n, m)| (n.clone(), m.clone()))
         .collect();
-    if let Some(tc) = &tc {
+    // In gateway mode Teamcenter's manager is a `[tokens.NAME]`'s, watched as that token.
+    let gateway = cfg.teamcenter.as_ref().is_some_and(|t| t.token.is_some());
+    if let Some(tc) = tc.as_ref().filter(|_| !gateway) {
         watched.insert(
             0,
             ("teamcenter".to_owned(), tc.middleware().manager().clone()),
@@ -454,7 +484,7 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
             }
         }));
     }
-    if let Some(tc) = &tc {
+    if let Some(tc) = tc.as_ref().filter(|_| !gateway) {
         tasks.watch_refresher("teamcenter", tc.middleware().manager());
     }
     let _socket_file;
@@ -496,11 +526,17 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
     let stopped = stop_on_signal(stop.clone());
     let mut sink_to_close = None;
     let mut _keepalive = None;
-    let tc_manager = tc.as_ref().map(|t| t.middleware().manager().clone());
+    let tc_manager = tc
+        .as_ref()
+        .filter(|_| !gateway)
+        .map(|t| t.middleware().manager().clone());
     let work: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>> =
         match tc {
             Some(tc) => {
-                _keepalive = Some(tc.keepalive()?);
+                // Session mode keeps the session alive between cycles; a gateway has no session.
+                if !gateway {
+                    _keepalive = Some(tc.keepalive()?);
+                }
                 let sink = Arc::new(shiftkey_shopfloor::SqlSink::connect(&cfg.sink_url()?).await?);
                 sink_to_close = Some(Arc::clone(&sink));
                 let observer = Arc::clone(&ops);

@@ -233,6 +233,7 @@ impl AuthStrategy for Timed {
 }
 
 /// Every configured token's manager, by name.
+#[derive(Default)]
 pub(crate) struct Tokens {
     pub(crate) managers: BTreeMap<String, TokenManager>,
 }

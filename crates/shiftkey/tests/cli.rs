@@ -230,6 +230,24 @@ fn the_example_config_loads_and_bad_configs_name_the_key() {
         &[("X", "x")],
         "needs a `[teamcenter]` section",
     );
+    check(
+        "gateway-notoken.toml",
+        "[teamcenter]\nurl = \"http://127.0.0.1:9\"\nmode = \"gateway\"\n[sink]\nurl = \"sqlite::memory:\"\n",
+        &[],
+        "needs `teamcenter.token`",
+    );
+    check(
+        "gateway-unknown.toml",
+        "[teamcenter]\nurl = \"http://127.0.0.1:9\"\nmode = \"gateway\"\ntoken = \"nope\"\n[sink]\nurl = \"sqlite::memory:\"\n",
+        &[],
+        "no `[tokens.nope]`",
+    );
+    check(
+        "session-nopassword.toml",
+        "[teamcenter]\nurl = \"http://127.0.0.1:9\"\nuser = \"u\"\n[sink]\nurl = \"sqlite::memory:\"\n",
+        &[],
+        "`teamcenter.password` are required in session mode",
+    );
     check("empty.toml", "", &[], "nothing to do");
     let secret_file = temp("tc-password", "hunter2\n");
     std::fs::set_permissions(
@@ -412,6 +430,56 @@ async fn sync_once_syncs_the_emulator_into_sqlite() {
         String::from_utf8_lossy(&second.stdout)
     );
     let _ = std::fs::remove_file(&db);
+}
+
+/// `teamcenter.mode = "gateway"`: the OAuth bearer tokens of a `[tokens.NAME]` against
+/// `/tc/RestServices`, no session login; the token is kept in the store for the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_once_through_the_oauth_gateway_with_a_named_token() {
+    let sim = shiftkey_sim::Sim::start(
+        shiftkey_sim::SimConfig::default(),
+        std::sync::Arc::new(shiftkey_auth::TokioClock::new()),
+    )
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("shiftkey-cli-gw-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = temp(
+        "gateway.toml",
+        &format!(
+            "[teamcenter]\nurl = \"{url}\"\nmode = \"gateway\"\ntoken = \"tc\"\n[sink]\nurl = \"sqlite://{dir}/shop.db?mode=rwc\"\n[store]\ndir = \"{dir}/store\"\nkey = {{ env = \"SK_KEY\" }}\n[tokens.tc]\nkind = \"client_credentials\"\ntoken_url = \"{url}/oauth/token\"\nclient_id = \"shiftkey\"\nclient_secret = {{ env = \"GW_SECRET\" }}\n",
+            url = sim.url(),
+            dir = dir.display()
+        ),
+    );
+    let run = move || {
+        shiftkey(
+            &["sync", "--once", "-c", cfg.to_str().unwrap()],
+            &[("SK_KEY", common::KEY), ("GW_SECRET", "shiftkey-secret")],
+        )
+    };
+    let first = tokio::task::spawn_blocking(run.clone()).await.unwrap();
+    assert!(
+        first.status.success() && String::from_utf8_lossy(&first.stdout).contains("inserted 20"),
+        "{}{}",
+        String::from_utf8_lossy(&first.stdout),
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let second = tokio::task::spawn_blocking(run).await.unwrap();
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let stats = sim.stats();
+    assert_eq!(stats.logins, 0, "no session login in gateway mode");
+    assert_eq!(
+        stats.grants.values().sum::<u64>(),
+        1,
+        "the second run took the stored token: {:?}",
+        stats.grants
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
