@@ -729,10 +729,8 @@ impl Config {
     /// Every secret reference with its key.
     fn secret_refs(&self) -> Vec<(String, &SecretRef)> {
         let mut out = Vec::new();
-        if let Some(tc) = &self.teamcenter {
-            if let Some(p) = &tc.password {
-                out.push(("teamcenter.password".to_owned(), p));
-            }
+        if let Some(p) = self.teamcenter.as_ref().and_then(|tc| tc.password.as_ref()) {
+            out.push(("teamcenter.password".to_owned(), p));
         }
         if let Some(store) = &self.store {
             if let Some(k) = &store.key {
