@@ -101,6 +101,14 @@ enum Command {
     /// Check the configuration, the servers, the clock and the credentials; `--probe` measures
     /// the server's real token limits.
     Doctor(doctor::DoctorArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout, e.g.
+    /// `shiftkey completions bash > /usr/share/bash-completion/completions/shiftkey`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to stdout: `shiftkey man | man -l -`.
+    Man,
 }
 
 /// Options of `shiftkey sync`.
@@ -236,6 +244,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Token(cmd) => tokens::command(cmd).await,
             Command::Store(cmd) => store_cmd::command(cmd).await,
             Command::Doctor(args) => doctor::run(args).await,
+            Command::Completions { shell } => {
+                use clap::CommandFactory as _;
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "shiftkey",
+                    &mut std::io::stdout(),
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Man => {
+                use clap::CommandFactory as _;
+                clap_mangen::Man::new(Cli::command())
+                    .render(&mut std::io::stdout())
+                    .map_err(|e| anyhow::anyhow!("writing the manual page: {e}"))?;
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Config(ConfigCommand::Example) => {
                 print!("{}", config::EXAMPLE);
                 Ok(ExitCode::SUCCESS)

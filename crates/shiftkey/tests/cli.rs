@@ -695,6 +695,33 @@ async fn log_json_is_pure_json_lines_and_rust_log_filters() {
     let _ = std::fs::remove_file(&db);
 }
 
+/// Packaging helpers: shell completions and the manual page come from the same command
+/// definition as `--help`.
+#[test]
+fn completions_and_the_manual_page_describe_every_command() {
+    let bash = shiftkey(&["completions", "bash"], &[]);
+    assert!(bash.status.success());
+    let bash = String::from_utf8(bash.stdout).unwrap();
+    assert!(bash.contains("complete -F _shiftkey"), "{bash}");
+    for sub in ["run", "broker", "doctor", "token", "store"] {
+        assert!(bash.contains(sub), "{sub} missing from the completions");
+    }
+    let man = shiftkey(&["man"], &[]);
+    assert!(man.status.success());
+    let man = String::from_utf8(man.stdout).unwrap();
+    assert!(man.contains(".TH shiftkey 1"), "{man}");
+    assert!(
+        man.contains("doctor") && man.contains("Exit codes"),
+        "{man}"
+    );
+    let bad = shiftkey(&["completions", "cmd.exe"], &[]);
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+}
+
 /// Without `broker.socket` and without XDG_RUNTIME_DIR there is no private place for the socket:
 /// the broker says so and exits 3, instead of using a predictable path in the shared temp folder.
 #[test]
