@@ -16,7 +16,7 @@
 //! - `mutants`: cargo-mutants (installed when missing) over the timing law
 //!   (`shiftkey-auth::timing`), the policy engine (`shiftkey-policy`) and the limit learner
 //!   (`shiftkey-http::limits`), each mutant tested by its own crate's tests; writes the missed
-//!   mutants into `docs/reliability.md`. Not in CI: it takes the better part of an hour on 2 cores.
+//!   mutants into `docs/reliability.md`. Not in CI: about 10 minutes on 2 cores.
 //! - `ci`: what `.ci/run` runs: cargo-deny when missing, test, a 3-day soak of every profile,
 //!   fmt, clippy (also of the binary without its `demo` feature), deny.
 

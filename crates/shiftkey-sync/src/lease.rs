@@ -6,7 +6,6 @@ use shiftkey_store::LeaderLease;
 use crate::Lease;
 
 /// Holds `pg_try_advisory_lock(key)` on a dedicated connection; re-acquires when free.
-#[derive(Debug)]
 pub struct PgLease {
     url: String,
     key: i64,
@@ -21,6 +20,16 @@ impl PgLease {
             key,
             held: None,
         }
+    }
+}
+
+/// The URL may hold a password: it is never shown.
+impl std::fmt::Debug for PgLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgLease")
+            .field("key", &self.key)
+            .field("held", &self.held.is_some())
+            .finish_non_exhaustive()
     }
 }
 

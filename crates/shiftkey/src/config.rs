@@ -360,8 +360,11 @@ fn resolve_db_url(
 ) -> anyhow::Result<String> {
     match (url, url_env) {
         (Some(u), _) => Ok(u.clone()),
-        (None, Some(var)) => std::env::var(var)
-            .with_context(|| format!("`{section}.url_env`: environment variable {var} is not set")),
+        (None, Some(var)) => std::env::var(var).map_err(|_| {
+            anyhow::Error::new(ConfigProblem(format!(
+                "`{section}.url_env`: environment variable {var} is not set"
+            )))
+        }),
         (None, None) => bail!("set `{section}.url` or `{section}.url_env`"),
     }
 }
@@ -613,6 +616,9 @@ impl Config {
         }
         if self.schedule.interval_minutes == 0 || self.schedule.batch == 0 {
             bail!("`schedule.interval_minutes` and `schedule.batch` must be greater than zero");
+        }
+        if self.schedule.interval_minutes > 7 * 24 * 60 {
+            bail!("`schedule.interval_minutes` is at most a week (10080)");
         }
         if let Some(store) = &self.store
             && store.key.is_some() == store.passphrase.is_some()

@@ -558,8 +558,11 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
     let work: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>> =
         match tc {
             Some(tc) => {
-                // Session mode keeps the session alive between cycles; a gateway has no session.
-                if !gateway {
+                // Session mode keeps the session alive between cycles (under a lease, only
+                // while this process leads: a follower holds no Teamcenter session); a gateway
+                // has no session.
+                let session = (!gateway).then(|| tc.clone());
+                if !gateway && cfg.lease.is_none() {
                     _keepalive = Some(tc.keepalive()?);
                 }
                 let sink = Arc::new(shiftkey_shopfloor::SqlSink::connect(&cfg.sink_url()?).await?);
@@ -580,6 +583,8 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
                     ReportedLease {
                         lease: shiftkey_sync::PgLease::new(url, key),
                         ops: Arc::clone(&ops),
+                        session,
+                        keepalive: None,
                     }
                 });
                 let hooked = supervise::hook_names("sync");
@@ -690,9 +695,14 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
 }
 
 /// The leader lease, reporting each check's answer to the ops state.
+/// While it leads, a session-mode process keeps its Teamcenter session alive; it drops the
+/// keepalive when it loses the lease.
 struct ReportedLease {
     lease: shiftkey_sync::PgLease,
     ops: Arc<ops::Ops>,
+    /// Session mode: the client whose session the keepalive holds.
+    session: Option<shiftkey_teamcenter::TcClient>,
+    keepalive: Option<shiftkey_http::Keepalive>,
 }
 
 #[async_trait::async_trait]
@@ -700,6 +710,16 @@ impl shiftkey_sync::Lease for ReportedLease {
     async fn ensure(&mut self) -> bool {
         let leader = self.lease.ensure().await;
         self.ops.leader(leader);
+        if !leader {
+            self.keepalive = None;
+        } else if self.keepalive.is_none()
+            && let Some(tc) = &self.session
+        {
+            match tc.keepalive() {
+                Ok(k) => self.keepalive = Some(k),
+                Err(e) => tracing::warn!(error = %e, "no session keepalive"),
+            }
+        }
         leader
     }
 }

@@ -342,7 +342,8 @@ impl Ops {
                 });
             }
         }
-        if self.interval.is_some() {
+        // A follower does not sync: its lag is the leader's to report.
+        if self.interval.is_some() && !self.follower() {
             let since = log.last_success.unwrap_or(self.started);
             metrics::gauge!("shiftkey_sync_lag_seconds")
                 .set(wall.duration_since(since).unwrap_or_default().as_secs_f64());
@@ -355,13 +356,24 @@ impl Ops {
         self.log().dead.push(name.to_owned());
     }
 
+    /// Whether another process holds the leader lease (this one stands by).
+    fn follower(&self) -> bool {
+        self.role.load(std::sync::atomic::Ordering::Relaxed) == 2
+    }
+
     fn not_ready(&self) -> Vec<String> {
         let mut why = Vec::new();
         for name in &self.log().dead {
             why.push(format!("the background task `{name}` stopped unexpectedly"));
         }
         let at = tokio::time::Instant::now();
+        // A follower is ready when it serves: its Teamcenter session and its sync wait until it
+        // leads.
+        let follower = self.follower();
         for (name, m) in &self.tokens {
+            if follower && name == "teamcenter" {
+                continue;
+            }
             let status = m.status();
             if m.refresher_died() {
                 why.push(format!("token {name}: its refresher stopped unexpectedly"));
@@ -383,7 +395,7 @@ impl Ops {
                 why.push(format!("the server circuit is {server:?}"));
             }
         }
-        if let Some(interval) = self.interval {
+        if let Some(interval) = self.interval.filter(|_| !follower) {
             let log = self.log();
             let since = log.last_success.unwrap_or(self.started);
             let age = now().duration_since(since).unwrap_or_default();

@@ -33,5 +33,6 @@ pub(crate) fn watchdog_every() -> Option<Duration> {
     let ours = std::env::var("WATCHDOG_PID")
         .ok()
         .is_none_or(|pid| pid.trim().parse::<u32>().ok() == Some(std::process::id()));
-    (ours && usec > 0).then(|| Duration::from_micros(usec) / 2)
+    // Never busier than every 100 ms, whatever a misconfigured WatchdogSec says.
+    (ours && usec > 0).then(|| (Duration::from_micros(usec) / 2).max(Duration::from_millis(100)))
 }

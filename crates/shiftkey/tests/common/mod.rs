@@ -66,6 +66,10 @@ impl Daemon {
     pub(crate) fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut c = Command::new(BIN);
         c.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+        // The tests read the default log and play the service manager themselves.
+        for var in ["RUST_LOG", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+            c.env_remove(var);
+        }
         for (k, v) in env {
             c.env(k, v);
         }
