@@ -78,7 +78,7 @@ async fn python_scripts_survive_expiry_and_a_server_kill_with_one_refresh_for_al
     let clients: Vec<std::process::Child> = (0..4)
         .map(|_| {
             std::process::Command::new("python3")
-                .args([script, repo, gateway.as_str(), "gw", "10"])
+                .args([script, repo, gateway.as_str(), "gw", "20"])
                 .env("SHIFTKEY_BROKER_SOCKET", &socket)
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
@@ -92,10 +92,32 @@ async fn python_scripts_survive_expiry_and_a_server_kill_with_one_refresh_for_al
     // Right after a proactive refresh (so no other refresh is due for ~3 s), kill every token
     // on the server side.
     let stats = |v: &serde_json::Value, k: &str| v["tokens"]["gw"][k].as_u64().unwrap();
+    // The scripts are running (the emulator has seen their calls): a slow start on a busy
+    // machine must not let the kill pass before any script is there to meet it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let calls = || {
+        sim.stats()
+            .requests
+            .iter()
+            .filter(|(op, _)| op.starts_with("gateway:"))
+            .map(|(_, n)| n)
+            .sum::<u64>()
+    };
+    while calls() < 8 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the scripts made no calls in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = stats(
+        &ask(&socket, serde_json::json!({"op": "stats"})).await,
+        "proactive",
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let s = ask(&socket, serde_json::json!({"op": "stats"})).await;
-        if stats(&s, "proactive") >= 1 {
+        if stats(&s, "proactive") > before {
             assert_eq!(stats(&s, "reactive"), 0, "{s}");
             sim.restart();
             break;
