@@ -876,6 +876,7 @@ fn systemd_unit() -> Result<()> {
 }
 
 fn ci() -> Result<()> {
+    disk_report("start")?;
     if !Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["deny", "--version"])
         .output()
@@ -885,6 +886,7 @@ fn ci() -> Result<()> {
         cargo(&["install", "cargo-deny", "--locked"])?;
     }
     test()?;
+    disk_report("after the tests")?;
     soak(&["--days".into(), "3".into()])?;
     cargo(&["fmt", "--all", "--check"])?;
     cargo(&[
@@ -906,5 +908,43 @@ fn ci() -> Result<()> {
         "-D",
         "warnings",
     ])?;
-    cargo(&["deny", "check", "licenses", "bans", "sources"])
+    cargo(&["deny", "check", "licenses", "bans", "sources"])?;
+    disk_report("end")
+}
+
+/// Prints how much `target/` holds and how much the disk has left: CI once ran out of space, and
+/// the figures say where a run stands if it happens again.
+fn disk_report(stage: &str) -> Result<()> {
+    let target = root().join("target");
+    let used = Command::new("du")
+        .args(["-sh"])
+        .arg(&target)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap_or("?")
+                .to_owned()
+        })
+        .unwrap_or_else(|| "nothing".into());
+    let free = Command::new("df")
+        .args(["-h", "--output=avail"])
+        .arg(root())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .nth(1)
+                .map(|l| l.trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".into());
+    say(&format!(
+        "xtask: disk ({stage}): target/ holds {used}, {free} free"
+    ));
+    Ok(())
 }
