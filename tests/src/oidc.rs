@@ -13,8 +13,10 @@ use url::Url;
 ///
 /// Clients it knows (see `server.mjs`): `svc-basic` / `svc-basic-secret` and `svc-post` /
 /// `svc-post-secret` (client_credentials), `svc-jwt` (client_credentials with `private_key_jwt`,
-/// ES256, key at [`OidcServer::jwt_key_path`]), `app` / `app-secret` (password and refresh_token
-/// grants; user `alice` / `wonderland`). Refresh tokens rotate; reusing one revokes the grant.
+/// ES256, key at [`OidcServer::jwt_key_path`]), `svc-jwt-rs256` and `svc-jwt-ps256` (the same
+/// with RS256 and PS256, key at [`OidcServer::rsa_key_path`]), `app` / `app-secret` (password and
+/// refresh_token grants; user `alice` / `wonderland`), `login-app` (a public client with the device
+/// and authorization code grants, for `token login`). Refresh tokens rotate; reusing one revokes the grant.
 pub struct OidcServer {
     child: Child,
     issuer: Url,
@@ -58,6 +60,7 @@ impl OidcServer {
             .env("PORT", "0")
             .env("ACCESS_TTL", access_ttl.to_string())
             .env("KEY_OUT", &key_path)
+            .env("RSA_KEY_OUT", tmp.join("svc-rsa.pem"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -114,6 +117,83 @@ impl OidcServer {
     /// PEM private key of the `svc-jwt` client.
     pub fn jwt_key_path(&self) -> &Path {
         &self.key_path
+    }
+
+    /// PEM RSA private key of the `svc-jwt-rs256` and `svc-jwt-ps256` clients.
+    pub fn rsa_key_path(&self) -> PathBuf {
+        self.key_path.with_file_name("svc-rsa.pem")
+    }
+
+    /// Plays the person of a device login: alice approves (or, with `approve` false, refuses)
+    /// the device code `user_code`, as the server's own verification page would record it.
+    pub async fn decide_device(&self, http: &reqwest::Client, user_code: &str, approve: bool) {
+        let mut url = self
+            .issuer
+            .join("/test/device")
+            .unwrap_or_else(|e| panic!("{e}"));
+        url.query_pairs_mut().append_pair("user_code", user_code);
+        if !approve {
+            url.query_pairs_mut().append_pair("deny", "1");
+        }
+        let resp = http
+            .post(url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("deciding the device code: {e}"));
+        assert!(
+            resp.status().is_success(),
+            "deciding the device code: {}",
+            resp.status()
+        );
+    }
+
+    /// Plays the person's browser of a browser login: follows `authorize_url` through the
+    /// server's sign-in (alice consents at once) with the cookies a browser keeps, up to the
+    /// redirect to the client's loopback `callback`, which it then calls. Returns the callback's
+    /// status.
+    pub async fn browse_login(&self, authorize_url: &str) -> reqwest::StatusCode {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut cookies: std::collections::BTreeMap<String, String> = Default::default();
+        let mut url = Url::parse(authorize_url).unwrap_or_else(|e| panic!("{authorize_url}: {e}"));
+        for _ in 0..10 {
+            let cookie = cookies
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let mut req = http.get(url.clone());
+            if !cookie.is_empty() {
+                req = req.header(reqwest::header::COOKIE, cookie);
+            }
+            let resp = req
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("browsing {url}: {e}"));
+            if url.host_str() == Some("127.0.0.1") && url.port() != self.issuer.port() {
+                return resp.status();
+            }
+            for c in resp.headers().get_all(reqwest::header::SET_COOKIE) {
+                let pair = c
+                    .to_str()
+                    .unwrap_or_default()
+                    .split(';')
+                    .next()
+                    .unwrap_or_default();
+                if let Some((k, v)) = pair.split_once('=') {
+                    cookies.insert(k.trim().to_owned(), v.trim().to_owned());
+                }
+            }
+            let Some(next) = resp.headers().get(reqwest::header::LOCATION) else {
+                panic!("browsing {url}: HTTP {} without a redirect", resp.status());
+            };
+            let next = next.to_str().unwrap_or_else(|e| panic!("{e}"));
+            url = url.join(next).unwrap_or_else(|e| panic!("{next}: {e}"));
+        }
+        panic!("the login did not come back to the client within 10 redirects");
     }
 
     /// Token-endpoint events so far (`grant.success`, `grant.error` with `detail`, `grant.revoked`).

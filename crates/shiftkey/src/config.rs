@@ -98,6 +98,9 @@ pub(crate) enum TokenKind {
     ClientCredentials,
     /// OAuth `password`, then its rotated refresh tokens.
     Password,
+    /// A refresh token a person got once with `shiftkey token login NAME` (the device grant or
+    /// the browser with PKCE), then its rotated successors.
+    RefreshToken,
 }
 
 /// How the client authenticates at the token endpoint.
@@ -109,8 +112,23 @@ pub(crate) enum ClientAuthKind {
     Basic,
     /// `client_secret_post`.
     Post,
-    /// `private_key_jwt` (RS256).
+    /// `private_key_jwt`, signed with `signing_alg`.
     PrivateKeyJwt,
+    /// A public client: only `client_id` is sent (device and browser logins of kind
+    /// `refresh_token`).
+    None,
+}
+
+/// The signature algorithm of `private_key_jwt` assertions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub(crate) enum SigningAlg {
+    /// RSASSA-PKCS1-v1_5 with SHA-256 (an RSA key).
+    #[default]
+    RS256,
+    /// RSASSA-PSS with SHA-256 (an RSA key).
+    PS256,
+    /// ECDSA P-256 with SHA-256 (an EC P-256 key).
+    ES256,
 }
 
 /// One named token (`[tokens.NAME]`).
@@ -127,6 +145,15 @@ pub(crate) struct TokenConfig {
     /// The PEM private key for `private_key_jwt`.
     #[serde(default)]
     pub(crate) private_key: Option<SecretRef>,
+    /// Its algorithm (default RS256).
+    #[serde(default)]
+    pub(crate) signing_alg: SigningAlg,
+    /// The `kid` header of its assertions, when the server wants one.
+    #[serde(default)]
+    pub(crate) key_id: Option<String>,
+    /// The issuer whose metadata `shiftkey token login` reads (kind `refresh_token`).
+    #[serde(default)]
+    pub(crate) issuer: Option<String>,
     /// The signing certificate (PEM); its expiry raises an alert 14 days ahead.
     #[serde(default)]
     pub(crate) certificate: Option<PathBuf>,
@@ -659,6 +686,22 @@ impl Config {
                 ),
                 _ => {}
             }
+            if t.kind == TokenKind::RefreshToken {
+                let issuer = t.issuer.as_ref().with_context(|| {
+                    format!(
+                        "`{}` is missing (kind = \"refresh_token\" logs in through it)",
+                        key("issuer")
+                    )
+                })?;
+                let url = url::Url::parse(issuer)
+                    .with_context(|| format!("`{}`: `{issuer}` is not a URL", key("issuer")))?;
+                crate::net::check_secure(self, &key("issuer"), &url)?;
+            } else if t.client_auth == ClientAuthKind::None {
+                bail!(
+                    "`{}`: a public client (\"none\") fits only kind = \"refresh_token\"",
+                    key("client_auth")
+                );
+            }
             if t.kind == TokenKind::Password && (t.username.is_none() || t.password.is_none()) {
                 bail!(
                     "`{}` and `{}` are needed by kind = \"password\"",
@@ -894,14 +937,17 @@ key = { env = "SHIFTKEY_STORE_KEY" }
 
 # Named OAuth credentials: `shiftkey broker` serves them to scripts, `shiftkey token` manages them.
 [tokens.mes]
-kind = "client_credentials"             # or "password" (then username and password)
+kind = "client_credentials"             # or "password" (then username and password), or
+                                        # "refresh_token" (then issuer; `shiftkey token login mes`)
 token_url = "https://login.example.com/oauth/token"
 client_id = "plant-sync"
-client_auth = "basic"                   # basic | post | private_key_jwt (then private_key)
+client_auth = "basic"                   # basic | post | none | private_key_jwt (then private_key,
+                                        # signing_alg = RS256 | PS256 | ES256, key_id)
 client_secret = { env = "MES_CLIENT_SECRET" }
 secret_expires = "2027-06-30"           # alert 14 days before the secret expires
 scopes = ["mes.write"]
 # certificate = "/etc/shiftkey/mes.pem" # with private_key_jwt: alert before it expires
+# issuer = "https://login.example.com"  # kind = "refresh_token": where `token login` reads metadata
 # revoke_url = "https://login.example.com/oauth/revoke"
 
 # The token broker for scripts in any language (docs/operations.md).

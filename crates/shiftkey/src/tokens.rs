@@ -10,15 +10,17 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context as _, bail};
 use async_trait::async_trait;
 use shiftkey_auth::strategies::{
-    ClientAuth, JwtAlgorithm, OAuthClient, OAuthPassword, OAuthRefresh, PrivateKeyJwt,
-    ServiceAccount,
+    BrowserLogin, ClientAuth, DeviceLogin, Discovery, JwtAlgorithm, LoginFlow, OAuthClient,
+    OAuthPassword, OAuthRefresh, PrivateKeyJwt, ServiceAccount,
 };
 use shiftkey_auth::{
     AuthError, AuthStrategy, Clock, TokenManager, TokenSet, TokenStore, TokioClock,
 };
 use shiftkey_store::{FileStore, KeySource, PgStore};
 
-use crate::config::{ClientAuthKind, Config, StoreBackend, StoreConfig, TokenConfig, TokenKind};
+use crate::config::{
+    ClientAuthKind, Config, SigningAlg, StoreBackend, StoreConfig, TokenConfig, TokenKind,
+};
 
 /// The store key from `[store]`.
 pub(crate) fn key_source(store: &StoreConfig) -> anyhow::Result<KeySource> {
@@ -118,11 +120,26 @@ pub(crate) fn oauth_client(
                 .as_ref()
                 .with_context(|| format!("`{}` is missing", key("private_key")))?
                 .resolve_text(&key("private_key"))?;
-            ClientAuth::PrivateKeyJwt(
-                PrivateKeyJwt::from_pem(pem.expose().as_bytes(), JwtAlgorithm::RS256)
-                    .with_context(|| format!("`{}`", key("private_key")))?,
-            )
+            let alg = match t.signing_alg {
+                SigningAlg::RS256 => JwtAlgorithm::RS256,
+                SigningAlg::PS256 => JwtAlgorithm::PS256,
+                SigningAlg::ES256 => JwtAlgorithm::ES256,
+            };
+            let mut signer =
+                PrivateKeyJwt::from_pem(pem.expose().as_bytes(), alg).with_context(|| {
+                    format!(
+                        "`{}` (a {:?} key is expected: `{}`)",
+                        key("private_key"),
+                        t.signing_alg,
+                        key("signing_alg")
+                    )
+                })?;
+            if let Some(kid) = &t.key_id {
+                signer = signer.with_kid(kid.clone());
+            }
+            ClientAuth::PrivateKeyJwt(signer)
         }
+        ClientAuthKind::None => ClientAuth::None,
     };
     Ok(
         OAuthClient::new(http.clone(), url, t.client_id.clone(), auth)
@@ -157,8 +174,40 @@ pub(crate) fn strategy(
                     .with_fallback(OAuthPassword::new(client, user, password)),
             )
         }
+        // Rotated refresh tokens from the stored one; when the chain is lost, only a person can
+        // start a new one, and the error says how.
+        TokenKind::RefreshToken => Arc::new(OAuthRefresh::new(client).with_fallback(NeedsLogin {
+            name: name.to_owned(),
+        })),
     };
     Ok(Timed::wrap(name, inner))
+}
+
+/// The end of a `refresh_token` chain: a permanent error naming the command that starts a new one.
+#[derive(Debug)]
+struct NeedsLogin {
+    name: String,
+}
+
+#[async_trait]
+impl AuthStrategy for NeedsLogin {
+    async fn acquire(&self, _previous: Option<&TokenSet>) -> Result<TokenSet, AuthError> {
+        Err(AuthError::permanent(
+            shiftkey_auth::PermanentKind::NoRefreshToken,
+            format!(
+                "token `{0}` has no usable refresh token: a person runs `shiftkey token login {0}` once",
+                self.name
+            ),
+        ))
+    }
+
+    fn name(&self) -> &str {
+        "needs-login"
+    }
+
+    fn unattended(&self) -> bool {
+        false
+    }
 }
 
 /// Called after every acquire with its outcome and latency (feeds the alert monitor).
@@ -344,6 +393,23 @@ pub(crate) enum TokenCommand {
         #[arg(short, long, default_value = "shiftkey.toml")]
         config: PathBuf,
     },
+    /// Log in once, as a person, for NAME's refresh token (kind = "refresh_token"): the device
+    /// grant (a code typed on any device with a browser) or, where the server offers only that, a
+    /// browser on this host with PKCE. The token is stored, never printed; the daemon keeps it
+    /// alive from then on.
+    Login {
+        /// The token's name (`[tokens.NAME]`).
+        name: String,
+        /// The configuration file.
+        #[arg(short, long, default_value = "shiftkey.toml")]
+        config: PathBuf,
+        /// The flow: `auto` (the server's metadata decides), `device` or `browser`.
+        #[arg(long, value_enum, default_value = "auto")]
+        flow: FlowChoice,
+        /// How long to wait for the person, in seconds.
+        #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        wait_secs: u64,
+    },
     /// Revoke NAME at the server (when `revoke_url` is set) and delete it from the store.
     Revoke {
         /// The token's name (`[tokens.NAME]`).
@@ -354,6 +420,17 @@ pub(crate) enum TokenCommand {
     },
 }
 
+/// Which interactive login `token login` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum FlowChoice {
+    /// The device grant when the server offers it, else the browser.
+    Auto,
+    /// The device authorization grant (RFC 8628).
+    Device,
+    /// The authorization code grant with PKCE and a loopback redirect.
+    Browser,
+}
+
 /// Runs a `token` subcommand.
 pub(crate) async fn command(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
     let http = crate::net::credential_client()?;
@@ -361,6 +438,15 @@ pub(crate) async fn command(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
         TokenCommand::Status { config } => {
             let cfg = Config::load(&config)?;
             status(&cfg).await
+        }
+        TokenCommand::Login {
+            name,
+            config,
+            flow,
+            wait_secs,
+        } => {
+            let cfg = Config::load(&config)?;
+            login(&cfg, &http, &name, flow, Duration::from_secs(wait_secs)).await
         }
         TokenCommand::Refresh { name, config } => {
             let cfg = Config::load(&config)?;
@@ -512,7 +598,7 @@ async fn revoke(cfg: &Config, http: &reqwest::Client, name: &str) -> anyhow::Res
                     .with_context(|| format!("`tokens.{name}.client_secret` is missing"))?
                     .resolve(&format!("tokens.{name}.client_secret"))?,
             ),
-            ClientAuthKind::PrivateKeyJwt => None,
+            ClientAuthKind::PrivateKeyJwt | ClientAuthKind::None => None,
         };
         match (t.client_auth, &secret) {
             (ClientAuthKind::Basic, Some(secret)) => {
@@ -548,6 +634,150 @@ async fn revoke(cfg: &Config, http: &reqwest::Client, name: &str) -> anyhow::Res
         path.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `token login NAME`: reads the issuer's metadata, runs the chosen flow, and stores the token
+/// with its refresh token under the store's lock, one generation after what was there.
+async fn login(
+    cfg: &Config,
+    http: &reqwest::Client,
+    name: &str,
+    flow: FlowChoice,
+    wait: Duration,
+) -> anyhow::Result<ExitCode> {
+    let t = token_config(cfg, name)?;
+    if t.kind != TokenKind::RefreshToken {
+        return Err(anyhow::Error::new(crate::config::ConfigProblem(format!(
+            "`tokens.{name}` is not kind = \"refresh_token\": only those are seeded by a login"
+        ))));
+    }
+    let issuer_text = t
+        .issuer
+        .as_deref()
+        .with_context(|| format!("`tokens.{name}.issuer` is missing"))?;
+    let issuer: url::Url = issuer_text
+        .parse()
+        .with_context(|| format!("`tokens.{name}.issuer`: `{issuer_text}` is not a URL"))?;
+    let client = oauth_client(http, name, t, cfg.allow_insecure_http)?;
+    let meta = Discovery::fetch(http, &issuer)
+        .await
+        .with_context(|| format!("reading the metadata of {issuer} (`tokens.{name}.issuer`)"))?;
+    if meta.token_endpoint != *client.token_url() {
+        bail!(
+            "{issuer} names the token endpoint {}, but `tokens.{name}.token_url` is {}: make them equal",
+            meta.token_endpoint,
+            client.token_url()
+        );
+    }
+    let chosen = match flow {
+        FlowChoice::Device => LoginFlow::Device,
+        FlowChoice::Browser => LoginFlow::Browser,
+        FlowChoice::Auto => meta.flow().with_context(|| {
+            format!(
+                "{issuer} offers neither the device grant nor the authorization code grant with                  PKCE (S256): no interactive login is possible"
+            )
+        })?,
+    };
+    let run = async {
+        match chosen {
+            LoginFlow::Device => {
+                let endpoint = meta
+                    .device_authorization_endpoint
+                    .as_ref()
+                    .with_context(|| {
+                        format!(
+                            "{issuer} has no device authorization endpoint (try --flow browser)"
+                        )
+                    })?;
+                let device = DeviceLogin::start(&client, endpoint).await?;
+                match device.verification_uri_complete() {
+                    Some(complete) => eprintln!(
+                        "To log in for `{name}`, open {complete}\n(or open {} and enter the code {}).\nWaiting up to {} ...",
+                        device.verification_uri(),
+                        device.user_code(),
+                        human(device.expires_in().min(wait))
+                    ),
+                    None => eprintln!(
+                        "To log in for `{name}`, open {} and enter the code {}.\nWaiting up to {} ...",
+                        device.verification_uri(),
+                        device.user_code(),
+                        human(device.expires_in().min(wait))
+                    ),
+                }
+                Ok(device.finish(&client).await?)
+            }
+            LoginFlow::Browser => {
+                let endpoint = meta.authorization_endpoint.as_ref().with_context(|| {
+                    format!("{issuer} has no authorization endpoint (try --flow device)")
+                })?;
+                browser_login(&client, endpoint, name).await
+            }
+        }
+    };
+    let token: shiftkey_auth::TokenSet = tokio::time::timeout(wait, run)
+        .await
+        .map_err(|_| anyhow::anyhow!("no login for `{name}` within {}", human(wait)))?
+        .map_err(|e: anyhow::Error| e.context(format!("logging in for `{name}`")))?;
+    if token.refresh_token.is_none() {
+        bail!(
+            "the server sent no refresh token for `{name}`: most servers need the scope \
+             `offline_access` in `tokens.{name}.scopes`; nothing was stored"
+        );
+    }
+    let key = key_source(store_config(cfg)?)?;
+    let (store, shown) = open_store(cfg, &key, name).await?;
+    let mut guard = store.lock().await?;
+    let previous = guard.load().await?;
+    let limits = previous.as_ref().map(|p| p.limits).unwrap_or_default();
+    let mut stored = shiftkey_auth::StoredToken::from_token(&token, limits);
+    stored.generation = previous
+        .as_ref()
+        .map_or(1, |p| p.generation.saturating_add(1));
+    guard.save(&stored).await?;
+    guard.unlock().await?;
+    println!(
+        "{name}: logged in; the refresh token is stored in {shown} (generation {})",
+        stored.generation
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The browser flow: a loopback listener for the redirect, the address printed for the person.
+async fn browser_login(
+    client: &OAuthClient,
+    endpoint: &url::Url,
+    name: &str,
+) -> anyhow::Result<shiftkey_auth::TokenSet> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .context("cannot listen on a loopback port for the login's redirect")?;
+    let port = listener.local_addr()?.port();
+    let redirect: url::Url = format!("http://127.0.0.1:{port}/callback").parse()?;
+    let login = BrowserLogin::start(client, endpoint, redirect)?;
+    eprintln!(
+        "To log in for `{name}`, open this address in a browser on this host:\n{}\nWaiting ...",
+        login.authorize_url()
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel::<String>();
+    let tx = Arc::new(std::sync::Mutex::new(Some(tx)));
+    let app = axum::Router::new().route(
+        "/callback",
+        axum::routing::get(move |uri: axum::http::Uri| {
+            let tx = Arc::clone(&tx);
+            async move {
+                let query = uri.query().unwrap_or_default().to_owned();
+                if let Some(tx) = tx.lock().ok().and_then(|mut t| t.take()) {
+                    let _ = tx.send(query);
+                }
+                "shiftkey: the login is done; this page can be closed."
+            }
+        }),
+    );
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let query = rx.await;
+    server.abort();
+    let query = query.context("the redirect listener stopped before the browser came back")?;
+    Ok(login.finish(client, &query).await?)
 }
 
 /// `1h 05m`, `4m 10s`, `12s`.

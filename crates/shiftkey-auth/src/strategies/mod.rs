@@ -1,8 +1,10 @@
-//! The strategies of DESIGN §3.1: bearer login, OAuth refresh (with a password grant to fall back
-//! on), and service accounts (client credentials with a secret or a `private_key_jwt` assertion).
+//! The strategies of design §3.1 (`docs/design.md`): bearer login, OAuth refresh (with a password
+//! grant to fall back on), and service accounts (client credentials with a secret or a
+//! `private_key_jwt` assertion).
 
 mod bearer;
 mod client_auth;
+mod login;
 mod oauth;
 mod oauth_http;
 mod response;
@@ -10,5 +12,6 @@ mod service_account;
 
 pub use bearer::{BearerLogin, BearerLoginConfig, BodyFormat};
 pub use client_auth::{ClientAuth, JwtAlgorithm, MAX_ASSERTION_LIFETIME, PrivateKeyJwt};
+pub use login::{BrowserLogin, DEVICE_CODE_GRANT, DeviceLogin, Discovery, LoginFlow};
 pub use oauth::{OAuthClient, OAuthPassword, OAuthRefresh};
 pub use service_account::ServiceAccount;

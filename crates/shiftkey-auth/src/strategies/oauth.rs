@@ -130,6 +130,14 @@ impl OAuthClient {
         &self.token_url
     }
 
+    pub(super) fn auth(&self) -> &ClientAuth {
+        &self.auth
+    }
+
+    pub(super) fn insecure_allowed(&self) -> bool {
+        self.allow_insecure_http
+    }
+
     pub(super) fn scopes(&self) -> &[String] {
         &self.scopes
     }

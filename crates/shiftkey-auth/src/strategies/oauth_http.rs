@@ -162,30 +162,43 @@ impl OAuthHttp {
                 token.server_date = self.last_date();
                 Ok(token)
             }
-            Err(RequestTokenError::Request(e)) => Err(wire::transport_error(e)),
-            Err(other) => {
-                let last = self.last.lock().ok().and_then(|mut l| l.take());
-                match last {
-                    Some(a) if a.status.is_redirection() => {
-                        Err(wire::redirected(a.status, &a.headers, endpoint))
-                    }
-                    Some(a) if !a.status.is_success() => Err(wire::classify_failure(
-                        a.status, &a.headers, &a.body, now_wall,
-                    )),
-                    Some(a) => Err(AuthError::transient(
-                        TransientKind::InvalidResponse,
-                        format!(
-                            "token endpoint answered HTTP {} with a body that is not a token response: {}",
-                            a.status.as_u16(),
-                            describe(&other)
-                        ),
-                    )),
-                    None => Err(AuthError::transient(
-                        TransientKind::InvalidResponse,
-                        describe(&other),
-                    )),
-                }
+            Err(e) => Err(self.failure(e, endpoint, now_wall, "a token response")),
+        }
+    }
+
+    /// The error of a failed oauth2 request, read from the answer this adapter kept: a redirect
+    /// refused, a classified HTTP failure, or a body that is not what the endpoint should send.
+    pub(crate) fn failure<TE>(
+        &self,
+        error: RequestTokenError<reqwest::Error, TE>,
+        endpoint: &url::Url,
+        now_wall: SystemTime,
+        expected: &str,
+    ) -> AuthError
+    where
+        TE: oauth2::ErrorResponse + 'static,
+    {
+        if let RequestTokenError::Request(e) = error {
+            return wire::transport_error(e);
+        }
+        let last = self.last.lock().ok().and_then(|mut l| l.take());
+        match last {
+            Some(a) if a.status.is_redirection() => {
+                wire::redirected(a.status, &a.headers, endpoint)
             }
+            Some(a) if !a.status.is_success() => {
+                wire::classify_failure(a.status, &a.headers, &a.body, now_wall)
+            }
+            Some(a) => AuthError::transient(
+                TransientKind::InvalidResponse,
+                format!(
+                    "{} answered HTTP {} with a body that is not {expected}: {}",
+                    wire::endpoint(endpoint),
+                    a.status.as_u16(),
+                    describe(&error)
+                ),
+            ),
+            None => AuthError::transient(TransientKind::InvalidResponse, describe(&error)),
         }
     }
 }
