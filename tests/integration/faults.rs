@@ -34,8 +34,9 @@ fn service_account(sim: &Sim) -> TokenManager {
 }
 
 // Compressed real time, not paused time: with paused time a loaded machine let the clock jump past
-// the caller's wait while a loopback answer was still on its way (TESTING.md). 30×: the caller's
-// 30 s wait is a real second, ample for a loopback answer on a busy machine.
+// the caller's wait while a loopback answer was still on its way (tokio's auto-advance jumps to the
+// next timer whenever no task is ready, and a reply still in a real socket is not a ready task).
+// 30×: the caller's 30 s wait is a real second, ample for a loopback answer on a busy machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_cut_mid_refresh_is_retried_and_never_reaches_the_caller() {
     let mut cfg = quiet();

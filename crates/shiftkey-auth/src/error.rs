@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-/// Why getting a token failed, split by what the caller should do about it (DESIGN §3.1).
+/// Why getting a token failed, split by what the caller should do about it (design §3.1,
+/// `docs/design.md`).
 ///
 /// - [`AuthError::Transient`]: the network, a 5xx, a 429 or `temporarily_unavailable`: back off
 ///   and retry; the manager keeps serving the old token until its hard margin.

@@ -1,3 +1,4 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! Token lifecycle core for long-running automation: strategies that obtain tokens, and a
 //! [`TokenManager`] that keeps one fresh so callers never hold an expired token.
 //!
@@ -8,7 +9,7 @@
 //!   [`strategies::ServiceAccount`] (client_credentials with a secret or `private_key_jwt`).
 //! - [`TokenManager`]: lock-free hot path, single-flight refresh in a background task, proactive
 //!   refresh ahead of expiry, reactive refresh through [`TokenManager::invalidate`], backoff.
-//! - [`timing`]: the refresh timing law of DESIGN §3.2 as pure functions and a pure
+//! - [`timing`]: the refresh timing law of design §3.2 as pure functions and a pure
 //!   [`timing::Planner`], property-tested.
 //! - [`AuthError`]: Transient / Permanent / Rejected, so callers know whether to retry.
 //! - [`Clock`]: injected time; tests pause it and run days in milliseconds.

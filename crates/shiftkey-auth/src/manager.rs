@@ -279,8 +279,9 @@ pub struct TokenManagerBuilder<S> {
 }
 
 impl<S: AuthStrategy + 'static> TokenManagerBuilder<S> {
-    /// Persists tokens in `store` and refreshes under its cross-process lock (DESIGN §4.3):
-    /// processes sharing a store share one token, and a rotated refresh token is used once.
+    /// Persists tokens in `store` and refreshes under its cross-process lock (design §4.3,
+    /// `docs/design.md`): processes sharing a store share one token, and a rotated refresh token is
+    /// used once.
     /// At start a fresh stored token is adopted without contacting the server.
     #[must_use]
     pub fn store(mut self, store: Arc<dyn TokenStore>) -> Self {
@@ -288,7 +289,7 @@ impl<S: AuthStrategy + 'static> TokenManagerBuilder<S> {
         self
     }
 
-    /// The timing law's numbers (default: DESIGN §3.2).
+    /// The timing law's numbers (default: design §3.2).
     #[must_use]
     pub fn config(mut self, cfg: RefreshConfig) -> Self {
         self.cfg = cfg;
@@ -477,7 +478,7 @@ impl TokenManager {
         }
     }
 
-    /// Reports that a server rejected the token of `generation` (DESIGN §3.3).
+    /// Reports that a server rejected the token of `generation` (design §3.3).
     ///
     /// Refreshes only if that generation is still current, so any number of requests that failed
     /// with the same dead token cause one refresh. Bypasses `min_interval`, except that a token
@@ -518,7 +519,7 @@ impl TokenManager {
         self.inner.wake.notify_one();
     }
 
-    /// Caps every token's lifetime at `cap` for scheduling (DESIGN §3.5: a limit learned from
+    /// Caps every token's lifetime at `cap` for scheduling (design §3.5: a limit learned from
     /// premature deaths, or pinned in config); `None` removes the cap. The current token is
     /// rescheduled at once if its lifetime is longer. Tokens scheduled by the cap report
     /// [`LifetimeSource::Learned`](crate::LifetimeSource::Learned).
@@ -973,7 +974,7 @@ fn store_error(e: StoreError) -> AuthError {
     }
 }
 
-/// One attempt: without a store, ask the strategy; with one, do DESIGN §4.3 under its lock:
+/// One attempt: without a store, ask the strategy; with one, do design §4.3 under its lock:
 /// re-read → adopt a sibling's newer, still-fresh token, or refresh from the newest refresh token
 /// → persist **before** handing the new token out → unlock. On `invalid_grant`, re-read once and
 /// adopt a sibling's rotation.

@@ -1,5 +1,5 @@
 //! The [`TokenStore`] trait: where a token lives between processes and restarts, and the lock
-//! that makes refreshing it safe when several processes share it (DESIGN §4.3).
+//! that makes refreshing it safe when several processes share it (design §4.3, `docs/design.md`).
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::{LifetimeSource, Secret, TokenSet};
 
-/// Limits a server really enforces, learned from premature deaths or pinned (DESIGN §3.5).
+/// Limits a server really enforces, learned from premature deaths or pinned (design §3.5).
 /// Stored with the token so a restart does not forget them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ServerLimits {

@@ -1,4 +1,4 @@
-//! The refresh timing law (DESIGN §3.2) as pure functions and a pure planner.
+//! The refresh timing law (design §3.2, `docs/design.md`) as pure functions and a pure planner.
 //!
 //! Nothing here reads a clock or draws randomness on its own: instants and random draws come in as
 //! arguments (the [`Planner`] owns a seeded RNG), so every decision is reproducible and the
@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::{AuthError, ConfigError};
 
-/// Every number of the timing law, with DESIGN §3.2's defaults.
+/// Every number of the timing law, with design §3.2's defaults.
 ///
 /// Build one with `RefreshConfig { seed: Some(1), ..RefreshConfig::default() }`; the
 /// [`TokenManager`](crate::TokenManager) calls [`RefreshConfig::validate`] before using it.
@@ -201,7 +201,7 @@ fn clamp_secs(x: f64, lo: Duration, hi: Duration) -> f64 {
     x.max(lo.as_secs_f64()).min(hi.as_secs_f64())
 }
 
-/// The margins for a token of `lifetime` (DESIGN §3.2). Zero lifetime gives zero margins.
+/// The margins for a token of `lifetime` (design §3.2). Zero lifetime gives zero margins.
 #[must_use]
 pub fn margins(cfg: &RefreshConfig, lifetime: Duration) -> Margins {
     let l = lifetime.as_secs_f64();
@@ -448,7 +448,7 @@ impl Planner {
     }
 
     /// The current token was rejected by a server: forget it and refresh at once (bypassing
-    /// `min_interval`, DESIGN §3.3). Also un-halts a planner an operator asked to retry.
+    /// `min_interval`, design §3.3). Also un-halts a planner an operator asked to retry.
     pub fn on_invalidated(&mut self) {
         self.current = None;
         self.reactive = true;

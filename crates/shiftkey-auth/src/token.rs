@@ -95,7 +95,7 @@ pub(crate) fn instant_after(at: tokio::time::Instant, after: Duration) -> tokio:
         .unwrap_or(at)
 }
 
-/// Where a token's lifetime came from, in the order of DESIGN §3.1.
+/// Where a token's lifetime came from, in the order of design §3.1 (`docs/design.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LifetimeSource {

@@ -145,7 +145,7 @@ pub(crate) fn server_date(headers: &HeaderMap) -> Option<SystemTime> {
     httpdate::parse_http_date(value).ok()
 }
 
-/// Turns an OAuth error code into the error taxonomy of DESIGN §3.1.
+/// Turns an OAuth error code into the error taxonomy of design §3.1 (`docs/design.md`).
 pub(crate) fn oauth_error(
     code: &str,
     description: Option<&str>,
@@ -271,7 +271,7 @@ pub(crate) fn json_seconds(value: &serde_json::Value, field: &str) -> Option<f64
     parsed
 }
 
-/// The lifetime of a new token, in the order of DESIGN §3.1: `expires_in`, then the JWT's
+/// The lifetime of a new token, in the order of design §3.1: `expires_in`, then the JWT's
 /// `exp - iat`, then the configured default (with a warning naming the assumption). Whatever the
 /// source, the result is clamped to [1 s, 1 year] ([`crate::clamp_lifetime`]).
 pub(crate) fn lifetime(

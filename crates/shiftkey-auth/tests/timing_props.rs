@@ -1,4 +1,4 @@
-//! Property tests of the refresh timing law (DESIGN §3.2).
+//! Property tests of the refresh timing law (design §3.2, `docs/design.md`).
 //!
 //! `cargo test` runs each property with proptest's default case count; `cargo xtask proptest
 //! --cases N` sets `PROPTEST_CASES` for the long run.
@@ -204,7 +204,7 @@ proptest! {
     }
 }
 
-/// The margins of DESIGN §3.2 computed here from the lifetime and the config, not with the
+/// The margins of design §3.2 computed here from the lifetime and the config, not with the
 /// library's `margins`: the properties below check the planner against an independent reading of
 /// the law. (soft, hard, min_interval) in seconds.
 fn law(cfg: &RefreshConfig, l: Duration) -> (f64, f64, f64) {

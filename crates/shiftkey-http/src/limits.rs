@@ -1,4 +1,4 @@
-//! Learning a server's real token limits from premature deaths (DESIGN §3.5).
+//! Learning a server's real token limits from premature deaths (design §3.5, `docs/design.md`).
 //!
 //! A *premature death* is a token rejected while it still claimed validity, at age `a` after an
 //! idle gap `g` (time since the previous request). Two kinds of server limit explain them:

@@ -151,7 +151,8 @@ impl Shared {
     }
 }
 
-/// A `reqwest-middleware` middleware that keeps requests authenticated (DESIGN §3.3, §3.5, §5).
+/// A `reqwest-middleware` middleware that keeps requests authenticated (design §3.3, §3.5 and §5
+/// in `docs/design.md`).
 ///
 /// For each request it:
 /// 1. checks the auth and server circuit breakers (an open one fails fast, untouched server);
@@ -237,7 +238,7 @@ impl AuthMiddlewareBuilder {
         self
     }
 
-    /// The retry policy (default: DESIGN §5, 3 attempts, 500 ms × 2 full jitter).
+    /// The retry policy (default: design §5, 3 attempts, 500 ms × 2 full jitter).
     #[must_use]
     pub fn policy(mut self, policy: RetryPolicy) -> Self {
         self.policy = policy;

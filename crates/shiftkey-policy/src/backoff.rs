@@ -46,7 +46,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// API calls (DESIGN §5): 500 ms, ×2, full jitter, cap 10 s, 3 attempts.
+    /// API calls (design §5, `docs/design.md`): 500 ms, ×2, full jitter, cap 10 s, 3 attempts.
     #[must_use]
     pub fn api() -> Self {
         Self {
@@ -58,7 +58,7 @@ impl Backoff {
         }
     }
 
-    /// Token refresh (DESIGN §3.2): 1 s, ×2, full jitter, cap 60 s, no attempt limit.
+    /// Token refresh (design §3.2): 1 s, ×2, full jitter, cap 60 s, no attempt limit.
     #[must_use]
     pub fn refresh() -> Self {
         Self {

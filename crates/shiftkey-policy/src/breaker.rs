@@ -23,7 +23,7 @@ pub enum Trip {
     },
 }
 
-/// Breaker settings (DESIGN §5 defaults).
+/// Breaker settings (design §5 defaults, `docs/design.md`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BreakerConfig {
     /// When to open.

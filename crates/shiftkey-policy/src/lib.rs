@@ -7,7 +7,7 @@
 //!
 //! # Overview
 //! - [`Backoff`]: exponential with full, equal or decorrelated jitter; [`Backoff::api`] and
-//!   [`Backoff::refresh`] carry DESIGN §5 and §3.2 defaults.
+//!   [`Backoff::refresh`] carry the defaults of design §5 and §3.2 (`docs/design.md`).
 //! - [`parse_retry_after`]: both `Retry-After` forms, clamped; garbage ignored with a warning.
 //! - [`RetryPolicy`]: 429 / 5xx / connect / timeout retried, everything else final, unsafe
 //!   requests never re-sent.

@@ -18,7 +18,7 @@ fn index(class: Class) -> usize {
     }
 }
 
-/// Thresholds (DESIGN §5 defaults).
+/// Thresholds (design §5 defaults, `docs/design.md`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MonitorConfig {
     /// The sliding window (15 min).
@@ -156,7 +156,7 @@ pub struct Counts {
     pub refresh_failed: u64,
 }
 
-/// A sliding-window error-rate monitor (DESIGN §5).
+/// A sliding-window error-rate monitor (design §5).
 ///
 /// The window is `buckets` buckets of `window / buckets`, counted from `origin`; an event at `t`
 /// falls in bucket `(t - origin) / width`, and the window at `now` holds the last `buckets`

@@ -41,9 +41,9 @@ pub enum GiveUp {
     BudgetExhausted,
 }
 
-/// Retry policy of DESIGN §5: 429 waits `Retry-After` (or backs off), 5xx / connect / timeout back
-/// off, everything else is final; unsafe requests are retried only if never sent; each retry
-/// spends from the budget when there is one.
+/// Retry policy of design §5 (`docs/design.md`): 429 waits `Retry-After` (or backs off), 5xx /
+/// connect / timeout back off, everything else is final; unsafe requests are retried only if never
+/// sent; each retry spends from the budget when there is one.
 ///
 /// # Example
 /// ```

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 /// - Delta seconds (`"120"`) are taken as they are.
 /// - An HTTP date counts from the server's `Date` when given (so our clock skew does not matter),
 ///   else from `now`; a date in the past means "now" (zero).
-/// - The result is clamped to `max` (DESIGN: 1 h).
+/// - The result is clamped to `max` (1 h in design §5, `docs/design.md`).
 /// - Anything else (negative, fractional, garbage, absurdly large) is ignored with a warning
 ///   event and gives `None`: the caller backs off as if the header were absent.
 ///

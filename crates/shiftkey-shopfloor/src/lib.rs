@@ -1,3 +1,4 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! Shop-floor sinks: where Teamcenter's process plans land, exactly once.
 //!
 //! # Overview

@@ -158,7 +158,7 @@ impl Default for FaultConfig {
     }
 }
 
-/// What differs from site to site (`TEAMCENTER-READS.md` §10 open questions).
+/// What differs from site to site (`docs/teamcenter-reads.md` §10 open questions).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TcConfig {

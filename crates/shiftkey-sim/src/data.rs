@@ -1,6 +1,6 @@
 //! A deterministic bill of process with Teamcenter's type and property names
-//! (`TEAMCENTER-READS.md` §5.6), a planner who edits it over simulated time, and the truth a sync
-//! is compared with.
+//! (`docs/teamcenter-reads.md` §5.6), a planner who edits it over simulated time, and the truth a
+//! sync is compared with.
 //!
 //! Persistent objects (revisions, datasets, release statuses, saved queries, revision rules) live in
 //! [`Dataset::objects`]; the structure of each process revision is a tree of [`Occurrence`]s, which
@@ -46,7 +46,7 @@ pub struct DataConfig {
     pub changes_per_hour: f64,
     /// Whether an edit of the structure (a line property, an operation revision, a removed
     /// operation, a new work instruction) also moves the process revision's `last_mod_date`.
-    /// Unknown for a real site (`TEAMCENTER-READS.md` §2.8); default true.
+    /// Unknown for a real site (`docs/teamcenter-reads.md` §2.8); default true.
     pub structure_edit_moves_plan: bool,
 }
 
@@ -158,7 +158,7 @@ pub struct OperationTruth {
 }
 
 /// Teamcenter's `dbValues` date form: `yyyy-MM-ddTHH:mm:ss+hh:mm` (UTC here; colon in the offset
-/// as the Siemens parser expects, `TEAMCENTER-READS.md` §0.2).
+/// as the Siemens parser expects, `docs/teamcenter-reads.md` §0.2).
 #[must_use]
 pub fn tc_date(t: SystemTime) -> String {
     let dt: chrono::DateTime<chrono::Utc> = t.into();

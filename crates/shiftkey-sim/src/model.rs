@@ -1,6 +1,6 @@
 //! Teamcenter's type hierarchy as far as the emulator needs it, which properties each type has,
 //! and the object property policy (`header.policy`) that decides which properties an answer
-//! carries (`TEAMCENTER-READS.md` §4, §5.6; S11's generated model classes).
+//! carries (`docs/teamcenter-reads.md` §4, §5.6; S11's generated model classes).
 
 use std::collections::BTreeMap;
 

@@ -1,4 +1,4 @@
-//! The data operations of the emulated Teamcenter, in the shapes of `TEAMCENTER-READS.md`, and
+//! The data operations of the emulated Teamcenter, in the shapes of `docs/teamcenter-reads.md`, and
 //! refusing what the real server refuses: a body of the wrong shape (error 214086 under HTTP 500),
 //! an unknown operation, a BOM line that is not a live line of a window of the caller's session,
 //! a saved-query entry the query does not have, a date value not in `dd-MMM-yyyy HH:mm`, a
@@ -118,7 +118,7 @@ fn window_uid(n: u64) -> String {
     format!("BOM::{n}")
 }
 
-/// The UID in a reference: `"uid"`, `{"uid": ...}` (`TEAMCENTER-READS.md` §0.1).
+/// The UID in a reference: `"uid"`, `{"uid": ...}` (`docs/teamcenter-reads.md` §0.1).
 fn ref_uid(v: &Value) -> Option<&str> {
     match v {
         Value::String(s) => Some(s),
@@ -156,7 +156,7 @@ fn strings(v: &Value, key: &str) -> Result<Vec<String>, Refusal> {
         .collect()
 }
 
-/// The saved-query date form, `dd-MMM-yyyy HH:mm` (`TEAMCENTER-READS.md` §2.5), read in the
+/// The saved-query date form, `dd-MMM-yyyy HH:mm` (`docs/teamcenter-reads.md` §2.5), read in the
 /// server's time zone.
 fn parse_query_date(value: &str, offset_minutes: i32) -> Option<SystemTime> {
     let naive = chrono::NaiveDateTime::parse_from_str(value.trim(), "%d-%b-%Y %H:%M").ok()?;

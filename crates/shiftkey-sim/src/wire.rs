@@ -1,4 +1,4 @@
-//! Teamcenter's JSON shapes (TEAMCENTER.md), built in one place.
+//! Teamcenter's JSON shapes (`docs/teamcenter-reads.md`), built in one place.
 
 use serde_json::{Value, json};
 
@@ -58,8 +58,8 @@ pub fn refused(code: u32, message: &str) -> Value {
 /// The `.QName` of a ServiceData returned at the top level.
 pub const SERVICE_DATA: &str = "http://teamcenter.com/Schemas/Soa/2006-03/Base.ServiceData";
 
-// Error codes. [V] where TEAMCENTER-READS.md cites them; the others are the emulator's choice
-// (no public source names the real code) and no client may depend on them.
+// Error codes. [V] where `docs/teamcenter-reads.md` cites them; the others are the emulator's
+// choice (no public source names the real code) and no client may depend on them.
 /// The body does not match the operation's schema ("invalid syntax") \[V code, I status\].
 pub const INVALID_SYNTAX: u32 = 214_086;
 /// `expandGRMRelationsForPrimary` without a relation filter \[V\].

@@ -28,7 +28,7 @@ fn io(path: &Path, what: &str, e: std::io::Error) -> StoreError {
     )
 }
 
-/// An encrypted token file (DESIGN §4.1), the embedded default store.
+/// An encrypted token file (design §4.1, `docs/design.md`), the embedded default store.
 ///
 /// - Format v1 (see `docs/store-format.md`): versioned header bound as AES-GCM associated data,
 ///   random nonce per write, key check to tell a wrong key from a damaged file.

@@ -8,7 +8,8 @@ use base64::engine::general_purpose::STANDARD;
 use shiftkey_auth::{Secret, StoreError, StoreErrorKind};
 use zeroize::Zeroizing;
 
-/// Argon2id parameters (DESIGN §4.1: m = 64 MiB, t = 3, p = 1; below m = 19 MiB or t = 2 refused).
+/// Argon2id parameters (design §4.1 in `docs/design.md`: m = 64 MiB, t = 3, p = 1; below
+/// m = 19 MiB or t = 2 refused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KdfParams {
     /// Memory in KiB.

@@ -1,10 +1,11 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! Durable token stores for shiftkey: tokens survive restarts, processes share one token, and a
 //! rotated refresh token is never lost or used twice.
 //!
 //! # Overview
 //! - [`FileStore`]: the embedded default, one AES-256-GCM file (format v1,
 //!   `docs/store-format.md`) written atomically, refused when others can read it, with an
-//!   exclusive `flock` on a sidecar lock file for the cross-process refresh protocol of DESIGN §4.3.
+//!   exclusive `flock` on a sidecar lock file for the cross-process refresh protocol of design §4.3.
 //! - `PgStore` (feature `postgres`): the same encrypted payload in a PostgreSQL row, refreshed
 //!   under `SELECT … FOR UPDATE`, with `LISTEN/NOTIFY` for other hosts; and `LeaderLease`
 //!   (`pg_try_advisory_lock` on a dedicated connection).

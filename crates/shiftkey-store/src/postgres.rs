@@ -28,7 +28,7 @@ fn db(what: &str, e: sqlx::Error) -> StoreError {
     StoreError::new(kind, format!("PostgreSQL: {what}: {e}"))
 }
 
-/// Tokens in PostgreSQL, for several hosts sharing one credential (DESIGN §4.2).
+/// Tokens in PostgreSQL, for several hosts sharing one credential (design §4.2, `docs/design.md`).
 ///
 /// - Table `shiftkey_tokens` (created by an embedded migration), one row per credential, holding
 ///   the same AES-256-GCM payload as the file store: the database never sees a token in clear.

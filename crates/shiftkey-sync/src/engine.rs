@@ -20,8 +20,8 @@ pub struct EngineConfig {
     /// Where feedback goes in Teamcenter (`None`: no feedback writes; rows stay in the outbox).
     pub feedback: Option<FeedbackConfig>,
     /// Every this long one cycle reads every plan, not only those whose `last_mod_date` moved:
-    /// a structure-only edit may not move it (`TEAMCENTER-READS.md` §2.8). Unchanged plans cost
-    /// the reads but no sink writes. `None`: never.
+    /// a structure-only edit may not move it (`docs/teamcenter-reads.md` §2.8). Unchanged plans
+    /// cost the reads but no sink writes. `None`: never.
     pub reconcile_every: Option<Duration>,
     /// Process revisions per sink transaction (50).
     pub batch: usize,

@@ -1,5 +1,6 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! The sync engine: Teamcenter manufacturing process data to the shop floor, on schedule,
-//! complete, once (DESIGN §7).
+//! complete, once (design §7, `docs/design.md`).
 //!
 //! # Overview
 //! - [`Engine::cycle`]: read changes since the sink's watermark (minus the overlap) → map →

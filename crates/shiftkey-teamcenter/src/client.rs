@@ -21,7 +21,7 @@ pub const DEFAULT_MAX_ANSWER: usize = 64 * 1024 * 1024;
 
 /// A Teamcenter client: session mode (`/tc/JsonRestServices`, `JSESSIONID`) or gateway mode
 /// (`/tc/RestServices`, OAuth bearer). Either way a dead session or token is healed by one
-/// re-login and one retry, counted, and learned from (DESIGN §3.3, §3.5).
+/// re-login and one retry, counted, and learned from (design §3.3 and §3.5, `docs/design.md`).
 ///
 /// Cheap to clone; clones share the session.
 #[derive(Debug, Clone)]

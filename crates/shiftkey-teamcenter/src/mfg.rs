@@ -1,5 +1,5 @@
 //! Manufacturing reads for the shop floor, the way a real Teamcenter serves them
-//! (`TEAMCENTER-READS.md` §9): changed plans by saved query (or business-object query), their
+//! (`docs/teamcenter-reads.md` §9): changed plans by saved query (or business-object query), their
 //! bills of process through a window, operation *line* properties, the lines they reference, and
 //! work instructions by relation. Plus idempotent feedback writes to site-defined properties.
 //!

@@ -1,6 +1,6 @@
 //! The site mapping: which query finds changed plans, how a bill of process is opened and walked,
 //! and which Teamcenter property feeds each shop-floor field. Defaults are the standard model
-//! (`TEAMCENTER-READS.md`); every fact marked inferred there is a setting here.
+//! (`docs/teamcenter-reads.md`); every fact marked inferred there is a setting here.
 
 use std::time::Duration;
 
@@ -264,7 +264,7 @@ impl ReadConfig {
 }
 
 /// Where shop-floor feedback goes: site-defined (BMIDE) properties on the operation revision.
-/// There is no standard property for it (`TEAMCENTER-READS.md` §7.3); without this
+/// There is no standard property for it (`docs/teamcenter-reads.md` §7.3); without this
 /// configuration shiftkey writes no feedback.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

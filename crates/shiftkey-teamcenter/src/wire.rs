@@ -19,7 +19,7 @@ pub fn envelope(body: Value) -> Value {
 }
 
 /// A request envelope with an object property policy in `header.policy`
-/// (`TEAMCENTER-READS.md` §4): the server returns exactly these properties.
+/// (`docs/teamcenter-reads.md` §4): the server returns exactly these properties.
 #[must_use]
 pub fn envelope_with_policy(body: Value, policy: Value) -> Value {
     json!({"header": {"state": {"clientVersion": "shiftkey", "stateless": true, "locale": "en_US"}, "policy": policy}, "body": body})

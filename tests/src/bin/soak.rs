@@ -177,8 +177,8 @@ fn setup(profile: &str, days: f64, seed: u64) -> Option<Setup> {
     Some(s)
 }
 
-/// The refresh period the timing law gives a lifetime `l` (DESIGN §3.2, the auth crate's own
-/// `timing::margins`), jitter at its mean.
+/// The refresh period the timing law gives a lifetime `l` (design §3.2 in `docs/design.md`, the
+/// auth crate's own `timing::margins`), jitter at its mean.
 fn law_period(l: Duration) -> Duration {
     let cfg = RefreshConfig::default();
     let soft = margins(&cfg, l).soft;

@@ -76,7 +76,7 @@ struct Claims<'a> {
     jti: String,
 }
 
-/// The longest assertion lifetime accepted (DESIGN §3.1).
+/// The longest assertion lifetime accepted (design §3.1, `docs/design.md`).
 pub const MAX_ASSERTION_LIFETIME: Duration = Duration::from_secs(300);
 
 impl PrivateKeyJwt {
