@@ -50,9 +50,12 @@ fn run() -> Result<()> {
         "peers" => peers(&args[1..]),
         "mutants" => mutants(),
         "ci" => ci(),
+        "libs" => libraries_alone(),
+        "package" if args.get(1).is_some_and(|a| a == "--check-install") => deb_installs(),
+        "package" => package().map(|deb| say(&format!("xtask: built {}", deb.display()))),
         "help" | "--help" | "-h" => {
             say(
-                "usage: cargo xtask <test | proptest [--cases N] | bench | soak [--days N] [--profile NAME|all] [--release] | peers [--minutes N] | mutants | ci>",
+                "usage: cargo xtask <test | proptest [--cases N] | bench | soak [--days N] [--profile NAME|all] [--release] | peers [--minutes N] | mutants | package [--check-install] | libs | ci>",
             );
             Ok(())
         }
@@ -140,23 +143,29 @@ fn system_packages() -> Result<()> {
     if need.is_empty() {
         return Ok(());
     }
+    install_debian(&need, "the tests start real servers")
+}
+
+/// Installs Debian `packages` when this can (root with apt-get); otherwise stops with the one
+/// command that would, saying `why` they are needed.
+fn install_debian(packages: &[&str], why: &str) -> Result<()> {
     let root = Command::new("id")
         .arg("-u")
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let list = need.join(" ");
+    let list = packages.join(" ");
     if !(root && have("apt-get")) {
         bail!(
-            "the tests start real servers and need: {list}. Run `sudo apt-get install -y {list}` \
-             (or your system's equivalent), then `cargo xtask test` again"
+            "{why} and need: {list}. Run `sudo apt-get install -y {list}` (or your system's \
+             equivalent), then run the same xtask command again"
         );
     }
-    say(&format!("xtask: installing what the tests need: {list}"));
+    say(&format!("xtask: installing {list} ({why})"));
     status(Command::new("apt-get").args(["update", "-qq"]))?;
     status(
         Command::new("apt-get")
             .args(["install", "-y", "-qq"])
-            .args(&need)
+            .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }
@@ -898,6 +907,9 @@ fn ci() -> Result<()> {
         "warnings",
     ])?;
     systemd_unit()?;
+    alert_rules()?;
+    libraries_alone()?;
+    deb_installs()?;
     // The service build: the binary without the emulator (`demo` off).
     cargo(&[
         "clippy",
@@ -910,6 +922,188 @@ fn ci() -> Result<()> {
     ])?;
     cargo(&["deny", "check", "licenses", "bans", "sources"])?;
     disk_report("end")
+}
+
+/// Checks and unit-tests the Prometheus alert rules with promtool (Debian's `prometheus`).
+fn alert_rules() -> Result<()> {
+    if !have("promtool") {
+        install_debian(&["prometheus"], "promtool (to check the alert rules)")?;
+    }
+    let dir = root().join("packaging/prometheus");
+    status(
+        Command::new("promtool")
+            .args(["check", "rules", "shiftkey-rules.yml"])
+            .current_dir(&dir),
+    )?;
+    status(
+        Command::new("promtool")
+            .args(["test", "rules", "shiftkey-rules.test.yml"])
+            .current_dir(&dir),
+    )
+}
+
+/// The library crates, each usable alone: built alone with its default features and with none,
+/// documented with warnings denied, and packaged as crates.io would take them.
+const LIBRARIES: &[&str] = &[
+    "shiftkey-policy",
+    "shiftkey-auth",
+    "shiftkey-store",
+    "shiftkey-http",
+    "shiftkey-teamcenter",
+    "shiftkey-shopfloor",
+    "shiftkey-sync",
+    "shiftkey-sim",
+];
+
+fn libraries_alone() -> Result<()> {
+    for lib in LIBRARIES {
+        cargo(&["check", "-p", lib, "--lib"])?;
+        cargo(&["check", "-p", lib, "--lib", "--no-default-features"])?;
+    }
+    status(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "doc",
+                "--no-deps",
+                "--workspace",
+                "--all-features",
+                "--exclude",
+                "shiftkey-tests",
+                "--exclude",
+                "xtask",
+            ])
+            .env("RUSTDOCFLAGS", "-D warnings")
+            .current_dir(root()),
+    )?;
+    // Metadata, license files and contents as crates.io would check them. Verifying would build
+    // each crate again from its archive against crates.io, where its siblings are not yet.
+    cargo(&[
+        "package",
+        "--workspace",
+        "--exclude",
+        "shiftkey-tests",
+        "--exclude",
+        "xtask",
+        "--no-verify",
+        "--allow-dirty",
+    ])
+}
+
+/// `cargo xtask package`: the Debian package of the service (the binary without the emulator),
+/// with its unit, example configuration, alert rules, manual page and completions.
+fn package() -> Result<PathBuf> {
+    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    if !Command::new(&cargo_bin)
+        .args(["deb", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        say("xtask: installing cargo-deb");
+        cargo(&["install", "cargo-deb", "--locked", "--no-default-features"])?;
+    }
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "shiftkey",
+        "--no-default-features",
+    ])?;
+    let bin = root().join("target/release/shiftkey");
+    let assets = root().join("target/release/package-assets");
+    std::fs::create_dir_all(&assets)?;
+    let capture = |args: &[&str], out: &Path| -> Result<()> {
+        let o = Command::new(&bin)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {} {args:?}", bin.display()))?;
+        if !o.status.success() {
+            bail!(
+                "{} {args:?} failed: {}",
+                bin.display(),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        std::fs::write(out, o.stdout).with_context(|| format!("writing {}", out.display()))
+    };
+    capture(&["man"], &assets.join("shiftkey.1"))?;
+    status(
+        Command::new("gzip")
+            .args(["-9nf", "shiftkey.1"])
+            .current_dir(&assets),
+    )?;
+    capture(&["completions", "bash"], &assets.join("shiftkey.bash"))?;
+    capture(&["completions", "zsh"], &assets.join("_shiftkey"))?;
+    capture(&["completions", "fish"], &assets.join("shiftkey.fish"))?;
+    let out = root().join("target/debian");
+    let _ = std::fs::remove_dir_all(&out);
+    cargo(&["deb", "-p", "shiftkey", "--no-build", "--no-strip"])?;
+    std::fs::read_dir(&out)
+        .context("cargo deb wrote no target/debian")?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("cargo deb wrote no .deb")
+}
+
+/// Builds the package, installs it with dpkg as a plant would, and runs the installed binary
+/// on the installed configuration; then removes it. Needs root and dpkg (skipped, saying so,
+/// without them).
+fn deb_installs() -> Result<()> {
+    let deb = package()?;
+    let root_user = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !(root_user && have("dpkg")) {
+        say("xtask: not root or no dpkg: the package was built but not installed");
+        return Ok(());
+    }
+    status(Command::new("dpkg").arg("-i").arg(&deb))?;
+    let result = (|| -> Result<()> {
+        status(Command::new("/usr/bin/shiftkey").arg("--version"))?;
+        // The installed configuration with the credentials its unit loads (dummies here).
+        let creds = std::env::temp_dir().join(format!("shiftkey-deb-creds-{}", std::process::id()));
+        std::fs::create_dir_all(&creds)?;
+        for (name, value) in [
+            ("tc-password", "a-secret-for-the-check"),
+            ("mes-secret", "a-secret-for-the-check"),
+            ("store-key", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="),
+        ] {
+            let path = creds.join(name);
+            std::fs::write(&path, value)?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        }
+        let checked = status(
+            Command::new("/usr/bin/shiftkey")
+                .args(["config", "check", "-c", "/etc/shiftkey/shiftkey.toml"])
+                .env("CREDENTIALS_DIRECTORY", &creds),
+        );
+        let _ = std::fs::remove_dir_all(&creds);
+        checked?;
+        let listed = Command::new("dpkg").args(["-L", "shiftkey"]).output()?;
+        let listed = String::from_utf8_lossy(&listed.stdout);
+        for file in [
+            "/lib/systemd/system/shiftkey.service",
+            "/usr/share/man/man1/shiftkey.1.gz",
+            "/usr/share/bash-completion/completions/shiftkey",
+            "/usr/share/shiftkey/prometheus/shiftkey-rules.yml",
+        ] {
+            if !listed.lines().any(|l| l == file) {
+                bail!("the package does not install {file}");
+            }
+        }
+        if !Command::new("getent")
+            .args(["passwd", "shiftkey"])
+            .output()?
+            .status
+            .success()
+        {
+            bail!("the package did not create the `shiftkey` system user");
+        }
+        Ok(())
+    })();
+    status(Command::new("dpkg").args(["--purge", "shiftkey"]))?;
+    result
 }
 
 /// Prints how much `target/` holds and how much the disk has left: CI once ran out of space, and

@@ -48,7 +48,7 @@
 //! ```
 //!
 //! # Cargo features
-//! - `test-util`: a scripted strategy for tests ([`testing`]). Not for production.
+//! - `test-util`: a scripted strategy for tests (the `testing` module). Not for production.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

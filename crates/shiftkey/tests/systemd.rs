@@ -86,3 +86,56 @@ fn the_documented_unit_is_the_packaged_one() {
     assert_eq!(&doc[start..end], unit);
     assert!(unit.contains("Type=notify") && unit.contains("WatchdogSec="));
 }
+
+/// The configuration the package installs passes `config check` with exactly the credentials
+/// the unit loads: every `{ credential = "NAME" }` has its `LoadCredential=NAME:` line.
+#[test]
+fn the_packaged_config_checks_with_the_units_credentials() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let unit = std::fs::read_to_string(root.join("packaging/systemd/shiftkey.service")).unwrap();
+    let config = root.join("packaging/shiftkey.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let loaded: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("LoadCredential="))
+        .filter_map(|l| l.split(':').next())
+        .collect();
+    let wanted: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split("credential = \"").nth(1))
+        .filter_map(|s| s.split('"').next())
+        .collect();
+    assert!(
+        !wanted.is_empty(),
+        "the packaged config reads its secrets from credentials"
+    );
+    for name in &wanted {
+        assert!(
+            loaded.contains(name),
+            "{name} is not loaded by the unit ({loaded:?})"
+        );
+    }
+    let dir = temp_dir("packaged-config");
+    for name in &wanted {
+        let value = if *name == "store-key" {
+            common::KEY
+        } else {
+            "a-secret-for-the-check"
+        };
+        let path = dir.join(name);
+        std::fs::write(&path, value).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+    }
+    let out = common::shiftkey(
+        &["config", "check", "-c", config.to_str().unwrap()],
+        &[("CREDENTIALS_DIRECTORY", dir.to_str().unwrap())],
+    );
+    assert!(out.status.success(), "{}", common::text(&out));
+    let out = common::shiftkey(&["config", "check", "-c", config.to_str().unwrap()], &[]);
+    assert!(
+        !out.status.success(),
+        "without the credentials the check fails"
+    );
+}
