@@ -70,7 +70,7 @@ impl TestCa {
     }
 
     /// A server certificate for `localhost` and 127.0.0.1 signed by this CA: (cert PEM, key PEM).
-    fn server_cert(&self) -> (String, String) {
+    pub fn server_cert(&self) -> (String, String) {
         let params =
             rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
                 .unwrap_or_else(|e| panic!("{e}"));

@@ -10,10 +10,10 @@
 //!   pushed back by the engine and marked sent).
 //! - [`SqlSink`]: SQLite (feature `sqlite`, default) or PostgreSQL (feature `postgres`) through
 //!   `sqlx`'s `Any` driver: upsert by UID, a content hash skips unchanged rows, a revision's
-//!   operation set is replaced atomically. Schema in `docs/shopfloor-schema.md`.
+//!   operation set is replaced atomically. Schema in `docs/shopfloor.md`.
 //! - `MqttSink` (feature `mqtt`): a retained ISA-95-shaped JSON message per process revision on
-//!   `{prefix}/{plant}/process/{id}`, QoS 1, acknowledged before the watermark advances in the SQL
-//!   sink beside it.
+//!   `{prefix}/{plant}/process/{id}`, QoS 1 or 2, over TCP or TLS (`MqttSettings`), acknowledged
+//!   before the watermark advances in the SQL sink beside it.
 //!
 //! # Example
 //! ```
@@ -44,7 +44,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "mqtt")]
-pub use mqtt::{MqttSink, isa95, topic};
+pub use mqtt::{MqttQos, MqttSettings, MqttSink, MqttTls, isa95, topic};
 pub use sql::{CommitHook, SqlSink};
 
 /// A process plan revision as the shop floor stores it.

@@ -1,12 +1,13 @@
-//! [`MqttSink`]: one retained, ISA-95-shaped JSON message per process revision, QoS 1, published
-//! (and acknowledged by the broker) **before** the watermark advances in the SQL sink beside it.
+//! [`MqttSink`]: one retained, ISA-95-shaped JSON message per process revision, QoS 1 or 2,
+//! published (and acknowledged by the broker) **before** the watermark advances in the SQL sink
+//! beside it; over TCP or TLS, with a user name and password when the broker wants them.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
@@ -51,42 +52,245 @@ pub fn topic(prefix: &str, p: &ProcessRecord) -> String {
     format!("{prefix}/{}/process/{}", clean(&p.plant), clean(&p.id))
 }
 
+/// The quality of service of the sink's messages. The watermark moves only once the broker has
+/// acknowledged every message of a batch, so QoS 0 (never acknowledged) is not offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum MqttQos {
+    /// QoS 1: acknowledged by `PUBACK`; a retry after a lost acknowledgement can deliver a
+    /// message twice (harmless: messages are retained states, not events).
+    #[default]
+    AtLeastOnce,
+    /// QoS 2: acknowledged by `PUBCOMP`, delivered once.
+    ExactlyOnce,
+}
+
+/// TLS to the broker.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MqttTls {
+    /// Trust the system's root certificates.
+    SystemRoots,
+    /// Trust only the certificates of this PEM text (a plant's own CA).
+    CaPem(Vec<u8>),
+}
+
+impl std::fmt::Debug for MqttTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::SystemRoots => f.write_str("SystemRoots"),
+            Self::CaPem(pem) => write!(f, "CaPem({} bytes)", pem.len()),
+        }
+    }
+}
+
+/// Where and how an [`MqttSink`] publishes.
+///
+/// # Example
+/// ```
+/// use std::time::Duration;
+/// use shiftkey_shopfloor::{MqttQos, MqttSettings, MqttTls};
+///
+/// let settings = MqttSettings::new("broker.plant.example", 8883, "shiftkey-sync", "plant/shiftkey")
+///     .with_tls(MqttTls::SystemRoots)
+///     .with_credentials("sync", "from-a-secret-store")
+///     .with_qos(MqttQos::ExactlyOnce)
+///     .with_ack_timeout(Duration::from_secs(10));
+/// assert!(!format!("{settings:?}").contains("from-a-secret-store"));
+/// ```
+#[derive(Clone)]
+pub struct MqttSettings {
+    host: String,
+    port: u16,
+    client_id: String,
+    prefix: String,
+    qos: MqttQos,
+    tls: Option<MqttTls>,
+    credentials: Option<(String, zeroize::Zeroizing<String>)>,
+    ack_timeout: Duration,
+}
+
+impl std::fmt::Debug for MqttSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("client_id", &self.client_id)
+            .field("prefix", &self.prefix)
+            .field("qos", &self.qos)
+            .field("tls", &self.tls)
+            .field("username", &self.credentials.as_ref().map(|(u, _)| u))
+            .field("ack_timeout", &self.ack_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MqttSettings {
+    /// Plain TCP to `host:port` as `client_id`, publishing under `prefix`, QoS 1, no credentials,
+    /// 30 s for the broker to acknowledge a batch.
+    pub fn new(
+        host: impl Into<String>,
+        port: u16,
+        client_id: impl Into<String>,
+        prefix: impl Into<String>,
+    ) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            client_id: client_id.into(),
+            prefix: prefix.into(),
+            qos: MqttQos::default(),
+            tls: None,
+            credentials: None,
+            ack_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// The quality of service (default QoS 1).
+    #[must_use]
+    pub fn with_qos(mut self, qos: MqttQos) -> Self {
+        self.qos = qos;
+        self
+    }
+
+    /// TLS to the broker, trusting `tls`'s roots.
+    #[must_use]
+    pub fn with_tls(mut self, tls: MqttTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// A user name and password for the broker (kept out of `Debug`, zeroed on drop).
+    #[must_use]
+    pub fn with_credentials(
+        mut self,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.credentials = Some((username.into(), zeroize::Zeroizing::new(password.into())));
+        self
+    }
+
+    /// How long the broker may take to acknowledge a batch before `apply` fails (default 30 s).
+    #[must_use]
+    pub fn with_ack_timeout(mut self, timeout: Duration) -> Self {
+        self.ack_timeout = timeout;
+        self
+    }
+
+    fn transport(&self) -> Result<Option<Transport>, SinkError> {
+        let Some(tls) = &self.tls else {
+            return Ok(None);
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        match tls {
+            MqttTls::SystemRoots => {
+                let found = rustls_native_certs::load_native_certs();
+                for cert in found.certs {
+                    // A malformed system certificate is skipped, as browsers do.
+                    let _ = roots.add(cert);
+                }
+            }
+            MqttTls::CaPem(pem) => {
+                use rustls::pki_types::CertificateDer;
+                use rustls::pki_types::pem::PemObject as _;
+                for cert in CertificateDer::pem_slice_iter(pem) {
+                    let cert = cert.map_err(|e| {
+                        MqttSink::mqtt_error(format!("the MQTT CA certificates: {e}"))
+                    })?;
+                    roots.add(cert).map_err(|e| {
+                        MqttSink::mqtt_error(format!("the MQTT CA certificates: {e}"))
+                    })?;
+                }
+            }
+        }
+        if roots.is_empty() {
+            return Err(MqttSink::mqtt_error(
+                "TLS to the MQTT broker: no root certificate to trust".to_owned(),
+            ));
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| MqttSink::mqtt_error(format!("TLS to the MQTT broker: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Some(Transport::Tls(TlsConfiguration::Rustls(Arc::new(
+            config,
+        )))))
+    }
+}
+
 /// MQTT publishing in front of a [`SqlSink`] that keeps the watermark, the content hashes and the
 /// feedback outbox.
 #[derive(Debug, Clone)]
 pub struct MqttSink {
     client: AsyncClient,
     prefix: String,
+    qos: QoS,
     store: Arc<SqlSink>,
     acked: Arc<AtomicU64>,
     ack_notify: Arc<Notify>,
     published: Arc<AtomicU64>,
     ack_timeout: Duration,
+    last_error: Arc<Mutex<Option<String>>>,
     _eventloop: Arc<tokio::task::JoinHandle<()>>,
 }
 
 impl MqttSink {
-    /// Connects to the broker at `host:port` as `client_id`, publishing under `prefix`, with
-    /// `store` keeping the watermark.
+    /// Connects to the broker at `host:port` (plain TCP, no credentials, QoS 1) as `client_id`,
+    /// publishing under `prefix`, with `store` keeping the watermark.
     #[must_use]
     pub fn new(host: &str, port: u16, client_id: &str, prefix: &str, store: Arc<SqlSink>) -> Self {
-        let mut opts = MqttOptions::new(client_id, host, port);
+        let settings = MqttSettings::new(host, port, client_id, prefix);
+        Self::start(&settings, None, store)
+    }
+
+    /// Connects as `settings` say, with `store` keeping the watermark. The connection is made
+    /// (and remade) in the background; a broker that cannot be reached or refuses the
+    /// credentials makes `apply` fail within the acknowledgement timeout, naming the last
+    /// connection error.
+    ///
+    /// # Errors
+    /// When the TLS settings cannot be used (a CA file that holds no certificate).
+    pub fn connect(settings: &MqttSettings, store: Arc<SqlSink>) -> Result<Self, SinkError> {
+        let transport = settings.transport()?;
+        Ok(Self::start(settings, transport, store))
+    }
+
+    fn start(settings: &MqttSettings, transport: Option<Transport>, store: Arc<SqlSink>) -> Self {
+        let mut opts = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_clean_session(false);
+        if let Some(t) = transport {
+            opts.set_transport(t);
+        }
+        if let Some((user, password)) = &settings.credentials {
+            opts.set_credentials(user.clone(), password.as_str());
+        }
         let (client, mut eventloop) = AsyncClient::new(opts, 256);
         let acked = Arc::new(AtomicU64::new(0));
         let ack_notify = Arc::new(Notify::new());
-        let (a, n) = (Arc::clone(&acked), Arc::clone(&ack_notify));
+        let last_error = Arc::new(Mutex::new(None));
+        let (a, n, e) = (
+            Arc::clone(&acked),
+            Arc::clone(&ack_notify),
+            Arc::clone(&last_error),
+        );
         let task = tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    // QoS 1 completes with PUBACK, QoS 2 with PUBCOMP: one per message either way.
+                    Ok(Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_))) => {
                         a.fetch_add(1, Ordering::AcqRel);
                         n.notify_waiters();
                     }
                     Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "MQTT connection error; reconnecting");
+                    Err(err) => {
+                        tracing::warn!(error = %err, "MQTT connection error; reconnecting");
+                        if let Ok(mut last) = e.lock() {
+                            *last = Some(err.to_string());
+                        }
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                 }
@@ -94,12 +298,17 @@ impl MqttSink {
         });
         Self {
             client,
-            prefix: prefix.trim_end_matches('/').to_owned(),
+            prefix: settings.prefix.trim_end_matches('/').to_owned(),
+            qos: match settings.qos {
+                MqttQos::AtLeastOnce => QoS::AtLeastOnce,
+                MqttQos::ExactlyOnce => QoS::ExactlyOnce,
+            },
             store,
             acked,
             ack_notify,
             published: Arc::new(AtomicU64::new(0)),
-            ack_timeout: Duration::from_secs(30),
+            ack_timeout: settings.ack_timeout,
+            last_error,
             _eventloop: Arc::new(task),
         }
     }
@@ -122,7 +331,7 @@ impl Sink for MqttSink {
         for p in batch {
             let payload = isa95(p).to_string();
             self.client
-                .publish(topic(&self.prefix, p), QoS::AtLeastOnce, true, payload)
+                .publish(topic(&self.prefix, p), self.qos, true, payload)
                 .await
                 .map_err(|e| Self::mqtt_error(format!("publish {}: {e}", p.uid)))?;
             self.published.fetch_add(1, Ordering::AcqRel);
@@ -141,8 +350,14 @@ impl Sink for MqttSink {
         tokio::time::timeout(self.ack_timeout, wait)
             .await
             .map_err(|_| {
+                let last = self
+                    .last_error
+                    .lock()
+                    .ok()
+                    .and_then(|l| l.clone())
+                    .map_or_else(String::new, |e| format!(" (last connection error: {e})"));
                 Self::mqtt_error(format!(
-                    "the broker did not acknowledge {} messages within {:?}",
+                    "the broker did not acknowledge {} messages within {:?}{last}",
                     batch.len(),
                     self.ack_timeout
                 ))

@@ -406,6 +406,80 @@ pub(crate) struct SinkConfig {
     /// An environment variable holding the URL instead (keeps a database password out of the file).
     #[serde(default)]
     pub(crate) url_env: Option<String>,
+    /// Also publish every process revision to an MQTT broker, before the watermark moves.
+    #[serde(default)]
+    pub(crate) mqtt: Option<MqttConfig>,
+}
+
+/// `[sink.mqtt]`: retained ISA-95 messages beside the SQL sink, which keeps the watermark.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MqttConfig {
+    /// `mqtt://host[:1883]` or `mqtts://host[:8883]` (TLS).
+    pub(crate) url: String,
+    /// The MQTT client id (one per process: a broker drops the older of two equal ids).
+    #[serde(default = "default_mqtt_client_id")]
+    pub(crate) client_id: String,
+    /// Topics are `{prefix}/{plant}/process/{id}`.
+    #[serde(default = "default_mqtt_prefix")]
+    pub(crate) prefix: String,
+    /// 1 or 2 (0 is refused: the watermark moves only on the broker's acknowledgement).
+    #[serde(default = "default_mqtt_qos")]
+    pub(crate) qos: u8,
+    #[serde(default)]
+    pub(crate) username: Option<String>,
+    /// By reference, like every secret.
+    #[serde(default)]
+    pub(crate) password: Option<SecretRef>,
+    /// With `mqtts://`: trust only this CA (PEM); default the system's roots.
+    #[serde(default)]
+    pub(crate) ca_file: Option<PathBuf>,
+    /// How long the broker may take to acknowledge a batch.
+    #[serde(default = "default_mqtt_ack_timeout")]
+    pub(crate) ack_timeout_secs: u64,
+}
+
+fn default_mqtt_client_id() -> String {
+    "shiftkey-sync".to_owned()
+}
+
+fn default_mqtt_prefix() -> String {
+    "shiftkey".to_owned()
+}
+
+fn default_mqtt_qos() -> u8 {
+    1
+}
+
+fn default_mqtt_ack_timeout() -> u64 {
+    30
+}
+
+impl MqttConfig {
+    /// The broker's host, port and whether it is TLS, from `url`.
+    pub(crate) fn endpoint(&self) -> anyhow::Result<(String, u16, bool)> {
+        let url = url::Url::parse(&self.url)
+            .with_context(|| format!("`sink.mqtt.url`: `{}` is not a URL", self.url))?;
+        let tls = match url.scheme() {
+            "mqtt" => false,
+            "mqtts" => true,
+            other => bail!(
+                "`sink.mqtt.url`: `{other}` is neither mqtt:// nor mqtts:// ({})",
+                self.url
+            ),
+        };
+        let host = url
+            .host_str()
+            .with_context(|| format!("`sink.mqtt.url`: {} names no host", self.url))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = url.port().unwrap_or(if tls { 8883 } else { 1883 });
+        if !url.username().is_empty() || url.password().is_some() {
+            bail!("`sink.mqtt.url`: credentials go in `username` and `password`, not in the URL");
+        }
+        Ok((host, port, tls))
+    }
 }
 
 /// The schedule.
@@ -571,6 +645,9 @@ impl Config {
         }
         if let Some(sink) = &self.sink {
             check_db_url("sink", sink.url.as_ref(), sink.url_env.as_ref())?;
+            if let Some(m) = &sink.mqtt {
+                self.check_mqtt(m)?;
+            }
         }
         if let Some(store) = &self.store {
             match store.backend {
@@ -800,6 +877,14 @@ impl Config {
                 }
             }
         }
+        if let Some(p) = self
+            .sink
+            .as_ref()
+            .and_then(|s| s.mqtt.as_ref())
+            .and_then(|m| m.password.as_ref())
+        {
+            out.push(("sink.mqtt.password".to_owned(), p));
+        }
         for (client, c) in &self.broker.clients {
             out.push((format!("broker.clients.{client}.secret"), &c.secret));
         }
@@ -816,6 +901,44 @@ impl Config {
         self.teamcenter
             .as_ref()
             .context("this command needs a `[teamcenter]` section (see `shiftkey config example`)")
+    }
+
+    fn check_mqtt(&self, m: &MqttConfig) -> anyhow::Result<()> {
+        let (host, _, tls) = m.endpoint()?;
+        if !matches!(m.qos, 1 | 2) {
+            bail!(
+                "`sink.mqtt.qos` = {}: use 1 or 2 (the watermark moves only once the broker has \
+                 acknowledged a batch, and QoS 0 is never acknowledged)",
+                m.qos
+            );
+        }
+        if m.password.is_some() != m.username.is_some() {
+            bail!("`sink.mqtt.username` and `sink.mqtt.password` go together");
+        }
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if m.password.is_some() && !tls && !loopback && !self.allow_insecure_http {
+            bail!(
+                "`sink.mqtt.url`: {} would send the broker password in clear text; use mqtts:// \
+                 (or, in a lab only, set `allow_insecure_http = true` at the top of the config)",
+                m.url
+            );
+        }
+        if m.ca_file.is_some() && !tls {
+            bail!("`sink.mqtt.ca_file` needs an mqtts:// URL");
+        }
+        if m.ack_timeout_secs == 0 || m.ack_timeout_secs > 3600 {
+            bail!(
+                "`sink.mqtt.ack_timeout_secs` = {}: use 1 to 3600",
+                m.ack_timeout_secs
+            );
+        }
+        if m.client_id.is_empty() || m.prefix.is_empty() {
+            bail!("`sink.mqtt.client_id` and `sink.mqtt.prefix` may not be empty");
+        }
+        Ok(())
     }
 
     /// The sink URL, from the file or the named environment variable.
@@ -915,6 +1038,16 @@ work_instruction_relations = ["IMAN_MEWorkInstruction"]
 # The shop-floor database the sync writes.
 [sink]
 url = "sqlite://shopfloor.db?mode=rwc"  # or set url_env = "SHIFTKEY_SINK_URL" for postgres://user:pw@host/db
+                                        # (TLS: ?sslmode=verify-full&sslrootcert=/etc/shiftkey/db-ca.pem)
+# [sink.mqtt]                           # also publish each plan to MQTT (the SQL sink keeps the watermark)
+# url = "mqtts://broker.plant.example"  # mqtt://host:1883 or mqtts://host:8883
+# client_id = "shiftkey-sync"           # one per process
+# prefix = "shiftkey"                   # topics {prefix}/{plant}/process/{id}, retained
+# qos = 1                               # 1 or 2
+# username = "shiftkey"
+# password = { env = "MQTT_PASSWORD" }
+# ca_file = "/etc/shiftkey/mqtt-ca.pem" # default: the system's roots
+# ack_timeout_secs = 30
 
 [schedule]
 interval_minutes = 15                   # a cycle every 15 minutes

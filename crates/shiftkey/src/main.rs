@@ -16,6 +16,7 @@ mod doctor;
 mod net;
 mod ops;
 mod serve;
+mod sink;
 mod site;
 mod store_cmd;
 mod supervise;
@@ -405,10 +406,10 @@ async fn sync_once(args: SyncArgs) -> anyhow::Result<ExitCode> {
         tokens::Tokens::default()
     };
     let tc = teamcenter(&cfg, None, &tokens)?;
-    let sink = Arc::new(shiftkey_shopfloor::SqlSink::connect(&cfg.sink_url()?).await?);
-    let engine = shiftkey_sync::Engine::new(tc, sink.clone(), engine_config(&cfg)?);
+    let (sink, sql) = sink::open(&cfg).await?;
+    let engine = shiftkey_sync::Engine::new(tc, sink, engine_config(&cfg)?);
     let report = engine.cycle(&shiftkey_sync::Stop::default()).await;
-    sink.close().await;
+    sql.close().await;
     let report = report?;
     println!(
         "read {}, inserted {}, updated {}, unchanged {}, feedback pushed {}",
@@ -565,8 +566,8 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
                 if !gateway && cfg.lease.is_none() {
                     _keepalive = Some(tc.keepalive()?);
                 }
-                let sink = Arc::new(shiftkey_shopfloor::SqlSink::connect(&cfg.sink_url()?).await?);
-                sink_to_close = Some(Arc::clone(&sink));
+                let (sink, sql) = sink::open(&cfg).await?;
+                sink_to_close = Some(sql);
                 let observer = Arc::clone(&ops);
                 let engine = shiftkey_sync::Engine::new(tc, sink, engine_config(&cfg)?)
                     .on_cycle(Arc::new(move |r| observer.cycle(r)));
