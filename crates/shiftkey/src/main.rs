@@ -400,8 +400,8 @@ async fn sync_once(args: SyncArgs) -> anyhow::Result<ExitCode> {
     let cfg = config::Config::load(&args.config)?;
     net::warn_if_insecure(&cfg);
     // Gateway mode takes its tokens from a `[tokens.NAME]` (and its store).
-    let tokens = if cfg.teamcenter()?.token.is_some() {
-        tokens::Tokens::build(&cfg, &net::credential_client()?, None).await?
+    let tokens = if let Some(name) = &cfg.teamcenter()?.token {
+        tokens::Tokens::build_one(&cfg, &net::credential_client()?, name).await?
     } else {
         tokens::Tokens::default()
     };

@@ -294,12 +294,35 @@ impl Tokens {
         http: &reqwest::Client,
         hook: Option<RefreshHook>,
     ) -> anyhow::Result<Self> {
+        Self::build_some(cfg, http, hook, None).await
+    }
+
+    /// Builds the manager of `name` only: a command about one token neither reads the secrets
+    /// of the others nor fails on them.
+    pub(crate) async fn build_one(
+        cfg: &Config,
+        http: &reqwest::Client,
+        name: &str,
+    ) -> anyhow::Result<Self> {
+        token_config(cfg, name)?;
+        Self::build_some(cfg, http, None, Some(name)).await
+    }
+
+    async fn build_some(
+        cfg: &Config,
+        http: &reqwest::Client,
+        hook: Option<RefreshHook>,
+        only: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let mut managers = BTreeMap::new();
         if cfg.tokens.is_empty() {
             return Ok(Self { managers });
         }
         let key = key_source(store_config(cfg)?)?;
         for (name, t) in &cfg.tokens {
+            if only.is_some_and(|o| o != name) {
+                continue;
+            }
             let mut strategy = strategy(http, name, t, cfg.allow_insecure_http)?;
             if let Some(h) = &hook {
                 strategy = strategy.with_hook(Arc::clone(h));
@@ -450,8 +473,7 @@ pub(crate) async fn command(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
         }
         TokenCommand::Refresh { name, config } => {
             let cfg = Config::load(&config)?;
-            token_config(&cfg, &name)?;
-            let tokens = Tokens::build(&cfg, &http, None).await?;
+            let tokens = Tokens::build_one(&cfg, &http, &name).await?;
             let manager = tokens.get(&name)?;
             let before = manager
                 .token()
@@ -482,7 +504,7 @@ pub(crate) async fn command(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 println!("{}", reply.access_token.expose());
                 return Ok(ExitCode::SUCCESS);
             }
-            let tokens = Tokens::build(&cfg, &http, None).await?;
+            let tokens = Tokens::build_one(&cfg, &http, &name).await?;
             let manager = tokens.get(&name)?;
             let token = manager
                 .token()

@@ -196,7 +196,8 @@ async fn private_key_jwt_signs_with_the_configured_algorithm() {
     let rsa = oidc.rsa_key_path();
     let ec = oidc.jwt_key_path().to_owned();
     let env = [("SK_KEY", KEY)];
-    // One config per token: a token whose key cannot be read stops every command of its config.
+    // One config per token (a command about one token builds only that one, but each case
+    // stands alone this way).
     let get = |name: &str, client: &str, alg: &str, key: &Path| {
         let cfg = dir.join(format!("{name}.toml"));
         std::fs::write(
@@ -228,6 +229,30 @@ async fn private_key_jwt_signs_with_the_configured_algorithm() {
     assert!(!out.status.success());
     assert!(
         text(&out).contains("tokens.wrong_key.private_key"),
+        "{}",
+        text(&out)
+    );
+
+    // A command about one token reads only that token's secrets: a broken neighbour (its key
+    // file missing) does not stop it.
+    let cfg = dir.join("two.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[store]\ndir = \"{dir}/store\"\nkey = {{ env = \"SK_KEY\" }}\n{}{}",
+            section("es", "svc-jwt", "ES256", &ec),
+            section("broken", "svc-jwt", "ES256", &dir.join("missing.pem")),
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let out = shiftkey(&["token", "get", "es", "-c", c], &env);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = shiftkey(&["token", "get", "broken", "-c", c], &env);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("tokens.broken.private_key"),
         "{}",
         text(&out)
     );
