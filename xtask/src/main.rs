@@ -1058,8 +1058,19 @@ fn deb_installs() -> Result<()> {
         say("xtask: not root or no dpkg: the package was built but not installed");
         return Ok(());
     }
-    status(Command::new("dpkg").arg("-i").arg(&deb))?;
+    // Never touch a real installation: its configuration would go with the purge.
+    if Command::new("dpkg")
+        .args(["-s", "shiftkey"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        say(
+            "xtask: shiftkey is installed on this machine: the package was built, not installed over it",
+        );
+        return Ok(());
+    }
     let result = (|| -> Result<()> {
+        status(Command::new("dpkg").arg("-i").arg(&deb))?;
         status(Command::new("/usr/bin/shiftkey").arg("--version"))?;
         // The installed configuration with the credentials its unit loads (dummies here).
         let creds = std::env::temp_dir().join(format!("shiftkey-deb-creds-{}", std::process::id()));

@@ -234,6 +234,8 @@ pub struct MqttSink {
     published: Arc<AtomicU64>,
     ack_timeout: Duration,
     last_error: Arc<Mutex<Option<String>>>,
+    /// Bumped when the broker answers a reconnect without our session: what was in flight is lost.
+    lost_sessions: Arc<AtomicU64>,
     _eventloop: Arc<tokio::task::JoinHandle<()>>,
 }
 
@@ -272,18 +274,37 @@ impl MqttSink {
         let acked = Arc::new(AtomicU64::new(0));
         let ack_notify = Arc::new(Notify::new());
         let last_error = Arc::new(Mutex::new(None));
-        let (a, n, e) = (
+        let published = Arc::new(AtomicU64::new(0));
+        let lost_sessions = Arc::new(AtomicU64::new(0));
+        let (a, n, e, p, l) = (
             Arc::clone(&acked),
             Arc::clone(&ack_notify),
             Arc::clone(&last_error),
+            Arc::clone(&published),
+            Arc::clone(&lost_sessions),
         );
         let task = tokio::spawn(async move {
+            let mut connected_before = false;
             loop {
                 match eventloop.poll().await {
                     // QoS 1 completes with PUBACK, QoS 2 with PUBCOMP: one per message either way.
                     Ok(Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_))) => {
                         a.fetch_add(1, Ordering::AcqRel);
                         n.notify_waiters();
+                    }
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        if let Ok(mut last) = e.lock() {
+                            *last = None;
+                        }
+                        // A reconnect without our session: rumqttc drops the messages in flight,
+                        // so their acknowledgements never come. Count them as settled and tell
+                        // the batch waiting on them to fail (it is published again).
+                        if connected_before && !ack.session_present {
+                            a.store(p.load(Ordering::Acquire), Ordering::Release);
+                            l.fetch_add(1, Ordering::AcqRel);
+                            n.notify_waiters();
+                        }
+                        connected_before = true;
                     }
                     Ok(_) => {}
                     Err(err) => {
@@ -306,9 +327,10 @@ impl MqttSink {
             store,
             acked,
             ack_notify,
-            published: Arc::new(AtomicU64::new(0)),
+            published,
             ack_timeout: settings.ack_timeout,
             last_error,
+            lost_sessions,
             _eventloop: Arc::new(task),
         }
     }
@@ -328,26 +350,37 @@ impl Sink for MqttSink {
         batch: &[ProcessRecord],
         watermark: SystemTime,
     ) -> Result<ApplyReport, SinkError> {
-        for p in batch {
-            let payload = isa95(p).to_string();
-            self.client
-                .publish(topic(&self.prefix, p), self.qos, true, payload)
-                .await
-                .map_err(|e| Self::mqtt_error(format!("publish {}: {e}", p.uid)))?;
-            self.published.fetch_add(1, Ordering::AcqRel);
-        }
-        // Every message of this batch (and before) acknowledged by the broker before the watermark moves.
-        let target = self.published.load(Ordering::Acquire);
-        let wait = async {
+        // One deadline for the whole batch: publishing waits for room in the client's queue,
+        // which only drains while connected.
+        let sessions = self.lost_sessions.load(Ordering::Acquire);
+        let publish_and_wait = async {
+            for p in batch {
+                let payload = isa95(p).to_string();
+                self.client
+                    .publish(topic(&self.prefix, p), self.qos, true, payload)
+                    .await
+                    .map_err(|e| Self::mqtt_error(format!("publish {}: {e}", p.uid)))?;
+                self.published.fetch_add(1, Ordering::AcqRel);
+            }
+            // Every message of this batch (and before) acknowledged by the broker before the
+            // watermark moves.
+            let target = self.published.load(Ordering::Acquire);
             loop {
                 let notified = self.ack_notify.notified();
+                if self.lost_sessions.load(Ordering::Acquire) != sessions {
+                    return Err(Self::mqtt_error(
+                        "the broker reconnected without this client's session, losing messages \
+                         in flight; the batch is published again"
+                            .to_owned(),
+                    ));
+                }
                 if self.acked.load(Ordering::Acquire) >= target {
-                    return;
+                    return Ok(());
                 }
                 notified.await;
             }
         };
-        tokio::time::timeout(self.ack_timeout, wait)
+        tokio::time::timeout(self.ack_timeout, publish_and_wait)
             .await
             .map_err(|_| {
                 let last = self
@@ -357,11 +390,11 @@ impl Sink for MqttSink {
                     .and_then(|l| l.clone())
                     .map_or_else(String::new, |e| format!(" (last connection error: {e})"));
                 Self::mqtt_error(format!(
-                    "the broker did not acknowledge {} messages within {:?}{last}",
+                    "the broker did not take and acknowledge {} messages within {:?}{last}",
                     batch.len(),
                     self.ack_timeout
                 ))
-            })?;
+            })??;
         self.store.apply(batch, watermark).await
     }
 

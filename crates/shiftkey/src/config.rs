@@ -417,7 +417,8 @@ pub(crate) struct SinkConfig {
 pub(crate) struct MqttConfig {
     /// `mqtt://host[:1883]` or `mqtts://host[:8883]` (TLS).
     pub(crate) url: String,
-    /// The MQTT client id (one per process: a broker drops the older of two equal ids).
+    /// The MQTT client id (one per process: a broker drops the older of two equal ids); default
+    /// `shiftkey-<host name>`.
     #[serde(default = "default_mqtt_client_id")]
     pub(crate) client_id: String,
     /// Topics are `{prefix}/{plant}/process/{id}`.
@@ -439,8 +440,22 @@ pub(crate) struct MqttConfig {
     pub(crate) ack_timeout_secs: u64,
 }
 
+/// `shiftkey-<host name>`: stable across restarts (the broker keeps the session of a client id),
+/// and different on each host of an HA pair (a broker drops the older of two equal ids).
 fn default_mqtt_client_id() -> String {
-    "shiftkey-sync".to_owned()
+    #[cfg(unix)]
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    #[cfg(not(unix))]
+    let host = std::env::var("COMPUTERNAME").unwrap_or_default();
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(48)
+        .collect();
+    format!("shiftkey-{host}")
 }
 
 fn default_mqtt_prefix() -> String {
@@ -1041,7 +1056,7 @@ url = "sqlite://shopfloor.db?mode=rwc"  # or set url_env = "SHIFTKEY_SINK_URL" f
                                         # (TLS: ?sslmode=verify-full&sslrootcert=/etc/shiftkey/db-ca.pem)
 # [sink.mqtt]                           # also publish each plan to MQTT (the SQL sink keeps the watermark)
 # url = "mqtts://broker.plant.example"  # mqtt://host:1883 or mqtts://host:8883
-# client_id = "shiftkey-sync"           # one per process
+# client_id = "shiftkey-sync"           # one per process; default shiftkey-<host name>
 # prefix = "shiftkey"                   # topics {prefix}/{plant}/process/{id}, retained
 # qos = 1                               # 1 or 2
 # username = "shiftkey"

@@ -176,37 +176,41 @@ pub(crate) fn strategy(
         }
         // Rotated refresh tokens from the stored one; when the chain is lost, only a person can
         // start a new one, and the error says how.
-        TokenKind::RefreshToken => Arc::new(OAuthRefresh::new(client).with_fallback(NeedsLogin {
+        TokenKind::RefreshToken => Arc::new(NeedsLogin {
             name: name.to_owned(),
-        })),
+            refresh: OAuthRefresh::new(client),
+        }),
     };
     Ok(Timed::wrap(name, inner))
 }
 
-/// The end of a `refresh_token` chain: a permanent error naming the command that starts a new one.
+/// A `refresh_token` chain: the rotating refresh tokens, and when the chain ends (none stored,
+/// or the server refuses it) the same error kind with the command that starts a new one. The
+/// kind is kept: the manager re-reads the store on `invalid_grant` (another process may have
+/// rotated the token), which a different kind would skip.
 #[derive(Debug)]
 struct NeedsLogin {
     name: String,
+    refresh: OAuthRefresh,
 }
 
 #[async_trait]
 impl AuthStrategy for NeedsLogin {
-    async fn acquire(&self, _previous: Option<&TokenSet>) -> Result<TokenSet, AuthError> {
-        Err(AuthError::permanent(
-            shiftkey_auth::PermanentKind::NoRefreshToken,
-            format!(
-                "token `{0}` has no usable refresh token: a person runs `shiftkey token login {0}` once",
-                self.name
-            ),
-        ))
+    async fn acquire(&self, previous: Option<&TokenSet>) -> Result<TokenSet, AuthError> {
+        match self.refresh.acquire(previous).await {
+            Err(AuthError::Permanent { kind, detail }) => Err(AuthError::permanent(
+                kind,
+                format!(
+                    "{detail}; a person starts a new chain with `shiftkey token login {}`",
+                    self.name
+                ),
+            )),
+            other => other,
+        }
     }
 
     fn name(&self) -> &str {
-        "needs-login"
-    }
-
-    fn unattended(&self) -> bool {
-        false
+        self.refresh.name()
     }
 }
 
@@ -681,6 +685,14 @@ async fn login(
         .parse()
         .with_context(|| format!("`tokens.{name}.issuer`: `{issuer_text}` is not a URL"))?;
     let client = oauth_client(http, name, t, cfg.allow_insecure_http)?;
+    // The store first: a login the person has finished must not be lost to a store that
+    // cannot be opened (a missing key, a folder without rights).
+    let key = key_source(store_config(cfg)?)?;
+    let (store, shown) = open_store(cfg, &key, name).await?;
+    store
+        .load()
+        .await
+        .with_context(|| format!("reading the stored token of `{name}` ({shown})"))?;
     let meta = Discovery::fetch(http, &issuer)
         .await
         .with_context(|| format!("reading the metadata of {issuer} (`tokens.{name}.issuer`)"))?;
@@ -694,9 +706,18 @@ async fn login(
     let chosen = match flow {
         FlowChoice::Device => LoginFlow::Device,
         FlowChoice::Browser => LoginFlow::Browser,
+        // Device polling repeats one request, which a private_key_jwt assertion may not be.
+        FlowChoice::Auto
+            if t.client_auth == ClientAuthKind::PrivateKeyJwt
+                && meta.flow() == Some(LoginFlow::Device)
+                && meta.authorization_endpoint.is_some() =>
+        {
+            LoginFlow::Browser
+        }
         FlowChoice::Auto => meta.flow().with_context(|| {
             format!(
-                "{issuer} offers neither the device grant nor the authorization code grant with                  PKCE (S256): no interactive login is possible"
+                "{issuer} offers neither the device grant nor the authorization code grant with \
+                 PKCE (S256): no interactive login is possible"
             )
         })?,
     };
@@ -712,17 +733,20 @@ async fn login(
                         )
                     })?;
                 let device = DeviceLogin::start(&client, endpoint).await?;
+                // What the server sent goes to a terminal: no control characters.
+                let shown = |s: &str| -> String { s.chars().filter(|c| !c.is_control()).collect() };
                 match device.verification_uri_complete() {
                     Some(complete) => eprintln!(
-                        "To log in for `{name}`, open {complete}\n(or open {} and enter the code {}).\nWaiting up to {} ...",
-                        device.verification_uri(),
-                        device.user_code(),
+                        "To log in for `{name}`, open {}\n(or open {} and enter the code {}).\nWaiting up to {} ...",
+                        shown(complete),
+                        shown(device.verification_uri()),
+                        shown(device.user_code()),
                         human(device.expires_in().min(wait))
                     ),
                     None => eprintln!(
                         "To log in for `{name}`, open {} and enter the code {}.\nWaiting up to {} ...",
-                        device.verification_uri(),
-                        device.user_code(),
+                        shown(device.verification_uri()),
+                        shown(device.user_code()),
                         human(device.expires_in().min(wait))
                     ),
                 }
@@ -746,8 +770,6 @@ async fn login(
              `offline_access` in `tokens.{name}.scopes`; nothing was stored"
         );
     }
-    let key = key_source(store_config(cfg)?)?;
-    let (store, shown) = open_store(cfg, &key, name).await?;
     let mut guard = store.lock().await?;
     let previous = guard.load().await?;
     let limits = previous.as_ref().map(|p| p.limits).unwrap_or_default();
@@ -782,16 +804,30 @@ async fn browser_login(
     );
     let (tx, rx) = tokio::sync::oneshot::channel::<String>();
     let tx = Arc::new(std::sync::Mutex::new(Some(tx)));
+    let state = login.state().to_owned();
     let app = axum::Router::new().route(
         "/callback",
         axum::routing::get(move |uri: axum::http::Uri| {
             let tx = Arc::clone(&tx);
+            let state = state.clone();
             async move {
                 let query = uri.query().unwrap_or_default().to_owned();
+                // Only the redirect of this login ends the wait; a stray request does not.
+                let ours = url::form_urlencoded::parse(query.as_bytes())
+                    .any(|(k, v)| k == "state" && v == state.as_str());
+                if !ours {
+                    return (
+                        axum::http::StatusCode::BAD_REQUEST,
+                        "shiftkey: this is not the redirect of the login in progress.",
+                    );
+                }
                 if let Some(tx) = tx.lock().ok().and_then(|mut t| t.take()) {
                     let _ = tx.send(query);
                 }
-                "shiftkey: the login is done; this page can be closed."
+                (
+                    axum::http::StatusCode::OK,
+                    "shiftkey received the answer; the terminal says whether the login succeeded.",
+                )
             }
         }),
     );

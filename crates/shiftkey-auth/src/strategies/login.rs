@@ -72,8 +72,8 @@ impl Discovery {
     /// redirects and has a timeout ([`credential_client`](crate::credential_client)).
     ///
     /// # Errors
-    /// When neither document can be read, is not JSON metadata, names another issuer, or lists
-    /// an endpoint that would carry credentials in clear text.
+    /// When neither document can be read, is not JSON metadata, or names another issuer. (The
+    /// endpoints it lists are checked for clear text where they are used.)
     pub async fn fetch(http: &reqwest::Client, issuer: &Url) -> Result<Self, AuthError> {
         let mut last = None;
         for well_known in ["openid-configuration", "oauth-authorization-server"] {
@@ -156,9 +156,16 @@ impl Discovery {
     }
 }
 
+/// OpenID Connect Discovery appends `/.well-known/openid-configuration` to the issuer's path;
+/// RFC 8414 §3.1 inserts `/.well-known/oauth-authorization-server` before it.
 fn well_known_url(issuer: &Url, name: &str) -> Result<Url, AuthError> {
     let mut url = issuer.clone();
-    let path = format!("{}/.well-known/{name}", issuer.path().trim_end_matches('/'));
+    let issuer_path = issuer.path().trim_end_matches('/');
+    let path = if name == "openid-configuration" {
+        format!("{issuer_path}/.well-known/{name}")
+    } else {
+        format!("/.well-known/{name}{issuer_path}")
+    };
     url.set_path(&path);
     url.set_query(None);
     url.set_fragment(None);
@@ -363,6 +370,12 @@ impl BrowserLogin {
         &self.authorize_url
     }
 
+    /// The `state` of this login: a redirect carrying another is not its answer.
+    #[must_use]
+    pub fn state(&self) -> &str {
+        self.state.secret()
+    }
+
     /// The redirect URI the server sends the browser back to.
     #[must_use]
     pub fn redirect_uri(&self) -> &Url {
@@ -471,6 +484,21 @@ mod tests {
         assert_eq!(
             url.as_str(),
             "https://idp.example/realms/plant/.well-known/openid-configuration"
+        );
+        let url =
+            well_known_url(&issuer, "oauth-authorization-server").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            url.as_str(),
+            "https://idp.example/.well-known/oauth-authorization-server/realms/plant"
+        );
+        let root: Url = "https://idp.example"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let url =
+            well_known_url(&root, "oauth-authorization-server").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            url.as_str(),
+            "https://idp.example/.well-known/oauth-authorization-server"
         );
     }
 
