@@ -344,7 +344,6 @@ async fn only_the_lease_holder_syncs_and_a_killed_leader_is_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_gets_one_retained_isa95_message_per_process_before_the_watermark_moves() {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
     use shiftkey_shopfloor::{MqttSink, Sink};
 
     let broker = shiftkey_tests::mqtt::Mosquitto::start();
@@ -377,23 +376,7 @@ async fn mqtt_gets_one_retained_isa95_message_per_process_before_the_watermark_m
     assert!(sink.watermark().await.unwrap().is_some());
 
     // A subscriber that connects afterwards gets every retained message.
-    let (client, mut events) = AsyncClient::new(
-        MqttOptions::new("shiftkey-test-sub", "127.0.0.1", broker.port()),
-        64,
-    );
-    client.subscribe("plant/#", QoS::AtLeastOnce).await.unwrap();
-    let mut messages = std::collections::BTreeMap::new();
-    // Real time: Mosquitto is another process. Generous: the loop ends with the 20th message.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while messages.len() < 20 && tokio::time::Instant::now() < deadline {
-        if let Ok(Ok(Event::Incoming(Packet::Publish(p)))) =
-            tokio::time::timeout(Duration::from_secs(1), events.poll()).await
-        {
-            assert!(p.retain, "retained");
-            let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
-            messages.insert(p.topic.clone(), v);
-        }
-    }
+    let messages = shiftkey_tests::mqtt::retained(broker.port(), None, None, "plant/#", 20).await;
     let stored = store.all().await.unwrap();
     assert_eq!(messages.len(), stored.len());
     for record in &stored {
