@@ -15,12 +15,16 @@ impl Mosquitto {
     /// # Panics
     /// When mosquitto is not installed (with the install command) or does not listen within 10 s.
     pub fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap_or_else(|e| panic!("{e}"));
-        let child = Command::new("mosquitto")
-            .args(["-p", &port.to_string()])
+        let port = free_port();
+        Self::spawn(
+            Command::new("mosquitto").args(["-p", &port.to_string()]),
+            port,
+        )
+    }
+
+    /// Starts `command` (a mosquitto) and waits until it listens on `port`.
+    fn spawn(command: &mut Command, port: u16) -> Self {
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -90,33 +94,21 @@ impl Mosquitto {
                 passwords.display()
             ),
         );
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("starting mosquitto failed ({e}): run `apt-get install -y mosquitto`")
-            });
-        let broker = Self { child, port };
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return broker;
-            }
-            #[allow(
-                clippy::disallowed_methods,
-                reason = "a blocking wait for the broker at test start, before any runtime work"
-            )]
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("mosquitto (TLS) did not listen on 127.0.0.1:{port} within 10 s");
+        Self::spawn(Command::new("mosquitto").arg("-c").arg(&conf), port)
     }
 
     /// The port.
     pub fn port(&self) -> u16 {
         self.port
     }
+}
+
+/// A loopback port free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Subscribes to `filter` on the broker at `127.0.0.1:port` (TLS trusting `ca_file` when given,
