@@ -143,17 +143,21 @@ async fn a_browser_login_with_pkce_seeds_the_token_when_asked_for() {
 fn login_is_refused_for_other_kinds_and_a_public_client_for_them() {
     let dir = temp_dir("login-kinds");
     let cfg = dir.join("shiftkey.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[store]\ndir = \"{dir}/store\"\nkey = {{ env = \"SK_KEY\" }}\n\
-             [tokens.svc]\nkind = \"client_credentials\"\ntoken_url = \"http://127.0.0.1:9/token\"\n\
-             client_id = \"svc\"\nclient_secret = {{ env = \"SVC\" }}\n",
-            dir = dir.display()
-        ),
-    )
-    .unwrap();
     let c = cfg.to_str().unwrap();
+    // A client_credentials token, authenticating as `auth` says.
+    let write = |auth: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[store]\ndir = \"{dir}/store\"\nkey = {{ env = \"SK_KEY\" }}\n\
+                 [tokens.svc]\nkind = \"client_credentials\"\ntoken_url = \"http://127.0.0.1:9/token\"\n\
+                 client_id = \"svc\"\n{auth}\n",
+                dir = dir.display()
+            ),
+        )
+        .unwrap();
+    };
+    write("client_secret = { env = \"SVC\" }");
     let out = shiftkey(
         &["token", "login", "svc", "-c", c],
         &[("SK_KEY", KEY), ("SVC", "x")],
@@ -161,16 +165,7 @@ fn login_is_refused_for_other_kinds_and_a_public_client_for_them() {
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(text(&out).contains("refresh_token"), "{}", text(&out));
 
-    std::fs::write(
-        &cfg,
-        format!(
-            "[store]\ndir = \"{dir}/store\"\nkey = {{ env = \"SK_KEY\" }}\n\
-             [tokens.svc]\nkind = \"client_credentials\"\ntoken_url = \"http://127.0.0.1:9/token\"\n\
-             client_id = \"svc\"\nclient_auth = \"none\"\n",
-            dir = dir.display()
-        ),
-    )
-    .unwrap();
+    write("client_auth = \"none\"");
     let out = shiftkey(&["config", "check", "-c", c], &[("SK_KEY", KEY)]);
     assert!(!out.status.success());
     assert!(
