@@ -400,6 +400,7 @@ pub(crate) fn router(state: Arc<Inner>) -> Router {
         .route("/tc/RestServices/{service}/{operation}", post(gateway))
         .route("/oauth/token", post(token))
         .route("/sim/stats", axum::routing::get(stats_json))
+        .route("/sim/restart", post(restart_now))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             date_header,
@@ -411,6 +412,13 @@ pub(crate) fn router(state: Arc<Inner>) -> Router {
 async fn stats_json(State(s): State<Arc<Inner>>) -> Response {
     let stats = s.stats();
     json_response(StatusCode::OK, &json!(stats))
+}
+
+/// Restarts the server (every session and gateway token dies), for tools driving the emulator
+/// from another process: what an administrator's restart of a real server does to clients.
+async fn restart_now(State(s): State<Arc<Inner>>) -> Response {
+    s.restart();
+    json_response(StatusCode::OK, &json!({"restarted": true}))
 }
 
 /// Adds `Date` (skewed as configured, in simulated wall time) to every answer.

@@ -546,6 +546,19 @@ async fn a_restart_kills_every_session() {
     s.restart();
     sleep(secs(1)).await;
     assert!(qname(&a.info().await).ends_with("InvalidUserException"));
+    // The same restart from another process: `POST /sim/restart`.
+    a.login("mfg_sync", "mfg_sync_pw").await;
+    assert!(qname(&a.info().await).ends_with("GetTCSessionInfoResponse"));
+    sleep(secs(1)).await;
+    let answer = reqwest::Client::new()
+        .post(format!("{}/sim/restart", s.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    sleep(secs(1)).await;
+    assert!(qname(&a.info().await).ends_with("InvalidUserException"));
+    assert_eq!(s.stats().killed.get("restart"), Some(&4));
 }
 
 async fn grant(s: &Sim, form: &[(&str, &str)]) -> (u16, Value) {
