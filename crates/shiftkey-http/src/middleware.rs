@@ -542,263 +542,399 @@ impl Middleware for AuthMiddleware {
     }
 }
 
+/// One request's state across its attempts.
+struct Flow {
+    /// Policy retries only for what is safe to send twice.
+    idempotent: bool,
+    /// The session a `SessionBound` request's resources live in: a policy retry must not carry
+    /// them to another one.
+    session_bound: bool,
+    /// The request to send next (`None` once sent without a spare copy).
+    pending: Option<Request>,
+    /// Attempts that count against the policy (the auth retry does not).
+    attempt: u32,
+    /// Whether an attempt whose answer was lost (sent, then timed out or cut) was retried.
+    resent_after_loss: bool,
+    /// The generation the first attempt of a `SessionBound` request went out under.
+    first_generation: Option<u64>,
+    /// The generation a rejection replaced, while its one retry is under way.
+    refreshed_from: Option<u64>,
+}
+
+/// The token one attempt carries.
+#[derive(Clone, Copy)]
+struct Carried {
+    generation: u64,
+    issued_at: Instant,
+    lifetime: Duration,
+}
+
+/// When one attempt went out and came back, and how idle the connection had been before it.
+#[derive(Clone, Copy)]
+struct Sent {
+    at: Instant,
+    idle: Duration,
+    done: Instant,
+}
+
+/// What to do after a step: go again at once (the auth retry), go again after a policy delay,
+/// or end with this result.
+enum Step<T> {
+    Now,
+    After(Duration),
+    End(T),
+}
+
 impl AuthMiddleware {
     /// One request, however many attempts; `rejections` counts the server's rejections of it.
+    ///
+    /// The healing loop in named steps: [`admit`](Self::admit) (the breakers),
+    /// [`inject`](Self::inject) (the token), [`send`](Self::send), then either
+    /// [`after_transport_error`](Self::after_transport_error) or the classifier's verdict:
+    /// [`heal`](Self::heal) a rejection, hand back a refusal, or [`retry_decision`](Self::retry_decision)
+    /// on what the server answered.
     async fn run(
         &self,
-        req: Request,
+        mut req: Request,
         extensions: &mut Extensions,
         next: Next<'_>,
         rejections: &mut u64,
     ) -> reqwest_middleware::Result<Response> {
         let s = &*self.shared;
         s.counters.requests.fetch_add(1, Ordering::Relaxed);
-        // Policy retries only for what is safe to send twice.
-        let idempotent = req.method().is_idempotent() || extensions.get::<Idempotent>().is_some();
-        let mut req = req;
         if req.timeout().is_none() {
             *req.timeout_mut() = Some(s.attempt_timeout);
         }
-        let mut pending = Some(req);
-        let mut attempt: u32 = 0;
-        // Whether an attempt whose answer was lost (sent, then timed out or cut) was retried.
-        let mut resent_after_loss = false;
-        // The session a `SessionBound` request's resources live in: a policy retry must not
-        // carry them to another one.
-        let session_bound = extensions.get::<SessionBound>().is_some();
-        let mut first_generation: Option<u64> = None;
-        let mut refreshed_from: Option<u64> = None;
+        let mut flow = Flow {
+            idempotent: req.method().is_idempotent() || extensions.get::<Idempotent>().is_some(),
+            session_bound: extensions.get::<SessionBound>().is_some(),
+            pending: Some(req),
+            attempt: 0,
+            resent_after_loss: false,
+            first_generation: None,
+            refreshed_from: None,
+        };
         loop {
-            let Some(mut request) = pending.take() else {
+            let Some(mut request) = flow.pending.take() else {
                 // Only reached if a retry was decided without a spare copy; never by construction.
                 return Err(fail(HttpError::NotReplayable));
             };
             let spare = request.try_clone();
-            let now = s.clock.now();
-            s.auth_breaker.allow(now.into_std()).map_err(|r| {
-                fail(HttpError::AuthCircuitOpen {
-                    retry_in: r.retry_in,
-                })
-            })?;
-            s.server_breaker.allow(now.into_std()).map_err(|r| {
-                fail(HttpError::ServerCircuitOpen {
-                    retry_in: r.retry_in,
-                })
-            })?;
-
-            // The token: a refcount-free read on the hot path, a wait only when none is servable.
-            let injected = s.manager.with_token(|t| {
-                (
-                    s.injector.apply(request.headers_mut(), t),
-                    t.generation,
-                    t.issued_at,
-                    t.lifetime,
-                )
-            });
-            let (ok, generation, issued_at, lifetime) = match injected {
-                Some(v) => v,
-                None => {
-                    let t = s
-                        .manager
-                        .token()
+            self.admit()?;
+            let carried = self.inject(&mut request, &mut flow).await?;
+            let (result, sent) = self
+                .send(request, extensions, next.clone(), &mut flow)
+                .await;
+            let step = match result {
+                Err(e) => self.after_transport_error(e, sent, &mut flow, spare.is_some()),
+                Ok(response) => {
+                    let (verdict, response) = s
+                        .classifier
+                        .classify(response)
                         .await
-                        .map_err(|e| fail(HttpError::Token(e)))?;
-                    (
-                        s.injector.apply(request.headers_mut(), &t),
-                        t.generation,
-                        t.issued_at,
-                        t.lifetime,
-                    )
-                }
-            };
-            if session_bound {
-                match first_generation {
-                    Some(g) if g != generation => {
-                        s.counters.session_lost.fetch_add(1, Ordering::Relaxed);
-                        return Err(fail(HttpError::SessionLost { generation: g }));
-                    }
-                    _ => first_generation = Some(generation),
-                }
-            }
-            if !ok {
-                return Err(fail(HttpError::Token(shiftkey_auth::AuthError::transient(
-                    shiftkey_auth::TransientKind::InvalidResponse,
-                    "the token contains characters that cannot go in an HTTP header",
-                ))));
-            }
-            let sent_at = s.clock.now();
-            let idle = s.idle(sent_at);
-            s.touch(sent_at);
-            attempt += 1;
-            s.counters.attempts.fetch_add(1, Ordering::Relaxed);
-            let result = next.clone().run(request, extensions).await;
-            let done = s.clock.now();
-            s.touch(done);
-
-            let response = match result {
-                Ok(r) => r,
-                Err(e) => {
-                    // Only a refused connection proves the request never left; any other
-                    // transport error (a reset, a cut body) may have reached the server, and is
-                    // judged like a timeout: retried only when the request is idempotent.
-                    let outcome = match &e {
-                        reqwest_middleware::Error::Reqwest(re) if re.is_connect() => {
-                            Outcome::Connect
+                        .map_err(reqwest_middleware::Error::Reqwest)?;
+                    match verdict {
+                        Verdict::Refresh => {
+                            *rejections += 1;
+                            self.heal(carried, sent, &mut flow, spare.is_some()).await?;
+                            Step::Now
                         }
-                        _ => Outcome::Timeout,
-                    };
-                    s.server_breaker.record(done.into_std(), false);
-                    self.record(done, outcome.class());
-                    metrics::counter!("shiftkey_http_requests_total", "outcome" => "transport_error").increment(1);
-                    let connect =
-                        matches!(&e, reqwest_middleware::Error::Reqwest(re) if re.is_connect());
-                    let replay = if spare.is_some() && idempotent {
-                        Replay::Safe
-                    } else {
-                        Replay::Unsafe { sent: !connect }
-                    };
-                    match self.retry_delay(&outcome, attempt, replay, spare.is_some(), "transport")
-                    {
-                        Some(delay) => {
-                            resent_after_loss |= !connect;
-                            s.clock.sleep(delay).await;
-                            pending = spare;
-                            continue;
+                        Verdict::Forbidden => Step::End(Ok(self.refused(response, sent))),
+                        Verdict::Accepted => {
+                            self.accepted(carried, &mut flow);
+                            self.retry_decision(response, carried, sent, &mut flow, spare.is_some())
                         }
-                        None => return Err(e),
                     }
                 }
             };
-
-            let (verdict, response) = s
-                .classifier
-                .classify(response)
-                .await
-                .map_err(reqwest_middleware::Error::Reqwest)?;
-            match verdict {
-                Verdict::Refresh => {
-                    *rejections += 1;
-                    self.record(done, shiftkey_policy::Class::Unauthorized);
-                    metrics::counter!("shiftkey_http_requests_total", "outcome" => "unauthorized")
-                        .increment(1);
-                    let age = sent_at.saturating_duration_since(issued_at);
-                    if age < lifetime {
-                        match s.learner.record(generation, Death { age, idle }) {
-                            Recorded::Duplicate => {}
-                            recorded => {
-                                s.counters.premature_deaths.fetch_add(1, Ordering::Relaxed);
-                                metrics::counter!("shiftkey_http_premature_deaths_total")
-                                    .increment(1);
-                                tracing::info!(
-                                    generation,
-                                    age_s = age.as_secs_f64(),
-                                    idle_s = idle.as_secs_f64(),
-                                    claimed_s = lifetime.as_secs_f64(),
-                                    "premature token death"
-                                );
-                                if let Recorded::Learned(limits) = recorded {
-                                    tracing::warn!(
-                                        ?limits,
-                                        "learned the server's real token limits"
-                                    );
-                                    s.apply_limits(limits);
-                                }
-                            }
-                        }
-                    }
-                    if refreshed_from.is_some() {
-                        s.auth_breaker.record(done.into_std(), false);
-                        return Err(self.surfaced(HttpError::Rejected { generation }));
-                    }
-                    if s.manager.invalidate(generation) == Invalidation::TooSoon {
-                        // A reactive replacement rejected within `min_interval` is refused — unless
-                        // the server had accepted it: then it served and died (a restart right
-                        // after a reactive refresh), and one more refresh does help.
-                        let served =
-                            s.counters.accepted_generation.load(Ordering::Relaxed) >= generation;
-                        if !served || !self.force_refresh(generation).await {
-                            s.auth_breaker.record(done.into_std(), false);
-                            return Err(self.surfaced(HttpError::Rejected { generation }));
-                        }
-                    }
-                    if spare.is_none() {
-                        return Err(self.surfaced(HttpError::NotReplayable));
-                    }
-                    if extensions.get::<SessionBound>().is_some() {
-                        // Not surfaced as a 401: the caller starts over under the new session. The
-                        // server answered and one rejection is no auth failure: both breakers
-                        // hear a success (a half-open probe is released).
-                        s.auth_breaker.record(done.into_std(), true);
-                        s.server_breaker.record(done.into_std(), true);
-                        s.counters.session_lost.fetch_add(1, Ordering::Relaxed);
-                        return Err(fail(HttpError::SessionLost { generation }));
-                    }
-                    refreshed_from = Some(generation);
-                    // The auth retry is not a policy retry: it does not count against the attempts.
-                    attempt -= 1;
-                    pending = spare;
-                    continue;
-                }
-                Verdict::Forbidden => {
-                    s.auth_breaker.record(done.into_std(), true);
-                    s.server_breaker.record(done.into_std(), true);
-                    self.record(done, shiftkey_policy::Class::ClientError);
-                    metrics::counter!("shiftkey_http_requests_total", "outcome" => "forbidden")
-                        .increment(1);
-                    return Ok(response);
-                }
-                Verdict::Accepted => {
-                    s.counters
-                        .accepted_generation
-                        .fetch_max(generation, Ordering::Relaxed);
-                }
-            }
-            if let Some(old) = refreshed_from.take() {
-                s.counters.recovered.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("shiftkey_http_unauthorized_total", "result" => "recovered")
-                    .increment(1);
-                tracing::info!(
-                    rejected_generation = old,
-                    generation,
-                    "token rejection recovered by one refresh"
-                );
-            }
-            s.auth_breaker.record(done.into_std(), true);
-            let outcome = outcome_of(&response, s.clock.wall());
-            s.server_breaker
-                .record(done.into_std(), !outcome.is_server_failure());
-            self.record(done, outcome.class());
-            let replay = if spare.is_some() && idempotent {
-                Replay::Safe
-            } else {
-                Replay::Unsafe { sent: true }
-            };
-            match self.retry_delay(&outcome, attempt, replay, spare.is_some(), "status") {
-                Some(delay) => {
-                    // A 5xx other than 503 may come after the server acted.
-                    let status = response.status();
-                    resent_after_loss |=
-                        status.is_server_error() && status != http::StatusCode::SERVICE_UNAVAILABLE;
-                    tracing::debug!(attempt, status = response.status().as_u16(), "retrying");
+            match step {
+                Step::Now => flow.pending = spare,
+                Step::After(delay) => {
                     s.clock.sleep(delay).await;
-                    pending = spare;
+                    flow.pending = spare;
                 }
-                None => {
-                    let label = if outcome == Outcome::Success {
-                        "success"
-                    } else {
-                        "error"
-                    };
-                    metrics::counter!("shiftkey_http_requests_total", "outcome" => label)
-                        .increment(1);
-                    let mut response = response;
-                    response.extensions_mut().insert(AnsweredUnder(generation));
-                    if resent_after_loss {
-                        response.extensions_mut().insert(ResentAfterLostAnswer);
-                    }
-                    return Ok(response);
+                Step::End(result) => return result,
+            }
+        }
+    }
+
+    /// Step 1: the auth and the server circuit breakers; an open one fails fast, the server
+    /// untouched.
+    fn admit(&self) -> reqwest_middleware::Result<()> {
+        let s = &*self.shared;
+        let now = s.clock.now();
+        s.auth_breaker.allow(now.into_std()).map_err(|r| {
+            fail(HttpError::AuthCircuitOpen {
+                retry_in: r.retry_in,
+            })
+        })?;
+        s.server_breaker.allow(now.into_std()).map_err(|r| {
+            fail(HttpError::ServerCircuitOpen {
+                retry_in: r.retry_in,
+            })
+        })?;
+        Ok(())
+    }
+
+    /// Step 2: puts the current token on `request` — a refcount-free read on the hot path, a wait
+    /// only when none is servable. A `SessionBound` request whose session was replaced since its
+    /// first attempt is [`HttpError::SessionLost`].
+    async fn inject(
+        &self,
+        request: &mut Request,
+        flow: &mut Flow,
+    ) -> reqwest_middleware::Result<Carried> {
+        let s = &*self.shared;
+        let carry = |headers: &mut http::HeaderMap, t: &shiftkey_auth::TokenSet| {
+            (
+                s.injector.apply(headers, t),
+                Carried {
+                    generation: t.generation,
+                    issued_at: t.issued_at,
+                    lifetime: t.lifetime,
+                },
+            )
+        };
+        let injected = s.manager.with_token(|t| carry(request.headers_mut(), t));
+        let (ok, carried) = match injected {
+            Some(v) => v,
+            None => {
+                let t = s
+                    .manager
+                    .token()
+                    .await
+                    .map_err(|e| fail(HttpError::Token(e)))?;
+                carry(request.headers_mut(), &t)
+            }
+        };
+        if flow.session_bound {
+            match flow.first_generation {
+                Some(g) if g != carried.generation => {
+                    s.counters.session_lost.fetch_add(1, Ordering::Relaxed);
+                    return Err(fail(HttpError::SessionLost { generation: g }));
+                }
+                _ => flow.first_generation = Some(carried.generation),
+            }
+        }
+        if !ok {
+            return Err(fail(HttpError::Token(shiftkey_auth::AuthError::transient(
+                shiftkey_auth::TransientKind::InvalidResponse,
+                "the token contains characters that cannot go in an HTTP header",
+            ))));
+        }
+        Ok(carried)
+    }
+
+    /// Step 3: one attempt, timed, with the activity the idle-limit learner and the keepalive
+    /// read.
+    async fn send(
+        &self,
+        request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+        flow: &mut Flow,
+    ) -> (reqwest_middleware::Result<Response>, Sent) {
+        let s = &*self.shared;
+        let at = s.clock.now();
+        let idle = s.idle(at);
+        s.touch(at);
+        flow.attempt += 1;
+        s.counters.attempts.fetch_add(1, Ordering::Relaxed);
+        let result = next.run(request, extensions).await;
+        let done = s.clock.now();
+        s.touch(done);
+        (result, Sent { at, idle, done })
+    }
+
+    /// Step 4a: no answer. Only a refused connection proves the request never left; any other
+    /// transport error (a reset, a cut body) may have reached the server, and is judged like a
+    /// timeout: retried only when the request is idempotent.
+    fn after_transport_error(
+        &self,
+        e: reqwest_middleware::Error,
+        sent: Sent,
+        flow: &mut Flow,
+        replayable: bool,
+    ) -> Step<reqwest_middleware::Result<Response>> {
+        let s = &*self.shared;
+        let connect = matches!(&e, reqwest_middleware::Error::Reqwest(re) if re.is_connect());
+        let outcome = if connect {
+            Outcome::Connect
+        } else {
+            Outcome::Timeout
+        };
+        s.server_breaker.record(sent.done.into_std(), false);
+        self.record(sent.done, outcome.class());
+        metrics::counter!("shiftkey_http_requests_total", "outcome" => "transport_error")
+            .increment(1);
+        let replay = if replayable && flow.idempotent {
+            Replay::Safe
+        } else {
+            Replay::Unsafe { sent: !connect }
+        };
+        match self.retry_delay(&outcome, flow.attempt, replay, replayable, "transport") {
+            Some(delay) => {
+                flow.resent_after_loss |= !connect;
+                Step::After(delay)
+            }
+            None => Step::End(Err(e)),
+        }
+    }
+
+    /// Step 4b: the server rejected the token. Records a premature death (and what it teaches),
+    /// reports the generation to the manager (one refresh for every request that died with it)
+    /// and returns `Ok` when the request goes once more under the replacement; a replacement
+    /// rejected again, a body that cannot be sent again, or a `SessionBound` request end here.
+    async fn heal(
+        &self,
+        carried: Carried,
+        sent: Sent,
+        flow: &mut Flow,
+        replayable: bool,
+    ) -> reqwest_middleware::Result<()> {
+        let s = &*self.shared;
+        let generation = carried.generation;
+        let done = sent.done;
+        self.record(done, shiftkey_policy::Class::Unauthorized);
+        metrics::counter!("shiftkey_http_requests_total", "outcome" => "unauthorized").increment(1);
+        self.learn_from_death(carried, sent);
+        if flow.refreshed_from.is_some() {
+            s.auth_breaker.record(done.into_std(), false);
+            return Err(self.surfaced(HttpError::Rejected { generation }));
+        }
+        if s.manager.invalidate(generation) == Invalidation::TooSoon {
+            // A reactive replacement rejected within `min_interval` is refused — unless the
+            // server had accepted it: then it served and died (a restart right after a reactive
+            // refresh), and one more refresh does help.
+            let served = s.counters.accepted_generation.load(Ordering::Relaxed) >= generation;
+            if !served || !self.force_refresh(generation).await {
+                s.auth_breaker.record(done.into_std(), false);
+                return Err(self.surfaced(HttpError::Rejected { generation }));
+            }
+        }
+        if !replayable {
+            return Err(self.surfaced(HttpError::NotReplayable));
+        }
+        if flow.session_bound {
+            // Not surfaced as a 401: the caller starts over under the new session. The server
+            // answered and one rejection is no auth failure: both breakers hear a success (a
+            // half-open probe is released).
+            s.auth_breaker.record(done.into_std(), true);
+            s.server_breaker.record(done.into_std(), true);
+            s.counters.session_lost.fetch_add(1, Ordering::Relaxed);
+            return Err(fail(HttpError::SessionLost { generation }));
+        }
+        flow.refreshed_from = Some(generation);
+        // The auth retry is not a policy retry: it does not count against the attempts.
+        flow.attempt -= 1;
+        Ok(())
+    }
+
+    /// A token rejected before its claimed lifetime is a premature death: recorded once per
+    /// generation; two alike teach the server's real limits, which the manager then schedules by.
+    fn learn_from_death(&self, carried: Carried, sent: Sent) {
+        let s = &*self.shared;
+        let age = sent.at.saturating_duration_since(carried.issued_at);
+        if age >= carried.lifetime {
+            return;
+        }
+        let generation = carried.generation;
+        let idle = sent.idle;
+        match s.learner.record(generation, Death { age, idle }) {
+            Recorded::Duplicate => {}
+            recorded => {
+                s.counters.premature_deaths.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("shiftkey_http_premature_deaths_total").increment(1);
+                tracing::info!(
+                    generation,
+                    age_s = age.as_secs_f64(),
+                    idle_s = idle.as_secs_f64(),
+                    claimed_s = carried.lifetime.as_secs_f64(),
+                    "premature token death"
+                );
+                if let Recorded::Learned(limits) = recorded {
+                    tracing::warn!(?limits, "learned the server's real token limits");
+                    s.apply_limits(limits);
                 }
             }
         }
+    }
+
+    /// Step 4c: the token is alive but not allowed to do this; refreshing would not help. The
+    /// response goes back as it is.
+    fn refused(&self, response: Response, sent: Sent) -> Response {
+        let s = &*self.shared;
+        s.auth_breaker.record(sent.done.into_std(), true);
+        s.server_breaker.record(sent.done.into_std(), true);
+        self.record(sent.done, shiftkey_policy::Class::ClientError);
+        metrics::counter!("shiftkey_http_requests_total", "outcome" => "forbidden").increment(1);
+        response
+    }
+
+    /// The server accepted the token: remembered (a later rejection of it is a real death), and
+    /// a rejection this request met counts as recovered.
+    fn accepted(&self, carried: Carried, flow: &mut Flow) {
+        let s = &*self.shared;
+        s.counters
+            .accepted_generation
+            .fetch_max(carried.generation, Ordering::Relaxed);
+        if let Some(old) = flow.refreshed_from.take() {
+            s.counters.recovered.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("shiftkey_http_unauthorized_total", "result" => "recovered")
+                .increment(1);
+            tracing::info!(
+                rejected_generation = old,
+                generation = carried.generation,
+                "token rejection recovered by one refresh"
+            );
+        }
+    }
+
+    /// Step 5: what the server answered under an accepted token — retried (429, 5xx) when the
+    /// policy, the budget and the request's idempotency allow, else handed back marked with the
+    /// generation it was answered under.
+    fn retry_decision(
+        &self,
+        response: Response,
+        carried: Carried,
+        sent: Sent,
+        flow: &mut Flow,
+        replayable: bool,
+    ) -> Step<reqwest_middleware::Result<Response>> {
+        let s = &*self.shared;
+        let done = sent.done;
+        s.auth_breaker.record(done.into_std(), true);
+        let outcome = outcome_of(&response, s.clock.wall());
+        s.server_breaker
+            .record(done.into_std(), !outcome.is_server_failure());
+        self.record(done, outcome.class());
+        let replay = if replayable && flow.idempotent {
+            Replay::Safe
+        } else {
+            Replay::Unsafe { sent: true }
+        };
+        if let Some(delay) = self.retry_delay(&outcome, flow.attempt, replay, replayable, "status")
+        {
+            // A 5xx other than 503 may come after the server acted.
+            let status = response.status();
+            flow.resent_after_loss |=
+                status.is_server_error() && status != http::StatusCode::SERVICE_UNAVAILABLE;
+            tracing::debug!(attempt = flow.attempt, status = status.as_u16(), "retrying");
+            return Step::After(delay);
+        }
+        let label = if outcome == Outcome::Success {
+            "success"
+        } else {
+            "error"
+        };
+        metrics::counter!("shiftkey_http_requests_total", "outcome" => label).increment(1);
+        let mut response = response;
+        response
+            .extensions_mut()
+            .insert(AnsweredUnder(carried.generation));
+        if flow.resent_after_loss {
+            response.extensions_mut().insert(ResentAfterLostAnswer);
+        }
+        Step::End(Ok(response))
     }
 }
