@@ -1,6 +1,7 @@
-//! Serving the ops and broker HTTP routers: a connection limit, a deadline for request headers
-//! (a client that trickles bytes cannot hold a connection for ever), and a `Host` check against
-//! DNS rebinding (a web page cannot make a browser on this host talk to us under another name).
+//! Serving routers to local clients: a connection limit, a deadline for request headers (a
+//! client that trickles bytes cannot hold a connection for ever), and a `Host` check against DNS
+//! rebinding (a web page cannot make a browser on this host talk to us under another name). On a
+//! Unix socket only this user's processes are served (their uid is read from the socket).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,23 +15,48 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
-/// Connections served at once; more are closed at once.
-pub(crate) const MAX_CONNECTIONS: usize = 64;
+/// Connections served at once by [`serve`]; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// A client must send its whole request head within this.
-pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A request (its body included) must be read and answered within this; longer than the
-/// broker's own wait for a token (30 s).
-pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(45);
+/// A request (its body included) must be read and answered within this under
+/// [`with_host_check`]; longer than the broker's own wait for a token (30 s).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// How many connections a listener serves at once and how long a request head may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// Connections served at once; more are closed unserved.
+    pub max_connections: usize,
+    /// A client must send its whole request head within this.
+    pub header_timeout: Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: MAX_CONNECTIONS,
+            header_timeout: HEADER_TIMEOUT,
+        }
+    }
+}
 
 /// The `Host` names a request may carry: loopback names, and those configured.
 #[derive(Debug, Clone)]
-pub(crate) struct Hosts(Arc<Vec<String>>);
+pub struct Hosts(Arc<Vec<String>>);
 
 impl Hosts {
     /// Loopback names (`localhost`, `127.0.0.1`, `[::1]`) and `extra`.
-    pub(crate) fn loopback_and(extra: &[String]) -> Self {
+    ///
+    /// # Example
+    /// ```
+    /// let hosts = shiftkey_sidecar::serve::Hosts::loopback_and(&["ops.plant.example".to_owned()]);
+    /// # let _ = hosts;
+    /// ```
+    #[must_use]
+    pub fn loopback_and(extra: &[String]) -> Self {
         let mut names = vec![
             "localhost".to_owned(),
             "127.0.0.1".to_owned(),
@@ -64,80 +90,132 @@ impl Hosts {
     }
 }
 
-async fn check_host(State(hosts): State<Hosts>, request: Request, next: Next) -> Response {
+/// Refuses a request whose `Host` is not one of `hosts` (HTTP 421), and bounds the rest by
+/// `timeout` (HTTP 408) when one is given.
+async fn check_host(
+    State((hosts, timeout)): State<(Hosts, Option<Duration>)>,
+    request: Request,
+    next: Next,
+) -> Response {
     let host = request
         .headers()
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     match host {
-        // Bounded, body included: a client that trickles a body cannot hold a connection slot.
-        Some(h) if hosts.allows(&h) => tokio::time::timeout(REQUEST_TIMEOUT, next.run(request))
-            .await
-            .unwrap_or_else(|_| {
-                (StatusCode::REQUEST_TIMEOUT, "the request took too long\n").into_response()
-            }),
+        Some(h) if hosts.allows(&h) => match timeout {
+            // Bounded, body included: a client that trickles a body cannot hold a slot.
+            Some(t) => tokio::time::timeout(t, next.run(request))
+                .await
+                .unwrap_or_else(|_| {
+                    (StatusCode::REQUEST_TIMEOUT, "the request took too long\n").into_response()
+                }),
+            None => next.run(request).await,
+        },
         _ => {
             tracing::warn!(host = ?host, "refused a request for a host name that is not ours");
             (
                 StatusCode::MISDIRECTED_REQUEST,
-                "this server answers to its loopback names (and those in `ops.allowed_hosts`)\n",
+                "this server answers to its loopback names (and those configured)\n",
             )
                 .into_response()
         }
     }
 }
 
-/// `router` with the `Host` check in front.
-pub(crate) fn with_host_check(router: Router, hosts: Hosts) -> Router {
-    router.layer(axum::middleware::from_fn_with_state(hosts, check_host))
+/// `router` with the `Host` check in front, each request (body included) answered within
+/// [`REQUEST_TIMEOUT`].
+pub fn with_host_check(router: Router, hosts: Hosts) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(
+        (hosts, Some(REQUEST_TIMEOUT)),
+        check_host,
+    ))
+}
+
+/// `router` with the `Host` check in front and no deadline of its own (the proxy: its upstream
+/// calls have theirs, and a response body streams for as long as it takes).
+pub fn with_host_check_only(router: Router, hosts: Hosts) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(
+        (hosts, None),
+        check_host,
+    ))
 }
 
 /// Serves `router` on `listener` until the task is dropped: at most [`MAX_CONNECTIONS`] at
 /// once, each request head within [`HEADER_TIMEOUT`].
-pub(crate) async fn serve(listener: TcpListener, router: Router) {
-    serve_with(listener, router, MAX_CONNECTIONS, HEADER_TIMEOUT).await;
+pub async fn serve(listener: TcpListener, router: Router) {
+    serve_tcp(listener, router, ServeLimits::default()).await;
 }
 
-async fn serve_with(
-    listener: TcpListener,
-    router: Router,
-    max_connections: usize,
-    header_timeout: Duration,
-) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
+/// Serves `router` on a TCP `listener` within `limits` until the task is dropped.
+pub async fn serve_tcp(listener: TcpListener, router: Router, limits: ServeLimits) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            tracing::warn!(
-                limit = max_connections,
-                "connection limit reached; a connection was closed unserved"
-            );
-            drop(stream);
-            continue;
-        };
-        let service = TowerToHyperService::new(router.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout);
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(error = %e, "connection ended");
-            }
-        });
+        // Small requests and answers go out at once, not after Nagle's delay.
+        let _ = stream.set_nodelay(true);
+        connection(stream, &router, &permits, limits);
     }
+}
+
+/// Serves `router` on a Unix `listener` within `limits` until the task is dropped; a connection
+/// from another user (by the uid the kernel reports for the peer) is closed unserved.
+#[cfg(unix)]
+pub async fn serve_unix(listener: tokio::net::UnixListener, router: Router, limits: ServeLimits) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if crate::unix::peer_is_us(&stream).is_none() {
+            continue;
+        }
+        connection(stream, &router, &permits, limits);
+    }
+}
+
+/// Serves one accepted connection on its own task, if a slot is free.
+fn connection<S>(
+    stream: S,
+    router: &Router,
+    permits: &Arc<tokio::sync::Semaphore>,
+    limits: ServeLimits,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Ok(permit) = Arc::clone(permits).try_acquire_owned() else {
+        tracing::warn!(
+            limit = limits.max_connections,
+            "connection limit reached; a connection was closed unserved"
+        );
+        return;
+    };
+    let service = TowerToHyperService::new(router.clone());
+    tokio::spawn(async move {
+        let _permit = permit;
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout);
+        if let Err(e) = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .await
+        {
+            tracing::debug!(error = %e, "connection ended");
+        }
+    });
 }
 
 #[cfg(test)]
@@ -155,7 +233,14 @@ mod tests {
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve_with(listener, router, max, timeout));
+        tokio::spawn(serve_tcp(
+            listener,
+            router,
+            ServeLimits {
+                max_connections: max,
+                header_timeout: timeout,
+            },
+        ));
         addr
     }
 

@@ -1,0 +1,133 @@
+"""`BrokerAuth`: the broker's token on every request, and one replay with its replacement on a 401.
+
+One class for both libraries: `requests` calls it (`auth=` / `session.auth`), `httpx` runs its
+`auth_flow` (`httpx.Client(auth=...)` and `httpx.AsyncClient(auth=...)`). Each library is used
+only if installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+from typing import TYPE_CHECKING, Any, AsyncGenerator, Generator, Optional
+
+from .broker import Broker
+
+if TYPE_CHECKING:
+    import httpx
+    import requests
+
+try:
+    from requests.auth import AuthBase as _RequestsAuth
+except ImportError:  # requests is optional
+
+    class _RequestsAuth:  # type: ignore[no-redef]
+        pass
+
+
+try:
+    from httpx import Auth as _HttpxAuth
+except ImportError:  # httpx is optional
+
+    class _HttpxAuth:  # type: ignore[no-redef]
+        pass
+
+
+class BrokerAuth(_RequestsAuth, _HttpxAuth):  # type: ignore[misc]
+    """Sets `Authorization: Bearer <token of name>` from the broker on each request. On a 401 it
+    reports the token's generation and resends the request once with the replacement (only when
+    the body can be sent again: not a generator or a file stream); a second 401 goes to the
+    caller as it is. `healed` counts the 401s that the resend turned into another answer.
+
+    With `httpx.AsyncClient` the broker calls run in a worker thread."""
+
+    def __init__(self, name: str, broker: Optional[Broker] = None) -> None:
+        self.name = name
+        self.broker = broker if broker is not None else Broker.from_env()
+        self.healed = 0
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"BrokerAuth({self.name!r}, broker={self.broker!r}, healed={self.healed})"
+
+    def _count_healed(self) -> None:
+        with self._lock:
+            self.healed += 1
+
+    # requests
+
+    def __call__(self, r: "requests.PreparedRequest") -> "requests.PreparedRequest":
+        token = self.broker.token(self.name)
+        r.headers["Authorization"] = f"Bearer {token.value}"
+        r.register_hook("response", functools.partial(self._on_response, token.generation))
+        return r
+
+    def _on_response(
+        self, generation: int, r: "requests.Response", **kwargs: Any
+    ) -> "requests.Response":
+        if r.status_code != 401:
+            return r
+        replacement = self.broker.rejected(self.name, generation)
+        replayable = r.request.body is None or isinstance(r.request.body, (bytes, str))
+        if replacement.generation == generation or not replayable:
+            return r  # nothing better to send (or nothing to send it with): the 401 as it is
+        from requests.cookies import extract_cookies_to_jar
+
+        r.content  # read the 401 to release its connection  # noqa: B018
+        r.close()
+        retry = r.request.copy()
+        extract_cookies_to_jar(retry._cookies, r.request, r.raw)  # type: ignore[attr-defined]
+        retry.prepare_cookies(retry._cookies)  # type: ignore[attr-defined]
+        retry.headers["Authorization"] = f"Bearer {replacement.value}"
+        again: requests.Response = r.connection.send(retry, **kwargs)  # type: ignore[attr-defined]
+        again.history.append(r)
+        again.request = retry
+        if again.status_code != 401:
+            self._count_healed()
+        return again
+
+    # httpx
+
+    def auth_flow(
+        self, request: "httpx.Request"
+    ) -> Generator["httpx.Request", "httpx.Response", None]:
+        token = self.broker.token(self.name)
+        request.headers["Authorization"] = f"Bearer {token.value}"
+        response = yield request
+        if response.status_code != 401:
+            return
+        replacement = self.broker.rejected(self.name, token.generation)
+        if replacement.generation == token.generation or not _replayable(request):
+            return
+        request.headers["Authorization"] = f"Bearer {replacement.value}"
+        response = yield request
+        if response.status_code != 401:
+            self._count_healed()
+
+    async def async_auth_flow(
+        self, request: "httpx.Request"
+    ) -> AsyncGenerator["httpx.Request", "httpx.Response"]:
+        token = await asyncio.to_thread(self.broker.token, self.name)
+        request.headers["Authorization"] = f"Bearer {token.value}"
+        response = yield request
+        if response.status_code != 401:
+            return
+        replacement = await asyncio.to_thread(self.broker.rejected, self.name, token.generation)
+        if replacement.generation == token.generation or not _replayable(request):
+            return
+        request.headers["Authorization"] = f"Bearer {replacement.value}"
+        response = yield request
+        if response.status_code != 401:
+            self._count_healed()
+
+
+def _replayable(request: "httpx.Request") -> bool:
+    """Whether httpx holds the body in memory (a streamed body cannot be sent twice)."""
+    import httpx
+
+    try:
+        request.content
+    except httpx.RequestNotRead:
+        return False
+    return True

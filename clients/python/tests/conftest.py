@@ -1,0 +1,336 @@
+"""Fixtures that start real processes: the `shiftkey sim` emulator and a `shiftkey broker`.
+
+The binary is $SHIFTKEY_BIN, else <repo>/target/debug/shiftkey. Waits are generous: the tests
+must pass on a slow, loaded machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+STARTUP = 30.0
+# crates/shiftkey/tests/common/mod.rs: a 32-byte store key (bytes 0..31, base64).
+KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+# The label printer's broker secret, as in crates/shiftkey/tests/broker.rs (at least 32 bytes).
+PRINTER_SECRET = "printer-secret-1-abcdefghijklmnopqrstuvwxyz"
+# The emulator's OAuth gateway: a bearer-protected operation (POST, a JSON envelope).
+API = "/tc/RestServices/Core-2007-01-Session/getTCSessionInfo"
+BODY = b'{"header":{},"body":{}}'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def shiftkey_bin() -> Path:
+    path = Path(os.environ.get("SHIFTKEY_BIN") or REPO / "target" / "debug" / "shiftkey")
+    # The binary may be mid-rebuild: give it two minutes to come back.
+    deadline = time.monotonic() + 120
+    while not os.access(path, os.X_OK):
+        if time.monotonic() > deadline:
+            pytest.fail(f"no shiftkey binary at {path}: build it, or set SHIFTKEY_BIN")
+        time.sleep(2)
+    return path
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A private folder with a short path (a Unix socket path has at most 107 bytes)."""
+    d = Path(tempfile.mkdtemp(prefix="sk-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+class Process:
+    """A long-running process with its output in a log file; restartable."""
+
+    def __init__(self, args: List[str], log: Path, env: Optional[Dict[str, str]] = None) -> None:
+        self.args = args
+        self.log_path = log
+        self.env = dict(os.environ)
+        for var in ["RUST_LOG", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"]:
+            self.env.pop(var, None)
+        self.env.update(env or {})
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self._log: Optional[IO[bytes]] = None
+        self._offset = 0
+
+    def start(self) -> None:
+        self._log = open(self.log_path, "ab")
+        self._offset = self.log_path.stat().st_size
+        self.proc = subprocess.Popen(
+            self.args, env=self.env, stdin=subprocess.DEVNULL, stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float = STARTUP) -> "re.Match[str]":
+        """The first match of `pattern` in what this run (since the last start) logged."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            m = re.search(pattern, self.log()[self._offset:])
+            if m:
+                return m
+            if self.proc.poll() is not None:
+                pytest.fail(f"{self.args[1]} exited ({self.proc.returncode}):\n{self.log()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {pattern!r} in {timeout} s:\n{self.log()}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class Sim:
+    def __init__(self, process: Process, url: str) -> None:
+        self.process, self.url, self.api = process, url, url + API
+
+    def stats(self) -> Dict[str, Any]:
+        with urllib.request.urlopen(self.url + "/sim/stats", timeout=10) as r:
+            return json.loads(r.read())  # type: ignore[no-any-return]
+
+    def restart(self) -> None:
+        """Kills every token server-side, like a server restart."""
+        req = urllib.request.Request(self.url + "/sim/restart", data=b"", method="POST")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200
+
+    def grants(self) -> int:
+        return int(self.stats()["grants"].get("client_credentials", 0))
+
+    def rejections(self) -> int:
+        """401s the gateway answered."""
+        return int(self.stats()["exceptions"].get("invalid_token", 0))
+
+
+@pytest.fixture
+def start_sim(tmp_path: Path, shiftkey_bin: Path) -> Iterator[Callable[..., Sim]]:
+    started: List[Process] = []
+
+    def start(access_ttl_secs: int = 3600) -> Sim:
+        d = tmp_path / f"sim{len(started)}"
+        d.mkdir()
+        scenario = d / "scenario.toml"
+        scenario.write_text(f"[oauth]\naccess_ttl_secs = {access_ttl_secs}\n")
+        p = Process(
+            [str(shiftkey_bin), "sim", "--port", "0", "--config", str(scenario)], d / "sim.log"
+        )
+        started.append(p)
+        p.start()
+        sim = Sim(p, p.wait_for(r"emulator on (http://127\.0\.0\.1:\d+)").group(1))
+        deadline = time.monotonic() + STARTUP
+        while True:  # the port accepts and answers
+            try:
+                sim.stats()
+                return sim
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+class BrokerProcess:
+    """`shiftkey broker` serving one token, `gw` (client credentials against the emulator), on
+    a socket and on loopback HTTP for the client `label-printer`."""
+
+    def __init__(self, shiftkey_bin: Path, state: Path, run: Path, sim: Sim) -> None:
+        self.socket = run / "run" / "broker.sock"
+        self.http_url = f"http://127.0.0.1:{free_port()}"
+        self.secret = PRINTER_SECRET
+        config = state / "shiftkey.toml"
+        config.write_text(
+            f'[store]\ndir = "{state}/store"\nkey = {{ env = "SK_KEY" }}\n'
+            f'[tokens.gw]\nkind = "client_credentials"\ntoken_url = "{sim.url}/oauth/token"\n'
+            'client_id = "shiftkey"\nclient_secret = { env = "GW_SECRET" }\n'
+            f'[broker]\nsocket = "{self.socket}"\nhttp = "{self.http_url[len("http://"):]}"\n'
+            '[broker.clients.label-printer]\nsecret = { env = "PRINTER_SECRET" }\n'
+            'tokens = ["gw"]\n'
+            '[ops]\nlisten = ""\n'
+        )
+        env = {"SK_KEY": KEY, "GW_SECRET": "shiftkey-secret", "PRINTER_SECRET": PRINTER_SECRET}
+        self.process = Process(
+            [str(shiftkey_bin), "broker", "-c", str(config)], state / "broker.log", env
+        )
+
+    def start(self) -> None:
+        from shiftkey_client import Broker, BrokerError
+
+        self.process.start()
+        self.process.wait_for(r"serving 1 token\(s\)")
+        self.process.wait_for(r"broker HTTP on http://")
+        deadline = time.monotonic() + STARTUP
+        while True:  # the socket answers with a token
+            try:
+                Broker(self.socket, timeout=10).token("gw")
+                return
+            except BrokerError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def stats(self) -> Dict[str, Any]:
+        """The broker's counters for `gw` (acquires, proactive, reactive, generation)."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(str(self.socket))
+            s.sendall(b'{"op":"stats"}\n')
+            reply = json.loads(s.makefile("rb").readline())
+        assert reply["ok"], reply
+        return reply["tokens"]["gw"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def start_broker(
+    tmp_path: Path, shiftkey_bin: Path, short_dir: Path
+) -> Iterator[Callable[[Sim], BrokerProcess]]:
+    started: List[BrokerProcess] = []
+
+    def start(sim: Sim) -> BrokerProcess:
+        state = tmp_path / f"broker{len(started)}"
+        run = short_dir / f"b{len(started)}"
+        state.mkdir()
+        run.mkdir()
+        b = BrokerProcess(shiftkey_bin, state, run, sim)
+        started.append(b)
+        b.start()
+        return b
+
+    yield start
+    for b in started:
+        b.stop()
+
+
+@pytest.fixture
+def stack(
+    start_sim: Callable[..., Sim], start_broker: Callable[[Sim], BrokerProcess]
+) -> Callable[..., "tuple[Sim, BrokerProcess]"]:
+    """An emulator (tokens living `access_ttl_secs`) and a broker serving its token."""
+
+    def start(access_ttl_secs: int = 3600) -> "tuple[Sim, BrokerProcess]":
+        sim = start_sim(access_ttl_secs)
+        return sim, start_broker(sim)
+
+    return start
+
+
+class Silent:
+    """A listener that accepts connections and never answers."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.held: List[socket.socket] = []
+        sock.listen(8)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+
+    def close(self) -> None:
+        for c in self.held:
+            c.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def silent_unix(short_dir: Path) -> Iterator[Path]:
+    path = short_dir / "silent.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(path))
+    silent = Silent(s)
+    yield path
+    silent.close()
+
+
+@pytest.fixture
+def silent_tcp() -> Iterator[str]:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    silent = Silent(s)
+    yield f"http://127.0.0.1:{s.getsockname()[1]}"
+    silent.close()
+
+
+class Always401:
+    """An API that refuses every bearer token; records what each request presented."""
+
+    def __init__(self) -> None:
+        self.seen: List[str] = []
+        seen = self.seen
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0], 16)
+                        self.rfile.read(size + 2)
+                        if size == 0:
+                            break
+                else:
+                    self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                seen.append(self.headers.get("Authorization", ""))
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Bearer error="invalid_token"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def always_401() -> Iterator[Always401]:
+    api = Always401()
+    yield api
+    api.close()

@@ -1,0 +1,53 @@
+//! Fresh credentials for processes that cannot link shiftkey: the scripts plants already run.
+//!
+//! # Overview
+//! - [`Proxy`]: a local HTTP proxy. A script points its base URL at it and changes nothing else;
+//!   every request goes on to the server with the current token (or Teamcenter session) through
+//!   [`shiftkey_http::AuthMiddleware`], the same healing loop as every shiftkey client. In
+//!   Teamcenter mode the script's own login and logout are answered locally.
+//! - [`broker`]: the token broker — a script asks for a token by name over a Unix socket or
+//!   loopback HTTP and reports a rejected one; one refresh serves every script.
+//! - [`serve`]: serving a router to local clients (connection limit, header deadline, `Host`
+//!   check, peer uid on Unix sockets).
+//! - [`unix`] (Unix only): private folders and sockets only this user can reach.
+//!
+//! # Example: a proxy in front of a bearer-protected API
+//! ```no_run
+//! use std::sync::Arc;
+//! use shiftkey_auth::TokenManager;
+//! use shiftkey_http::AuthMiddleware;
+//! use shiftkey_sidecar::{Proxy, ProxyConfig, serve};
+//!
+//! # async fn demo(manager: TokenManager) -> Result<(), Box<dyn std::error::Error>> {
+//! let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+//! let proxy = Proxy::new(
+//!     ProxyConfig::new("mes", "https://mes.example.com".parse()?),
+//!     http,
+//!     AuthMiddleware::builder(manager).build(),
+//! )?;
+//! let router = serve::with_host_check_only(proxy.router(), serve::Hosts::loopback_and(&[]));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8181").await?;
+//! serve::serve_tcp(listener, router, serve::ServeLimits::default()).await;
+//! # Ok(()) }
+//! ```
+//!
+//! Metrics (through the `metrics` facade): `shiftkey_proxy_requests_total{proxy}`; the
+//! middleware's own (`shiftkey_http_*`) count every forwarded request.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod error;
+mod proxy;
+pub mod serve;
+#[cfg(unix)]
+#[cfg_attr(docsrs, doc(cfg(unix)))]
+pub mod unix;
+
+pub use error::SidecarError;
+pub use proxy::{DEFAULT_REPLAY_LIMIT, LocalLogin, Proxy, ProxyConfig, ProxyStats};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,0 +1,689 @@
+//! [`Proxy`]: a local HTTP proxy that puts a fresh credential on an unchanged script's requests.
+//!
+//! A script points its base URL at the proxy instead of the server. Every request goes on to
+//! `upstream` through an [`AuthMiddleware`] — the same healing loop the library's own clients use:
+//! proactive refresh, one refresh and one retry on a rejection, policy retries for idempotent
+//! requests only, `Retry-After`, circuit breakers. What the script put in `Authorization` and
+//! `Cookie` is dropped (its token is stale by design); method, path, query, the other headers,
+//! status and bodies pass through unchanged, bodies streamed both ways. A request body is held in
+//! memory only up to the replay limit: a larger one streams on and, since it cannot be sent twice,
+//! is not retried.
+//!
+//! In Teamcenter mode the script's own `Session/login` and `Session/logout` calls are answered
+//! here: each login opens a local session (a `JSESSIONID` of the proxy's, never the server's), so
+//! a script that logs in once and reads for days works on the proxy's healed session. Every other
+//! call goes through.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::body::Body;
+use axum::response::{IntoResponse as _, Response};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt as _;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use reqwest_middleware::ClientWithMiddleware;
+use serde_json::{Value, json};
+use shiftkey_auth::Secret;
+use shiftkey_http::{AuthMiddleware, HttpError};
+use url::Url;
+
+use crate::SidecarError;
+
+/// The default replay limit: request bodies up to 1 MiB are held so a rejected request can go
+/// once more; larger ones stream and are sent once.
+pub const DEFAULT_REPLAY_LIMIT: usize = 1024 * 1024;
+
+/// The largest Teamcenter login or logout body read (a login is a few hundred bytes).
+const MAX_LOCAL_BODY: usize = 64 * 1024;
+
+/// How one proxy forwards.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ProxyConfig {
+    /// Its name, for logs, metrics and `/status`.
+    pub name: String,
+    /// Where requests go: the request's path is appended to this URL's path.
+    pub upstream: Url,
+    /// Request bodies up to this many bytes are replayable; larger ones are sent once.
+    pub replay_limit: usize,
+    /// Teamcenter mode: the scripts' logins and logouts are answered locally.
+    pub teamcenter: Option<LocalLogin>,
+}
+
+impl ProxyConfig {
+    /// A bearer-token proxy to `upstream` with the default replay limit.
+    ///
+    /// # Example
+    /// ```
+    /// let cfg = shiftkey_sidecar::ProxyConfig::new("mes", "https://mes.example.com/api".parse()?);
+    /// # Ok::<(), url::ParseError>(())
+    /// ```
+    #[must_use]
+    pub fn new(name: impl Into<String>, upstream: Url) -> Self {
+        Self {
+            name: name.into(),
+            upstream,
+            replay_limit: DEFAULT_REPLAY_LIMIT,
+            teamcenter: None,
+        }
+    }
+
+    /// Teamcenter mode: a script's login is accepted locally when it names `login`'s user and
+    /// password (so only a script that knows the account can use the proxy's session).
+    #[must_use]
+    pub fn teamcenter(mut self, login: LocalLogin) -> Self {
+        self.teamcenter = Some(login);
+        self
+    }
+
+    /// Request bodies up to `bytes` are held so that a rejected request can go once more.
+    #[must_use]
+    pub fn replay_limit(mut self, bytes: usize) -> Self {
+        self.replay_limit = bytes;
+        self
+    }
+}
+
+/// The account a Teamcenter script must name to log in to the proxy: the one the proxy's own
+/// session uses.
+#[derive(Debug, Clone)]
+pub struct LocalLogin {
+    /// The Teamcenter user.
+    pub user: String,
+    /// Its password (compared in constant time, never logged).
+    pub password: Secret,
+}
+
+/// Counters of one proxy since start (all monotonic but `sessions`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct ProxyStats {
+    /// Requests the scripts sent (local logins and logouts included).
+    pub requests: u64,
+    /// Requests forwarded upstream.
+    pub forwarded: u64,
+    /// Policy retries (429, 5xx, timeouts, refused connections).
+    pub retries: u64,
+    /// Rejections (401, `InvalidUserException`) the scripts never saw: healed by a refresh.
+    pub healed: u64,
+    /// Rejections that reached a script.
+    pub surfaced: u64,
+    /// Requests answered with a proxy error (the upstream unreachable, no token, a circuit open).
+    pub failed: u64,
+    /// Teamcenter: local logins accepted, refused, and logouts.
+    pub logins: u64,
+    /// Teamcenter: local logins refused (wrong user or password).
+    pub logins_refused: u64,
+    /// Teamcenter: local logouts.
+    pub logouts: u64,
+    /// Teamcenter: local sessions open now, each a script's, with its requests.
+    pub sessions: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    forwarded: AtomicU64,
+    failed: AtomicU64,
+    logins: AtomicU64,
+    logins_refused: AtomicU64,
+    logouts: AtomicU64,
+}
+
+/// A local session: its label (for `/status`, never the id itself) and its requests.
+#[derive(Debug)]
+struct LocalSession {
+    label: String,
+    requests: u64,
+}
+
+/// The healing proxy. Build one per listener with [`Proxy::new`], serve [`Proxy::router`].
+#[derive(Debug)]
+pub struct Proxy {
+    name: String,
+    upstream: Url,
+    client: ClientWithMiddleware,
+    middleware: AuthMiddleware,
+    replay_limit: usize,
+    login: Option<LocalLogin>,
+    sessions: std::sync::Mutex<BTreeMap<String, LocalSession>>,
+    counters: Counters,
+}
+
+impl Proxy {
+    /// A proxy forwarding through `middleware` on `http`. `http` should follow no redirects: a
+    /// 3xx goes back to the script as it is, and no credential of ours follows it.
+    ///
+    /// # Errors
+    /// An upstream URL that cannot be a base (`mailto:`), or one with a query or fragment.
+    ///
+    /// # Example
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use shiftkey_auth::TokenManager;
+    /// use shiftkey_http::AuthMiddleware;
+    /// use shiftkey_sidecar::{Proxy, ProxyConfig};
+    ///
+    /// # async fn demo(manager: TokenManager) -> Result<(), Box<dyn std::error::Error>> {
+    /// let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+    /// let cfg = ProxyConfig::new("mes", "https://mes.example.com".parse()?);
+    /// let proxy = Proxy::new(cfg, http, AuthMiddleware::builder(manager).build())?;
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8181").await?;
+    /// shiftkey_sidecar::serve::serve_tcp(listener, Arc::clone(&proxy).router(), Default::default()).await;
+    /// # Ok(()) }
+    /// ```
+    pub fn new(
+        cfg: ProxyConfig,
+        http: reqwest::Client,
+        middleware: AuthMiddleware,
+    ) -> Result<Arc<Self>, SidecarError> {
+        if cfg.upstream.cannot_be_a_base()
+            || cfg.upstream.query().is_some()
+            || cfg.upstream.fragment().is_some()
+        {
+            return Err(SidecarError::Config(format!(
+                "`proxy.{}.upstream`: {} must be a base URL without query or fragment",
+                cfg.name, cfg.upstream
+            )));
+        }
+        let client = reqwest_middleware::ClientBuilder::new(http)
+            .with(middleware.clone())
+            .build();
+        Ok(Arc::new(Self {
+            name: cfg.name,
+            upstream: cfg.upstream,
+            client,
+            middleware,
+            replay_limit: cfg.replay_limit,
+            login: cfg.teamcenter,
+            sessions: std::sync::Mutex::default(),
+            counters: Counters::default(),
+        }))
+    }
+
+    /// Its name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The middleware it forwards through (its manager, breakers and counters).
+    #[must_use]
+    pub fn middleware(&self) -> &AuthMiddleware {
+        &self.middleware
+    }
+
+    /// Counters since start.
+    #[must_use]
+    pub fn stats(&self) -> ProxyStats {
+        let c = &self.counters;
+        let mw = self.middleware.stats();
+        let sessions = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .map(|s| (s.label.clone(), s.requests))
+            .collect();
+        ProxyStats {
+            requests: c.requests.load(Ordering::Relaxed),
+            forwarded: c.forwarded.load(Ordering::Relaxed),
+            retries: mw.retries,
+            healed: mw.rejections_healed,
+            surfaced: mw.rejections_surfaced,
+            failed: c.failed.load(Ordering::Relaxed),
+            logins: c.logins.load(Ordering::Relaxed),
+            logins_refused: c.logins_refused.load(Ordering::Relaxed),
+            logouts: c.logouts.load(Ordering::Relaxed),
+            sessions,
+        }
+    }
+
+    /// The router answering every path: serve it with [`crate::serve`] (put
+    /// [`crate::serve::with_host_check_only`] in front on TCP).
+    pub fn router(self: Arc<Self>) -> axum::Router {
+        axum::Router::new()
+            .fallback(
+                |axum::extract::State(proxy): axum::extract::State<Arc<Self>>,
+                 request: axum::extract::Request| async move {
+                    proxy.handle(request).await
+                },
+            )
+            .with_state(self)
+    }
+
+    /// Answers one script request.
+    pub async fn handle(&self, request: http::Request<Body>) -> Response {
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("shiftkey_proxy_requests_total", "proxy" => self.name.clone())
+            .increment(1);
+        let (parts, body) = request.into_parts();
+        if self.login.is_some() {
+            let path = parts.uri.path();
+            if parts.method == Method::POST && is_soa(path, "Session/login") {
+                return self.local_login(path, body).await;
+            }
+            if parts.method == Method::POST && is_soa(path, "Core-2006-03-Session/logout") {
+                return self.local_logout(&parts.headers);
+            }
+            self.count_session(&parts.headers);
+        }
+        let Some(url) = target(&self.upstream, &parts.uri) else {
+            return self.failure(
+                StatusCode::BAD_REQUEST,
+                "the path leaves the upstream's base path",
+            );
+        };
+        let body = match self.body(body).await {
+            Ok(b) => b,
+            Err(e) => {
+                return self.failure(
+                    StatusCode::BAD_REQUEST,
+                    &format!("cannot read the request body: {e}"),
+                );
+            }
+        };
+        let mut outgoing = reqwest::Request::new(parts.method, url);
+        *outgoing.headers_mut() = forwardable(&parts.headers, true);
+        *outgoing.body_mut() = Some(body);
+        self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+        match self.client.execute(outgoing).await {
+            Ok(response) => {
+                let status = response.status();
+                let headers = forwardable(response.headers(), false);
+                let mut answer = Response::new(Body::from_stream(response.bytes_stream()));
+                *answer.status_mut() = status;
+                *answer.headers_mut() = headers;
+                answer
+            }
+            Err(e) => self.error(&e),
+        }
+    }
+
+    /// The request body: held (replayable) up to the replay limit, else streamed on as it comes.
+    async fn body(&self, body: Body) -> Result<reqwest::Body, axum::Error> {
+        let mut stream = body.into_data_stream();
+        let mut held = BytesMut::new();
+        while let Some(chunk) = stream.next().await {
+            held.extend_from_slice(&chunk?);
+            if held.len() > self.replay_limit {
+                let head = futures_util::stream::iter([Ok::<Bytes, axum::Error>(held.freeze())]);
+                return Ok(reqwest::Body::wrap_stream(head.chain(stream)));
+            }
+        }
+        Ok(reqwest::Body::from(held.freeze()))
+    }
+
+    /// The answer when the middleware gave up: what a script expects from its server — a 401
+    /// with a bearer challenge (or, for Teamcenter, the `InvalidUserException` a dead session
+    /// gets) for a rejection, 503 with `Retry-After` for an open circuit or no token, 504 for a
+    /// timeout and 502 for an unreachable upstream.
+    fn error(&self, e: &reqwest_middleware::Error) -> Response {
+        self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        match HttpError::from_middleware(e) {
+            Some(
+                HttpError::Rejected { .. }
+                | HttpError::NotReplayable
+                | HttpError::SessionLost { .. },
+            ) => {
+                tracing::warn!(proxy = self.name.as_str(), error = %e, "a rejection reached the script");
+                if self.login.is_some() {
+                    json_answer(StatusCode::OK, &invalid_user(), None)
+                } else {
+                    let mut r = self.failure(StatusCode::UNAUTHORIZED, &e.to_string());
+                    r.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                    );
+                    r
+                }
+            }
+            Some(
+                HttpError::AuthCircuitOpen { retry_in } | HttpError::ServerCircuitOpen { retry_in },
+            ) => {
+                let mut r = self.failure(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+                let secs = retry_in.as_secs().max(1).to_string();
+                if let Ok(v) = HeaderValue::from_str(&secs) {
+                    r.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+                r
+            }
+            Some(_) => self.failure(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+            None if e.is_timeout() => self.failure(StatusCode::GATEWAY_TIMEOUT, &e.to_string()),
+            None => self.failure(StatusCode::BAD_GATEWAY, &e.to_string()),
+        }
+    }
+
+    /// A proxy-made error answer (JSON, naming the proxy), logged.
+    fn failure(&self, status: StatusCode, message: &str) -> Response {
+        tracing::warn!(
+            proxy = self.name.as_str(),
+            status = status.as_u16(),
+            message,
+            "proxy error"
+        );
+        json_answer(
+            status,
+            &json!({"error": format!("shiftkey proxy `{}`: {message}", self.name)}),
+            None,
+        )
+    }
+
+    /// A script's `Session/login`, answered here when it names the proxy's account.
+    async fn local_login(&self, path: &str, body: Body) -> Response {
+        let Some(login) = &self.login else {
+            return self.failure(StatusCode::NOT_FOUND, "not a Teamcenter proxy");
+        };
+        let bytes = match axum::body::to_bytes(body, MAX_LOCAL_BODY).await {
+            Ok(b) => b,
+            Err(e) => {
+                return self.failure(StatusCode::BAD_REQUEST, &format!("login body: {e}"));
+            }
+        };
+        // The SOA envelope `{"header": …, "body": …}` (`docs/teamcenter-reads.md` §0.5–0.6):
+        // 2011-06 nests the credentials in the body; 2006-03 has them flat.
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let input = &v["body"];
+        let credentials = if input["credentials"].is_object() {
+            &input["credentials"]
+        } else {
+            input
+        };
+        let user = credentials["user"].as_str().unwrap_or_default();
+        let password = credentials["password"].as_str().unwrap_or_default();
+        let same_user = user.eq_ignore_ascii_case(&login.user);
+        let same_password: bool =
+            subtle::ConstantTimeEq::ct_eq(password.as_bytes(), login.password.expose().as_bytes())
+                .into();
+        if !(same_user && same_password) {
+            self.counters.logins_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                proxy = self.name.as_str(),
+                user,
+                "refused a script's login: not the proxy's account"
+            );
+            return json_answer(StatusCode::OK, &invalid_credentials(), None);
+        }
+        // The script's login succeeds when the proxy's own session can be had.
+        if let Err(e) = self.middleware.manager().token().await {
+            tracing::warn!(proxy = self.name.as_str(), error = %e, "a script logged in, but the proxy has no session");
+            return json_answer(StatusCode::OK, &internal_error(&e.to_string()), None);
+        }
+        let id = session_id();
+        let n = self.counters.logins.fetch_add(1, Ordering::Relaxed) + 1;
+        let label = format!("{user}#{n}");
+        tracing::info!(
+            proxy = self.name.as_str(),
+            session = label.as_str(),
+            "a script logged in locally"
+        );
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.clone(), LocalSession { label, requests: 1 });
+        let cookie = format!("JSESSIONID={id}; Path=/; HttpOnly");
+        let version = if path.contains("Core-2006-03-Session") {
+            "2006-03"
+        } else {
+            "2011-06"
+        };
+        let answer = json!({
+            ".QName": format!("http://teamcenter.com/Schemas/Core/{version}/Session.LoginResponse"),
+            "serverInfo": {
+                "DisplayVersion": "shiftkey proxy",
+                "HostName": "shiftkey-proxy",
+                "Locale": "en_US",
+                "LogFile": "",
+                "SiteLocale": "en_US",
+                "TcServerID": format!("shiftkey-proxy-{}", self.name),
+                "UserID": user,
+                "Version": "shiftkey proxy",
+            },
+            "partialErrors": [],
+        });
+        json_answer(StatusCode::OK, &answer, HeaderValue::from_str(&cookie).ok())
+    }
+
+    /// A script's logout: its local session ends; the proxy's own session lives on.
+    fn local_logout(&self, headers: &HeaderMap) -> Response {
+        if let Some(id) = local_session(headers) {
+            let removed = self
+                .sessions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&id);
+            if let Some(s) = removed {
+                self.counters.logouts.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    proxy = self.name.as_str(),
+                    session = s.label.as_str(),
+                    "a script logged out locally"
+                );
+            }
+        }
+        json_answer(
+            StatusCode::OK,
+            &json!({".QName": "http://teamcenter.com/Schemas/Soa/2006-03/Base.ServiceData"}),
+            None,
+        )
+    }
+
+    /// Counts a request against the script's local session, if it names one.
+    fn count_session(&self, headers: &HeaderMap) {
+        if let Some(id) = local_session(headers)
+            && let Some(s) = self
+                .sessions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get_mut(&id)
+        {
+            s.requests += 1;
+        }
+    }
+}
+
+/// The upstream URL for a script's path and query; `None` when `..` segments would leave the
+/// upstream's base path.
+fn target(upstream: &Url, uri: &http::Uri) -> Option<Url> {
+    let mut url = upstream.clone();
+    let base = upstream.path().trim_end_matches('/');
+    url.set_path(&format!("{base}{}", uri.path()));
+    url.set_query(uri.query());
+    let inside = url.path() == base
+        || url
+            .path()
+            .strip_prefix(base)
+            .is_some_and(|rest| rest.starts_with('/'));
+    inside.then_some(url)
+}
+
+/// Whether `path` is the SOA operation `operation` (`Service/op`, with or without its version).
+fn is_soa(path: &str, operation: &str) -> bool {
+    path.contains("/JsonRestServices/") && path.trim_end_matches('/').ends_with(operation)
+}
+
+/// The `JSESSIONID` a script sent, if any.
+fn local_session(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix("JSESSIONID=").map(str::to_owned))
+}
+
+/// A fresh local session id: 128 random bits, hex.
+fn session_id() -> String {
+    use rand::RngCore as _;
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and those the proxy sets itself.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The headers that go on: hop-by-hop ones (and those `Connection` names) dropped; on a request
+/// also `Host` and `Content-Length` (reqwest sets them for the new connection and body) and the
+/// script's own `Authorization` and `Cookie` (the proxy's credential replaces them).
+fn forwardable(headers: &HeaderMap, request: bool) -> HeaderMap {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .collect();
+    let dropped = |name: &HeaderName| {
+        let n = name.as_str();
+        HOP_BY_HOP.contains(&n)
+            || named.iter().any(|x| x == n)
+            || (request
+                && (name == header::HOST
+                    || name == header::CONTENT_LENGTH
+                    || name == header::AUTHORIZATION
+                    || name == header::COOKIE))
+    };
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if !dropped(name) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+fn json_answer(status: StatusCode, body: &Value, cookie: Option<HeaderValue>) -> Response {
+    let mut r = (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response();
+    if let Some(c) = cookie {
+        r.headers_mut().insert(header::SET_COOKIE, c);
+    }
+    r
+}
+
+/// Teamcenter's answer for no valid session (`docs/teamcenter-reads.md` §0.7).
+fn invalid_user() -> Value {
+    json!({
+        ".QName": "http://teamcenter.com/Schemas/Soa/2006-03/Exceptions.InvalidUserException",
+        "code": 1000,
+        "level": 3,
+        "message": "User does not have a valid session.",
+        "ssoServerURL": "",
+        "ssoAppID": "",
+    })
+}
+
+/// Teamcenter's answer for a wrong user or password (§0.7: 515143, HTTP 200).
+fn invalid_credentials() -> Value {
+    json!({
+        ".QName": "http://teamcenter.com/Schemas/Soa/2006-03/Exceptions.InvalidCredentialsException",
+        "code": 515_143,
+        "level": 3,
+        "message": "The login attempt failed: either the user ID or the password is invalid.",
+        "ssoServerURL": "",
+        "ssoAppID": "",
+    })
+}
+
+/// Teamcenter's shape for a server-side failure (§0.7), carrying why the proxy has no session.
+fn internal_error(why: &str) -> Value {
+    json!({
+        ".QName": "http://teamcenter.com/Schemas/Soa/2006-03/Exceptions.InternalServerException",
+        "messages": [{"code": 0, "level": 3, "message": format!("shiftkey proxy: no Teamcenter session: {why}")}],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_credentials_are_dropped_on_requests_only() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer stale"),
+        );
+        h.insert(header::COOKIE, HeaderValue::from_static("JSESSIONID=x"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8181"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        h.append("x-many", HeaderValue::from_static("a"));
+        h.append("x-many", HeaderValue::from_static("b"));
+        let req = forwardable(&h, true);
+        let names: Vec<&str> = req.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["accept", "x-many"], "{req:?}");
+        assert_eq!(req.get_all("x-many").iter().count(), 2);
+        let resp = forwardable(&h, false);
+        assert!(resp.contains_key(header::AUTHORIZATION) && resp.contains_key(header::HOST));
+        assert!(!resp.contains_key("x-private") && !resp.contains_key(header::TRANSFER_ENCODING));
+    }
+
+    #[test]
+    fn a_path_cannot_leave_the_upstream_base() {
+        let proxy_target = |base: &str, path: &str| {
+            target(&base.parse().unwrap(), &path.parse().unwrap()).map(|u| u.to_string())
+        };
+        assert_eq!(
+            proxy_target("http://127.0.0.1:9/api/", "/v1/orders?since=2"),
+            Some("http://127.0.0.1:9/api/v1/orders?since=2".to_owned())
+        );
+        assert_eq!(
+            proxy_target("http://127.0.0.1:9", "/tc/x"),
+            Some("http://127.0.0.1:9/tc/x".to_owned())
+        );
+        assert_eq!(proxy_target("http://127.0.0.1:9/api", "/../admin"), None);
+        assert_eq!(
+            proxy_target("http://127.0.0.1:9/api", "/%2e%2e/admin"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; JSESSIONID=abc; b=2"),
+        );
+        assert_eq!(local_session(&h).as_deref(), Some("abc"));
+        assert!(is_soa(
+            "/tc/JsonRestServices/Core-2011-06-Session/login",
+            "Session/login"
+        ));
+        assert!(is_soa(
+            "/tc/JsonRestServices/Core-2006-03-Session/login",
+            "Session/login"
+        ));
+        assert!(!is_soa(
+            "/tc/RestServices/Core-2011-06-Session/login",
+            "Session/login"
+        ));
+    }
+}

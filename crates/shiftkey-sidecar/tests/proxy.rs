@@ -1,0 +1,275 @@
+//! The proxy in front of the emulator, the way unchanged plant scripts use it, through a day in
+//! tokio's paused time: the lifetime cap, idle kills, hard timeouts and a restart all happen, and
+//! no rejection reaches the script. Each test reconciles with the emulator's own count of the
+//! rejections it sent.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use shiftkey_auth::strategies::{ClientAuth, OAuthClient, ServiceAccount};
+use shiftkey_auth::{TokenManager, TokioClock};
+use shiftkey_http::AuthMiddleware;
+use shiftkey_sidecar::{LocalLogin, Proxy, ProxyConfig, serve};
+use shiftkey_sim::{Sim, SimConfig};
+use tokio::time::sleep;
+
+const H: u64 = 3600;
+
+fn mins(m: u64) -> Duration {
+    Duration::from_secs(m * 60)
+}
+
+async fn sim(cfg: SimConfig) -> Sim {
+    Sim::start(cfg, Arc::new(TokioClock::new())).await.unwrap()
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Serves `proxy` on a loopback port, with the `Host` check a TCP proxy gets.
+async fn start(proxy: Arc<Proxy>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = serve::with_host_check_only(proxy.router(), serve::Hosts::loopback_and(&[]));
+    tokio::spawn(serve::serve_tcp(
+        listener,
+        router,
+        serve::ServeLimits::default(),
+    ));
+    addr
+}
+
+fn bearer_proxy(sim: &Sim) -> Arc<Proxy> {
+    let oauth = OAuthClient::new(
+        reqwest::Client::new(),
+        format!("{}/oauth/token", sim.url()).parse().unwrap(),
+        "shiftkey",
+        ClientAuth::SecretBasic("shiftkey-secret".into()),
+    );
+    let manager = TokenManager::builder(ServiceAccount::new(oauth))
+        .build()
+        .unwrap();
+    Proxy::new(
+        ProxyConfig::new("gateway", sim.url().parse().unwrap()),
+        no_redirects(),
+        AuthMiddleware::builder(manager).build(),
+    )
+    .unwrap()
+}
+
+fn qname(v: &Value) -> &str {
+    v[".QName"].as_str().unwrap_or_default()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_script_with_a_stale_token_sees_no_401_through_a_day_of_caps_and_a_restart() {
+    // The server claims 8 h and kills tokens at 4 h; it restarts at 13:00.
+    let mut cfg = SimConfig::default();
+    cfg.oauth.access_ttl_cap_secs = Some(4 * H);
+    cfg.session.restart_at_hours = vec![13.0];
+    let sim = sim(cfg).await;
+    let proxy = bearer_proxy(&sim);
+    let addr = start(Arc::clone(&proxy)).await;
+    let script = reqwest::Client::new();
+    let url = format!("http://{addr}/tc/RestServices/Core-2007-01-Session/getTCSessionInfo");
+    // The script's pattern: the token it fetched once at start, every 15 minutes for a day.
+    for i in 0..96 {
+        let answer = script
+            .post(&url)
+            .header("Authorization", "Bearer the-token-from-this-morning")
+            .json(&json!({"header": {"state": {}, "policy": {}}, "body": {}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "call {i}");
+        let v: Value = answer.json().await.unwrap();
+        assert!(
+            qname(&v).ends_with("GetTCSessionInfoResponse"),
+            "call {i}: {v}"
+        );
+        sleep(mins(15)).await;
+    }
+    let stats = proxy.stats();
+    let sent = sim
+        .stats()
+        .exceptions
+        .get("invalid_token")
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(stats.surfaced, 0, "{stats:?}");
+    // The two deaths that teach the cap and the restart, at least; every one the server sent
+    // was healed.
+    assert!(sent >= 3, "the day had rejections to heal: {sent}");
+    assert_eq!(stats.healed, sent, "{stats:?}");
+    assert_eq!(sim.stats().killed.get("restart"), Some(&1));
+    assert_eq!(stats.requests, 96);
+}
+
+fn teamcenter_proxy(sim: &Sim) -> Arc<Proxy> {
+    let cfg = shiftkey_teamcenter::SessionConfig::new(
+        sim.url().parse().unwrap(),
+        "mfg_sync",
+        "mfg_sync_pw".into(),
+    );
+    let tc = shiftkey_teamcenter::TcClient::session(no_redirects(), cfg).unwrap();
+    Proxy::new(
+        ProxyConfig::new("teamcenter", sim.url().parse().unwrap()).teamcenter(LocalLogin {
+            user: "mfg_sync".to_owned(),
+            password: "mfg_sync_pw".into(),
+        }),
+        no_redirects(),
+        tc.middleware().clone(),
+    )
+    .unwrap()
+}
+
+/// A Teamcenter script's SOA call through the proxy, with its (local) session cookie.
+async fn soa(
+    addr: SocketAddr,
+    cookie: Option<&str>,
+    operation: &str,
+    body: Value,
+) -> reqwest::Response {
+    let mut req = reqwest::Client::new()
+        .post(format!("http://{addr}/tc/JsonRestServices/{operation}"))
+        .json(&json!({"header": {"state": {}, "policy": {}}, "body": body}));
+    if let Some(c) = cookie {
+        req = req.header("Cookie", c);
+    }
+    req.send().await.unwrap()
+}
+
+async fn login(addr: SocketAddr, password: &str) -> (Value, Option<String>) {
+    let answer = soa(
+        addr,
+        None,
+        "Core-2011-06-Session/login",
+        json!({"credentials": {"user": "mfg_sync", "password": password, "group": "", "role": "", "locale": "", "descrimator": "script"}}),
+    )
+    .await;
+    let cookie = answer
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned());
+    (answer.json().await.unwrap(), cookie)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_teamcenter_script_that_logs_in_once_reads_all_day_on_the_proxys_session() {
+    // The default pool: busy from 08:00 to 18:00, so a session idle for 20 minutes dies then;
+    // sessions die 8 h after login; the server restarts at 13:00.
+    let mut cfg = SimConfig::default();
+    cfg.session.restart_at_hours = vec![13.0];
+    let sim = sim(cfg).await;
+    let proxy = teamcenter_proxy(&sim);
+    let addr = start(Arc::clone(&proxy)).await;
+
+    // A wrong password is refused as the server would refuse it; nothing reaches the server.
+    let (refused, cookie) = login(addr, "guess").await;
+    assert!(
+        qname(&refused).ends_with("InvalidCredentialsException"),
+        "{refused}"
+    );
+    assert!(cookie.is_none());
+    assert_eq!(
+        sim.stats().exceptions.get("InvalidCredentialsException"),
+        None,
+        "the wrong password never went to the server"
+    );
+
+    let (answer, cookie) = login(addr, "mfg_sync_pw").await;
+    assert!(
+        qname(&answer).ends_with("Session.LoginResponse"),
+        "{answer}"
+    );
+    let cookie = cookie.expect("a local JSESSIONID");
+    // The script's pattern: logged in once, reads every 15 minutes and sometimes pauses for
+    // 40 (a pause of more than 20 minutes in working hours is an idle kill).
+    let mut reads = 0;
+    let mut elapsed = 0;
+    while elapsed < 24 * 60 {
+        let v: Value = soa(
+            addr,
+            Some(&cookie),
+            "Core-2007-01-Session/getTCSessionInfo",
+            json!({}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+        assert!(
+            qname(&v).ends_with("GetTCSessionInfoResponse"),
+            "at minute {elapsed}: {v}"
+        );
+        reads += 1;
+        let pause = if reads % 5 == 0 { 40 } else { 15 };
+        sleep(mins(pause)).await;
+        elapsed += pause;
+    }
+    let stats = proxy.stats();
+    let server = sim.stats();
+    let sent = server
+        .exceptions
+        .get("InvalidUserException")
+        .copied()
+        .unwrap_or(0);
+    // Hard timeouts never strike: the proxy logs in again before them (proactive refresh).
+    for cause in ["idle", "restart"] {
+        assert!(
+            server.killed.get(cause).is_some_and(|n| *n > 0),
+            "no {cause} death: {server:?}"
+        );
+    }
+    assert_eq!(stats.surfaced, 0, "{stats:?}");
+    assert_eq!(
+        stats.healed, sent,
+        "every InvalidUserException the server sent was healed"
+    );
+    assert_eq!(stats.logins, 1);
+    assert_eq!(stats.logins_refused, 1);
+    // The script's own login never reached the server: every login there was the proxy's.
+    let manager = proxy.middleware().manager().stats();
+    assert_eq!(server.logins, manager.acquires, "{server:?} {manager:?}");
+    assert!(manager.reactive >= sent.min(1), "{manager:?}");
+    assert_eq!(stats.sessions.get("mfg_sync#1"), Some(&(reads + 1)));
+
+    // Logging out ends the local session only; the proxy's session lives on. (The proxy logs
+    // out the sessions it replaces: those are the logouts the server saw.)
+    let logouts = || {
+        sim.stats()
+            .requests
+            .get("Core-2006-03-Session/logout")
+            .copied()
+    };
+    let before = logouts();
+    let out = soa(
+        addr,
+        Some(&cookie),
+        "Core-2006-03-Session/logout",
+        json!({}),
+    )
+    .await;
+    assert_eq!(out.status(), 200);
+    assert!(proxy.stats().sessions.is_empty());
+    assert_eq!(logouts(), before);
+    let v: Value = soa(
+        addr,
+        Some(&cookie),
+        "Core-2007-01-Session/getTCSessionInfo",
+        json!({}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert!(qname(&v).ends_with("GetTCSessionInfoResponse"), "{v}");
+}
