@@ -15,10 +15,11 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, Iterator, List, Optional
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -122,8 +123,13 @@ class Sim:
     def restart(self) -> None:
         """Kills every token server-side, like a server restart."""
         req = urllib.request.Request(self.url + "/sim/restart", data=b"", method="POST")
-        with urllib.request.urlopen(req, timeout=10) as r:
-            assert r.status == 200
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                assert r.status == 200
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                pytest.fail("this shiftkey binary has no POST /sim/restart: rebuild it")
+            raise
 
     def grants(self) -> int:
         return int(self.stats()["grants"].get("client_credentials", 0))
@@ -292,28 +298,34 @@ def silent_tcp() -> Iterator[str]:
     silent.close()
 
 
-class Always401:
-    """An API that refuses every bearer token; records what each request presented."""
+class FakeApi:
+    """An API that accepts only the bearer token `accept` (none: every request gets 401), and
+    records what each request presented: (Authorization, body)."""
 
     def __init__(self) -> None:
-        self.seen: List[str] = []
-        seen = self.seen
+        self.accept: Optional[str] = None
+        self.seen: List[Tuple[str, bytes]] = []
+        api = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
+                body = b""
                 if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
                     while True:
                         size = int(self.rfile.readline().split(b";")[0], 16)
-                        self.rfile.read(size + 2)
+                        body += self.rfile.read(size + 2)[:size]
                         if size == 0:
                             break
                 else:
-                    self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                seen.append(self.headers.get("Authorization", ""))
-                self.send_response(401)
-                self.send_header("WWW-Authenticate", 'Bearer error="invalid_token"')
+                    body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                presented = self.headers.get("Authorization", "")
+                api.seen.append((presented, body))
+                ok = api.accept is not None and presented == f"Bearer {api.accept}"
+                self.send_response(200 if ok else 401)
+                if not ok:
+                    self.send_header("WWW-Authenticate", 'Bearer error="invalid_token"')
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -330,7 +342,7 @@ class Always401:
 
 
 @pytest.fixture
-def always_401() -> Iterator[Always401]:
-    api = Always401()
+def fake_api() -> Iterator[FakeApi]:
+    api = FakeApi()
     yield api
     api.close()

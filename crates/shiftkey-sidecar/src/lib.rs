@@ -38,6 +38,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod broker;
 mod error;
 mod proxy;
 pub mod serve;

@@ -147,3 +147,79 @@ impl Drop for SocketFile {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::{bind_socket, ensure_private_dir};
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("shiftkey-private-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn only_a_private_folder_of_ours_is_accepted() {
+        let base = scratch("base");
+        let made = base.join("a/b");
+        ensure_private_dir(&made).unwrap();
+        let mode = std::fs::metadata(&made).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+
+        // Group-readable (not only writable) is refused, with the fix.
+        std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o750)).unwrap();
+        let err = ensure_private_dir(&made).unwrap_err().to_string();
+        assert!(err.contains("chmod 700"), "{err}");
+        std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+        // A link to a private folder is refused, not followed.
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&made, &link).unwrap();
+        let err = ensure_private_dir(&link).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+
+        // Another user's folder is refused (checkable where we may give one away: as root).
+        if rustix::process::getuid().is_root() {
+            let theirs = base.join("theirs");
+            ensure_private_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65_534), Some(65_534)).unwrap();
+            let err = ensure_private_dir(&theirs).unwrap_err().to_string();
+            assert!(err.contains("belongs to uid 65534"), "{err}");
+        }
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[tokio::test]
+    async fn the_socket_path_is_taken_only_from_a_stale_socket_of_ours() {
+        let base = scratch("sock");
+        ensure_private_dir(&base).unwrap();
+        let path = base.join("broker.sock");
+        // Something else at the path: refused and left alone.
+        std::fs::write(&path, "not a socket").unwrap();
+        let err = bind_socket(&path, "broker.socket")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a socket of this user"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a socket");
+        std::fs::remove_file(&path).unwrap();
+        // A stale socket of ours (nobody listening): replaced, 0600.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let listener = bind_socket(&path, "broker.socket").await.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // A live one: refused.
+        let err = bind_socket(&path, "broker.socket")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("already serving"), "{err}");
+        drop(listener);
+        let _ = std::fs::remove_dir_all(&base);
+    }
+}

@@ -46,6 +46,9 @@ pub(crate) struct Config {
     /// The token broker.
     #[serde(default)]
     pub(crate) broker: BrokerConfig,
+    /// Healing proxies for unchanged scripts, by name (`shiftkey proxy`, and `run`).
+    #[serde(default)]
+    pub(crate) proxy: std::collections::BTreeMap<String, ProxySection>,
     /// The ops HTTP server and alerts.
     #[serde(default)]
     pub(crate) ops: OpsConfig,
@@ -192,6 +195,48 @@ pub(crate) struct BrokerClient {
     pub(crate) secret: SecretRef,
     /// The `[tokens.NAME]` it may get; any other is refused (403).
     pub(crate) tokens: Vec<String>,
+}
+
+/// A healing proxy (`[proxy.NAME]`): a script points its base URL at `listen` (or `socket`) and
+/// every request goes on to `upstream` with a fresh credential.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProxySection {
+    /// A loopback address, e.g. `127.0.0.1:8181` (any local user can connect: use `socket` on
+    /// a shared host).
+    pub(crate) listen: Option<String>,
+    /// A Unix socket (its folder 0700, the socket 0600; only this user's processes are served).
+    pub(crate) socket: Option<PathBuf>,
+    /// Where requests go; the script's path is appended to this URL's path.
+    pub(crate) upstream: String,
+    /// The `[tokens.NAME]` whose token goes on each request (`Authorization: Bearer`).
+    pub(crate) token: Option<String>,
+    /// `true`: the `[teamcenter]` session goes on each request, and the scripts' own
+    /// `Session/login` and `logout` are answered by the proxy.
+    #[serde(default)]
+    pub(crate) teamcenter: bool,
+    /// Request bodies up to this size are held so a rejected request can go once more; larger
+    /// ones stream and are sent once (default 1024 KiB).
+    #[serde(default = "default_replay_limit_kib")]
+    pub(crate) replay_limit_kib: u64,
+    /// The deadline of one attempt upstream, the response body included (default 300 s).
+    #[serde(default = "default_proxy_timeout")]
+    pub(crate) timeout_secs: u64,
+    /// Connections served at once (default 256).
+    #[serde(default = "default_proxy_connections")]
+    pub(crate) max_connections: usize,
+}
+
+fn default_replay_limit_kib() -> u64 {
+    1024
+}
+
+fn default_proxy_timeout() -> u64 {
+    300
+}
+
+fn default_proxy_connections() -> usize {
+    256
 }
 
 /// The shortest broker client secret accepted (32 bytes: `head -c 32 /dev/urandom | base64`).
@@ -647,6 +692,77 @@ impl Config {
         Ok(cfg)
     }
 
+    /// One `[proxy.NAME]`: a loopback listener or a socket, one credential, a secure upstream.
+    fn check_proxy(&self, name: &str, p: &ProxySection) -> anyhow::Result<()> {
+        let key = |field: &str| format!("proxy.{name}.{field}");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            bail!("`proxy.{name}`: a proxy name is letters, digits, `-` and `_`");
+        }
+        match (&p.listen, &p.socket) {
+            (Some(listen), None) => {
+                let addr: std::net::SocketAddr = listen.parse().with_context(|| {
+                    format!(
+                        "`{}`: `{listen}` is not an address and port (e.g. 127.0.0.1:8181)",
+                        key("listen")
+                    )
+                })?;
+                if !addr.ip().is_loopback() {
+                    bail!(
+                        "`{}`: {addr} is not a loopback address; the proxy hands out this \
+                         host's credentials and listens on 127.0.0.1 or ::1 only",
+                        key("listen")
+                    );
+                }
+            }
+            (None, Some(_)) => {}
+            _ => bail!(
+                "`proxy.{name}`: set exactly one of `listen` (a loopback address) and `socket`"
+            ),
+        }
+        match (&p.token, p.teamcenter) {
+            (Some(token), false) => {
+                if !self.tokens.contains_key(token) {
+                    bail!("`{}`: there is no `[tokens.{token}]` section", key("token"));
+                }
+            }
+            (None, true) => {
+                let session = self
+                    .teamcenter
+                    .as_ref()
+                    .is_some_and(|t| t.mode == TcMode::Session);
+                if !session {
+                    bail!(
+                        "`{}`: needs a `[teamcenter]` section in session mode (for a gateway, \
+                         set `token` to its `[tokens.NAME]` instead)",
+                        key("teamcenter")
+                    );
+                }
+            }
+            _ => bail!(
+                "`proxy.{name}`: set exactly one of `token` (a `[tokens.NAME]`) and \
+                 `teamcenter = true`"
+            ),
+        }
+        let upstream = url::Url::parse(&p.upstream)
+            .with_context(|| format!("`{}`: `{}` is not a URL", key("upstream"), p.upstream))?;
+        crate::net::check_secure(self, &key("upstream"), &upstream)?;
+        if upstream.query().is_some() || upstream.fragment().is_some() {
+            bail!("`{}`: a base URL has no query or fragment", key("upstream"));
+        }
+        if p.timeout_secs == 0 || p.max_connections == 0 {
+            bail!(
+                "`{}` and `{}` must be greater than zero",
+                key("timeout_secs"),
+                key("max_connections")
+            );
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> anyhow::Result<()> {
         if self.teamcenter.is_none() && self.tokens.is_empty() {
             bail!(
@@ -732,6 +848,9 @@ impl Config {
                     "`teamcenter.read_timeout_secs` and `teamcenter.max_answer_mib` must be greater than zero"
                 );
             }
+        }
+        for (name, p) in &self.proxy {
+            self.check_proxy(name, p)?;
         }
         if self.schedule.interval_minutes == 0 || self.schedule.batch == 0 {
             bail!("`schedule.interval_minutes` and `schedule.batch` must be greater than zero");

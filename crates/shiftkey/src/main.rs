@@ -8,14 +8,13 @@
     reason = "a command-line program reports to the terminal"
 )]
 
-mod broker;
 mod config;
 #[cfg(feature = "demo")]
 mod demo;
 mod doctor;
 mod net;
 mod ops;
-mod serve;
+mod proxy;
 mod sink;
 mod site;
 mod store_cmd;
@@ -95,6 +94,14 @@ enum Command {
     /// Serve tokens to local scripts (Unix socket, optional loopback HTTP) and the ops endpoints,
     /// until SIGTERM or Ctrl-C.
     Broker {
+        /// The configuration file.
+        #[arg(short, long, default_value = "shiftkey.toml")]
+        config: std::path::PathBuf,
+    },
+    /// Serve the `[proxy.NAME]` proxies: an unchanged script points its base URL at one, and
+    /// every request goes on to the server with a fresh token or Teamcenter session (`run`
+    /// serves them too). Until SIGTERM or Ctrl-C.
+    Proxy {
         /// The configuration file.
         #[arg(short, long, default_value = "shiftkey.toml")]
         config: std::path::PathBuf,
@@ -185,7 +192,10 @@ fn log_filter(cli: &Cli) -> Result<tracing_subscriber::EnvFilter, String> {
         _ => {
             let default = if cli.verbose {
                 "debug"
-            } else if matches!(cli.command, Command::Run { .. } | Command::Broker { .. }) {
+            } else if matches!(
+                cli.command,
+                Command::Run { .. } | Command::Broker { .. } | Command::Proxy { .. }
+            ) {
                 "warn,shiftkey=info"
             } else {
                 "warn"
@@ -240,8 +250,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             #[cfg(feature = "demo")]
             Command::Sim(args) => demo::sim(args).await,
             Command::Sync(args) => sync_once(args).await,
-            Command::Run { config } => daemon(&config, true).await,
-            Command::Broker { config } => daemon(&config, false).await,
+            Command::Run { config } => daemon(&config, Serve::Everything).await,
+            Command::Broker { config } => daemon(&config, Serve::Broker).await,
+            Command::Proxy { config } => daemon(&config, Serve::Proxies).await,
             Command::Token(cmd) => tokens::command(cmd).await,
             Command::Store(cmd) => store_cmd::command(cmd).await,
             Command::Doctor(args) => doctor::run(args).await,
@@ -420,7 +431,19 @@ async fn sync_once(args: SyncArgs) -> anyhow::Result<ExitCode> {
 
 /// `run` (with `sync`) and `broker` (without): the broker for `[tokens.*]`, the ops server, the
 /// alerts, and the sync loop, until SIGTERM or Ctrl-C.
-async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> {
+/// What a long-running command serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Serve {
+    /// `run`: the sync, the broker and the proxies.
+    Everything,
+    /// `broker`: the token broker.
+    Broker,
+    /// `proxy`: the `[proxy.NAME]` proxies.
+    Proxies,
+}
+
+async fn daemon(path: &std::path::Path, serving: Serve) -> anyhow::Result<ExitCode> {
+    let sync = serving == Serve::Everything;
     let cfg = config::Config::load(path)?;
     cfg.resolve_all()?;
     net::warn_if_insecure(&cfg);
@@ -449,6 +472,31 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
     } else {
         None
     };
+    // The Teamcenter session the `teamcenter = true` proxies share: the sync's, or, without a
+    // sync, one of their own (watched and shut down like the sync's).
+    let proxy_tc =
+        if tc.is_none() && serving != Serve::Broker && cfg.proxy.values().any(|p| p.teamcenter) {
+            Some(teamcenter(&cfg, Some(Arc::clone(&monitor)), &tokens)?)
+        } else {
+            None
+        };
+    let proxies = if serving == Serve::Broker {
+        Vec::new()
+    } else {
+        proxy::build(
+            &cfg,
+            &tokens,
+            tc.as_ref().or(proxy_tc.as_ref()),
+            Some(&monitor),
+        )?
+    };
+    if serving == Serve::Proxies && proxies.is_empty() {
+        anyhow::bail!(config::ConfigProblem(format!(
+            "{}: `shiftkey proxy` has nothing to serve; add a `[proxy.NAME]` section",
+            path.display()
+        )));
+    }
+    let proxy_session = proxy_tc.map(|t| t.middleware().manager().clone());
     let mut watched: Vec<(String, shiftkey_auth::TokenManager)> = tokens
         .managers
         .iter()
@@ -462,10 +510,14 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
             ("teamcenter".to_owned(), tc.middleware().manager().clone()),
         );
     }
+    if let Some(m) = &proxy_session {
+        watched.insert(0, ("teamcenter".to_owned(), m.clone()));
+    }
     let ops = ops::Ops::new(
         &cfg,
         prometheus,
         watched,
+        proxies.iter().map(|b| Arc::clone(&b.proxy)).collect(),
         tc.as_ref().map(|t| t.middleware().clone()),
         sync.then(|| std::time::Duration::from_secs(cfg.schedule.interval_minutes * 60)),
     )?;
@@ -513,15 +565,21 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
     if let Some(tc) = tc.as_ref().filter(|_| !gateway) {
         tasks.watch_refresher("teamcenter", tc.middleware().manager());
     }
+    if let Some(m) = &proxy_session {
+        tasks.watch_refresher("teamcenter", m);
+    }
+    let _proxy_sockets = proxy::serve(&proxies, &mut tasks).await?;
     let _socket_file;
-    if !tokens.managers.is_empty() {
-        let broker = broker::Broker::new(tokens.managers.clone());
+    if serving == Serve::Proxies {
+        tracing::info!("serving {} proxy(ies)", proxies.len());
+    } else if !tokens.managers.is_empty() {
+        let broker = shiftkey_sidecar::broker::Broker::new(tokens.managers.clone());
         let socket = cfg.broker.socket_path()?;
-        let listener = broker::bind_socket(&socket).await?;
-        _socket_file = broker::SocketFile(socket.clone());
+        let listener = shiftkey_sidecar::unix::bind_socket(&socket, "broker.socket").await?;
+        _socket_file = shiftkey_sidecar::unix::SocketFile(socket.clone());
         tasks.spawn(
             "broker",
-            broker::serve_socket(listener, Arc::clone(&broker)),
+            shiftkey_sidecar::broker::serve_socket(listener, Arc::clone(&broker)),
         );
         tracing::info!(
             socket = %socket.display(),
@@ -530,16 +588,19 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
             socket.display()
         );
         if let Some(addr) = &cfg.broker.http {
-            let auth = Arc::new(broker::HttpAuth::from_config(&cfg)?);
+            let auth = Arc::new(tokens::broker_clients(&cfg)?);
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| anyhow::anyhow!("`broker.http`: cannot listen on {addr}: {e}"))?;
             let addr = listener.local_addr()?;
-            let router = serve::with_host_check(
-                broker::http_router(broker, auth),
-                serve::Hosts::loopback_and(&[]),
+            let router = shiftkey_sidecar::serve::with_host_check(
+                shiftkey_sidecar::broker::http_router(broker, auth),
+                shiftkey_sidecar::serve::Hosts::loopback_and(&[]),
             );
-            tasks.spawn("broker-http", serve::serve(listener, router));
+            tasks.spawn(
+                "broker-http",
+                shiftkey_sidecar::serve::serve(listener, router),
+            );
             tracing::info!(%addr, "broker HTTP on http://{addr}/v1/tokens/NAME");
         }
     } else if !sync {
@@ -678,7 +739,12 @@ async fn daemon(path: &std::path::Path, sync: bool) -> anyhow::Result<ExitCode> 
         for w in &warmups {
             w.abort();
         }
-        for m in tokens.managers.values().chain(tc_manager.as_ref()) {
+        for m in tokens
+            .managers
+            .values()
+            .chain(tc_manager.as_ref())
+            .chain(proxy_session.as_ref())
+        {
             m.shutdown().await;
         }
         if let Some(sink) = sink_to_close {

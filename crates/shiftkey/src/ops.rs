@@ -79,6 +79,8 @@ pub(crate) struct Ops {
     prometheus: Option<PrometheusHandle>,
     started: SystemTime,
     tokens: Vec<(String, TokenManager)>,
+    /// The `[proxy.NAME]` proxies, for their per-script accounting.
+    proxies: Vec<Arc<shiftkey_sidecar::Proxy>>,
     teamcenter: Option<AuthMiddleware>,
     interval: Option<Duration>,
     webhook: Option<(reqwest::Client, String)>,
@@ -116,6 +118,7 @@ impl Ops {
         cfg: &Config,
         prometheus: Option<PrometheusHandle>,
         tokens: Vec<(String, TokenManager)>,
+        proxies: Vec<Arc<shiftkey_sidecar::Proxy>>,
         teamcenter: Option<AuthMiddleware>,
         interval: Option<Duration>,
     ) -> anyhow::Result<Arc<Self>> {
@@ -134,6 +137,7 @@ impl Ops {
             prometheus,
             started: now(),
             tokens,
+            proxies,
             teamcenter,
             interval,
             webhook,
@@ -332,6 +336,22 @@ impl Ops {
             log.seen.insert(name.clone(), (s, status.generation));
         }
         log.events.truncate(KEEP);
+        for p in &self.proxies {
+            let s = p.stats();
+            for (what, n) in [
+                ("requests", s.requests),
+                ("forwarded", s.forwarded),
+                ("retries", s.retries),
+                ("healed", s.healed),
+                ("surfaced", s.surfaced),
+                ("failed", s.failed),
+            ] {
+                metrics::counter!("shiftkey_proxy_total", "proxy" => p.name().to_owned(), "what" => what)
+                    .absolute(n);
+            }
+            metrics::gauge!("shiftkey_proxy_sessions", "proxy" => p.name().to_owned())
+                .set(s.sessions.len() as f64);
+        }
         if let Some(mw) = &self.teamcenter {
             let (auth, server) = mw.circuits();
             for (name, state) in [("auth", auth), ("server", server)] {
@@ -717,6 +737,36 @@ impl Ops {
             );
         }
         h.push_str("</table>");
+        if !self.proxies.is_empty() {
+            h.push_str(
+                "<h2>Proxies</h2><table><tr><th>Proxy</th><th>Requests</th><th>Forwarded</th>\
+                 <th>Policy retries</th><th>Rejections healed</th><th>Rejections surfaced</th>\
+                 <th>Failed</th><th>Scripts (local sessions: requests)</th></tr>",
+            );
+            for p in &self.proxies {
+                let s = p.stats();
+                let scripts = s
+                    .sessions
+                    .iter()
+                    .map(|(who, n)| format!("{who}: {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let _ = write!(
+                    h,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td></tr>",
+                    esc(p.name()),
+                    s.requests,
+                    s.forwarded,
+                    s.retries,
+                    s.healed,
+                    if s.surfaced == 0 { "ok" } else { "bad" },
+                    s.surfaced,
+                    s.failed,
+                    esc(&scripts)
+                );
+            }
+            h.push_str("</table>");
+        }
         if let Some(mw) = &self.teamcenter {
             let st = mw.stats();
             let learned = mw.learned_limits();
@@ -802,11 +852,14 @@ pub(crate) async fn serve(
         .await
         .with_context(|| format!("`ops.listen`: cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    let router = crate::serve::with_host_check(
+    let router = shiftkey_sidecar::serve::with_host_check(
         ops.router(),
-        crate::serve::Hosts::loopback_and(&ops.allowed_hosts),
+        shiftkey_sidecar::serve::Hosts::loopback_and(&ops.allowed_hosts),
     );
-    Ok((addr, tokio::spawn(crate::serve::serve(listener, router))))
+    Ok((
+        addr,
+        tokio::spawn(shiftkey_sidecar::serve::serve(listener, router)),
+    ))
 }
 
 #[cfg(test)]
@@ -850,7 +903,7 @@ mod supervision_tests {
         )
         .unwrap();
         let cfg = Config::load(&path).unwrap();
-        let ops = Ops::new(&cfg, None, Vec::new(), None, None).unwrap();
+        let ops = Ops::new(&cfg, None, Vec::new(), Vec::new(), None, None).unwrap();
         assert!(ops.not_ready().is_empty(), "{:?}", ops.not_ready());
         ops.task_died("broker");
         let why = ops.not_ready();

@@ -353,44 +353,24 @@ impl Tokens {
 /// Creates `dir` (0700) when missing; refuses one that is not private: a symbolic link, owned by
 /// another user, or with any group or other permission bit. The message says how to fix it.
 pub(crate) fn ensure_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
-    if std::fs::symlink_metadata(dir).is_err() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    // lstat: a link is refused, not followed (another user could point it anywhere).
-    let meta =
-        std::fs::symlink_metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
-    if meta.file_type().is_symlink() {
-        bail!(
-            "{} is a symbolic link; point the configuration at the real folder",
-            dir.display()
-        );
-    }
-    if !meta.is_dir() {
-        bail!("{} is not a folder", dir.display());
-    }
-    let uid = rustix::process::getuid().as_raw();
-    if meta.uid() != uid {
-        bail!(
-            "{} belongs to uid {}, not to this user (uid {uid}); run `chown {uid} {}` or use another folder",
-            dir.display(),
-            meta.uid(),
-            dir.display()
-        );
-    }
-    let mode = meta.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        bail!(
-            "{} is open to other users (mode {mode:o}); run `chmod 700 {}`",
-            dir.display(),
-            dir.display()
-        );
-    }
-    Ok(())
+    Ok(shiftkey_sidecar::unix::ensure_private_dir(dir)?)
+}
+
+/// The broker's HTTP clients (`[broker.clients.NAME]`), their secrets resolved.
+pub(crate) fn broker_clients(cfg: &Config) -> anyhow::Result<shiftkey_sidecar::broker::HttpAuth> {
+    let clients = cfg
+        .broker
+        .clients
+        .iter()
+        .map(|(name, c)| {
+            Ok(shiftkey_sidecar::broker::HttpClient {
+                name: name.clone(),
+                secret: c.secret.resolve(&format!("broker.clients.{name}.secret"))?,
+                tokens: c.tokens.clone(),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(shiftkey_sidecar::broker::HttpAuth::new(clients))
 }
 
 /// `token` subcommands.
@@ -501,11 +481,11 @@ pub(crate) async fn command(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             token_config(&cfg, &name)?;
             // No socket path (no `broker.socket`, no XDG_RUNTIME_DIR): no broker to ask.
             let asked = match cfg.broker.socket_path() {
-                Ok(socket) => crate::broker::ask(&socket, &name).await?,
+                Ok(socket) => shiftkey_sidecar::broker::ask(&socket, &name).await?,
                 Err(_) => None,
             };
-            if let Some(reply) = asked {
-                println!("{}", reply.access_token.expose());
+            if let Some(token) = asked {
+                println!("{}", token.expose());
                 return Ok(ExitCode::SUCCESS);
             }
             let tokens = Tokens::build_one(&cfg, &http, &name).await?;
@@ -845,81 +825,5 @@ pub(crate) fn human(d: Duration) -> String {
         0..60 => format!("{s}s"),
         60..3600 => format!("{}m {:02}s", s / 60, s % 60),
         _ => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
-    }
-}
-
-#[cfg(test)]
-mod private_dir_tests {
-    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
-
-    use std::os::unix::fs::PermissionsExt as _;
-
-    use super::ensure_private_dir;
-
-    fn scratch(name: &str) -> std::path::PathBuf {
-        let d =
-            std::env::temp_dir().join(format!("shiftkey-private-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
-    }
-
-    #[test]
-    fn only_a_private_folder_of_ours_is_accepted() {
-        let base = scratch("base");
-        let made = base.join("a/b");
-        ensure_private_dir(&made).unwrap();
-        let mode = std::fs::metadata(&made).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o700);
-
-        // Group-readable (not only writable) is refused, with the fix.
-        std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o750)).unwrap();
-        let err = ensure_private_dir(&made).unwrap_err().to_string();
-        assert!(err.contains("chmod 700"), "{err}");
-        std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o700)).unwrap();
-
-        // A link to a private folder is refused, not followed.
-        let link = base.join("link");
-        std::os::unix::fs::symlink(&made, &link).unwrap();
-        let err = ensure_private_dir(&link).unwrap_err().to_string();
-        assert!(err.contains("symbolic link"), "{err}");
-
-        // Another user's folder is refused (checkable where we may give one away: as root).
-        if rustix::process::getuid().is_root() {
-            let theirs = base.join("theirs");
-            ensure_private_dir(&theirs).unwrap();
-            std::os::unix::fs::chown(&theirs, Some(65_534), Some(65_534)).unwrap();
-            let err = ensure_private_dir(&theirs).unwrap_err().to_string();
-            assert!(err.contains("belongs to uid 65534"), "{err}");
-        }
-        let _ = std::fs::remove_dir_all(&base);
-    }
-
-    #[tokio::test]
-    async fn the_socket_path_is_taken_only_from_a_stale_socket_of_ours() {
-        let base = scratch("sock");
-        ensure_private_dir(&base).unwrap();
-        let path = base.join("broker.sock");
-        // Something else at the path: refused and left alone.
-        std::fs::write(&path, "not a socket").unwrap();
-        let err = crate::broker::bind_socket(&path)
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("not a socket of this user"), "{err}");
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a socket");
-        std::fs::remove_file(&path).unwrap();
-        // A stale socket of ours (nobody listening): replaced, 0600.
-        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-        let listener = crate::broker::bind_socket(&path).await.unwrap();
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        // A live one: refused.
-        let err = crate::broker::bind_socket(&path)
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("already serving"), "{err}");
-        drop(listener);
-        let _ = std::fs::remove_dir_all(&base);
     }
 }

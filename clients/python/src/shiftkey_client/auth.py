@@ -34,7 +34,7 @@ except ImportError:  # httpx is optional
         pass
 
 
-class BrokerAuth(_RequestsAuth, _HttpxAuth):  # type: ignore[misc]
+class BrokerAuth(_RequestsAuth, _HttpxAuth):
     """Sets `Authorization: Bearer <token of name>` from the broker on each request. On a 401 it
     reports the token's generation and resends the request once with the replacement (only when
     the body can be sent again: not a generator or a file stream); a second 401 goes to the
@@ -60,7 +60,8 @@ class BrokerAuth(_RequestsAuth, _HttpxAuth):  # type: ignore[misc]
     def __call__(self, r: "requests.PreparedRequest") -> "requests.PreparedRequest":
         token = self.broker.token(self.name)
         r.headers["Authorization"] = f"Bearer {token.value}"
-        r.register_hook("response", functools.partial(self._on_response, token.generation))
+        hook = functools.partial(self._on_response, token.generation)
+        r.register_hook("response", hook)  # type: ignore[no-untyped-call]
         return r
 
     def _on_response(
@@ -77,10 +78,11 @@ class BrokerAuth(_RequestsAuth, _HttpxAuth):  # type: ignore[misc]
         r.content  # read the 401 to release its connection  # noqa: B018
         r.close()
         retry = r.request.copy()
-        extract_cookies_to_jar(retry._cookies, r.request, r.raw)  # type: ignore[attr-defined]
-        retry.prepare_cookies(retry._cookies)  # type: ignore[attr-defined]
+        jar = retry._cookies  # type: ignore[attr-defined]
+        extract_cookies_to_jar(jar, r.request, r.raw)  # type: ignore[no-untyped-call]
+        retry.prepare_cookies(jar)
         retry.headers["Authorization"] = f"Bearer {replacement.value}"
-        again: requests.Response = r.connection.send(retry, **kwargs)  # type: ignore[attr-defined]
+        again: requests.Response = r.connection.send(retry, **kwargs)
         again.history.append(r)
         again.request = retry
         if again.status_code != 401:

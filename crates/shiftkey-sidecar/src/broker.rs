@@ -12,11 +12,10 @@
 //! `{"generation":3}`, both with `Authorization: Bearer <client secret>`; same JSON replies.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
 use axum::Json;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -25,10 +24,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use shiftkey_auth::{Invalidation, LifetimeSource, Secret, TokenManager};
 use shiftkey_http::limits::{Death, LimitLearner, LimitsConfig, Recorded};
+#[cfg(unix)]
+use tokio::io::AsyncReadExt as _;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+#[cfg(unix)]
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::config::Config;
+use crate::SidecarError;
 
 /// One request line.
 #[derive(Debug, Deserialize, Serialize)]
@@ -51,7 +53,7 @@ enum Request {
 /// - a lifetime cap learned from reports is never below [`floor`] (max(60 s, 10 % of the
 ///   server's `expires_in`)), neither applied nor persisted — a cap restored from the store below
 ///   it is raised to it.
-pub(crate) struct Broker {
+pub struct Broker {
     managers: BTreeMap<String, TokenManager>,
     learners: BTreeMap<String, LimitLearner>,
     /// The lifetime the server claims (`expires_in`) per token, as last seen unclamped.
@@ -60,13 +62,23 @@ pub(crate) struct Broker {
 
 /// The lowest lifetime cap learned from broker reports: max(60 s, 10 % of what the server
 /// claims).
-pub(crate) fn floor(claimed: Option<Duration>) -> Duration {
+pub fn floor(claimed: Option<Duration>) -> Duration {
     let tenth = claimed.map_or(Duration::ZERO, |c| c / 10);
     Duration::from_secs(60).max(tenth)
 }
 
 impl Broker {
-    pub(crate) fn new(managers: BTreeMap<String, TokenManager>) -> Arc<Self> {
+    /// A broker serving `managers` by name. A lifetime cap restored from a store below
+    /// [`floor`] is raised to it.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # fn demo(manager: shiftkey_auth::TokenManager) {
+    /// let broker = shiftkey_sidecar::broker::Broker::new([("mes".to_owned(), manager)].into());
+    /// # let _ = broker; }
+    /// ```
+    #[must_use]
+    pub fn new(managers: BTreeMap<String, TokenManager>) -> Arc<Self> {
         let learners = managers
             .iter()
             .map(|(name, m)| {
@@ -243,42 +255,11 @@ impl Broker {
     }
 }
 
-/// Binds the Unix socket in a private folder (ours, 0700, not a link). The socket is created
-/// 0600 with no window in which it is more open (the umask is 0177 around `bind`). A stale socket
-/// of ours (nobody answers) is replaced; anything else at the path is refused, never removed.
-pub(crate) async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
-    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
-    let dir = path
-        .parent()
-        .with_context(|| format!("`broker.socket`: {} has no directory", path.display()))?;
-    crate::tokens::ensure_private_dir(dir)?;
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        let ours = meta.uid() == rustix::process::getuid().as_raw();
-        if !meta.file_type().is_socket() || !ours {
-            bail!(
-                "{} exists and is not a socket of this user; it is left alone: remove it yourself \
-                 if it is yours, or set a different `broker.socket`",
-                path.display()
-            );
-        }
-        if UnixStream::connect(path).await.is_ok() {
-            bail!(
-                "another broker is already serving {} (stop it, or set a different `broker.socket`)",
-                path.display()
-            );
-        }
-        std::fs::remove_file(path)
-            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
-    }
-    let previous = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
-    let bound = UnixListener::bind(path);
-    rustix::process::umask(previous);
-    bound.with_context(|| format!("cannot listen on {}", path.display()))
-}
-
-/// Serves the Unix socket until the task is dropped.
-pub(crate) async fn serve_socket(listener: UnixListener, broker: Arc<Broker>) {
-    let uid = rustix::process::getuid().as_raw();
+/// Serves the broker's line protocol on a Unix socket (bind it with
+/// [`crate::unix::bind_socket`]) until the task is dropped; only this user's processes are
+/// served.
+#[cfg(unix)]
+pub async fn serve_socket(listener: UnixListener, broker: Arc<Broker>) {
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -288,21 +269,8 @@ pub(crate) async fn serve_socket(listener: UnixListener, broker: Arc<Broker>) {
                 continue;
             }
         };
-        let client = match stream.peer_cred() {
-            Ok(cred) if cred.uid() == uid => cred
-                .pid()
-                .map_or_else(|| "socket".to_owned(), |pid| format!("pid {pid}")),
-            Ok(cred) => {
-                tracing::warn!(
-                    peer_uid = cred.uid(),
-                    "broker: refused a connection from another user"
-                );
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "broker: cannot read the peer's credentials; refused");
-                continue;
-            }
+        let Some(client) = crate::unix::peer_is_us(&stream) else {
+            continue;
         };
         let broker = Arc::clone(&broker);
         tokio::spawn(async move {
@@ -313,6 +281,7 @@ pub(crate) async fn serve_socket(listener: UnixListener, broker: Arc<Broker>) {
     }
 }
 
+#[cfg(unix)]
 async fn connection(stream: UnixStream, broker: &Broker, client: &str) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read.take(1 << 20)).lines();
@@ -331,102 +300,112 @@ async fn connection(stream: UnixStream, broker: &Broker, client: &str) -> std::i
     Ok(())
 }
 
-use tokio::io::AsyncReadExt as _;
-
-/// A token as the broker hands it out.
-pub(crate) struct Reply {
-    pub(crate) access_token: Secret,
-}
-
-/// Asks a running broker at `socket` for `name`; `None` when no broker is listening.
-pub(crate) async fn ask(socket: &Path, name: &str) -> anyhow::Result<Option<Reply>> {
+/// Asks a running broker at `socket` for the token `name`: `Ok(None)` when no broker is
+/// listening there. Only a broker running as this user is trusted; one that accepts and never
+/// answers fails after [`ASK_TIMEOUT`].
+///
+/// # Example
+/// ```no_run
+/// # async fn demo() -> Result<(), shiftkey_sidecar::SidecarError> {
+/// let socket = std::path::Path::new("/run/user/1000/shiftkey/broker.sock");
+/// if let Some(token) = shiftkey_sidecar::broker::ask(socket, "mes").await? {
+///     // token.expose() goes in the Authorization header.
+/// #   let _ = token;
+/// }
+/// # Ok(()) }
+/// ```
+#[cfg(unix)]
+pub async fn ask(socket: &Path, name: &str) -> Result<Option<Secret>, SidecarError> {
     // A broker that accepts and never answers must not hang a shell script.
     tokio::time::timeout(ASK_TIMEOUT, ask_inner(socket, name))
         .await
-        .with_context(|| {
-            format!(
-                "the broker on {} did not answer within {} s",
-                socket.display(),
-                ASK_TIMEOUT.as_secs()
+        .map_err(|_| {
+            SidecarError::path(
+                socket,
+                format!(
+                    "the broker did not answer within {} s",
+                    ASK_TIMEOUT.as_secs()
+                ),
             )
         })?
 }
 
-/// How long `token get` waits for the broker (its own wait for a refresh is 30 s).
-const ASK_TIMEOUT: Duration = Duration::from_secs(40);
+/// How long [`ask`] waits for the broker (its own wait for a refresh is 30 s).
+pub const ASK_TIMEOUT: Duration = Duration::from_secs(40);
 
-async fn ask_inner(socket: &Path, name: &str) -> anyhow::Result<Option<Reply>> {
+#[cfg(unix)]
+async fn ask_inner(socket: &Path, name: &str) -> Result<Option<Secret>, SidecarError> {
     let Ok(stream) = UnixStream::connect(socket).await else {
         return Ok(None);
     };
     // Trust only a broker running as this user: another user's process at the path would
     // otherwise hand a script a token of its choosing.
-    let uid = rustix::process::getuid().as_raw();
+    let uid = crate::unix::uid();
     let peer = stream
         .peer_cred()
-        .with_context(|| format!("cannot read who serves {}", socket.display()))?;
+        .map_err(|e| SidecarError::io(format!("cannot read who serves {}", socket.display()), e))?;
     if peer.uid() != uid {
-        bail!(
-            "{} is served by uid {}, not by this user (uid {uid}); not trusted",
-            socket.display(),
-            peer.uid()
-        );
+        return Err(SidecarError::path(
+            socket,
+            format!(
+                "is served by uid {}, not by this user (uid {uid}); not trusted",
+                peer.uid()
+            ),
+        ));
     }
+    let bad = |what: &str| SidecarError::path(socket, format!("the broker {what}"));
     let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_vec(&Request::Get {
         name: name.to_owned(),
-    })?;
+    })
+    .map_err(|_| bad("request could not be written"))?;
     line.push(b'\n');
-    write.write_all(&line).await?;
+    write.write_all(&line).await.map_err(|e| {
+        SidecarError::io(format!("writing to the broker on {}", socket.display()), e)
+    })?;
     let mut reply = String::new();
     BufReader::new(read.take(1 << 20))
         .read_line(&mut reply)
         .await
-        .with_context(|| format!("reading the broker's reply on {}", socket.display()))?;
-    let v: Value = serde_json::from_str(&reply)
-        .with_context(|| format!("the broker on {} sent a bad reply", socket.display()))?;
+        .map_err(|e| {
+            SidecarError::io(
+                format!("reading the broker's reply on {}", socket.display()),
+                e,
+            )
+        })?;
+    let v: Value = serde_json::from_str(&reply).map_err(|_| bad("sent a bad reply"))?;
     if v["ok"] != true {
-        bail!(
-            "broker on {}: {}",
-            socket.display(),
+        return Err(bad(&format!(
+            "refused: {}",
             v["error"].as_str().unwrap_or("failed")
-        );
+        )));
     }
-    let token = v["token"]
-        .as_str()
-        .with_context(|| format!("the broker on {} sent no token", socket.display()))?;
-    Ok(Some(Reply {
-        access_token: Secret::new(token.to_owned()),
-    }))
+    let token = v["token"].as_str().ok_or_else(|| bad("sent no token"))?;
+    Ok(Some(Secret::new(token.to_owned())))
 }
 
 /// One client of the HTTP listener: its name, its secret, the tokens it may get.
-struct HttpClient {
-    name: String,
-    secret: Secret,
-    tokens: Vec<String>,
+#[derive(Debug)]
+pub struct HttpClient {
+    /// Its name, for logs.
+    pub name: String,
+    /// The secret it presents as `Authorization: Bearer` (compared in constant time).
+    pub secret: Secret,
+    /// The tokens it may get; any other is refused (403).
+    pub tokens: Vec<String>,
 }
 
 /// Per-client secrets and scopes of the HTTP listener.
-pub(crate) struct HttpAuth {
+#[derive(Debug)]
+pub struct HttpAuth {
     clients: Vec<HttpClient>,
 }
 
 impl HttpAuth {
-    pub(crate) fn from_config(cfg: &Config) -> anyhow::Result<Self> {
-        let clients = cfg
-            .broker
-            .clients
-            .iter()
-            .map(|(name, c)| {
-                Ok(HttpClient {
-                    name: name.clone(),
-                    secret: c.secret.resolve(&format!("broker.clients.{name}.secret"))?,
-                    tokens: c.tokens.clone(),
-                })
-            })
-            .collect::<anyhow::Result<_>>()?;
-        Ok(Self { clients })
+    /// The listener's clients.
+    #[must_use]
+    pub fn new(clients: Vec<HttpClient>) -> Self {
+        Self { clients }
     }
 
     /// The client presenting `headers`' bearer secret (compared in constant time), if it may get
@@ -473,8 +452,8 @@ impl HttpAuth {
 
 type HttpState = (Arc<Broker>, Arc<HttpAuth>);
 
-/// The loopback HTTP router.
-pub(crate) fn http_router(broker: Arc<Broker>, auth: Arc<HttpAuth>) -> axum::Router {
+/// The loopback HTTP router (serve it with [`crate::serve::with_host_check`] in front).
+pub fn http_router(broker: Arc<Broker>, auth: Arc<HttpAuth>) -> axum::Router {
     axum::Router::new()
         .route("/v1/tokens/{name}", axum::routing::get(http_get))
         .route(
@@ -554,15 +533,6 @@ async fn http_rejected(
             )
             .await,
     )
-}
-
-/// Removes the socket file when the broker stops.
-pub(crate) struct SocketFile(pub(crate) PathBuf);
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 #[cfg(test)]
