@@ -4,6 +4,7 @@ that always has a newer token and a fake API that accepts only the token it is t
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import AsyncIterator, Iterator, List, Tuple, Union
 
 import httpx
@@ -125,3 +126,32 @@ def test_repr_names_the_token_not_its_value() -> None:
         "BrokerAuth('gw', broker=Broker(socket_path='/nonexistent/broker.sock', timeout=40), "
         "healed=0)"
     )
+
+
+def test_async_broker_calls_do_not_block_the_event_loop(fake_api: FakeApi) -> None:
+    class SlowBroker(FakeBroker):
+        def token(self, name: str) -> Token:
+            time.sleep(0.5)
+            return super().token(name)
+
+    fake_api.accept = "t1"
+    auth = BrokerAuth("gw", broker=SlowBroker())
+
+    async def run() -> Tuple[int, int]:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        async with httpx.AsyncClient(auth=auth, timeout=10) as client:
+            r = await client.post(fake_api.url, content=BODY)
+        ticker.cancel()
+        return r.status_code, ticks
+
+    status, ticks = asyncio.run(run())
+    assert status == 200
+    assert ticks >= 5, "the loop ran while the broker answered"

@@ -25,6 +25,12 @@ pub(crate) async fn start_sim(cfg: shiftkey_sim::SimConfig) -> shiftkey_sim::Sim
         .unwrap()
 }
 
+/// The Python that runs the field's scripts: `SHIFTKEY_PYTHON` (the virtual environment
+/// `cargo xtask test` prepares, with `requests` and `httpx`), else `python3`.
+pub(crate) fn python() -> String {
+    std::env::var("SHIFTKEY_PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
 /// A fresh private folder for one test.
 pub(crate) fn temp_dir(name: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt as _;
@@ -125,6 +131,11 @@ impl Daemon {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("no {needle:?} in 30 s:\n{}", self.log());
+    }
+
+    /// The process id (for reading its memory use in /proc).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
     }
 
     /// The URL logged after `prefix` (e.g. "ops endpoints on "), without the path.
