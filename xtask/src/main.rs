@@ -115,6 +115,14 @@ fn have(program: &str) -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
+/// Whether `python3 -m venv` can make an environment with pip (Debian splits it out).
+fn python_venv() -> bool {
+    Command::new("python3")
+        .args(["-c", "import ensurepip, venv"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 /// The Debian packages the tests need that this machine lacks.
 fn missing_packages() -> Vec<&'static str> {
     let postgres = std::fs::read_dir("/usr/lib/postgresql").is_ok_and(|d| {
@@ -127,6 +135,7 @@ fn missing_packages() -> Vec<&'static str> {
         (postgres, "postgresql"),
         (have("mosquitto"), "mosquitto"),
         (have("python3"), "python3"),
+        (python_venv(), "python3-venv"),
         (have("runuser"), "util-linux"),
         (have("systemd-analyze"), "systemd"),
     ]
@@ -173,8 +182,51 @@ fn install_debian(packages: &[&str], why: &str) -> Result<()> {
 fn test() -> Result<()> {
     system_packages()?;
     npm_packages()?;
-    cargo(&["test", "--workspace", "--all-targets"])?;
-    cargo(&["test", "--workspace", "--doc"])
+    let python = python_env()?;
+    // The field's Python scripts in the Rust tests run on the environment's `requests`.
+    status(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["test", "--workspace", "--all-targets"])
+            .env("SHIFTKEY_PYTHON", &python)
+            .current_dir(root()),
+    )?;
+    cargo(&["test", "--workspace", "--doc"])?;
+    // The Python package against the real broker the tests above built.
+    say("xtask: the Python client's tests (clients/python, pytest)");
+    status(
+        Command::new(&python)
+            .args(["-m", "pytest", "-q", "clients/python/tests"])
+            .env("SHIFTKEY_BIN", root().join("target/debug/shiftkey"))
+            .current_dir(root()),
+    )
+}
+
+/// A virtual environment in `target/pyenv` with pytest, requests and httpx from PyPI and the
+/// package in `clients/python`: its Python.
+fn python_env() -> Result<PathBuf> {
+    let env = root().join("target/pyenv");
+    let python = env.join("bin/python");
+    if !python.is_file() {
+        say("xtask: creating target/pyenv (pytest, requests, httpx from PyPI)");
+        status(Command::new("python3").args(["-m", "venv"]).arg(&env))
+            .context("cannot create a Python virtual environment (Debian: apt-get install -y python3-venv)")?;
+    }
+    let ready = Command::new(&python)
+        .args(["-c", "import pytest, requests, httpx"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ready {
+        status(Command::new(&python).args([
+            "-m", "pip", "install", "-q", "--disable-pip-version-check", "pytest", "requests", "httpx",
+        ]))?;
+    }
+    // The package as it is in this checkout (quick: pure Python, no dependencies to fetch).
+    status(
+        Command::new(&python)
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps"])
+            .arg(root().join("clients/python")),
+    )?;
+    Ok(python)
 }
 
 fn proptest(args: &[String]) -> Result<()> {
@@ -373,6 +425,7 @@ fn bench() -> Result<()> {
         ("shiftkey-store", "store", false),
         ("shiftkey-teamcenter", "initial_load", false),
         ("shiftkey-sync", "sync", false),
+        ("shiftkey-sidecar", "proxy", false),
     ];
     let mut end_to_end = String::new();
     for (package, bench, criterion) in suites {

@@ -299,8 +299,9 @@ def silent_tcp() -> Iterator[str]:
 
 
 class FakeApi:
-    """An API that accepts only the bearer token `accept` (none: every request gets 401), and
-    records what each request presented: (Authorization, body)."""
+    """An API at `url` that accepts only the bearer token `accept` (none: every request gets
+    401), and records what each request presented: (Authorization, body). `/redirect` sends a
+    request on to the API on another host name (localhost)."""
 
     def __init__(self) -> None:
         self.accept: Optional[str] = None
@@ -320,6 +321,12 @@ class FakeApi:
                             break
                 else:
                     body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path == "/redirect":  # to the same API, on another host name
+                    self.send_response(307)
+                    self.send_header("Location", api.url.replace("127.0.0.1", "localhost"))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 presented = self.headers.get("Authorization", "")
                 api.seen.append((presented, body))
                 ok = api.accept is not None and presented == f"Bearer {api.accept}"

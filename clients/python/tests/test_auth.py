@@ -155,3 +155,31 @@ def test_async_broker_calls_do_not_block_the_event_loop(fake_api: FakeApi) -> No
     status, ticks = asyncio.run(run())
     assert status == 200
     assert ticks >= 5, "the loop ran while the broker answered"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_401_after_a_redirect_to_another_host_is_left_alone(
+    kind: str, fake_api: FakeApi
+) -> None:
+    """The library drops the token on a redirect to another host: the 401 there says nothing
+    about the token, and that host must not get the replacement."""
+    broker = FakeBroker()
+    fake_api.accept = "t1"
+    auth = BrokerAuth("gw", broker=broker)
+    redirect = fake_api.url.replace("/api", "/redirect")
+    if kind == "requests":
+        r = requests.post(redirect, data=BODY, auth=auth, timeout=10)
+        status = r.status_code
+    elif kind == "httpx":
+        with httpx.Client(auth=auth, timeout=10, follow_redirects=True) as client:
+            status = client.post(redirect, content=BODY).status_code
+    else:
+
+        async def run() -> int:
+            async with httpx.AsyncClient(auth=auth, timeout=10, follow_redirects=True) as c:
+                return (await c.post(redirect, content=BODY)).status_code
+
+        status = asyncio.run(run())
+    assert status == 401
+    assert fake_api.seen == [("", BODY)]
+    assert broker.reports == [] and auth.healed == 0

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from typing import TYPE_CHECKING, Any, AsyncGenerator, Generator, Optional
+from typing import TYPE_CHECKING, Any, AsyncGenerator, Generator, Mapping, Optional
 
-from .broker import Broker
+from .broker import Broker, Token
 
 if TYPE_CHECKING:
     import httpx
@@ -60,18 +60,18 @@ class BrokerAuth(_RequestsAuth, _HttpxAuth):
     def __call__(self, r: "requests.PreparedRequest") -> "requests.PreparedRequest":
         token = self.broker.token(self.name)
         r.headers["Authorization"] = f"Bearer {token.value}"
-        hook = functools.partial(self._on_response, token.generation)
+        hook = functools.partial(self._on_response, token)
         r.register_hook("response", hook)  # type: ignore[no-untyped-call]
         return r
 
     def _on_response(
-        self, generation: int, r: "requests.Response", **kwargs: Any
+        self, token: Token, r: "requests.Response", **kwargs: Any
     ) -> "requests.Response":
-        if r.status_code != 401:
+        if not _refused(r.status_code, r.request.headers, token):
             return r
-        replacement = self.broker.rejected(self.name, generation)
+        replacement = self.broker.rejected(self.name, token.generation)
         replayable = r.request.body is None or isinstance(r.request.body, (bytes, str))
-        if replacement.generation == generation or not replayable:
+        if replacement.generation == token.generation or not replayable:
             return r  # nothing better to send (or nothing to send it with): the 401 as it is
         from requests.cookies import extract_cookies_to_jar
 
@@ -97,7 +97,7 @@ class BrokerAuth(_RequestsAuth, _HttpxAuth):
         token = self.broker.token(self.name)
         request.headers["Authorization"] = f"Bearer {token.value}"
         response = yield request
-        if response.status_code != 401:
+        if not _refused(response.status_code, response.request.headers, token):
             return
         replacement = self.broker.rejected(self.name, token.generation)
         if replacement.generation == token.generation or not _replayable(request):
@@ -113,7 +113,7 @@ class BrokerAuth(_RequestsAuth, _HttpxAuth):
         token = await asyncio.to_thread(self.broker.token, self.name)
         request.headers["Authorization"] = f"Bearer {token.value}"
         response = yield request
-        if response.status_code != 401:
+        if not _refused(response.status_code, response.request.headers, token):
             return
         replacement = await asyncio.to_thread(self.broker.rejected, self.name, token.generation)
         if replacement.generation == token.generation or not _replayable(request):
@@ -122,6 +122,12 @@ class BrokerAuth(_RequestsAuth, _HttpxAuth):
         response = yield request
         if response.status_code != 401:
             self._count_healed()
+
+
+def _refused(status: int, headers: Mapping[str, str], token: Token) -> bool:
+    """A 401 to a request that carried `token`: not one after a redirect to another host, where
+    the library dropped the token (that host must not get the replacement either)."""
+    return status == 401 and headers.get("Authorization") == f"Bearer {token.value}"
 
 
 def _replayable(request: "httpx.Request") -> bool:
