@@ -1225,6 +1225,16 @@ scopes = ["mes.write"]
 # secret = { env = "BROKER_SECRET_LABEL_PRINTER" }   # at least 32 bytes
 # tokens = ["mes"]                       # the tokens it may get; others are refused
 
+# A healing proxy for a script that cannot change: point its base URL at `listen`; every request
+# goes on to `upstream` with a fresh token (docs/operations.md, "Serving tokens to existing scripts").
+[proxy.mes]
+listen = "127.0.0.1:8181"               # loopback only; or socket = "/run/shiftkey/mes.sock"
+upstream = "https://mes.example.com/api"
+token = "mes"                           # or teamcenter = true: the [teamcenter] session, with the
+                                        # scripts' own logins answered by the proxy
+# replay_limit_kib = 1024               # larger request bodies stream and are sent once
+# timeout_secs = 300                    # one attempt upstream, the response body included
+
 # The ops HTTP server: /healthz, /readyz, /metrics, /status.
 [ops]
 listen = "127.0.0.1:9464"               # empty: no server

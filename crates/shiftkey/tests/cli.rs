@@ -321,6 +321,45 @@ fn the_example_config_loads_and_bad_configs_name_the_key() {
         &[("X", "x")],
         "not a loopback address",
     );
+    let proxy = |section: &str| {
+        format!(
+            "[store]\ndir = \"/tmp/x\"\nkey = {{ env = \"K\" }}\n[tokens.mes]\nkind = \"client_credentials\"\ntoken_url = \"http://127.0.0.1:9/t\"\nclient_id = \"c\"\nclient_secret = {{ env = \"K\" }}\n[proxy.mes]\n{section}"
+        )
+    };
+    for (name, section, named) in [
+        (
+            "proxypublic.toml",
+            "listen = \"0.0.0.0:8181\"\nupstream = \"https://mes.example.com\"\ntoken = \"mes\"\n",
+            "`proxy.mes.listen`: 0.0.0.0:8181 is not a loopback address",
+        ),
+        (
+            "proxyboth.toml",
+            "listen = \"127.0.0.1:8181\"\nupstream = \"https://mes.example.com\"\ntoken = \"mes\"\nteamcenter = true\n",
+            "set exactly one of `token`",
+        ),
+        (
+            "proxynotoken.toml",
+            "listen = \"127.0.0.1:8181\"\nupstream = \"https://mes.example.com\"\ntoken = \"erp\"\n",
+            "`proxy.mes.token`: there is no `[tokens.erp]` section",
+        ),
+        (
+            "proxyclear.toml",
+            "listen = \"127.0.0.1:8181\"\nupstream = \"http://mes.example.com\"\ntoken = \"mes\"\n",
+            "`proxy.mes.upstream`",
+        ),
+        (
+            "proxynotc.toml",
+            "socket = \"/tmp/x/p.sock\"\nupstream = \"https://tc.example.com\"\nteamcenter = true\n",
+            "needs a `[teamcenter]` section in session mode",
+        ),
+        (
+            "proxynolisten.toml",
+            "upstream = \"https://mes.example.com\"\ntoken = \"mes\"\n",
+            "set exactly one of `listen`",
+        ),
+    ] {
+        check(name, &proxy(section), &[("K", "k")], named);
+    }
     let broker = |client: &str| {
         format!(
             "[store]\ndir = \"/tmp/x\"\nkey = {{ env = \"K\" }}\n[tokens.mes]\nkind = \"client_credentials\"\ntoken_url = \"http://127.0.0.1:9/t\"\nclient_id = \"c\"\nclient_secret = {{ env = \"K\" }}\n[broker]\nhttp = \"127.0.0.1:8732\"\n[broker.clients.printer]\n{client}"
