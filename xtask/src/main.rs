@@ -208,8 +208,9 @@ fn python_env() -> Result<PathBuf> {
     let python = env.join("bin/python");
     if !python.is_file() {
         say("xtask: creating target/pyenv (pytest, requests, httpx from PyPI)");
-        status(Command::new("python3").args(["-m", "venv"]).arg(&env))
-            .context("cannot create a Python virtual environment (Debian: apt-get install -y python3-venv)")?;
+        status(Command::new("python3").args(["-m", "venv"]).arg(&env)).context(
+            "cannot create a Python virtual environment (Debian: apt-get install -y python3-venv)",
+        )?;
     }
     let ready = Command::new(&python)
         .args(["-c", "import pytest, requests, httpx"])
@@ -217,13 +218,27 @@ fn python_env() -> Result<PathBuf> {
         .is_ok_and(|o| o.status.success());
     if !ready {
         status(Command::new(&python).args([
-            "-m", "pip", "install", "-q", "--disable-pip-version-check", "pytest", "requests", "httpx",
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "pytest",
+            "requests",
+            "httpx",
         ]))?;
     }
     // The package as it is in this checkout (quick: pure Python, no dependencies to fetch).
     status(
         Command::new(&python)
-            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "--no-deps",
+            ])
             .arg(root().join("clients/python")),
     )?;
     Ok(python)
@@ -1004,6 +1019,7 @@ const LIBRARIES: &[&str] = &[
     "shiftkey-http",
     "shiftkey-teamcenter",
     "shiftkey-shopfloor",
+    "shiftkey-sidecar",
     "shiftkey-sync",
     "shiftkey-sim",
 ];
