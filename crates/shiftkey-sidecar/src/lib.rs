@@ -31,8 +31,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Metrics (through the `metrics` facade): `shiftkey_proxy_requests_total{proxy}`; the
-//! middleware's own (`shiftkey_http_*`) count every forwarded request.
+//! Counts: [`Proxy::stats`] per proxy (the binary exports them as `shiftkey_proxy_total`); the
+//! middleware's own `metrics` (`shiftkey_http_*`) count every forwarded request.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

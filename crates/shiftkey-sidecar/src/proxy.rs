@@ -257,8 +257,6 @@ impl Proxy {
     /// Answers one script request.
     pub async fn handle(&self, request: http::Request<Body>) -> Response {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("shiftkey_proxy_requests_total", "proxy" => self.name.clone())
-            .increment(1);
         let (parts, body) = request.into_parts();
         if self.login.is_some() {
             let path = parts.uri.path();
