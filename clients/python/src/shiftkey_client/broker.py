@@ -35,8 +35,11 @@ class Token:
     expires_in: int
 
 
-def _peer_uid(sock: socket.socket) -> int:
-    """The uid of the process serving the connected Unix socket (SO_PEERCRED: pid, uid, gid)."""
+def _peer_uid(sock: socket.socket) -> Optional[int]:
+    """The uid of the process serving the connected Unix socket (SO_PEERCRED: pid, uid, gid);
+    None where the platform cannot tell."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return None
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
     return int(uid)
@@ -167,6 +170,10 @@ class Broker:
                 # Trust only a broker running as this user: another user's process at the path
                 # could hand out a token of its choosing.
                 uid = _peer_uid(s)
+                if uid is None:
+                    raise BrokerError(
+                        f"cannot tell who serves {self._where} (no SO_PEERCRED here); not trusted"
+                    )
                 if uid != os.getuid():
                     raise BrokerError(
                         f"{self._where} is served by uid {uid}, not by this user "
