@@ -25,8 +25,14 @@ use shiftkey_auth::testing::ScriptedStrategy;
 use shiftkey_http::AuthMiddleware;
 use shiftkey_sidecar::{Proxy, ProxyConfig, serve};
 
-/// How long one round runs.
-const ROUND: Duration = Duration::from_secs(2);
+/// How long one round runs (`cargo bench`); under `cargo test` a short smoke run.
+fn round_length() -> Duration {
+    if std::env::args().any(|a| a == "--bench") {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_millis(100)
+    }
+}
 
 /// A loopback server answering `/api/orders` after `delay`.
 async fn upstream(delay: Duration) -> SocketAddr {
@@ -81,11 +87,11 @@ async fn proxy(upstream: SocketAddr) -> SocketAddr {
     addr
 }
 
-/// One round: `connections` callers, each with its own connection, for [`ROUND`]. Each
+/// One round: `connections` callers, each with its own connection, for [`round_length`]. Each
 /// request's latency.
 async fn round(target: SocketAddr, connections: usize) -> Vec<Duration> {
     let url = format!("http://{target}/api/orders");
-    let end = Instant::now() + ROUND;
+    let end = Instant::now() + round_length();
     let callers: Vec<_> = (0..connections)
         .map(|_| {
             // One connection per caller, as separate scripts would have.
@@ -129,7 +135,7 @@ fn measure(mut latencies: Vec<Duration>, rounds: u32) -> Measure {
     latencies.sort_unstable();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     Measure {
-        per_sec: latencies.len() as f64 / (ROUND.as_secs_f64() * f64::from(rounds)),
+        per_sec: latencies.len() as f64 / (round_length().as_secs_f64() * f64::from(rounds)),
         p50: at(0.50),
         p99: at(0.99),
     }

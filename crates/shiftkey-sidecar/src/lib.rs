@@ -47,7 +47,7 @@ pub mod serve;
 pub mod unix;
 
 pub use error::SidecarError;
-pub use proxy::{DEFAULT_REPLAY_LIMIT, LocalLogin, Proxy, ProxyConfig, ProxyStats};
+pub use proxy::{DEFAULT_REPLAY_LIMIT, LocalLogin, MAX_SESSIONS, Proxy, ProxyConfig, ProxyStats};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

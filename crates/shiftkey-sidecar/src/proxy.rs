@@ -35,6 +35,11 @@ use crate::SidecarError;
 /// once more; larger ones stream and are sent once.
 pub const DEFAULT_REPLAY_LIMIT: usize = 1024 * 1024;
 
+/// Local sessions kept: a script that logs in every few minutes and never logs out does not grow
+/// the proxy; the least recently used session is forgotten first (its script's next call still
+/// goes through, uncounted).
+pub const MAX_SESSIONS: usize = 256;
+
 /// The largest Teamcenter login or logout body read (a login is a few hundred bytes).
 const MAX_LOCAL_BODY: usize = 64 * 1024;
 
@@ -71,7 +76,9 @@ impl ProxyConfig {
     }
 
     /// Teamcenter mode: a script's login is accepted locally when it names `login`'s user and
-    /// password (so only a script that knows the account can use the proxy's session).
+    /// password (a wrong one gets `InvalidCredentialsException`). Calls without a local session
+    /// are forwarded too (a restarted proxy must not break a script that logged in before):
+    /// who may use the proxy is decided by its listener.
     #[must_use]
     pub fn teamcenter(mut self, login: LocalLogin) -> Self {
         self.teamcenter = Some(login);
@@ -112,13 +119,14 @@ pub struct ProxyStats {
     pub surfaced: u64,
     /// Requests answered with a proxy error (the upstream unreachable, no token, a circuit open).
     pub failed: u64,
-    /// Teamcenter: local logins accepted, refused, and logouts.
+    /// Teamcenter: local logins accepted.
     pub logins: u64,
     /// Teamcenter: local logins refused (wrong user or password).
     pub logins_refused: u64,
     /// Teamcenter: local logouts.
     pub logouts: u64,
-    /// Teamcenter: local sessions open now, each a script's, with its requests.
+    /// Teamcenter: local sessions open now (the newest [`MAX_SESSIONS`]), each a script's, with
+    /// its requests.
     pub sessions: BTreeMap<String, u64>,
 }
 
@@ -137,6 +145,8 @@ struct Counters {
 struct LocalSession {
     label: String,
     requests: u64,
+    /// When it was last used, in requests the proxy has seen.
+    last: u64,
 }
 
 /// The healing proxy. Build one per listener with [`Proxy::new`], serve [`Proxy::router`].
@@ -258,22 +268,42 @@ impl Proxy {
     pub async fn handle(&self, request: http::Request<Body>) -> Response {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let (parts, body) = request.into_parts();
-        if self.login.is_some() {
-            let path = parts.uri.path();
-            if parts.method == Method::POST && is_soa(path, "Session/login") {
-                return self.local_login(path, body).await;
-            }
-            if parts.method == Method::POST && is_soa(path, "Core-2006-03-Session/logout") {
-                return self.local_logout(&parts.headers);
-            }
-            self.count_session(&parts.headers);
+        // A browser on this host must not be able to make writes with the plant's credential
+        // (a form or `fetch` from any web page): browsers mark their requests, scripts do not.
+        if let Some(marker) = BROWSER_MARKERS
+            .iter()
+            .find(|h| parts.headers.contains_key(**h))
+        {
+            return self.failure(
+                StatusCode::FORBIDDEN,
+                &format!("a browser's request (it carries `{marker}`) is not forwarded"),
+            );
+        }
+        // Origin-form only: a script that took this for a forward proxy (`CONNECT`, an
+        // absolute URL) is told so, not sent on with the credential.
+        if parts.method == Method::CONNECT || parts.uri.scheme().is_some() {
+            return self.failure(
+                StatusCode::BAD_REQUEST,
+                "this is a reverse proxy: point the script's base URL at it, not HTTP_PROXY",
+            );
         }
         let Some(url) = target(&self.upstream, &parts.uri) else {
             return self.failure(
                 StatusCode::BAD_REQUEST,
-                "the path leaves the upstream's base path",
+                "the path has `.` or `..` segments or an encoded slash: it could leave the upstream's base path",
             );
         };
+        if self.login.is_some() {
+            // Matched on the path as it would be sent, so no spelling of it reaches the server.
+            let path = url.path().to_owned();
+            if parts.method == Method::POST && is_soa(&path, "Session/login") {
+                return self.local_login(&path, body).await;
+            }
+            if parts.method == Method::POST && is_soa(&path, "Core-2006-03-Session/logout") {
+                return self.local_logout(&parts.headers);
+            }
+            self.count_session(&parts.headers);
+        }
         let body = match self.body(body).await {
             Ok(b) => b,
             Err(e) => {
@@ -290,7 +320,11 @@ impl Proxy {
         match self.client.execute(outgoing).await {
             Ok(response) => {
                 let status = response.status();
-                let headers = forwardable(response.headers(), false);
+                let mut headers = forwardable(response.headers(), false);
+                if self.login.is_some() {
+                    // The server's session cookie is the proxy's, never the script's.
+                    headers.remove(header::SET_COOKIE);
+                }
                 let mut answer = Response::new(Body::from_stream(response.bytes_stream()));
                 *answer.status_mut() = status;
                 *answer.headers_mut() = headers;
@@ -316,7 +350,7 @@ impl Proxy {
 
     /// The answer when the middleware gave up: what a script expects from its server — a 401
     /// with a bearer challenge (or, for Teamcenter, the `InvalidUserException` a dead session
-    /// gets) for a rejection, 503 with `Retry-After` for an open circuit or no token, 504 for a
+    /// gets) for a rejection, 503 for no token (with `Retry-After` when a circuit is open), 504 for a
     /// timeout and 502 for an unreachable upstream.
     fn error(&self, e: &reqwest_middleware::Error) -> Response {
         self.counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -417,10 +451,30 @@ impl Proxy {
             session = label.as_str(),
             "a script logged in locally"
         );
-        self.sessions
+        let now = self.counters.requests.load(Ordering::Relaxed);
+        let mut sessions = self
+            .sessions
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id.clone(), LocalSession { label, requests: 1 });
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while sessions.len() >= MAX_SESSIONS {
+            let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.last)
+                .map(|(id, _)| id.clone())
+            else {
+                break;
+            };
+            sessions.remove(&oldest);
+        }
+        sessions.insert(
+            id.clone(),
+            LocalSession {
+                label,
+                requests: 1,
+                last: now,
+            },
+        );
+        drop(sessions);
         let cookie = format!("JSESSIONID={id}; Path=/; HttpOnly");
         let version = if path.contains("Core-2006-03-Session") {
             "2006-03"
@@ -478,6 +532,7 @@ impl Proxy {
                 .get_mut(&id)
         {
             s.requests += 1;
+            s.last = self.counters.requests.load(Ordering::Relaxed);
         }
     }
 }
@@ -485,6 +540,24 @@ impl Proxy {
 /// The upstream URL for a script's path and query; `None` when `..` segments would leave the
 /// upstream's base path.
 fn target(upstream: &Url, uri: &http::Uri) -> Option<Url> {
+    // Refused before any normalisation: `.`/`..` in any spelling (`%2e`, `..;param`, which
+    // Tomcat reads as `..`), an encoded slash or backslash, a backslash.
+    let suspicious = uri.path().split('/').any(|segment| {
+        let lower = segment.to_ascii_lowercase();
+        let bare = lower
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .replace("%2e", ".");
+        bare == "."
+            || bare == ".."
+            || lower.contains("%2f")
+            || lower.contains("%5c")
+            || lower.contains('\\')
+    });
+    if suspicious {
+        return None;
+    }
     let mut url = upstream.clone();
     let base = upstream.path().trim_end_matches('/');
     url.set_path(&format!("{base}{}", uri.path()));
@@ -520,8 +593,12 @@ fn session_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) and those the proxy sets itself.
-const HOP_BY_HOP: [&str; 8] = [
+/// Headers only browsers send (Fetch metadata, CORS): a request carrying one is refused.
+const BROWSER_MARKERS: [&str; 3] = ["origin", "sec-fetch-site", "sec-fetch-mode"];
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1, and `Proxy-Connection`).
+const HOP_BY_HOP: [&str; 9] = [
+    "proxy-connection",
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -533,8 +610,9 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 /// The headers that go on: hop-by-hop ones (and those `Connection` names) dropped; on a request
-/// also `Host` and `Content-Length` (reqwest sets them for the new connection and body) and the
+/// also `Host` (reqwest sets it for the new connection), `Expect` (answered here already) and the
 /// script's own `Authorization` and `Cookie` (the proxy's credential replaces them).
+/// `Content-Length` stays: a streamed body keeps its length (servers that need one get it).
 fn forwardable(headers: &HeaderMap, request: bool) -> HeaderMap {
     let named: Vec<String> = headers
         .get_all(header::CONNECTION)
@@ -549,7 +627,7 @@ fn forwardable(headers: &HeaderMap, request: bool) -> HeaderMap {
             || named.iter().any(|x| x == n)
             || (request
                 && (name == header::HOST
-                    || name == header::CONTENT_LENGTH
+                    || name == header::EXPECT
                     || name == header::AUTHORIZATION
                     || name == header::COOKIE))
     };
@@ -657,6 +735,18 @@ mod tests {
             Some("http://127.0.0.1:9/tc/x".to_owned())
         );
         assert_eq!(proxy_target("http://127.0.0.1:9/api", "/../admin"), None);
+        // Spellings a server behind may read as `..` or `/`: refused before normalisation.
+        for path in [
+            "/..;/erp",
+            "/%2E%2e;x/erp",
+            "/a/..%2ferp",
+            "/a%5c..",
+            "/./x",
+            "/a/..",
+        ] {
+            assert_eq!(proxy_target("http://127.0.0.1:9/api", path), None, "{path}");
+        }
+        assert!(proxy_target("http://127.0.0.1:9/api", "/v1/..x/a.b;c=1").is_some());
         assert_eq!(
             proxy_target("http://127.0.0.1:9/api", "/%2e%2e/admin"),
             None

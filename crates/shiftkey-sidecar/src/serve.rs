@@ -132,8 +132,8 @@ pub fn with_host_check(router: Router, hosts: Hosts) -> Router {
     ))
 }
 
-/// `router` with the `Host` check in front and no deadline of its own (the proxy: its upstream
-/// calls have theirs, and a response body streams for as long as it takes).
+/// `router` with the `Host` check in front and no deadline of its own (the proxy: each upstream
+/// attempt has its own deadline, which covers streaming the response body back).
 pub fn with_host_check_only(router: Router, hosts: Hosts) -> Router {
     router.layer(axum::middleware::from_fn_with_state(
         (hosts, None),

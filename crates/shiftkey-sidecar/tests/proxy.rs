@@ -273,3 +273,108 @@ async fn a_teamcenter_script_that_logs_in_once_reads_all_day_on_the_proxys_sessi
     .unwrap();
     assert!(qname(&v).ends_with("GetTCSessionInfoResponse"), "{v}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_body_over_the_replay_limit_is_sent_once_and_its_rejection_reaches_the_script() {
+    let sim = sim(SimConfig::default()).await;
+    let oauth = OAuthClient::new(
+        reqwest::Client::new(),
+        format!("{}/oauth/token", sim.url()).parse().unwrap(),
+        "shiftkey",
+        ClientAuth::SecretBasic("shiftkey-secret".into()),
+    );
+    let manager = TokenManager::builder(ServiceAccount::new(oauth))
+        .build()
+        .unwrap();
+    // Bodies up to 64 bytes are held; the envelope below is longer.
+    let proxy = Proxy::new(
+        ProxyConfig::new("gateway", sim.url().parse().unwrap()).replay_limit(64),
+        no_redirects(),
+        AuthMiddleware::builder(manager).build(),
+    )
+    .unwrap();
+    let addr = start(Arc::clone(&proxy)).await;
+    let url = format!("http://{addr}/tc/RestServices/Core-2007-01-Session/getTCSessionInfo");
+    let long = json!({"header": {"state": {"clientVersion": "plant-script-1.0"}, "policy": {}}, "body": {}});
+    let call = |body: Value| reqwest::Client::new().post(&url).json(&body).send();
+    assert_eq!(call(long.clone()).await.unwrap().status(), 200);
+    // A browser's request (any web page could send it) is refused and goes nowhere.
+    let from_a_page = reqwest::Client::new()
+        .post(&url)
+        .header("Origin", "https://evil.example")
+        .json(&long)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(from_a_page.status(), 403);
+    assert_eq!(proxy.stats().forwarded, 1);
+    // The server restarts: the token dies. The long body cannot be sent twice, so the
+    // rejection reaches the script — as its server would have sent it.
+    sleep(mins(1)).await;
+    sim.restart();
+    sleep(mins(1)).await;
+    let refused = call(long.clone()).await.unwrap();
+    assert_eq!(refused.status(), 401);
+    assert!(
+        refused.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("invalid_token")
+    );
+    assert_eq!(proxy.stats().surfaced, 1);
+    // A refresh was started all the same: the next request goes through.
+    assert_eq!(call(long).await.unwrap().status(), 200);
+    // A short body is held and replayed: after the next restart its rejection is healed.
+    sleep(mins(1)).await;
+    sim.restart();
+    sleep(mins(1)).await;
+    assert_eq!(call(json!({"body": {}})).await.unwrap().status(), 200);
+    assert_eq!(proxy.stats().healed, 1);
+    assert_eq!(proxy.stats().surfaced, 1);
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_unix_socket_proxy_serves_a_script_of_this_user() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let sim = sim(SimConfig::default()).await;
+    let proxy = bearer_proxy(&sim);
+    let dir = std::env::temp_dir().join(format!("shiftkey-sidecar-sock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = dir.join("gateway.sock");
+    let listener = shiftkey_sidecar::unix::bind_socket(&path, "proxy.gateway.socket")
+        .await
+        .unwrap();
+    let _file = shiftkey_sidecar::unix::SocketFile(path.clone());
+    tokio::spawn(serve::serve_unix(
+        listener,
+        Arc::clone(&proxy).router(),
+        serve::ServeLimits::default(),
+    ));
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let body = r#"{"header":{"state":{},"policy":{}},"body":{}}"#;
+    let mut stream = tokio::net::UnixStream::connect(&path).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "POST /tc/RestServices/Core-2007-01-Session/getTCSessionInfo HTTP/1.1\r\n\
+                 Host: localhost\r\nAuthorization: Bearer stale\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_string(&mut answer))
+        .await
+        .expect("the proxy answered")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("GetTCSessionInfoResponse"), "{answer}");
+    assert_eq!(proxy.stats().forwarded, 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -298,14 +298,21 @@ impl AuthStrategy for SessionLogin {
 
 /// Recognises a dead Teamcenter session whatever the HTTP status: an `InvalidUserException` in
 /// the body (read and handed back rebuilt), or a gateway's 401 bearer challenge.
+///
+/// Only the first 64 KiB are read: the exception is a few hundred bytes, so a longer
+/// answer is accepted and handed back with its head put back in front of the rest, still
+/// streaming (a proxy passing a large answer through never holds it).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TcClassifier;
+
+/// How much of an answer [`TcClassifier`] reads to look for the exception.
+const PEEK: usize = 64 * 1024;
 
 #[async_trait]
 impl Classifier for TcClassifier {
     async fn classify(
         &self,
-        response: reqwest::Response,
+        mut response: reqwest::Response,
     ) -> Result<(Verdict, reqwest::Response), reqwest::Error> {
         let bearer = BearerClassifier::verdict(response.status(), response.headers());
         if bearer == Verdict::Refresh {
@@ -313,18 +320,77 @@ impl Classifier for TcClassifier {
         }
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = response.bytes().await?;
-        // Parse only a body that can be the exception: large answers are parsed once, by the caller.
+        let mut head = bytes::BytesMut::new();
+        let mut ended = false;
+        while head.len() <= PEEK {
+            match response.chunk().await? {
+                Some(chunk) => head.extend_from_slice(&chunk),
+                None => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        let head = head.freeze();
+        let body = if ended {
+            reqwest::Body::from(head.clone())
+        } else {
+            let first = futures_util::stream::iter([Ok::<_, reqwest::Error>(head.clone())]);
+            reqwest::Body::wrap_stream(futures_util::StreamExt::chain(
+                first,
+                response.bytes_stream(),
+            ))
+        };
+        // Parse only a whole body that can be the exception: large answers are parsed once, by
+        // the caller.
         const NAME: &[u8] = b"InvalidUserException";
-        let dead = bytes.first() == Some(&b'{')
-            && bytes.windows(NAME.len()).any(|w| w == NAME)
-            && serde_json::from_slice::<Value>(&bytes).is_ok_and(|v| wire::is_invalid_user(&v));
-        let mut rebuilt = http::Response::new(bytes);
+        let dead = ended
+            && head.first() == Some(&b'{')
+            && head.windows(NAME.len()).any(|w| w == NAME)
+            && serde_json::from_slice::<Value>(&head).is_ok_and(|v| wire::is_invalid_user(&v));
+        let mut rebuilt = http::Response::new(body);
         *rebuilt.status_mut() = status;
         *rebuilt.headers_mut() = headers;
         Ok((
             if dead { Verdict::Refresh } else { bearer },
             reqwest::Response::from(rebuilt),
         ))
+    }
+}
+
+#[cfg(test)]
+mod classifier_tests {
+    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+    use super::*;
+
+    fn answer(chunks: Vec<Vec<u8>>) -> reqwest::Response {
+        let stream = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>));
+        reqwest::Response::from(http::Response::new(reqwest::Body::wrap_stream(stream)))
+    }
+
+    #[tokio::test]
+    async fn a_long_answer_is_accepted_and_handed_back_whole() {
+        let chunks: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 16 * 1024]).collect();
+        let whole: Vec<u8> = chunks.concat();
+        let (verdict, response) = TcClassifier.classify(answer(chunks)).await.unwrap();
+        assert_eq!(verdict, Verdict::Accepted);
+        assert_eq!(response.bytes().await.unwrap().to_vec(), whole);
+    }
+
+    #[tokio::test]
+    async fn the_exception_in_pieces_is_a_dead_session() {
+        let body = serde_json::to_vec(&json!({
+            ".QName": "http://teamcenter.com/Schemas/Soa/2006-03/Exceptions.InvalidUserException",
+            "code": 1000, "level": 3, "message": "User does not have a valid session.",
+        }))
+        .unwrap();
+        let (a, b) = body.split_at(20);
+        let (verdict, response) = TcClassifier
+            .classify(answer(vec![a.to_vec(), b.to_vec()]))
+            .await
+            .unwrap();
+        assert_eq!(verdict, Verdict::Refresh);
+        assert_eq!(response.bytes().await.unwrap().to_vec(), body);
     }
 }

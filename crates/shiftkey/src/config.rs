@@ -760,6 +760,13 @@ impl Config {
                 key("max_connections")
             );
         }
+        if p.max_connections > 65_536 || p.replay_limit_kib > 65_536 {
+            bail!(
+                "`{}` and `{}` are at most 65536 (connections; KiB, 64 MiB held per request)",
+                key("max_connections"),
+                key("replay_limit_kib")
+            );
+        }
         Ok(())
     }
 

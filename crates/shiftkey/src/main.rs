@@ -429,8 +429,6 @@ async fn sync_once(args: SyncArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `run` (with `sync`) and `broker` (without): the broker for `[tokens.*]`, the ops server, the
-/// alerts, and the sync loop, until SIGTERM or Ctrl-C.
 /// What a long-running command serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Serve {
@@ -442,6 +440,8 @@ enum Serve {
     Proxies,
 }
 
+/// `run`, `broker` and `proxy`: what `serving` names (the broker for `[tokens.*]`, the
+/// `[proxy.*]` proxies, the sync loop), the ops server and the alerts, until SIGTERM or Ctrl-C.
 async fn daemon(path: &std::path::Path, serving: Serve) -> anyhow::Result<ExitCode> {
     let sync = serving == Serve::Everything;
     let cfg = config::Config::load(path)?;
