@@ -261,13 +261,8 @@ impl Broker {
 #[cfg(unix)]
 pub async fn serve_socket(listener: UnixListener, broker: Arc<Broker>) {
     loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "broker: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+        let Some((stream, _)) = crate::serve::accepted(listener.accept()).await else {
+            continue;
         };
         let Some(client) = crate::unix::peer_is_us(&stream) else {
             continue;

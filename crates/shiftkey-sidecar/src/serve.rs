@@ -151,13 +151,8 @@ pub async fn serve(listener: TcpListener, router: Router) {
 pub async fn serve_tcp(listener: TcpListener, router: Router, limits: ServeLimits) {
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+        let Some((stream, _)) = accepted(listener.accept()).await else {
+            continue;
         };
         // Small requests and answers go out at once, not after Nagle's delay.
         let _ = stream.set_nodelay(true);
@@ -171,18 +166,28 @@ pub async fn serve_tcp(listener: TcpListener, router: Router, limits: ServeLimit
 pub async fn serve_unix(listener: tokio::net::UnixListener, router: Router, limits: ServeLimits) {
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+        let Some((stream, _)) = accepted(listener.accept()).await else {
+            continue;
         };
         if crate::unix::peer_is_us(&stream).is_none() {
             continue;
         }
         connection(stream, &router, &permits, limits);
+    }
+}
+
+/// The next accepted connection; `None` after a failed accept (out of file descriptors, a
+/// connection reset before it was taken), logged, with a short pause so the loop does not spin.
+pub(crate) async fn accepted<S>(
+    accept: impl std::future::Future<Output = std::io::Result<S>>,
+) -> Option<S> {
+    match accept.await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        }
     }
 }
 

@@ -48,6 +48,11 @@ async fn start(proxy: Arc<Proxy>) -> SocketAddr {
 }
 
 fn bearer_proxy(sim: &Sim) -> Arc<Proxy> {
+    bearer_proxy_holding(sim, shiftkey_sidecar::DEFAULT_REPLAY_LIMIT)
+}
+
+/// A proxy to the emulator's gateway that holds request bodies up to `replay_limit` bytes.
+fn bearer_proxy_holding(sim: &Sim, replay_limit: usize) -> Arc<Proxy> {
     let oauth = OAuthClient::new(
         reqwest::Client::new(),
         format!("{}/oauth/token", sim.url()).parse().unwrap(),
@@ -58,7 +63,7 @@ fn bearer_proxy(sim: &Sim) -> Arc<Proxy> {
         .build()
         .unwrap();
     Proxy::new(
-        ProxyConfig::new("gateway", sim.url().parse().unwrap()),
+        ProxyConfig::new("gateway", sim.url().parse().unwrap()).replay_limit(replay_limit),
         no_redirects(),
         AuthMiddleware::builder(manager).build(),
     )
@@ -277,22 +282,8 @@ async fn a_teamcenter_script_that_logs_in_once_reads_all_day_on_the_proxys_sessi
 #[tokio::test(start_paused = true)]
 async fn a_body_over_the_replay_limit_is_sent_once_and_its_rejection_reaches_the_script() {
     let sim = sim(SimConfig::default()).await;
-    let oauth = OAuthClient::new(
-        reqwest::Client::new(),
-        format!("{}/oauth/token", sim.url()).parse().unwrap(),
-        "shiftkey",
-        ClientAuth::SecretBasic("shiftkey-secret".into()),
-    );
-    let manager = TokenManager::builder(ServiceAccount::new(oauth))
-        .build()
-        .unwrap();
     // Bodies up to 64 bytes are held; the envelope below is longer.
-    let proxy = Proxy::new(
-        ProxyConfig::new("gateway", sim.url().parse().unwrap()).replay_limit(64),
-        no_redirects(),
-        AuthMiddleware::builder(manager).build(),
-    )
-    .unwrap();
+    let proxy = bearer_proxy_holding(&sim, 64);
     let addr = start(Arc::clone(&proxy)).await;
     let url = format!("http://{addr}/tc/RestServices/Core-2007-01-Session/getTCSessionInfo");
     let long = json!({"header": {"state": {"clientVersion": "plant-script-1.0"}, "policy": {}}, "body": {}});
