@@ -152,6 +152,20 @@ async fn soa(
     req.send().await.unwrap()
 }
 
+/// A script's `getTCSessionInfo` through the proxy, its answer.
+async fn session_info(addr: SocketAddr, cookie: &str) -> Value {
+    soa(
+        addr,
+        Some(cookie),
+        "Core-2007-01-Session/getTCSessionInfo",
+        json!({}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap()
+}
+
 async fn login(addr: SocketAddr, password: &str) -> (Value, Option<String>) {
     let answer = soa(
         addr,
@@ -201,16 +215,7 @@ async fn a_teamcenter_script_that_logs_in_once_reads_all_day_on_the_proxys_sessi
     let mut reads = 0;
     let mut elapsed = 0;
     while elapsed < 24 * 60 {
-        let v: Value = soa(
-            addr,
-            Some(&cookie),
-            "Core-2007-01-Session/getTCSessionInfo",
-            json!({}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+        let v: Value = session_info(addr, &cookie).await;
         assert!(
             qname(&v).ends_with("GetTCSessionInfoResponse"),
             "at minute {elapsed}: {v}"
@@ -266,16 +271,7 @@ async fn a_teamcenter_script_that_logs_in_once_reads_all_day_on_the_proxys_sessi
     assert_eq!(out.status(), 200);
     assert!(proxy.stats().sessions.is_empty());
     assert_eq!(logouts(), before);
-    let v: Value = soa(
-        addr,
-        Some(&cookie),
-        "Core-2007-01-Session/getTCSessionInfo",
-        json!({}),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let v: Value = session_info(addr, &cookie).await;
     assert!(qname(&v).ends_with("GetTCSessionInfoResponse"), "{v}");
 }
 
