@@ -558,7 +558,8 @@ fn bench() -> Result<()> {
          not absolute numbers across runs. Command: `cargo xtask bench` (criterion, 1 s warm-up, \
          3 s measurement per benchmark). A ratio is this median over the baseline's median \
          (lower is faster).\n\n{table}\nPrinted by the suites themselves (`store`: 1 000 saves and loads; \
-         `initial_load`: the read path's calls; `sync`: end to end into SQLite):\n\n\
+         `initial_load`: the read path's calls; `sync`: end to end into SQLite; `proxy`: \
+         `shiftkey-sidecar`'s proxy against direct calls):\n\n\
          ```text\n{}\n```\n{BENCH_END}\n",
         end_to_end.trim_end()
     );
