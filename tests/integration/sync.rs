@@ -62,7 +62,15 @@ struct Durable {
 }
 
 impl Durable {
-    async fn check(&mut self, kill: usize, url: &str, sim: &Sim, rows: &[i64]) {
+    /// `killed_row`: the feedback row the kill landed on, just written and not yet marked sent.
+    async fn check(
+        &mut self,
+        kill: usize,
+        url: &str,
+        sim: &Sim,
+        rows: &[i64],
+        killed_row: Option<i64>,
+    ) {
         let sink = SqlSink::connect(url).await.unwrap();
         let stored = sink.all().await.unwrap();
         let watermark = sink.watermark().await.unwrap();
@@ -98,6 +106,16 @@ impl Durable {
             torn
         };
         assert!(torn.is_empty(), "kill {kill}: torn plans {torn:?}");
+        if let Some(id) = killed_row {
+            let written = sim
+                .with_data(|d| d.times_written(FEEDBACK_KEY, &format!("shiftkey-feedback-{id}")));
+            assert!(
+                written == 1 && pending.contains(&id),
+                "kill {kill}: the kill did not land between feedback row {id}'s write \
+                 (written {written} times) and its outbox mark (pending: {})",
+                pending.contains(&id)
+            );
+        }
         for id in rows {
             let written = sim
                 .with_data(|d| d.times_written(FEEDBACK_KEY, &format!("shiftkey-feedback-{id}")));
@@ -120,11 +138,12 @@ impl Durable {
     }
 }
 
-/// 100 SIGKILLs, each landing where the worker said it was: inside a sink transaction (rows
-/// written, not committed) or between a feedback write to Teamcenter and the outbox's "sent".
-/// After every kill, before anything heals, nothing durable is lost or torn and no feedback is
-/// written twice; at the end every feedback row reached Teamcenter exactly once (the emulator
-/// counts the writes).
+/// 100 SIGKILLs, each landing where the worker said it was and held still: 50 inside a sink
+/// transaction (rows written, not committed) and 50 between a feedback write to Teamcenter and the
+/// outbox's "sent", each on a different row this push wrote itself. After every kill, before
+/// anything heals, nothing durable is lost or torn, the row the kill landed on is written once
+/// and still pending, and no feedback is written twice; at the end every feedback row reached
+/// Teamcenter exactly once (the emulator counts the writes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_inside_transactions_and_feedback_pushes_loses_and_duplicates_nothing() {
     let sim = busy_sim_with(|cfg| {
@@ -136,7 +155,9 @@ async fn sigkill_inside_transactions_and_feedback_pushes_loses_and_duplicates_no
     let path = std::env::temp_dir().join(format!("shiftkey-crash-sync-{}.db", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let url = format!("sqlite://{}?mode=rwc", path.display());
-    // Feedback for 30 distinct operations waits in the outbox.
+    // Feedback for 60 distinct operations waits in the outbox: each feedback kill lands on a row
+    // written by the push it interrupts (the next push finds that one written and marks it), so
+    // the 50 feedback kills take 50 rows and the final cycle pushes the rest.
     let rows: Vec<i64> = {
         let sink = SqlSink::connect(&url).await.unwrap();
         let ops: Vec<String> = truth(&sim)
@@ -145,7 +166,7 @@ async fn sigkill_inside_transactions_and_feedback_pushes_loses_and_duplicates_no
             .flat_map(|p| p.operations.iter().map(|o| o.uid.clone()))
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
-            .take(30)
+            .take(60)
             .collect();
         for op in &ops {
             sink.record_feedback(op, 3, Some(41.5), "").await.unwrap();
@@ -164,19 +185,25 @@ async fn sigkill_inside_transactions_and_feedback_pushes_loses_and_duplicates_no
         versions: std::collections::BTreeMap::new(),
         watermark: None,
     };
-    let (mut in_tx, mut in_feedback) = (0, 0);
+    let (mut in_tx, mut killed_rows) = (0, std::collections::BTreeSet::new());
     for kill in 0..100usize {
-        let mut child = Command::new(WORKER)
+        // Alternate the target. Only the workers killed in a feedback push push feedback: one
+        // killed in a transaction after a cycle without changes would otherwise push the whole
+        // outbox on its way to the next transaction.
+        let want_feedback = kill % 2 == 1;
+        let mut worker = Command::new(WORKER);
+        worker
             .args([sim.url(), url.clone()])
-            .env("SYNC_WORKER_PHASES", "1")
-            .env("SYNC_WORKER_FEEDBACK", FEEDBACK_KEY)
+            .env("SYNC_WORKER_PHASES", "1");
+        if want_feedback {
+            worker.env("SYNC_WORKER_FEEDBACK", FEEDBACK_KEY);
+        }
+        let mut child = worker
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // Alternate the target; once no feedback is left to push, every kill is in a transaction.
-        let want_feedback = kill % 2 == 1;
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         let stdout = child.stdout.take().unwrap();
         std::thread::spawn(move || {
@@ -190,26 +217,29 @@ async fn sigkill_inside_transactions_and_feedback_pushes_loses_and_duplicates_no
         // stdin): SIGKILL lands there, however slow the machine.
         let mut go_on = child.stdin.take().unwrap();
         let landed = tokio::task::spawn_blocking(move || {
-            let mut fallback = None;
             let landed = loop {
-                // A worker that says nothing for 20 s is stuck: the test fails below.
+                // A worker that says nothing for 20 s is stuck (a hang guard on a real-time
+                // process, not a timing claim): the test fails below.
                 match rx.recv_timeout(Duration::from_secs(20)) {
-                    Ok(l) if l.starts_with("fb-written") && want_feedback => break Some(l),
-                    Ok(l) if l == "in-tx" && !want_feedback => break Some(l),
-                    // A feedback kill was wanted but a cycle with nothing to push went by.
-                    Ok(l) if l == "cycle" && want_feedback && fallback.is_some() => {
-                        break fallback;
+                    Ok(l)
+                        if want_feedback
+                            && l.starts_with("fb-written")
+                            && l.ends_with(" fresh") =>
+                    {
+                        break Some(l);
                     }
+                    Ok(l) if !want_feedback && l == "in-tx" => break Some(l),
                     // A phase passed over: the worker waits for the word to go on.
                     Ok(l) if l == "in-tx" || l.starts_with("fb-written") => {
                         // A worker that died cannot read it: the test fails below.
                         let _ = writeln!(go_on).and_then(|()| go_on.flush());
-                        if l == "in-tx" {
-                            fallback = Some(l);
-                        }
                     }
+                    // A whole cycle pushed feedback without a fresh write: no row was left to
+                    // kill on, and the test fails below. (A cycle without changes has no sink
+                    // transaction; the next one will.)
+                    Ok(l) if l == "cycle" && want_feedback => break None,
                     Ok(_) => {}
-                    Err(_) => break fallback,
+                    Err(_) => break None,
                 }
             };
             // Kept open until the kill: closed, it would let the worker go on.
@@ -219,17 +249,38 @@ async fn sigkill_inside_transactions_and_feedback_pushes_loses_and_duplicates_no
         child.kill().unwrap();
         child.wait().unwrap();
         drop(go_on);
-        match landed.as_deref() {
-            Some(l) if l.starts_with("fb-written") => in_feedback += 1,
-            Some("in-tx") => in_tx += 1,
-            other => panic!("kill {kill}: the worker never reached a kill point ({other:?})"),
-        }
-        durable.check(kill, &url, &sim, &rows).await;
+        let killed_row = match landed.as_deref() {
+            Some("in-tx") => {
+                in_tx += 1;
+                None
+            }
+            Some(l) => {
+                let row: i64 = l
+                    .strip_prefix("fb-written ")
+                    .and_then(|r| r.strip_suffix(" fresh"))
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or_else(|| panic!("kill {kill}: unexpected phase {l:?}"));
+                assert!(
+                    killed_rows.insert(row),
+                    "kill {kill}: row {row} written twice"
+                );
+                Some(row)
+            }
+            None => panic!(
+                "kill {kill}: the worker never reached {}",
+                if want_feedback {
+                    "a fresh feedback write"
+                } else {
+                    "a sink transaction"
+                }
+            ),
+        };
+        durable.check(kill, &url, &sim, &rows, killed_row).await;
     }
-    assert!(in_tx >= 50, "kills inside a sink transaction: {in_tx}");
-    assert!(
-        in_feedback >= 10,
-        "kills between a feedback write and its outbox mark: {in_feedback}"
+    assert_eq!(
+        (in_tx, killed_rows.len()),
+        (50, 50),
+        "kills inside a sink transaction, and between a feedback row's write and its outbox mark"
     );
     // A clean cycle with the source held still: the sink equals the source, and every feedback
     // row reached Teamcenter exactly once.

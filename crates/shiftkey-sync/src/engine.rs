@@ -207,6 +207,9 @@ pub enum Phase {
     FeedbackWritten {
         /// The outbox row.
         row: i64,
+        /// Whether this push wrote it; `false` when Teamcenter already held its idempotency key
+        /// (an earlier push reached Teamcenter and the outbox was not told).
+        fresh: bool,
     },
 }
 
@@ -440,7 +443,10 @@ impl Engine {
                 pushed += 1;
             }
             if let Some(hook) = &self.phase {
-                hook(Phase::FeedbackWritten { row: fb.id });
+                hook(Phase::FeedbackWritten {
+                    row: fb.id,
+                    fresh: written,
+                });
             }
             self.sink.mark_feedback_sent(fb.id).await?;
         }

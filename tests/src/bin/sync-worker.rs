@@ -4,8 +4,9 @@
 //!
 //! With `SYNC_WORKER_PHASES=1` it also says where it is, and stays there until a line on stdin
 //! tells it to go on, so that a killer can kill it exactly there: `in-tx` inside a sink
-//! transaction (rows written, not committed), `fb-written N` after feedback row N reached
-//! Teamcenter and before the outbox marks it sent. With `SYNC_WORKER_FEEDBACK=PROPERTY` it pushes
+//! transaction (rows written, not committed), `fb-written N fresh` after this push wrote feedback
+//! row N to Teamcenter and before the outbox marks it sent (`fb-written N again` when Teamcenter
+//! already held it: an earlier push was killed before its mark). With `SYNC_WORKER_FEEDBACK=PROPERTY` it pushes
 //! feedback into that site property.
 
 #![allow(
@@ -81,8 +82,9 @@ fn main() -> std::process::ExitCode {
         );
         if phases {
             engine = engine.on_phase(Arc::new(move |phase| {
-                if let shiftkey_sync::Phase::FeedbackWritten { row } = phase {
-                    say(format!("fb-written {row}"));
+                if let shiftkey_sync::Phase::FeedbackWritten { row, fresh } = phase {
+                    let how = if fresh { "fresh" } else { "again" };
+                    say(format!("fb-written {row} {how}"));
                 }
             }));
         }
