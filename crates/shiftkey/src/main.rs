@@ -404,12 +404,28 @@ fn engine_config(cfg: &config::Config) -> anyhow::Result<shiftkey_sync::EngineCo
 }
 
 async fn sync_once(args: SyncArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context as _;
     anyhow::ensure!(
         args.once,
         "use `shiftkey sync --once` for one cycle, or `shiftkey run` for the daemon"
     );
     let cfg = config::Config::load(&args.config)?;
     net::warn_if_insecure(&cfg);
+    // Under `[lease]` only the leader runs the cycle, so a timer on every host syncs once, on
+    // one of them; the lease is held until the cycle ends. A follower logs in nowhere.
+    let lease = match cfg.lease_url()? {
+        Some((url, key)) => {
+            let held = shiftkey_store::LeaderLease::try_acquire(&url, key)
+                .await
+                .with_context(|| format!("checking the leader lease {key} (`[lease]`)"))?;
+            if held.is_none() {
+                println!("not syncing: another process holds the leader lease {key}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            held
+        }
+        None => None,
+    };
     // Gateway mode takes its tokens from a `[tokens.NAME]` (and its store).
     let tokens = if let Some(name) = &cfg.teamcenter()?.token {
         tokens::Tokens::build_one(&cfg, &net::credential_client()?, name).await?
@@ -421,6 +437,12 @@ async fn sync_once(args: SyncArgs) -> anyhow::Result<ExitCode> {
     let engine = shiftkey_sync::Engine::new(tc, sink, engine_config(&cfg)?);
     let report = engine.cycle(&shiftkey_sync::Stop::default()).await;
     sql.close().await;
+    if let Some(lease) = lease
+        && let Err(e) = lease.release().await
+    {
+        // The lease ends with this process's connection anyway.
+        tracing::warn!(error = %e, "releasing the leader lease");
+    }
     let report = report?;
     println!(
         "read {}, inserted {}, updated {}, unchanged {}, feedback pushed {}",

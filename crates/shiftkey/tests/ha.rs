@@ -226,3 +226,44 @@ async fn two_daemons_keep_one_leader_and_lose_nothing_when_the_leader_is_killed(
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `sync --once` under `[lease]` (a timer on every host): only the lease holder runs the cycle;
+/// the others say so, succeed, and log in nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_once_runs_only_where_the_lease_is_held() {
+    let pg = PgServer::start();
+    let sim = common::start_sim(shiftkey_sim::SimConfig::default()).await;
+    let dir = temp_dir("ha-once");
+    let cfg = config(&dir, &sim.url(), 0);
+    let url = pg.url();
+    let env = [
+        ("TC_PW", "mfg_sync_pw"),
+        ("SK_KEY", KEY),
+        ("GW_SECRET", "shiftkey-secret"),
+        ("PG_URL", url.as_str()),
+    ];
+    let args = ["sync", "--once", "-c", cfg.to_str().unwrap()];
+    // Another host leads (the config's default key).
+    let other = shiftkey_store::LeaderLease::try_acquire(&url, 7242)
+        .await
+        .unwrap()
+        .expect("the lease is free");
+    let out = common::shiftkey(&args, &env);
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert!(
+        common::text(&out).contains("another process holds the leader lease 7242"),
+        "{}",
+        common::text(&out)
+    );
+    assert_eq!(sim.stats().logins, 0, "a follower logged in");
+    other.release().await.unwrap();
+    let out = common::shiftkey(&args, &env);
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert!(
+        common::text(&out).contains("inserted"),
+        "{}",
+        common::text(&out)
+    );
+    assert!(sim.stats().logins >= 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
