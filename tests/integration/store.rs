@@ -2,6 +2,8 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use shiftkey_auth::TokenStore;
@@ -339,4 +341,85 @@ async fn verify_full_connects_with_the_right_ca_and_refuses_a_wrong_one() {
             .is_err()
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A TCP relay to `upstream` that can stop forwarding in both directions, as a database host that
+/// vanished behind a network cut would (the connections stay open, nothing answers).
+async fn relay(upstream: std::net::SocketAddr) -> (std::net::SocketAddr, Arc<AtomicBool>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let frozen = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let flag = Arc::clone(&frozen);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                continue;
+            };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            for (mut from, mut to, flag) in [
+                (
+                    Box::new(cr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                    Box::new(sw) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                    Arc::clone(&flag),
+                ),
+                (Box::new(sr) as _, Box::new(cw) as _, Arc::clone(&flag)),
+            ] {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match from.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if flag.load(Ordering::SeqCst) {
+                            // Cut: what was sent is held for good.
+                            std::future::pending::<()>().await;
+                        }
+                        if to.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    (addr, frozen)
+}
+
+/// A database that stops answering fails each store call after `STORE_DEADLINE`, with an error
+/// naming the step, instead of holding a refresh for good. Paused time once connected: the
+/// deadline passes at once, and nothing else is waiting.
+#[tokio::test(flavor = "current_thread")]
+async fn a_database_that_stops_answering_fails_store_calls_at_their_deadline() {
+    let pg = PgServer::start();
+    let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", pg.port()).parse().unwrap();
+    let (addr, cut) = relay(upstream).await;
+    let url = format!("postgres://postgres@{addr}/postgres");
+    let store = PgStore::connect(
+        &url,
+        "plant-sync",
+        KeySource::from_base64(KEY, "test").unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.load().await.unwrap(), None);
+    // The cut lands inside a refresh: the row is locked, the new token not yet saved.
+    let mut guard = store.lock().await.unwrap();
+    cut.store(true, Ordering::SeqCst);
+    tokio::time::pause();
+    let started = tokio::time::Instant::now();
+    let err = guard.save(&token(1)).await.unwrap_err();
+    assert_eq!(err.kind, shiftkey_auth::StoreErrorKind::Io, "{err}");
+    assert!(err.to_string().contains("PostgreSQL: save"), "{err}");
+    drop(guard);
+    let err = store.load().await.unwrap_err();
+    assert_eq!(err.kind, shiftkey_auth::StoreErrorKind::Io, "{err}");
+    assert!(err.to_string().contains("PostgreSQL: load"), "{err}");
+    assert!(
+        started.elapsed() <= 2 * shiftkey_store::STORE_DEADLINE + Duration::from_secs(1),
+        "each call waited at most its deadline: {:?}",
+        started.elapsed()
+    );
 }

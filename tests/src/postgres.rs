@@ -208,7 +208,14 @@ impl PgServer {
         );
     }
 
+    /// The port the server listens on (127.0.0.1).
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// A connection URL for the `postgres` database.
+    #[must_use]
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }

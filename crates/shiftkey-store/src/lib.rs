@@ -48,7 +48,7 @@ mod postgres;
 pub use file::FileStore;
 pub use key::{KDF_CEILING, KDF_FLOOR, KdfParams, KeySource};
 #[cfg(feature = "postgres")]
-pub use postgres::{LEASE_DEADLINE, LeaderLease, PgStore};
+pub use postgres::{LEASE_DEADLINE, LeaderLease, PgStore, STORE_DEADLINE};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -28,6 +28,32 @@ fn db(what: &str, e: sqlx::Error) -> StoreError {
     StoreError::new(kind, format!("PostgreSQL: {what}: {e}"))
 }
 
+/// How long one step of a [`PgStore`] (connecting, a query, a commit) waits for PostgreSQL.
+/// Above the 10 s row-lock wait, so a busy row is a [`StoreErrorKind::LockTimeout`]; a database
+/// that stopped answering (a host gone, a network cut) is an [`StoreErrorKind::Io`] error after
+/// this long instead of a refresh stuck for good.
+pub const STORE_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Runs one database step with a client-side deadline; the error names the step.
+async fn within<T>(
+    what: &str,
+    deadline: Duration,
+    step: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(deadline, step)
+        .await
+        .map_err(|_| {
+            StoreError::new(
+                StoreErrorKind::Io,
+                format!(
+                    "PostgreSQL: {what}: no answer within {} s",
+                    deadline.as_secs()
+                ),
+            )
+        })?
+        .map_err(|e| db(what, e))
+}
+
 /// Tokens in PostgreSQL, for several hosts sharing one credential (design §4.2, `docs/design.md`).
 ///
 /// - Table `shiftkey_tokens` (created by an embedded migration), one row per credential, holding
@@ -59,30 +85,40 @@ impl Drop for Inner {
 
 impl PgStore {
     /// Connects to `url`, runs the migration, and listens for other hosts' updates of `credential`.
+    ///
+    /// Every step here and in the store's calls waits at most [`STORE_DEADLINE`].
     pub async fn connect(
         url: &str,
         credential: impl Into<String>,
         key: KeySource,
     ) -> Result<Self, StoreError> {
         let credential = credential.into();
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .connect(url)
+        let pool = within(
+            "connect",
+            STORE_DEADLINE,
+            PgPoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(STORE_DEADLINE)
+                .connect(url),
+        )
+        .await?;
+        tokio::time::timeout(STORE_DEADLINE, sqlx::migrate!("./migrations").run(&pool))
             .await
-            .map_err(|e| db("connect", e))?;
-        sqlx::migrate!("./migrations")
-            .run(&pool)
-            .await
+            .map_err(|_| {
+                StoreError::new(
+                    StoreErrorKind::Io,
+                    format!(
+                        "PostgreSQL: migration: no answer within {} s",
+                        STORE_DEADLINE.as_secs()
+                    ),
+                )
+            })?
             .map_err(|e| {
                 StoreError::new(StoreErrorKind::Io, format!("PostgreSQL: migration: {e}"))
             })?;
-        let mut listener = PgListener::connect_with(&pool)
-            .await
-            .map_err(|e| db("listen", e))?;
-        listener
-            .listen(CHANNEL)
-            .await
-            .map_err(|e| db("listen", e))?;
+        let mut listener =
+            within("listen", STORE_DEADLINE, PgListener::connect_with(&pool)).await?;
+        within("listen", STORE_DEADLINE, listener.listen(CHANNEL)).await?;
         let changed = Arc::new(Notify::new());
         let notify = Arc::clone(&changed);
         let mine = credential.clone();
@@ -199,26 +235,32 @@ impl StoreGuard for PgGuard {
             .tx
             .as_mut()
             .ok_or_else(|| StoreError::new(StoreErrorKind::Io, "transaction already closed"))?;
-        sqlx::query("UPDATE shiftkey_tokens SET generation = $2, payload = $3, updated_at = now() WHERE credential = $1")
-            .bind(&self.inner.credential)
-            .bind(i64::try_from(token.generation).unwrap_or(i64::MAX))
-            .bind(&payload)
-            .execute(&mut **tx)
-            .await
-            .map_err(|e| db("save", e))?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(&self.inner.credential)
-            .execute(&mut **tx)
-            .await
-            .map_err(|e| db("notify", e))?;
+        within(
+            "save",
+            STORE_DEADLINE,
+            sqlx::query("UPDATE shiftkey_tokens SET generation = $2, payload = $3, updated_at = now() WHERE credential = $1")
+                .bind(&self.inner.credential)
+                .bind(i64::try_from(token.generation).unwrap_or(i64::MAX))
+                .bind(&payload)
+                .execute(&mut **tx),
+        )
+        .await?;
+        within(
+            "notify",
+            STORE_DEADLINE,
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(&self.inner.credential)
+                .execute(&mut **tx),
+        )
+        .await?;
         self.payload = payload;
         Ok(())
     }
 
     async fn unlock(mut self: Box<Self>) -> Result<(), StoreError> {
         match self.tx.take() {
-            Some(tx) => tx.commit().await.map_err(|e| db("commit", e)),
+            Some(tx) => within("commit", STORE_DEADLINE, tx.commit()).await,
             None => Ok(()),
         }
     }
@@ -227,11 +269,14 @@ impl StoreGuard for PgGuard {
 #[async_trait]
 impl TokenStore for PgStore {
     async fn load(&self) -> Result<Option<StoredToken>, StoreError> {
-        let row = sqlx::query("SELECT payload FROM shiftkey_tokens WHERE credential = $1")
-            .bind(&self.inner.credential)
-            .fetch_optional(&self.inner.pool)
-            .await
-            .map_err(|e| db("load", e))?;
+        let row = within(
+            "load",
+            STORE_DEADLINE,
+            sqlx::query("SELECT payload FROM shiftkey_tokens WHERE credential = $1")
+                .bind(&self.inner.credential)
+                .fetch_optional(&self.inner.pool),
+        )
+        .await?;
         match row {
             Some(r) => self.inner.decode(&r.get::<Vec<u8>, _>("payload")),
             None => Ok(None),
@@ -240,25 +285,33 @@ impl TokenStore for PgStore {
 
     async fn lock(&self) -> Result<Box<dyn StoreGuard>, StoreError> {
         let i = &self.inner;
-        sqlx::query("INSERT INTO shiftkey_tokens (credential) VALUES ($1) ON CONFLICT (credential) DO NOTHING")
-            .bind(&i.credential)
-            .execute(&i.pool)
-            .await
-            .map_err(|e| db("create row", e))?;
-        let mut tx = i.pool.begin().await.map_err(|e| db("begin", e))?;
-        sqlx::query(&format!(
+        within(
+            "create row",
+            STORE_DEADLINE,
+            sqlx::query("INSERT INTO shiftkey_tokens (credential) VALUES ($1) ON CONFLICT (credential) DO NOTHING")
+                .bind(&i.credential)
+                .execute(&i.pool),
+        )
+        .await?;
+        let mut tx = within("begin", STORE_DEADLINE, i.pool.begin()).await?;
+        let set_timeout = format!(
             "SET LOCAL lock_timeout = '{}ms'",
             i.lock_timeout.as_millis()
-        ))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| db("lock timeout", e))?;
-        let row =
+        );
+        within(
+            "lock timeout",
+            STORE_DEADLINE,
+            sqlx::query(&set_timeout).execute(&mut *tx),
+        )
+        .await?;
+        let row = within(
+            "lock row",
+            STORE_DEADLINE,
             sqlx::query("SELECT payload FROM shiftkey_tokens WHERE credential = $1 FOR UPDATE")
                 .bind(&i.credential)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(|e| db("lock row", e))?;
+                .fetch_one(&mut *tx),
+        )
+        .await?;
         Ok(Box::new(PgGuard {
             inner: Arc::clone(i),
             tx: Some(tx),
@@ -274,16 +327,6 @@ impl TokenStore for PgStore {
 /// How long a leader lease waits for the database per step (connect, lock, ping).
 pub const LEASE_DEADLINE: Duration = Duration::from_secs(10);
 
-fn lease_timeout(what: &str) -> StoreError {
-    StoreError::new(
-        StoreErrorKind::Io,
-        format!(
-            "PostgreSQL: {what}: no answer within {} s",
-            LEASE_DEADLINE.as_secs()
-        ),
-    )
-}
-
 /// A leader lease: `pg_try_advisory_lock` held on a dedicated connection, so only one of N
 /// instances syncs at a time; the lease is lost when that connection dies.
 #[derive(Debug)]
@@ -297,19 +340,20 @@ impl LeaderLease {
     ///
     /// Connecting and asking take at most [`LEASE_DEADLINE`] each.
     pub async fn try_acquire(url: &str, key: i64) -> Result<Option<Self>, StoreError> {
-        let mut conn = tokio::time::timeout(LEASE_DEADLINE, sqlx::PgConnection::connect(url))
-            .await
-            .map_err(|_| lease_timeout("lease connect"))?
-            .map_err(|e| db("lease connect", e))?;
-        let got: bool = tokio::time::timeout(
+        let mut conn = within(
+            "lease connect",
+            LEASE_DEADLINE,
+            sqlx::PgConnection::connect(url),
+        )
+        .await?;
+        let got: bool = within(
+            "lease",
             LEASE_DEADLINE,
             sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
                 .bind(key)
                 .fetch_one(&mut conn),
         )
-        .await
-        .map_err(|_| lease_timeout("lease"))?
-        .map_err(|e| db("lease", e))?;
+        .await?;
         Ok(got.then_some(Self {
             conn: Some(conn),
             key,
@@ -335,12 +379,15 @@ impl LeaderLease {
     /// Gives the lease up.
     pub async fn release(mut self) -> Result<(), StoreError> {
         if let Some(mut c) = self.conn.take() {
-            sqlx::query("SELECT pg_advisory_unlock($1)")
-                .bind(self.key)
-                .execute(&mut c)
-                .await
-                .map_err(|e| db("lease release", e))?;
-            c.close().await.map_err(|e| db("lease close", e))?;
+            within(
+                "lease release",
+                LEASE_DEADLINE,
+                sqlx::query("SELECT pg_advisory_unlock($1)")
+                    .bind(self.key)
+                    .execute(&mut c),
+            )
+            .await?;
+            within("lease close", LEASE_DEADLINE, c.close()).await?;
         }
         Ok(())
     }
