@@ -201,3 +201,87 @@ async fn clear_text_credential_urls_are_refused_unless_loopback_or_allowed() {
     cfg.allow_insecure_http = true;
     assert!(BearerLogin::new(reqwest::Client::new(), cfg).is_ok());
 }
+
+/// A clock that records every wait it is asked for and returns at once.
+#[derive(Debug, Default)]
+struct RecordingClock {
+    waits: std::sync::Mutex<Vec<Duration>>,
+}
+
+impl shiftkey_auth::Clock for RecordingClock {
+    fn now(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now()
+    }
+
+    fn wall(&self) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + Duration::from_secs(1_767_571_200)
+    }
+
+    fn sleep(&self, duration: Duration) -> shiftkey_auth::Sleep {
+        self.waits.lock().unwrap().push(duration);
+        Box::pin(async {})
+    }
+}
+
+#[tokio::test]
+async fn a_device_login_with_interval_zero_still_waits_between_polls() {
+    use shiftkey_auth::strategies::DeviceLogin;
+    // RFC 8628 §3.2 lets `interval` be any number; 0 must not make the client poll without pause.
+    let polls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&polls);
+    let app = Router::new()
+        .route(
+            "/device",
+            post(|| async {
+                (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    r#"{"device_code":"d1","user_code":"ABCD-EFGH","verification_uri":"http://127.0.0.1/device","expires_in":600,"interval":0}"#,
+                )
+            }),
+        )
+        .route(
+            "/token",
+            post(move || {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n < 3 {
+                        (
+                            StatusCode::BAD_REQUEST,
+                            [(header::CONTENT_TYPE, "application/json")],
+                            r#"{"error":"authorization_pending"}"#,
+                        )
+                    } else {
+                        (
+                            StatusCode::OK,
+                            [(header::CONTENT_TYPE, "application/json")],
+                            r#"{"access_token":"a1","token_type":"Bearer","expires_in":3600,"refresh_token":"r1"}"#,
+                        )
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let base: url::Url = format!("http://{addr}/").parse().unwrap();
+    let clock = Arc::new(RecordingClock::default());
+    let oauth = OAuthClient::new(
+        credential_client().build().unwrap(),
+        base.join("token").unwrap(),
+        "plant-sync",
+        ClientAuth::None,
+    )
+    .with_clock(Arc::clone(&clock) as Arc<dyn shiftkey_auth::Clock>);
+    let login = DeviceLogin::start(&oauth, &base.join("device").unwrap())
+        .await
+        .unwrap();
+    let token = login.finish(&oauth).await.unwrap();
+    assert_eq!(token.access_token.expose(), "a1");
+    assert_eq!(polls.load(Ordering::SeqCst), 4);
+    let waits = clock.waits.lock().unwrap().clone();
+    assert!(
+        waits.len() >= 3 && waits.iter().all(|w| *w >= Duration::from_secs(1)),
+        "waits between polls: {waits:?}"
+    );
+}

@@ -176,6 +176,9 @@ fn config(detail: impl Into<String>) -> AuthError {
     AuthError::permanent(PermanentKind::Configuration, detail)
 }
 
+/// The shortest wait between two polls of a device login, whatever `interval` the server sent.
+const DEVICE_POLL_FLOOR: Duration = Duration::from_secs(1);
+
 /// A device authorization in progress (RFC 8628): show [`user_code`](Self::user_code) and
 /// [`verification_uri`](Self::verification_uri) to the person, then [`finish`](Self::finish)
 /// polls the token endpoint until they approve, refuse, or the code expires.
@@ -259,8 +262,9 @@ impl DeviceLogin {
         self.details.expires_in()
     }
 
-    /// Polls the token endpoint at the server's interval (slower after `slow_down`) until the
-    /// person approves, and returns the token with its refresh token.
+    /// Polls the token endpoint at the server's interval (slower after `slow_down`, and never
+    /// more often than once a second, whatever `interval` the server sent) until the person
+    /// approves, and returns the token with its refresh token.
     ///
     /// # Errors
     /// When the person refuses (`access_denied`), the code expires, or the server fails.
@@ -270,7 +274,8 @@ impl DeviceLogin {
         let http = OAuthHttp::new(&client.http);
         let call = http.sender();
         let clock = client.clock.clone();
-        let sleep = move |d: Duration| clock.sleep(d);
+        // An `interval` of 0 (RFC 8628 §3.2 allows any number) would poll without pause.
+        let sleep = move |d: Duration| clock.sleep(d.max(DEVICE_POLL_FLOOR));
         let result = oauth
             .exchange_device_access_token(&self.details)
             .request_async(&call, sleep, None)
