@@ -81,12 +81,16 @@ def make_caller():
         sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples", "python"))
         import shiftkey_broker
 
+        served = [0]  # the newest generation the gateway accepted
+
         def call():
             tok, gen = shiftkey_broker.token("gw")
             st = requests.post(gateway, json=body, headers={"Authorization": "Bearer " + tok}).status_code
             if st == 401:
-                tok, gen = shiftkey_broker.rejected("gw", gen)
+                tok, gen = shiftkey_broker.rejected("gw", gen, gen <= served[0])
                 st = requests.post(gateway, json=body, headers={"Authorization": "Bearer " + tok}).status_code
+            if 200 <= st < 400:
+                served[0] = max(served[0], gen)
             return st
         return call
     raise SystemExit("unknown mode " + mode)

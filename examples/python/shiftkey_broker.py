@@ -30,6 +30,7 @@ def token(name):
     """(token, generation) of `name`; keep the generation to report a rejection."""
     return _ask({"op": "get", "name": name})
 
-def rejected(name, generation):
-    """The server refused `generation`: the broker refreshes once for all clients."""
-    return _ask({"op": "rejected", "name": name, "generation": generation})
+def rejected(name, generation, served=False):
+    """The server refused `generation`: the broker refreshes once for all clients. `served`: a
+    server had accepted it before (it died after serving, as in a restart)."""
+    return _ask({"op": "rejected", "name": name, "generation": generation, "served": served})

@@ -24,12 +24,14 @@ class FakeBroker(Broker):
         super().__init__("/nonexistent/broker.sock")
         self.generation = 1
         self.reports: List[int] = []
+        self.served: List[bool] = []
 
     def token(self, name: str) -> Token:
         return Token(f"t{self.generation}", self.generation, 60)
 
-    def rejected(self, name: str, generation: int) -> Token:
+    def rejected(self, name: str, generation: int, served: bool = False) -> Token:
         self.reports.append(generation)
+        self.served.append(served)
         if generation == self.generation:
             self.generation += 1
         return self.token(name)
@@ -101,6 +103,23 @@ def test_a_streamed_body_is_sent_once_but_the_401_is_reported(
     assert fake_api.seen == [("Bearer t1", BODY)]
     assert broker.reports == [1] and auth.healed == 0
     assert send(kind, auth, fake_api.url) == (200, [])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_report_says_whether_the_server_had_accepted_the_token(
+    kind: str, fake_api: FakeApi
+) -> None:
+    broker = FakeBroker()
+    auth = BrokerAuth("gw", broker=broker)
+    # t1 is refused at once: it never served.
+    fake_api.accept = "t2"
+    assert send(kind, auth, fake_api.url) == (200, [401])
+    # t2 served (just now, and again), then the server restarts and refuses it.
+    assert send(kind, auth, fake_api.url) == (200, [])
+    fake_api.accept = "t3"
+    assert send(kind, auth, fake_api.url) == (200, [401])
+    assert broker.reports == [1, 2]
+    assert broker.served == [False, True]
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -72,6 +72,23 @@ def test_a_server_side_kill_is_healed_for_requests(stack: Stack) -> None:
     assert r.status_code == 200 and not r.history
 
 
+def test_a_restart_right_after_a_heal_is_healed_too(stack: Stack) -> None:
+    """The replacement served, then a second restart killed it seconds later: the report says it
+    served, and the broker replaces it although it replaced its predecessor moments ago."""
+    sim, broker = stack()
+    auth = BrokerAuth("gw", broker=Broker(broker.socket))
+    session = requests.Session()
+    session.auth = auth
+    assert session.post(sim.api, data=BODY, timeout=10).status_code == 200
+    for _ in range(2):
+        sim.restart()
+        r = session.post(sim.api, data=BODY, timeout=10)
+        assert r.status_code == 200, r.text
+        assert [h.status_code for h in r.history] == [401]
+    assert auth.healed == 2 and sim.rejections() == 2
+    assert broker.stats()["reactive"] == 2
+
+
 def test_a_server_side_kill_is_healed_for_httpx(stack: Stack) -> None:
     sim, broker = stack()
     auth = BrokerAuth("gw", broker=Broker(url=broker.http_url, secret=broker.secret))

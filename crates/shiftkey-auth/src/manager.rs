@@ -484,7 +484,38 @@ impl TokenManager {
     /// with the same dead token cause one refresh. Bypasses `min_interval`, except that a token
     /// that replaced a rejected one less than `min_interval` ago is not refreshed again
     /// ([`Invalidation::TooSoon`]): that is a credential problem, not an expiry.
+    ///
+    /// # Example
+    /// ```
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use shiftkey_auth::{Invalidation, TokenManager, testing::ScriptedStrategy};
+    ///
+    /// let manager = TokenManager::builder(ScriptedStrategy::new(
+    ///     Duration::from_secs(3600),
+    ///     Duration::ZERO,
+    /// ))
+    /// .build()?;
+    /// let dead = manager.token().await?.generation();
+    /// assert_eq!(manager.invalidate(dead), Invalidation::Refreshing);
+    /// assert!(manager.token().await?.generation() > dead);
+    /// # manager.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn invalidate(&self, generation: u64) -> Invalidation {
+        self.invalidate_checked(generation, true)
+    }
+
+    /// Like [`TokenManager::invalidate`], for a token the server had *accepted* before it
+    /// refused it: it served, then died (a server restart right after a reactive refresh), so a
+    /// refresh helps even inside `min_interval` and [`Invalidation::TooSoon`] is never returned.
+    /// The replacement counts as reactive. The caller bounds how often it calls this (the HTTP
+    /// middleware knows a generation served; the broker allows one per minimum interval).
+    pub fn invalidate_served(&self, generation: u64) -> Invalidation {
+        self.invalidate_checked(generation, false)
+    }
+
+    fn invalidate_checked(&self, generation: u64, too_soon: bool) -> Invalidation {
         let inner = &self.inner;
         let guard = inner.current.load();
         let Some(entry) = guard.as_ref() else {
@@ -496,7 +527,7 @@ impl TokenManager {
             return Invalidation::AlreadyReplaced;
         }
         let age = entry.token.age(inner.clock.now());
-        if entry.reactive && age < entry.schedule.margins.min_interval {
+        if too_soon && entry.reactive && age < entry.schedule.margins.min_interval {
             return Invalidation::TooSoon;
         }
         // Only the first reporter of this generation swaps it out; the rest see it gone.

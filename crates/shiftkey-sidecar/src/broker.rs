@@ -4,12 +4,16 @@
 //!
 //! Unix-socket protocol: one JSON object per line each way.
 //! - `{"op":"get","name":"mes"}` → `{"ok":true,"token":"…","generation":3,"expires_in":1790}`
-//! - `{"op":"rejected","name":"mes","generation":3}` → the replacement, same shape
+//! - `{"op":"rejected","name":"mes","generation":3}` → the replacement, same shape; add
+//!   `"served":true` when that generation had been accepted by the server before it was refused
+//!   (it served, then died: a restart), which lets the broker refresh a token it had just
+//!   refreshed on a report (once per minimum interval)
 //! - `{"op":"stats"}` → `{"ok":true,"tokens":{"mes":{"acquires":…,"proactive":…,"reactive":…}}}`
 //! - any failure → `{"ok":false,"error":"…"}`
 //!
 //! HTTP: `GET /v1/tokens/{name}` and `POST /v1/tokens/{name}/rejected` with
-//! `{"generation":3}`, both with `Authorization: Bearer <client secret>`; same JSON replies.
+//! `{"generation":3}` (and `"served":true` as above), both with `Authorization: Bearer <client
+//! secret>`; same JSON replies.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -36,8 +40,16 @@ use crate::SidecarError;
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 enum Request {
-    Get { name: String },
-    Rejected { name: String, generation: u64 },
+    Get {
+        name: String,
+    },
+    Rejected {
+        name: String,
+        generation: u64,
+        /// The server had accepted this generation before refusing it.
+        #[serde(default)]
+        served: bool,
+    },
     Stats,
 }
 
@@ -49,6 +61,9 @@ enum Request {
 /// - a report refreshes through [`TokenManager::invalidate`], which refuses to replace a token
 ///   obtained by a report-triggered refresh less than `min_interval` ago: at most one
 ///   report-triggered refresh per minimum interval, however many clients report;
+/// - except that a report saying the server had accepted the generation (`served`: it served,
+///   then died, as after a restart right behind a report-triggered refresh) may refresh such a
+///   token once per minimum interval: two report-triggered refreshes per interval at worst;
 /// - each generation's death counts once (the learner ignores repeats, whoever sends them);
 /// - a lifetime cap learned from reports is never below [`floor`] (max(60 s, 10 % of the
 ///   server's `expires_in`)), neither applied nor persisted — a cap restored from the store below
@@ -58,6 +73,8 @@ pub struct Broker {
     learners: BTreeMap<String, LimitLearner>,
     /// The lifetime the server claims (`expires_in`) per token, as last seen unclamped.
     claimed: std::sync::Mutex<BTreeMap<String, Duration>>,
+    /// When a `served` report last refreshed a token its minimum interval protected, per token.
+    served_refresh: std::sync::Mutex<BTreeMap<String, tokio::time::Instant>>,
 }
 
 /// The lowest lifetime cap learned from broker reports: max(60 s, 10 % of what the server
@@ -104,6 +121,7 @@ impl Broker {
             managers,
             learners,
             claimed: std::sync::Mutex::default(),
+            served_refresh: std::sync::Mutex::default(),
         })
     }
 
@@ -117,20 +135,52 @@ impl Broker {
     async fn reply(&self, req: Request, client: &str) -> Value {
         let result = match req {
             Request::Get { name } => self.get(&name, None, client).await,
-            Request::Rejected { name, generation } => {
-                self.get(&name, Some(generation), client).await
-            }
+            Request::Rejected {
+                name,
+                generation,
+                served,
+            } => self.get(&name, Some((generation, served)), client).await,
             Request::Stats => Ok(self.stats()),
         };
         result.unwrap_or_else(|e| json!({"ok": false, "error": e}))
     }
 
-    /// The current token of `name`; with `rejected`, that generation is reported dead first
-    /// (compare-and-swap: many reports of one generation make one refresh).
-    async fn get(&self, name: &str, rejected: Option<u64>, client: &str) -> Result<Value, String> {
+    /// Whether a `served` report may refresh `name` inside its minimum interval now: once per
+    /// minimum interval.
+    fn may_refresh_served(&self, name: &str, manager: &TokenManager) -> bool {
+        let interval = manager
+            .status()
+            .schedule
+            .map_or(Duration::ZERO, |s| s.margins.min_interval);
+        let now = tokio::time::Instant::now();
+        let mut last = self
+            .served_refresh
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last
+            .get(name)
+            .is_some_and(|t| now.saturating_duration_since(*t) < interval)
+        {
+            return false;
+        }
+        last.insert(name.to_owned(), now);
+        true
+    }
+
+    /// The current token of `name`; with `rejected`, that generation (and whether the server
+    /// had accepted it) is reported dead first (compare-and-swap: many reports of one generation
+    /// make one refresh).
+    async fn get(
+        &self,
+        name: &str,
+        rejected: Option<(u64, bool)>,
+        client: &str,
+    ) -> Result<Value, String> {
         let manager = self.manager(name)?;
-        // A cap learned by this very report: the manager is rescheduling the current token.
-        let mut just_learned = false;
+        // A cap learned by this very report: the manager is rescheduling the current token, and
+        // the reported generation's successor is coming.
+        let mut successor_due = false;
+        let rejected_generation = rejected.map(|(g, _)| g);
         // What the server claims, remembered for the floor (a learned token says the cap).
         if let Some(claimed) = manager
             .with_token(|t| (t.lifetime_source != LifetimeSource::Learned).then_some(t.lifetime))
@@ -141,7 +191,7 @@ impl Broker {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert(name.to_owned(), claimed);
         }
-        if let Some(generation) = rejected {
+        if let Some((generation, served)) = rejected {
             // The age of the reported token, when it is the current one (a real death).
             let age = manager
                 .try_token()
@@ -150,14 +200,27 @@ impl Broker {
             // The manager refuses to replace a token a report-triggered refresh got less than
             // `min_interval` ago (TooSoon): a client reporting every token it gets cannot make
             // more than one refresh per minimum interval.
-            let outcome = manager.invalidate(generation);
+            let mut outcome = manager.invalidate(generation);
             tracing::info!(
                 token = name,
                 client,
                 generation,
+                served,
                 ?outcome,
                 "a client reported a rejected token"
             );
+            // A token a report just got, that the server accepted and then refused: it served
+            // and died (a restart right behind the refresh), and one more refresh helps — as the
+            // HTTP middleware does for its own requests.
+            if outcome == Invalidation::TooSoon && served && self.may_refresh_served(name, manager)
+            {
+                tracing::info!(
+                    token = name,
+                    generation,
+                    "a token that served died soon after a report-triggered refresh; refreshing again"
+                );
+                outcome = manager.invalidate_served(generation);
+            }
             // A current token dying is a death whether or not it is refreshed at once (TooSoon):
             // two in a row at one age teach a cap, and the manager then drops the token itself.
             let current = matches!(outcome, Invalidation::Refreshing | Invalidation::TooSoon);
@@ -192,7 +255,7 @@ impl Broker {
                         "learned the server's real token lifetime from rejected tokens"
                     );
                     manager.set_server_limits(limits);
-                    just_learned = true;
+                    successor_due = true;
                 }
             }
         }
@@ -200,12 +263,13 @@ impl Broker {
             .token()
             .await
             .map_err(|e| format!("token `{name}`: {e}"))?;
-        // A reported generation that is still served is about to be replaced (this report just
-        // taught a cap and the manager is rescheduling): wait briefly for its successor.
-        for _ in 0..100 {
-            if rejected != Some(token.generation()) || !just_learned {
-                break;
-            }
+        // A reported generation that is still served is about to be replaced: wait for its
+        // successor, as long as a caller waits for a refresh.
+        let deadline = tokio::time::Instant::now() + manager.config().wait_timeout;
+        while successor_due
+            && rejected_generation == Some(token.generation())
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
             token = manager
                 .token()
@@ -461,6 +525,8 @@ pub fn http_router(broker: Arc<Broker>, auth: Arc<HttpAuth>) -> axum::Router {
 #[derive(Debug, Deserialize)]
 struct RejectedBody {
     generation: u64,
+    #[serde(default)]
+    served: bool,
 }
 
 fn unauthorized() -> Response {
@@ -523,6 +589,7 @@ async fn http_rejected(
                 Request::Rejected {
                     name,
                     generation: body.generation,
+                    served: body.served,
                 },
                 client,
             )
@@ -555,8 +622,66 @@ mod tests {
     }
 
     async fn generation(b: &Broker, rejected: Option<u64>) -> u64 {
-        let v = b.get("mes", rejected, "test").await.unwrap();
+        let v = b
+            .get("mes", rejected.map(|g| (g, false)), "test")
+            .await
+            .unwrap();
         v["generation"].as_u64().unwrap()
+    }
+
+    /// Reports `g` rejected after the server had accepted it.
+    async fn served_then_died(b: &Broker, g: u64) -> u64 {
+        let v = b.get("mes", Some((g, true)), "test").await.unwrap();
+        v["generation"].as_u64().unwrap()
+    }
+
+    /// A restart seconds after a report-triggered refresh kills the young replacement: a report
+    /// that says it served gets one more refresh; a report that does not, or a second served
+    /// one inside the minimum interval, gets the same token back.
+    #[tokio::test(start_paused = true)]
+    async fn a_token_that_served_and_died_soon_after_a_report_is_replaced_once_per_interval() {
+        let (b, strategy, manager) = broker(Duration::from_secs(3600));
+        let g1 = generation(&b, None).await;
+        let g2 = generation(&b, Some(g1)).await;
+        assert!(g2 > g1, "a report replaces a token");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            generation(&b, Some(g2)).await,
+            g2,
+            "too soon without evidence"
+        );
+        let g3 = served_then_died(&b, g2).await;
+        assert!(g3 > g2, "it served, then died: refreshed again");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            served_then_died(&b, g3).await,
+            g3,
+            "once per minimum interval"
+        );
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(
+            served_then_died(&b, g3).await > g3,
+            "after the interval, again"
+        );
+        assert_eq!(strategy.calls(), 4);
+        manager.shutdown().await;
+    }
+
+    /// A client that claims every token served and died still makes at most two refreshes per
+    /// minimum interval.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_claiming_every_token_served_cannot_make_a_refresh_storm() {
+        let (b, strategy, manager) = broker(Duration::from_secs(3600));
+        let start = Instant::now();
+        while start.elapsed() < DAY {
+            let g = generation(&b, None).await;
+            served_then_died(&b, g).await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        let bound = 2 * DAY.as_secs() / 60;
+        let calls = strategy.calls() as u64;
+        assert!(calls <= bound + 2, "{calls} token-endpoint calls in a day");
+        manager.shutdown().await;
     }
 
     /// A client that reports every token rejected the moment it gets it, and again every 10 s,

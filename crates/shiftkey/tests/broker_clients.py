@@ -24,16 +24,19 @@ def call(tok):
 
 counts = {"ok": 0, "recovered": 0, "surfaced": 0, "other": 0}
 end = time.monotonic() + seconds
+served = 0  # the newest generation the server accepted
 while time.monotonic() < end:
     tok, gen = shiftkey_broker.token(name)
     status = call(tok)
     if status == 401:
-        tok, gen = shiftkey_broker.rejected(name, gen)
+        tok, gen = shiftkey_broker.rejected(name, gen, gen <= served)
         status = call(tok)
         counts["recovered" if status == 200 else "surfaced"] += 1
     elif status == 200:
         counts["ok"] += 1
     else:
         counts["other"] += 1
+    if status == 200:
+        served = max(served, gen)
     time.sleep(0.02)
 print(json.dumps(counts))

@@ -40,6 +40,10 @@ class BrokerAuth(_RequestsAuth, _HttpxAuth):
     the body can be sent again: not a generator or a file stream); a second 401 goes to the
     caller as it is. `healed` counts the 401s that the resend turned into another answer.
 
+    A report says whether a server had accepted the refused generation before (a 2xx or 3xx
+    answer to a request that carried it): a token that served and then died (a server restart)
+    is replaced even right after a replacement, which the broker otherwise refuses.
+
     With `httpx.AsyncClient` the broker calls run in a worker thread."""
 
     def __init__(self, name: str, broker: Optional[Broker] = None) -> None:
@@ -47,6 +51,8 @@ class BrokerAuth(_RequestsAuth, _HttpxAuth):
         self.broker = broker if broker is not None else Broker.from_env()
         self.healed = 0
         self._lock = threading.Lock()
+        # The newest generation a server accepted.
+        self._served = 0
 
     def __repr__(self) -> str:
         return f"BrokerAuth({self.name!r}, broker={self.broker!r}, healed={self.healed})"
@@ -54,6 +60,23 @@ class BrokerAuth(_RequestsAuth, _HttpxAuth):
     def _count_healed(self) -> None:
         with self._lock:
             self.healed += 1
+
+    def _answered(self, status: int, token: Token) -> None:
+        """Notes a server's answer to a request that carried `token`."""
+        if 200 <= status < 400:
+            with self._lock:
+                self._served = max(self._served, token.generation)
+
+    def _report(self, token: Token) -> Token:
+        """Reports `token` refused; its replacement."""
+        with self._lock:
+            served = token.generation <= self._served
+        return self.broker.rejected(self.name, token.generation, served)
+
+    async def _areport(self, token: Token) -> Token:
+        with self._lock:
+            served = token.generation <= self._served
+        return await asyncio.to_thread(self.broker.rejected, self.name, token.generation, served)
 
     # requests
 
@@ -68,8 +91,9 @@ class BrokerAuth(_RequestsAuth, _HttpxAuth):
         self, token: Token, r: "requests.Response", **kwargs: Any
     ) -> "requests.Response":
         if not _refused(r.status_code, r.request.headers, token):
+            self._answered(r.status_code, token)
             return r
-        replacement = self.broker.rejected(self.name, token.generation)
+        replacement = self._report(token)
         replayable = r.request.body is None or isinstance(r.request.body, (bytes, str))
         if replacement.generation == token.generation or not replayable:
             return r  # nothing better to send (or nothing to send it with): the 401 as it is
@@ -87,6 +111,7 @@ class BrokerAuth(_RequestsAuth, _HttpxAuth):
         again.request = retry
         if again.status_code != 401:
             self._count_healed()
+            self._answered(again.status_code, replacement)
         return again
 
     # httpx
@@ -98,14 +123,16 @@ class BrokerAuth(_RequestsAuth, _HttpxAuth):
         request.headers["Authorization"] = f"Bearer {token.value}"
         response = yield request
         if not _refused(response.status_code, response.request.headers, token):
+            self._answered(response.status_code, token)
             return
-        replacement = self.broker.rejected(self.name, token.generation)
+        replacement = self._report(token)
         if replacement.generation == token.generation or not _replayable(request):
             return
         request.headers["Authorization"] = f"Bearer {replacement.value}"
         response = yield request
         if response.status_code != 401:
             self._count_healed()
+            self._answered(response.status_code, replacement)
 
     async def async_auth_flow(
         self, request: "httpx.Request"
@@ -114,14 +141,16 @@ class BrokerAuth(_RequestsAuth, _HttpxAuth):
         request.headers["Authorization"] = f"Bearer {token.value}"
         response = yield request
         if not _refused(response.status_code, response.request.headers, token):
+            self._answered(response.status_code, token)
             return
-        replacement = await asyncio.to_thread(self.broker.rejected, self.name, token.generation)
+        replacement = await self._areport(token)
         if replacement.generation == token.generation or not _replayable(request):
             return
         request.headers["Authorization"] = f"Bearer {replacement.value}"
         response = yield request
         if response.status_code != 401:
             self._count_healed()
+            self._answered(response.status_code, replacement)
 
 
 def _refused(status: int, headers: Mapping[str, str], token: Token) -> bool:

@@ -144,13 +144,17 @@ class Broker:
             return self._ask_socket({"op": "get", "name": name})
         return self._ask_http("GET", f"/v1/tokens/{urllib.parse.quote(name, safe='')}", None)
 
-    def rejected(self, name: str, generation: int) -> Token:
+    def rejected(self, name: str, generation: int, served: bool = False) -> Token:
         """A server refused `generation` of `name`: its replacement (the broker refreshes once
-        for every client reporting the same generation)."""
+        for every client reporting the same generation). Say `served` when a server had
+        accepted that generation before: it served, then died (a restart), and the broker then
+        replaces even a token it has just replaced (once per minimum interval)."""
         if self.url is None:
-            return self._ask_socket({"op": "rejected", "name": name, "generation": generation})
+            return self._ask_socket(
+                {"op": "rejected", "name": name, "generation": generation, "served": served}
+            )
         path = f"/v1/tokens/{urllib.parse.quote(name, safe='')}/rejected"
-        return self._ask_http("POST", path, {"generation": generation})
+        return self._ask_http("POST", path, {"generation": generation, "served": served})
 
     def _failed(self, e: OSError) -> BrokerError:
         if isinstance(e, (FileNotFoundError, ConnectionRefusedError)):
