@@ -146,6 +146,35 @@ impl PgStore {
         })
     }
 
+    /// How many credentials the store at `url` holds, read-only (`None`: no table yet, the first
+    /// [`PgStore::connect`] creates it); each step within [`STORE_DEADLINE`]. For health checks.
+    pub async fn count(url: &str) -> Result<Option<u64>, StoreError> {
+        let mut conn = within("connect", STORE_DEADLINE, sqlx::PgConnection::connect(url)).await?;
+        let exists: bool = within(
+            "read",
+            STORE_DEADLINE,
+            sqlx::query_scalar("SELECT to_regclass('shiftkey_tokens') IS NOT NULL")
+                .fetch_one(&mut conn),
+        )
+        .await?;
+        let count = if exists {
+            let n: i64 = within(
+                "read",
+                STORE_DEADLINE,
+                sqlx::query_scalar(
+                    "SELECT count(*) FROM shiftkey_tokens WHERE generation >= 0 AND payload <> ''::bytea",
+                )
+                .fetch_one(&mut conn),
+            )
+            .await?;
+            Some(u64::try_from(n).unwrap_or(0))
+        } else {
+            None
+        };
+        within("close", STORE_DEADLINE, conn.close()).await?;
+        Ok(count)
+    }
+
     /// The pool (for the leader lease and tests).
     #[must_use]
     pub fn pool(&self) -> &PgPool {

@@ -174,6 +174,7 @@ pub(crate) async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
             Err(e) => r.line(Level::Fail, "login", format!("tokens.{name}: {e:#}")),
         }
     }
+    databases(&mut r, &cfg).await;
     if args.probe {
         match session_cfg {
             Some(s) => probe(&http, s, &args, cfg.schedule.interval_minutes).await,
@@ -189,6 +190,90 @@ pub(crate) async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The databases the config names, each reached with a deadline: the PostgreSQL token store
+/// (read-only), the leader lease (taken and given back at once when free: nobody else is
+/// leading then) and the sink (its tables created if missing, as the first sync would, and its
+/// watermark read).
+async fn databases(r: &mut Report, cfg: &Config) {
+    if cfg
+        .store
+        .as_ref()
+        .is_some_and(|s| s.backend == crate::config::StoreBackend::Postgres)
+    {
+        match cfg.store_url() {
+            Ok(url) => match shiftkey_store::PgStore::count(&url).await {
+                Ok(Some(n)) => r.line(
+                    Level::Ok,
+                    "store",
+                    format!("PostgreSQL reached; {n} token(s) stored"),
+                ),
+                Ok(None) => r.line(
+                    Level::Ok,
+                    "store",
+                    "PostgreSQL reached; no token stored yet (the first run creates the table)",
+                ),
+                Err(e) => r.line(Level::Fail, "store", e.to_string()),
+            },
+            Err(e) => r.line(Level::Fail, "store", format!("{e:#}")),
+        }
+    }
+    match cfg.lease_url() {
+        Ok(Some((url, key))) => match shiftkey_store::LeaderLease::try_acquire(&url, key).await {
+            Ok(Some(lease)) => {
+                let released = lease.release().await;
+                r.line(
+                    Level::Ok,
+                    "lease",
+                    format!("leader lease {key} is free: no process is syncing under it now"),
+                );
+                if let Err(e) = released {
+                    r.line(Level::Warn, "lease", format!("giving it back: {e}"));
+                }
+            }
+            Ok(None) => r.line(
+                Level::Ok,
+                "lease",
+                format!("leader lease {key} is held: a process is syncing under it"),
+            ),
+            Err(e) => r.line(Level::Fail, "lease", e.to_string()),
+        },
+        Ok(None) => {}
+        Err(e) => r.line(Level::Fail, "lease", format!("{e:#}")),
+    }
+    if cfg.sink.is_some() {
+        let url = match cfg.sink_url() {
+            Ok(u) => u,
+            Err(e) => {
+                r.line(Level::Fail, "sink", format!("{e:#}"));
+                return;
+            }
+        };
+        let sink = tokio::time::timeout(
+            Duration::from_secs(20),
+            shiftkey_shopfloor::SqlSink::connect(&url),
+        )
+        .await;
+        match sink {
+            Ok(Ok(sink)) => {
+                use shiftkey_shopfloor::Sink as _;
+                let watermark = sink.watermark().await;
+                sink.close().await;
+                match watermark {
+                    Ok(Some(w)) => r.line(
+                        Level::Ok,
+                        "sink",
+                        format!("reached; synced up to {}", crate::ops::stamp(w)),
+                    ),
+                    Ok(None) => r.line(Level::Ok, "sink", "reached; nothing synced yet"),
+                    Err(e) => r.line(Level::Fail, "sink", e.to_string()),
+                }
+            }
+            Ok(Err(e)) => r.line(Level::Fail, "sink", e.to_string()),
+            Err(_) => r.line(Level::Fail, "sink", "no answer within 20 s"),
+        }
+    }
 }
 
 /// The site against `[teamcenter.read]` and `[teamcenter.feedback]`, read-only: the saved query

@@ -647,7 +647,7 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn stamp(t: SystemTime) -> String {
+pub(crate) fn stamp(t: SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(t)
         .format("%Y-%m-%d %H:%M:%S UTC")
         .to_string()

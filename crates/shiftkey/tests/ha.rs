@@ -267,3 +267,72 @@ async fn sync_once_runs_only_where_the_lease_is_held() {
     assert!(sim.stats().logins >= 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Whether `doctor` printed a `tag` line (`ok`, `FAIL`) for `check` whose detail has `detail`.
+fn said(text: &str, tag: &str, check: &str, detail: &str) -> bool {
+    text.lines().any(|l| {
+        let mut words = l.split_whitespace();
+        words.next() == Some(tag) && words.next() == Some(check) && l.contains(detail)
+    })
+}
+
+/// `doctor` reaches the databases the config names: the PostgreSQL store, the leader lease (free,
+/// then held by another process) and the sink; a database it cannot reach fails the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_the_store_the_lease_and_the_sink() {
+    fn env(pg_url: &str) -> [(&str, &str); 4] {
+        [
+            ("TC_PW", "mfg_sync_pw"),
+            ("SK_KEY", KEY),
+            ("GW_SECRET", "shiftkey-secret"),
+            ("PG_URL", pg_url),
+        ]
+    }
+    let pg = PgServer::start();
+    let sim = common::start_sim(shiftkey_sim::SimConfig::default()).await;
+    let dir = temp_dir("ha-doctor");
+    let cfg = config(&dir, &sim.url(), 0);
+    let url = pg.url();
+    let args = ["doctor", "-c", cfg.to_str().unwrap()];
+    let out = common::shiftkey(&args, &env(&url));
+    let text = common::text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        said(
+            &text,
+            "ok",
+            "store",
+            "PostgreSQL reached; no token stored yet"
+        ),
+        "{text}"
+    );
+    assert!(
+        said(&text, "ok", "lease", "leader lease 7242 is free"),
+        "{text}"
+    );
+    assert!(
+        said(&text, "ok", "sink", "reached; nothing synced yet"),
+        "{text}"
+    );
+    let leader = shiftkey_store::LeaderLease::try_acquire(&url, 7242)
+        .await
+        .unwrap()
+        .expect("the doctor gave the lease back");
+    let text = common::text(&common::shiftkey(&args, &env(&url)));
+    assert!(
+        said(&text, "ok", "lease", "leader lease 7242 is held"),
+        "{text}"
+    );
+    leader.release().await.unwrap();
+    // Nothing listens on port 1.
+    let out = common::shiftkey(&args, &env("postgres://postgres@127.0.0.1:1/postgres"));
+    let text = common::text(&out);
+    assert_eq!(out.status.code(), Some(7), "{text}");
+    for check in ["store", "lease", "sink"] {
+        assert!(
+            said(&text, "FAIL", check, ""),
+            "no failed `{check}` in:\n{text}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
