@@ -344,7 +344,8 @@ async fn verify_full_connects_with_the_right_ca_and_refuses_a_wrong_one() {
 }
 
 /// A TCP relay to `upstream` that can stop forwarding in both directions, as a database host that
-/// vanished behind a network cut would (the connections stay open, nothing answers).
+/// vanished behind a network cut would (the connections stay open, nothing answers). What is
+/// sent during the cut is lost; a side that closes its connection closes the other.
 async fn relay(upstream: std::net::SocketAddr) -> (std::net::SocketAddr, Arc<AtomicBool>) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let frozen = Arc::new(AtomicBool::new(false));
@@ -374,8 +375,7 @@ async fn relay(upstream: std::net::SocketAddr) -> (std::net::SocketAddr, Arc<Ato
                             Ok(n) => n,
                         };
                         if flag.load(Ordering::SeqCst) {
-                            // Cut: what was sent is held for good.
-                            std::future::pending::<()>().await;
+                            continue;
                         }
                         if to.write_all(&buf[..n]).await.is_err() {
                             return;
@@ -389,10 +389,18 @@ async fn relay(upstream: std::net::SocketAddr) -> (std::net::SocketAddr, Arc<Ato
 }
 
 /// A database that stops answering fails each store call after `STORE_DEADLINE`, with an error
-/// naming the step, instead of holding a refresh for good. Paused time once connected: the
-/// deadline passes at once, and nothing else is waiting.
+/// naming the step, instead of holding a refresh for good; the connection the cut refresh held is
+/// closed (its row lock with it), so the store works again when the database is back. Paused
+/// time during the cut: the deadlines pass at once, and nothing else is waiting.
 #[tokio::test(flavor = "current_thread")]
 async fn a_database_that_stops_answering_fails_store_calls_at_their_deadline() {
+    // A hang guard: without the deadlines the calls below would wait for good.
+    tokio::time::timeout(Duration::from_secs(600), cut_mid_refresh())
+        .await
+        .expect("a store call outlived its deadline");
+}
+
+async fn cut_mid_refresh() {
     let pg = PgServer::start();
     let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", pg.port()).parse().unwrap();
     let (addr, cut) = relay(upstream).await;
@@ -422,4 +430,15 @@ async fn a_database_that_stops_answering_fails_store_calls_at_their_deadline() {
         "each call waited at most its deadline: {:?}",
         started.elapsed()
     );
+    // The connection handed back after the cut is checked before it may rejoin the pool: let
+    // that check run out.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    // The database is back. The cut refresh's row lock went with its connection: a new refresh
+    // takes the row (it would wait out the lock timeout and fail if that connection lived on).
+    cut.store(false, Ordering::SeqCst);
+    tokio::time::resume();
+    let mut guard = store.lock().await.unwrap();
+    guard.save(&token(2)).await.unwrap();
+    guard.unlock().await.unwrap();
+    assert_eq!(store.load().await.unwrap().map(|t| t.generation), Some(2));
 }

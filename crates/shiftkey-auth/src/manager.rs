@@ -509,8 +509,8 @@ impl TokenManager {
     /// Like [`TokenManager::invalidate`], for a token the server had *accepted* before it
     /// refused it: it served, then died (a server restart right after a reactive refresh), so a
     /// refresh helps even inside `min_interval` and [`Invalidation::TooSoon`] is never returned.
-    /// The replacement counts as reactive. The caller bounds how often it calls this (the HTTP
-    /// middleware knows a generation served; the broker allows one per minimum interval).
+    /// The replacement counts as reactive. The caller bounds how often it calls this (the
+    /// broker allows one per minimum interval and token).
     pub fn invalidate_served(&self, generation: u64) -> Invalidation {
         self.invalidate_checked(generation, false)
     }

@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "mqtt")]
 pub use mqtt::{MqttQos, MqttSettings, MqttSink, MqttTls, isa95, topic};
-pub use sql::{CommitHook, SqlSink};
+pub use sql::{CommitHook, SinkState, SqlSink};
 
 /// A process plan revision as the shop floor stores it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -90,7 +90,87 @@ impl std::fmt::Debug for SqlSink {
     }
 }
 
+/// What a sink database holds, as [`SqlSink::inspect`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SinkState {
+    /// No database or no sink tables yet: the first sync creates them.
+    Missing,
+    /// The tables exist; nothing was synced yet.
+    Empty,
+    /// Synced up to this watermark.
+    Synced(SystemTime),
+}
+
+/// Whether `e` says a table does not exist (PostgreSQL `42P01`, SQLite "no such table").
+fn missing_table(e: &sqlx::Error) -> bool {
+    e.as_database_error().is_some_and(|d| {
+        d.code().is_some_and(|c| c == "42P01") || d.message().contains("no such table")
+    })
+}
+
+/// An SQLite URL opened read-only (`mode=ro` in place of any other mode): nothing is created.
+fn read_only(url: &str) -> String {
+    if !url.starts_with("sqlite:") {
+        return url.to_owned();
+    }
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut params: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("mode="))
+        .collect();
+    params.push("mode=ro");
+    format!("{base}?{}", params.join("&"))
+}
+
 impl SqlSink {
+    /// Reads what the sink at `url` holds without changing anything: no schema created, no
+    /// migration, an SQLite file opened read-only (and not created when missing). For health
+    /// checks.
+    ///
+    /// # Example
+    /// ```
+    /// # async fn run() -> Result<(), shiftkey_shopfloor::SinkError> {
+    /// use shiftkey_shopfloor::{SinkState, SqlSink};
+    ///
+    /// let state = SqlSink::inspect("sqlite:///nonexistent/shopfloor.db").await?;
+    /// assert_eq!(state, SinkState::Missing);
+    /// # Ok(()) }
+    /// ```
+    pub async fn inspect(url: &str) -> Result<SinkState, SinkError> {
+        sqlx::any::install_default_drivers();
+        #[cfg(feature = "sqlite")]
+        if url.starts_with("sqlite:") {
+            use std::str::FromStr as _;
+            let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+                .map_err(err(format!("read the URL {}", redact(url))))?;
+            let file = options.get_filename();
+            if file != std::path::Path::new(":memory:") && !file.exists() {
+                return Ok(SinkState::Missing);
+            }
+        }
+        let url = read_only(url);
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .map_err(err(format!("connect to {}", redact(&url))))?;
+        let row = sqlx::query("SELECT watermark_ms FROM sync_state WHERE id = 1")
+            .fetch_optional(&pool)
+            .await;
+        pool.close().await;
+        let what = "read sync_state.watermark_ms";
+        match row {
+            Ok(Some(r)) => Ok(r
+                .try_get::<Option<i64>, _>("watermark_ms")
+                .map_err(err(what))?
+                .map_or(SinkState::Empty, |ms| SinkState::Synced(from_millis(ms)))),
+            Ok(None) => Ok(SinkState::Empty),
+            Err(e) if missing_table(&e) => Ok(SinkState::Missing),
+            Err(e) => Err(err(what)(e)),
+        }
+    }
+
     /// Connects and creates the schema.
     pub async fn connect(url: &str) -> Result<Self, SinkError> {
         sqlx::any::install_default_drivers();

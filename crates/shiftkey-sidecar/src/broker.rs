@@ -145,26 +145,31 @@ impl Broker {
         result.unwrap_or_else(|e| json!({"ok": false, "error": e}))
     }
 
-    /// Whether a `served` report may refresh `name` inside its minimum interval now: once per
-    /// minimum interval.
-    fn may_refresh_served(&self, name: &str, manager: &TokenManager) -> bool {
-        let interval = manager
-            .status()
-            .schedule
-            .map_or(Duration::ZERO, |s| s.margins.min_interval);
-        let now = tokio::time::Instant::now();
+    /// A `served` report of `generation`, which [`TokenManager::invalidate`] found too soon to
+    /// replace: replaced anyway, once per minimum interval of `name`. Only a refresh this starts
+    /// uses up the interval (a generation already replaced does not), and concurrent reports
+    /// take turns, so two of them cannot both start one.
+    fn refresh_served(&self, name: &str, manager: &TokenManager, generation: u64) -> Invalidation {
         let mut last = self
             .served_refresh
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The interval of the token judged too soon (no token: someone is replacing it already).
+        let Some(interval) = manager.status().schedule.map(|s| s.margins.min_interval) else {
+            return Invalidation::AlreadyReplaced;
+        };
+        let now = tokio::time::Instant::now();
         if last
             .get(name)
             .is_some_and(|t| now.saturating_duration_since(*t) < interval)
         {
-            return false;
+            return Invalidation::TooSoon;
         }
-        last.insert(name.to_owned(), now);
-        true
+        let outcome = manager.invalidate_served(generation);
+        if outcome == Invalidation::Refreshing {
+            last.insert(name.to_owned(), now);
+        }
+        outcome
     }
 
     /// The current token of `name`; with `rejected`, that generation (and whether the server
@@ -212,14 +217,15 @@ impl Broker {
             // A token a report just got, that the server accepted and then refused: it served
             // and died (a restart right behind the refresh), and one more refresh helps — as the
             // HTTP middleware does for its own requests.
-            if outcome == Invalidation::TooSoon && served && self.may_refresh_served(name, manager)
-            {
-                tracing::info!(
-                    token = name,
-                    generation,
-                    "a token that served died soon after a report-triggered refresh; refreshing again"
-                );
-                outcome = manager.invalidate_served(generation);
+            if outcome == Invalidation::TooSoon && served {
+                outcome = self.refresh_served(name, manager, generation);
+                if outcome == Invalidation::Refreshing {
+                    tracing::info!(
+                        token = name,
+                        generation,
+                        "a token that served died soon after a report-triggered refresh; refreshed again"
+                    );
+                }
             }
             // A current token dying is a death whether or not it is refreshed at once (TooSoon):
             // two in a row at one age teach a cap, and the manager then drops the token itself.
@@ -263,13 +269,12 @@ impl Broker {
             .token()
             .await
             .map_err(|e| format!("token `{name}`: {e}"))?;
-        // A reported generation that is still served is about to be replaced: wait for its
-        // successor, as long as a caller waits for a refresh.
-        let deadline = tokio::time::Instant::now() + manager.config().wait_timeout;
-        while successor_due
-            && rejected_generation == Some(token.generation())
-            && tokio::time::Instant::now() < deadline
-        {
+        // A reported generation that is still served is about to be replaced (this report just
+        // taught a cap and the manager is rescheduling): wait briefly for its successor.
+        for _ in 0..100 {
+            if !successor_due || rejected_generation != Some(token.generation()) {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
             token = manager
                 .token()
@@ -658,12 +663,22 @@ mod tests {
             g3,
             "once per minimum interval"
         );
+        // g3 outlives its interval and a plain report replaces it; the new token is young, and a
+        // minute after the last served refresh, a served report may replace it at once.
         tokio::time::sleep(Duration::from_secs(60)).await;
-        assert!(
-            served_then_died(&b, g3).await > g3,
-            "after the interval, again"
+        let g4 = generation(&b, Some(g3)).await;
+        assert!(g4 > g3, "past its interval, a plain report replaces it");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            generation(&b, Some(g4)).await,
+            g4,
+            "too soon without evidence"
         );
-        assert_eq!(strategy.calls(), 4);
+        assert!(
+            served_then_died(&b, g4).await > g4,
+            "a new interval allows one more served refresh"
+        );
+        assert_eq!(strategy.calls(), 5);
         manager.shutdown().await;
     }
 

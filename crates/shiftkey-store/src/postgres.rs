@@ -34,6 +34,9 @@ fn db(what: &str, e: sqlx::Error) -> StoreError {
 /// this long instead of a refresh stuck for good.
 pub const STORE_DEADLINE: Duration = Duration::from_secs(15);
 
+/// How long a connection handed back to the pool may take to show it still works.
+const RELEASE_CHECK: Duration = Duration::from_secs(5);
+
 /// Runs one database step with a client-side deadline; the error names the step.
 async fn within<T>(
     what: &str,
@@ -99,6 +102,19 @@ impl PgStore {
             PgPoolOptions::new()
                 .max_connections(4)
                 .acquire_timeout(STORE_DEADLINE)
+                // A connection handed back after a step timed out is tested before it rejoins
+                // the pool; sqlx's own test has no deadline, and against a database that
+                // vanished it would hold the pool's slots until TCP gives up.
+                .after_release(|conn, _| {
+                    Box::pin(async move {
+                        match tokio::time::timeout(RELEASE_CHECK, conn.ping()).await {
+                            Ok(Ok(())) => Ok(true),
+                            Ok(Err(e)) => Err(e),
+                            // An error closes it at once, without a goodbye to the server.
+                            Err(_) => Err(sqlx::Error::PoolTimedOut),
+                        }
+                    })
+                })
                 .connect(url),
         )
         .await?;
@@ -232,19 +248,25 @@ impl StoreGuard for PgGuard {
                         self.inner.credential,
                         rand::random::<u32>()
                     );
-                    sqlx::query("INSERT INTO shiftkey_tokens (credential, generation, payload) VALUES ($1, -1, $2)")
-                        .bind(&aside)
-                        .bind(&self.payload)
-                        .execute(&mut **tx)
-                        .await
-                        .map_err(|e| db("move aside", e))?;
-                    sqlx::query(
-                        "UPDATE shiftkey_tokens SET payload = ''::bytea WHERE credential = $1",
+                    within(
+                        "move aside",
+                        STORE_DEADLINE,
+                        sqlx::query("INSERT INTO shiftkey_tokens (credential, generation, payload) VALUES ($1, -1, $2)")
+                            .bind(&aside)
+                            .bind(&self.payload)
+                            .execute(&mut **tx),
                     )
-                    .bind(&self.inner.credential)
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(|e| db("move aside", e))?;
+                    .await?;
+                    within(
+                        "move aside",
+                        STORE_DEADLINE,
+                        sqlx::query(
+                            "UPDATE shiftkey_tokens SET payload = ''::bytea WHERE credential = $1",
+                        )
+                        .bind(&self.inner.credential)
+                        .execute(&mut **tx),
+                    )
+                    .await?;
                 }
                 Err(StoreError::new(
                     e.kind,
@@ -387,6 +409,34 @@ impl LeaderLease {
             conn: Some(conn),
             key,
         }))
+    }
+
+    /// Whether any session holds the lease on `key` in the database at `url`, read from
+    /// `pg_locks` without taking it (a health check must not stand in a leader's way).
+    pub async fn is_held_by_anyone(url: &str, key: i64) -> Result<bool, StoreError> {
+        let mut conn = within(
+            "lease connect",
+            LEASE_DEADLINE,
+            sqlx::PgConnection::connect(url),
+        )
+        .await?;
+        // pg_advisory_lock(bigint) shows the key's high half as classid, its low half as objid.
+        let held: bool = within(
+            "lease",
+            LEASE_DEADLINE,
+            sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                 AND objsubid = 1 \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                 AND classid = ((($1::bigint) >> 32) & 4294967295)::oid \
+                 AND objid = (($1::bigint) & 4294967295)::oid)",
+            )
+            .bind(key)
+            .fetch_one(&mut conn),
+        )
+        .await?;
+        within("lease close", LEASE_DEADLINE, conn.close()).await?;
+        Ok(held)
     }
 
     /// Whether the lease is still held (its connection is alive). A `false` is final. A ping

@@ -357,8 +357,8 @@ async fn the_schedule_never_overlaps_and_catches_up_once() {
     // 3 h of 15-minute slots is 12, but cycles of ~25 min run back to back without piling up
     // (7 such cycles fill 3 h; the bounds leave a cycle's slack either way for a loaded machine).
     assert!((5..=8).contains(&cycles), "{cycles} cycles");
-    // A quick engine runs once per slot. The stop comes 7 simulated minutes after the 8th slot
-    // and 8 before the 9th: at 360× that is over a real second either way, so a loaded machine
+    // A quick engine runs once per slot. The stop comes 8 simulated minutes after the 8th slot
+    // and 7 before the 9th: at 360× that is over a real second either way, so a loaded machine
     // neither misses the 8th nor reaches the 9th.
     let clock = clock_at(360.0);
     let sim = self::sim(quiet(), &clock).await;

@@ -192,10 +192,8 @@ pub(crate) async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The databases the config names, each reached with a deadline: the PostgreSQL token store
-/// (read-only), the leader lease (taken and given back at once when free: nobody else is
-/// leading then) and the sink (its tables created if missing, as the first sync would, and its
-/// watermark read).
+/// The databases the config names, each reached read-only with a deadline: the PostgreSQL token
+/// store, the leader lease (is a process holding it?) and the sink (its watermark).
 async fn databases(r: &mut Report, cfg: &Config) {
     if cfg
         .store
@@ -220,25 +218,21 @@ async fn databases(r: &mut Report, cfg: &Config) {
         }
     }
     match cfg.lease_url() {
-        Ok(Some((url, key))) => match shiftkey_store::LeaderLease::try_acquire(&url, key).await {
-            Ok(Some(lease)) => {
-                let released = lease.release().await;
-                r.line(
+        Ok(Some((url, key))) => {
+            match shiftkey_store::LeaderLease::is_held_by_anyone(&url, key).await {
+                Ok(false) => r.line(
                     Level::Ok,
                     "lease",
                     format!("leader lease {key} is free: no process is syncing under it now"),
-                );
-                if let Err(e) = released {
-                    r.line(Level::Warn, "lease", format!("giving it back: {e}"));
-                }
+                ),
+                Ok(true) => r.line(
+                    Level::Ok,
+                    "lease",
+                    format!("leader lease {key} is held: a process is syncing under it"),
+                ),
+                Err(e) => r.line(Level::Fail, "lease", e.to_string()),
             }
-            Ok(None) => r.line(
-                Level::Ok,
-                "lease",
-                format!("leader lease {key} is held: a process is syncing under it"),
-            ),
-            Err(e) => r.line(Level::Fail, "lease", e.to_string()),
-        },
+        }
         Ok(None) => {}
         Err(e) => r.line(Level::Fail, "lease", format!("{e:#}")),
     }
@@ -250,26 +244,24 @@ async fn databases(r: &mut Report, cfg: &Config) {
                 return;
             }
         };
-        let sink = tokio::time::timeout(
+        let state = tokio::time::timeout(
             Duration::from_secs(20),
-            shiftkey_shopfloor::SqlSink::connect(&url),
+            shiftkey_shopfloor::SqlSink::inspect(&url),
         )
         .await;
-        match sink {
-            Ok(Ok(sink)) => {
-                use shiftkey_shopfloor::Sink as _;
-                let watermark = sink.watermark().await;
-                sink.close().await;
-                match watermark {
-                    Ok(Some(w)) => r.line(
-                        Level::Ok,
-                        "sink",
-                        format!("reached; synced up to {}", crate::ops::stamp(w)),
-                    ),
-                    Ok(None) => r.line(Level::Ok, "sink", "reached; nothing synced yet"),
-                    Err(e) => r.line(Level::Fail, "sink", e.to_string()),
-                }
-            }
+        use shiftkey_shopfloor::SinkState;
+        match state {
+            Ok(Ok(SinkState::Synced(w))) => r.line(
+                Level::Ok,
+                "sink",
+                format!("reached; synced up to {}", crate::ops::stamp(w)),
+            ),
+            Ok(Ok(SinkState::Missing)) => r.line(
+                Level::Ok,
+                "sink",
+                "reached; no sink tables yet (the first sync creates them)",
+            ),
+            Ok(Ok(_)) => r.line(Level::Ok, "sink", "reached; nothing synced yet"),
             Ok(Err(e)) => r.line(Level::Fail, "sink", e.to_string()),
             Err(_) => r.line(Level::Fail, "sink", "no answer within 20 s"),
         }

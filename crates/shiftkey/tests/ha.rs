@@ -311,7 +311,7 @@ async fn doctor_checks_the_store_the_lease_and_the_sink() {
         "{text}"
     );
     assert!(
-        said(&text, "ok", "sink", "reached; nothing synced yet"),
+        said(&text, "ok", "sink", "reached; no sink tables yet"),
         "{text}"
     );
     let leader = shiftkey_store::LeaderLease::try_acquire(&url, 7242)

@@ -40,8 +40,8 @@ class BrokerAuth(_RequestsAuth, _HttpxAuth):
     the body can be sent again: not a generator or a file stream); a second 401 goes to the
     caller as it is. `healed` counts the 401s that the resend turned into another answer.
 
-    A report says whether a server had accepted the refused generation before (a 2xx or 3xx
-    answer to a request that carried it): a token that served and then died (a server restart)
+    A report says whether a server had accepted the refused generation before (a 2xx answer to
+    a request that carried it): a token that served and then died (a server restart)
     is replaced even right after a replacement, which the broker otherwise refuses.
 
     With `httpx.AsyncClient` the broker calls run in a worker thread."""
@@ -51,8 +51,9 @@ class BrokerAuth(_RequestsAuth, _HttpxAuth):
         self.broker = broker if broker is not None else Broker.from_env()
         self.healed = 0
         self._lock = threading.Lock()
-        # The newest generation a server accepted.
-        self._served = 0
+        # The token a server last accepted (its value, not its generation: generations start
+        # again at 1 when a broker without a store restarts).
+        self._served: Optional[str] = None
 
     def __repr__(self) -> str:
         return f"BrokerAuth({self.name!r}, broker={self.broker!r}, healed={self.healed})"
@@ -61,21 +62,22 @@ class BrokerAuth(_RequestsAuth, _HttpxAuth):
         with self._lock:
             self.healed += 1
 
-    def _answered(self, status: int, token: Token) -> None:
-        """Notes a server's answer to a request that carried `token`."""
-        if 200 <= status < 400:
+    def _answered(self, status: int, headers: Mapping[str, str], token: Token) -> None:
+        """Notes a server's answer: a 2xx to a request that carried `token` says it served (not
+        one after a redirect to a host that never saw it)."""
+        if 200 <= status < 300 and headers.get("Authorization") == f"Bearer {token.value}":
             with self._lock:
-                self._served = max(self._served, token.generation)
+                self._served = token.value
 
     def _report(self, token: Token) -> Token:
         """Reports `token` refused; its replacement."""
         with self._lock:
-            served = token.generation <= self._served
+            served = token.value == self._served
         return self.broker.rejected(self.name, token.generation, served)
 
     async def _areport(self, token: Token) -> Token:
         with self._lock:
-            served = token.generation <= self._served
+            served = token.value == self._served
         return await asyncio.to_thread(self.broker.rejected, self.name, token.generation, served)
 
     # requests
@@ -91,7 +93,7 @@ class BrokerAuth(_RequestsAuth, _HttpxAuth):
         self, token: Token, r: "requests.Response", **kwargs: Any
     ) -> "requests.Response":
         if not _refused(r.status_code, r.request.headers, token):
-            self._answered(r.status_code, token)
+            self._answered(r.status_code, r.request.headers, token)
             return r
         replacement = self._report(token)
         replayable = r.request.body is None or isinstance(r.request.body, (bytes, str))
@@ -111,7 +113,7 @@ class BrokerAuth(_RequestsAuth, _HttpxAuth):
         again.request = retry
         if again.status_code != 401:
             self._count_healed()
-            self._answered(again.status_code, replacement)
+            self._answered(again.status_code, again.request.headers, replacement)
         return again
 
     # httpx
@@ -123,7 +125,7 @@ class BrokerAuth(_RequestsAuth, _HttpxAuth):
         request.headers["Authorization"] = f"Bearer {token.value}"
         response = yield request
         if not _refused(response.status_code, response.request.headers, token):
-            self._answered(response.status_code, token)
+            self._answered(response.status_code, response.request.headers, token)
             return
         replacement = self._report(token)
         if replacement.generation == token.generation or not _replayable(request):
@@ -132,7 +134,7 @@ class BrokerAuth(_RequestsAuth, _HttpxAuth):
         response = yield request
         if response.status_code != 401:
             self._count_healed()
-            self._answered(response.status_code, replacement)
+            self._answered(response.status_code, response.request.headers, replacement)
 
     async def async_auth_flow(
         self, request: "httpx.Request"
@@ -141,7 +143,7 @@ class BrokerAuth(_RequestsAuth, _HttpxAuth):
         request.headers["Authorization"] = f"Bearer {token.value}"
         response = yield request
         if not _refused(response.status_code, response.request.headers, token):
-            self._answered(response.status_code, token)
+            self._answered(response.status_code, response.request.headers, token)
             return
         replacement = await self._areport(token)
         if replacement.generation == token.generation or not _replayable(request):
@@ -150,7 +152,7 @@ class BrokerAuth(_RequestsAuth, _HttpxAuth):
         response = yield request
         if response.status_code != 401:
             self._count_healed()
-            self._answered(response.status_code, replacement)
+            self._answered(response.status_code, response.request.headers, replacement)
 
 
 def _refused(status: int, headers: Mapping[str, str], token: Token) -> bool:
