@@ -191,3 +191,36 @@ async fn a_torn_plan_is_found_by_its_content_hash() {
     assert_eq!(s.torn().await.unwrap(), vec!["P1".to_owned()]);
     let _ = std::fs::remove_file(&path);
 }
+
+/// `inspect` reads a sink without changing it: a missing SQLite file stays missing (even with
+/// `mode=rwc` in the URL), an empty sink is empty, a synced one shows its watermark, and a
+/// database without the sink's tables is reported as such and left without them.
+#[tokio::test]
+async fn inspect_reads_a_sink_and_changes_nothing() {
+    use shiftkey_shopfloor::SinkState;
+    let path =
+        std::env::temp_dir().join(format!("shiftkey-sink-inspect-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    assert_eq!(SqlSink::inspect(&url).await.unwrap(), SinkState::Missing);
+    assert!(!path.exists(), "inspect created the database");
+    // A database file that is not a sink (yet).
+    std::fs::write(&path, b"").unwrap();
+    assert_eq!(SqlSink::inspect(&url).await.unwrap(), SinkState::Missing);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        0,
+        "inspect wrote to the file"
+    );
+    let s = SqlSink::connect(&url).await.unwrap();
+    assert_eq!(SqlSink::inspect(&url).await.unwrap(), SinkState::Empty);
+    s.apply(&[plan("P1", 10, vec![op("O1", 10, "fit")])], t(10))
+        .await
+        .unwrap();
+    s.close().await;
+    assert_eq!(
+        SqlSink::inspect(&url).await.unwrap(),
+        SinkState::Synced(t(10))
+    );
+    let _ = std::fs::remove_file(path);
+}
