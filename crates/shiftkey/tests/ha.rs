@@ -59,14 +59,18 @@ struct Node {
     ops: String,
 }
 
-async fn start(cfg: &std::path::Path, pg: &str) -> Node {
-    let env = [
+/// The secrets the configs reference, and the PostgreSQL URL for the store, lease and sink.
+fn env(pg_url: &str) -> [(&str, &str); 4] {
+    [
         ("TC_PW", "mfg_sync_pw"),
         ("SK_KEY", KEY),
         ("GW_SECRET", "shiftkey-secret"),
-        ("PG_URL", pg),
-    ];
-    let mut daemon = Daemon::spawn(&["run", "-c", cfg.to_str().unwrap()], &env);
+        ("PG_URL", pg_url),
+    ]
+}
+
+async fn start(cfg: &std::path::Path, pg: &str) -> Node {
+    let mut daemon = Daemon::spawn(&["run", "-c", cfg.to_str().unwrap()], &env(pg));
     let ops = daemon.address("ops endpoints on ").await;
     Node { daemon, ops }
 }
@@ -236,12 +240,7 @@ async fn sync_once_runs_only_where_the_lease_is_held() {
     let dir = temp_dir("ha-once");
     let cfg = config(&dir, &sim.url(), 0);
     let url = pg.url();
-    let env = [
-        ("TC_PW", "mfg_sync_pw"),
-        ("SK_KEY", KEY),
-        ("GW_SECRET", "shiftkey-secret"),
-        ("PG_URL", url.as_str()),
-    ];
+    let env = env(&url);
     let args = ["sync", "--once", "-c", cfg.to_str().unwrap()];
     // Another host leads (the config's default key).
     let other = shiftkey_store::LeaderLease::try_acquire(&url, 7242)
@@ -280,14 +279,6 @@ fn said(text: &str, tag: &str, check: &str, detail: &str) -> bool {
 /// then held by another process) and the sink; a database it cannot reach fails the check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_checks_the_store_the_lease_and_the_sink() {
-    fn env(pg_url: &str) -> [(&str, &str); 4] {
-        [
-            ("TC_PW", "mfg_sync_pw"),
-            ("SK_KEY", KEY),
-            ("GW_SECRET", "shiftkey-secret"),
-            ("PG_URL", pg_url),
-        ]
-    }
     let pg = PgServer::start();
     let sim = common::start_sim(shiftkey_sim::SimConfig::default()).await;
     let dir = temp_dir("ha-doctor");

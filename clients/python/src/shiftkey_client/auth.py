@@ -69,15 +69,16 @@ class BrokerAuth(_RequestsAuth, _HttpxAuth):
             with self._lock:
                 self._served = token.value
 
+    def _was_served(self, token: Token) -> bool:
+        with self._lock:
+            return token.value == self._served
+
     def _report(self, token: Token) -> Token:
         """Reports `token` refused; its replacement."""
-        with self._lock:
-            served = token.value == self._served
-        return self.broker.rejected(self.name, token.generation, served)
+        return self.broker.rejected(self.name, token.generation, self._was_served(token))
 
     async def _areport(self, token: Token) -> Token:
-        with self._lock:
-            served = token.value == self._served
+        served = self._was_served(token)
         return await asyncio.to_thread(self.broker.rejected, self.name, token.generation, served)
 
     # requests
