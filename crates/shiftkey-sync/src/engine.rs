@@ -80,6 +80,9 @@ pub struct CycleReport {
     pub duration: Duration,
     /// Whether the cycle stopped early because a stop was requested.
     pub stopped: bool,
+    /// Whether the cycle ended early because its leader lease was lost (see
+    /// [`Engine::cycle_leased`]): what it had not applied is left to the new leader.
+    pub lease_lost: bool,
 }
 
 /// A cycle failed; nothing after the last committed batch was applied.
@@ -305,6 +308,18 @@ impl Engine {
     /// One cycle: find changed plans → per batch: read their bills of process, apply with the
     /// batch's watermark → push feedback.
     pub async fn cycle(&self, stop: &Stop) -> Result<CycleReport, SyncError> {
+        self.cycle_leased(stop, None).await
+    }
+
+    /// [`Engine::cycle`] under a leader lease: the lease is asked again before each batch is
+    /// applied and before feedback is pushed, and a cycle that lost it ends there
+    /// ([`CycleReport::lease_lost`]), so a leader cut off mid-cycle does not write beside the new
+    /// one for the rest of a long cycle. [`Engine::run`] cycles this way.
+    pub async fn cycle_leased(
+        &self,
+        stop: &Stop,
+        mut lease: Option<&mut (dyn Lease + '_)>,
+    ) -> Result<CycleReport, SyncError> {
         let started = self.clock.now();
         let mut report = CycleReport::default();
         let watermark = self.sink.watermark().await?;
@@ -369,6 +384,15 @@ impl Engine {
                 (Some(c), Some(n)) => Some(c.max(n)),
                 (c, n) => c.or(n),
             };
+            if let Some(l) = lease.as_deref_mut()
+                && !l.ensure().await
+            {
+                tracing::warn!(
+                    "leader lease lost in the middle of a cycle; the new leader goes on"
+                );
+                report.lease_lost = true;
+                break;
+            }
             // Not cancelled by a stop: one transaction, applied whole.
             let applied = self
                 .sink
@@ -380,6 +404,17 @@ impl Engine {
             report.unchanged += applied.unchanged;
         }
         report.watermark = current;
+        if !report.stopped
+            && !report.lease_lost
+            && let Some(l) = lease
+            && !l.ensure().await
+        {
+            tracing::warn!("leader lease lost before the feedback push; the new leader pushes it");
+            report.lease_lost = true;
+        }
+        if report.lease_lost {
+            return Ok(self.finish(report, started));
+        }
         if report.reconciled && !report.stopped {
             self.sink.mark_reconciled(wall).await?;
             if let Ok(mut last) = self.last_reconcile.lock() {
@@ -490,7 +525,7 @@ impl Engine {
                 continue;
             }
             {
-                let result = self.cycle(stop).await;
+                let result = self.cycle_leased(stop, lease.as_deref_mut()).await;
                 if let Some(observe) = &self.observer {
                     observe(result.as_ref());
                 }

@@ -578,3 +578,69 @@ async fn a_stop_cancels_a_hung_read_at_once() {
     assert!(sink.all().await.unwrap().is_empty());
     assert_eq!(sink.watermark().await.unwrap(), None);
 }
+
+/// A lease held for the first `checks` questions, then lost.
+struct LosingLease {
+    checks: u32,
+}
+
+#[async_trait::async_trait]
+impl shiftkey_sync::Lease for LosingLease {
+    async fn ensure(&mut self) -> bool {
+        let held = self.checks > 0;
+        self.checks = self.checks.saturating_sub(1);
+        held
+    }
+}
+
+/// A leader that loses its lease in the middle of a cycle stops writing there: the batches
+/// before the loss are committed, nothing after, no feedback pushed; the next leader's cycle
+/// carries on from that watermark and the sink ends equal to the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_loses_its_lease_mid_cycle_stops_writing_there() {
+    let clock = clock();
+    let sim = sim(quiet(), &clock).await;
+    sim.pause_changes(true);
+    let sink = sqlite("lease-lost").await;
+    let batch = 3;
+    let op = truth(&sim).await[0].operations[0].uid.clone();
+    sink.record_feedback(&op, 1, None, "").await.unwrap();
+    let engine = Engine::new(
+        tc(&sim, "mfg_sync_pw"),
+        sink.clone(),
+        EngineConfig {
+            batch,
+            feedback: Some(shiftkey_teamcenter::FeedbackConfig::new(
+                "xx4_mes_feedback_key",
+            )),
+            ..EngineConfig::default()
+        },
+    )
+    .with_clock(Arc::clone(&clock));
+    let mut lease = LosingLease { checks: 2 };
+    let r = engine
+        .cycle_leased(&Stop::default(), Some(&mut lease))
+        .await
+        .unwrap();
+    assert!(r.lease_lost, "{r:?}");
+    assert!(
+        r.read > 2 * batch,
+        "the initial load has more than two batches: {r:?}"
+    );
+    let stored = sink.all().await.unwrap();
+    assert_eq!(
+        stored.len(),
+        2 * batch,
+        "two batches applied, then the lease was lost"
+    );
+    assert_eq!(r.feedback_pushed, 0);
+    assert_eq!(
+        sink.pending_feedback(10).await.unwrap().len(),
+        1,
+        "no feedback pushed"
+    );
+    // The new leader's cycle goes on from there.
+    let r = engine.cycle(&Stop::default()).await.unwrap();
+    assert!(!r.lease_lost);
+    assert_eq!(sink.all().await.unwrap(), truth(&sim).await);
+}
