@@ -60,3 +60,38 @@ impl HttpError {
         }
     }
 }
+
+/// The error a caller's streamed request body fails with when its own source stops (a local
+/// client that stalls, a file that cannot be read): the caller's fault, not the server's. The
+/// middleware finds it in a transport error's chain and neither counts it against the server's
+/// circuit nor retries.
+///
+/// # Example
+/// ```
+/// use shiftkey_http::RequestBodyError;
+/// let e = RequestBodyError::new(std::io::Error::other("the client stopped sending"));
+/// assert_eq!(e.to_string(), "the request body failed at its source");
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[error("the request body failed at its source")]
+pub struct RequestBodyError(#[source] Box<dyn std::error::Error + Send + Sync>);
+
+impl RequestBodyError {
+    /// Wraps the body source's own error.
+    pub fn new(cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(Box::new(cause))
+    }
+
+    /// Whether `e` or one of its causes is a [`RequestBodyError`].
+    #[must_use]
+    pub fn in_chain(e: &(dyn std::error::Error + 'static)) -> bool {
+        let mut cause = Some(e);
+        while let Some(c) = cause {
+            if c.is::<Self>() {
+                return true;
+            }
+            cause = c.source();
+        }
+        false
+    }
+}

@@ -50,7 +50,7 @@ mod middleware;
 
 pub use classify::{BearerClassifier, Classifier, Verdict};
 pub use client::{resource_client, same_origin_redirects};
-pub use error::HttpError;
+pub use error::{HttpError, RequestBodyError};
 pub use inject::Injector;
 pub use keepalive::Keepalive;
 pub use middleware::{

@@ -757,6 +757,13 @@ impl AuthMiddleware {
         replayable: bool,
     ) -> Step<reqwest_middleware::Result<Response>> {
         let s = &*self.shared;
+        // The request's own body failed at its source (`RequestBodyError`): the caller's fault,
+        // not the server's. No breaker, no monitor, no retry (such a body is spent).
+        if crate::RequestBodyError::in_chain(&e) {
+            metrics::counter!("shiftkey_http_requests_total", "outcome" => "body_error")
+                .increment(1);
+            return Step::End(Err(e));
+        }
         let connect = matches!(&e, reqwest_middleware::Error::Reqwest(re) if re.is_connect());
         let outcome = if connect {
             Outcome::Connect

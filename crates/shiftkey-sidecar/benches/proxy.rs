@@ -54,7 +54,12 @@ async fn upstream(delay: Duration) -> SocketAddr {
         max_connections: 512,
         ..Default::default()
     };
-    tokio::spawn(serve::serve_tcp(listener, app, limits));
+    tokio::spawn(serve::serve_tcp(
+        listener,
+        app,
+        limits,
+        serve::Gate::default(),
+    ));
     addr
 }
 
@@ -78,12 +83,18 @@ async fn proxy(upstream: SocketAddr) -> SocketAddr {
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = serve::with_host_check_only(proxy.router(), serve::Hosts::loopback_and(&[]));
+    // As the binary serves it: only this user, its uid read from the kernel per connection.
+    let gate = serve::Gate::users(serve::Users::this_user(), proxy.refusals().clone());
+    let router = serve::with_host_check_only(
+        std::sync::Arc::clone(&proxy).router(),
+        serve::Hosts::loopback_and(&[]),
+        gate.refusals.clone(),
+    );
     let limits = serve::ServeLimits {
         max_connections: 512,
         ..Default::default()
     };
-    tokio::spawn(serve::serve_tcp(listener, router, limits));
+    tokio::spawn(serve::serve_tcp(listener, router, limits, gate));
     addr
 }
 

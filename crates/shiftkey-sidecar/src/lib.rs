@@ -7,8 +7,9 @@
 //!   Teamcenter mode the script's own login and logout are answered locally.
 //! - [`broker`]: the token broker — a script asks for a token by name over a Unix socket or
 //!   loopback HTTP and reports a rejected one; one refresh serves every script.
-//! - [`serve`]: serving a router to local clients (connection limit, header deadline, `Host`
-//!   check, peer uid on Unix sockets).
+//! - [`serve`]: serving a router to local clients (connection limit and queue, header deadline,
+//!   `Host` check, only the local users a listener names: by peer uid on Unix sockets and on
+//!   loopback TCP).
 //! - [`unix`] (Unix only): private folders and sockets only this user can reach.
 //!
 //! # Example: a proxy in front of a bearer-protected API
@@ -25,9 +26,12 @@
 //!     http,
 //!     AuthMiddleware::builder(manager).build(),
 //! )?;
-//! let router = serve::with_host_check_only(proxy.router(), serve::Hosts::loopback_and(&[]));
+//! // Only this user's processes may spend the credential (the peer's uid, from the kernel).
+//! let gate = serve::Gate::users(serve::Users::this_user(), proxy.refusals().clone());
+//! let hosts = serve::Hosts::loopback_and(&[]);
+//! let router = serve::with_host_check_only(Arc::clone(&proxy).router(), hosts, gate.refusals.clone());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8181").await?;
-//! serve::serve_tcp(listener, router, serve::ServeLimits::default()).await;
+//! serve::serve_tcp(listener, router, serve::ServeLimits::default(), gate).await;
 //! # Ok(()) }
 //! ```
 //!
@@ -38,16 +42,22 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod body;
 pub mod broker;
 mod error;
+pub mod logins;
 mod proxy;
+mod refusal;
 pub mod serve;
 #[cfg(unix)]
 #[cfg_attr(docsrs, doc(cfg(unix)))]
 pub mod unix;
 
+pub use body::{BODY_IDLE_TIMEOUT, BODY_TIMEOUT, DEFAULT_REPLAY_BUDGET};
 pub use error::SidecarError;
-pub use proxy::{DEFAULT_REPLAY_LIMIT, LocalLogin, MAX_SESSIONS, Proxy, ProxyConfig, ProxyStats};
+pub use logins::LocalLogin;
+pub use proxy::{DEFAULT_REPLAY_LIMIT, MAX_SESSIONS, Proxy, ProxyConfig, ProxyStats};
+pub use refusal::{LOG_EVERY, Refusal, Refusals};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -10,26 +10,37 @@
 //! is not retried.
 //!
 //! In Teamcenter mode the script's own `Session/login` and `Session/logout` calls are answered
-//! here: each login opens a local session (a `JSESSIONID` of the proxy's, never the server's), so
-//! a script that logs in once and reads for days works on the proxy's healed session. Every other
-//! call goes through.
+//! here: a login names one of the proxy's local accounts (never the service's Teamcenter
+//! password) and opens a local session (a `JSESSIONID` of the proxy's, never the server's), so a
+//! script that logs in once and reads for days works on the proxy's healed session. A call
+//! without a live local session is refused with `InvalidUserException`, as the server would.
+//! Failed logins back off per source ([`crate::logins`]).
+//!
+//! What the proxy holds is bounded: a request body must keep arriving ([`BODY_IDLE_TIMEOUT`])
+//! and arrive whole in time ([`BODY_TIMEOUT`]); the bytes held for replay across all
+//! connections stay under a budget ([`DEFAULT_REPLAY_BUDGET`]). Only the methods scripts use
+//! are forwarded. Refusals are counted and logged at most once a minute per kind.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::{IntoResponse as _, Response};
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt as _;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use reqwest_middleware::ClientWithMiddleware;
 use serde_json::{Value, json};
-use shiftkey_auth::Secret;
 use shiftkey_http::{AuthMiddleware, HttpError};
+use tokio::sync::Semaphore;
 use url::Url;
 
-use crate::SidecarError;
+use crate::body::{
+    self, BODY_IDLE_TIMEOUT, BODY_TIMEOUT, BodyError, DEFAULT_REPLAY_BUDGET, Deadlines,
+};
+use crate::logins::{Admission, LocalLogin, Logins};
+use crate::serve::Peer;
+use crate::{Refusal, Refusals, SidecarError};
 
 /// The default replay limit: request bodies up to 1 MiB are held so a rejected request can go
 /// once more; larger ones stream and are sent once.
@@ -53,8 +64,16 @@ pub struct ProxyConfig {
     pub upstream: Url,
     /// Request bodies up to this many bytes are replayable; larger ones are sent once.
     pub replay_limit: usize,
-    /// Teamcenter mode: the scripts' logins and logouts are answered locally.
-    pub teamcenter: Option<LocalLogin>,
+    /// Bytes held for replay across all connections at once; a body that does not fit is sent
+    /// once.
+    pub replay_budget: usize,
+    /// A request body must send a byte at least this often.
+    pub body_idle_timeout: Duration,
+    /// A request body must arrive whole within this.
+    pub body_timeout: Duration,
+    /// Teamcenter mode: the scripts' logins (to these local accounts) and logouts are answered
+    /// locally.
+    pub teamcenter: Option<Vec<LocalLogin>>,
 }
 
 impl ProxyConfig {
@@ -71,17 +90,35 @@ impl ProxyConfig {
             name: name.into(),
             upstream,
             replay_limit: DEFAULT_REPLAY_LIMIT,
+            replay_budget: DEFAULT_REPLAY_BUDGET,
+            body_idle_timeout: BODY_IDLE_TIMEOUT,
+            body_timeout: BODY_TIMEOUT,
             teamcenter: None,
         }
     }
 
-    /// Teamcenter mode: a script's login is accepted locally when it names `login`'s user and
-    /// password (a wrong one gets `InvalidCredentialsException`). Calls without a local session
-    /// are forwarded too (a restarted proxy must not break a script that logged in before):
-    /// who may use the proxy is decided by its listener.
+    /// Teamcenter mode: a script's login is accepted locally when it names one of `logins`
+    /// with its secret (else `InvalidCredentialsException`, and the source backs off); with no
+    /// account every login is refused. A call without a live local session is refused with
+    /// `InvalidUserException` (a script logs in again, as after a server restart).
     #[must_use]
-    pub fn teamcenter(mut self, login: LocalLogin) -> Self {
-        self.teamcenter = Some(login);
+    pub fn teamcenter(mut self, logins: impl IntoIterator<Item = LocalLogin>) -> Self {
+        self.teamcenter = Some(logins.into_iter().collect());
+        self
+    }
+
+    /// A request body must send a byte at least every `idle` and arrive whole within `total`.
+    #[must_use]
+    pub fn body_deadlines(mut self, idle: Duration, total: Duration) -> Self {
+        self.body_idle_timeout = idle;
+        self.body_timeout = total;
+        self
+    }
+
+    /// At most `bytes` are held for replay across all connections at once.
+    #[must_use]
+    pub fn replay_budget(mut self, bytes: usize) -> Self {
+        self.replay_budget = bytes;
         self
     }
 
@@ -91,16 +128,6 @@ impl ProxyConfig {
         self.replay_limit = bytes;
         self
     }
-}
-
-/// The account a Teamcenter script must name to log in to the proxy: the one the proxy's own
-/// session uses.
-#[derive(Debug, Clone)]
-pub struct LocalLogin {
-    /// The Teamcenter user.
-    pub user: String,
-    /// Its password (compared in constant time, never logged).
-    pub password: Secret,
 }
 
 /// Counters of one proxy since start (all monotonic but `sessions`).
@@ -121,13 +148,16 @@ pub struct ProxyStats {
     pub failed: u64,
     /// Teamcenter: local logins accepted.
     pub logins: u64,
-    /// Teamcenter: local logins refused (wrong user or password).
+    /// Teamcenter: local logins refused (wrong user or password, or backing off).
     pub logins_refused: u64,
     /// Teamcenter: local logouts.
     pub logouts: u64,
     /// Teamcenter: local sessions open now (the newest [`MAX_SESSIONS`]), each a script's, with
     /// its requests.
     pub sessions: BTreeMap<String, u64>,
+    /// Requests and connections refused, by kind ([`Refusal::as_str`]), the listener's
+    /// included when it shares [`Proxy::refusals`].
+    pub refused: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -157,9 +187,12 @@ pub struct Proxy {
     client: ClientWithMiddleware,
     middleware: AuthMiddleware,
     replay_limit: usize,
-    login: Option<LocalLogin>,
+    budget: Arc<Semaphore>,
+    deadlines: Deadlines,
+    login: Option<Logins>,
     sessions: std::sync::Mutex<BTreeMap<String, LocalSession>>,
     counters: Counters,
+    refusals: Refusals,
 }
 
 impl Proxy {
@@ -167,7 +200,8 @@ impl Proxy {
     /// 3xx goes back to the script as it is, and no credential of ours follows it.
     ///
     /// # Errors
-    /// An upstream URL that cannot be a base (`mailto:`), or one with a query or fragment.
+    /// An upstream URL that cannot be a base (`mailto:`), or one with a query or fragment; a
+    /// zero body deadline.
     ///
     /// # Example
     /// ```no_run
@@ -181,7 +215,11 @@ impl Proxy {
     /// let cfg = ProxyConfig::new("mes", "https://mes.example.com".parse()?);
     /// let proxy = Proxy::new(cfg, http, AuthMiddleware::builder(manager).build())?;
     /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8181").await?;
-    /// shiftkey_sidecar::serve::serve_tcp(listener, Arc::clone(&proxy).router(), Default::default()).await;
+    /// let gate = shiftkey_sidecar::serve::Gate::users(
+    ///     shiftkey_sidecar::serve::Users::this_user(),
+    ///     proxy.refusals().clone(),
+    /// );
+    /// shiftkey_sidecar::serve::serve_tcp(listener, Arc::clone(&proxy).router(), Default::default(), gate).await;
     /// # Ok(()) }
     /// ```
     pub fn new(
@@ -198,6 +236,12 @@ impl Proxy {
                 cfg.name, cfg.upstream
             )));
         }
+        if cfg.body_idle_timeout.is_zero() || cfg.body_timeout.is_zero() {
+            return Err(SidecarError::Config(format!(
+                "proxy `{}`: the body deadlines must be greater than zero",
+                cfg.name
+            )));
+        }
         let client = reqwest_middleware::ClientBuilder::new(http)
             .with(middleware.clone())
             .build();
@@ -207,9 +251,17 @@ impl Proxy {
             client,
             middleware,
             replay_limit: cfg.replay_limit,
-            login: cfg.teamcenter,
+            budget: Arc::new(Semaphore::new(
+                cfg.replay_budget.min(Semaphore::MAX_PERMITS),
+            )),
+            deadlines: Deadlines {
+                idle: cfg.body_idle_timeout,
+                total: cfg.body_timeout,
+            },
+            login: cfg.teamcenter.map(Logins::new),
             sessions: std::sync::Mutex::default(),
             counters: Counters::default(),
+            refusals: Refusals::default(),
         }))
     }
 
@@ -217,6 +269,13 @@ impl Proxy {
     #[must_use]
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Its refusal counts: give the same to its listener ([`crate::serve::Gate`],
+    /// [`crate::serve::with_host_check_only`]) so that [`Proxy::stats`] has them all.
+    #[must_use]
+    pub fn refusals(&self) -> &Refusals {
+        &self.refusals
     }
 
     /// The middleware it forwards through (its manager, breakers and counters).
@@ -248,6 +307,7 @@ impl Proxy {
             logins_refused: c.logins_refused.load(Ordering::Relaxed),
             logouts: c.logouts.load(Ordering::Relaxed),
             sessions,
+            refused: self.refusals.counts(),
         }
     }
 
@@ -274,7 +334,8 @@ impl Proxy {
             .iter()
             .find(|h| parts.headers.contains_key(**h))
         {
-            return self.failure(
+            return self.refuse(
+                Refusal::Browser,
                 StatusCode::FORBIDDEN,
                 &format!("a browser's request (it carries `{marker}`) is not forwarded"),
             );
@@ -282,42 +343,83 @@ impl Proxy {
         // Origin-form only: a script that took this for a forward proxy (`CONNECT`, an
         // absolute URL) is told so, not sent on with the credential.
         if parts.method == Method::CONNECT || parts.uri.scheme().is_some() {
-            return self.failure(
+            return self.refuse(
+                Refusal::Path,
                 StatusCode::BAD_REQUEST,
                 "this is a reverse proxy: point the script's base URL at it, not HTTP_PROXY",
             );
         }
+        // `TRACE` would echo the credential back; unknown methods have unknown effects.
+        if !FORWARDED_METHODS.contains(&parts.method) {
+            let mut r = self.refuse(
+                Refusal::Method,
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("the method {} is not forwarded", parts.method),
+            );
+            r.headers_mut().insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            );
+            return r;
+        }
         let Some(url) = target(&self.upstream, &parts.uri) else {
-            return self.failure(
+            return self.refuse(
+                Refusal::Path,
                 StatusCode::BAD_REQUEST,
                 "the path has `.` or `..` segments or an encoded slash: it could leave the upstream's base path",
             );
         };
-        if self.login.is_some() {
-            // Matched on the path as it would be sent, so no spelling of it reaches the server.
-            let path = url.path().to_owned();
-            if parts.method == Method::POST && is_soa(&path, "Session/login") {
-                return self.local_login(&path, body).await;
+        if let Some(logins) = &self.login {
+            // Matched as Tomcat reads the path (decoded, `;` parameters dropped, any case), so
+            // no spelling of a logout reaches the server with the shared session.
+            match session_operation(url.path()) {
+                Some(op) if parts.method != Method::POST => {
+                    return self.refuse(
+                        Refusal::Method,
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        &format!("Session/{op} is a POST"),
+                    );
+                }
+                Some(SessionOp::Login) => {
+                    let peer = parts.extensions.get::<Peer>().map(|p| p.uid);
+                    return self.local_login(logins, peer, url.path(), body).await;
+                }
+                Some(SessionOp::Logout) => return self.local_logout(&parts.headers),
+                None => {}
             }
-            if parts.method == Method::POST && is_soa(&path, "Core-2006-03-Session/logout") {
-                return self.local_logout(&parts.headers);
-            }
-            self.count_session(&parts.headers);
-        }
-        let body = match self.body(body).await {
-            Ok(b) => b,
-            Err(e) => {
-                return self.failure(
-                    StatusCode::BAD_REQUEST,
-                    &format!("cannot read the request body: {e}"),
+            if !self.count_session(&parts.headers) {
+                self.refusals.refuse(
+                    Refusal::NoSession,
+                    &self.name,
+                    "a Teamcenter call without a live local session (the script must log in)",
                 );
+                return json_answer(StatusCode::OK, &invalid_user(), None);
             }
+        }
+        let size_hint = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let body = match body::for_forwarding(
+            body,
+            self.deadlines,
+            self.replay_limit,
+            &self.budget,
+            size_hint,
+        )
+        .await
+        {
+            Ok(b) => b,
+            Err(e) => return self.body_error(&e),
         };
         let mut outgoing = reqwest::Request::new(parts.method, url);
         *outgoing.headers_mut() = forwardable(&parts.headers, true);
-        *outgoing.body_mut() = Some(body);
+        *outgoing.body_mut() = Some(body.body);
         self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
-        match self.client.execute(outgoing).await {
+        let answer = self.client.execute(outgoing).await;
+        drop(body._held);
+        match answer {
             Ok(response) => {
                 let status = response.status();
                 let mut headers = forwardable(response.headers(), false);
@@ -334,18 +436,20 @@ impl Proxy {
         }
     }
 
-    /// The request body: held (replayable) up to the replay limit, else streamed on as it comes.
-    async fn body(&self, body: Body) -> Result<reqwest::Body, axum::Error> {
-        let mut stream = body.into_data_stream();
-        let mut held = BytesMut::new();
-        while let Some(chunk) = stream.next().await {
-            held.extend_from_slice(&chunk?);
-            if held.len() > self.replay_limit {
-                let head = futures_util::stream::iter([Ok::<Bytes, axum::Error>(held.freeze())]);
-                return Ok(reqwest::Body::wrap_stream(head.chain(stream)));
+    /// The answer to a body that could not be read: 408 for a slow one (the connection is
+    /// closed, so its slot is served again), 413 or 400 otherwise.
+    fn body_error(&self, e: &BodyError) -> Response {
+        let (kind, status) = match e {
+            BodyError::Slow(_) => (Refusal::SlowBody, StatusCode::REQUEST_TIMEOUT),
+            BodyError::TooLong(_) => (Refusal::Path, StatusCode::PAYLOAD_TOO_LARGE),
+            BodyError::Read(_) => {
+                return self.failure(StatusCode::BAD_REQUEST, &e.to_string());
             }
-        }
-        Ok(reqwest::Body::from(held.freeze()))
+        };
+        let mut r = self.refuse(kind, status, &e.to_string());
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        r
     }
 
     /// The answer when the middleware gave up: what a script expects from its server — a 401
@@ -353,6 +457,14 @@ impl Proxy {
     /// gets) for a rejection, 503 for no token (with `Retry-After` when a circuit is open), 504 for a
     /// timeout and 502 for an unreachable upstream.
     fn error(&self, e: &reqwest_middleware::Error) -> Response {
+        // A streamed body that stopped arriving is the script's doing, not the upstream's.
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(c) = cause {
+            if let Some(b) = c.downcast_ref::<BodyError>() {
+                return self.body_error(b);
+            }
+            cause = c.source();
+        }
         self.counters.failed.fetch_add(1, Ordering::Relaxed);
         match HttpError::from_middleware(e) {
             Some(
@@ -396,6 +508,16 @@ impl Proxy {
             message,
             "proxy error"
         );
+        self.answer(status, message)
+    }
+
+    /// A refused request: counted, logged at most once a minute per kind, answered.
+    fn refuse(&self, kind: Refusal, status: StatusCode, message: &str) -> Response {
+        self.refusals.refuse(kind, &self.name, message);
+        self.answer(status, message)
+    }
+
+    fn answer(&self, status: StatusCode, message: &str) -> Response {
         json_answer(
             status,
             &json!({"error": format!("shiftkey proxy `{}`: {message}", self.name)}),
@@ -403,16 +525,18 @@ impl Proxy {
         )
     }
 
-    /// A script's `Session/login`, answered here when it names the proxy's account.
-    async fn local_login(&self, path: &str, body: Body) -> Response {
-        let Some(login) = &self.login else {
-            return self.failure(StatusCode::NOT_FOUND, "not a Teamcenter proxy");
-        };
-        let bytes = match axum::body::to_bytes(body, MAX_LOCAL_BODY).await {
+    /// A script's `Session/login`, answered here when it names a local account with its secret
+    /// and its source is not backing off.
+    async fn local_login(
+        &self,
+        logins: &Logins,
+        peer: Option<u32>,
+        path: &str,
+        body: Body,
+    ) -> Response {
+        let bytes = match body::read_all(body, self.deadlines, MAX_LOCAL_BODY).await {
             Ok(b) => b,
-            Err(e) => {
-                return self.failure(StatusCode::BAD_REQUEST, &format!("login body: {e}"));
-            }
+            Err(e) => return self.body_error(&e),
         };
         // The SOA envelope `{"header": …, "body": …}` (`docs/teamcenter-reads.md` §0.5–0.6):
         // 2011-06 nests the credentials in the body; 2006-03 has them flat.
@@ -425,19 +549,44 @@ impl Proxy {
         };
         let user = credentials["user"].as_str().unwrap_or_default();
         let password = credentials["password"].as_str().unwrap_or_default();
-        let same_user = user.eq_ignore_ascii_case(&login.user);
-        let same_password: bool =
-            subtle::ConstantTimeEq::ct_eq(password.as_bytes(), login.password.expose().as_bytes())
-                .into();
-        if !(same_user && same_password) {
+        let source = (peer, user.to_ascii_lowercase());
+        let refused = |kind: Refusal, why: &str| {
             self.counters.logins_refused.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                proxy = self.name.as_str(),
-                user,
-                "refused a script's login: not the proxy's account"
-            );
-            return json_answer(StatusCode::OK, &invalid_credentials(), None);
+            self.refusals.refuse(kind, &self.name, why);
+            json_answer(StatusCode::OK, &invalid_credentials(), None)
+        };
+        match logins.admit(&source) {
+            Admission::Check => {}
+            Admission::Pause => {
+                return refused(
+                    Refusal::LockedOut,
+                    "a local login within a second of a failed one (not checked)",
+                );
+            }
+            Admission::Locked => {
+                return refused(
+                    Refusal::LockedOut,
+                    "a local login while locked out (not checked)",
+                );
+            }
         }
+        if !logins.check(user, password) {
+            if logins.failed(source) {
+                tracing::warn!(
+                    proxy = self.name.as_str(),
+                    user,
+                    peer_uid = peer,
+                    "{} failed local logins in a row: this source is locked out for {} minutes",
+                    crate::logins::LOCKOUT_AFTER,
+                    crate::logins::LOCKOUT.as_secs() / 60
+                );
+            }
+            return refused(
+                Refusal::Login,
+                "a local login with a user or password that is not one of the proxy's accounts",
+            );
+        }
+        logins.succeeded(&source);
         // The script's login succeeds when the proxy's own session can be had.
         if let Err(e) = self.middleware.manager().token().await {
             tracing::warn!(proxy = self.name.as_str(), error = %e, "a script logged in, but the proxy has no session");
@@ -476,7 +625,7 @@ impl Proxy {
         );
         drop(sessions);
         let cookie = format!("JSESSIONID={id}; Path=/; HttpOnly");
-        let version = if path.contains("Core-2006-03-Session") {
+        let version = if path.contains("2006-03") {
             "2006-03"
         } else {
             "2011-06"
@@ -522,18 +671,22 @@ impl Proxy {
         )
     }
 
-    /// Counts a request against the script's local session, if it names one.
-    fn count_session(&self, headers: &HeaderMap) {
-        if let Some(id) = local_session(headers)
-            && let Some(s) = self
-                .sessions
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .get_mut(&id)
-        {
-            s.requests += 1;
-            s.last = self.counters.requests.load(Ordering::Relaxed);
-        }
+    /// Counts a request against the script's local session; `false` when it names none that
+    /// is live.
+    fn count_session(&self, headers: &HeaderMap) -> bool {
+        let Some(id) = local_session(headers) else {
+            return false;
+        };
+        let mut sessions = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(s) = sessions.get_mut(&id) else {
+            return false;
+        };
+        s.requests += 1;
+        s.last = self.counters.requests.load(Ordering::Relaxed);
+        true
     }
 }
 
@@ -570,10 +723,59 @@ fn target(upstream: &Url, uri: &http::Uri) -> Option<Url> {
     inside.then_some(url)
 }
 
-/// Whether `path` is the SOA operation `operation` (`Service/op`, with or without its version).
-fn is_soa(path: &str, operation: &str) -> bool {
-    path.contains("/JsonRestServices/") && path.trim_end_matches('/').ends_with(operation)
+/// A Teamcenter session operation the proxy answers itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionOp {
+    Login,
+    Logout,
 }
+
+impl std::fmt::Display for SessionOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SessionOp::Login => "login",
+            SessionOp::Logout => "logout",
+        })
+    }
+}
+
+/// Whether `path` names `…Session/login` or `…Session/logout` as a servlet container reads it:
+/// each segment percent-decoded once, its `;` parameters dropped, empty segments skipped, without
+/// case. Any service prefix counts (`Core-2006-03-Session`, `Core-2011-06-Session`).
+fn session_operation(path: &str) -> Option<SessionOp> {
+    let segments: Vec<String> = path
+        .split('/')
+        .map(|seg| {
+            let bare = seg.split(';').next().unwrap_or_default();
+            percent_encoding::percent_decode_str(bare)
+                .decode_utf8_lossy()
+                .to_lowercase()
+        })
+        .filter(|seg| !seg.is_empty())
+        .collect();
+    let [.., service, op] = segments.as_slice() else {
+        return None;
+    };
+    if !service.ends_with("session") {
+        return None;
+    }
+    match op.as_str() {
+        "login" => Some(SessionOp::Login),
+        "logout" => Some(SessionOp::Logout),
+        _ => None,
+    }
+}
+
+/// The methods forwarded; any other (`TRACE`, `TRACK`, WebDAV's, unknown ones) is refused.
+const FORWARDED_METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
 
 /// The `JSESSIONID` a script sent, if any.
 fn local_session(headers: &HeaderMap) -> Option<String> {
@@ -761,17 +963,51 @@ mod tests {
             HeaderValue::from_static("a=1; JSESSIONID=abc; b=2"),
         );
         assert_eq!(local_session(&h).as_deref(), Some("abc"));
-        assert!(is_soa(
-            "/tc/JsonRestServices/Core-2011-06-Session/login",
-            "Session/login"
-        ));
-        assert!(is_soa(
-            "/tc/JsonRestServices/Core-2006-03-Session/login",
-            "Session/login"
-        ));
-        assert!(!is_soa(
-            "/tc/RestServices/Core-2011-06-Session/login",
-            "Session/login"
-        ));
+    }
+
+    #[test]
+    fn every_spelling_of_login_and_logout_is_recognised() {
+        for (path, op) in [
+            (
+                "/tc/JsonRestServices/Core-2011-06-Session/login",
+                Some(SessionOp::Login),
+            ),
+            (
+                "/tc/JsonRestServices/Core-2006-03-Session/login",
+                Some(SessionOp::Login),
+            ),
+            (
+                "/tc/JsonRestServices/Core-2006-03-Session/logout",
+                Some(SessionOp::Logout),
+            ),
+            // What the audit sent: Tomcat drops `;` parameters and decodes `%6C`.
+            (
+                "/tc/JsonRestServices/Core-2006-03-Session/logout;jsessionid=x",
+                Some(SessionOp::Logout),
+            ),
+            (
+                "/tc/JsonRestServices/Core-2006-03-Session/%6Cogout",
+                Some(SessionOp::Logout),
+            ),
+            (
+                "/tc/JsonRestServices/Core-2006-03-Session;v=1/LOGOUT/",
+                Some(SessionOp::Logout),
+            ),
+            (
+                "/tc/JsonRestServices/Core-2006-03-%53ession//logout",
+                Some(SessionOp::Logout),
+            ),
+            (
+                "/tc/JsonRestServices/Core-2007-01-Session/getTCSessionInfo",
+                None,
+            ),
+            (
+                "/tc/JsonRestServices/Core-2006-03-DataManagement/login",
+                None,
+            ),
+            ("/logout", None),
+        ] {
+            assert_eq!(session_operation(path), op, "{path}");
+        }
     }
 }

@@ -148,13 +148,100 @@ impl Drop for SocketFile {
     }
 }
 
+/// The uid owning the client end of the loopback TCP connection `local` ← `peer`, as the
+/// kernel lists it in `/proc/net/tcp` and `/proc/net/tcp6` (the client's socket is the row whose
+/// local address is `peer` and whose remote address is `local`). `None` when no such row is
+/// found (the client is gone, or the tables cannot be read).
+#[cfg(target_os = "linux")]
+pub(crate) fn tcp_peer_uid(local: std::net::SocketAddr, peer: std::net::SocketAddr) -> Option<u32> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .find_map(|table| {
+            let text = std::fs::read_to_string(table).ok()?;
+            socket_owner(&text, peer, local)
+        })
+}
+
+/// In a `/proc/net/tcp{,6}` table, the uid of the socket `from` → `to`, skipping listening and
+/// `TIME_WAIT` rows (the kernel lists those with uid 0).
+#[cfg(any(target_os = "linux", test))]
+fn socket_owner(table: &str, from: std::net::SocketAddr, to: std::net::SocketAddr) -> Option<u32> {
+    let canonical = |a: std::net::SocketAddr| (a.ip().to_canonical(), a.port());
+    let (from, to) = (canonical(from), canonical(to));
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (local, remote, state, uid) = (f.get(1)?, f.get(2)?, f.get(3)?, f.get(7)?);
+        if *state == "0A" || *state == "06" {
+            return None;
+        }
+        let matches = table_addr(local).map(canonical) == Some(from)
+            && table_addr(remote).map(canonical) == Some(to);
+        matches.then(|| uid.parse().ok()).flatten()
+    })
+}
+
+/// `0100007F:1F90` (IPv4) or 32 hex digits and a port (IPv6): each 32-bit word as the kernel
+/// holds it, printed in hex in this machine's byte order.
+#[cfg(any(target_os = "linux", test))]
+fn table_addr(field: &str) -> Option<std::net::SocketAddr> {
+    let (ip, port) = field.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let mut bytes = Vec::with_capacity(16);
+    for i in (0..ip.len()).step_by(8) {
+        let word = u32::from_str_radix(ip.get(i..i + 8)?, 16).ok()?;
+        bytes.extend_from_slice(&word.to_ne_bytes());
+    }
+    let ip = match bytes.len() {
+        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+        16 => std::net::IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
+        _ => return None,
+    };
+    Some(std::net::SocketAddr::new(ip, port))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
     use std::os::unix::fs::PermissionsExt as _;
 
-    use super::{bind_socket, ensure_private_dir};
+    use super::{bind_socket, ensure_private_dir, socket_owner};
+
+    #[test]
+    fn the_socket_table_names_the_owner_of_the_client_end_only() {
+        // Rows as the kernel prints them on a little-endian machine: 127.0.0.1:40000 →
+        // 127.0.0.1:8181 owned by uid 1001, the server's end owned by 0, a listener and a
+        // TIME_WAIT row of the same pair (uid 0), and the same in tcp6 for ::1.
+        if cfg!(target_endian = "big") {
+            return;
+        }
+        let v4 = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1FF5 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
+   1: 0100007F:9C40 0100007F:1FF5 06 00000000:00000000 00:00000000 00000000     0        0 2 1 0 100 0 0 10 0
+   2: 0100007F:9C40 0100007F:1FF5 01 00000000:00000000 00:00000000 00000000  1001        0 3 1 0 100 0 0 10 0
+   3: 0100007F:1FF5 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 4 1 0 100 0 0 10 0
+";
+        let client: std::net::SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let server: std::net::SocketAddr = "127.0.0.1:8181".parse().unwrap();
+        assert_eq!(socket_owner(v4, client, server), Some(1001));
+        assert_eq!(socket_owner(v4, server, client), Some(0));
+        let elsewhere: std::net::SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        assert_eq!(socket_owner(v4, elsewhere, server), None);
+        let v6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000001000000:9C40 00000000000000000000000001000000:1FF5 01 00000000:00000000 00:00000000 00000000  1002        0 5 1 0
+   1: 0000000000000000FFFF00000100007F:9C41 0000000000000000FFFF00000100007F:1FF5 01 00000000:00000000 00:00000000 00000000  1003        0 6 1 0
+";
+        let client6: std::net::SocketAddr = "[::1]:40000".parse().unwrap();
+        let server6: std::net::SocketAddr = "[::1]:8181".parse().unwrap();
+        assert_eq!(socket_owner(v6, client6, server6), Some(1002));
+        // An IPv4 client of a dual-stack listener is listed as ::ffff:127.0.0.1.
+        let mapped: std::net::SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        assert_eq!(socket_owner(v6, mapped, server), Some(1003));
+        assert_eq!(
+            socket_owner("garbage\n1: zz:zz yy 01 a b c x", client, server),
+            None
+        );
+    }
 
     fn scratch(name: &str) -> std::path::PathBuf {
         let d =

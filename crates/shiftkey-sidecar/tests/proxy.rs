@@ -38,11 +38,17 @@ fn no_redirects() -> reqwest::Client {
 async fn start(proxy: Arc<Proxy>) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = serve::with_host_check_only(proxy.router(), serve::Hosts::loopback_and(&[]));
+    let gate = serve::Gate::users(serve::Users::this_user(), proxy.refusals().clone());
+    let router = serve::with_host_check_only(
+        Arc::clone(&proxy).router(),
+        serve::Hosts::loopback_and(&[]),
+        gate.refusals.clone(),
+    );
     tokio::spawn(serve::serve_tcp(
         listener,
         router,
         serve::ServeLimits::default(),
+        gate,
     ));
     addr
 }
@@ -126,10 +132,10 @@ fn teamcenter_proxy(sim: &Sim) -> Arc<Proxy> {
     );
     let tc = shiftkey_teamcenter::TcClient::session(no_redirects(), cfg).unwrap();
     Proxy::new(
-        ProxyConfig::new("teamcenter", sim.url().parse().unwrap()).teamcenter(LocalLogin {
-            user: "mfg_sync".to_owned(),
-            password: "mfg_sync_pw".into(),
-        }),
+        ProxyConfig::new("teamcenter", sim.url().parse().unwrap()).teamcenter([LocalLogin {
+            user: "label_printer".to_owned(),
+            password: "the-printer-s-own-local-secret".into(),
+        }]),
         no_redirects(),
         tc.middleware().clone(),
     )
@@ -166,12 +172,12 @@ async fn session_info(addr: SocketAddr, cookie: &str) -> Value {
     .unwrap()
 }
 
-async fn login(addr: SocketAddr, password: &str) -> (Value, Option<String>) {
+async fn login(addr: SocketAddr, user: &str, password: &str) -> (Value, Option<String>) {
     let answer = soa(
         addr,
         None,
         "Core-2011-06-Session/login",
-        json!({"credentials": {"user": "mfg_sync", "password": password, "group": "", "role": "", "locale": "", "descrimator": "script"}}),
+        json!({"credentials": {"user": user, "password": password, "group": "", "role": "", "locale": "", "descrimator": "script"}}),
     )
     .await;
     let cookie = answer
@@ -192,7 +198,7 @@ async fn a_teamcenter_script_that_logs_in_once_reads_all_day_on_the_proxys_sessi
     let addr = start(Arc::clone(&proxy)).await;
 
     // A wrong password is refused as the server would refuse it; nothing reaches the server.
-    let (refused, cookie) = login(addr, "guess").await;
+    let (refused, cookie) = login(addr, "label_printer", "guess").await;
     assert!(
         qname(&refused).ends_with("InvalidCredentialsException"),
         "{refused}"
@@ -203,8 +209,33 @@ async fn a_teamcenter_script_that_logs_in_once_reads_all_day_on_the_proxys_sessi
         None,
         "the wrong password never went to the server"
     );
+    // The service's own Teamcenter account is no local account: a script that knows (or
+    // guesses) the real password learns nothing here.
+    sleep(Duration::from_secs(1)).await;
+    let (refused, cookie) = login(addr, "mfg_sync", "mfg_sync_pw").await;
+    assert!(
+        qname(&refused).ends_with("InvalidCredentialsException"),
+        "{refused}"
+    );
+    assert!(cookie.is_none());
+    // Without a local session nothing is forwarded: the server's answer to no session.
+    let before = sim.stats().requests.values().sum::<u64>();
+    let v: Value = soa(
+        addr,
+        None,
+        "Core-2007-01-Session/getTCSessionInfo",
+        json!({}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert!(qname(&v).ends_with("InvalidUserException"), "{v}");
+    let v = session_info(addr, "JSESSIONID=made-up").await;
+    assert!(qname(&v).ends_with("InvalidUserException"), "{v}");
+    assert_eq!(sim.stats().requests.values().sum::<u64>(), before);
 
-    let (answer, cookie) = login(addr, "mfg_sync_pw").await;
+    let (answer, cookie) = login(addr, "label_printer", "the-printer-s-own-local-secret").await;
     assert!(
         qname(&answer).ends_with("Session.LoginResponse"),
         "{answer}"
@@ -245,12 +276,13 @@ async fn a_teamcenter_script_that_logs_in_once_reads_all_day_on_the_proxys_sessi
         "every InvalidUserException the server sent was healed"
     );
     assert_eq!(stats.logins, 1);
-    assert_eq!(stats.logins_refused, 1);
+    assert_eq!(stats.logins_refused, 2);
+    assert_eq!(stats.refused["no_session"], 2);
     // The script's own login never reached the server: every login there was the proxy's.
     let manager = proxy.middleware().manager().stats();
     assert_eq!(server.logins, manager.acquires, "{server:?} {manager:?}");
     assert!(manager.reactive >= sent.min(1), "{manager:?}");
-    assert_eq!(stats.sessions.get("mfg_sync#1"), Some(&(reads + 1)));
+    assert_eq!(stats.sessions.get("label_printer#1"), Some(&(reads + 1)));
 
     // Logging out ends the local session only; the proxy's session lives on. (The proxy logs
     // out the sessions it replaces: those are the logouts the server saw.)
@@ -271,8 +303,114 @@ async fn a_teamcenter_script_that_logs_in_once_reads_all_day_on_the_proxys_sessi
     assert_eq!(out.status(), 200);
     assert!(proxy.stats().sessions.is_empty());
     assert_eq!(logouts(), before);
+    // The ended session is refused like one the server ended.
     let v: Value = session_info(addr, &cookie).await;
-    assert!(qname(&v).ends_with("GetTCSessionInfoResponse"), "{v}");
+    assert!(qname(&v).ends_with("InvalidUserException"), "{v}");
+    // No spelling of a logout reaches the server with the shared session (Tomcat drops `;`
+    // parameters and decodes `%6C`): each is answered here.
+    let (_, cookie) = login(addr, "label_printer", "the-printer-s-own-local-secret").await;
+    let cookie = cookie.unwrap();
+    for op in [
+        "Core-2006-03-Session/logout;jsessionid=x",
+        "Core-2006-03-Session/%6Cogout",
+    ] {
+        let out = soa(addr, Some(&cookie), op, json!({})).await;
+        assert_eq!(out.status(), 200, "{op}");
+    }
+    assert_eq!(logouts(), before);
+    assert_eq!(proxy.stats().logouts, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn guessing_a_local_secret_is_paused_then_locked_out_and_the_server_sees_none_of_it() {
+    let sim = sim(SimConfig::default()).await;
+    let proxy = teamcenter_proxy(&sim);
+    let addr = start(Arc::clone(&proxy)).await;
+    // The audit's attack: 3 001 guesses as fast as one connection goes.
+    let mut checked = 0;
+    for i in 0..3001 {
+        let (v, cookie) = login(addr, "label_printer", &format!("guess-{i}")).await;
+        assert!(qname(&v).ends_with("InvalidCredentialsException"), "{v}");
+        assert!(cookie.is_none());
+        if i % 100 == 0 {
+            // A second now and then: without it, every guess but the first is never checked.
+            sleep(Duration::from_secs(1)).await;
+            checked += 1;
+        }
+    }
+    let refused = proxy.stats().refused;
+    // At most 10 guesses were ever compared; the rest were refused unchecked.
+    assert_eq!(refused["login"], 10, "{refused:?}");
+    assert_eq!(
+        refused["locked_out"],
+        3001 - 10,
+        "{refused:?} after {checked} pauses"
+    );
+    // Locked out: even the right secret is refused for a quarter of an hour.
+    let (v, _) = login(addr, "label_printer", "the-printer-s-own-local-secret").await;
+    assert!(qname(&v).ends_with("InvalidCredentialsException"), "{v}");
+    sleep(Duration::from_secs(15 * 60)).await;
+    let (v, cookie) = login(addr, "label_printer", "the-printer-s-own-local-secret").await;
+    assert!(qname(&v).ends_with("Session.LoginResponse"), "{v}");
+    assert!(cookie.is_some());
+    assert_eq!(
+        sim.stats().exceptions.get("InvalidCredentialsException"),
+        None
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_proxy_with_no_local_account_refuses_every_login() {
+    let sim = sim(SimConfig::default()).await;
+    let cfg = shiftkey_teamcenter::SessionConfig::new(
+        sim.url().parse().unwrap(),
+        "mfg_sync",
+        "mfg_sync_pw".into(),
+    );
+    let tc = shiftkey_teamcenter::TcClient::session(no_redirects(), cfg).unwrap();
+    let proxy = Proxy::new(
+        ProxyConfig::new("teamcenter", sim.url().parse().unwrap()).teamcenter([]),
+        no_redirects(),
+        tc.middleware().clone(),
+    )
+    .unwrap();
+    let addr = start(Arc::clone(&proxy)).await;
+    for (user, password) in [("mfg_sync", "mfg_sync_pw"), ("", "")] {
+        let (v, cookie) = login(addr, user, password).await;
+        assert!(qname(&v).ends_with("InvalidCredentialsException"), "{v}");
+        assert!(cookie.is_none());
+    }
+    // Every login the server saw was the proxy's own.
+    assert_eq!(
+        sim.stats().logins,
+        proxy.middleware().manager().stats().acquires,
+        "no script login reached the server"
+    );
+    assert_eq!(
+        sim.stats().exceptions.get("InvalidCredentialsException"),
+        None
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn trace_and_unknown_methods_are_refused_and_never_carry_the_credential() {
+    let sim = sim(SimConfig::default()).await;
+    let proxy = bearer_proxy(&sim);
+    let addr = start(Arc::clone(&proxy)).await;
+    for method in ["TRACE", "TRACK", "PROPFIND", "FOO"] {
+        let answer = reqwest::Client::new()
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("http://{addr}/tc/RestServices/Core-2007-01-Session/getTCSessionInfo"),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 405, "{method}");
+        assert!(answer.headers()["allow"].to_str().unwrap().contains("POST"));
+    }
+    assert_eq!(proxy.stats().forwarded, 0);
+    assert_eq!(proxy.stats().refused["method"], 4);
 }
 
 #[tokio::test(start_paused = true)]
@@ -337,6 +475,7 @@ async fn a_unix_socket_proxy_serves_a_script_of_this_user() {
         listener,
         Arc::clone(&proxy).router(),
         serve::ServeLimits::default(),
+        serve::Gate::default(),
     ));
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
