@@ -202,19 +202,37 @@ pub(crate) struct BrokerClient {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ProxySection {
-    /// A loopback address, e.g. `127.0.0.1:8181` (any local user can connect: use `socket` on
-    /// a shared host).
+    /// A loopback address, e.g. `127.0.0.1:8181`; only `users` are served (their uid read from
+    /// the kernel's socket table, Linux).
     pub(crate) listen: Option<String>,
-    /// A Unix socket (its folder 0700, the socket 0600; only this user's processes are served).
+    /// A Unix socket (its folder 0700, the socket 0600); only `users` are served.
     pub(crate) socket: Option<PathBuf>,
-    /// Where requests go; the script's path is appended to this URL's path.
-    pub(crate) upstream: String,
+    /// The local users served, by name or uid (default: the service's own user). Anyone else
+    /// gets 403.
+    pub(crate) users: Option<Vec<String>>,
+    /// Where requests go; the script's path is appended to this URL's path. A Teamcenter proxy
+    /// goes to `teamcenter.url` (this may be left out, and must not differ).
+    pub(crate) upstream: Option<String>,
     /// The `[tokens.NAME]` whose token goes on each request (`Authorization: Bearer`).
     pub(crate) token: Option<String>,
     /// `true`: the `[teamcenter]` session goes on each request, and the scripts' own
     /// `Session/login` and `logout` are answered by the proxy.
     #[serde(default)]
     pub(crate) teamcenter: bool,
+    /// Teamcenter: the local accounts scripts log in with (`user = { env = … }`), each with its
+    /// own secret; never the service's Teamcenter password. None: every login is refused.
+    #[serde(default)]
+    pub(crate) logins: std::collections::BTreeMap<String, SecretRef>,
+    /// A request body must send a byte at least this often (default 10 s).
+    #[serde(default = "default_body_idle")]
+    pub(crate) body_idle_secs: u64,
+    /// A request body must arrive whole within this (default 120 s).
+    #[serde(default = "default_body_timeout")]
+    pub(crate) body_timeout_secs: u64,
+    /// Request bytes held for replay across all connections at once (default 32 MiB); a body
+    /// that does not fit is sent once.
+    #[serde(default = "default_replay_budget")]
+    pub(crate) replay_budget_mib: u64,
     /// Request bodies up to this size are held so a rejected request can go once more; larger
     /// ones stream and are sent once (default 1024 KiB).
     #[serde(default = "default_replay_limit_kib")]
@@ -230,6 +248,22 @@ pub(crate) struct ProxySection {
 fn default_replay_limit_kib() -> u64 {
     1024
 }
+
+fn default_body_idle() -> u64 {
+    10
+}
+
+fn default_body_timeout() -> u64 {
+    120
+}
+
+fn default_replay_budget() -> u64 {
+    32
+}
+
+/// The shortest local login secret of a Teamcenter proxy (with the lockout, guessing one is
+/// hopeless).
+pub(crate) const MIN_LOGIN_SECRET: usize = 16;
 
 fn default_proxy_timeout() -> u64 {
     300
@@ -412,16 +446,29 @@ fn check_db_url(
         bail!("set exactly one of `{section}.url` and `{section}.url_env`");
     }
     if let Some(url) = url
-        && url
-            .split_once("://")
-            .and_then(|(_, rest)| rest.split_once('@'))
-            .is_some_and(|(creds, _)| creds.contains(':'))
+        && url_has_password(url)
     {
         bail!(
             "`{section}.url` contains a password; put the URL in an environment variable and name it in `{section}.url_env`"
         );
     }
     Ok(())
+}
+
+/// Whether a database URL carries a password: in its user part (`user:pw@`) or as a
+/// `password`/`sslpassword` query parameter (libpq and sqlx read both).
+fn url_has_password(url: &str) -> bool {
+    let in_authority = url
+        .split_once("://")
+        .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or_default())
+        .and_then(|authority| authority.rsplit_once('@'))
+        .is_some_and(|(creds, _)| creds.contains(':'));
+    let in_query = url.split_once('?').is_some_and(|(_, query)| {
+        url::form_urlencoded::parse(query.as_bytes()).any(|(k, _)| {
+            k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword")
+        })
+    });
+    in_authority || in_query
 }
 
 /// The URL of a database URL pair of `section`.
@@ -618,11 +665,7 @@ impl SecretRef {
         let value = match self {
             Self::Env { env } => std::env::var(env)
                 .with_context(|| format!("`{key}`: environment variable {env} is not set"))?,
-            Self::File { file } => {
-                private_file(key, file)?;
-                std::fs::read_to_string(file)
-                    .with_context(|| format!("`{key}`: cannot read {}", file.display()))?
-            }
+            Self::File { file } => read_private_file(key, file)?,
             Self::Credential { credential } => {
                 let dir = std::env::var_os("CREDENTIALS_DIRECTORY").with_context(|| format!("`{key}`: systemd credential {credential}, but CREDENTIALS_DIRECTORY is not set"))?;
                 let path = Path::new(&dir).join(credential);
@@ -641,13 +684,46 @@ impl SecretRef {
 }
 
 /// Refuses a secret file that group or others may read, as store files are refused.
-fn private_file(key: &str, file: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(file)
-        .with_context(|| format!("`{key}`: cannot read {}", file.display()))?
-        .permissions()
-        .mode()
-        & 0o777;
+/// Reads a `{ file }` secret as ssh reads a key: the file itself, never a link to it (opened
+/// with `O_NOFOLLOW`), owned by this user or root and open to no one else, in a folder that
+/// belongs to this user or root and that no one else may write to (where another user could
+/// swap the file).
+fn read_private_file(key: &str, file: &Path) -> anyhow::Result<String> {
+    use rustix::fs::{Mode, OFlags};
+    use std::io::Read as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let fd = rustix::fs::open(
+        file,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| {
+        if e == rustix::io::Errno::LOOP {
+            anyhow::anyhow!(
+                "`{key}`: {} is a symbolic link; name the file itself",
+                file.display()
+            )
+        } else {
+            anyhow::anyhow!("`{key}`: cannot read {}: {e}", file.display())
+        }
+    })?;
+    let mut f = std::fs::File::from(fd);
+    let meta = f
+        .metadata()
+        .with_context(|| format!("`{key}`: cannot read {}", file.display()))?;
+    let me = rustix::process::getuid().as_raw();
+    let owner_ok = |uid: u32| uid == me || uid == 0;
+    if !meta.is_file() {
+        bail!("`{key}`: {} is not a regular file", file.display());
+    }
+    if !owner_ok(meta.uid()) {
+        bail!(
+            "`{key}`: {} belongs to uid {}, not to this user (uid {me}) or root",
+            file.display(),
+            meta.uid()
+        );
+    }
+    let mode = meta.mode() & 0o777;
     if mode & 0o077 != 0 {
         bail!(
             "`{key}`: {} is readable by other users (mode {mode:o}); run `chmod 600 {}`",
@@ -655,7 +731,26 @@ fn private_file(key: &str, file: &Path) -> anyhow::Result<()> {
             file.display()
         );
     }
-    Ok(())
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let dir_meta = std::fs::metadata(dir)
+        .with_context(|| format!("`{key}`: cannot read the folder {}", dir.display()))?;
+    if !owner_ok(dir_meta.uid()) || dir_meta.mode() & 0o022 != 0 {
+        bail!(
+            "`{key}`: the folder {} may be written by other users (owner uid {}, mode {:o}): \
+             another user could replace the secret; keep it in a folder of this user or root \
+             that only its owner may write",
+            dir.display(),
+            dir_meta.uid(),
+            dir_meta.mode() & 0o7777
+        );
+    }
+    let mut value = String::new();
+    f.read_to_string(&mut value)
+        .with_context(|| format!("`{key}`: cannot read {}", file.display()))?;
+    Ok(value)
 }
 
 impl Config {
@@ -690,6 +785,26 @@ impl Config {
         cfg.validate()
             .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
         Ok(cfg)
+    }
+
+    /// Where `[proxy.NAME]` forwards: its `upstream`; for a Teamcenter proxy `teamcenter.url`,
+    /// which `upstream` may repeat but not change (the shared session's cookie goes there).
+    pub(crate) fn proxy_upstream(&self, name: &str, p: &ProxySection) -> anyhow::Result<String> {
+        let key = format!("proxy.{name}.upstream");
+        if !p.teamcenter {
+            return p
+                .upstream
+                .clone()
+                .with_context(|| format!("`{key}`: set the URL requests go to"));
+        }
+        let tc = self.teamcenter()?.url.clone();
+        match &p.upstream {
+            Some(u) if u.trim_end_matches('/') != tc.trim_end_matches('/') => bail!(
+                "`{key}`: a Teamcenter proxy goes to `teamcenter.url` ({tc}), not {u}: the \
+                 shared session's cookie must not go anywhere else (leave `upstream` out)"
+            ),
+            _ => Ok(tc),
+        }
     }
 
     /// One `[proxy.NAME]`: a loopback listener or a socket, one credential, a secure upstream.
@@ -728,6 +843,12 @@ impl Config {
                 if !self.tokens.contains_key(token) {
                     bail!("`{}`: there is no `[tokens.{token}]` section", key("token"));
                 }
+                if !p.logins.is_empty() {
+                    bail!(
+                        "`{}`: local logins are for a Teamcenter proxy (`teamcenter = true`)",
+                        key("logins")
+                    );
+                }
             }
             (None, true) => {
                 let session = self
@@ -741,24 +862,40 @@ impl Config {
                         key("teamcenter")
                     );
                 }
+                for user in p.logins.keys() {
+                    if user.trim().is_empty() || user.len() > 128 {
+                        bail!("`{}`: a login name is 1 to 128 characters", key("logins"));
+                    }
+                }
             }
             _ => bail!(
                 "`proxy.{name}`: set exactly one of `token` (a `[tokens.NAME]`) and \
                  `teamcenter = true`"
             ),
         }
-        let upstream = url::Url::parse(&p.upstream)
-            .with_context(|| format!("`{}`: `{}` is not a URL", key("upstream"), p.upstream))?;
+        crate::proxy::users(name, p)?;
+        let raw = self.proxy_upstream(name, p)?;
+        let upstream = url::Url::parse(&raw)
+            .with_context(|| format!("`{}`: `{raw}` is not a URL", key("upstream")))?;
         crate::net::check_secure(self, &key("upstream"), &upstream)?;
         if upstream.query().is_some() || upstream.fragment().is_some() {
             bail!("`{}`: a base URL has no query or fragment", key("upstream"));
         }
-        if p.timeout_secs == 0 || p.max_connections == 0 {
+        if p.timeout_secs == 0
+            || p.max_connections == 0
+            || p.body_idle_secs == 0
+            || p.body_timeout_secs == 0
+        {
             bail!(
-                "`{}` and `{}` must be greater than zero",
+                "`{}`, `{}`, `{}` and `{}` must be greater than zero",
                 key("timeout_secs"),
-                key("max_connections")
+                key("max_connections"),
+                key("body_idle_secs"),
+                key("body_timeout_secs")
             );
+        }
+        if p.replay_budget_mib > 4096 {
+            bail!("`{}` is at most 4096 (MiB)", key("replay_budget_mib"));
         }
         if p.max_connections > 65_536 || p.replay_limit_kib > 65_536 {
             bail!(
@@ -1029,6 +1166,11 @@ impl Config {
         for (client, c) in &self.broker.clients {
             out.push((format!("broker.clients.{client}.secret"), &c.secret));
         }
+        for (name, p) in &self.proxy {
+            for (user, secret) in &p.logins {
+                out.push((format!("proxy.{name}.logins.{user}"), secret));
+            }
+        }
         out
     }
 
@@ -1125,6 +1267,10 @@ impl Config {
                      {MIN_CLIENT_SECRET} (make one with `head -c 32 /dev/urandom | base64`)"
                 ))));
             }
+        }
+        for (name, p) in &self.proxy {
+            crate::proxy::logins(name, p)
+                .map_err(|e| anyhow::Error::new(ConfigProblem(format!("{e:#}"))))?;
         }
         Ok(refs.len())
     }
@@ -1232,15 +1378,28 @@ scopes = ["mes.write"]
 # secret = { env = "BROKER_SECRET_LABEL_PRINTER" }   # at least 32 bytes
 # tokens = ["mes"]                       # the tokens it may get; others are refused
 
-# A healing proxy for a script that cannot change: point its base URL at `listen`; every request
+# A healing proxy for a script that cannot change: point its base URL at the proxy; every request
 # goes on to `upstream` with a fresh token (docs/operations.md, "Serving tokens to existing scripts").
+# It serves only the local users in `users` (default: the service's own user); anyone else gets 403.
 [proxy.mes]
-listen = "127.0.0.1:8181"               # loopback only; or socket = "/run/shiftkey/mes.sock"
+socket = "/run/shiftkey/mes.sock"       # or listen = "127.0.0.1:8181" (loopback only; the peer's
+                                        # uid is read from the kernel, so `users` holds there too)
 upstream = "https://mes.example.com/api"
-token = "mes"                           # or teamcenter = true: the [teamcenter] session, with the
-                                        # scripts' own logins answered by the proxy
+token = "mes"
+# users = ["shiftkey", "labelprint"]    # local user names or uids
 # replay_limit_kib = 1024               # larger request bodies stream and are sent once
+# replay_budget_mib = 32                # bytes held for replay across all connections
+# body_idle_secs = 10                   # a request body that sends nothing this long is cut off
+# body_timeout_secs = 120               # ... and one that takes longer than this in all
 # timeout_secs = 300                    # one attempt upstream, the response body included
+
+# A Teamcenter proxy: the [teamcenter] session on every call; scripts log in to the proxy with
+# accounts of their own (never the Teamcenter password), and a call without a login is refused.
+# [proxy.tc]
+# socket = "/run/shiftkey/tc.sock"
+# teamcenter = true                     # goes to teamcenter.url
+# [proxy.tc.logins]
+# label_printer = { credential = "tc-proxy-label-printer" }   # at least 16 characters
 
 # The ops HTTP server: /healthz, /readyz, /metrics, /status.
 [ops]

@@ -12,6 +12,7 @@ mod config;
 #[cfg(feature = "demo")]
 mod demo;
 mod doctor;
+mod harden;
 mod net;
 mod ops;
 mod proxy;
@@ -168,6 +169,8 @@ fn main() -> ExitCode {
         log.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
+    // Before any secret is read: no core dump and no ptrace attach can reveal one.
+    harden::no_dumps();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -351,6 +351,11 @@ impl Ops {
             }
             metrics::gauge!("shiftkey_proxy_sessions", "proxy" => p.name().to_owned())
                 .set(s.sessions.len() as f64);
+            // Every kind from the start: an alert on a rise needs no `or` for a first event.
+            for (kind, n) in &s.refused {
+                metrics::counter!("shiftkey_proxy_refused_total", "proxy" => p.name().to_owned(), "kind" => *kind)
+                    .absolute(*n);
+            }
         }
         if let Some(mw) = &self.teamcenter {
             let (auth, server) = mw.circuits();

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use shiftkey_http::{AuthMiddleware, Injector};
 use shiftkey_policy::ErrorRateMonitor;
 use shiftkey_sidecar::{LocalLogin, Proxy, ProxyConfig, serve};
@@ -18,6 +18,7 @@ pub(crate) struct Built {
     pub(crate) proxy: Arc<Proxy>,
     listen: Listen,
     max_connections: usize,
+    users: serve::Users,
 }
 
 enum Listen {
@@ -50,26 +51,22 @@ fn build_one(
 ) -> anyhow::Result<Built> {
     let key = format!("proxy.{name}");
     let timeout = Duration::from_secs(p.timeout_secs);
-    let upstream: url::Url = p
-        .upstream
+    let raw = cfg.proxy_upstream(name, p)?;
+    let upstream: url::Url = raw
         .parse()
-        .with_context(|| format!("`{key}.upstream`: `{}` is not a URL", p.upstream))?;
-    let mut proxy_cfg = ProxyConfig::new(name, upstream).replay_limit(
-        usize::try_from(p.replay_limit_kib.saturating_mul(1024)).unwrap_or(usize::MAX),
-    );
+        .with_context(|| format!("`{key}.upstream`: `{raw}` is not a URL"))?;
+    let bytes = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    let mut proxy_cfg = ProxyConfig::new(name, upstream)
+        .replay_limit(bytes(p.replay_limit_kib.saturating_mul(1024)))
+        .replay_budget(bytes(p.replay_budget_mib.saturating_mul(1024 * 1024)))
+        .body_deadlines(
+            Duration::from_secs(p.body_idle_secs),
+            Duration::from_secs(p.body_timeout_secs),
+        );
     let mut mw = match (&p.token, teamcenter) {
         (Some(token), _) => AuthMiddleware::builder(tokens.get(token)?.clone()),
         (None, Some(tc)) => {
-            let tc_cfg = cfg.teamcenter()?;
-            let password = tc_cfg
-                .password
-                .as_ref()
-                .context("`teamcenter.password` is required in session mode")?
-                .resolve("teamcenter.password")?;
-            proxy_cfg = proxy_cfg.teamcenter(LocalLogin {
-                user: tc_cfg.user.clone(),
-                password,
-            });
+            proxy_cfg = proxy_cfg.teamcenter(logins(name, p)?);
             let session = tc.middleware();
             AuthMiddleware::builder(session.manager().clone())
                 .injector(Injector::Cookie {
@@ -102,7 +99,75 @@ fn build_one(
         proxy,
         listen,
         max_connections: p.max_connections,
+        users: users(name, p)?,
     })
+}
+
+/// The local accounts of a Teamcenter proxy, their secrets resolved.
+pub(crate) fn logins(name: &str, p: &ProxySection) -> anyhow::Result<Vec<LocalLogin>> {
+    p.logins
+        .iter()
+        .map(|(user, secret)| {
+            let key = format!("proxy.{name}.logins.{user}");
+            let password = secret.resolve(&key)?;
+            if password.expose().len() < crate::config::MIN_LOGIN_SECRET {
+                bail!(
+                    "`{key}`: a local login secret has at least {} characters (`head -c 24 \
+                     /dev/urandom | base64`); it is the script's own, never the Teamcenter password",
+                    crate::config::MIN_LOGIN_SECRET
+                );
+            }
+            Ok(LocalLogin {
+                user: user.clone(),
+                password,
+            })
+        })
+        .collect()
+}
+
+/// The local users `[proxy.NAME]` serves: `users`, by name or uid, or this process's user.
+pub(crate) fn users(name: &str, p: &ProxySection) -> anyhow::Result<serve::Users> {
+    let key = format!("proxy.{name}.users");
+    match &p.users {
+        None => this_user(&key),
+        Some(list) if list.is_empty() => bail!(
+            "`{key}` is empty: the proxy would serve nobody (leave it out to serve the service's \
+             own user)"
+        ),
+        Some(list) => Ok(serve::Users::uids(
+            list.iter()
+                .map(|u| uid_of(&key, u))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        )),
+    }
+}
+
+#[cfg(unix)]
+fn this_user(_key: &str) -> anyhow::Result<serve::Users> {
+    Ok(serve::Users::this_user())
+}
+
+#[cfg(not(unix))]
+fn this_user(key: &str) -> anyhow::Result<serve::Users> {
+    bail!("`{key}`: serving only some local users is not supported on this platform yet")
+}
+
+/// A user name or a uid (digits) to a uid.
+#[cfg(unix)]
+fn uid_of(key: &str, user: &str) -> anyhow::Result<u32> {
+    if let Ok(uid) = user.parse::<u32>() {
+        return Ok(uid);
+    }
+    match nix::unistd::User::from_name(user) {
+        Ok(Some(u)) => Ok(u.uid.as_raw()),
+        Ok(None) => bail!("`{key}`: there is no local user named `{user}` (give a name or a uid)"),
+        Err(e) => bail!("`{key}`: cannot look up the user `{user}`: {e}"),
+    }
+}
+
+#[cfg(not(unix))]
+fn uid_of(key: &str, _user: &str) -> anyhow::Result<u32> {
+    bail!("`{key}`: serving only some local users is not supported on this platform yet")
 }
 
 /// Binds and serves every proxy as a task of `tasks`; the socket files are removed when the
@@ -116,8 +181,12 @@ pub(crate) async fn serve(
         let name = b.proxy.name().to_owned();
         let limits = serve::ServeLimits {
             max_connections: b.max_connections,
+            queue: b.max_connections,
             ..Default::default()
         };
+        // Only the users the configuration names may spend the credential; refusals are
+        // counted with the proxy's own.
+        let gate = serve::Gate::users(b.users.clone(), b.proxy.refusals().clone());
         let router = Arc::clone(&b.proxy).router();
         match &b.listen {
             Listen::Tcp(addr) => {
@@ -126,10 +195,14 @@ pub(crate) async fn serve(
                     .with_context(|| format!("`proxy.{name}.listen`: cannot listen on {addr}"))?;
                 let local = listener.local_addr()?;
                 // A web page must not reach the plant's credentials through a browser here.
-                let router = serve::with_host_check_only(router, serve::Hosts::loopback_and(&[]));
+                let router = serve::with_host_check_only(
+                    router,
+                    serve::Hosts::loopback_and(&[]),
+                    gate.refusals.clone(),
+                );
                 tasks.spawn(
                     &format!("proxy-{name}"),
-                    serve::serve_tcp(listener, router, limits),
+                    serve::serve_tcp(listener, router, limits, gate),
                 );
                 tracing::info!(proxy = name.as_str(), %local, "proxy `{name}` on http://{local}/");
             }
@@ -140,7 +213,7 @@ pub(crate) async fn serve(
                 sockets.push(shiftkey_sidecar::unix::SocketFile(path.clone()));
                 tasks.spawn(
                     &format!("proxy-{name}"),
-                    serve::serve_unix(listener, router, limits),
+                    serve::serve_unix(listener, router, limits, gate),
                 );
                 tracing::info!(proxy = name.as_str(), socket = %path.display(), "proxy `{name}` on {}", path.display());
             }

@@ -185,6 +185,21 @@ fn the_example_config_loads_and_bad_configs_name_the_key() {
         &[("X", "x")],
         "sink.url_env",
     );
+    // The audit's spellings: a password in the query (libpq and sqlx read both keys).
+    for (name, url) in [
+        ("pgquery.toml", "postgres://app@db/shop?password=hunter2"),
+        (
+            "pgsslquery.toml",
+            "postgres://app@db/shop?sslmode=verify-full&sslpassword=hunter2",
+        ),
+    ] {
+        check(
+            name,
+            &format!("{base}password = {{ env = \"X\" }}\n[sink]\nurl = \"{url}\"\n"),
+            &[("X", "x")],
+            "`sink.url` contains a password",
+        );
+    }
     check(
         "zero.toml",
         &format!(
@@ -249,7 +264,50 @@ fn the_example_config_loads_and_bad_configs_name_the_key() {
         "`teamcenter.password` are required in session mode",
     );
     check("empty.toml", "", &[], "nothing to do");
-    let secret_file = temp("tc-password", "hunter2\n");
+    // A secret file lives in a folder only its owner may write (not /tmp itself).
+    let secrets = std::env::temp_dir().join(format!("shiftkey-cli-{}-secrets", std::process::id()));
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::set_permissions(
+        &secrets,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let secret_file = secrets.join("tc-password");
+    std::fs::write(&secret_file, "hunter2\n").unwrap();
+    let by_path = |path: &std::path::Path| {
+        format!(
+            "{base}password = {{ file = \"{}\" }}\n[sink]\nurl = \"sqlite::memory:\"\n",
+            path.display()
+        )
+    };
+    // In a folder anyone may write to, another user could swap it: refused.
+    let in_tmp = temp("tc-password-in-tmp", "hunter2\n");
+    std::fs::set_permissions(&in_tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    check(
+        "tmpfile.toml",
+        &by_path(&in_tmp),
+        &[],
+        "may be written by other users",
+    );
+    // A link is not followed, even to a good file.
+    let link = secrets.join("link");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&secret_file, &link).unwrap();
+    check("linkfile.toml", &by_path(&link), &[], "is a symbolic link");
+    // Another user's file (where this test may give one away: as root).
+    if rustix_is_root() {
+        let theirs = secrets.join("theirs");
+        std::fs::write(&theirs, "hunter2\n").unwrap();
+        std::fs::set_permissions(&theirs, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65_534), Some(65_534)).unwrap();
+        check(
+            "theirfile.toml",
+            &by_path(&theirs),
+            &[],
+            "belongs to uid 65534",
+        );
+    }
     std::fs::set_permissions(
         &secret_file,
         std::os::unix::fs::PermissionsExt::from_mode(0o644),
@@ -357,9 +415,42 @@ fn the_example_config_loads_and_bad_configs_name_the_key() {
             "upstream = \"https://mes.example.com\"\ntoken = \"mes\"\n",
             "set exactly one of `listen`",
         ),
+        (
+            "proxynobody.toml",
+            "socket = \"/tmp/x/p.sock\"\nupstream = \"https://mes.example.com\"\ntoken = \"mes\"\nusers = []\n",
+            "`proxy.mes.users` is empty: the proxy would serve nobody",
+        ),
+        (
+            "proxynouser.toml",
+            "socket = \"/tmp/x/p.sock\"\nupstream = \"https://mes.example.com\"\ntoken = \"mes\"\nusers = [\"no-such-user-here\"]\n",
+            "`proxy.mes.users`: there is no local user named `no-such-user-here`",
+        ),
+        (
+            "proxylogins.toml",
+            "socket = \"/tmp/x/p.sock\"\nupstream = \"https://mes.example.com\"\ntoken = \"mes\"\n[proxy.mes.logins]\na = { env = \"K\" }\n",
+            "`proxy.mes.logins`: local logins are for a Teamcenter proxy",
+        ),
     ] {
         check(name, &proxy(section), &[("K", "k")], named);
     }
+    // A Teamcenter proxy goes where the session lives, and its scripts' secrets are their own.
+    let tc_proxy = |section: &str| {
+        format!(
+            "{base}password = {{ env = \"X\" }}\n[sink]\nurl = \"sqlite::memory:\"\n[proxy.tc]\nsocket = \"/tmp/x/tc.sock\"\nteamcenter = true\n{section}"
+        )
+    };
+    check(
+        "proxytcelsewhere.toml",
+        &tc_proxy("upstream = \"http://127.0.0.2:9\"\n"),
+        &[("X", "x")],
+        "`proxy.tc.upstream`: a Teamcenter proxy goes to `teamcenter.url` (http://127.0.0.1:9), not http://127.0.0.2:9",
+    );
+    check(
+        "proxytcshort.toml",
+        &tc_proxy("[proxy.tc.logins]\nprinter = { env = \"P\" }\n"),
+        &[("X", "x"), ("P", "short")],
+        "`proxy.tc.logins.printer`: a local login secret has at least 16 characters",
+    );
     let broker = |client: &str| {
         format!(
             "[store]\ndir = \"/tmp/x\"\nkey = {{ env = \"K\" }}\n[tokens.mes]\nkind = \"client_credentials\"\ntoken_url = \"http://127.0.0.1:9/t\"\nclient_id = \"c\"\nclient_secret = {{ env = \"K\" }}\n[broker]\nhttp = \"127.0.0.1:8732\"\n[broker.clients.printer]\n{client}"
@@ -822,4 +913,68 @@ fn a_remote_ops_listen_needs_allow_remote() {
         String::from_utf8_lossy(&out.stderr)
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn rustix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .is_some_and(|v| v == "0")
+}
+
+/// The process turns core dumps and ptrace attach off at start: its core limit is 0, and (seen
+/// where this test can run it as another user, as root) its `/proc` entry belongs to root, which
+/// the kernel does for a process that is not dumpable.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_process_cannot_dump_core_or_be_attached() {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut cmd = if rustix_is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN]);
+        c
+    } else {
+        Command::new(BIN)
+    };
+    let mut child = cmd
+        .args(["sim", "--port", "0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Until the limit shows 0 (the process sets it first thing), at most 10 s.
+    let mut limits = String::new();
+    for _ in 0..100 {
+        limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
+        // Both limits: the soft one is often 0 already when a shell starts us.
+        if limits.lines().any(|l| {
+            l.starts_with("Max core file size")
+                && l.split_whitespace().skip(4).take(2).eq(["0", "0"])
+        }) {
+            break;
+        }
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "a plain test thread polling another process, no runtime to block"
+        )]
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .map(|l| l.split_whitespace().skip(4).take(2).collect::<Vec<_>>());
+    let owner = std::fs::metadata(format!("/proc/{pid}/status")).map(|m| m.uid());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(core, Some(vec!["0", "0"]), "{limits}");
+    if rustix_is_root() {
+        assert_eq!(
+            owner.unwrap(),
+            0,
+            "a dumpable process's /proc entry would be uid 65534's"
+        );
+    }
 }

@@ -70,10 +70,11 @@ fn gateway_token(sim_url: &str) -> String {
     )
 }
 
-const ENV: [(&str, &str); 3] = [
+const ENV: [(&str, &str); 4] = [
     ("SK_KEY", KEY),
     ("GW_SECRET", "shiftkey-secret"),
     ("TC_PASSWORD", "mfg_sync_pw"),
+    ("TC_PROXY_LOGIN", "the-printer-s-own-local-secret"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,7 +143,8 @@ async fn a_teamcenter_script_that_logs_in_once_sees_no_invalid_user_through_a_co
         &dir,
         &format!(
             "[teamcenter]\nurl = \"{url}\"\nuser = \"mfg_sync\"\npassword = {{ env = \"TC_PASSWORD\" }}\n\
-             [proxy.tc]\nlisten = \"127.0.0.1:0\"\nupstream = \"{url}\"\nteamcenter = true\n",
+             [proxy.tc]\nlisten = \"127.0.0.1:0\"\nupstream = \"{url}\"\nteamcenter = true\n\
+             [proxy.tc.logins]\nlabel_printer = {{ env = \"TC_PROXY_LOGIN\" }}\n",
             url = sim.url()
         ),
     );
@@ -152,8 +154,8 @@ async fn a_teamcenter_script_that_logs_in_once_sees_no_invalid_user_through_a_co
     let run = tokio::spawn(script(vec![
         format!("{SCRIPTS}/tc_script.py"),
         base,
-        "mfg_sync".to_owned(),
-        "mfg_sync_pw".to_owned(),
+        "label_printer".to_owned(),
+        "the-printer-s-own-local-secret".to_owned(),
         "24".to_owned(),
     ]));
     tokio::time::sleep(Duration::from_secs(13)).await;
@@ -209,6 +211,16 @@ async fn file_server() -> std::net::SocketAddr {
     }
     let app = axum::Router::new()
         .route(
+            "/ok",
+            axum::routing::any(|h: HeaderMap| async move {
+                if authorized(&h) {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (StatusCode::UNAUTHORIZED, "")
+                }
+            }),
+        )
+        .route(
             "/files/big",
             axum::routing::get(|h: HeaderMap| async move {
                 if !authorized(&h) {
@@ -229,7 +241,10 @@ async fn file_server() -> std::net::SocketAddr {
                 let mut stream = body.into_data_stream();
                 let (mut len, mut sum) = (0u64, 0u64);
                 while let Some(chunk) = stream.next().await {
-                    let chunk = chunk.unwrap();
+                    // A body the proxy cut off (a stalled script's) ends here.
+                    let Ok(chunk) = chunk else {
+                        return (StatusCode::BAD_REQUEST, String::new());
+                    };
                     len += chunk.len() as u64;
                     sum = chunk
                         .iter()
@@ -313,5 +328,183 @@ async fn fifty_megabytes_stream_through_intact_in_bounded_memory() {
     let peak_mib = peak_rss_kib(proxy.pid()) / 1024;
     // (About 30 MiB measured; holding the download alone would take it past 50 + that.)
     assert!(peak_mib < 48, "the proxy peaked at {peak_mib} MiB");
+    proxy.terminate().await;
+}
+
+/// A config with one bearer proxy on loopback TCP in front of the file server, with `extra`
+/// settings.
+fn files_proxy(
+    dir: &Path,
+    sim_url: &str,
+    files: std::net::SocketAddr,
+    extra: &str,
+) -> std::path::PathBuf {
+    write_config(
+        dir,
+        &format!(
+            "{}[proxy.files]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://{files}\"\ntoken = \"gw\"\n{extra}",
+            gateway_token(sim_url)
+        ),
+    )
+}
+
+/// `curl`'s status code for `method url`, run as `uid` when given (`setpriv`, as root).
+fn curl_status(as_uid: Option<u32>, method: &str, url: &str) -> String {
+    let curl = [
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        method,
+        url,
+    ];
+    let out = match as_uid {
+        Some(uid) => std::process::Command::new("setpriv")
+            .args([
+                format!("--reuid={uid}"),
+                format!("--regid={uid}"),
+                "--clear-groups".to_owned(),
+            ])
+            .args(curl)
+            .output(),
+        None => std::process::Command::new(curl[0])
+            .args(&curl[1..])
+            .output(),
+    }
+    .expect("curl runs (apt-get install -y curl)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_users_a_tcp_proxy_names_spend_its_credential() {
+    let sim = common::start_sim(shiftkey_sim::SimConfig::default()).await;
+    let files = file_server().await;
+    let me = rustix_uid();
+    // The default: the service's own user only. The audit's attack, as `nobody`, where this
+    // test may become another user (root); as ourselves against a proxy that names someone else
+    // elsewhere.
+    let dir = temp_dir("proxy-users");
+    let cfg = files_proxy(&dir, &sim.url(), files, "");
+    let mut proxy = Daemon::spawn(&["proxy", "-c", cfg.to_str().unwrap()], &ENV);
+    let base = proxy.address("proxy `files` on ").await;
+    let ops = proxy.address("ops endpoints on ").await;
+    let url = format!("{base}/ok");
+    let ours = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || curl_status(None, "DELETE", &url)
+    });
+    assert_eq!(
+        ours.await.unwrap(),
+        "200",
+        "the service's own user is served"
+    );
+    if me == 0 {
+        let theirs = tokio::task::spawn_blocking(move || curl_status(Some(65_534), "DELETE", &url));
+        assert_eq!(
+            theirs.await.unwrap(),
+            "403",
+            "another local user is refused"
+        );
+        assert_eq!(refused(&ops, "files", "user").await, 1);
+    }
+    proxy.terminate().await;
+
+    let dir = temp_dir("proxy-users-other");
+    let other = me.wrapping_add(4242);
+    let cfg = files_proxy(&dir, &sim.url(), files, &format!("users = [\"{other}\"]\n"));
+    let mut proxy = Daemon::spawn(&["proxy", "-c", cfg.to_str().unwrap()], &ENV);
+    let base = proxy.address("proxy `files` on ").await;
+    let ops = proxy.address("ops endpoints on ").await;
+    let url = format!("{base}/ok");
+    let status = tokio::task::spawn_blocking(move || curl_status(None, "DELETE", &url));
+    assert_eq!(status.await.unwrap(), "403");
+    assert_eq!(refused(&ops, "files", "user").await, 1);
+    assert_eq!(proxy_metric(&ops, "files", "forwarded").await, 0);
+    proxy.terminate().await;
+}
+
+fn rustix_uid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// `shiftkey_proxy_refused_total{proxy, kind}` from the ops endpoint.
+async fn refused(ops: &str, proxy: &str, kind: &str) -> u64 {
+    let text = reqwest::get(format!("{ops}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let needle = format!("shiftkey_proxy_refused_total{{proxy=\"{proxy}\",kind=\"{kind}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {needle} in /metrics:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_stalled_bodies_hold_neither_the_slots_nor_the_memory() {
+    use tokio::io::AsyncWriteExt as _;
+    let sim = common::start_sim(shiftkey_sim::SimConfig::default()).await;
+    let files = file_server().await;
+    let dir = temp_dir("proxy-slow");
+    let cfg = files_proxy(&dir, &sim.url(), files, "body_idle_secs = 1\n");
+    let mut proxy = Daemon::spawn(&["proxy", "-c", cfg.to_str().unwrap()], &ENV);
+    let base = proxy.address("proxy `files` on ").await;
+    let ops = proxy.address("ops endpoints on ").await;
+    let addr = base
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let good = reqwest::Client::new();
+    assert_eq!(
+        good.get(format!("{base}/ok"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // The audit's attack: each announces 1 MiB, sends all but one byte, and stalls.
+    let mut stalled = Vec::new();
+    let body = vec![b'x'; 1024 * 1024 - 1];
+    for _ in 0..300 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /files/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+            1024 * 1024
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        // Some are closed over the limit or cut off while this still writes: fine.
+        let _ = s.write_all(&body).await;
+        stalled.push(s);
+    }
+    // Meanwhile a well-behaved script gets every answer: deadlines free the slots.
+    for i in 0..20 {
+        let answer = good
+            .get(format!("{base}/ok"))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        let status = answer.status();
+        assert_eq!(status, 200, "request {i}: {}", answer.text().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let peak_mib = peak_rss_kib(proxy.pid()) / 1024;
+    // The budget (32 MiB) and small buffers per connection, not 300 bodies (438 MB before).
+    eprintln!("peak {peak_mib} MiB");
+    assert!(peak_mib < 160, "the proxy peaked at {peak_mib} MiB");
+    assert!(refused(&ops, "files", "slow_body").await >= 1);
+    drop(stalled);
     proxy.terminate().await;
 }
