@@ -950,7 +950,59 @@ fn systemd_unit() -> Result<()> {
     let result = status(Command::new("systemd-analyze").arg("verify").arg(&copy))
         .context("`systemd-analyze verify packaging/systemd/shiftkey.service` failed");
     let _ = std::fs::remove_dir_all(&dir);
-    result
+    result?;
+    unit_exposure(&unit)
+}
+
+/// The unit's exposure score (`systemd-analyze security --offline=yes`: 0 locked down, 10
+/// exposed) stays at or below [`MAX_EXPOSURE`].
+fn unit_exposure(unit: &std::path::Path) -> Result<()> {
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(unit)
+        .output()
+        .context("running `systemd-analyze security --offline=yes`")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let score = exposure(&text).with_context(|| {
+        format!(
+            "no exposure level in `systemd-analyze security` output: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    say(&format!(
+        "xtask: the packaged unit's exposure is {score} (at most {MAX_EXPOSURE})"
+    ));
+    if score > MAX_EXPOSURE {
+        bail!(
+            "packaging/systemd/shiftkey.service scores {score} in `systemd-analyze security`, \
+             above {MAX_EXPOSURE}: a hardening line was lost (see the lines marked ✗ there)"
+        );
+    }
+    Ok(())
+}
+
+/// The highest exposure the packaged unit may score (issue: local trust, item 8).
+const MAX_EXPOSURE: f64 = 2.0;
+
+/// The score in `→ Overall exposure level for shiftkey.service: 1.2 OK`.
+fn exposure(text: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.split("Overall exposure level for").nth(1))
+        .and_then(|rest| rest.split(':').nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn the_exposure_score_is_read_from_systemd_analyze_output() {
+    let text = "  ✓ UMask=  Files created by service are accessible only by service's own user\n\
+                \n→ Overall exposure level for shiftkey.service: 1.2 OK 🙂\n";
+    assert_eq!(exposure(text), Some(1.2));
+    assert_eq!(
+        exposure("→ Overall exposure level for x.service: 8.5 EXPOSED 🙁"),
+        Some(8.5)
+    );
+    assert_eq!(exposure("nothing"), None);
 }
 
 fn ci() -> Result<()> {
