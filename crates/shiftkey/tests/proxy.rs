@@ -36,15 +36,23 @@ async fn script(args: Vec<String>) -> serde_json::Value {
 
 /// `shiftkey_proxy_total{proxy, what}` from the ops endpoint.
 async fn proxy_metric(ops: &str, proxy: &str, what: &str) -> u64 {
+    metric(
+        ops,
+        &format!("shiftkey_proxy_total{{proxy=\"{proxy}\",what=\"{what}\"}} "),
+    )
+    .await
+}
+
+/// The value of the sample that starts with `needle` (name and labels) on `/metrics`.
+async fn metric(ops: &str, needle: &str) -> u64 {
     let text = reqwest::get(format!("{ops}/metrics"))
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
-    let needle = format!("shiftkey_proxy_total{{proxy=\"{proxy}\",what=\"{what}\"}} ");
     text.lines()
-        .find_map(|l| l.strip_prefix(&needle))
+        .find_map(|l| l.strip_prefix(needle))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {needle} in /metrics:\n{text}"))
 }
@@ -438,17 +446,11 @@ fn rustix_uid() -> u32 {
 
 /// `shiftkey_proxy_refused_total{proxy, kind}` from the ops endpoint.
 async fn refused(ops: &str, proxy: &str, kind: &str) -> u64 {
-    let text = reqwest::get(format!("{ops}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let needle = format!("shiftkey_proxy_refused_total{{proxy=\"{proxy}\",kind=\"{kind}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&needle))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {needle} in /metrics:\n{text}"))
+    metric(
+        ops,
+        &format!("shiftkey_proxy_refused_total{{proxy=\"{proxy}\",kind=\"{kind}\"}} "),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
