@@ -1,7 +1,41 @@
 //! Putting the token on a request: a header (usually `Authorization: Bearer`) or a cookie.
 
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use shiftkey_auth::TokenSet;
+use zeroize::Zeroizing;
+
+/// A header value made of `parts`, for a credential: the bytes are written once into a buffer of
+/// the exact size, which the value (and every clone of it) shares and which is zeroized when the
+/// last of them is dropped. Marked sensitive, so `Debug` and HTTP/2 header indexing skip it.
+/// `None` if the parts cannot be a header value (control characters); the buffer is zeroized
+/// then too.
+///
+/// What remains: the bytes hyper writes to the connection (its write buffer, and TLS's) are
+/// copies this crate cannot reach; `docs/security.md` lists them.
+///
+/// # Example
+/// ```
+/// let value = shiftkey_http::secret_header_value(&["Bearer ", "eyJhbGciOi"]).unwrap();
+/// assert!(value.is_sensitive());
+/// assert_eq!(value.as_bytes(), b"Bearer eyJhbGciOi");
+/// assert!(shiftkey_http::secret_header_value(&["Bearer ", "a\nb"]).is_none());
+/// ```
+#[must_use]
+pub fn secret_header_value(parts: &[&str]) -> Option<HeaderValue> {
+    let mut buf = Zeroizing::new(Vec::with_capacity(parts.iter().map(|p| p.len()).sum()));
+    for part in parts {
+        buf.extend_from_slice(part.as_bytes());
+    }
+    shared_value(buf)
+}
+
+/// The value over `buf` itself, not a copy of it.
+fn shared_value(buf: Zeroizing<Vec<u8>>) -> Option<HeaderValue> {
+    let mut value = HeaderValue::from_maybe_shared(Bytes::from_owner(buf)).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
 
 /// How the token travels.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -45,16 +79,11 @@ impl Injector {
                 .filter(|c| !c.is_empty() && !c.starts_with(&prefix))
                 .collect();
             if !others.is_empty() {
-                let merged = format!(
-                    "{}; {}",
-                    others.join("; "),
-                    value.to_str().unwrap_or_default()
-                );
-                match HeaderValue::from_str(&merged) {
-                    Ok(v) => value = v,
-                    Err(_) => return false,
+                let others = others.join("; ");
+                match secret_header_value(&[&others, "; ", value.to_str().unwrap_or_default()]) {
+                    Some(v) => value = v,
+                    None => return false,
                 }
-                value.set_sensitive(true);
             }
         }
         headers.insert(name, value);
@@ -67,12 +96,88 @@ impl Injector {
     pub fn header(&self, token: &TokenSet) -> Option<(HeaderName, HeaderValue)> {
         let secret = token.access_token.expose();
         let (name, value) = match self {
-            Self::Bearer => (http::header::AUTHORIZATION, format!("Bearer {secret}")),
-            Self::Header { name, prefix } => (name.clone(), format!("{prefix}{secret}")),
-            Self::Cookie { name } => (http::header::COOKIE, format!("{name}={secret}")),
+            Self::Bearer => (
+                http::header::AUTHORIZATION,
+                secret_header_value(&["Bearer ", secret]),
+            ),
+            Self::Header { name, prefix } => (name.clone(), secret_header_value(&[prefix, secret])),
+            Self::Cookie { name } => (
+                http::header::COOKIE,
+                secret_header_value(&[name, "=", secret]),
+            ),
         };
-        let mut value = HeaderValue::from_str(&value).ok()?;
-        value.set_sensitive(true);
-        Some((name, value))
+        Some((name, value?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+    use super::*;
+
+    #[test]
+    fn a_credential_header_is_the_zeroizing_buffer_itself_not_a_copy() {
+        let token = "t".repeat(4096);
+        let mut buf = Zeroizing::new(Vec::with_capacity(7 + token.len()));
+        buf.extend_from_slice(b"Bearer ");
+        buf.extend_from_slice(token.as_bytes());
+        let at = buf.as_ptr();
+        let value = shared_value(buf).unwrap();
+        // Same address: the only copy of the header's bytes is the one zeroized on drop.
+        assert_eq!(value.as_bytes().as_ptr(), at);
+        assert!(value.is_sensitive());
+        assert_eq!(value.clone().as_bytes().as_ptr(), at);
+    }
+
+    #[test]
+    fn every_injector_builds_its_exact_header_and_refuses_control_characters() {
+        let tok = |s: &str| {
+            TokenSet::new(
+                s,
+                std::time::Duration::from_secs(60),
+                tokio::time::Instant::now(),
+                std::time::SystemTime::UNIX_EPOCH,
+            )
+        };
+        let token = tok("tok");
+        let cases = [
+            (Injector::Bearer, "authorization", "Bearer tok"),
+            (
+                Injector::Header {
+                    name: HeaderName::from_static("x-api-key"),
+                    prefix: "Key ".into(),
+                },
+                "x-api-key",
+                "Key tok",
+            ),
+            (
+                Injector::Cookie {
+                    name: "JSESSIONID".into(),
+                },
+                "cookie",
+                "JSESSIONID=tok",
+            ),
+        ];
+        for (injector, name, value) in cases {
+            let (n, v) = injector.header(&token).unwrap();
+            assert_eq!((n.as_str(), v.as_bytes()), (name, value.as_bytes()));
+            assert!(v.is_sensitive());
+        }
+        let bad = tok("to\r\nk");
+        assert!(Injector::Bearer.header(&bad).is_none());
+        // The cookie merged with a script's other cookies is a zeroizing value too.
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::COOKIE,
+            HeaderValue::from_static("a=1; JSESSIONID=old"),
+        );
+        let cookie = Injector::Cookie {
+            name: "JSESSIONID".into(),
+        };
+        assert!(cookie.apply(&mut headers, &token));
+        let merged = &headers[http::header::COOKIE];
+        assert_eq!(merged.as_bytes(), b"a=1; JSESSIONID=tok");
+        assert!(merged.is_sensitive());
     }
 }

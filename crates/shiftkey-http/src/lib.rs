@@ -51,7 +51,7 @@ mod middleware;
 pub use classify::{BearerClassifier, Classifier, Verdict};
 pub use client::{resource_client, same_origin_redirects};
 pub use error::{HttpError, RequestBodyError};
-pub use inject::Injector;
+pub use inject::{Injector, secret_header_value};
 pub use keepalive::Keepalive;
 pub use middleware::{
     AnsweredUnder, AuthMiddleware, AuthMiddlewareBuilder, DEFAULT_ATTEMPT_TIMEOUT, Idempotent,

@@ -33,6 +33,7 @@ use tokio::io::AsyncReadExt as _;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 #[cfg(unix)]
 use tokio::net::{UnixListener, UnixStream};
+use zeroize::Zeroizing;
 
 use crate::SidecarError;
 
@@ -51,6 +52,73 @@ enum Request {
         served: bool,
     },
     Stats,
+}
+
+/// A broker's answer, written as one JSON object. A token answer is serialised into a
+/// zeroizing buffer of sufficient size ([`Answer::to_json`]): the only copy of the token in it
+/// is wiped when the reply has been sent.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// The current token of a name.
+    Token {
+        token: Secret,
+        generation: u64,
+        expires_in: u64,
+    },
+    /// Counters (no secret).
+    Stats(Value),
+    /// A refusal or failure.
+    Error(String),
+}
+
+/// A token answer on the wire, borrowing the token.
+#[derive(Serialize)]
+struct TokenReply<'a> {
+    ok: bool,
+    token: &'a str,
+    generation: u64,
+    expires_in: u64,
+}
+
+/// Bytes enough for a token answer with a token of `len` bytes: JSON escapes a byte into at most
+/// six (`\u001f`), and the rest of the object is under 128 bytes. A buffer that never grows
+/// leaves no copy behind in freed memory.
+fn token_reply_capacity(len: usize) -> usize {
+    len.saturating_mul(6).saturating_add(128)
+}
+
+impl Answer {
+    /// The JSON object, without a newline, in a buffer zeroized on drop.
+    fn to_json(&self) -> Zeroizing<Vec<u8>> {
+        let written = match self {
+            Self::Token {
+                token,
+                generation,
+                expires_in,
+            } => {
+                let token = token.expose();
+                let mut buf = Zeroizing::new(Vec::with_capacity(token_reply_capacity(token.len())));
+                serde_json::to_writer(
+                    &mut *buf,
+                    &TokenReply {
+                        ok: true,
+                        token,
+                        generation: *generation,
+                        expires_in: *expires_in,
+                    },
+                )
+                .map(|()| buf)
+            }
+            Self::Stats(v) => serde_json::to_vec(v).map(Zeroizing::new),
+            Self::Error(e) => {
+                serde_json::to_vec(&json!({"ok": false, "error": e})).map(Zeroizing::new)
+            }
+        };
+        // Serialising strings and numbers into memory cannot fail; if it did, say so.
+        written.unwrap_or_else(|_| {
+            Zeroizing::new(br#"{"ok":false,"error":"the answer could not be written"}"#.to_vec())
+        })
+    }
 }
 
 /// The broker's shared state: a manager per token, and what the reported deaths taught about
@@ -132,7 +200,7 @@ impl Broker {
     }
 
     /// Answers one request from `client` (for the logs).
-    async fn reply(&self, req: Request, client: &str) -> Value {
+    async fn reply(&self, req: Request, client: &str) -> Answer {
         let result = match req {
             Request::Get { name } => self.get(&name, None, client).await,
             Request::Rejected {
@@ -140,9 +208,9 @@ impl Broker {
                 generation,
                 served,
             } => self.get(&name, Some((generation, served)), client).await,
-            Request::Stats => Ok(self.stats()),
+            Request::Stats => Ok(Answer::Stats(self.stats())),
         };
-        result.unwrap_or_else(|e| json!({"ok": false, "error": e}))
+        result.unwrap_or_else(Answer::Error)
     }
 
     /// A `served` report of `generation`, which [`TokenManager::invalidate`] found too soon to
@@ -180,7 +248,7 @@ impl Broker {
         name: &str,
         rejected: Option<(u64, bool)>,
         client: &str,
-    ) -> Result<Value, String> {
+    ) -> Result<Answer, String> {
         let manager = self.manager(name)?;
         // A cap learned by this very report: the manager is rescheduling the current token, and
         // the reported generation's successor is coming.
@@ -290,13 +358,10 @@ impl Broker {
             })
             .unwrap_or_default();
         manager
-            .with_token(|t| {
-                json!({
-                    "ok": true,
-                    "token": t.access_token.expose(),
-                    "generation": token.generation(),
-                    "expires_in": expires_in.as_secs(),
-                })
+            .with_token(|t| Answer::Token {
+                token: t.access_token.clone(),
+                generation: token.generation(),
+                expires_in: expires_in.as_secs(),
             })
             .ok_or_else(|| format!("token `{name}`: no servable token"))
     }
@@ -355,11 +420,11 @@ async fn connection(stream: UnixStream, broker: &Broker, client: &str) -> std::i
         }
         let reply = match serde_json::from_str::<Request>(&line) {
             Ok(req) => broker.reply(req, client).await,
-            Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
+            Err(e) => Answer::Error(format!("bad request: {e}")),
         };
-        let mut bytes = serde_json::to_vec(&reply).unwrap_or_default();
-        bytes.push(b'\n');
-        write.write_all(&bytes).await?;
+        // Two writes rather than a push that could grow (and copy) the token's buffer.
+        write.write_all(&reply.to_json()).await?;
+        write.write_all(b"\n").await?;
     }
     Ok(())
 }
@@ -392,6 +457,16 @@ pub async fn ask(socket: &Path, name: &str) -> Result<Option<Secret>, SidecarErr
                 ),
             )
         })?
+}
+
+/// What [`ask`] reads: the token goes straight into a [`Secret`].
+#[derive(Deserialize)]
+struct AskReply {
+    ok: bool,
+    #[serde(default)]
+    token: Option<Secret>,
+    #[serde(default)]
+    error: Option<String>,
 }
 
 /// How long [`ask`] waits for the broker (its own wait for a refresh is 30 s).
@@ -427,7 +502,8 @@ async fn ask_inner(socket: &Path, name: &str) -> Result<Option<Secret>, SidecarE
     write.write_all(&line).await.map_err(|e| {
         SidecarError::io(format!("writing to the broker on {}", socket.display()), e)
     })?;
-    let mut reply = String::new();
+    // The reply holds the token: read and parsed in buffers zeroized on drop.
+    let mut reply = Zeroizing::new(String::new());
     BufReader::new(read.take(1 << 20))
         .read_line(&mut reply)
         .await
@@ -437,15 +513,14 @@ async fn ask_inner(socket: &Path, name: &str) -> Result<Option<Secret>, SidecarE
                 e,
             )
         })?;
-    let v: Value = serde_json::from_str(&reply).map_err(|_| bad("sent a bad reply"))?;
-    if v["ok"] != true {
+    let v: AskReply = serde_json::from_str(&reply).map_err(|_| bad("sent a bad reply"))?;
+    if !v.ok {
         return Err(bad(&format!(
             "refused: {}",
-            v["error"].as_str().unwrap_or("failed")
+            v.error.as_deref().unwrap_or("failed")
         )));
     }
-    let token = v["token"].as_str().ok_or_else(|| bad("sent no token"))?;
-    Ok(Some(Secret::new(token.to_owned())))
+    v.token.map(Some).ok_or_else(|| bad("sent no token"))
 }
 
 /// One client of the HTTP listener: its name, its secret, the tokens it may get.
@@ -543,18 +618,23 @@ fn unauthorized() -> Response {
         .into_response()
 }
 
-fn answer(v: Value) -> Response {
-    let status = if v["ok"] == true {
-        StatusCode::OK
-    } else if v["error"]
-        .as_str()
-        .is_some_and(|e| e.starts_with("no token named"))
-    {
-        StatusCode::NOT_FOUND
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+fn answer(a: Answer) -> Response {
+    let status = match &a {
+        Answer::Error(e) if e.starts_with("no token named") => StatusCode::NOT_FOUND,
+        Answer::Error(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Answer::Token { .. } | Answer::Stats(_) => StatusCode::OK,
     };
-    (status, [(header::CACHE_CONTROL, "no-store")], Json(v)).into_response()
+    // The body is the zeroizing buffer itself (`Bytes::from_owner`), not a copy of it.
+    let body = axum::body::Body::from(bytes::Bytes::from_owner(a.to_json()));
+    (
+        status,
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (header::CONTENT_TYPE, "application/json"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn http_get(
@@ -626,18 +706,49 @@ mod tests {
         (broker, strategy, manager)
     }
 
+    fn served_generation(a: &Answer) -> u64 {
+        match a {
+            Answer::Token { generation, .. } => *generation,
+            other => panic!("not a token: {other:?}"),
+        }
+    }
+
+    /// A token answer is written into a buffer that never grows, whatever the token holds (a
+    /// grown buffer leaves its old bytes, token included, in freed memory), and reads back.
+    #[test]
+    fn a_token_answer_is_written_once_into_a_buffer_that_is_never_grown() {
+        for token in [
+            "t".repeat(4096),
+            "\"\\\u{1f}".repeat(1500),
+            "é\u{2028}".repeat(700),
+            String::new(),
+        ] {
+            let answer = Answer::Token {
+                token: Secret::new(token.clone()),
+                generation: u64::MAX,
+                expires_in: u64::MAX,
+            };
+            let json = answer.to_json();
+            assert_eq!(json.capacity(), token_reply_capacity(token.len()));
+            let back: Value = serde_json::from_slice(&json).unwrap();
+            assert_eq!(back["token"], token.as_str());
+            assert_eq!(back["ok"], true);
+            assert_eq!(back["generation"], u64::MAX);
+        }
+    }
+
     async fn generation(b: &Broker, rejected: Option<u64>) -> u64 {
         let v = b
             .get("mes", rejected.map(|g| (g, false)), "test")
             .await
             .unwrap();
-        v["generation"].as_u64().unwrap()
+        served_generation(&v)
     }
 
     /// Reports `g` rejected after the server had accepted it.
     async fn served_then_died(b: &Broker, g: u64) -> u64 {
         let v = b.get("mes", Some((g, true)), "test").await.unwrap();
-        v["generation"].as_u64().unwrap()
+        served_generation(&v)
     }
 
     /// A restart seconds after a report-triggered refresh kills the young replacement: a report

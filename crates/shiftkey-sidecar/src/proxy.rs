@@ -624,7 +624,9 @@ impl Proxy {
             },
         );
         drop(sessions);
-        let cookie = format!("JSESSIONID={id}; Path=/; HttpOnly");
+        // The local session's id is the script's credential: its header is zeroized on drop.
+        let cookie =
+            shiftkey_http::secret_header_value(&["JSESSIONID=", &id, "; Path=/; HttpOnly"]);
         let version = if path.contains("2006-03") {
             "2006-03"
         } else {
@@ -644,7 +646,7 @@ impl Proxy {
             },
             "partialErrors": [],
         });
-        json_answer(StatusCode::OK, &answer, HeaderValue::from_str(&cookie).ok())
+        json_answer(StatusCode::OK, &answer, cookie)
     }
 
     /// A script's logout: its local session ends; the proxy's own session lives on.

@@ -125,7 +125,12 @@ impl SessionLogin {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let cookie = format!("JSESSIONID={}", old.access_token.expose());
+        // The retired session's cookie, in a buffer zeroized when the request is done with it.
+        let Some(cookie) =
+            shiftkey_http::secret_header_value(&["JSESSIONID=", old.access_token.expose()])
+        else {
+            return;
+        };
         let (http, clock, grace) = (
             self.http.clone(),
             Arc::clone(&self.clock),
