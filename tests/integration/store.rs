@@ -280,6 +280,88 @@ async fn a_payload_copied_to_another_credentials_row_does_not_open() {
     assert_eq!(mes.load().await.unwrap().unwrap().generation, 1);
 }
 
+/// A row cannot be rolled back unnoticed (format 3): a payload restored without its generation
+/// column is refused by anyone, a whole row restored is refused by a store that has seen a newer
+/// one, the refused row is moved aside under the lock, and the next token written there follows
+/// the row's last generation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_row_rolled_back_is_refused_and_moved_aside() {
+    use shiftkey_auth::StoreErrorKind;
+    use sqlx::Row;
+    let pg = PgServer::start();
+    let key = || KeySource::from_base64(KEY, "test").unwrap();
+    let store = PgStore::connect(&pg.url(), "mes", key()).await.unwrap();
+    let save = |generation: u64| {
+        let store = store.clone();
+        async move {
+            let mut guard = store.lock().await.unwrap();
+            guard.save(&token(generation)).await.unwrap();
+            guard.unlock().await.unwrap();
+        }
+    };
+    let columns = || async {
+        let r = sqlx::query(
+            "SELECT generation, format, payload FROM shiftkey_tokens WHERE credential = 'mes'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        (
+            r.get::<i64, _>("generation"),
+            r.get::<i16, _>("format"),
+            r.get::<Vec<u8>, _>("payload"),
+        )
+    };
+    save(1).await;
+    let (_, format, old) = columns().await;
+    assert_eq!(format, 3, "the row records the format it was written in");
+    save(2).await;
+
+    // The old payload put back, the generation column left: refused by a store that never saw
+    // the row before, too (the payload's generation is authenticated).
+    sqlx::query("UPDATE shiftkey_tokens SET payload = $1 WHERE credential = 'mes'")
+        .bind(&old)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let fresh = PgStore::connect(&pg.url(), "mes", key()).await.unwrap();
+    let err = fresh.load().await.unwrap_err();
+    assert_eq!(err.kind, StoreErrorKind::Corrupt, "{err}");
+    assert!(
+        err.detail.contains("rolled back") && err.detail.contains("generation column 2"),
+        "{err}"
+    );
+
+    // The whole row restored (payload and columns): the store that wrote generation 2 refuses it.
+    sqlx::query("UPDATE shiftkey_tokens SET generation = 1 WHERE credential = 'mes'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let err = store.load().await.unwrap_err();
+    assert!(err.detail.contains("older than generation 2"), "{err}");
+
+    // Under the lock the refused payload is moved aside; a token written next (a login that
+    // found nothing) follows the newest generation seen, so no sibling takes it for a rollback.
+    let mut guard = store.lock().await.unwrap();
+    assert_eq!(
+        guard.load().await.unwrap_err().kind,
+        StoreErrorKind::Corrupt
+    );
+    guard.save(&token(1)).await.unwrap();
+    guard.unlock().await.unwrap();
+    assert_eq!(store.load().await.unwrap().unwrap().generation, 3);
+    let aside: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM shiftkey_tokens WHERE credential LIKE 'mes.corrupt-%' AND payload = $1",
+    )
+    .bind(&old)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(aside, 1, "the rolled-back payload is kept for inspection");
+    let (generation, _, _) = columns().await;
+    assert_eq!(generation, 3);
+}
+
 fn token(generation: u64) -> shiftkey_auth::StoredToken {
     shiftkey_auth::StoredToken {
         access_token: format!("at-{generation}").into(),

@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use crate::format::{self, DecodeError};
 
-/// What a store file's payload is bound to (format version 2): the kind only.
+/// What a store file's payload is bound to (format version 2 and later): the kind only.
 pub(crate) const FILE_BINDING: format::Binding<'static> = format::Binding {
     kind: "file",
     name: "",

@@ -1,9 +1,9 @@
-//! The store format, version 2 (documented in `docs/store-format.md`).
+//! The store format, version 3 (documented in `docs/store-format.md`).
 //!
 //! ```text
 //! offset size field
 //!      0    4 magic "SKTS"
-//!      4    1 version (2; 1 is still read)
+//!      4    1 version (3; 2 and 1 are still read from files)
 //!      5    1 KDF id: 0 = raw key, 1 = Argon2id
 //!      6    4 Argon2id m (KiB), u32 little-endian (0 for a raw key)
 //!     10    4 Argon2id t
@@ -11,12 +11,16 @@
 //!     18   16 salt (zero for a raw key)
 //!     34   16 key check: AES-256-GCM tag of an empty message (nonce 0, AAD "shiftkey key check v1")
 //!     50   12 nonce (random per write)
-//!     62    … AES-256-GCM ciphertext and 16-byte tag of the JSON token
+//!     62    8 generation, u64 little-endian (version 3; absent before)
+//!     70    … AES-256-GCM ciphertext and 16-byte tag of the JSON token
 //! ```
-//! AAD: version 2, bytes 0..62 then the [`Binding`] ("shiftkey store v2", the store kind and the
-//! credential name, each NUL-terminated): a payload opens only where it was written, so a database
-//! administrator cannot swap or replay rows between credentials. Version 1: bytes 0..62 only
-//! (read, and rewritten as version 2 on the next save).
+//! AAD: the whole header (so the generation is authenticated) then the [`Binding`] ("shiftkey
+//! store v3", the store kind and the credential name, each NUL-terminated): a payload opens only
+//! where it was written, so a database administrator cannot swap or replay rows between
+//! credentials, and a row's generation can be checked against what was seen before. Version 2:
+//! bytes 0..62 and the binding with "shiftkey store v2"; version 1: bytes 0..62 only (both read,
+//! and rewritten as version 3 on the next save; a PostgreSQL row once written as version 3
+//! refuses them).
 //! The key check tells a wrong key (nothing touched) from a tampered file (moved aside).
 
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
@@ -28,7 +32,7 @@ use zeroize::Zeroizing;
 use crate::key::KdfParams;
 
 pub(crate) const MAGIC: &[u8; 4] = b"SKTS";
-pub(crate) const VERSION: u8 = 2;
+pub(crate) const VERSION: u8 = 3;
 
 /// Where a payload belongs: bound into the AEAD's associated data from format version 2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,18 +45,35 @@ pub(crate) struct Binding<'a> {
 }
 
 impl Binding<'_> {
-    /// The associated data of a version-2 payload whose header is `header`.
-    fn aad(&self, header: &[u8]) -> Vec<u8> {
+    /// The associated data of a version-2 or later payload whose header is `header`.
+    fn aad(&self, version: u8, header: &[u8]) -> Vec<u8> {
         let mut aad = Vec::with_capacity(header.len() + 32 + self.name.len());
         aad.extend_from_slice(header);
-        for part in ["shiftkey store v2", self.kind, self.name] {
+        let label = if version >= 3 {
+            "shiftkey store v3"
+        } else {
+            "shiftkey store v2"
+        };
+        for part in [label, self.kind, self.name] {
             aad.extend_from_slice(part.as_bytes());
             aad.push(0);
         }
         aad
     }
 }
-pub(crate) const HEADER_LEN: usize = 62;
+/// The header's length before version 3.
+const HEADER_V2_LEN: usize = 62;
+/// The header's length from version 3 (the generation follows the nonce).
+pub(crate) const HEADER_LEN: usize = 70;
+
+/// The header's length in `version`.
+fn header_len(version: u8) -> usize {
+    if version >= 3 {
+        HEADER_LEN
+    } else {
+        HEADER_V2_LEN
+    }
+}
 const TAG_LEN: usize = 16;
 const KEY_CHECK_AAD: &[u8] = b"shiftkey key check v1";
 
@@ -71,6 +92,8 @@ pub(crate) struct Header {
     pub(crate) salt: [u8; 16],
     key_check: [u8; 16],
     nonce: [u8; 12],
+    /// The token's generation, authenticated (version 3; `None` before).
+    pub(crate) generation: Option<u64>,
 }
 
 /// Why bytes do not decode.
@@ -84,6 +107,12 @@ pub(crate) enum DecodeError {
     WrongKey,
     Tampered,
     BadPayload(String),
+    /// An older payload than the place it was found in has held: a restored or replayed row.
+    #[cfg_attr(
+        not(feature = "postgres"),
+        allow(dead_code, reason = "only a PostgreSQL row knows what it held before")
+    )]
+    RolledBack(String),
 }
 
 impl DecodeError {
@@ -97,7 +126,7 @@ impl DecodeError {
             Self::FutureVersion(v) => (
                 Unsupported,
                 format!(
-                    "{path} has format version {v}, newer than this shiftkey understands (2); left untouched — upgrade shiftkey"
+                    "{path} has format version {v}, newer than this shiftkey understands (3); left untouched — upgrade shiftkey"
                 ),
             ),
             Self::Truncated(n) => (Corrupt, format!("{path} is truncated ({n} bytes)")),
@@ -128,6 +157,12 @@ impl DecodeError {
             Self::BadPayload(e) => (
                 Corrupt,
                 format!("{path} decrypted but its content is not a token ({e})"),
+            ),
+            Self::RolledBack(why) => (
+                Corrupt,
+                format!(
+                    "{path} was rolled back or replayed ({why}); its refresh token may be spent, so it is not used"
+                ),
             ),
         };
         StoreError::new(kind, detail)
@@ -185,7 +220,7 @@ pub(crate) fn parse_header(bytes: &[u8]) -> Result<Header, DecodeError> {
             DecodeError::BadHeader("version 0")
         });
     }
-    if bytes.len() < HEADER_LEN + TAG_LEN {
+    if bytes.len() < header_len(version) + TAG_LEN {
         return Err(DecodeError::Truncated(bytes.len()));
     }
     let kdf = match bytes[5] {
@@ -210,12 +245,18 @@ pub(crate) fn parse_header(bytes: &[u8]) -> Result<Header, DecodeError> {
     key_check.copy_from_slice(&bytes[34..50]);
     let mut nonce = [0u8; 12];
     nonce.copy_from_slice(&bytes[50..62]);
+    let generation = (version >= 3).then(|| {
+        let mut g = [0u8; 8];
+        g.copy_from_slice(&bytes[62..70]);
+        u64::from_le_bytes(g)
+    });
     Ok(Header {
         version,
         kdf,
         salt,
         key_check,
         nonce,
+        generation,
     })
 }
 
@@ -229,23 +270,32 @@ pub(crate) fn decode(
     if key_check(key).map_err(|_| DecodeError::WrongKey)? != header.key_check {
         return Err(DecodeError::WrongKey);
     }
+    let len = header_len(header.version);
     let aad = if header.version >= 2 {
-        binding.aad(&bytes[..HEADER_LEN])
+        binding.aad(header.version, &bytes[..len])
     } else {
-        bytes[..HEADER_LEN].to_vec()
+        bytes[..len].to_vec()
     };
     let plain = Zeroizing::new(
         cipher(key)
             .decrypt(
                 &Nonce::from(header.nonce),
                 Payload {
-                    msg: &bytes[HEADER_LEN..],
+                    msg: &bytes[len..],
                     aad: &aad,
                 },
             )
             .map_err(|_| DecodeError::Tampered)?,
     );
-    serde_json::from_slice(&plain).map_err(|e| DecodeError::BadPayload(e.to_string()))
+    let token: StoredToken =
+        serde_json::from_slice(&plain).map_err(|e| DecodeError::BadPayload(e.to_string()))?;
+    match header.generation {
+        Some(g) if g != token.generation => Err(DecodeError::BadPayload(format!(
+            "the header says generation {g}, the token {}",
+            token.generation
+        ))),
+        _ => Ok(token),
+    }
 }
 
 /// Encrypts `token` into a complete payload of the current version, bound to `binding`.
@@ -259,7 +309,7 @@ pub(crate) fn encode(
     encode_version(token, kdf, salt, key, binding, VERSION)
 }
 
-fn encode_version(
+pub(crate) fn encode_version(
     token: &StoredToken,
     kdf: Kdf,
     salt: &[u8; 16],
@@ -289,14 +339,18 @@ fn encode_version(
     out.extend_from_slice(&key_check(key)?);
     let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
     out.extend_from_slice(&nonce);
+    if version >= 3 {
+        out.extend_from_slice(&token.generation.to_le_bytes());
+    }
+    let len = header_len(version);
     let plain =
         Zeroizing::new(serde_json::to_vec(token).map_err(|e| {
             StoreError::new(StoreErrorKind::Io, format!("serialising the token: {e}"))
         })?);
     let aad = if version >= 2 {
-        binding.aad(&out[..HEADER_LEN])
+        binding.aad(version, &out[..len])
     } else {
-        out[..HEADER_LEN].to_vec()
+        out[..len].to_vec()
     };
     let sealed = cipher(key)
         .encrypt(
@@ -354,25 +408,44 @@ mod tests {
     }
 
     #[test]
-    fn a_version_2_payload_opens_only_under_its_own_name_and_kind() {
-        let bytes = encode(&token(), Kdf::Raw, &[0; 16], &KEY, MES).unwrap();
-        assert_eq!(bytes[4], 2);
-        assert_eq!(open(&bytes, MES).unwrap(), token());
-        for other in [
-            Binding {
-                kind: "postgres",
-                name: "erp",
-            },
-            Binding {
-                kind: "file",
-                name: "mes",
-            },
-        ] {
-            assert!(
-                matches!(open(&bytes, other), Err(DecodeError::Tampered)),
-                "{other:?}"
-            );
+    fn a_payload_opens_only_under_its_own_name_and_kind() {
+        let v2 = encode_version(&token(), Kdf::Raw, &[0; 16], &KEY, MES, 2).unwrap();
+        let v3 = encode(&token(), Kdf::Raw, &[0; 16], &KEY, MES).unwrap();
+        assert_eq!((v2[4], v3[4]), (2, 3));
+        for bytes in [v2, v3] {
+            assert_eq!(open(&bytes, MES).unwrap(), token());
+            for other in [
+                Binding {
+                    kind: "postgres",
+                    name: "erp",
+                },
+                Binding {
+                    kind: "file",
+                    name: "mes",
+                },
+            ] {
+                assert!(
+                    matches!(open(&bytes, other), Err(DecodeError::Tampered)),
+                    "{other:?}"
+                );
+            }
         }
+    }
+
+    /// Version 3 carries the generation in the authenticated header: it is read without the
+    /// key, and changing it fails authentication.
+    #[test]
+    fn the_generation_is_in_the_authenticated_header() {
+        let bytes = encode(&token(), Kdf::Raw, &[0; 16], &KEY, MES).unwrap();
+        assert_eq!(parse_header(&bytes).unwrap().generation, Some(4));
+        assert_eq!(&bytes[62..70], &4u64.to_le_bytes());
+        let mut newer = bytes.clone();
+        newer[62] = 9;
+        assert_eq!(parse_header(&newer).unwrap().generation, Some(9));
+        assert!(matches!(open(&newer, MES), Err(DecodeError::Tampered)));
+        let v2 = encode_version(&token(), Kdf::Raw, &[0; 16], &KEY, MES, 2).unwrap();
+        assert_eq!(parse_header(&v2).unwrap().generation, None);
+        assert_eq!(v2.len() + 8, bytes.len());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! rotated refresh token is never lost or used twice.
 //!
 //! # Overview
-//! - [`FileStore`]: the embedded default, one AES-256-GCM file (format v2, v1 still read,
+//! - [`FileStore`]: the embedded default, one AES-256-GCM file (format v3, v2 and v1 still read,
 //!   `docs/store-format.md`) written atomically, refused when others can read it, with an
 //!   exclusive `flock` on a sidecar lock file for the cross-process refresh protocol of design §4.3.
 //! - `PgStore` (feature `postgres`): the same encrypted payload in a PostgreSQL row, refreshed

@@ -2,6 +2,7 @@
 //! `LISTEN/NOTIFY` telling other hosts a new token exists; and [`LeaderLease`].
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -65,6 +66,12 @@ async fn within<T>(
 ///   (waiting at most `lock_timeout`); saving updates the row and queues a `NOTIFY`; unlocking
 ///   commits, which releases the lock and delivers the notification.
 /// - [`TokenStore::changed`] resolves when another host stored a new token for this credential.
+/// - A row cannot be rolled back unnoticed (format version 3): the payload carries its generation
+///   in the authenticated header, which must match the row's `generation` column; a row once
+///   written as version 3 (`format` column) refuses older payloads; and this store refuses a
+///   generation or a format older than the newest it has read or written. A refused row is
+///   [`StoreErrorKind::Corrupt`]: under the lock it is moved aside, and the token manager goes on
+///   from the newer token it holds (or authenticates again), never from a spent refresh token.
 #[derive(Debug, Clone)]
 pub struct PgStore {
     inner: Arc<Inner>,
@@ -78,6 +85,71 @@ struct Inner {
     lock_timeout: Duration,
     changed: Arc<Notify>,
     listener: tokio::task::JoinHandle<()>,
+    /// The newest generation and format version this store has read or written.
+    seen: Seen,
+}
+
+/// A high-water mark of what a store has read or written for its credential.
+#[derive(Debug, Default)]
+struct Seen {
+    generation: AtomicU64,
+    version: AtomicU8,
+}
+
+impl Seen {
+    fn record(&self, version: u8, generation: u64) {
+        self.version.fetch_max(version, Ordering::AcqRel);
+        self.generation.fetch_max(generation, Ordering::AcqRel);
+    }
+}
+
+/// One row as read: its payload and the columns that say what it held before.
+#[derive(Debug, Default)]
+struct Stored {
+    payload: Vec<u8>,
+    /// The `generation` column.
+    generation: i64,
+    /// The `format` column: the version shiftkey last wrote there (0: not since it existed).
+    format: i16,
+}
+
+impl Stored {
+    fn from_pg(row: &sqlx::postgres::PgRow) -> Self {
+        Self {
+            payload: row.get("payload"),
+            generation: row.get("generation"),
+            format: row.get("format"),
+        }
+    }
+}
+
+/// Whether a payload whose header is `header` may be used from `row`, given what this store
+/// has `seen`: no older format than the row was written in or this store has seen, a version-3
+/// generation equal to the row's column, and no older generation than this store has seen.
+fn admit(header: &format::Header, row: &Stored, seen: &Seen) -> Result<(), DecodeError> {
+    let seen_version = seen.version.load(Ordering::Acquire);
+    let floor = i16::from(seen_version).max(row.format);
+    if i16::from(header.version) < floor {
+        return Err(DecodeError::RolledBack(format!(
+            "a format-{} payload where format {floor} was written",
+            header.version
+        )));
+    }
+    if let Some(g) = header.generation {
+        if i64::try_from(g).ok() != Some(row.generation) {
+            return Err(DecodeError::RolledBack(format!(
+                "the payload is generation {g}, the row's generation column {}",
+                row.generation
+            )));
+        }
+        let newest = seen.generation.load(Ordering::Acquire);
+        if g < newest {
+            return Err(DecodeError::RolledBack(format!(
+                "generation {g} is older than generation {newest}, read or written here before"
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Inner {
@@ -158,6 +230,7 @@ impl PgStore {
                 lock_timeout: Duration::from_secs(10),
                 changed,
                 listener,
+                seen: Seen::default(),
             }),
         })
     }
@@ -207,18 +280,22 @@ impl Inner {
         }
     }
 
-    fn decode(&self, payload: &[u8]) -> Result<Option<StoredToken>, StoreError> {
+    fn decode(&self, row: &Stored) -> Result<Option<StoredToken>, StoreError> {
+        let payload = &row.payload;
         if payload.is_empty() {
             return Ok(None);
         }
         let shown = format!("row `{}` of shiftkey_tokens", self.credential);
         format::parse_header(payload)
             .and_then(|h| {
+                admit(&h, row, &self.seen)?;
                 let key = self
                     .keyring
                     .key_for(h.kdf, &h.salt)
                     .map_err(|_| DecodeError::WrongKey)?;
-                format::decode(payload, &h, &key, self.binding())
+                let token = format::decode(payload, &h, &key, self.binding())?;
+                self.seen.record(h.version, token.generation);
+                Ok(token)
             })
             .map(Some)
             .map_err(|e| e.into_store_error(&shown))
@@ -233,13 +310,13 @@ impl Inner {
 struct PgGuard {
     inner: Arc<Inner>,
     tx: Option<Transaction<'static, Postgres>>,
-    payload: Vec<u8>,
+    row: Stored,
 }
 
 #[async_trait]
 impl StoreGuard for PgGuard {
     async fn load(&mut self) -> Result<Option<StoredToken>, StoreError> {
-        match self.inner.decode(&self.payload) {
+        match self.inner.decode(&self.row) {
             Err(e) if e.kind == StoreErrorKind::Corrupt => {
                 // Keep the damaged payload for inspection in a side row, and start clean.
                 if let Some(tx) = self.tx.as_mut() {
@@ -253,7 +330,7 @@ impl StoreGuard for PgGuard {
                         STORE_DEADLINE,
                         sqlx::query("INSERT INTO shiftkey_tokens (credential, generation, payload) VALUES ($1, -1, $2)")
                             .bind(&aside)
-                            .bind(&self.payload)
+                            .bind(&self.row.payload)
                             .execute(&mut **tx),
                     )
                     .await?;
@@ -281,7 +358,28 @@ impl StoreGuard for PgGuard {
     }
 
     async fn save(&mut self, token: &StoredToken) -> Result<(), StoreError> {
+        // Generations only grow in a row: a token written after the row's payload was moved
+        // aside (or by a login that could not read it) follows the newest generation the row
+        // or this store has had, so no sibling mistakes it for a rollback.
+        let newest = u64::try_from(self.row.generation)
+            .unwrap_or(0)
+            .max(self.inner.seen.generation.load(Ordering::Acquire));
+        let bumped;
+        let token = if token.generation < newest {
+            let mut t = token.clone();
+            t.generation = newest.saturating_add(1);
+            bumped = t;
+            &bumped
+        } else {
+            token
+        };
         let payload = self.inner.encode(token)?;
+        let generation = i64::try_from(token.generation).map_err(|_| {
+            StoreError::new(
+                StoreErrorKind::Io,
+                "a generation beyond 2^63 cannot be stored in PostgreSQL",
+            )
+        })?;
         let tx = self
             .tx
             .as_mut()
@@ -289,10 +387,11 @@ impl StoreGuard for PgGuard {
         within(
             "save",
             STORE_DEADLINE,
-            sqlx::query("UPDATE shiftkey_tokens SET generation = $2, payload = $3, updated_at = now() WHERE credential = $1")
+            sqlx::query("UPDATE shiftkey_tokens SET generation = $2, payload = $3, format = $4, updated_at = now() WHERE credential = $1")
                 .bind(&self.inner.credential)
-                .bind(i64::try_from(token.generation).unwrap_or(i64::MAX))
+                .bind(generation)
                 .bind(&payload)
+                .bind(i16::from(format::VERSION))
                 .execute(&mut **tx),
         )
         .await?;
@@ -305,7 +404,12 @@ impl StoreGuard for PgGuard {
                 .execute(&mut **tx),
         )
         .await?;
-        self.payload = payload;
+        self.inner.seen.record(format::VERSION, token.generation);
+        self.row = Stored {
+            payload,
+            generation,
+            format: i16::from(format::VERSION),
+        };
         Ok(())
     }
 
@@ -323,13 +427,15 @@ impl TokenStore for PgStore {
         let row = within(
             "load",
             STORE_DEADLINE,
-            sqlx::query("SELECT payload FROM shiftkey_tokens WHERE credential = $1")
-                .bind(&self.inner.credential)
-                .fetch_optional(&self.inner.pool),
+            sqlx::query(
+                "SELECT payload, generation, format FROM shiftkey_tokens WHERE credential = $1",
+            )
+            .bind(&self.inner.credential)
+            .fetch_optional(&self.inner.pool),
         )
         .await?;
         match row {
-            Some(r) => self.inner.decode(&r.get::<Vec<u8>, _>("payload")),
+            Some(r) => self.inner.decode(&Stored::from_pg(&r)),
             None => Ok(None),
         }
     }
@@ -358,7 +464,7 @@ impl TokenStore for PgStore {
         let row = within(
             "lock row",
             STORE_DEADLINE,
-            sqlx::query("SELECT payload FROM shiftkey_tokens WHERE credential = $1 FOR UPDATE")
+            sqlx::query("SELECT payload, generation, format FROM shiftkey_tokens WHERE credential = $1 FOR UPDATE")
                 .bind(&i.credential)
                 .fetch_one(&mut *tx),
         )
@@ -366,7 +472,7 @@ impl TokenStore for PgStore {
         Ok(Box::new(PgGuard {
             inner: Arc::clone(i),
             tx: Some(tx),
-            payload: row.get("payload"),
+            row: Stored::from_pg(&row),
         }))
     }
 
@@ -469,5 +575,87 @@ impl LeaderLease {
             within("lease close", LEASE_DEADLINE, c.close()).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+    use std::time::SystemTime;
+
+    use shiftkey_auth::{ServerLimits, StoredLifetimeSource};
+
+    use super::*;
+    use crate::format::{Binding, Kdf};
+
+    const KEY: [u8; 32] = [7; 32];
+    const ROW: Binding<'static> = Binding {
+        kind: "postgres",
+        name: "mes",
+    };
+
+    fn payload(version: u8, generation: u64) -> Vec<u8> {
+        let token = StoredToken {
+            access_token: "at".into(),
+            refresh_token: Some("rt".into()),
+            token_type: "Bearer".into(),
+            issued_at: SystemTime::UNIX_EPOCH,
+            lifetime: Duration::from_secs(3600),
+            lifetime_source: StoredLifetimeSource::ExpiresIn,
+            scope: None,
+            generation,
+            limits: ServerLimits::default(),
+        };
+        format::encode_version(&token, Kdf::Raw, &[0; 16], &KEY, ROW, version).unwrap()
+    }
+
+    fn check(version: u8, generation: u64, row: (i64, i16), seen: &Seen) -> Result<(), String> {
+        let bytes = payload(version, generation);
+        let header = format::parse_header(&bytes).unwrap();
+        let row = Stored {
+            payload: bytes,
+            generation: row.0,
+            format: row.1,
+        };
+        admit(&header, &row, seen).map_err(|e| match e {
+            DecodeError::RolledBack(why) => why,
+            other => panic!("{other:?}"),
+        })
+    }
+
+    /// The audit's rollbacks: a version-1 payload in a row written as version 3, a payload
+    /// restored without its generation column, and a whole row restored under a process that had
+    /// seen a newer one.
+    #[test]
+    fn a_row_that_went_back_is_refused() {
+        let fresh = Seen::default();
+        // Before the row was ever written as version 3, older formats are read (and rewritten).
+        assert_eq!(check(1, 4, (4, 0), &fresh), Ok(()));
+        assert_eq!(check(2, 4, (4, 0), &fresh), Ok(()));
+        assert_eq!(check(3, 4, (4, 0), &fresh), Ok(()));
+        // Once written as version 3, an older format there is a replay.
+        for old in [1, 2] {
+            let why = check(old, 4, (4, 3), &fresh).unwrap_err();
+            assert!(
+                why.contains(&format!("format-{old} payload where format 3")),
+                "{why}"
+            );
+        }
+        // The payload's authenticated generation must be the row's.
+        let why = check(3, 4, (7, 3), &fresh).unwrap_err();
+        assert!(
+            why.contains("generation 4, the row's generation column 7"),
+            "{why}"
+        );
+        // A store that has seen generation 7 refuses a whole row restored at 4, and a format-2
+        // payload once it has seen format 3, whatever the columns say.
+        let seen = Seen::default();
+        seen.record(3, 7);
+        let why = check(3, 4, (4, 3), &seen).unwrap_err();
+        assert!(why.contains("older than generation 7"), "{why}");
+        assert!(check(2, 9, (9, 0), &seen).is_err());
+        assert_eq!(check(3, 7, (7, 3), &seen), Ok(()));
+        assert_eq!(check(3, 8, (8, 3), &seen), Ok(()));
     }
 }
