@@ -155,6 +155,12 @@ struct Inner {
     limits: std::sync::Mutex<ServerLimits>,
     limits_dirty: AtomicBool,
     counters: Counters,
+    /// No token is wanted: the refresher neither acquires nor refreshes until `demanded`.
+    dormant: AtomicBool,
+    /// A caller asked for a token (or a refresh) since the manager went dormant.
+    demanded: AtomicBool,
+    /// A pending [`TokenManager::release`], answered by the refresher with the dropped token.
+    release: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<Option<TokenSet>>>>,
 }
 
 #[derive(Default)]
@@ -276,9 +282,36 @@ pub struct TokenManagerBuilder<S> {
     clock: Option<Arc<dyn Clock>>,
     name: Option<String>,
     store: Option<Arc<dyn TokenStore>>,
+    on_demand: bool,
 }
 
 impl<S: AuthStrategy + 'static> TokenManagerBuilder<S> {
+    /// Acquires the first token when it is first asked for ([`TokenManager::token`] or
+    /// [`TokenManager::refresh_now`]), not at build: for a credential that costs the server
+    /// something while held (a Teamcenter session holds a server process), in a process that
+    /// may never use it (a standby).
+    ///
+    /// # Example
+    /// ```
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use shiftkey_auth::{TokenManager, testing::ScriptedStrategy};
+    ///
+    /// let strategy = ScriptedStrategy::new(Duration::from_secs(3600), Duration::ZERO);
+    /// let manager = TokenManager::builder(strategy.clone()).on_demand().build()?;
+    /// tokio::task::yield_now().await;
+    /// assert_eq!(strategy.calls(), 0);
+    /// manager.token().await?;
+    /// assert_eq!(strategy.calls(), 1);
+    /// # manager.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn on_demand(mut self) -> Self {
+        self.on_demand = true;
+        self
+    }
+
     /// Persists tokens in `store` and refreshes under its cross-process lock (design §4.3,
     /// `docs/design.md`): processes sharing a store share one token, and a rotated refresh token is
     /// used once.
@@ -339,6 +372,9 @@ impl<S: AuthStrategy + 'static> TokenManagerBuilder<S> {
             limits: std::sync::Mutex::new(ServerLimits::default()),
             limits_dirty: AtomicBool::new(false),
             counters: Counters::default(),
+            dormant: AtomicBool::new(self.on_demand),
+            demanded: AtomicBool::new(false),
+            release: std::sync::Mutex::new(None),
         });
         runtime.spawn(refresher(Arc::clone(&inner), self.strategy, planner));
         Ok(TokenManager {
@@ -357,6 +393,7 @@ impl TokenManager {
             clock: None,
             name: None,
             store: None,
+            on_demand: false,
         }
     }
 
@@ -426,6 +463,7 @@ impl TokenManager {
         let mut rx = inner.published.subscribe();
         let seen = rx.borrow_and_update().completed;
         let deadline = inner.clock.now() + inner.cfg.wait_timeout;
+        inner.demanded.store(true, Ordering::Release);
         inner.wake.notify_one();
         loop {
             if let Some(t) = self.try_token() {
@@ -547,7 +585,52 @@ impl TokenManager {
     pub fn refresh_now(&self) {
         self.inner.clear_halt();
         self.inner.forced.store(true, Ordering::Release);
+        self.inner.demanded.store(true, Ordering::Release);
         self.inner.wake.notify_one();
+    }
+
+    /// Drops the current token and stops refreshing until a token is asked for again (as
+    /// [`TokenManagerBuilder::on_demand`] before the first): returns the dropped token, for
+    /// example to log its session out. An attempt in flight finishes first, and what it got is
+    /// what is returned. The generation count goes on, so the next token is never mistaken for
+    /// the dropped one.
+    ///
+    /// # Example
+    /// ```
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use shiftkey_auth::{TokenManager, testing::ScriptedStrategy};
+    ///
+    /// let strategy = ScriptedStrategy::new(Duration::from_secs(3600), Duration::ZERO);
+    /// let manager = TokenManager::builder(strategy.clone()).build()?;
+    /// let first = manager.token().await?.generation();
+    /// let dropped = manager.release().await.expect("a token was held");
+    /// assert_eq!(dropped.generation, first);
+    /// assert!(manager.try_token().is_none());
+    /// assert!(manager.token().await?.generation() > first);
+    /// # manager.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn release(&self) -> Option<TokenSet> {
+        let inner = &self.inner;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        *inner
+            .release
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
+        inner.wake.notify_one();
+        let mut published = inner.published.subscribe();
+        tokio::select! {
+            dropped = rx => {
+                if let Ok(dropped) = dropped {
+                    return dropped;
+                }
+            }
+            _ = published.wait_for(|p| p.shutdown) => {}
+        }
+        // No refresher to answer (stopped, or stopping): drop the token here.
+        inner.dormant.store(true, Ordering::Release);
+        inner.current.swap(None).map(|e| e.token.clone())
     }
 
     /// Caps every token's lifetime at `cap` for scheduling (design §3.5: a limit learned from
@@ -709,6 +792,37 @@ async fn refresher<S: AuthStrategy>(inner: Arc<Inner>, strategy: S, mut planner:
     loop {
         if inner.stop.load(Ordering::Acquire) {
             break;
+        }
+        // A release: drop the token, forget its schedule, and wait for demand.
+        let released = inner
+            .release
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(answer) = released {
+            inner.dormant.store(true, Ordering::Release);
+            inner.demanded.store(false, Ordering::Release);
+            let dropped = inner.current.swap(None).map(|e| e.token.clone());
+            last = None;
+            if let Ok(fresh) = Planner::new(inner.cfg.clone()) {
+                planner = fresh;
+            }
+            inner.published.send_modify(|p| {
+                p.next_attempt = None;
+                p.last_error = None;
+                p.halted = None;
+            });
+            tracing::debug!(credential = %inner.name, "token released; refreshing stops until one is asked for");
+            let _ = answer.send(dropped);
+            continue;
+        }
+        if inner.dormant.load(Ordering::Acquire) {
+            if inner.demanded.swap(false, Ordering::AcqRel) {
+                inner.dormant.store(false, Ordering::Release);
+            } else {
+                inner.wake.notified().await;
+                continue;
+            }
         }
         // New limits are persisted with the stored token at once.
         if inner.limits_dirty.swap(false, Ordering::AcqRel)

@@ -634,3 +634,68 @@ async fn a_refresher_that_dies_fails_waiting_callers_at_once_and_shutdown_still_
         Err(shiftkey_auth::AuthError::TaskDied)
     ));
 }
+
+/// An on-demand manager acquires nothing until asked, however long it waits; a released one
+/// drops its token, stops refreshing (no proactive refresh for days), and acquires again on the
+/// next ask with a higher generation.
+#[tokio::test(start_paused = true)]
+async fn an_on_demand_manager_acquires_only_when_asked_and_a_released_one_holds_nothing() {
+    let strategy = ScriptedStrategy::new(secs(8 * H), Duration::ZERO);
+    let m = TokenManager::builder(strategy.clone())
+        .config(seeded())
+        .on_demand()
+        .build()
+        .unwrap();
+    sleep(secs(24 * H)).await;
+    assert_eq!(
+        strategy.calls(),
+        0,
+        "nothing acquired before it was asked for"
+    );
+    assert!(m.try_token().is_none());
+    let first = m.token().await.unwrap().generation();
+    assert_eq!(strategy.calls(), 1);
+
+    let dropped = m.release().await.expect("the held token is handed back");
+    assert_eq!(dropped.generation, first);
+    assert!(m.try_token().is_none());
+    assert!(m.status().next_attempt.is_none(), "no attempt planned");
+    sleep(secs(3 * 24 * H)).await;
+    assert_eq!(strategy.calls(), 1, "no refresh while released");
+    assert!(
+        m.release().await.is_none(),
+        "nothing held, nothing handed back"
+    );
+
+    let again = m.token().await.unwrap().generation();
+    assert!(again > first, "{again} after {first}");
+    assert_eq!(strategy.calls(), 2);
+    // Awake again, it refreshes proactively as before.
+    sleep(secs(7 * H)).await;
+    assert_eq!(strategy.calls(), 3);
+    m.shutdown().await;
+    // After a shutdown there is no refresher to answer: the token is dropped all the same.
+    assert!(m.release().await.is_some());
+    assert!(m.try_token().is_none());
+}
+
+/// A release that arrives while an attempt is in flight hands back what that attempt got, so
+/// a caller logging sessions out never misses one.
+#[tokio::test(start_paused = true)]
+async fn a_release_during_an_attempt_hands_back_what_it_got() {
+    let strategy = ScriptedStrategy::new(secs(8 * H), secs(5));
+    let m = TokenManager::builder(strategy.clone())
+        .config(seeded())
+        .build()
+        .unwrap();
+    tokio::task::yield_now().await;
+    assert_eq!(
+        strategy.max_in_flight(),
+        1,
+        "the first attempt is under way"
+    );
+    let dropped = m.release().await.expect("the attempt's token");
+    assert_eq!(dropped.generation, 1);
+    assert!(m.try_token().is_none());
+    assert_eq!(strategy.calls(), 1);
+}

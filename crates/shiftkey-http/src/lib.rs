@@ -34,7 +34,7 @@
 //! Metrics (through the `metrics` facade): `shiftkey_http_requests_total{outcome}`,
 //! `shiftkey_http_unauthorized_total{result="recovered"|"surfaced"}`,
 //! `shiftkey_http_retries_total{reason}`, `shiftkey_http_premature_deaths_total`,
-//! `shiftkey_http_keepalives_total`, `shiftkey_learned_lifetime_seconds`,
+//! `shiftkey_http_keepalives_total`, `shiftkey_http_keepalive_failures_total`, `shiftkey_learned_lifetime_seconds`,
 //! `shiftkey_learned_idle_seconds`.
 
 #![forbid(unsafe_code)]
@@ -52,7 +52,7 @@ pub use classify::{BearerClassifier, Classifier, Verdict};
 pub use client::{resource_client, same_origin_redirects};
 pub use error::{HttpError, RequestBodyError};
 pub use inject::{Injector, secret_header_value};
-pub use keepalive::Keepalive;
+pub use keepalive::{Keepalive, KeepaliveCheck};
 pub use middleware::{
     AnsweredUnder, AuthMiddleware, AuthMiddlewareBuilder, DEFAULT_ATTEMPT_TIMEOUT, Idempotent,
     ResentAfterLostAnswer, SessionBound, Stats,

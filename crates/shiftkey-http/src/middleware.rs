@@ -71,6 +71,8 @@ pub struct Stats {
     pub premature_deaths: u64,
     /// Keepalive requests sent.
     pub keepalives: u64,
+    /// Of those, the ones that failed or that the server refused (a session not kept).
+    pub keepalives_failed: u64,
     /// Rejections of `SessionBound` requests: the token was replaced and the caller told to
     /// start over (not surfaced, not retried).
     pub session_lost: u64,
@@ -92,6 +94,7 @@ struct Counters {
     retries: AtomicU64,
     premature_deaths: AtomicU64,
     keepalives: AtomicU64,
+    keepalives_failed: AtomicU64,
     session_lost: AtomicU64,
     rejections_healed: AtomicU64,
     rejections_surfaced: AtomicU64,
@@ -136,6 +139,13 @@ impl Shared {
     pub(crate) fn count_keepalive(&self) {
         self.counters.keepalives.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("shiftkey_http_keepalives_total").increment(1);
+    }
+
+    pub(crate) fn count_keepalive_failed(&self) {
+        self.counters
+            .keepalives_failed
+            .fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("shiftkey_http_keepalive_failures_total").increment(1);
     }
 
     fn apply_limits(&self, limits: LearnedLimits) {
@@ -419,6 +429,7 @@ impl AuthMiddleware {
             retries: c.retries.load(Ordering::Relaxed),
             premature_deaths: c.premature_deaths.load(Ordering::Relaxed),
             keepalives: c.keepalives.load(Ordering::Relaxed),
+            keepalives_failed: c.keepalives_failed.load(Ordering::Relaxed),
             session_lost: c.session_lost.load(Ordering::Relaxed),
             rejections_healed: c.rejections_healed.load(Ordering::Relaxed),
             rejections_surfaced: c.rejections_surfaced.load(Ordering::Relaxed),

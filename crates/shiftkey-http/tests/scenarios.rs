@@ -630,3 +630,37 @@ async fn a_connection_cut_after_sending_resends_only_what_is_idempotent() {
         "a GET is tried three times"
     );
 }
+
+/// A keepalive the server refuses (here 405) is counted as failed, not as a kept session; and a
+/// keepalive never creates a session: once the manager released its token, none is sent and
+/// nobody logs in, for hours.
+#[tokio::test(start_paused = true)]
+async fn a_refused_keepalive_counts_as_failed_and_none_is_sent_without_a_session() {
+    let r = rig(secs(8 * H), |b| {
+        b.learned(shiftkey_auth::ServerLimits {
+            lifetime_cap: None,
+            idle_limit: Some(secs(20 * 60)),
+        })
+    })
+    .await;
+    assert_eq!(r.get("data").await.unwrap().status(), 200);
+    let url = r.base.join("upload").unwrap();
+    let _keepalive = r
+        .middleware
+        .keepalive(r.client.clone(), move |c| c.get(url.clone()));
+    sleep(secs(H)).await;
+    let stats = r.middleware.stats();
+    assert!(stats.keepalives >= 3, "{stats:?}");
+    assert_eq!(stats.keepalives_failed, stats.keepalives, "{stats:?}");
+
+    let logins = r.strategy.calls();
+    assert!(r.middleware.manager().release().await.is_some());
+    let sent = r.middleware.stats().keepalives;
+    sleep(secs(5 * H)).await;
+    assert_eq!(
+        r.middleware.stats().keepalives,
+        sent,
+        "no keepalive without a session"
+    );
+    assert_eq!(r.strategy.calls(), logins, "no login for a keepalive");
+}

@@ -173,6 +173,11 @@ pub struct TcConfig {
     /// Whether the `withProperties` policy modifier also brings along referenced *BOM lines*
     /// (it does for persistent objects \[V\]; for runtime lines it is not verified). Default true.
     pub follow_line_references: bool,
+    /// Whether the server validates the request envelope and answers `"body": null` (or any body
+    /// that is not an object) with HTTP 500 and an `InternalServerException`. No source shows
+    /// `null` and a validating server may refuse it (`TEAMCENTER.md`, unverified either way):
+    /// default true, the stricter; false accepts it as an absent body.
+    pub refuse_null_body: bool,
 }
 
 impl Default for TcConfig {
@@ -187,6 +192,7 @@ impl Default for TcConfig {
             entry_names: BTreeMap::new(),
             site_properties: BTreeMap::new(),
             follow_line_references: true,
+            refuse_null_body: true,
         }
     }
 }

@@ -105,6 +105,13 @@ impl Sim {
         self.inner.leaked_windows()
     }
 
+    /// Sessions alive now: logged in and neither logged out nor timed out. Each holds a
+    /// server process of the pool; a client that logs out what it logs in leaves 0.
+    #[must_use]
+    pub fn live_sessions(&self) -> usize {
+        self.inner.live_sessions()
+    }
+
     /// Restarts the server now: every session and gateway access token dies.
     pub fn restart(&self) {
         self.inner.restart();

@@ -346,6 +346,16 @@ impl Inner {
         Some(s)
     }
 
+    /// Sessions still alive now (logged in, not logged out, not timed out): what the pool
+    /// still holds a server process for.
+    pub(crate) fn live_sessions(&self) -> usize {
+        let now = self.clock.now();
+        lock(&self.sessions)
+            .iter()
+            .filter(|(id, s)| id.as_str() != GATEWAY && self.death(s, now).is_none())
+            .count()
+    }
+
     /// Windows still open in a session that is still alive: what a client leaked.
     pub(crate) fn leaked_windows(&self) -> usize {
         let now = self.clock.now();
@@ -511,14 +521,28 @@ async fn inject_faults(s: &Inner) -> Option<Response> {
     })
 }
 
-/// The envelope's `header.policy` and `body`.
-fn parse_envelope(body: &Bytes) -> Result<(Value, Value), String> {
+/// The envelope's `header.policy` and `body`. A validating server (`refuse_null_body`) refuses
+/// a body that is present and not an object; an absent body reads as `{}`.
+fn parse_envelope(body: &Bytes, refuse_null_body: bool) -> Result<(Value, Value), String> {
     let mut v: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let policy = v["header"]["policy"].take();
-    Ok((
-        policy,
-        v.get_mut("body").map(Value::take).unwrap_or(Value::Null),
-    ))
+    let body = match v.get_mut("body").map(Value::take) {
+        None => json!({}),
+        Some(b) if b.is_object() => b,
+        Some(b) if refuse_null_body => {
+            return Err(format!(
+                "the envelope's body must be an object, not {}",
+                if b.is_null() {
+                    "null".to_owned()
+                } else {
+                    b.to_string()
+                }
+            ));
+        }
+        Some(Value::Null) => json!({}),
+        Some(b) => b,
+    };
+    Ok((policy, body))
 }
 
 async fn soa(
@@ -536,7 +560,7 @@ async fn soa(
         return r;
     }
     let now = s.clock.now();
-    let (policy, input) = match parse_envelope(&body) {
+    let (policy, input) = match parse_envelope(&body, s.cfg.tc.refuse_null_body) {
         Ok(v) => v,
         Err(e) => {
             bump(&mut lock(&s.stats).exceptions, "InternalServerException");
@@ -733,7 +757,7 @@ async fn gateway(
         )
             .into_response();
     }
-    let (policy, input) = match parse_envelope(&body) {
+    let (policy, input) = match parse_envelope(&body, s.cfg.tc.refuse_null_body) {
         Ok(v) => v,
         Err(e) => {
             return json_response(

@@ -27,6 +27,8 @@ pub const DEFAULT_MAX_ANSWER: usize = 64 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct TcClient {
     http: ClientWithMiddleware,
+    /// The same client without the middleware (for the logout, which must not log in).
+    plain: reqwest::Client,
     middleware: AuthMiddleware,
     base: Url,
     prefix: &'static str,
@@ -59,8 +61,10 @@ impl TcClient {
         let idle = cfg.idle_limit;
         let base = cfg.base.clone();
         let login = SessionLogin::new(http.clone(), cfg).with_clock(Arc::clone(&clock));
+        // A session holds a server process of the pool: log in when the first call needs it.
         let manager = TokenManager::builder(login)
             .clock(Arc::clone(&clock))
+            .on_demand()
             .build()?;
         let middleware = AuthMiddleware::builder(manager)
             .injector(Injector::Cookie {
@@ -114,9 +118,11 @@ impl TcClient {
         base: Url,
         prefix: &'static str,
     ) -> Self {
+        let plain = http.clone();
         let http = ClientBuilder::new(http).with(middleware.clone()).build();
         Self {
             http,
+            plain,
             middleware,
             base,
             prefix,
@@ -315,31 +321,58 @@ impl TcClient {
 
     /// A cheap alive check (`getTCSessionInfo`).
     pub async fn session_info(&self) -> Result<Value, TcError> {
-        self.call("Core-2007-01-Session/getTCSessionInfo", Value::Null)
-            .await
+        self.call(
+            "Core-2007-01-Session/getTCSessionInfo",
+            serde_json::json!({}),
+        )
+        .await
     }
 
     /// Keeps the session alive with `getTCSessionInfo` whenever idle for half the idle limit
-    /// (learned, or the configured 20 min until then). Stops when the handle is dropped.
+    /// (learned, or the configured 20 min until then), while there is a session (it never logs
+    /// in). An answer that is not a `getTCSessionInfo` answer (an exception, whatever the HTTP
+    /// status, or a body that is not JSON) is a failed keepalive, logged and counted in
+    /// [`shiftkey_http::Stats::keepalives_failed`]. Stops when the handle is dropped.
     pub fn keepalive(&self) -> Result<Keepalive, TcError> {
         let url = self.url("Core-2007-01-Session/getTCSessionInfo")?;
-        let body = wire::envelope(Value::Null).to_string();
-        Ok(self.middleware.keepalive(self.http.clone(), move |c| {
-            c.post(url.clone())
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.clone())
-        }))
+        let body = wire::envelope(serde_json::json!({})).to_string();
+        Ok(self.middleware.keepalive_checked(
+            self.http.clone(),
+            move |c| {
+                c.post(url.clone())
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone())
+            },
+            Arc::new(|status, body: &[u8]| {
+                let answer: Value = serde_json::from_slice(body)
+                    .map_err(|_| format!("HTTP {}, and the body is not JSON", status.as_u16()))?;
+                wire::check_exception(&answer).map_err(|e| e.to_string())?;
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("HTTP {}", status.as_u16()))
+                }
+            }),
+        ))
     }
 
-    /// Logs out (session mode). A dead session answers XML here, which counts as logged out.
-    pub async fn logout(&self) -> Result<(), TcError> {
-        match self
-            .call("Core-2006-03-Session/logout", serde_json::json!({}))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(TcError::Unexpected { detail, .. }) if detail.starts_with("an XML body") => Ok(()),
-            Err(e) => Err(e),
+    /// Ends the session this client holds, if any (session mode): the session manager drops it
+    /// (the next call logs in again) and `Core-2006-03-Session/logout` is sent with its cookie,
+    /// once, within [`LOGOUT_DEADLINE`], so its server process goes back to the pool. Returns
+    /// whether a session was held. Best effort: a logout that fails or meets a dead session
+    /// (answered with XML) is logged at debug and changes nothing else. Behind a gateway there
+    /// is no session of ours; nothing is sent.
+    pub async fn end_session(&self) -> bool {
+        if !self.windows_follow_token() {
+            return false;
         }
+        let Some(token) = self.middleware.manager().release().await else {
+            return false;
+        };
+        crate::session::send_logout(&self.plain, &self.base, &token).await;
+        true
     }
 }
+
+/// How long [`TcClient::end_session`] waits for the logout's answer.
+pub const LOGOUT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);

@@ -47,7 +47,7 @@ mod site;
 pub mod wire;
 
 pub use check::Finding;
-pub use client::{DEFAULT_MAX_ANSWER, DEFAULT_READ_TIMEOUT, TcClient};
+pub use client::{DEFAULT_MAX_ANSWER, DEFAULT_READ_TIMEOUT, LOGOUT_DEADLINE, TcClient};
 pub use error::{ErrorValue, SsoHint, TcError};
 pub use mfg::{
     ChangeSet, ChangedPlans, FeedbackValues, Operation, PlanStructures, ProcessPlan,

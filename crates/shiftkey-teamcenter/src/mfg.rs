@@ -924,7 +924,7 @@ impl TcClient {
         let answer = self
             .call_with_policy(
                 op,
-                Value::Null,
+                serde_json::json!({}),
                 wire::policy(&[("RevisionRule", vec![("object_name", false)])]),
             )
             .await?;

@@ -112,49 +112,91 @@ impl SessionLogin {
         self
     }
 
+    /// Logs `session` out now, within [`crate::LOGOUT_DEADLINE`], so its server process goes
+    /// back to the pool. Best effort: a failure, or a session that had died already (answered
+    /// with XML), is logged at debug. Returns whether the server answered.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # async fn demo(cfg: shiftkey_teamcenter::SessionConfig) {
+    /// use shiftkey_auth::AuthStrategy as _;
+    /// let login = shiftkey_teamcenter::SessionLogin::new(reqwest::Client::new(), cfg);
+    /// if let Ok(session) = login.acquire(None).await {
+    ///     // … calls with the session's cookie …
+    ///     login.logout(&session).await;
+    /// }
+    /// # }
+    /// ```
+    pub async fn logout(&self, session: &TokenSet) -> bool {
+        send_logout(&self.http, &self.cfg.base, session).await
+    }
+
     /// Logs the previous session out after `retire_after`, in the background, best effort (a
     /// session that already died answers with an error, which changes nothing).
     fn retire(&self, old: &TokenSet) {
-        let Ok(url) = self
-            .cfg
-            .base
-            .join("/tc/JsonRestServices/Core-2006-03-Session/logout")
-        else {
-            return;
-        };
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        // The retired session's cookie, in a buffer zeroized when the request is done with it.
-        let Some(cookie) =
-            shiftkey_http::secret_header_value(&["JSESSIONID=", old.access_token.expose()])
-        else {
-            return;
-        };
-        let (http, clock, grace) = (
+        let (http, clock, grace, base) = (
             self.http.clone(),
             Arc::clone(&self.clock),
             self.cfg.retire_after,
+            self.cfg.base.clone(),
         );
-        let body = wire::envelope(json!({})).to_string();
+        let old = old.clone();
         rt.spawn(async move {
             clock.sleep(grace).await;
-            let sent = http
-                .post(url)
-                .header(reqwest::header::COOKIE, cookie)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body)
-                .send()
-                .await;
-            tracing::debug!(
-                ok = sent.is_ok(),
-                "logged out the previous Teamcenter session"
-            );
+            send_logout(&http, &base, &old).await;
         });
     }
 
     fn invalid(detail: impl Into<String>) -> AuthError {
         AuthError::transient(TransientKind::InvalidResponse, detail)
+    }
+}
+
+/// `Core-2006-03-Session/logout` with `session`'s cookie, through `http` (a client without the
+/// session middleware: a dead session must not log in again to log out), within
+/// [`crate::LOGOUT_DEADLINE`]; logged at debug. Whether the server answered.
+pub(crate) async fn send_logout(http: &reqwest::Client, base: &Url, session: &TokenSet) -> bool {
+    let Ok(url) = base.join("/tc/JsonRestServices/Core-2006-03-Session/logout") else {
+        return false;
+    };
+    // The session's cookie, in a buffer zeroized when the request is done with it.
+    let Some(cookie) =
+        shiftkey_http::secret_header_value(&["JSESSIONID=", session.access_token.expose()])
+    else {
+        return false;
+    };
+    let sent = tokio::time::timeout(
+        crate::LOGOUT_DEADLINE,
+        http.post(url)
+            .header(reqwest::header::COOKIE, cookie)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(wire::envelope(json!({})).to_string())
+            .send(),
+    )
+    .await;
+    match sent {
+        Ok(Ok(r)) => {
+            tracing::debug!(
+                status = r.status().as_u16(),
+                generation = session.generation,
+                "logged out of Teamcenter"
+            );
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e.without_url(), "Teamcenter logout failed");
+            false
+        }
+        Err(_) => {
+            tracing::debug!(
+                "Teamcenter logout: no answer within {} s",
+                crate::LOGOUT_DEADLINE.as_secs()
+            );
+            false
+        }
     }
 }
 

@@ -22,6 +22,9 @@ pub fn envelope(body: Value) -> Value {
 /// (`docs/teamcenter-reads.md` §4): the server returns exactly these properties.
 #[must_use]
 pub fn envelope_with_policy(body: Value, policy: Value) -> Value {
+    // A call without input sends `{}`: `"body": null` appears in no source, and a server that
+    // validates the envelope refuses it (`TEAMCENTER.md`).
+    let body = if body.is_null() { json!({}) } else { body };
     json!({"header": {"state": {"clientVersion": "shiftkey", "stateless": true, "locale": "en_US"}, "policy": policy}, "body": body})
 }
 

@@ -268,3 +268,78 @@ async fn a_clear_text_teamcenter_url_is_refused_unless_loopback_or_allowed() {
     let s = sim(quiet()).await;
     client(&s, "mfg_sync_pw").session_info().await.unwrap();
 }
+
+/// Sessions are logged in when first needed and logged out when ended; the keepalive sends
+/// `{}` (a validating server refuses `"body": null`), keeps the session through idle hours, and
+/// never logs in by itself. Against a server that accepts `null` too, the same.
+#[tokio::test(start_paused = true)]
+async fn a_session_is_opened_on_demand_kept_alive_and_logged_out_when_ended() {
+    for refuse_null_body in [true, false] {
+        let mut busy = quiet();
+        busy.session.load_by_hour = [5; 24];
+        busy.tc.refuse_null_body = refuse_null_body;
+        let s = sim(busy).await;
+        let tc = client(&s, "mfg_sync_pw");
+        let _keepalive = tc.keepalive().unwrap();
+        sleep(secs(H)).await;
+        assert_eq!(s.stats().logins, 0, "nothing needed a session yet");
+        assert!(!tc.end_session().await, "no session to end");
+
+        tc.session_info().await.unwrap();
+        assert_eq!(s.live_sessions(), 1);
+        // Idle for three hours on a busy pool (20-minute soft timeout): the keepalive holds it.
+        sleep(secs(3 * H)).await;
+        let stats = tc.middleware().stats();
+        assert!(stats.keepalives >= 6, "{stats:?}");
+        assert_eq!(stats.keepalives_failed, 0, "{stats:?}");
+        assert_eq!(s.stats().killed.get("idle"), None, "{:?}", s.stats());
+
+        assert!(tc.end_session().await);
+        assert_eq!(s.live_sessions(), 0);
+        assert_eq!(s.stats().killed.get("logout"), Some(&1));
+        // Released: no keepalive logs in again, for hours.
+        sleep(secs(3 * H)).await;
+        assert_eq!(s.stats().logins, 1, "{:?}", s.stats());
+        // The next call logs in again.
+        tc.session_info().await.unwrap();
+        assert_eq!((s.stats().logins, s.live_sessions()), (2, 1));
+        assert!(tc.end_session().await);
+        assert_eq!(
+            s.stats().exceptions.get("InternalServerException"),
+            None,
+            "refuse_null_body = {refuse_null_body}: no call sent null"
+        );
+    }
+}
+
+/// The emulator's setting for an unverified fact: a validating server refuses `"body": null`
+/// (as older versions sent on every keepalive) with HTTP 500; the other accepts it.
+#[tokio::test(start_paused = true)]
+async fn the_emulator_refuses_a_null_body_only_when_it_validates_the_envelope() {
+    for (refuse, status) in [(true, 500), (false, 200)] {
+        let mut c = quiet();
+        c.tc.refuse_null_body = refuse;
+        let s = sim(c).await;
+        let tc = client(&s, "mfg_sync_pw");
+        tc.session_info().await.unwrap();
+        let cookie = tc.middleware().manager().try_token().unwrap();
+        let answer = reqwest::Client::new()
+            .post(format!(
+                "{}/tc/JsonRestServices/Core-2007-01-Session/getTCSessionInfo",
+                s.url()
+            ))
+            .header(
+                "cookie",
+                format!("JSESSIONID={}", cookie.access_token.expose()),
+            )
+            .body(r#"{"header":{"state":{},"policy":{}},"body":null}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.status().as_u16(),
+            status,
+            "refuse_null_body = {refuse}"
+        );
+    }
+}

@@ -138,12 +138,14 @@ pub(crate) async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
                 s.allow_insecure_http = cfg.allow_insecure_http;
                 let login = SessionLogin::new(http.clone(), s.clone());
                 match login.acquire(None).await {
-                    Ok(_) => {
+                    Ok(session) => {
                         r.line(
                             Level::Ok,
                             "login",
                             format!("teamcenter: logged in as {}", tc.user),
                         );
+                        // Every session doctor opens goes back to the pool.
+                        login.logout(&session).await;
                         site(&mut r, &http, &s, tc, cfg.overlap()).await;
                     }
                     Err(e) => r.line(Level::Fail, "login", format!("teamcenter: {e}")),
@@ -305,9 +307,8 @@ async fn site(
             "no [teamcenter.feedback]: shop-floor feedback is kept in the outbox, not written to Teamcenter",
         );
     }
-    if let Err(e) = client.logout().await {
-        tracing::debug!(error = %e, "doctor: logout after the site checks failed");
-    }
+    // The session goes back to the pool (a logout that fails is logged at debug).
+    client.end_session().await;
 }
 
 /// Reachability, TLS and clock skew of one endpoint (any HTTP answer counts as reachable).
@@ -406,6 +407,8 @@ struct Probe {
     http: reqwest::Client,
     url: url::Url,
     cookie: String,
+    login: SessionLogin,
+    session: shiftkey_auth::TokenSet,
 }
 
 impl Probe {
@@ -427,7 +430,14 @@ impl Probe {
             http: http.clone(),
             url,
             cookie: format!("JSESSIONID={}", token.access_token.expose()),
+            login,
+            session: token,
         })
+    }
+
+    /// Logs the probe's session out, if it still lives: it goes back to the pool.
+    async fn end(&self) {
+        self.login.logout(&self.session).await;
     }
 
     /// Whether the session is still alive.
@@ -476,6 +486,7 @@ async fn probe(http: &reqwest::Client, cfg: SessionConfig, args: &DoctorArgs, in
             if !p.alive().await? {
                 return anyhow::Ok(Some((survived, gap)));
             }
+            p.end().await;
             eprintln!("doctor: alive after {} idle", human(gap));
             survived = gap;
         }
@@ -492,6 +503,7 @@ async fn probe(http: &reqwest::Client, cfg: SessionConfig, args: &DoctorArgs, in
                 return anyhow::Ok(Some(age));
             }
         }
+        p.end().await;
         Ok(None)
     };
     let (idle, lifetime) = tokio::join!(idle, lifetime);

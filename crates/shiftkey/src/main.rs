@@ -356,8 +356,11 @@ fn teamcenter(
     if let Some(m) = &monitor {
         login = login.with_hook(refresh_hook(Arc::clone(m)));
     }
+    // A session holds a server process of the pool: logged in when a call needs it (a standby
+    // never does), and logged out (`TcClient::end_session`) when the process stops using it.
     let manager = shiftkey_auth::TokenManager::builder(login)
         .name("teamcenter")
+        .on_demand()
         .build()
         .context("`[teamcenter]`")?;
     let mut mw = shiftkey_http::AuthMiddleware::builder(manager)
@@ -436,9 +439,13 @@ async fn sync_once(args: SyncArgs) -> anyhow::Result<ExitCode> {
         tokens::Tokens::default()
     };
     let tc = teamcenter(&cfg, None, &tokens)?;
+    let session = tc.clone();
     let (sink, sql) = sink::open(&cfg).await?;
     let engine = shiftkey_sync::Engine::new(tc, sink, engine_config(&cfg)?);
     let report = engine.cycle(&shiftkey_sync::Stop::default()).await;
+    // The session goes back to the pool whatever the cycle did (a cron job every 15 minutes
+    // would otherwise hold a server process per run until the pool's timeout).
+    session.end_session().await;
     sql.close().await;
     if let Some(lease) = lease
         && let Err(e) = lease.release().await
@@ -521,7 +528,8 @@ async fn daemon(path: &std::path::Path, serving: Serve) -> anyhow::Result<ExitCo
             path.display()
         )));
     }
-    let proxy_session = proxy_tc.map(|t| t.middleware().manager().clone());
+    let proxy_session = proxy_tc.as_ref().map(|t| t.middleware().manager().clone());
+    let proxy_tc_client = proxy_tc;
     let mut watched: Vec<(String, shiftkey_auth::TokenManager)> = tokens
         .managers
         .iter()
@@ -642,6 +650,13 @@ async fn daemon(path: &std::path::Path, serving: Serve) -> anyhow::Result<ExitCo
         .as_ref()
         .filter(|_| !gateway)
         .map(|t| t.middleware().manager().clone());
+    // The sessions to log out at stop: the sync's, and the proxies' own.
+    let sessions: Vec<shiftkey_teamcenter::TcClient> = tc
+        .iter()
+        .chain(proxy_tc_client.iter())
+        .filter(|_| !gateway)
+        .cloned()
+        .collect();
     let work: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>> =
         match tc {
             Some(tc) => {
@@ -764,6 +779,10 @@ async fn daemon(path: &std::path::Path, serving: Serve) -> anyhow::Result<ExitCo
         for w in &warmups {
             w.abort();
         }
+        // Every Teamcenter session this process holds goes back to the pool.
+        for s in &sessions {
+            s.end_session().await;
+        }
         for m in tokens
             .managers
             .values()
@@ -776,15 +795,16 @@ async fn daemon(path: &std::path::Path, serving: Serve) -> anyhow::Result<ExitCo
             sink.close().await;
         }
     };
-    if tokio::time::timeout(std::time::Duration::from_secs(4), cleanup)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(STOP_CLEANUP, cleanup).await.is_err() {
         tracing::warn!("the clean stop took longer than 4 s; exiting anyway");
     }
     result?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// How long the clean stop may take after the work stopped (sessions logged out, refreshers
+/// stopped, the sink closed): SIGTERM ends the process within 5 s.
+const STOP_CLEANUP: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// The leader lease, reporting each check's answer to the ops state.
 /// While it leads, a session-mode process keeps its Teamcenter session alive; it drops the
@@ -804,6 +824,12 @@ impl shiftkey_sync::Lease for ReportedLease {
         self.ops.leader(leader);
         if !leader {
             self.keepalive = None;
+            // A standby holds no session: the one it led with goes back to the pool.
+            if let Some(tc) = &self.session
+                && tc.end_session().await
+            {
+                tracing::info!("not the leader: logged out of Teamcenter");
+            }
         } else if self.keepalive.is_none()
             && let Some(tc) = &self.session
         {

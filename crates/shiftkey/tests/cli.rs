@@ -553,11 +553,26 @@ async fn sync_once_syncs_the_emulator_into_sqlite() {
         "{}",
         String::from_utf8_lossy(&first.stdout)
     );
-    let second = tokio::task::spawn_blocking(run).await.unwrap();
+    let second = tokio::task::spawn_blocking(run.clone()).await.unwrap();
     assert!(
         String::from_utf8_lossy(&second.stdout).contains("inserted 0"),
         "a second run adds nothing: {}",
         String::from_utf8_lossy(&second.stdout)
+    );
+    // Every run logs out what it logged in: a cron job holds no server process between runs.
+    for _ in 0..4 {
+        let more = tokio::task::spawn_blocking(run.clone()).await.unwrap();
+        assert!(more.status.success());
+    }
+    let stats = sim.stats();
+    assert_eq!(stats.logins, 6, "{stats:?}");
+    assert_eq!(stats.killed.get("logout"), Some(&6), "{stats:?}");
+    assert_eq!(sim.live_sessions(), 0, "{stats:?}");
+    // The emulator refuses `"body": null` (a validating server): no call of ours sent one.
+    assert_eq!(
+        stats.exceptions.get("InternalServerException"),
+        None,
+        "{stats:?}"
     );
     let _ = std::fs::remove_file(&db);
 }
@@ -736,9 +751,17 @@ async fn the_daemon_syncs_and_stops_gracefully_on_sigterm() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    assert_eq!(
+        sim.live_sessions(),
+        1,
+        "the daemon holds its session between cycles"
+    );
     let (status, stderr) = daemon.terminate().await;
     assert!(status.success(), "a graceful stop exits 0: {stderr}");
     assert!(stderr.contains("stopped after 1 cycles"), "{stderr}");
+    // The stop logs the session out: its server process goes back to the pool.
+    assert_eq!(sim.live_sessions(), 0, "{:?}", sim.stats());
+    assert_eq!(sim.stats().killed.get("logout"), Some(&1));
     let _ = std::fs::remove_file(&db);
 }
 

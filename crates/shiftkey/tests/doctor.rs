@@ -36,6 +36,10 @@ async fn doctor_checks_reachability_clock_and_login_and_names_a_refused_one() {
     .unwrap();
     let out = text(&good);
     assert!(good.status.success(), "{out}");
+    // Every session doctor opened went back to the pool.
+    let stats = sim.stats();
+    assert!(stats.logins >= 2, "{stats:?}");
+    assert_eq!(sim.live_sessions(), 0, "{stats:?}");
     for line in [
         "ok    config",
         "ok    reachability  teamcenter",
@@ -179,5 +183,7 @@ async fn probe_measures_the_pools_idle_timeout_and_session_lifetime() {
         out.contains("advice: the pool reclaims idle sessions") && out.contains("HARD_TIMEOUT"),
         "{out}"
     );
+    // The probes' surviving sessions were logged out; the others died of what was measured.
+    assert_eq!(sim.live_sessions(), 0, "{:?}", sim.stats());
     let _ = std::fs::remove_dir_all(&dir);
 }
