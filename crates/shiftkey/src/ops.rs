@@ -778,13 +778,14 @@ impl Ops {
             let (auth, server) = mw.circuits();
             let _ = write!(
                 h,
-                "<h2>Teamcenter</h2><p>Requests {}, 401s recovered {}, <b>401s surfaced {}</b>, retries {}, premature deaths {}, keepalives {}; circuits: auth {auth:?}, server {server:?}; learned lifetime cap {}, idle timeout {}.</p>",
+                "<h2>Teamcenter</h2><p>Requests {}, 401s recovered {}, <b>401s surfaced {}</b>, retries {}, premature deaths {}, keepalives {} ({} failed); circuits: auth {auth:?}, server {server:?}; learned lifetime cap {}, idle timeout {}.</p>",
                 st.requests,
                 st.recovered,
                 st.surfaced,
                 st.retries,
                 st.premature_deaths,
                 st.keepalives,
+                st.keepalives_failed,
                 learned
                     .lifetime_cap
                     .map_or_else(|| "not seen".to_owned(), crate::tokens::human),
