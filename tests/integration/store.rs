@@ -524,3 +524,63 @@ async fn cut_mid_refresh() {
     guard.unlock().await.unwrap();
     assert_eq!(store.load().await.unwrap().map(|t| t.generation), Some(2));
 }
+
+/// Two watched leases on one real PostgreSQL: never two leaders; when the server stops, the
+/// leader's very next report says it no longer leads (its waiting query ends with the
+/// connection, no polling interval to sit out); after the restart exactly one leads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_lease_steps_down_at_its_next_report_when_the_database_stops() {
+    use shiftkey_sync::{LeaseState, WatchedLease};
+    let pg = PgServer::start();
+    let check = Duration::from_secs(1);
+    let leases = [
+        WatchedLease::spawn(pg.url(), 77, check),
+        WatchedLease::spawn(pg.url(), 77, check),
+    ];
+    let leaders = |leases: &[WatchedLease; 2]| -> Vec<usize> {
+        (0..2)
+            .filter(|i| leases[*i].report().state == LeaseState::Leader)
+            .collect()
+    };
+    // One leads (sampled every 20 ms for at most 30 s, never two).
+    let mut leader = None;
+    for _ in 0..1500 {
+        let now = leaders(&leases);
+        assert!(now.len() < 2, "two leaders");
+        if let [one] = now[..] {
+            leader = Some(one);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let leader = leader.expect("a leader within 30 s");
+    assert_eq!(leases[1 - leader].report().state, LeaseState::Follower);
+
+    let mut reports = leases[leader].subscribe();
+    reports.borrow_and_update();
+    pg.stop();
+    // The first report after the stop already says "not the leader".
+    tokio::time::timeout(Duration::from_secs(60), reports.changed())
+        .await
+        .expect("a report within a minute")
+        .unwrap();
+    let state = reports.borrow_and_update().state.clone();
+    assert!(
+        matches!(state, LeaseState::Unreachable { .. }),
+        "the old leader's next report: {state:?}"
+    );
+    assert!(leaders(&leases).is_empty());
+
+    pg.resume();
+    let mut back = false;
+    for _ in 0..1500 {
+        let now = leaders(&leases);
+        assert!(now.len() < 2, "two leaders after the restart");
+        if now.len() == 1 {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(back, "one leader again within 30 s of the restart");
+}

@@ -10,6 +10,8 @@ pub struct PgServer {
     bin: PathBuf,
     port: u16,
     as_postgres: bool,
+    /// The server's options, for a start after a stop.
+    opts: String,
 }
 
 fn bin_dir() -> PathBuf {
@@ -121,11 +123,12 @@ impl PgServer {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .unwrap_or_else(|e| panic!("{e}"));
-        let server = Self {
+        let mut server = Self {
             dir,
             bin,
             port,
             as_postgres,
+            opts: String::new(),
         };
         let data = server.dir.join("data");
         server.run(
@@ -171,20 +174,40 @@ impl PgServer {
                 key_file.display()
             ));
         }
-        server.run(
+        server.opts = opts;
+        server.resume();
+        server
+    }
+
+    /// Stops the server (`pg_ctl stop -m fast`: every connection is ended, as in an outage or
+    /// a restart), keeping its data.
+    ///
+    /// # Panics
+    /// When `pg_ctl` fails.
+    pub fn stop(&self) {
+        let data = self.dir.join("data");
+        self.run("pg_ctl", &["-D", path(&data), "-m", "fast", "-w", "stop"]);
+    }
+
+    /// Starts the server again on the same port and data after [`PgServer::stop`].
+    ///
+    /// # Panics
+    /// When `pg_ctl` fails.
+    pub fn resume(&self) {
+        let data = self.dir.join("data");
+        self.run(
             "pg_ctl",
             &[
                 "-D",
                 path(&data),
                 "-o",
-                &opts,
+                &self.opts,
                 "-l",
-                path(&server.dir.join("log")),
+                path(&self.dir.join("log")),
                 "-w",
                 "start",
             ],
         );
-        server
     }
 
     fn run(&self, tool: &str, args: &[&str]) {

@@ -136,6 +136,9 @@ pub struct Status {
     pub skew_secs: Option<f64>,
     /// Counters.
     pub stats: Stats,
+    /// No token is held because none is wanted ([`TokenManagerBuilder::on_demand`] before the
+    /// first ask, or after [`TokenManager::release`]): not a failure.
+    pub dormant: bool,
 }
 
 struct Inner {
@@ -695,6 +698,7 @@ impl TokenManager {
             next_attempt: p.next_attempt,
             skew_secs: (skew != NO_SKEW).then(|| (skew as i64) as f64 / 1000.0),
             stats: self.stats(),
+            dormant: inner.dormant.load(Ordering::Acquire) && current.is_none(),
         }
     }
 

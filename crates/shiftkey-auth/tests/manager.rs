@@ -653,6 +653,7 @@ async fn an_on_demand_manager_acquires_only_when_asked_and_a_released_one_holds_
         "nothing acquired before it was asked for"
     );
     assert!(m.try_token().is_none());
+    assert!(m.status().dormant);
     let first = m.token().await.unwrap().generation();
     assert_eq!(strategy.calls(), 1);
 
@@ -660,6 +661,7 @@ async fn an_on_demand_manager_acquires_only_when_asked_and_a_released_one_holds_
     assert_eq!(dropped.generation, first);
     assert!(m.try_token().is_none());
     assert!(m.status().next_attempt.is_none(), "no attempt planned");
+    assert!(m.status().dormant);
     sleep(secs(3 * 24 * H)).await;
     assert_eq!(strategy.calls(), 1, "no refresh while released");
     assert!(
@@ -669,6 +671,7 @@ async fn an_on_demand_manager_acquires_only_when_asked_and_a_released_one_holds_
 
     let again = m.token().await.unwrap().generation();
     assert!(again > first, "{again} after {first}");
+    assert!(!m.status().dormant);
     assert_eq!(strategy.calls(), 2);
     // Awake again, it refreshes proactively as before.
     sleep(secs(7 * H)).await;

@@ -561,6 +561,29 @@ impl LeaderLease {
         alive
     }
 
+    /// Holds the lease for `period` while watching its connection: the database is asked to
+    /// wait `period / 2` on it (`pg_sleep`), and must answer within `period`. `true` when it
+    /// did: the lease is still ours. `false` at once when the connection drops (a server stop
+    /// or restart ends the query with an error), or after `period` without an answer (a network
+    /// cut): the lease counts as lost, and that is final. So a leader learns of a lost lease
+    /// within `period`, without polling.
+    pub async fn hold_for(&mut self, period: Duration) -> bool {
+        let Some(conn) = self.conn.as_mut() else {
+            return false;
+        };
+        let wait = (period / 2).as_secs_f64();
+        let answered = tokio::time::timeout(
+            period,
+            sqlx::query("SELECT pg_sleep($1)").bind(wait).execute(conn),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        if !answered {
+            self.conn = None;
+        }
+        answered
+    }
+
     /// Gives the lease up.
     pub async fn release(mut self) -> Result<(), StoreError> {
         if let Some(mut c) = self.conn.take() {

@@ -39,7 +39,7 @@ pub use engine::{
     map_plan,
 };
 #[cfg(feature = "postgres")]
-pub use lease::PgLease;
+pub use lease::{LeaseReport, LeaseState, PgLease, WatchedLease};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

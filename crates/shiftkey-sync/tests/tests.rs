@@ -465,6 +465,45 @@ async fn a_follower_takes_over_within_the_lease_check_not_a_whole_interval() {
     );
 }
 
+/// A standby holds no Teamcenter session: an hour of standing by costs the server no login and
+/// no call (the session is logged in when a cycle first needs it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hour_of_standing_by_costs_the_server_nothing() {
+    let clock = clock();
+    let sim = sim(quiet(), &clock).await;
+    let sink = sqlite("standby").await;
+    let engine = Arc::new(
+        Engine::new(
+            tc(&sim, "mfg_sync_pw"),
+            sink.clone(),
+            EngineConfig::default(),
+        )
+        .with_clock(Arc::clone(&clock)),
+    );
+    let asked = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut lease = ScriptedLease {
+        clock: Arc::clone(&clock),
+        free_at: clock.now() + Duration::from_secs(100 * 3600),
+        asked: Arc::clone(&asked),
+    };
+    let stop = Stop::default();
+    let runner = {
+        let (engine, stop) = (Arc::clone(&engine), stop.clone());
+        tokio::spawn(async move { engine.run(&stop, Some(&mut lease)).await })
+    };
+    clock.sleep(Duration::from_secs(3600)).await;
+    stop.request();
+    assert_eq!(
+        runner.await.unwrap().unwrap(),
+        0,
+        "no cycle without the lease"
+    );
+    assert!(asked.load(std::sync::atomic::Ordering::Relaxed) > 100);
+    let stats = sim.stats();
+    assert_eq!(stats.logins, 0, "{stats:?}");
+    assert!(stats.requests.is_empty(), "{stats:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jitter_spreads_the_slots() {
     let clock = clock();

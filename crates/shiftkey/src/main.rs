@@ -677,18 +677,25 @@ async fn daemon(path: &std::path::Path, serving: Serve) -> anyhow::Result<ExitCo
                     cfg.teamcenter()?.url,
                     cfg.schedule.interval_minutes
                 );
+                let check = cfg
+                    .lease
+                    .as_ref()
+                    .map_or(std::time::Duration::from_secs(5), |l| {
+                        std::time::Duration::from_secs(l.check_secs)
+                    });
                 let mut lease = cfg.lease_url()?.map(|(url, key)| {
                     tracing::info!(
                         key,
                         "leader lease {key}: this process syncs only while it holds it"
                     );
-                    ReportedLease {
-                        lease: shiftkey_sync::PgLease::new(url, key),
-                        ops: Arc::clone(&ops),
-                        session,
-                        keepalive: None,
-                    }
+                    shiftkey_sync::WatchedLease::spawn(url, key, check)
                 });
+                if let Some(l) = &lease {
+                    tasks.spawn(
+                        "lease",
+                        report_lease(l.subscribe(), Arc::clone(&ops), session),
+                    );
+                }
                 let hooked = supervise::hook_names("sync");
                 let stop = stop.clone();
                 let sync = tokio::spawn(async move {
@@ -779,10 +786,7 @@ async fn daemon(path: &std::path::Path, serving: Serve) -> anyhow::Result<ExitCo
         for w in &warmups {
             w.abort();
         }
-        // Every Teamcenter session this process holds goes back to the pool.
-        for s in &sessions {
-            s.end_session().await;
-        }
+        // Refreshers first: nothing logs in again while the sessions are logged out.
         for m in tokens
             .managers
             .values()
@@ -790,6 +794,12 @@ async fn daemon(path: &std::path::Path, serving: Serve) -> anyhow::Result<ExitCo
             .chain(proxy_session.as_ref())
         {
             m.shutdown().await;
+        }
+        // Every Teamcenter session this process holds goes back to the pool, together and
+        // within part of the stop's budget (a server that does not answer costs 2 s, not 10).
+        let logouts = futures_util::future::join_all(sessions.iter().map(|s| s.end_session()));
+        if tokio::time::timeout(STOP_LOGOUT, logouts).await.is_err() {
+            tracing::debug!("Teamcenter logout at stop: no answer within 2 s");
         }
         if let Some(sink) = sink_to_close {
             sink.close().await;
@@ -806,40 +816,45 @@ async fn daemon(path: &std::path::Path, serving: Serve) -> anyhow::Result<ExitCo
 /// stopped, the sink closed): SIGTERM ends the process within 5 s.
 const STOP_CLEANUP: std::time::Duration = std::time::Duration::from_secs(4);
 
-/// The leader lease, reporting each check's answer to the ops state.
-/// While it leads, a session-mode process keeps its Teamcenter session alive; it drops the
-/// keepalive when it loses the lease.
-struct ReportedLease {
-    lease: shiftkey_sync::PgLease,
-    ops: Arc<ops::Ops>,
-    /// Session mode: the client whose session the keepalive holds.
-    session: Option<shiftkey_teamcenter::TcClient>,
-    keepalive: Option<shiftkey_http::Keepalive>,
-}
+/// How long the logouts at stop may take, of [`STOP_CLEANUP`].
+const STOP_LOGOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-#[async_trait::async_trait]
-impl shiftkey_sync::Lease for ReportedLease {
-    async fn ensure(&mut self) -> bool {
-        let leader = self.lease.ensure().await;
-        self.ops.leader(leader);
-        if !leader {
-            self.keepalive = None;
-            // A standby holds no session: the one it led with goes back to the pool.
-            if let Some(tc) = &self.session
-                && tc.end_session().await
-            {
-                tracing::info!("not the leader: logged out of Teamcenter");
-            }
-        } else if self.keepalive.is_none()
-            && let Some(tc) = &self.session
-        {
+/// Reports every check of the leader lease to the ops state (`/status`, `/readyz`,
+/// `shiftkey_sync_leader`, the watchdog's beat). While this process leads, a session-mode
+/// Teamcenter session is kept alive; when it stops leading, the session is logged out: a
+/// standby holds none.
+async fn report_lease(
+    mut reports: tokio::sync::watch::Receiver<shiftkey_sync::LeaseReport>,
+    ops: Arc<ops::Ops>,
+    session: Option<shiftkey_teamcenter::TcClient>,
+) {
+    let mut keepalive: Option<shiftkey_http::Keepalive> = None;
+    let mut leading = false;
+    while reports.changed().await.is_ok() {
+        let state = reports.borrow_and_update().state.clone();
+        ops.lease(&state);
+        let leads = state == shiftkey_sync::LeaseState::Leader;
+        if leads == leading {
+            continue;
+        }
+        leading = leads;
+        let Some(tc) = &session else { continue };
+        if leads {
             match tc.keepalive() {
-                Ok(k) => self.keepalive = Some(k),
+                Ok(k) => keepalive = Some(k),
                 Err(e) => tracing::warn!(error = %e, "no session keepalive"),
             }
+        } else {
+            keepalive = None;
+            if tc.end_session().await {
+                tracing::info!("not the leader: logged out of Teamcenter");
+            }
         }
-        leader
     }
+    // The lease went with the sync (a stop): nothing more to report, and this task is aborted
+    // with the others; ending here would read as a task that died.
+    drop(keepalive);
+    std::future::pending::<()>().await;
 }
 
 /// Requests `stop` on SIGTERM or Ctrl-C; the returned notify fires then too.

@@ -74,6 +74,10 @@ struct Log {
     dead: Vec<String>,
 }
 
+const ROLE_LEADER: u8 = 1;
+const ROLE_FOLLOWER: u8 = 2;
+const ROLE_UNKNOWN: u8 = 3;
+
 /// What the ops server reads and the daemon writes.
 pub(crate) struct Ops {
     prometheus: Option<PrometheusHandle>,
@@ -86,8 +90,12 @@ pub(crate) struct Ops {
     webhook: Option<(reqwest::Client, String)>,
     /// Host names the ops server answers to besides its loopback names.
     allowed_hosts: Vec<String>,
-    /// Under a leader lease: whether this process holds it (0 no lease, 1 leader, 2 follower).
+    /// Under a leader lease: whether this process holds it (0 no lease or not checked yet,
+    /// 1 leader, 2 follower, 3 the lease cannot be checked).
     role: std::sync::atomic::AtomicU8,
+    /// When this process last became the leader (a fresh leader is ready while its first cycle
+    /// runs, for one interval).
+    leading_since: Mutex<Option<SystemTime>>,
     /// When the sync's loop last showed it is alive (a finished cycle, a lease check; at first
     /// the start): the systemd watchdog pings only while this is recent.
     beat: Mutex<tokio::time::Instant>,
@@ -143,6 +151,7 @@ impl Ops {
             webhook,
             allowed_hosts: cfg.ops.allowed_hosts.clone(),
             role: std::sync::atomic::AtomicU8::new(0),
+            leading_since: Mutex::new(None),
             beat: Mutex::new(tokio::time::Instant::now()),
             up: tokio::sync::watch::channel(false).0,
             log: Mutex::new(Log::default()),
@@ -176,23 +185,40 @@ impl Ops {
                 <= slack
     }
 
-    /// Records whether this process holds the leader lease (`/status`, `shiftkey_sync_leader`).
-    pub(crate) fn leader(&self, leader: bool) {
+    /// Records what the last lease check found (`/status`, `/readyz`,
+    /// `shiftkey_sync_leader`); each change is logged once.
+    pub(crate) fn lease(&self, state: &shiftkey_sync::LeaseState) {
+        use shiftkey_sync::LeaseState;
         self.beat();
-        if !leader {
+        let role = match state {
+            LeaseState::Starting => return,
+            LeaseState::Leader => ROLE_LEADER,
+            LeaseState::Follower => ROLE_FOLLOWER,
+            _ => ROLE_UNKNOWN,
+        };
+        if role != ROLE_LEADER {
+            // Standing by (or unable to lead) is "up": the sync waits for the lease.
             self.up.send_replace(true);
         }
-        let before = self.role.swap(
-            if leader { 1 } else { 2 },
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        metrics::gauge!("shiftkey_sync_leader").set(if leader { 1.0 } else { 0.0 });
-        if before != self.role.load(std::sync::atomic::Ordering::Relaxed) {
-            if leader {
-                tracing::info!("this process holds the leader lease: it syncs");
-            } else {
+        let before = self.role.swap(role, std::sync::atomic::Ordering::Relaxed);
+        metrics::gauge!("shiftkey_sync_leader").set(if role == ROLE_LEADER { 1.0 } else { 0.0 });
+        if before == role {
+            return;
+        }
+        *self
+            .leading_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = (role == ROLE_LEADER).then(now);
+        match state {
+            LeaseState::Leader => tracing::info!("this process holds the leader lease: it syncs"),
+            LeaseState::Follower => {
                 tracing::info!("another process holds the leader lease: this one stands by");
             }
+            LeaseState::Unreachable { error } => tracing::warn!(
+                error = %error,
+                "the leader lease cannot be checked: this process does not sync until it can"
+            ),
+            _ => {}
         }
     }
 
@@ -381,9 +407,13 @@ impl Ops {
         self.log().dead.push(name.to_owned());
     }
 
-    /// Whether another process holds the leader lease (this one stands by).
+    /// Whether this process does not lead under a lease: another one holds it, or it cannot
+    /// be checked.
     fn follower(&self) -> bool {
-        self.role.load(std::sync::atomic::Ordering::Relaxed) == 2
+        matches!(
+            self.role.load(std::sync::atomic::Ordering::Relaxed),
+            ROLE_FOLLOWER | ROLE_UNKNOWN
+        )
     }
 
     fn not_ready(&self) -> Vec<String> {
@@ -407,7 +437,9 @@ impl Ops {
                     "token {name}: refreshing stopped: {}",
                     public_auth(e)
                 ));
-            } else if status.schedule.is_none_or(|s| at >= s.expires_at) {
+            } else if !status.dormant && status.schedule.is_none_or(|s| at >= s.expires_at) {
+                // (A dormant manager holds no token because none is wanted: a session is
+                // logged in when a call needs it.)
                 why.push(format!("token {name}: no fresh token"));
             }
         }
@@ -420,11 +452,32 @@ impl Ops {
                 why.push(format!("the server circuit is {server:?}"));
             }
         }
+        if self.role.load(std::sync::atomic::Ordering::Relaxed) == ROLE_UNKNOWN {
+            why.push(
+                "the leader lease cannot be checked (its database is unreachable; see the log)"
+                    .to_owned(),
+            );
+        }
         if let Some(interval) = self.interval.filter(|_| !follower) {
+            let leading_since = *self
+                .leading_since
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let log = self.log();
             let since = log.last_success.unwrap_or(self.started);
             let age = now().duration_since(since).unwrap_or_default();
-            if age > interval * 2 {
+            // A fresh leader is ready while its first cycle runs, for one interval.
+            let fresh_leader = leading_since.filter(|t| since < *t);
+            if let Some(t) = fresh_leader {
+                let leading = now().duration_since(t).unwrap_or_default();
+                if leading > interval {
+                    why.push(format!(
+                        "no successful sync in the {} since this process became the leader (one period is {})",
+                        crate::tokens::human(leading),
+                        crate::tokens::human(interval)
+                    ));
+                }
+            } else if age > interval * 2 {
                 why.push(format!(
                     "no successful sync for {} (two periods are {})",
                     crate::tokens::human(age),
@@ -676,9 +729,12 @@ impl Ops {
              .ok{color:#060}.bad{color:#a00}</style></head><body><h1>shiftkey</h1>",
         );
         let role = match self.role.load(std::sync::atomic::Ordering::Relaxed) {
-            1 => " Role: <b>leader</b> (holds the lease, syncs).",
-            2 => {
+            ROLE_LEADER => " Role: <b>leader</b> (holds the lease, syncs).",
+            ROLE_FOLLOWER => {
                 " Role: <b>follower</b> (another process holds the lease; this one serves and stands by)."
+            }
+            ROLE_UNKNOWN => {
+                " Role: <b>unknown</b> (the lease cannot be checked; this process does not sync)."
             }
             _ => "",
         };
@@ -917,6 +973,59 @@ mod supervision_tests {
             why.iter()
                 .any(|w| w.contains("`broker` stopped unexpectedly")),
             "{why:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// In a pair: a follower is ready; a fresh leader is ready while its first cycle runs, for
+    /// one interval, however long it stood by; a process that cannot check its lease is not.
+    #[tokio::test]
+    async fn readiness_follows_the_lease() {
+        use shiftkey_sync::LeaseState;
+        let dir = std::env::temp_dir().join(format!("shiftkey-ops-lease-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "[teamcenter]\nurl = \"http://127.0.0.1:9\"\nuser = \"u\"\npassword = { env = \"X\" }\n",
+        )
+        .unwrap();
+        let cfg = Config::load(&path).unwrap();
+        let minute = Duration::from_secs(60);
+        let mut ops = Ops::new(&cfg, None, Vec::new(), Vec::new(), None, Some(minute)).unwrap();
+        // Started (and stood by) ten minutes ago, ten intervals.
+        Arc::get_mut(&mut ops).unwrap().started = now() - 10 * minute;
+        ops.lease(&LeaseState::Follower);
+        assert!(ops.not_ready().is_empty(), "{:?}", ops.not_ready());
+        ops.lease(&LeaseState::Leader);
+        assert!(
+            ops.not_ready().is_empty(),
+            "a fresh leader: {:?}",
+            ops.not_ready()
+        );
+        // Its first cycle has run for more than an interval without success: not ready.
+        *ops.leading_since.lock().unwrap() = Some(now() - 2 * minute);
+        let why = ops.not_ready();
+        assert!(
+            why.iter()
+                .any(|w| w.contains("since this process became the leader")),
+            "{why:?}"
+        );
+        // A success since: ready.
+        ops.cycle(Ok(&CycleReport::default()));
+        assert!(ops.not_ready().is_empty(), "{:?}", ops.not_ready());
+        ops.lease(&LeaseState::Unreachable {
+            error: "connection refused".into(),
+        });
+        let why = ops.not_ready();
+        assert!(
+            why.iter()
+                .any(|w| w.contains("the leader lease cannot be checked")),
+            "{why:?}"
+        );
+        assert!(
+            !why.iter().any(|w| w.contains("refused")),
+            "no error text: {why:?}"
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -231,6 +231,116 @@ async fn two_daemons_keep_one_leader_and_lose_nothing_when_the_leader_is_killed(
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// What a node says on `/status` about its role, and on `/readyz`.
+async fn role_and_ready(http: &reqwest::Client, node: &Node) -> (String, u16, String) {
+    let status = match http.get(format!("{}/status", node.ops)).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let role = ["leader", "follower", "unknown"]
+        .into_iter()
+        .find(|r| status.contains(&format!("Role: <b>{r}</b>")))
+        .unwrap_or("none")
+        .to_owned();
+    let (code, text) = match http.get(format!("{}/readyz", node.ops)).send().await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    };
+    (role, code, text)
+}
+
+/// PostgreSQL stops for a while under two daemons, then comes back: at no sample do both
+/// claim to lead; the old leader stops claiming it while the database is away (it watches its
+/// lease between cycles), both say on `/readyz` that the lease cannot be checked and log it
+/// once; after the restart one leads again. The standby never logged in to Teamcenter, and the
+/// old leader logged its session out when it stopped leading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_never_shows_two_leaders_and_the_old_one_steps_down() {
+    let pg = PgServer::start();
+    let mut cfg = shiftkey_sim::SimConfig::default();
+    cfg.session.load_by_hour = [1; 24];
+    cfg.session.load_noise = 0;
+    let sim = common::start_sim(cfg).await;
+    let dir = temp_dir("ha-outage");
+    let cfgs = [config(&dir, &sim.url(), 0), config(&dir, &sim.url(), 1)];
+    let url = pg.url();
+    let nodes = [start(&cfgs[0], &url).await, start(&cfgs[1], &url).await];
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let leader = one_leader(&http, &nodes).await;
+    // The leader's first cycle logs in; the standby never does.
+    for _ in 0..300 {
+        if sim.stats().logins >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(sim.stats().logins, 1, "{:?}", sim.stats());
+    assert_eq!(sim.live_sessions(), 1);
+
+    pg.stop();
+    // Sampled every 200 ms: never two leaders; both end up not leading, and not ready.
+    let mut stepped_down = false;
+    for _ in 0..150 {
+        let a = role_and_ready(&http, &nodes[0]).await;
+        let b = role_and_ready(&http, &nodes[1]).await;
+        assert!(
+            !(a.0 == "leader" && b.0 == "leader"),
+            "two leaders: {a:?} {b:?}"
+        );
+        if a.0 != "leader" && b.0 != "leader" && a.1 == 503 && b.1 == 503 {
+            for (_, _, why) in [&a, &b] {
+                assert!(why.contains("the leader lease cannot be checked"), "{why}");
+            }
+            stepped_down = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        stepped_down,
+        "the old leader kept leading with its database gone:\n{}",
+        nodes[leader].daemon.log()
+    );
+    // It gave its Teamcenter session back.
+    for _ in 0..100 {
+        if sim.live_sessions() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sim.live_sessions(), 0, "{:?}", sim.stats());
+    // A few more checks while the database is away: each node says so in its log once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for n in &nodes {
+        let said = n
+            .daemon
+            .log()
+            .matches("the leader lease cannot be checked")
+            .count();
+        assert_eq!(said, 1, "{}", n.daemon.log());
+    }
+
+    pg.resume();
+    one_leader(&http, &nodes).await;
+    for _ in 0..50 {
+        let a = role_and_ready(&http, &nodes[0]).await;
+        let b = role_and_ready(&http, &nodes[1]).await;
+        assert!(
+            !(a.0 == "leader" && b.0 == "leader"),
+            "two leaders: {a:?} {b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for mut n in nodes {
+        n.daemon.kill();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `sync --once` under `[lease]` (a timer on every host): only the lease holder runs the cycle;
 /// the others say so, succeed, and log in nowhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
