@@ -421,8 +421,9 @@ pub(crate) struct LeaseConfig {
     /// The advisory lock's key: every process of one sync job uses the same (default 7242).
     #[serde(default = "default_lease_key")]
     pub(crate) key: i64,
-    /// How often a follower asks for the lease, in seconds (default 10): a leader's death is
-    /// noticed within this long, and the new leader syncs at once.
+    /// How often, in seconds (default 10), the leader confirms its lease and a follower asks
+    /// for it: a lost lease or a leader's death is noticed within this long, and the new leader
+    /// syncs at once.
     #[serde(default = "default_lease_check")]
     pub(crate) check_secs: u64,
 }
@@ -1353,7 +1354,7 @@ key = { env = "SHIFTKEY_STORE_KEY" }
 # [lease]
 # url_env = "SHIFTKEY_LEASE_URL"        # a PostgreSQL database every process reaches
 # key = 7242                            # the same in every process of one sync job
-# check_secs = 10                       # a follower takes over within this long of a death
+# check_secs = 10                       # the leader confirms its lease, a follower asks, this often
 
 # Named OAuth credentials: `shiftkey broker` serves them to scripts, `shiftkey token` manages them.
 [tokens.mes]
