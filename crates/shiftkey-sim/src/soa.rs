@@ -461,6 +461,12 @@ impl Ctx<'_> {
                         .cloned(),
                 );
             }
+            // Dates go out in the server's own time zone, with its offset (`…-05:00`), as a
+            // real server writes them.
+            let values: Vec<String> = values
+                .into_iter()
+                .map(|v| in_server_zone(v, self.cfg.utc_offset_minutes))
+                .collect();
             entry["props"][&w.name] = json!({"dbValues": values, "uiValues": values});
         }
         if depth < 2 {
@@ -1212,6 +1218,24 @@ impl Ctx<'_> {
         sd["updated"] = json!(updated);
         Ok(json!({"ServiceData": sd, "objPropMap": {}}))
     }
+}
+
+/// A stored date (`…+00:00`) as the server writes it: in its time zone, `offset_minutes` east of
+/// UTC. Anything else (and the null date) is returned unchanged.
+fn in_server_zone(value: String, offset_minutes: i32) -> String {
+    if value.starts_with("0001-01-01T00:00:00") || !value.ends_with("+00:00") {
+        return value;
+    }
+    let (Some(t), Some(zone)) = (
+        crate::data::parse_tc_date(&value),
+        chrono::FixedOffset::east_opt(offset_minutes.saturating_mul(60)),
+    ) else {
+        return value;
+    };
+    chrono::DateTime::<chrono::Utc>::from(t)
+        .with_timezone(&zone)
+        .format("%Y-%m-%dT%H:%M:%S%:z")
+        .to_string()
 }
 
 #[cfg(test)]

@@ -83,6 +83,41 @@ pub struct CycleReport {
     /// Whether the cycle ended early because its leader lease was lost (see
     /// [`Engine::cycle_leased`]): what it had not applied is left to the new leader.
     pub lease_lost: bool,
+    /// What looks wrong although the cycle succeeded (a setting that syncs nothing or misses
+    /// changes); each is logged as a warning too.
+    pub warnings: Vec<CycleWarning>,
+}
+
+/// Something a successful cycle found wrong with the setup: it would otherwise sync nothing, or
+/// miss changes, with exit 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CycleWarning {
+    /// `nothing_found` (a full read found no plan of a configured type) or `utc_offset` (a
+    /// fixed offset the server's dates disagree with).
+    pub kind: &'static str,
+    /// What to check, for the log and `/status`.
+    pub detail: String,
+}
+
+impl CycleWarning {
+    /// Every kind a cycle can report (for metrics that show each kind from the start).
+    pub const KINDS: [&'static str; 2] = ["nothing_found", "utc_offset"];
+
+    /// A warning of `kind` (one of [`CycleWarning::KINDS`]).
+    #[must_use]
+    pub fn new(kind: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for CycleWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
 }
 
 /// A cycle failed; nothing after the last committed batch was applied.
@@ -335,6 +370,29 @@ impl Engine {
             return Ok(self.finish(report, started));
         };
         let mut changed = changed?;
+        if report.reconciled {
+            // A full read that finds no plan of a configured type: a wrong type name (or a
+            // saved query that cannot see them) would sync nothing, every cycle, with exit 0.
+            for t in &self.cfg.read.process_types {
+                if !changed.plans.iter().any(|p| &p.plan_type == t) {
+                    report.warnings.push(CycleWarning {
+                        kind: "nothing_found",
+                        detail: format!(
+                            "a full read found no plan of the type `{t}`: check `teamcenter.read.types` against the site's types (a revision type, e.g. `MEProcessRevision`) and that the saved query finds them (`shiftkey doctor`)"
+                        ),
+                    });
+                }
+            }
+        }
+        if let Some(detail) = self.tc.offset_disagreement(&self.cfg.read) {
+            report.warnings.push(CycleWarning {
+                kind: "utc_offset",
+                detail,
+            });
+        }
+        for w in &report.warnings {
+            tracing::warn!(kind = w.kind, "{w}");
+        }
         if !report.reconciled {
             let uids: Vec<String> = changed.plans.iter().map(|p| p.uid.clone()).collect();
             let stored = self.sink.stored_versions(&uids).await?;

@@ -35,8 +35,8 @@ mod engine;
 mod lease;
 
 pub use engine::{
-    CycleObserver, CycleReport, Engine, EngineConfig, Lease, Phase, PhaseHook, Stop, SyncError,
-    map_plan,
+    CycleObserver, CycleReport, CycleWarning, Engine, EngineConfig, Lease, Phase, PhaseHook, Stop,
+    SyncError, map_plan,
 };
 #[cfg(feature = "postgres")]
 pub use lease::{LeaseReport, LeaseState, PgLease, WatchedLease};

@@ -111,6 +111,84 @@ async fn after_every_cycle_the_sink_equals_the_source() {
     assert!(sink.watermark().await.unwrap().is_some());
 }
 
+/// A server in UTC−5 or UTC+5:30 with the default config (`utc_offset` auto): no change is
+/// lost across a cycle boundary, also after a restart (a new client that has not seen the
+/// server's dates yet), and no cycle warns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_in_another_time_zone_loses_no_change_with_the_default_config() {
+    for offset in [-300, 330] {
+        let mut cfg = quiet();
+        cfg.data.changes_per_hour = 12.0;
+        cfg.tc.utc_offset_minutes = offset;
+        let clock = clock();
+        let sim = sim(cfg, &clock).await;
+        let sink = sqlite(&format!("zone{offset}")).await;
+        let engine = |sink: Arc<SqlSink>| {
+            Engine::new(tc(&sim, "mfg_sync_pw"), sink, EngineConfig::default())
+                .with_clock(Arc::clone(&clock))
+        };
+        let mut current = engine(sink.clone());
+        for cycle in 0..6 {
+            if cycle == 3 {
+                // A restart: the new client knows nothing of the server's offset yet.
+                current = engine(sink.clone());
+            }
+            sim.with_data(|_| ());
+            sim.pause_changes(true);
+            let report = current.cycle(&Stop::default()).await.unwrap();
+            assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+            assert_eq!(
+                sink.all().await.unwrap(),
+                truth(&sim).await,
+                "UTC{offset:+} min, cycle {cycle}"
+            );
+            sim.pause_changes(false);
+            clock.sleep(Duration::from_secs(15 * 60)).await;
+        }
+    }
+}
+
+/// Wrong settings that sync nothing, or miss changes, are warned about every cycle: a plan type
+/// that matches nothing (on every full read), and a fixed offset the server's dates disagree
+/// with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setting_that_syncs_nothing_or_misses_changes_is_a_cycle_warning() {
+    let mut cfg = quiet();
+    cfg.tc.utc_offset_minutes = -300;
+    let clock = clock();
+    let sim = sim(cfg, &clock).await;
+    let sink = sqlite("warnings").await;
+    let mut config = EngineConfig::default();
+    config.read.process_types = vec!["MEProcessRevision".into(), "MEProcess".into()];
+    config.read = config.read.with_utc_offset_minutes(0);
+    let engine =
+        Engine::new(tc(&sim, "mfg_sync_pw"), sink.clone(), config).with_clock(Arc::clone(&clock));
+    let first = engine.cycle(&Stop::default()).await.unwrap();
+    assert_eq!(first.inserted, 20, "the right type still syncs");
+    let kinds: Vec<_> = first.warnings.iter().map(|w| w.kind).collect();
+    assert_eq!(
+        kinds,
+        ["nothing_found", "utc_offset"],
+        "{:?}",
+        first.warnings
+    );
+    assert!(
+        first.warnings[0].detail.contains("`MEProcess`"),
+        "{}",
+        first.warnings[0]
+    );
+    assert!(
+        first.warnings[1].detail.contains("UTC-05:00") && first.warnings[1].detail.contains("late"),
+        "{}",
+        first.warnings[1]
+    );
+    // Every cycle, not only the first (the type check needs a full read; the offset does not).
+    clock.sleep(Duration::from_secs(15 * 60)).await;
+    let second = engine.cycle(&Stop::default()).await.unwrap();
+    let kinds: Vec<_> = second.warnings.iter().map(|w| w.kind).collect();
+    assert_eq!(kinds, ["utc_offset"]);
+}
+
 /// The site-defined (BMIDE) properties [`feedback_config`] writes.
 fn with_feedback_properties(cfg: &mut SimConfig) {
     cfg.tc.site_properties.insert(

@@ -227,6 +227,53 @@ impl TcClient {
             }
         }
 
+        // Each configured type: the change query finds at least one (a type that matches
+        // nothing would sync nothing, every cycle). Reading it also shows the server's offset.
+        let mut found_any = false;
+        for t in &read.process_types {
+            let mut one = read.clone();
+            one.process_types = vec![t.clone()];
+            match self.changed_plans_limited(&one, 1).await {
+                Ok(plans) if plans.is_empty() => out.push(Finding::fail(
+                    "query-finds",
+                    format!("the change query finds no `{t}`"),
+                    format!("check that `{t}` is the site's plan *revision* type (e.g. `MEProcessRevision`, not `MEProcess`), that the saved query's type clause accepts it, and that the service user can read such objects"),
+                )),
+                Ok(plans) => {
+                    found_any = true;
+                    let p = &plans[0];
+                    out.push(Finding::ok(
+                        "query-finds",
+                        format!("the change query finds `{t}` objects (e.g. {} rev {})", p.id, p.revision),
+                    ));
+                }
+                Err(e @ (TcError::Site { .. } | TcError::Unexpected { .. } | TcError::Service { .. })) => out.push(Finding::fail(
+                    "query-finds",
+                    format!("`{t}`: {e}"),
+                    "see the saved-query line above".into(),
+                )),
+                Err(e) => return Err(e),
+            }
+        }
+        if found_any {
+            out.push(match (self.offset_disagreement(read), self.server_utc_offsets()) {
+                (Some(why), _) => Finding::fail(
+                    "utc-offset",
+                    why,
+                    "remove `utc_offset_minutes` from [teamcenter.read] (the default, \"auto\", reads the server's offset from its dates)".into(),
+                ),
+                (None, Some((lo, hi))) => Finding::ok(
+                    "utc-offset",
+                    if lo == hi {
+                        format!("the server's dates are in UTC{}{:02}:{:02}", if lo < 0 { '-' } else { '+' }, lo.abs() / 60, lo.abs() % 60)
+                    } else {
+                        format!("the server's dates are in UTC offsets {lo} to {hi} min (daylight saving): queries use {lo}")
+                    },
+                ),
+                (None, None) => Finding::ok("utc-offset", "the server's dates carry no offset to check".into()),
+            });
+        }
+
         if out.iter().all(|f| f.ok) {
             out.push(match self.sample_plan(read).await {
                 Ok(Some((plan, ops, docs))) => Finding::ok(

@@ -39,6 +39,8 @@ pub struct TcClient {
     pub(crate) orphans: Arc<std::sync::Mutex<Vec<crate::mfg::Orphan>>>,
     /// The change query's UID and entries, with the session generation they were found in.
     pub(crate) query_cache: Arc<std::sync::Mutex<Option<crate::mfg::CachedQuery>>>,
+    /// The smallest and largest UTC offset (minutes) seen in the server's dates.
+    offsets: Arc<std::sync::Mutex<Option<(i32, i32)>>>,
 }
 
 impl TcClient {
@@ -131,6 +133,7 @@ impl TcClient {
             max_answer: DEFAULT_MAX_ANSWER,
             orphans: Arc::new(std::sync::Mutex::new(Vec::new())),
             query_cache: Arc::new(std::sync::Mutex::new(None)),
+            offsets: Arc::new(std::sync::Mutex::new(None)),
         }
     }
 
@@ -148,6 +151,75 @@ impl TcClient {
     pub fn with_max_answer(mut self, bytes: usize) -> Self {
         self.max_answer = bytes;
         self
+    }
+
+    /// The smallest and largest UTC offset, in minutes east, of the dates the server returned
+    /// so far (they differ across a daylight-saving change); `None` before the first.
+    #[must_use]
+    pub fn server_utc_offsets(&self) -> Option<(i32, i32)> {
+        *self
+            .offsets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records the offset of a date the server returned.
+    pub(crate) fn saw_offset(&self, minutes: i32) {
+        let mut seen = self
+            .offsets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *seen = Some(match *seen {
+            Some((lo, hi)) => (lo.min(minutes), hi.max(minutes)),
+            None => (minutes, minutes),
+        });
+    }
+
+    /// The offset query dates are written in under `cfg`: a fixed one as configured; with
+    /// [`crate::UtcOffset::Auto`] the smallest seen (never late), or UTC−12 before any.
+    pub(crate) fn query_offset(&self, cfg: &crate::ReadConfig) -> i32 {
+        match cfg.utc_offset {
+            crate::UtcOffset::Minutes(m) => m,
+            _ => self
+                .server_utc_offsets()
+                .map_or(crate::EARLIEST_UTC_OFFSET_MINUTES, |(lo, _)| lo),
+        }
+    }
+
+    /// Why a fixed `utc_offset` in `cfg` disagrees with the dates the server returned, if it
+    /// does: above the smallest offset seen, the query starts late and misses changes; more
+    /// than an hour below it (the standard-time advice), the configuration is wrong. `None`
+    /// with [`crate::UtcOffset::Auto`] or before any date was seen.
+    #[must_use]
+    pub fn offset_disagreement(&self, cfg: &crate::ReadConfig) -> Option<String> {
+        let crate::UtcOffset::Minutes(m) = cfg.utc_offset else {
+            return None;
+        };
+        let (lo, hi) = self.server_utc_offsets()?;
+        let shown = |o: i32| {
+            let sign = if o < 0 { '-' } else { '+' };
+            format!("UTC{sign}{:02}:{:02}", o.abs() / 60, o.abs() % 60)
+        };
+        let seen = if lo == hi {
+            shown(lo)
+        } else {
+            format!("{} to {}", shown(lo), shown(hi))
+        };
+        if m > lo {
+            Some(format!(
+                "`utc_offset_minutes` = {m} ({}), but the server's dates are in {seen}: change queries start {} min late and miss changes; remove the setting (\"auto\" reads the server's offset)",
+                shown(m),
+                m - lo
+            ))
+        } else if m < lo - 60 {
+            Some(format!(
+                "`utc_offset_minutes` = {m} ({}), but the server's dates are in {seen}: change queries start {} min early; remove the setting (\"auto\" reads the server's offset)",
+                shown(m),
+                lo - m
+            ))
+        } else {
+            None
+        }
     }
 
     /// The middleware (stats, learned limits, the token manager).

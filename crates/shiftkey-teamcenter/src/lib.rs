@@ -55,7 +55,10 @@ pub use mfg::{
 };
 pub use pool::TcPool;
 pub use session::{SessionConfig, SessionLogin, TcClassifier};
-pub use site::{ChangeQuery, FeedbackConfig, FieldMap, ReadConfig, WindowMode};
+pub use site::{
+    ChangeQuery, EARLIEST_UTC_OFFSET_MINUTES, FeedbackConfig, FieldMap, ReadConfig, UtcOffset,
+    WindowMode,
+};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -37,6 +37,9 @@ pub struct ProcessPlan {
     pub last_modified: SystemTime,
     /// Whether a release status is one of the configured obsolete statuses.
     pub obsolete: bool,
+    /// The business object type the server gave it (one of the configured plan types, or a
+    /// subtype of one).
+    pub plan_type: String,
 }
 
 /// A dataset attached as a work instruction: listed, not downloaded.
@@ -202,6 +205,7 @@ fn plan(
             .any(|s| f.obsolete_statuses.contains(s)),
         release_status,
         last_modified: p.date(&f.last_modified)?,
+        plan_type: o.type_name.clone(),
     })
 }
 
@@ -458,6 +462,17 @@ impl TcClient {
         self.load_plans(&uids, cfg).await
     }
 
+    /// At most `max` plans the change query finds over all time (for `doctor`), loaded (which
+    /// also shows the server's UTC offset).
+    pub async fn changed_plans_limited(
+        &self,
+        cfg: &ReadConfig,
+        max: u32,
+    ) -> Result<Vec<ProcessPlan>, TcError> {
+        let uids = self.changed_uids(None, cfg, max).await?;
+        Ok(self.load_plans(&uids, cfg).await?.plans)
+    }
+
     /// One plan the change query finds, read in full (for `doctor`): the plan, its operation
     /// count and its work-instruction count. `None` when the query finds nothing.
     pub async fn sample_plan(
@@ -531,6 +546,10 @@ impl TcClient {
             for uid in chunk {
                 if let Some(o) = sd.objects.get(uid) {
                     out.plans.push(plan(o, cfg, &sd.objects)?);
+                    // The server's own offset, from the dates it writes (`UtcOffset::Auto`).
+                    if let Some(minutes) = Props::of(o).date_offset(&cfg.fields.last_modified) {
+                        self.saw_offset(minutes);
+                    }
                 }
             }
             out.partial_errors.extend(sd.partial_errors);
@@ -564,7 +583,7 @@ impl TcClient {
                 let mut values = vec![cfg.process_types.join(";")];
                 if let Some(t) = since {
                     entries.push(modified_after_entry.clone());
-                    values.push(wire::query_date(t, cfg.utc_offset_minutes));
+                    values.push(wire::query_date(t, self.query_offset(cfg)));
                 }
                 (
                     "Query-2008-06-SavedQuery/executeSavedQueries",
@@ -575,7 +594,7 @@ impl TcClient {
             }
             ChangeQuery::BusinessObject { property } => {
                 let clauses: Vec<Value> = since
-                    .map(|t| json!({"propName": property, "propValue": wire::query_date(t, cfg.utc_offset_minutes), "mathOperator": ">=", "logicOperator": "AND"}))
+                    .map(|t| json!({"propName": property, "propValue": wire::query_date(t, self.query_offset(cfg)), "mathOperator": ">=", "logicOperator": "AND"}))
                     .into_iter()
                     .collect();
                 let inputs: Vec<Value> = cfg

@@ -123,6 +123,27 @@ impl Default for FieldMap {
     }
 }
 
+/// The server's offset from UTC, which saved-query date values are written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum UtcOffset {
+    /// Read from the dates the server itself returns (every `dbValues` date carries its offset,
+    /// `2026-03-01T10:22:33-05:00`): the smallest offset seen is used, so across a daylight
+    /// saving change the query starts up to an hour early, never late. Until a date has been
+    /// seen (the first read after a start, when the sink already has a watermark) the query
+    /// starts as early as any zone could need (UTC−12), and the dates it returns teach the
+    /// offset. See [`crate::TcClient::server_utc_offsets`].
+    #[default]
+    Auto,
+    /// Fixed, in minutes east of UTC. A value the server's dates disagree with is reported by
+    /// [`crate::TcClient::offset_disagreement`].
+    Minutes(i32),
+}
+
+/// The earliest UTC offset there is (UTC−12): where the offset is not known yet, a query date
+/// written in it starts early enough for any server.
+pub const EARLIEST_UTC_OFFSET_MINUTES: i32 = -12 * 60;
+
 /// How to read manufacturing data from a site. Build it from [`ReadConfig::default`] (the
 /// standard model) and the `with_*` methods.
 ///
@@ -144,10 +165,9 @@ pub struct ReadConfig {
     pub change_query: ChangeQuery,
     /// Types that are plans (default `MEProcessRevision`).
     pub process_types: Vec<String>,
-    /// The server's offset from UTC in minutes, for query date values (default 0). Where the
-    /// server observes daylight saving, give its standard (winter) offset: in summer the query
-    /// then starts an hour early, never late.
-    pub utc_offset_minutes: i32,
+    /// The server's offset from UTC, for query date values (written in the server's local
+    /// time). Default [`UtcOffset::Auto`]: read from the dates the server returns.
+    pub utc_offset: UtcOffset,
     /// Overlap subtracted from the watermark against clock skew (default 5 min).
     pub overlap: Duration,
     /// Objects per `loadObjects` / `getProperties` / `expandGRMRelationsForPrimary` /
@@ -175,7 +195,7 @@ impl Default for ReadConfig {
         Self {
             change_query: ChangeQuery::default(),
             process_types: v(&["MEProcessRevision"]),
-            utc_offset_minutes: 0,
+            utc_offset: UtcOffset::Auto,
             overlap: Duration::from_secs(300),
             chunk: 200,
             window_batch: 50,
@@ -227,10 +247,12 @@ impl ReadConfig {
         self
     }
 
-    /// The server's UTC offset for query dates.
+    /// The server's UTC offset for query dates, fixed (minutes east of UTC). Where the server
+    /// observes daylight saving, give its standard (winter) offset: in summer the query then
+    /// starts an hour early, never late. Prefer the default, [`UtcOffset::Auto`].
     #[must_use]
     pub fn with_utc_offset_minutes(mut self, minutes: i32) -> Self {
-        self.utc_offset_minutes = minutes;
+        self.utc_offset = UtcOffset::Minutes(minutes);
         self
     }
 

@@ -323,6 +323,19 @@ impl<'a> Props<'a> {
             .map_err(|e| self.err(prop, &format!("`{s}` is not a Teamcenter date ({e})")))
     }
 
+    /// The UTC offset (minutes east) a date property was written with, if it is a date with
+    /// one (not the null date).
+    pub fn date_offset(&self, prop: &str) -> Option<i32> {
+        let s = self.optional(prop)?;
+        if s.starts_with("0001-01-01T00:00:00") {
+            return None;
+        }
+        chrono::DateTime::parse_from_str(&s, "%Y-%m-%dT%H:%M:%S%:z")
+            .or_else(|_| chrono::DateTime::parse_from_str(&s, "%Y-%m-%dT%H:%M:%S%z"))
+            .ok()
+            .map(|d| d.offset().local_minus_utc() / 60)
+    }
+
     /// A number, if present.
     pub fn number(&self, prop: &str) -> Result<Option<f64>, TcError> {
         match self.optional(prop) {

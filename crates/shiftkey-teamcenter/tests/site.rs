@@ -296,6 +296,47 @@ async fn query_dates_are_written_in_the_servers_time_zone() {
     }
 }
 
+/// `UtcOffset::Auto` (the default) reads the server's offset from the dates it returns: after
+/// one read the query dates are exact in any zone; before any (a fresh client with a
+/// watermark) the query starts early, never late. A fixed offset the dates disagree with is
+/// reported.
+#[tokio::test(start_paused = true)]
+async fn the_servers_offset_is_read_from_its_dates() {
+    for server in [-300, 330, 0] {
+        let mut cfg = quiet();
+        cfg.tc.utc_offset_minutes = server;
+        let s = sim(cfg).await;
+        let read = ReadConfig::default();
+        let tc = client(&s, "mfg_sync_pw");
+        assert_eq!(tc.server_utc_offsets(), None);
+        let all = tc.changed_plans(None, &read).await.unwrap();
+        assert_eq!(tc.server_utc_offsets(), Some((server, server)));
+        sleep(secs(3 * H)).await;
+        let w = all.plans.iter().map(|p| p.last_modified).max().unwrap();
+        let truth = s.with_data(|d| d.changed_processes(floor_minute(w - secs(300))).len());
+        let exact = tc.changed_plans(Some(w), &read).await.unwrap();
+        assert_eq!(exact.plans.len(), truth, "server {server:+} min");
+        // A client that has seen no date yet starts as early as any zone could need.
+        let fresh = client(&s, "mfg_sync_pw");
+        let early = fresh.changed_plans(Some(w), &read).await.unwrap();
+        assert!(early.plans.len() >= truth, "server {server:+} min");
+        assert_eq!(fresh.server_utc_offsets(), Some((server, server)));
+        // A fixed offset that disagrees is said to; the right one, or auto, is not.
+        let wrong = ReadConfig::default().with_utc_offset_minutes(server + 60);
+        let why = tc.offset_disagreement(&wrong).expect("a disagreement");
+        assert!(why.contains("late"), "{why}");
+        assert!(
+            tc.offset_disagreement(&ReadConfig::default().with_utc_offset_minutes(server))
+                .is_none()
+        );
+        assert!(tc.offset_disagreement(&read).is_none());
+        assert!(
+            tc.offset_disagreement(&ReadConfig::default().with_utc_offset_minutes(server - 120))
+                .is_some_and(|w| w.contains("early"))
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_session_death_inside_a_window_reopens_and_never_resends_stale_lines() {
     // Every call takes a simulated second; the server restarts while the plans are expanded.

@@ -1306,7 +1306,7 @@ query_name = "Item Revision..."         # the saved query, as Query Builder name
 type_entry = "Type"                     # its entries, as describeSavedQueries shows them (localized!)
 modified_after_entry = "Modified After"
 types = ["MEProcessRevision"]           # plan types
-utc_offset_minutes = 0                  # the server's standard-time UTC offset: query dates are local
+utc_offset_minutes = "auto"             # query dates are in server time: "auto" reads its offset from its dates
 window = "contexts"                     # openContexts; or "bom_windows" with revision_rule = "Latest Working"
 depth = 4                               # levels expanded below a plan (nested processes)
 plant = ""                              # plant name for every plan, or plant_property = "xx4_plant"

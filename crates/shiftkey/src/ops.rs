@@ -243,6 +243,7 @@ impl Ops {
                 }
                 metrics::histogram!("shiftkey_sync_cycle_duration_seconds")
                     .record(r.duration.as_secs_f64());
+                self.cycle_warnings(r);
                 Ok(r.clone())
             }
             Err(e) => {
@@ -256,6 +257,32 @@ impl Ops {
         }
         log.cycles.push_front(Cycle { at, outcome });
         log.cycles.truncate(KEEP);
+    }
+
+    /// A successful cycle's warnings: `shiftkey_sync_warning{kind}` (1 while it holds, every
+    /// kind shown from the first cycle) and an alert `sync_warning:KIND` raised when it appears
+    /// and cleared when a cycle no longer finds it (the engine logs it every cycle). Only a full
+    /// read can tell whether plans are found, so `nothing_found` changes on full reads only.
+    fn cycle_warnings(&self, r: &CycleReport) {
+        for kind in shiftkey_sync::CycleWarning::KINDS {
+            if kind == "nothing_found" && !r.reconciled {
+                continue;
+            }
+            let found = r.warnings.iter().find(|w| w.kind == kind);
+            metrics::gauge!("shiftkey_sync_warning", "kind" => kind).set(if found.is_some() {
+                1.0
+            } else {
+                0.0
+            });
+            let key = format!("sync_warning:{kind}");
+            let active = self.log().alerts.get(&key).map(|a| a.detail.clone());
+            match (found, active) {
+                (Some(w), Some(d)) if d == w.detail => {}
+                (Some(w), _) => self.alert(&key, Some(Severity::Warning), w.detail.clone()),
+                (None, Some(d)) => self.alert(&key, None, d),
+                (None, None) => {}
+            }
+        }
     }
 
     /// Raises (or clears, with `severity: None`) an alert: log, status page, webhook.
@@ -874,6 +901,25 @@ impl Ops {
                 h.push_str("<table><tr><th>Finished</th><th>Outcome</th><th>Read</th><th>Inserted</th><th>Updated</th><th>Unchanged</th><th>Feedback</th><th>Took</th></tr>");
                 for c in &log.cycles {
                     match &c.outcome {
+                        Ok(r) if !r.warnings.is_empty() => {
+                            let _ = write!(
+                                h,
+                                "<tr><td>{}</td><td class=\"bad\">ok, with warnings: {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} s</td></tr>",
+                                stamp(c.at),
+                                esc(&r
+                                    .warnings
+                                    .iter()
+                                    .map(ToString::to_string)
+                                    .collect::<Vec<_>>()
+                                    .join("; ")),
+                                r.read,
+                                r.inserted,
+                                r.updated,
+                                r.unchanged,
+                                r.feedback_pushed,
+                                r.duration.as_secs_f64()
+                            );
+                        }
                         Ok(r) => {
                             let _ = write!(
                                 h,
@@ -1027,6 +1073,55 @@ mod supervision_tests {
             !why.iter().any(|w| w.contains("refused")),
             "no error text: {why:?}"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A cycle's warning raises an alert (on `/status`) once and keeps it while cycles find it;
+    /// `nothing_found` changes only with a full read; a cycle without it clears it.
+    #[tokio::test]
+    async fn cycle_warnings_are_alerts_while_they_hold() {
+        let dir = std::env::temp_dir().join(format!("shiftkey-ops-warn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "[teamcenter]\nurl = \"http://127.0.0.1:9\"\nuser = \"u\"\npassword = { env = \"X\" }\n",
+        )
+        .unwrap();
+        let cfg = Config::load(&path).unwrap();
+        let ops = Ops::new(
+            &cfg,
+            None,
+            Vec::new(),
+            Vec::new(),
+            None,
+            Some(Duration::from_secs(60)),
+        )
+        .unwrap();
+        let mut full = CycleReport {
+            reconciled: true,
+            ..CycleReport::default()
+        };
+        full.warnings = vec![shiftkey_sync::CycleWarning::new(
+            "nothing_found",
+            "a full read found no plan of the type `MEProcess`",
+        )];
+        ops.cycle(Ok(&full));
+        let page = ops.render();
+        assert!(page.contains("sync_warning:nothing_found"), "{page}");
+        assert!(
+            page.contains("ok, with warnings: a full read found no plan"),
+            "{page}"
+        );
+        // An incremental cycle cannot tell: the alert stays.
+        ops.cycle(Ok(&CycleReport::default()));
+        assert!(ops.log().alerts.contains_key("sync_warning:nothing_found"));
+        // A full read that finds every type clears it.
+        ops.cycle(Ok(&CycleReport {
+            reconciled: true,
+            ..CycleReport::default()
+        }));
+        assert!(!ops.log().alerts.contains_key("sync_warning:nothing_found"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

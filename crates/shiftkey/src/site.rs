@@ -8,6 +8,16 @@ use anyhow::{Context as _, bail};
 use serde::Deserialize;
 use shiftkey_teamcenter::{FeedbackConfig, FieldMap, ReadConfig, WindowMode};
 
+/// `utc_offset_minutes`: `"auto"` or a number.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum OffsetSetting {
+    /// Minutes east of UTC.
+    Minutes(i32),
+    /// `"auto"` (anything else is refused when the config is checked).
+    Word(String),
+}
+
 /// `[teamcenter.read]`.
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -19,8 +29,9 @@ pub(crate) struct ReadSection {
     pub(crate) modified_after_entry: String,
     /// Plan types (default `["MEProcessRevision"]`).
     pub(crate) types: Vec<String>,
-    /// The server's UTC offset in minutes (standard time) for query dates.
-    pub(crate) utc_offset_minutes: i32,
+    /// The server's UTC offset for query dates: `"auto"` (default: read from the server's own
+    /// dates) or minutes east of UTC (standard time).
+    pub(crate) utc_offset_minutes: OffsetSetting,
     /// `contexts` (default) or `bom_windows`.
     pub(crate) window: String,
     /// With `bom_windows`: the revision rule's name (empty: the default rule).
@@ -58,7 +69,7 @@ impl Default for ReadSection {
             type_entry,
             modified_after_entry,
             types: d.process_types,
-            utc_offset_minutes: d.utc_offset_minutes,
+            utc_offset_minutes: OffsetSetting::Word("auto".to_owned()),
             window: "contexts".into(),
             revision_rule: String::new(),
             depth: d.depth,
@@ -134,14 +145,17 @@ impl ReadSection {
                 self.chunk
             );
         }
-        if !(-14 * 60..=14 * 60).contains(&self.utc_offset_minutes) {
-            bail!(
-                "`teamcenter.read.utc_offset_minutes` = {} is not a UTC offset (-840..=840)",
-                self.utc_offset_minutes
-            );
-        }
+        c.utc_offset = match &self.utc_offset_minutes {
+            OffsetSetting::Word(w) if w == "auto" => shiftkey_teamcenter::UtcOffset::Auto,
+            OffsetSetting::Word(w) => bail!(
+                "`teamcenter.read.utc_offset_minutes` = \"{w}\": say \"auto\" (read the server's offset from its dates) or a number of minutes east of UTC"
+            ),
+            OffsetSetting::Minutes(m) if !(-14 * 60..=14 * 60).contains(m) => {
+                bail!("`teamcenter.read.utc_offset_minutes` = {m} is not a UTC offset (-840..=840)")
+            }
+            OffsetSetting::Minutes(m) => shiftkey_teamcenter::UtcOffset::Minutes(*m),
+        };
         c.process_types = self.types.clone();
-        c.utc_offset_minutes = self.utc_offset_minutes;
         c.operation_types = self.operation_types.clone();
         c.process_line_types = self.process_line_types.clone();
         c.work_instruction_relations = self.work_instruction_relations.clone();

@@ -41,6 +41,8 @@ async fn doctor_checks_reachability_clock_and_login_and_names_a_refused_one() {
     assert!(stats.logins >= 2, "{stats:?}");
     assert_eq!(sim.live_sessions(), 0, "{stats:?}");
     for line in [
+        "ok    query-finds   the change query finds `MEProcessRevision` objects",
+        "ok    utc-offset    the server's dates are in UTC+00:00",
         "ok    config",
         "ok    reachability  teamcenter",
         "ok    clock-skew    teamcenter",
@@ -71,6 +73,48 @@ async fn doctor_checks_reachability_clock_and_login_and_names_a_refused_one() {
         "{}",
         text(&down)
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Settings that would sync nothing or miss changes, each its own FAIL line naming the setting,
+/// every other line still printed: a plan type that matches nothing, and a fixed UTC offset the
+/// server (in UTC−5) disagrees with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_fails_a_type_that_finds_nothing_and_a_wrong_offset_on_their_own_lines() {
+    let mut sim_cfg = shiftkey_sim::SimConfig::default();
+    sim_cfg.tc.utc_offset_minutes = -300;
+    let sim = common::start_sim(sim_cfg).await;
+    let dir = temp_dir("doctor-zone");
+    let cfg = dir.join("shiftkey.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[teamcenter]\nurl = \"{}\"\nuser = \"mfg_sync\"\npassword = {{ env = \"TC_PW\" }}\n\
+             [teamcenter.read]\ntypes = [\"MEProcessRevision\", \"MEProcess\"]\nutc_offset_minutes = 0\n",
+            sim.url()
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap().to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        shiftkey(&["doctor", "-c", &c], &[("TC_PW", "mfg_sync_pw")])
+    })
+    .await
+    .unwrap();
+    let text = text(&out);
+    assert_eq!(out.status.code(), Some(7), "{text}");
+    for line in [
+        "ok    saved-query   `Item Revision...` has the entries",
+        "ok    query-finds   the change query finds `MEProcessRevision` objects",
+        "FAIL  query-finds   the change query finds no `MEProcess`",
+        "not `MEProcess`",
+        "FAIL  utc-offset    `utc_offset_minutes` = 0 (UTC+00:00), but the server's dates are in UTC-05:00",
+        "fix: remove `utc_offset_minutes`",
+        "ok    types         `MEProcessRevision` has",
+    ] {
+        assert!(text.contains(line), "{line:?} missing:\n{text}");
+    }
+    assert_eq!(sim.live_sessions(), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
