@@ -444,7 +444,9 @@ impl AuthMiddleware {
             generation,
             "a token the server had accepted died soon after a reactive refresh; refreshing again"
         );
-        s.manager.refresh_now();
+        // A dead token the server had accepted: replaced as a reactive refresh (counted as
+        // one, so re-logins reconcile with the server's count), never TooSoon.
+        s.manager.invalidate_served(generation);
         let deadline = s.clock.now() + s.manager.config().wait_timeout;
         loop {
             if s.manager

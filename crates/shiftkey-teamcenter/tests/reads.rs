@@ -343,3 +343,26 @@ async fn the_emulator_refuses_a_null_body_only_when_it_validates_the_envelope() 
         );
     }
 }
+
+/// Every re-login is counted as the server counts logins: the first, and one reactive per
+/// death, also for a session that served and died right after a reactive re-login (two restarts
+/// back to back).
+#[tokio::test(start_paused = true)]
+async fn every_relogin_is_counted_as_the_server_counts_it() {
+    let s = sim(quiet()).await;
+    let tc = client(&s, "mfg_sync_pw");
+    tc.session_info().await.unwrap();
+    // Restarts a second apart: each kills a session that had just served, within the minimum
+    // interval of the reactive re-login that made it.
+    for _ in 0..4 {
+        sleep(secs(1)).await;
+        s.restart();
+        tc.session_info().await.unwrap();
+    }
+    let stats = tc.middleware().manager().stats();
+    let logins = s.stats().logins;
+    assert_eq!(logins, 5, "{:?}", s.stats());
+    assert_eq!(stats.acquires, logins, "{stats:?}");
+    assert_eq!(stats.reactive + stats.proactive + 1, logins, "{stats:?}");
+    assert_eq!(tc.middleware().stats().surfaced, 0);
+}

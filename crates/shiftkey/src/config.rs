@@ -659,7 +659,7 @@ impl SecretRef {
     /// Resolves the whole secret (a PEM key, several lines).
     pub(crate) fn resolve_text(&self, key: &str) -> anyhow::Result<Secret> {
         self.read(key)
-            .map_err(|e| anyhow::Error::new(ConfigProblem(format!("{e:#}"))))
+            .map_err(|e| anyhow::Error::new(ConfigProblem(crate::causes(&e))))
     }
 
     fn read(&self, key: &str) -> anyhow::Result<Secret> {
@@ -760,7 +760,7 @@ impl Config {
     pub(crate) fn load(path: &Path) -> anyhow::Result<Self> {
         Self::load_inner(path).map_err(|e| match e.downcast::<ConfigProblem>() {
             Ok(p) => anyhow::Error::new(p),
-            Err(e) => anyhow::Error::new(ConfigProblem(format!("{e:#}"))),
+            Err(e) => anyhow::Error::new(ConfigProblem(crate::causes(&e))),
         })
     }
 
@@ -784,7 +784,7 @@ impl Config {
             .extract()
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         cfg.validate()
-            .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
+            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), crate::causes(&e)))?;
         Ok(cfg)
     }
 
@@ -1271,7 +1271,7 @@ impl Config {
         }
         for (name, p) in &self.proxy {
             crate::proxy::logins(name, p)
-                .map_err(|e| anyhow::Error::new(ConfigProblem(format!("{e:#}"))))?;
+                .map_err(|e| anyhow::Error::new(ConfigProblem(crate::causes(&e))))?;
         }
         Ok(refs.len())
     }

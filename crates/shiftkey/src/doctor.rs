@@ -81,7 +81,7 @@ pub(crate) async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let cfg = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
-            r.line(Level::Fail, "config", format!("{e:#}"));
+            r.line(Level::Fail, "config", crate::causes(&e));
             return Ok(ExitCode::from(crate::EXIT_DOCTOR));
         }
     };
@@ -95,7 +95,7 @@ pub(crate) async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
                 cfg.tokens.len()
             ),
         ),
-        Err(e) => r.line(Level::Fail, "config", format!("{e:#}")),
+        Err(e) => r.line(Level::Fail, "config", crate::causes(&e)),
     }
     let http = crate::net::plain_client(Duration::from_secs(20))?;
     let mut endpoints: Vec<(String, String)> = Vec::new();
@@ -152,7 +152,7 @@ pub(crate) async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
                 }
                 session_cfg = Some(s);
             }
-            Err(e) => r.line(Level::Fail, "login", format!("{e:#}")),
+            Err(e) => r.line(Level::Fail, "login", crate::causes(&e)),
         }
     }
     for (name, t) in &cfg.tokens {
@@ -173,7 +173,11 @@ pub(crate) async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
                 ),
                 Err(e) => r.line(Level::Fail, "login", format!("tokens.{name}: {e}")),
             },
-            Err(e) => r.line(Level::Fail, "login", format!("tokens.{name}: {e:#}")),
+            Err(e) => r.line(
+                Level::Fail,
+                "login",
+                format!("tokens.{name}: {}", crate::causes(&e)),
+            ),
         }
     }
     databases(&mut r, &cfg).await;
@@ -216,7 +220,7 @@ async fn databases(r: &mut Report, cfg: &Config) {
                 ),
                 Err(e) => r.line(Level::Fail, "store", e.to_string()),
             },
-            Err(e) => r.line(Level::Fail, "store", format!("{e:#}")),
+            Err(e) => r.line(Level::Fail, "store", crate::causes(&e)),
         }
     }
     match cfg.lease_url() {
@@ -236,13 +240,13 @@ async fn databases(r: &mut Report, cfg: &Config) {
             }
         }
         Ok(None) => {}
-        Err(e) => r.line(Level::Fail, "lease", format!("{e:#}")),
+        Err(e) => r.line(Level::Fail, "lease", crate::causes(&e)),
     }
     if cfg.sink.is_some() {
         let url = match cfg.sink_url() {
             Ok(u) => u,
             Err(e) => {
-                r.line(Level::Fail, "sink", format!("{e:#}"));
+                r.line(Level::Fail, "sink", crate::causes(&e));
                 return;
             }
         };
@@ -282,7 +286,7 @@ async fn site(
 ) {
     let (read, feedback) = match crate::site::configs(tc, overlap) {
         Ok(c) => c,
-        Err(e) => return r.line(Level::Fail, "site", format!("{e:#}")),
+        Err(e) => return r.line(Level::Fail, "site", crate::causes(&e)),
     };
     let client = match TcClient::session(http.clone(), session.clone()) {
         Ok(c) => c,
@@ -528,7 +532,7 @@ async fn probe(http: &reqwest::Client, cfg: SessionConfig, args: &DoctorArgs, in
         Ok(None) => println!(
             "probe  idle-timeout  no idle timeout up to 2h 00m (the pool may only reclaim sessions when busy: probe again during the working day)"
         ),
-        Err(e) => println!("probe  idle-timeout  FAIL: {e:#}"),
+        Err(e) => println!("probe  idle-timeout  FAIL: {}", crate::causes(&e)),
     }
     match lifetime {
         Ok(Some(age)) => {
@@ -549,6 +553,6 @@ async fn probe(http: &reqwest::Client, cfg: SessionConfig, args: &DoctorArgs, in
             "probe  lifetime-cap  an active session lived the whole {} (no cap below that)",
             human(max)
         ),
-        Err(e) => println!("probe  lifetime-cap  FAIL: {e:#}"),
+        Err(e) => println!("probe  lifetime-cap  FAIL: {}", crate::causes(&e)),
     }
 }

@@ -175,13 +175,28 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             if json {
-                tracing::error!(error = %format!("{e:#}"), "shiftkey stopped");
+                tracing::error!(error = %crate::causes(&e), "shiftkey stopped");
             } else {
-                eprintln!("shiftkey: {e:#}");
+                eprintln!("shiftkey: {}", causes(&e));
             }
             ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// An error and its causes, each said once. Many errors print their source inside their own
+/// message (`no token: <the login's error>`), so printing the chain as `{:#}` does would repeat
+/// a sentence once per level; a cause whose text the message already holds is left out.
+pub(crate) fn causes(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 /// What is logged: `RUST_LOG` when set (tracing-subscriber's `EnvFilter` syntax, e.g.
@@ -777,7 +792,7 @@ async fn daemon(path: &std::path::Path, serving: Serve) -> anyhow::Result<ExitCo
         }
     };
     if let Err(e) = &result {
-        tracing::error!(error = %format!("{e:#}"), "shiftkey is stopping");
+        tracing::error!(error = %crate::causes(&e), "shiftkey is stopping");
     }
     systemd::stopping();
     // However it stopped, the rest is bounded: SIGTERM ends the process within 5 s.

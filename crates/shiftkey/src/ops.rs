@@ -565,7 +565,7 @@ impl Ops {
                     },
                     Err(e) => {
                         // The cause (with its file path) goes to the log only.
-                        tracing::warn!(key = key.as_str(), error = %format!("{e:#}"), "cannot read a credential's expiry");
+                        tracing::warn!(key = key.as_str(), error = %crate::causes(&e), "cannot read a credential's expiry");
                         self.alert(
                             &alert_key,
                             Some(Severity::Warning),

@@ -78,7 +78,7 @@ pub(crate) async fn command(cmd: StoreCommand) -> anyhow::Result<ExitCode> {
 fn init(config: &Path, key_out: Option<&Path>) -> anyhow::Result<ExitCode> {
     if config.exists() {
         let cfg = Config::load(config)?;
-        let store = store_config(&cfg).map_err(|e| ConfigProblem(format!("{e:#}")))?;
+        let store = store_config(&cfg).map_err(|e| ConfigProblem(crate::causes(&e)))?;
         ensure_private_dir(store.dir()?)?;
         println!("store folder {} is ready (0700)", store.dir()?.display());
     } else if key_out.is_none() {
@@ -168,7 +168,7 @@ async fn check(config: &Path) -> anyhow::Result<ExitCode> {
     let mut bad = 0;
     let dir = store_cfg.dir()?;
     if let Err(e) = ensure_private_dir_exists(dir) {
-        println!("FAIL  {}: {e:#}", dir.display());
+        println!("FAIL  {}: {}", dir.display(), crate::causes(&e));
         bad += 1;
     }
     for path in token_files(&cfg)? {

@@ -532,7 +532,7 @@ async fn status(cfg: &Config) -> anyhow::Result<ExitCode> {
                 Ok((store, place)) => (store.load().await, place),
                 Err(e) => {
                     bad = true;
-                    println!("{name}: unreadable: {e:#}");
+                    println!("{name}: unreadable: {}", crate::causes(&e));
                     continue;
                 }
             },

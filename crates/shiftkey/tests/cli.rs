@@ -577,6 +577,56 @@ async fn sync_once_syncs_the_emulator_into_sqlite() {
     let _ = std::fs::remove_file(&db);
 }
 
+/// An error is said once: a refused password and a missing saved query each appear once in
+/// the final message (their causes used to repeat once per level of the chain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_cause_is_printed_once() {
+    let sim = shiftkey_sim::Sim::start(
+        shiftkey_sim::SimConfig::default(),
+        std::sync::Arc::new(shiftkey_auth::TokioClock::new()),
+    )
+    .await
+    .unwrap();
+    for (extra, password, cause, code) in [
+        (
+            "",
+            "not-the-password",
+            "Teamcenter refused the credentials",
+            5,
+        ),
+        (
+            "[teamcenter.read]\nquery_name = \"Nope...\"\n",
+            "mfg_sync_pw",
+            "no saved query is named `Nope...`",
+            1,
+        ),
+    ] {
+        let cfg = temp(
+            &format!("once-{code}.toml"),
+            &format!(
+                "[teamcenter]\nurl = \"{}\"\nuser = \"mfg_sync\"\npassword = {{ env = \"TC_PW\" }}\n{extra}[sink]\nurl = \"sqlite::memory:\"\n",
+                sim.url()
+            ),
+        );
+        let out = tokio::task::spawn_blocking(move || {
+            shiftkey(
+                &["sync", "--once", "-c", cfg.to_str().unwrap()],
+                &[("TC_PW", password)],
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(out.status.code(), Some(code));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr
+            .lines()
+            .find(|l| l.starts_with("shiftkey: "))
+            .unwrap_or_else(|| panic!("{stderr}"));
+        assert_eq!(last.matches(cause).count(), 1, "{last}");
+    }
+    assert_eq!(sim.live_sessions(), 0);
+}
+
 /// `teamcenter.mode = "gateway"`: the OAuth bearer tokens of a `[tokens.NAME]` against
 /// `/tc/RestServices`, no session login; the token is kept in the store for the next run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
