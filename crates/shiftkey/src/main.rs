@@ -792,7 +792,7 @@ async fn daemon(path: &std::path::Path, serving: Serve) -> anyhow::Result<ExitCo
         }
     };
     if let Err(e) = &result {
-        tracing::error!(error = %crate::causes(&e), "shiftkey is stopping");
+        tracing::error!(error = %crate::causes(e), "shiftkey is stopping");
     }
     systemd::stopping();
     // However it stopped, the rest is bounded: SIGTERM ends the process within 5 s.
