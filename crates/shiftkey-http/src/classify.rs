@@ -14,6 +14,12 @@ pub enum Verdict {
     /// The token is alive but not allowed to do this (`insufficient_scope`, 403): refreshing will
     /// not help; the response goes back to the caller as it is.
     Forbidden,
+    /// The token was accepted and the server answered the request deliberately, whatever the
+    /// status says (a Teamcenter exception about the request itself under HTTP 500: an
+    /// operation the server does not have, a body it cannot parse). Asking again gets the same
+    /// answer: the response goes back at once, not retried, and it does not count against the
+    /// server's circuit.
+    Answered,
 }
 
 /// Reads a response and says what it means for the token.

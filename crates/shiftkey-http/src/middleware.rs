@@ -655,7 +655,14 @@ impl AuthMiddleware {
                         Verdict::Forbidden => Step::End(Ok(self.refused(response, sent))),
                         Verdict::Accepted => {
                             self.accepted(carried, &mut flow);
-                            self.retry_decision(response, carried, sent, &mut flow, spare.is_some())
+                            let replayable = spare.is_some();
+                            self.retry_decision(
+                                response, carried, sent, &mut flow, replayable, false,
+                            )
+                        }
+                        Verdict::Answered => {
+                            self.accepted(carried, &mut flow);
+                            self.retry_decision(response, carried, sent, &mut flow, false, true)
                         }
                     }
                 }
@@ -920,20 +927,25 @@ impl AuthMiddleware {
         sent: Sent,
         flow: &mut Flow,
         replayable: bool,
+        answered: bool,
     ) -> Step<reqwest_middleware::Result<Response>> {
         let s = &*self.shared;
         let done = sent.done;
         s.auth_breaker.record(done.into_std(), true);
         let outcome = outcome_of(&response, s.clock.wall());
+        // A deliberate answer (`Verdict::Answered`) is final and shows a working server,
+        // whatever its status.
         s.server_breaker
-            .record(done.into_std(), !outcome.is_server_failure());
+            .record(done.into_std(), answered || !outcome.is_server_failure());
         self.record(done, outcome.class());
         let replay = if replayable && flow.idempotent {
             Replay::Safe
         } else {
             Replay::Unsafe { sent: true }
         };
-        if let Some(delay) = self.retry_delay(&outcome, flow.attempt, replay, replayable, "status")
+        if let Some(delay) = self
+            .retry_delay(&outcome, flow.attempt, replay, replayable, "status")
+            .filter(|_| !answered)
         {
             // A 5xx other than 503 may come after the server acted.
             let status = response.status();

@@ -178,6 +178,10 @@ pub struct TcConfig {
     /// `null` and a validating server may refuse it (`TEAMCENTER.md`, unverified either way):
     /// default true, the stricter; false accepts it as an absent body.
     pub refuse_null_body: bool,
+    /// Operations this server does not have (answered as an unknown operation: HTTP 500 with
+    /// an `InternalServerException`, 214004), e.g.
+    /// `["Core-2011-06-Session/getTypeDescriptions"]` for a release without it.
+    pub missing_operations: Vec<String>,
 }
 
 impl Default for TcConfig {
@@ -193,6 +197,7 @@ impl Default for TcConfig {
             site_properties: BTreeMap::new(),
             follow_line_references: true,
             refuse_null_body: true,
+            missing_operations: Vec::new(),
         }
     }
 }

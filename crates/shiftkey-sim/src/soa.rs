@@ -265,6 +265,9 @@ struct Model {
 impl Ctx<'_> {
     /// Runs `op` on `input` (the body). `None`: no such operation.
     pub(crate) fn dispatch(&mut self, op: &str, input: &Value) -> Option<Result<Value, Refusal>> {
+        if self.cfg.missing_operations.iter().any(|m| m == op) {
+            return None;
+        }
         Some(match op {
             "Query-2010-04-SavedQuery/findSavedQueries" => self.find_saved_queries(input),
             "Query-2006-03-SavedQuery/getSavedQueries" => Ok(self.get_saved_queries()),

@@ -513,10 +513,13 @@ impl Engine {
                 actual_cycle_time_s: fb.actual_cycle_time_s,
                 deviation: &fb.deviation,
             };
-            // The key makes a push interrupted between Teamcenter and the outbox harmless.
-            let key = format!("shiftkey-feedback-{}", fb.id);
+            // The key records the newest row applied: a push interrupted between Teamcenter and
+            // the outbox, replayed, writes no row twice.
             let Some(written) = stop
-                .or_stop(self.tc.write_feedback(cfg, &fb.operation_uid, values, &key))
+                .or_stop(
+                    self.tc
+                        .write_feedback(cfg, &fb.operation_uid, values, fb.id),
+                )
                 .await
             else {
                 // Written or not, the key makes the next push of this row harmless.

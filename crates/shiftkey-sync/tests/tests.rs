@@ -196,7 +196,9 @@ fn with_feedback_properties(cfg: &mut SimConfig) {
         vec![
             "xx4_mes_feedback_key".into(),
             "xx4_completed_count".into(),
+            "xx4_actual_cycle_time".into(),
             "xx4_deviation".into(),
+            "xx4_mes".into(),
         ],
     );
 }
@@ -204,8 +206,82 @@ fn with_feedback_properties(cfg: &mut SimConfig) {
 fn feedback_config() -> FeedbackConfig {
     let mut fb = FeedbackConfig::new("xx4_mes_feedback_key");
     fb.completed_count = Some("xx4_completed_count".into());
+    fb.actual_cycle_time = Some("xx4_actual_cycle_time".into());
     fb.deviation = Some("xx4_deviation".into());
+    assert_eq!(fb.check(), Ok(()));
     fb
+}
+
+/// Replaying 1, 2 and 50 feedback rows of one operation (a push cut off after Teamcenter
+/// and before the outbox, every row of it) writes nothing twice, and the server keeps the
+/// newest row's values; the same with every field in one JSON property.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_feedback_rows_are_never_written_twice_and_the_newest_wins() {
+    for json in [false, true] {
+        for n in [1_i64, 2, 50] {
+            let clock = clock();
+            let mut cfg = quiet();
+            with_feedback_properties(&mut cfg);
+            let sim = sim(cfg, &clock).await;
+            let sink = sqlite(&format!("replay-{json}-{n}")).await;
+            let fb = if json {
+                let mut fb = FeedbackConfig::new("xx4_mes");
+                fb.format = shiftkey_teamcenter::FeedbackFormat::Json;
+                fb
+            } else {
+                feedback_config()
+            };
+            let engine = Engine::new(
+                tc(&sim, "mfg_sync_pw"),
+                sink.clone(),
+                EngineConfig {
+                    feedback: Some(fb),
+                    ..EngineConfig::default()
+                },
+            );
+            engine.cycle(&Stop::default()).await.unwrap();
+            let op = sink.all().await.unwrap()[0].operations[0].uid.clone();
+            for i in 1..=n {
+                sink.record_feedback(&op, i, Some(i as f64), &format!("row {i}"))
+                    .await
+                    .unwrap();
+            }
+            let writes = || {
+                sim.stats()
+                    .requests
+                    .get("Core-2010-09-DataManagement/setProperties")
+                    .copied()
+                    .unwrap_or(0)
+            };
+            let first = engine.cycle(&Stop::default()).await.unwrap();
+            assert_eq!(first.feedback_pushed, n as u64);
+            assert_eq!(writes(), n as u64);
+            // Every row replayed, oldest first.
+            sqlx::query("UPDATE feedback_outbox SET sent = 0")
+                .execute(sink.pool())
+                .await
+                .unwrap();
+            let replay = engine.cycle(&Stop::default()).await.unwrap();
+            assert_eq!(replay.feedback_pushed, 0, "json {json}, {n} rows");
+            assert_eq!(
+                writes(),
+                n as u64,
+                "no duplicate write, json {json}, {n} rows"
+            );
+            assert!(sink.pending_feedback(100).await.unwrap().is_empty());
+            let held = |p: &str| sim.with_data(|d| d.get(&op).unwrap().get(p).map(str::to_owned));
+            if json {
+                let doc: serde_json::Value =
+                    serde_json::from_str(&held("xx4_mes").unwrap()).unwrap();
+                assert_eq!(doc["completed_count"], n, "{doc}");
+                assert_eq!(doc["deviation"], format!("row {n}"), "{doc}");
+            } else {
+                assert_eq!(held("xx4_completed_count"), Some(n.to_string()));
+                assert_eq!(held("xx4_actual_cycle_time"), Some(format!("{n}")));
+                assert_eq!(held("xx4_deviation"), Some(format!("row {n}")));
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,12 +315,7 @@ async fn feedback_reaches_teamcenter_exactly_once_even_after_an_interrupted_push
     };
     assert!(
         client
-            .write_feedback(
-                &feedback_config(),
-                &op,
-                values,
-                &format!("shiftkey-feedback-{}", first.id)
-            )
+            .write_feedback(&feedback_config(), &op, values, first.id)
             .await
             .unwrap()
     );

@@ -17,8 +17,11 @@ use crate::site::{ChangeQuery, FeedbackConfig, ReadConfig, WindowMode};
 pub struct Finding {
     /// What was checked (`saved-query`, `types`, `revision-rule`, `open-process`, `feedback`).
     pub check: &'static str,
-    /// Whether it passed.
+    /// Whether it passed (a check that could not be made is not failed: see `checked`).
     pub ok: bool,
+    /// Whether it could be made at all (`false`: this server cannot answer it, and no other
+    /// verified route exists; shown as a warning).
+    pub checked: bool,
     /// What was found.
     pub detail: String,
     /// What the administrator must create or change, when it failed.
@@ -30,6 +33,7 @@ impl Finding {
         Self {
             check,
             ok: true,
+            checked: true,
             detail,
             fix: None,
         }
@@ -39,8 +43,19 @@ impl Finding {
         Self {
             check,
             ok: false,
+            checked: true,
             detail,
             fix: Some(fix),
+        }
+    }
+
+    fn unchecked(check: &'static str, detail: String) -> Self {
+        Self {
+            check,
+            ok: true,
+            checked: false,
+            detail,
+            fix: None,
         }
     }
 }
@@ -75,8 +90,13 @@ impl TcClient {
             .collect())
     }
 
-    /// Checks the site against `read` (and `feedback`), read-only. `Err` only when Teamcenter
-    /// cannot be asked at all; what the site lacks is a failed [`Finding`].
+    /// Checks the site against `read` (and `feedback`), read-only: each part on its own (the
+    /// saved query, what it finds of each type, the server's UTC offset, each type's
+    /// properties, the revision rule, opening one plan), one [`Finding`] each, every one made
+    /// whatever another found. An operation the server does not have is "cannot check on this
+    /// server" ([`Finding::checked`] false) and, where another verified route exists, checked
+    /// that way instead (a plan type's properties read from one plan with `getProperties`).
+    /// `Err` only when Teamcenter cannot be asked at all (no session, no connection).
     pub async fn check_site(
         &self,
         read: &ReadConfig,
@@ -117,8 +137,61 @@ impl TcClient {
                     detail,
                     format!("in Query Builder create `{name}` on ItemRevision with the clauses `Type` (object_type =) and `Modified After` (last_mod_date >=), or set [teamcenter.read] query = \"business_object\""),
                 )),
-                Err(e) => return Err(e),
+                Err(e) if cannot_ask(&e) => return Err(e),
+                Err(e) => out.push(Finding::fail(
+                    "saved-query",
+                    format!("`{name}`: {e}"),
+                    "see the message: the server refused to describe the query".into(),
+                )),
             }
+        }
+
+        // Each configured type: the change query finds at least one (a type that matches
+        // nothing would sync nothing, every cycle). Reading it also shows the server's offset,
+        // and gives an object to read properties from if the type descriptions cannot be had.
+        let mut samples: BTreeMap<String, String> = BTreeMap::new();
+        for t in &read.process_types {
+            let mut one = read.clone();
+            one.process_types = vec![t.clone()];
+            match self.changed_plans_limited(&one, 1).await {
+                Ok(plans) if plans.is_empty() => out.push(Finding::fail(
+                    "query-finds",
+                    format!("the change query finds no `{t}`"),
+                    format!("check that `{t}` is the site's plan *revision* type (e.g. `MEProcessRevision`, not `MEProcess`), that the saved query's type clause accepts it, and that the service user can read such objects"),
+                )),
+                Ok(plans) => {
+                    let p = &plans[0];
+                    samples.insert(t.clone(), p.uid.clone());
+                    out.push(Finding::ok(
+                        "query-finds",
+                        format!("the change query finds `{t}` objects (e.g. {} rev {})", p.id, p.revision),
+                    ));
+                }
+                Err(e) if cannot_ask(&e) => return Err(e),
+                Err(e) => out.push(Finding::fail(
+                    "query-finds",
+                    format!("`{t}`: {e}"),
+                    "see the saved-query line above".into(),
+                )),
+            }
+        }
+        if !samples.is_empty() {
+            out.push(match (self.offset_disagreement(read), self.server_utc_offsets()) {
+                (Some(why), _) => Finding::fail(
+                    "utc-offset",
+                    why,
+                    "remove `utc_offset_minutes` from [teamcenter.read] (the default, \"auto\", reads the server's offset from its dates)".into(),
+                ),
+                (None, Some((lo, hi))) => Finding::ok(
+                    "utc-offset",
+                    if lo == hi {
+                        format!("the server's dates are in UTC{}{:02}:{:02}", if lo < 0 { '-' } else { '+' }, lo.abs() / 60, lo.abs() % 60)
+                    } else {
+                        format!("the server's dates are in UTC offsets {lo} to {hi} min (daylight saving): queries use {lo}")
+                    },
+                ),
+                (None, None) => Finding::ok("utc-offset", "the server's dates carry no offset to check".into()),
+            });
         }
 
         let f = &read.fields;
@@ -163,9 +236,29 @@ impl TcClient {
             want(&fb.type_name, &refs);
         }
         let names: Vec<&str> = wanted.keys().map(String::as_str).collect();
-        let site = self.type_properties(&names).await?;
-        for (t, props) in &wanted {
-            let Some(have) = site.get(t) else {
+        let site = match self.type_properties(&names).await {
+            Ok(site) => Some(site),
+            Err(e) if cannot_ask(&e) => return Err(e),
+            Err(e) => {
+                // This server cannot describe types: read a plan type's properties from one
+                // plan instead; the others cannot be checked here.
+                for (t, props) in &wanted {
+                    let finding = match samples.get(t) {
+                        Some(uid) => self.properties_of_one(t, uid, props).await?,
+                        None => Finding::unchecked(
+                            "types",
+                            format!(
+                                "`{t}`: cannot check on this server (getTypeDescriptions: {e}); its properties are checked when the sync reads them"
+                            ),
+                        ),
+                    };
+                    out.push(finding);
+                }
+                None
+            }
+        };
+        for (t, props) in wanted.iter().filter(|_| site.is_some()) {
+            let Some(have) = site.as_ref().and_then(|s| s.get(t)) else {
                 out.push(Finding::fail(
                     "types",
                     format!("the type `{t}` does not exist on this site"),
@@ -223,55 +316,12 @@ impl TcClient {
                     detail,
                     "set [teamcenter.read] revision_rule to one of the rules above, or create it in Structure Manager".into(),
                 )),
-                Err(e) => return Err(e),
-            }
-        }
-
-        // Each configured type: the change query finds at least one (a type that matches
-        // nothing would sync nothing, every cycle). Reading it also shows the server's offset.
-        let mut found_any = false;
-        for t in &read.process_types {
-            let mut one = read.clone();
-            one.process_types = vec![t.clone()];
-            match self.changed_plans_limited(&one, 1).await {
-                Ok(plans) if plans.is_empty() => out.push(Finding::fail(
-                    "query-finds",
-                    format!("the change query finds no `{t}`"),
-                    format!("check that `{t}` is the site's plan *revision* type (e.g. `MEProcessRevision`, not `MEProcess`), that the saved query's type clause accepts it, and that the service user can read such objects"),
+                Err(e) if cannot_ask(&e) => return Err(e),
+                Err(e) => out.push(Finding::unchecked(
+                    "revision-rule",
+                    format!("`{rule}`: cannot check on this server ({e})"),
                 )),
-                Ok(plans) => {
-                    found_any = true;
-                    let p = &plans[0];
-                    out.push(Finding::ok(
-                        "query-finds",
-                        format!("the change query finds `{t}` objects (e.g. {} rev {})", p.id, p.revision),
-                    ));
-                }
-                Err(e @ (TcError::Site { .. } | TcError::Unexpected { .. } | TcError::Service { .. })) => out.push(Finding::fail(
-                    "query-finds",
-                    format!("`{t}`: {e}"),
-                    "see the saved-query line above".into(),
-                )),
-                Err(e) => return Err(e),
             }
-        }
-        if found_any {
-            out.push(match (self.offset_disagreement(read), self.server_utc_offsets()) {
-                (Some(why), _) => Finding::fail(
-                    "utc-offset",
-                    why,
-                    "remove `utc_offset_minutes` from [teamcenter.read] (the default, \"auto\", reads the server's offset from its dates)".into(),
-                ),
-                (None, Some((lo, hi))) => Finding::ok(
-                    "utc-offset",
-                    if lo == hi {
-                        format!("the server's dates are in UTC{}{:02}:{:02}", if lo < 0 { '-' } else { '+' }, lo.abs() / 60, lo.abs() % 60)
-                    } else {
-                        format!("the server's dates are in UTC offsets {lo} to {hi} min (daylight saving): queries use {lo}")
-                    },
-                ),
-                (None, None) => Finding::ok("utc-offset", "the server's dates carry no offset to check".into()),
-            });
         }
 
         if out.iter().all(|f| f.ok) {
@@ -285,14 +335,90 @@ impl TcClient {
                     "the change query found no process revision to open".into(),
                     "check that the service user can read MEProcessRevision objects (its group's access rules) and that [teamcenter.read] types names the site's plan types".into(),
                 ),
-                Err(e @ (TcError::Site { .. } | TcError::Unexpected { .. } | TcError::Service { .. })) => Finding::fail(
+                Err(e) if cannot_ask(&e) => return Err(e),
+                Err(e) => Finding::fail(
                     "open-process",
                     e.to_string(),
                     "give the service user read access to process plans and the Manufacturing Process Planner license, or check [teamcenter.read] window".into(),
                 ),
-                Err(e) => return Err(e),
             });
         }
         Ok(out)
     }
+
+    /// The `types` finding for `t` from one of its objects (`uid`), read with `getProperties`:
+    /// the route where the server cannot describe types.
+    async fn properties_of_one(
+        &self,
+        t: &str,
+        uid: &str,
+        props: &[String],
+    ) -> Result<Finding, TcError> {
+        let op = "Core-2006-03-DataManagement/getProperties";
+        let wanted: BTreeSet<&String> = props.iter().collect();
+        let answer = match self
+            .call(op, json!({"objects": [{"uid": uid}], "attributes": wanted}))
+            .await
+        {
+            Ok(a) => a,
+            Err(e) if cannot_ask(&e) => return Err(e),
+            Err(e) => {
+                return Ok(Finding::fail(
+                    "types",
+                    format!("`{t}` (read from {uid}, the server cannot describe types): {e}"),
+                    format!(
+                        "set [teamcenter.read.properties] to this site's property names, or add them in BMIDE to `{t}`"
+                    ),
+                ));
+            }
+        };
+        let sd = match crate::wire::ServiceData::parse(&answer, op) {
+            Ok(sd) => sd,
+            Err(e) => {
+                return Ok(Finding::unchecked(
+                    "types",
+                    format!("`{t}`: cannot check on this server ({e})"),
+                ));
+            }
+        };
+        let have = sd.objects.get(uid).map(|o| &o.props);
+        let missing: Vec<String> = wanted
+            .iter()
+            .filter(|p| !have.is_some_and(|h| h.contains_key(p.as_str())))
+            .map(|p| format!("`{p}`"))
+            .collect();
+        Ok(if missing.is_empty() && sd.partial_errors.is_empty() {
+            Finding::ok(
+                "types",
+                format!(
+                    "`{t}` has {} (read from one plan: the server cannot describe types)",
+                    wanted
+                        .iter()
+                        .map(|p| format!("`{p}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        } else {
+            Finding::fail(
+                "types",
+                format!(
+                    "`{t}` has no property {} (read from one plan)",
+                    missing.join(", ")
+                ),
+                format!(
+                    "set [teamcenter.read.properties] to this site's property names, or add them in BMIDE to `{t}`"
+                ),
+            )
+        })
+    }
+}
+
+/// Whether `e` means Teamcenter cannot be asked at all (no connection, no session): the check
+/// stops there, since every other part would say the same.
+fn cannot_ask(e: &TcError) -> bool {
+    matches!(
+        e,
+        TcError::Http(_) | TcError::InvalidCredentials { .. } | TcError::SessionRejected { .. }
+    )
 }

@@ -50,14 +50,14 @@ pub use check::Finding;
 pub use client::{DEFAULT_MAX_ANSWER, DEFAULT_READ_TIMEOUT, LOGOUT_DEADLINE, TcClient};
 pub use error::{ErrorValue, SsoHint, TcError};
 pub use mfg::{
-    ChangeSet, ChangedPlans, FeedbackValues, Operation, PlanStructures, ProcessPlan,
-    WorkInstruction,
+    ChangeSet, ChangedPlans, FEEDBACK_KEY_PREFIX, FeedbackValues, Operation, PlanStructures,
+    ProcessPlan, WorkInstruction,
 };
 pub use pool::TcPool;
 pub use session::{SessionConfig, SessionLogin, TcClassifier};
 pub use site::{
-    ChangeQuery, EARLIEST_UTC_OFFSET_MINUTES, FeedbackConfig, FieldMap, ReadConfig, UtcOffset,
-    WindowMode,
+    ChangeQuery, EARLIEST_UTC_OFFSET_MINUTES, FeedbackConfig, FeedbackFormat, FieldMap, ReadConfig,
+    UtcOffset, WindowMode,
 };
 
 #[cfg(doctest)]

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::client::TcClient;
 use crate::error::TcError;
-use crate::site::{ChangeQuery, FeedbackConfig, ReadConfig, WindowMode};
+use crate::site::{ChangeQuery, FeedbackConfig, FeedbackFormat, ReadConfig, WindowMode};
 use crate::wire::{self, ModelObject, PartialError, Props, ServiceData};
 
 /// A process plan revision (`MEProcessRevision`) → an ISA-95 operations definition.
@@ -123,6 +123,19 @@ pub struct FeedbackValues<'a> {
     pub actual_cycle_time_s: Option<f64>,
     /// Deviation note.
     pub deviation: &'a str,
+}
+
+/// What a feedback key holds before the row id: `shiftkey-feedback-12`.
+pub const FEEDBACK_KEY_PREFIX: &str = "shiftkey-feedback-";
+
+/// The row a stored key (or JSON document) says was applied; `None` for anything else (a key
+/// written by someone else counts as no row).
+fn applied_row(value: &str, json: bool) -> Option<i64> {
+    if json {
+        serde_json::from_str::<Value>(value).ok()?["row"].as_i64()
+    } else {
+        value.strip_prefix(FEEDBACK_KEY_PREFIX)?.parse().ok()
+    }
 }
 
 /// The change query's UID and entries, found once per session.
@@ -1221,16 +1234,20 @@ impl TcClient {
         Ok(out)
     }
 
-    /// Writes shop-floor feedback to the site-defined properties of `cfg` on the operation
-    /// revision `uid`, once per `idempotency_key` (kept in `cfg.key_property`): a repeated push
-    /// with the same key changes nothing. Returns whether it wrote. A property the site lacks is
-    /// a [`TcError::Site`] naming it.
+    /// Writes the feedback row `row` (its outbox id) to the operation revision `uid`, with the
+    /// site-defined properties of `cfg`; returns whether it wrote. The key property records the
+    /// newest row applied (`shiftkey-feedback-<row>`, or `"row"` in the JSON document), and it is
+    /// read first: a row not newer than the one recorded is not written again. So replaying any
+    /// number of rows (a push cut off between Teamcenter and the outbox) writes no row twice,
+    /// and the server keeps the newest row's values. Every field goes out with the key in one
+    /// `setProperties` (a missing cycle time clears its property instead of leaving an older
+    /// row's). A property the site lacks is a [`TcError::Site`] naming it.
     pub async fn write_feedback(
         &self,
         cfg: &FeedbackConfig,
         uid: &str,
         values: FeedbackValues<'_>,
-        idempotency_key: &str,
+        row: i64,
     ) -> Result<bool, TcError> {
         let answer = self
             .call(
@@ -1248,28 +1265,45 @@ impl TcClient {
                 ),
             });
         }
-        if sd.objects.get(uid).is_some_and(|o| {
-            Props::of(o)
-                .list(&cfg.key_property)
-                .iter()
-                .any(|k| k == idempotency_key)
-        }) {
+        let json = cfg.format == FeedbackFormat::Json;
+        let applied = sd
+            .objects
+            .get(uid)
+            .map(|o| Props::of(o).list(&cfg.key_property))
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|v| applied_row(v, json))
+            .max();
+        if applied.is_some_and(|a| a >= row) {
             return Ok(false);
         }
-        let mut vec = vec![json!({"name": cfg.key_property, "values": [idempotency_key]})];
-        if let Some(p) = &cfg.completed_count {
-            vec.push(json!({"name": p, "values": [values.completed_count.to_string()]}));
-        }
-        if let Some((p, t)) = cfg
-            .actual_cycle_time
-            .as_ref()
-            .zip(values.actual_cycle_time_s)
-        {
-            vec.push(json!({"name": p, "values": [format!("{t}")]}));
-        }
-        if let Some(p) = &cfg.deviation {
-            vec.push(json!({"name": p, "values": [values.deviation]}));
-        }
+        let key = format!("{FEEDBACK_KEY_PREFIX}{row}");
+        let vec = if json {
+            let doc = json!({
+                "key": key,
+                "row": row,
+                "completed_count": values.completed_count,
+                "actual_cycle_time_s": values.actual_cycle_time_s,
+                "deviation": values.deviation,
+            });
+            vec![json!({"name": cfg.key_property, "values": [doc.to_string()]})]
+        } else {
+            let mut vec = vec![json!({"name": cfg.key_property, "values": [key]})];
+            if let Some(p) = &cfg.completed_count {
+                vec.push(json!({"name": p, "values": [values.completed_count.to_string()]}));
+            }
+            if let Some(p) = &cfg.actual_cycle_time {
+                let t = values
+                    .actual_cycle_time_s
+                    .map(|t| format!("{t}"))
+                    .unwrap_or_default();
+                vec.push(json!({"name": p, "values": [t]}));
+            }
+            if let Some(p) = &cfg.deviation {
+                vec.push(json!({"name": p, "values": [values.deviation]}));
+            }
+            vec
+        };
         let op = "Core-2010-09-DataManagement/setProperties";
         let answer = self
             .write(

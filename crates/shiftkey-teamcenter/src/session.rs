@@ -395,13 +395,24 @@ impl Classifier for TcClassifier {
             && head.first() == Some(&b'{')
             && head.windows(NAME.len()).any(|w| w == NAME)
             && serde_json::from_slice::<Value>(&head).is_ok_and(|v| wire::is_invalid_user(&v));
+        // An exception about the request itself under 5xx (an operation the server does not
+        // have, a body it cannot read) is the server's final answer: not retried.
+        let refusal = !dead
+            && ended
+            && status.is_server_error()
+            && head.first() == Some(&b'{')
+            && serde_json::from_slice::<Value>(&head).is_ok_and(|v| wire::is_request_refusal(&v));
         let mut rebuilt = http::Response::new(body);
         *rebuilt.status_mut() = status;
         *rebuilt.headers_mut() = headers;
-        Ok((
-            if dead { Verdict::Refresh } else { bearer },
-            reqwest::Response::from(rebuilt),
-        ))
+        let verdict = if dead {
+            Verdict::Refresh
+        } else if refusal && bearer == Verdict::Accepted {
+            Verdict::Answered
+        } else {
+            bearer
+        };
+        Ok((verdict, reqwest::Response::from(rebuilt)))
     }
 }
 

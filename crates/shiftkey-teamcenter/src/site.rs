@@ -293,7 +293,8 @@ impl ReadConfig {
 pub struct FeedbackConfig {
     /// The type that carries the properties (default `MEOPRevision`; checked by `doctor`).
     pub type_name: String,
-    /// The property holding the idempotency key of the last write (required).
+    /// The property holding the idempotency key of the last write (required); with
+    /// [`FeedbackFormat::Json`], the one property that holds the whole feedback document.
     pub key_property: String,
     /// The property for the completed count, if any.
     pub completed_count: Option<String>,
@@ -301,6 +302,22 @@ pub struct FeedbackConfig {
     pub actual_cycle_time: Option<String>,
     /// The property for the deviation note, if any.
     pub deviation: Option<String>,
+    /// One property per field (default), or one JSON document in `key_property`.
+    pub format: FeedbackFormat,
+}
+
+/// How feedback is laid out on the operation revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum FeedbackFormat {
+    /// A property per field, and the key in `key_property`.
+    #[default]
+    Properties,
+    /// One property (`key_property`) holds every field and the key as one JSON document
+    /// (`{"key": "shiftkey-feedback-12", "row": 12, "completed_count": 7,
+    /// "actual_cycle_time_s": 58.0, "deviation": ""}`): the common site pattern of one
+    /// free-form MES property.
+    Json,
 }
 
 impl FeedbackConfig {
@@ -312,6 +329,62 @@ impl FeedbackConfig {
             completed_count: None,
             actual_cycle_time: None,
             deviation: None,
+            format: FeedbackFormat::Properties,
+        }
+    }
+
+    /// Whether every field of a feedback row reaches Teamcenter, and nothing overwrites
+    /// anything: with [`FeedbackFormat::Properties`] each field (`completed_count`,
+    /// `actual_cycle_time`, `deviation`) names a property and no two (the key included) name
+    /// the same one; with [`FeedbackFormat::Json`] no field names one of its own. `Err` says
+    /// which field, in the configuration's words.
+    ///
+    /// ```
+    /// use shiftkey_teamcenter::FeedbackConfig;
+    /// let mut fb = FeedbackConfig::new("xx4_key");
+    /// fb.completed_count = Some("xx4_done".into());
+    /// fb.actual_cycle_time = Some("xx4_time".into());
+    /// assert!(fb.check().unwrap_err().contains("`deviation` has no property"));
+    /// fb.deviation = Some("xx4_done".into());
+    /// assert!(fb.check().unwrap_err().contains("`completed_count` and `deviation`"));
+    /// fb.deviation = Some("xx4_note".into());
+    /// assert!(fb.check().is_ok());
+    /// ```
+    pub fn check(&self) -> Result<(), String> {
+        let fields = [
+            ("completed_count", &self.completed_count),
+            ("actual_cycle_time", &self.actual_cycle_time),
+            ("deviation", &self.deviation),
+        ];
+        match self.format {
+            FeedbackFormat::Json => {
+                if let Some((field, _)) = fields.iter().find(|(_, p)| p.is_some()) {
+                    return Err(format!(
+                        "`{field}` names a property of its own, but format = \"json\" writes every field into `{}`: remove it",
+                        self.key_property
+                    ));
+                }
+                Ok(())
+            }
+            _ => {
+                if let Some((field, _)) = fields.iter().find(|(_, p)| p.is_none()) {
+                    return Err(format!(
+                        "`{field}` has no property: every field of a feedback row must reach Teamcenter; name a site property for it, or choose format = \"json\" (one property holds every field)"
+                    ));
+                }
+                let mut named: Vec<(&str, &str)> =
+                    vec![("key_property", self.key_property.as_str())];
+                for (field, p) in fields {
+                    let p = p.as_deref().unwrap_or_default();
+                    if let Some((other, _)) = named.iter().find(|(_, q)| *q == p) {
+                        return Err(format!(
+                            "`{other}` and `{field}` both name the property `{p}`: one would overwrite the other"
+                        ));
+                    }
+                    named.push((field, p));
+                }
+                Ok(())
+            }
         }
     }
 

@@ -92,6 +92,23 @@ pub fn is_invalid_user(v: &Value) -> bool {
         .is_some_and(|q| q.ends_with(".InvalidUserException"))
 }
 
+/// Codes of an `InternalServerException` about the request itself, which the same request
+/// always gets again: 214004 first ("the service request could not be processed": an
+/// operation the server does not have), 214022 (the body is not JSON) and 214086 (the body has
+/// the wrong shape, "invalid syntax"). `TEAMCENTER.md` and `docs/teamcenter-reads.md` §8.
+pub const REQUEST_REFUSALS: [i64; 3] = [214_004, 214_022, 214_086];
+
+/// Whether `v` is an `InternalServerException` whose first message is one of
+/// [`REQUEST_REFUSALS`]: a final answer about the request, not a passing server failure.
+pub fn is_request_refusal(v: &Value) -> bool {
+    v[".QName"]
+        .as_str()
+        .is_some_and(|q| q.ends_with(".InternalServerException"))
+        && v["messages"][0]["code"]
+            .as_i64()
+            .is_some_and(|c| REQUEST_REFUSALS.contains(&c))
+}
+
 /// Checks `.QName` for an exception, whatever the HTTP status. `Ok` for any non-exception.
 pub fn check_exception(v: &Value) -> Result<(), TcError> {
     let Some(q) = v[".QName"].as_str() else {

@@ -496,10 +496,7 @@ async fn feedback_needs_site_properties_and_is_written_once_per_key() {
         actual_cycle_time_s: Some(42.5),
         deviation: "",
     };
-    let err = tc
-        .write_feedback(&fb, &op, values, "fb-1")
-        .await
-        .unwrap_err();
+    let err = tc.write_feedback(&fb, &op, values, 1).await.unwrap_err();
     assert!(matches!(err, TcError::Site { .. }), "{err}");
     assert!(err.to_string().contains("xx4_mes_feedback_key"), "{err}");
 
@@ -520,23 +517,20 @@ async fn feedback_needs_site_properties_and_is_written_once_per_key() {
         .await
         .unwrap();
     let op = all.plans[0].1[0].uid.clone();
-    assert!(tc.write_feedback(&fb, &op, values, "fb-1").await.unwrap());
+    assert!(tc.write_feedback(&fb, &op, values, 1).await.unwrap());
     assert!(
-        !tc.write_feedback(&fb, &op, values, "fb-1").await.unwrap(),
+        !tc.write_feedback(&fb, &op, values, 1).await.unwrap(),
         "same key: nothing written"
     );
     s.with_data(|d| {
         let o = d.get(&op).unwrap();
         assert_eq!(o.get("xx4_completed_count"), Some("7"));
         assert_eq!(o.get("xx4_actual_cycle_time"), Some("42.5"));
-        assert_eq!(o.get("xx4_mes_feedback_key"), Some("fb-1"));
+        assert_eq!(o.get("xx4_mes_feedback_key"), Some("shiftkey-feedback-1"));
     });
     // A property the site lacks (deviation was not created): the write names it.
     fb.deviation = Some("xx4_deviation".into());
-    let err = tc
-        .write_feedback(&fb, &op, values, "fb-2")
-        .await
-        .unwrap_err();
+    let err = tc.write_feedback(&fb, &op, values, 2).await.unwrap_err();
     assert!(err.to_string().contains("xx4_deviation"), "{err}");
 }
 
@@ -626,17 +620,14 @@ async fn a_hung_read_is_retried_a_hung_write_is_sent_once_and_answers_are_bounde
         deviation: "",
     };
     s.hang_next(shiftkey_sim::HangTarget::Feedback, 1);
-    let err = tc
-        .write_feedback(&fb, &op, values, "fb-1")
-        .await
-        .unwrap_err();
+    let err = tc.write_feedback(&fb, &op, values, 1).await.unwrap_err();
     assert!(matches!(err, TcError::Http(_)), "{err}");
     assert_eq!(s.stats().hung, 2);
     s.with_data(|d| {
         assert_eq!(d.get(&op).unwrap().get("xx4_mes_feedback_key"), None);
     });
     // The next attempt, by the caller (the next cycle), writes it once.
-    assert!(tc.write_feedback(&fb, &op, values, "fb-1").await.unwrap());
+    assert!(tc.write_feedback(&fb, &op, values, 1).await.unwrap());
 
     // An answer over the limit is an error naming the operation and the limit.
     let small = client(&s, "mfg_sync_pw").with_max_answer(64);
@@ -700,5 +691,47 @@ async fn windows_a_failed_close_left_open_are_closed_later_or_die_with_the_sessi
         s.stats().logins,
         logins + 1,
         "one new session, not a login storm"
+    );
+}
+
+/// A server without `getTypeDescriptions`: the site check still reports every other part, reads
+/// the plan type's properties from one plan instead, says the others cannot be checked here, and
+/// asks for the missing operation once (its 500 answer is final, not retried).
+#[tokio::test(start_paused = true)]
+async fn the_site_check_goes_on_without_type_descriptions_and_asks_once() {
+    let mut cfg = quiet();
+    cfg.tc.missing_operations = vec!["Core-2011-06-Session/getTypeDescriptions".into()];
+    let s = sim(cfg).await;
+    let tc = client(&s, "mfg_sync_pw");
+    let findings = tc.check_site(&ReadConfig::default(), None).await.unwrap();
+    let line = |check: &str, has: &str| {
+        findings
+            .iter()
+            .find(|f| f.check == check && f.detail.contains(has))
+            .unwrap_or_else(|| panic!("no {check} line with {has:?}: {findings:#?}"))
+    };
+    assert!(line("saved-query", "has the entries").ok);
+    assert!(line("query-finds", "`MEProcessRevision`").ok);
+    let plan = line("types", "`MEProcessRevision` has");
+    assert!(plan.ok && plan.checked, "{plan:?}");
+    assert!(plan.detail.contains("read from one plan"), "{plan:?}");
+    let op = line("types", "`Mfg0BvrOperation`: cannot check on this server");
+    assert!(!op.checked, "{op:?}");
+    assert_eq!(
+        s.stats()
+            .requests
+            .get("Core-2011-06-Session/getTypeDescriptions"),
+        Some(&1),
+        "a final answer is not asked again"
+    );
+    // A wrong property on the plan type is still found by the other route.
+    let mut wrong = ReadConfig::default();
+    wrong.fields.plan_name = "xx4_no_such_name".into();
+    let findings = tc.check_site(&wrong, None).await.unwrap();
+    assert!(
+        findings
+            .iter()
+            .any(|f| f.check == "types" && !f.ok && f.detail.contains("xx4_no_such_name")),
+        "{findings:#?}"
     );
 }

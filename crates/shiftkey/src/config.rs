@@ -1316,12 +1316,16 @@ work_instruction_relations = ["IMAN_MEWorkInstruction"]
 
 # Shop-floor feedback needs site-defined (BMIDE) properties on the operation revision; without
 # this section shiftkey writes nothing back and feedback waits in the outbox.
+# Every field needs a property of its own (none shared), or format = "json" puts them all, with
+# the key, into one property as a JSON document.
 # [teamcenter.feedback]
 # type = "MEOPRevision"
-# key_property = "xx4_mes_feedback_key"  # required: the idempotency key of the last write
+# key_property = "xx4_mes_feedback_key"  # the newest outbox row applied (never written twice)
 # completed_count = "xx4_completed_count"
 # actual_cycle_time = "xx4_actual_cycle_time"
 # deviation = "xx4_deviation"
+# format = "json"                       # instead of the four above: one property holds it all
+# property = "xx4_mes_feedback"
 
 # The shop-floor database the sync writes.
 [sink]

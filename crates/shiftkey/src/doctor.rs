@@ -295,7 +295,11 @@ async fn site(
     match client.check_site(&read, feedback.as_ref()).await {
         Ok(findings) => {
             for f in findings {
-                let level = if f.ok { Level::Ok } else { Level::Fail };
+                let level = match (f.checked, f.ok) {
+                    (false, _) => Level::Warn,
+                    (true, true) => Level::Ok,
+                    (true, false) => Level::Fail,
+                };
                 r.line(level, f.check, &f.detail);
                 if let Some(fix) = &f.fix {
                     println!("      {:<12}  fix: {fix}", "");

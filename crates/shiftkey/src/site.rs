@@ -208,7 +208,16 @@ impl ReadSection {
 pub(crate) struct FeedbackSection {
     #[serde(default = "default_feedback_type", rename = "type")]
     pub(crate) type_name: String,
-    pub(crate) key_property: String,
+    /// `properties` (default: a property per field) or `json` (one property, `property`,
+    /// holds every field and the key as one JSON document).
+    #[serde(default)]
+    pub(crate) format: Option<String>,
+    /// With `format = "properties"`: the property that keeps the idempotency key.
+    #[serde(default)]
+    pub(crate) key_property: Option<String>,
+    /// With `format = "json"`: the one property that holds the document.
+    #[serde(default)]
+    pub(crate) property: Option<String>,
     #[serde(default)]
     pub(crate) completed_count: Option<String>,
     #[serde(default)]
@@ -224,17 +233,50 @@ fn default_feedback_type() -> String {
 impl FeedbackSection {
     /// The typed feedback configuration.
     pub(crate) fn to_config(&self) -> anyhow::Result<FeedbackConfig> {
-        let key = self.key_property.trim();
-        if key.is_empty() {
-            bail!(
-                "`teamcenter.feedback.key_property` is empty: name the site property that keeps the idempotency key"
-            );
-        }
-        let mut c = FeedbackConfig::new(key);
+        let named = |key: &str, v: &Option<String>| -> anyhow::Result<String> {
+            let v = v.as_deref().map(str::trim).unwrap_or_default();
+            if v.is_empty() {
+                bail!("`teamcenter.feedback.{key}` is empty or missing: name the site property");
+            }
+            Ok(v.to_owned())
+        };
+        let json = match self.format.as_deref().unwrap_or("properties") {
+            "properties" => false,
+            "json" => true,
+            other => bail!(
+                "`teamcenter.feedback.format` = \"{other}\": say \"properties\" (a property per field) or \"json\" (one property holds every field)"
+            ),
+        };
+        let mut c = if json {
+            if self.key_property.is_some() {
+                bail!(
+                    "`teamcenter.feedback.key_property` is for format = \"properties\": with \"json\" the key goes into `property` with every field"
+                );
+            }
+            let mut c = FeedbackConfig::new(named("property", &self.property)?);
+            c.format = shiftkey_teamcenter::FeedbackFormat::Json;
+            c
+        } else {
+            if self.property.is_some() {
+                bail!(
+                    "`teamcenter.feedback.property` is for format = \"json\"; with \"properties\" name `key_property`, `completed_count`, `actual_cycle_time` and `deviation`"
+                );
+            }
+            let mut c = FeedbackConfig::new(named("key_property", &self.key_property)?);
+            let field = |v: &Option<String>| v.as_deref().map(str::trim).map(str::to_owned);
+            c.completed_count = field(&self.completed_count);
+            c.actual_cycle_time = field(&self.actual_cycle_time);
+            c.deviation = field(&self.deviation);
+            c
+        };
         c.type_name.clone_from(&self.type_name);
-        c.completed_count.clone_from(&self.completed_count);
-        c.actual_cycle_time.clone_from(&self.actual_cycle_time);
-        c.deviation.clone_from(&self.deviation);
+        if json {
+            c.completed_count.clone_from(&self.completed_count);
+            c.actual_cycle_time.clone_from(&self.actual_cycle_time);
+            c.deviation.clone_from(&self.deviation);
+        }
+        c.check()
+            .map_err(|e| anyhow::anyhow!("`teamcenter.feedback`: {e}"))?;
         Ok(c)
     }
 }

@@ -505,6 +505,44 @@ fn the_example_config_loads_and_bad_configs_name_the_key() {
         &[("X", "x")],
         "`teamcenter.feedback.key_property` is empty",
     );
+    // Feedback loses nothing: a field without a property, two fields on one property, and
+    // the layouts mixed up are refused, each naming what is wrong.
+    let fb = "[teamcenter.feedback]\nkey_property = \"k\"\n";
+    for (name, section, says) in [
+        (
+            "fbnoprop.toml",
+            format!("{fb}completed_count = \"c\"\nactual_cycle_time = \"t\"\n"),
+            "`deviation` has no property",
+        ),
+        (
+            "fbtwice.toml",
+            format!("{fb}completed_count = \"c\"\nactual_cycle_time = \"t\"\ndeviation = \"c\"\n"),
+            "`completed_count` and `deviation` both name the property `c`",
+        ),
+        (
+            "fbkeytwice.toml",
+            format!("{fb}completed_count = \"k\"\nactual_cycle_time = \"t\"\ndeviation = \"d\"\n"),
+            "`key_property` and `completed_count` both name the property `k`",
+        ),
+        (
+            "fbjsonkey.toml",
+            "[teamcenter.feedback]\nformat = \"json\"\nkey_property = \"k\"\n".to_owned(),
+            "`teamcenter.feedback.key_property` is for format = \"properties\"",
+        ),
+        (
+            "fbjsonfield.toml",
+            "[teamcenter.feedback]\nformat = \"json\"\nproperty = \"m\"\ndeviation = \"d\"\n"
+                .to_owned(),
+            "`deviation` names a property of its own",
+        ),
+        (
+            "fbformat.toml",
+            "[teamcenter.feedback]\nformat = \"xml\"\nproperty = \"m\"\n".to_owned(),
+            "`teamcenter.feedback.format` = \"xml\"",
+        ),
+    ] {
+        check(name, &read(&section), &[("X", "x")], says);
+    }
     check(
         "badlisten.toml",
         &format!("{base}password = {{ env = \"X\" }}\n[ops]\nlisten = \"everywhere\"\n"),
@@ -686,10 +724,11 @@ async fn sync_once_follows_the_site_mapping_and_writes_feedback_where_configured
         .tc
         .entry_names
         .insert("Modified After".into(), "Geändert nach".into());
-    sim_cfg.tc.site_properties.insert(
-        "MEOPRevision".into(),
-        vec!["xx4_fb_key".into(), "xx4_done".into()],
-    );
+    // The common site pattern: one free-form MES property for all of the feedback.
+    sim_cfg
+        .tc
+        .site_properties
+        .insert("MEOPRevision".into(), vec!["xx4_mes".into()]);
     let sim = shiftkey_sim::Sim::start(
         sim_cfg,
         std::sync::Arc::new(shiftkey_auth::TokioClock::new()),
@@ -723,7 +762,7 @@ async fn sync_once_follows_the_site_mapping_and_writes_feedback_where_configured
     );
     let mapped = format!(
         "{head}[teamcenter.read]\ntype_entry = \"Typ\"\nmodified_after_entry = \"Geändert nach\"\n\
-         [teamcenter.feedback]\nkey_property = \"xx4_fb_key\"\ncompleted_count = \"xx4_done\"\n{sink}"
+         [teamcenter.feedback]\nformat = \"json\"\nproperty = \"xx4_mes\"\n{sink}"
     );
     let first = tokio::task::spawn_blocking(once("site-mapped.toml", mapped.clone()))
         .await
@@ -748,9 +787,18 @@ async fn sync_once_follows_the_site_mapping_and_writes_feedback_where_configured
         "{}",
         String::from_utf8_lossy(&second.stdout)
     );
+    let doc: serde_json::Value = serde_json::from_str(
+        &sim.with_data(|d| d.get(&op).unwrap().get("xx4_mes").map(str::to_owned))
+            .expect("the document was written"),
+    )
+    .unwrap();
+    assert_eq!(doc["completed_count"], 12, "{doc}");
+    assert_eq!(doc["deviation"], "", "{doc}");
+    assert!(doc["actual_cycle_time_s"].is_null(), "{doc}");
     assert_eq!(
-        sim.with_data(|d| d.get(&op).unwrap().get("xx4_done").map(str::to_owned)),
-        Some("12".to_owned())
+        doc["key"],
+        format!("shiftkey-feedback-{}", doc["row"]),
+        "{doc}"
     );
     let _ = std::fs::remove_file(&db);
 }

@@ -135,7 +135,7 @@ async fn doctor_says_what_the_administrator_must_create() {
             "[teamcenter]\nurl = \"{}\"\nuser = \"mfg_sync\"\npassword = {{ env = \"TC_PW\" }}\n\
              [teamcenter.read]\nwindow = \"bom_windows\"\nrevision_rule = \"Latest Released\"\n\
              [teamcenter.read.properties]\nsequence = \"xx4_seq\"\n\
-             [teamcenter.feedback]\nkey_property = \"xx4_mes_feedback_key\"\n",
+             [teamcenter.feedback]\nformat = \"json\"\nproperty = \"xx4_mes_feedback_key\"\n",
             sim.url()
         ),
     )
