@@ -342,6 +342,13 @@ impl TcClient {
                     "give the service user read access to process plans and the Manufacturing Process Planner license, or check [teamcenter.read] window".into(),
                 ),
             });
+        } else {
+            // Opening a plan through a mapping that is known wrong would only add confusing
+            // errors: said, not tried.
+            out.push(Finding::unchecked(
+                "open-process",
+                "not tried: a line above failed; fix it first".into(),
+            ));
         }
         Ok(out)
     }
