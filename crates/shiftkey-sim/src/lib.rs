@@ -112,6 +112,12 @@ impl Sim {
         self.inner.live_sessions()
     }
 
+    /// The next `requests` requests get HTTP 503 (a burst, as `faults.server_error_probability`
+    /// starts, but of a chosen length), counted in `faults["server_error"]`.
+    pub fn fail_next(&self, requests: u32) {
+        self.inner.fail_next(requests);
+    }
+
     /// Restarts the server now: every session and gateway access token dies.
     pub fn restart(&self) {
         self.inner.restart();

@@ -346,6 +346,11 @@ impl Inner {
         Some(s)
     }
 
+    /// The next `requests` requests get HTTP 503.
+    pub(crate) fn fail_next(&self, requests: u32) {
+        lock(&self.faults).burst_left = requests;
+    }
+
     /// Sessions still alive now (logged in, not logged out, not timed out): what the pool
     /// still holds a server process for.
     pub(crate) fn live_sessions(&self) -> usize {

@@ -36,6 +36,18 @@ pub struct EngineConfig {
     /// `interval`), so it takes over within this long of the leader's death, not a whole
     /// interval later, and syncs at once.
     pub lease_check: Duration,
+    /// A Teamcenter read that fails on a transient cause after the HTTP layer's own retries (a
+    /// 503 burst longer than them, a lost connection) is resumed at most this many times per
+    /// cycle (3), from where it failed: the cycle goes on instead of failing. Waiting for an
+    /// open server circuit to let a probe through does not count (nothing is sent). Writes are
+    /// never resent this way.
+    pub resume_attempts: u32,
+    /// Each resumption waits what the server (`Retry-After`) or the circuit breaker asks, or
+    /// this long (30 s).
+    pub resume_wait: Duration,
+    /// Resumptions happen only within this long of the cycle's start (5 min); past it the cycle
+    /// fails and the next one catches up.
+    pub resume_within: Duration,
 }
 
 impl Default for EngineConfig {
@@ -50,6 +62,9 @@ impl Default for EngineConfig {
             jitter: Duration::ZERO,
             seed: None,
             lease_check: Duration::from_secs(10),
+            resume_attempts: 3,
+            resume_wait: Duration::from_secs(30),
+            resume_within: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -362,8 +377,11 @@ impl Engine {
         // A first read (no watermark) reads everything: it is a full read too.
         report.reconciled = watermark.is_none() || self.reconcile_due(wall).await?;
         let since = if report.reconciled { None } else { watermark };
-        let Some(changed) = stop
-            .or_stop(self.tc.changed_plans(since, &self.cfg.read))
+        let mut resumed = 0;
+        let Some(changed) = self
+            .resuming(stop, started, &mut resumed, || {
+                self.tc.changed_plans(since, &self.cfg.read)
+            })
             .await
         else {
             report.stopped = true;
@@ -419,8 +437,10 @@ impl Engine {
                 report.stopped = true;
                 break;
             }
-            let Some(read) = stop
-                .or_stop(self.tc.read_operations(batch, &self.cfg.read))
+            let Some(read) = self
+                .resuming(stop, started, &mut resumed, || {
+                    self.tc.read_operations(batch, &self.cfg.read)
+                })
                 .await
             else {
                 report.stopped = true;
@@ -499,6 +519,63 @@ impl Engine {
             "sync cycle done"
         );
         report
+    }
+
+    /// Runs a Teamcenter read, resuming it after a transient failure (see
+    /// [`EngineConfig::resume_attempts`]): `None` when a stop was requested. `resumed` counts
+    /// the cycle's resumptions so far.
+    async fn resuming<T, Fut>(
+        &self,
+        stop: &Stop,
+        started: tokio::time::Instant,
+        resumed: &mut u32,
+        mut read: impl FnMut() -> Fut,
+    ) -> Option<Result<T, TcError>>
+    where
+        Fut: std::future::Future<Output = Result<T, TcError>>,
+    {
+        loop {
+            let e = match stop.or_stop(read()).await? {
+                Ok(v) => return Some(Ok(v)),
+                Err(e) => e,
+            };
+            let Some(wait) = self.transient_wait(&e) else {
+                return Some(Err(e));
+            };
+            let late = self.clock.now() + wait > started + self.cfg.resume_within;
+            // Waiting out an open circuit sends nothing: it costs time, not an attempt.
+            let breaker = matches!(
+                e.http_error(),
+                Some(shiftkey_http::HttpError::ServerCircuitOpen { .. })
+            );
+            if late || (!breaker && *resumed >= self.cfg.resume_attempts) {
+                return Some(Err(e));
+            }
+            if !breaker {
+                *resumed += 1;
+            }
+            tracing::warn!(error = %e, wait_s = wait.as_secs_f64(), attempt = *resumed, "a Teamcenter read failed for now; the cycle resumes it after a pause");
+            stop.or_stop(self.clock.sleep(wait)).await?;
+        }
+    }
+
+    /// How long to wait before resuming after `e`, if `e` is transient.
+    fn transient_wait(&self, e: &TcError) -> Option<Duration> {
+        use shiftkey_http::HttpError;
+        let base = self.cfg.resume_wait;
+        match e {
+            TcError::Unavailable { retry_after, .. } => Some(retry_after.unwrap_or(base)),
+            TcError::Http(m) => match HttpError::from_middleware(m) {
+                Some(HttpError::ServerCircuitOpen { retry_in }) => {
+                    Some(*retry_in + Duration::from_millis(100))
+                }
+                Some(HttpError::Token(a)) if !a.is_permanent() => Some(base),
+                Some(_) => None,
+                // A transport failure (no connection, a timeout, a dropped answer).
+                None => Some(base),
+            },
+            _ => None,
+        }
     }
 
     /// Pushes the outbox; the count written, and whether a stop cut it short.

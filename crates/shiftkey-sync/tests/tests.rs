@@ -189,6 +189,61 @@ async fn a_setting_that_syncs_nothing_or_misses_changes_is_a_cycle_warning() {
     assert_eq!(kinds, ["utc_offset"]);
 }
 
+/// A 503 burst longer than the HTTP layer's attempts fails no cycle: the cycle waits and
+/// resumes the read where it failed. A server that stays down fails the cycle once the resume
+/// budget is spent (not a permanent error), and the next cycle catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_burst_longer_than_the_retries_fails_no_cycle() {
+    let mut cfg = quiet();
+    cfg.data.changes_per_hour = 12.0;
+    let clock = clock();
+    let sim = sim(cfg, &clock).await;
+    let sink = sqlite("burst").await;
+    // At 1 440× a real millisecond of this test machine is 1.4 simulated seconds: a resume
+    // window of an hour of simulated time, so the check is about attempts, not about speed.
+    let config = EngineConfig {
+        resume_within: Duration::from_secs(3600),
+        ..EngineConfig::default()
+    };
+    // The client on the same clock: the circuit breaker's cool-down is then simulated too.
+    let client = TcClient::session_with_clock(
+        reqwest::Client::new(),
+        SessionConfig::new(sim.url().parse().unwrap(), "mfg_sync", "mfg_sync_pw".into()),
+        Arc::clone(&clock),
+    )
+    .unwrap();
+    let engine = Engine::new(client, sink.clone(), config).with_clock(Arc::clone(&clock));
+    engine.cycle(&Stop::default()).await.unwrap();
+    for burst in [3, 5] {
+        clock.sleep(Duration::from_secs(15 * 60)).await;
+        let before = sim.stats().faults.get("server_error").copied().unwrap_or(0);
+        sim.fail_next(burst);
+        sim.with_data(|_| ());
+        sim.pause_changes(true);
+        let report = engine.cycle(&Stop::default()).await;
+        let report = report.unwrap_or_else(|e| panic!("a burst of {burst} failed the cycle: {e}"));
+        assert_eq!(
+            sim.stats().faults.get("server_error").copied().unwrap_or(0) - before,
+            u64::from(burst)
+        );
+        assert_eq!(
+            sink.all().await.unwrap(),
+            truth(&sim).await,
+            "burst {burst}"
+        );
+        assert!(report.read > 0 || report.already_synced > 0);
+        sim.pause_changes(false);
+    }
+    // Down for good: the cycle fails after the resume budget, transiently.
+    clock.sleep(Duration::from_secs(15 * 60)).await;
+    sim.fail_next(10_000);
+    let err = engine.cycle(&Stop::default()).await.unwrap_err();
+    assert!(!err.is_permanent(), "{err}");
+    sim.fail_next(0);
+    engine.cycle(&Stop::default()).await.unwrap();
+    assert_eq!(sink.all().await.unwrap(), truth(&sim).await);
+}
+
 /// The site-defined (BMIDE) properties [`feedback_config`] writes.
 fn with_feedback_properties(cfg: &mut SimConfig) {
     cfg.tc.site_properties.insert(

@@ -346,6 +346,12 @@ impl TcClient {
             .send()
             .await?;
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(std::time::Duration::from_secs);
         let under = response
             .extensions()
             .get::<shiftkey_http::AnsweredUnder>()
@@ -373,6 +379,17 @@ impl TcClient {
                 )));
             }
             bytes.extend_from_slice(&chunk);
+        }
+        // A busy or failing server (or a gateway in front of it) without an exception of
+        // Teamcenter's: transient, said as such.
+        let overloaded =
+            status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+        if overloaded && bytes.first() != Some(&b'{') {
+            return Err(TcError::Unavailable {
+                operation: operation.to_owned(),
+                status: status.as_u16(),
+                retry_after,
+            });
         }
         if bytes.first() == Some(&b'<') {
             return Err(unexpected(format!(

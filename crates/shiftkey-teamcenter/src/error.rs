@@ -85,6 +85,17 @@ pub enum TcError {
         /// Traversals started.
         attempts: u32,
     },
+    /// The server (or a gateway in front of it) answered 429 or 5xx without a Teamcenter
+    /// exception, after the HTTP layer's retries: busy or down for now.
+    #[error("Teamcenter is unavailable for now: {operation} answered HTTP {status}")]
+    Unavailable {
+        /// The operation called.
+        operation: String,
+        /// The HTTP status.
+        status: u16,
+        /// The server's `Retry-After`, in seconds, when it sent one.
+        retry_after: Option<std::time::Duration>,
+    },
     /// The HTTP layer gave up (no session/token, circuit open, transport after retries).
     #[error("{}", describe_http(.0))]
     Http(#[from] reqwest_middleware::Error),
