@@ -15,11 +15,11 @@ use shiftkey_teamcenter::{SessionConfig, TcClient};
 /// Options of `shiftkey demo`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct DemoArgs {
-    /// Simulated hours to run.
-    #[arg(long, default_value_t = 24.0)]
+    /// Simulated hours to run (above 0, at most 8760).
+    #[arg(long, default_value_t = 24.0, value_parser = crate::number_in(f64::MIN_POSITIVE, 24.0 * 365.0))]
     hours: f64,
-    /// Simulated seconds per real second (1440: a day in a minute).
-    #[arg(long, default_value_t = 1440.0)]
+    /// Simulated seconds per real second (1440: a day in a minute; 1 to 100000).
+    #[arg(long, default_value_t = 1440.0, value_parser = crate::number_in(1.0, 100_000.0))]
     speed: f64,
     /// Print the final report as JSON (for scripts) instead of text.
     #[arg(long)]
@@ -216,8 +216,8 @@ pub(crate) struct SimArgs {
     /// Port on 127.0.0.1.
     #[arg(long, default_value_t = 8080)]
     pub(crate) port: u16,
-    /// Simulated seconds per real second.
-    #[arg(long, default_value_t = 1.0)]
+    /// Simulated seconds per real second (1 to 100000).
+    #[arg(long, default_value_t = 1.0, value_parser = crate::number_in(1.0, 100_000.0))]
     pub(crate) time_scale: f64,
     /// A scenario file (TOML; see shiftkey-sim's README for every key).
     #[arg(long)]

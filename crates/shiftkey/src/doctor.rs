@@ -23,11 +23,11 @@ pub(crate) struct DoctorArgs {
     /// when the pool is busy).
     #[arg(long)]
     probe: bool,
-    /// Give up the lifetime probe after this many hours.
-    #[arg(long, default_value_t = 9.0)]
+    /// Give up the lifetime probe after this many hours (above 0, at most 72).
+    #[arg(long, default_value_t = 9.0, value_parser = crate::number_in(f64::MIN_POSITIVE, 72.0))]
     max_hours: f64,
     /// For the emulator only: its simulated seconds per real second.
-    #[arg(long, default_value_t = 1.0, hide = true)]
+    #[arg(long, default_value_t = 1.0, hide = true, value_parser = crate::number_in(1.0, 100_000.0))]
     time_scale: f64,
 }
 

@@ -184,6 +184,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// A clap value parser for a finite number in `[min, max]`: a value outside is a usage error
+/// (exit 2) naming the range, like any other bad argument.
+pub(crate) fn number_in(min: f64, max: f64) -> impl Fn(&str) -> Result<f64, String> + Clone {
+    move |s: &str| {
+        let v: f64 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not a number"))?;
+        if v.is_finite() && (min..=max).contains(&v) {
+            Ok(v)
+        } else {
+            Err(format!("{v} is outside {min}..={max}"))
+        }
+    }
+}
+
 /// An error and its causes, each said once. Many errors print their source inside their own
 /// message (`no token: <the login's error>`), so printing the chain as `{:#}` does would repeat
 /// a sentence once per level; a cause whose text the message already holds is left out.

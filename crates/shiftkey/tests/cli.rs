@@ -84,8 +84,23 @@ fn bad_arguments_exit_non_zero_with_a_message_naming_them() {
         &["store", "check", "-c", "/nonexistent/shiftkey.toml"],
         "does not exist",
     );
-    let usage = Command::new(BIN).args(["token", "frob"]).output().unwrap();
-    assert_eq!(usage.status.code(), Some(2), "bad arguments exit 2");
+    // Bad arguments exit 2 everywhere, numbers out of range included.
+    for args in [
+        &["token", "frob"][..],
+        &["demo", "--hours", "0"],
+        &["demo", "--hours=-3"],
+        &["demo", "--speed", "0"],
+        &["demo", "--hours", "NaN"],
+        &["doctor", "--max-hours", "0"],
+        &["sim", "--time-scale", "0.5"],
+    ] {
+        let usage = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(
+            usage.status.code(),
+            Some(2),
+            "{args:?}: bad arguments exit 2"
+        );
+    }
     let config = Command::new(BIN)
         .args(["broker", "-c", "/nonexistent/shiftkey.toml"])
         .output()
