@@ -976,6 +976,21 @@ mod supervision_tests {
 
     use super::*;
 
+    /// A minimal session-mode config, loaded from a file under `name` (then removed).
+    fn test_config(name: &str) -> Config {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "[teamcenter]\nurl = \"http://127.0.0.1:9\"\nuser = \"u\"\npassword = { env = \"X\" }\n",
+        )
+        .unwrap();
+        let cfg = Config::load(&path).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        cfg
+    }
+
     #[test]
     fn the_pages_show_kinds_and_codes_never_server_text_or_paths() {
         use shiftkey_auth::{AuthError, PermanentKind, TransientKind};
@@ -1002,15 +1017,7 @@ mod supervision_tests {
 
     #[tokio::test]
     async fn readyz_names_a_dead_task() {
-        let dir = std::env::temp_dir().join(format!("shiftkey-ops-unit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("c.toml");
-        std::fs::write(
-            &path,
-            "[teamcenter]\nurl = \"http://127.0.0.1:9\"\nuser = \"u\"\npassword = { env = \"X\" }\n",
-        )
-        .unwrap();
-        let cfg = Config::load(&path).unwrap();
+        let cfg = test_config("shiftkey-ops-unit");
         let ops = Ops::new(&cfg, None, Vec::new(), Vec::new(), None, None).unwrap();
         assert!(ops.not_ready().is_empty(), "{:?}", ops.not_ready());
         ops.task_died("broker");
@@ -1020,7 +1027,6 @@ mod supervision_tests {
                 .any(|w| w.contains("`broker` stopped unexpectedly")),
             "{why:?}"
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// In a pair: a follower is ready; a fresh leader is ready while its first cycle runs, for
@@ -1028,15 +1034,7 @@ mod supervision_tests {
     #[tokio::test]
     async fn readiness_follows_the_lease() {
         use shiftkey_sync::LeaseState;
-        let dir = std::env::temp_dir().join(format!("shiftkey-ops-lease-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("c.toml");
-        std::fs::write(
-            &path,
-            "[teamcenter]\nurl = \"http://127.0.0.1:9\"\nuser = \"u\"\npassword = { env = \"X\" }\n",
-        )
-        .unwrap();
-        let cfg = Config::load(&path).unwrap();
+        let cfg = test_config("shiftkey-ops-lease");
         let minute = Duration::from_secs(60);
         let mut ops = Ops::new(&cfg, None, Vec::new(), Vec::new(), None, Some(minute)).unwrap();
         // Started (and stood by) ten minutes ago, ten intervals.
@@ -1073,22 +1071,13 @@ mod supervision_tests {
             !why.iter().any(|w| w.contains("refused")),
             "no error text: {why:?}"
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A cycle's warning raises an alert (on `/status`) once and keeps it while cycles find it;
     /// `nothing_found` changes only with a full read; a cycle without it clears it.
     #[tokio::test]
     async fn cycle_warnings_are_alerts_while_they_hold() {
-        let dir = std::env::temp_dir().join(format!("shiftkey-ops-warn-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("c.toml");
-        std::fs::write(
-            &path,
-            "[teamcenter]\nurl = \"http://127.0.0.1:9\"\nuser = \"u\"\npassword = { env = \"X\" }\n",
-        )
-        .unwrap();
-        let cfg = Config::load(&path).unwrap();
+        let cfg = test_config("shiftkey-ops-warn");
         let ops = Ops::new(
             &cfg,
             None,
@@ -1122,6 +1111,5 @@ mod supervision_tests {
             ..CycleReport::default()
         }));
         assert!(!ops.log().alerts.contains_key("sync_warning:nothing_found"));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

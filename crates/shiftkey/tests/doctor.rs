@@ -76,22 +76,14 @@ async fn doctor_checks_reachability_clock_and_login_and_names_a_refused_one() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Settings that would sync nothing or miss changes, each its own FAIL line naming the setting,
-/// every other line still printed: a plan type that matches nothing, and a fixed UTC offset the
-/// server (in UTC−5) disagrees with.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn doctor_fails_a_type_that_finds_nothing_and_a_wrong_offset_on_their_own_lines() {
-    let mut sim_cfg = shiftkey_sim::SimConfig::default();
-    sim_cfg.tc.utc_offset_minutes = -300;
-    let sim = common::start_sim(sim_cfg).await;
-    let dir = temp_dir("doctor-zone");
+/// Runs `doctor` against the emulator at `url` with `sections` after `[teamcenter]`, from a config in
+/// `dir`: its output (stdout and stderr) and exit code.
+async fn doctor_site(dir: &std::path::Path, url: &str, sections: &str) -> (String, Option<i32>) {
     let cfg = dir.join("shiftkey.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[teamcenter]\nurl = \"{}\"\nuser = \"mfg_sync\"\npassword = {{ env = \"TC_PW\" }}\n\
-             [teamcenter.read]\ntypes = [\"MEProcessRevision\", \"MEProcess\"]\nutc_offset_minutes = 0\n",
-            sim.url()
+            "[teamcenter]\nurl = \"{url}\"\nuser = \"mfg_sync\"\npassword = {{ env = \"TC_PW\" }}\n{sections}"
         ),
     )
     .unwrap();
@@ -101,8 +93,25 @@ async fn doctor_fails_a_type_that_finds_nothing_and_a_wrong_offset_on_their_own_
     })
     .await
     .unwrap();
-    let text = text(&out);
-    assert_eq!(out.status.code(), Some(7), "{text}");
+    (text(&out), out.status.code())
+}
+
+/// Settings that would sync nothing or miss changes, each its own FAIL line naming the setting,
+/// every other line still printed: a plan type that matches nothing, and a fixed UTC offset the
+/// server (in UTC−5) disagrees with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_fails_a_type_that_finds_nothing_and_a_wrong_offset_on_their_own_lines() {
+    let mut sim_cfg = shiftkey_sim::SimConfig::default();
+    sim_cfg.tc.utc_offset_minutes = -300;
+    let sim = common::start_sim(sim_cfg).await;
+    let dir = temp_dir("doctor-zone");
+    let (text, code) = doctor_site(
+        &dir,
+        &sim.url(),
+        "[teamcenter.read]\ntypes = [\"MEProcessRevision\", \"MEProcess\"]\nutc_offset_minutes = 0\n",
+    )
+    .await;
+    assert_eq!(code, Some(7), "{text}");
     for line in [
         "ok    saved-query   `Item Revision...` has the entries",
         "ok    query-finds   the change query finds `MEProcessRevision` objects",
@@ -128,26 +137,15 @@ async fn doctor_says_what_the_administrator_must_create() {
         .insert("Modified After".into(), "Geändert nach".into());
     let sim = common::start_sim(sim_cfg).await;
     let dir = temp_dir("doctor-site");
-    let cfg = dir.join("shiftkey.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[teamcenter]\nurl = \"{}\"\nuser = \"mfg_sync\"\npassword = {{ env = \"TC_PW\" }}\n\
-             [teamcenter.read]\nwindow = \"bom_windows\"\nrevision_rule = \"Latest Released\"\n\
-             [teamcenter.read.properties]\nsequence = \"xx4_seq\"\n\
-             [teamcenter.feedback]\nformat = \"json\"\nproperty = \"xx4_mes_feedback_key\"\n",
-            sim.url()
-        ),
+    let (text, code) = doctor_site(
+        &dir,
+        &sim.url(),
+        "[teamcenter.read]\nwindow = \"bom_windows\"\nrevision_rule = \"Latest Released\"\n\
+         [teamcenter.read.properties]\nsequence = \"xx4_seq\"\n\
+         [teamcenter.feedback]\nformat = \"json\"\nproperty = \"xx4_mes_feedback_key\"\n",
     )
-    .unwrap();
-    let c = cfg.to_str().unwrap().to_owned();
-    let out = tokio::task::spawn_blocking(move || {
-        shiftkey(&["doctor", "-c", &c], &[("TC_PW", "mfg_sync_pw")])
-    })
-    .await
-    .unwrap();
-    let text = text(&out);
-    assert_eq!(out.status.code(), Some(7), "{text}");
+    .await;
+    assert_eq!(code, Some(7), "{text}");
     for line in [
         "FAIL  saved-query   `Item Revision...` has no entry `Modified After`; its entries are",
         "`Geändert nach`",
