@@ -372,13 +372,26 @@ pub(crate) fn new_salt() -> [u8; 16] {
     s
 }
 
+/// A token of `generation` for the store's unit tests.
+#[cfg(test)]
+pub(crate) fn test_token(generation: u64) -> StoredToken {
+    use std::time::{Duration, SystemTime};
+    StoredToken {
+        access_token: "at".into(),
+        refresh_token: Some("rt".into()),
+        token_type: "Bearer".into(),
+        issued_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        lifetime: Duration::from_secs(3600),
+        lifetime_source: shiftkey_auth::StoredLifetimeSource::ExpiresIn,
+        scope: None,
+        generation,
+        limits: shiftkey_auth::ServerLimits::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
-
-    use std::time::{Duration, SystemTime};
-
-    use shiftkey_auth::{ServerLimits, StoredLifetimeSource};
 
     use super::*;
 
@@ -389,17 +402,7 @@ mod tests {
     };
 
     fn token() -> StoredToken {
-        StoredToken {
-            access_token: "at".into(),
-            refresh_token: Some("rt".into()),
-            token_type: "Bearer".into(),
-            issued_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-            lifetime: Duration::from_secs(3600),
-            lifetime_source: StoredLifetimeSource::ExpiresIn,
-            scope: None,
-            generation: 4,
-            limits: ServerLimits::default(),
-        }
+        test_token(4)
     }
 
     fn open(bytes: &[u8], binding: Binding<'_>) -> Result<StoredToken, DecodeError> {

@@ -605,10 +605,6 @@ impl LeaderLease {
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
-    use std::time::SystemTime;
-
-    use shiftkey_auth::{ServerLimits, StoredLifetimeSource};
-
     use super::*;
     use crate::format::{Binding, Kdf};
 
@@ -619,17 +615,7 @@ mod tests {
     };
 
     fn payload(version: u8, generation: u64) -> Vec<u8> {
-        let token = StoredToken {
-            access_token: "at".into(),
-            refresh_token: Some("rt".into()),
-            token_type: "Bearer".into(),
-            issued_at: SystemTime::UNIX_EPOCH,
-            lifetime: Duration::from_secs(3600),
-            lifetime_source: StoredLifetimeSource::ExpiresIn,
-            scope: None,
-            generation,
-            limits: ServerLimits::default(),
-        };
+        let token = format::test_token(generation);
         format::encode_version(&token, Kdf::Raw, &[0; 16], &KEY, ROW, version).unwrap()
     }
 
