@@ -45,7 +45,11 @@ async fn truth(sim: &Sim) -> Vec<ProcessRecord> {
         .changed_since(None, &ReadConfig::default())
         .await
         .unwrap();
-    let mut v: Vec<ProcessRecord> = all.plans.iter().map(|(p, o)| map_plan(p, o)).collect();
+    let mut v: Vec<ProcessRecord> = all
+        .plans
+        .iter()
+        .map(|(p, o)| map_plan(p, o, &all.current))
+        .collect();
     v.sort_by(|a, b| a.uid.cmp(&b.uid));
     v
 }

@@ -24,7 +24,8 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let sink = SqlSink::connect("sqlite::memory:").await?;
 //! let plan = ProcessRecord { uid: "P1".into(), id: "P01-PR0001".into(), revision: "A".into(), name: "Assemble".into(),
-//!     plant: "P01".into(), released: false, obsolete: false, last_modified: SystemTime::UNIX_EPOCH, operations: vec![] };
+//!     plant: "P01".into(), released: false, obsolete: false, last_modified: SystemTime::UNIX_EPOCH,
+//!     current: Some(true), operations: vec![] };
 //! let report = sink.apply(&[plan.clone()], SystemTime::UNIX_EPOCH).await?;
 //! assert_eq!(report.inserted, 1);
 //! assert_eq!(sink.apply(&[plan], SystemTime::UNIX_EPOCH).await?.unchanged, 1);
@@ -66,6 +67,12 @@ pub struct ProcessRecord {
     pub obsolete: bool,
     /// Last modification in Teamcenter.
     pub last_modified: SystemTime,
+    /// Whether this is the revision of its item (`id`) the shop floor runs, as the site's
+    /// revision rule configures it: `Some(true)` current (writing it marks every other revision
+    /// of the item superseded), `Some(false)` superseded (its operations are not offered as
+    /// work), `None` not decided (every revision is offered, as when no rule is asked).
+    #[serde(default)]
+    pub current: Option<bool>,
     /// Its operations (replaced as a set).
     pub operations: Vec<OperationRecord>,
 }

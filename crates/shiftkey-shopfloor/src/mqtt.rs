@@ -353,8 +353,11 @@ impl Sink for MqttSink {
         // One deadline for the whole batch: publishing waits for room in the client's queue,
         // which only drains while connected.
         let sessions = self.lost_sessions.load(Ordering::Acquire);
+        // One retained message per item: a superseded revision must not replace the current one's.
+        let to_publish: Vec<&ProcessRecord> =
+            batch.iter().filter(|p| p.current != Some(false)).collect();
         let publish_and_wait = async {
-            for p in batch {
+            for p in &to_publish {
                 let payload = isa95(p).to_string();
                 self.client
                     .publish(topic(&self.prefix, p), self.qos, true, payload)
@@ -391,7 +394,7 @@ impl Sink for MqttSink {
                     .map_or_else(String::new, |e| format!(" (last connection error: {e})"));
                 Self::mqtt_error(format!(
                     "the broker did not take and acknowledge {} messages within {:?}{last}",
-                    batch.len(),
+                    to_publish.len(),
                     self.ack_timeout
                 ))
             })??;

@@ -23,14 +23,15 @@ fn from_millis(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
-/// The schema, version 2 (documented in `docs/shopfloor.md`). `{id}` is the backend's
+/// The schema, version 3 (documented in `docs/shopfloor.md`). `{id}` is the backend's
 /// auto-increment key type.
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS shopfloor_schema (version BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS process_definition (
         uid TEXT PRIMARY KEY, item_id TEXT NOT NULL, revision TEXT NOT NULL, name TEXT NOT NULL,
         plant TEXT NOT NULL, released BIGINT NOT NULL, obsolete BIGINT NOT NULL,
-        last_modified_ms BIGINT NOT NULL, content_hash TEXT NOT NULL)",
+        last_modified_ms BIGINT NOT NULL, content_hash TEXT NOT NULL, is_current BIGINT)",
+    "CREATE INDEX IF NOT EXISTS process_definition_by_item ON process_definition (item_id)",
     SEGMENT_TABLE,
     "CREATE INDEX IF NOT EXISTS process_segment_by_uid ON process_segment (uid)",
     "CREATE TABLE IF NOT EXISTS sync_state (id BIGINT PRIMARY KEY, watermark_ms BIGINT, reconciled_ms BIGINT)",
@@ -48,7 +49,28 @@ const SEGMENT_TABLE: &str = "CREATE TABLE IF NOT EXISTS process_segment (
         resources_json TEXT NOT NULL, consumed_parts_json TEXT NOT NULL, obsolete BIGINT NOT NULL,
         PRIMARY KEY (process_uid, occurrence))";
 
-const VERSION: i64 = 2;
+const VERSION: i64 = 3;
+
+/// What the shop floor runs: the operations of each item's current revision (or of every
+/// revision where none was decided), leaving out obsolete plans and operations. Created after
+/// the tables (and their migration), since it names `is_current`.
+const WORK_VIEW: &str = "current_process_segment AS
+    SELECT s.process_uid, s.occurrence, s.uid, s.item_id, s.name, s.sequence, s.work_area,
+        s.allocated_time_s, s.work_instructions_json, s.resources_json, s.consumed_parts_json,
+        d.item_id AS process_item_id, d.revision AS process_revision, d.plant AS plant
+    FROM process_segment s JOIN process_definition d ON d.uid = s.process_uid
+    WHERE COALESCE(d.is_current, 1) = 1 AND d.obsolete = 0 AND s.obsolete = 0";
+
+/// Version 2 → 3: which revision of an item is current. The column starts undecided (every
+/// revision offered) and the watermark is cleared, so the next cycle is a full read that asks the
+/// revision rule for every item; the content hashes are cleared so every row is written again.
+const MIGRATE_V2_TO_V3: &[&str] = &[
+    "ALTER TABLE process_definition ADD COLUMN is_current BIGINT",
+    "CREATE INDEX IF NOT EXISTS process_definition_by_item ON process_definition (item_id)",
+    "UPDATE process_definition SET content_hash = ''",
+    "UPDATE sync_state SET watermark_ms = NULL",
+    "UPDATE shopfloor_schema SET version = 3",
+];
 
 /// Version 1 → 2: operations are keyed by (process, occurrence), work instructions are a list of
 /// attached documents (datasets in Teamcenter, not text), and the last full read is kept. The
@@ -63,7 +85,6 @@ const MIGRATE_V1_TO_V2: &[&str] = &[
     "ALTER TABLE sync_state ADD COLUMN reconciled_ms BIGINT",
     "UPDATE process_definition SET content_hash = '', last_modified_ms = 0",
     "UPDATE sync_state SET watermark_ms = NULL",
-    "UPDATE shopfloor_schema SET version = 2",
 ];
 
 /// A SQL sink: SQLite (`sqlite://path?mode=rwc`, `sqlite::memory:`) or PostgreSQL (`postgres://…`).
@@ -200,17 +221,35 @@ impl SqlSink {
             .map(|r| r.try_get::<i64, _>("version"))
             .transpose()
             .map_err(err("read schema version"))?;
+        // SQLite has no `CREATE OR REPLACE VIEW`, PostgreSQL no `CREATE VIEW IF NOT EXISTS`.
+        let view = if sqlite {
+            format!("CREATE VIEW IF NOT EXISTS {WORK_VIEW}")
+        } else {
+            format!("CREATE OR REPLACE VIEW {WORK_VIEW}")
+        };
         match version {
             None => {
+                let mut tx = pool.begin().await.map_err(err("create schema"))?;
+                sqlx::query(&view)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(err("create the view current_process_segment"))?;
                 sqlx::query("INSERT INTO shopfloor_schema (version) VALUES ($1)")
                     .bind(VERSION)
-                    .execute(&pool)
+                    .execute(&mut *tx)
                     .await
                     .map_err(err("record schema version"))?;
+                tx.commit().await.map_err(err("create schema"))?;
             }
-            Some(1) => {
-                let mut tx = pool.begin().await.map_err(err("migrate schema 1 → 2"))?;
-                for ddl in MIGRATE_V1_TO_V2 {
+            Some(v @ (1 | 2)) => {
+                let what = format!("migrate schema {v} → {VERSION}");
+                let mut tx = pool.begin().await.map_err(err(what.clone()))?;
+                let steps = if v == 1 {
+                    [MIGRATE_V1_TO_V2, MIGRATE_V2_TO_V3].concat()
+                } else {
+                    MIGRATE_V2_TO_V3.to_vec()
+                };
+                for ddl in steps.iter().chain([&view.as_str()]) {
                     // PostgreSQL: a second instance migrating at once must not fail on the column.
                     let ddl = if sqlite {
                         (*ddl).to_owned()
@@ -220,11 +259,11 @@ impl SqlSink {
                     sqlx::query(&ddl)
                         .execute(&mut *tx)
                         .await
-                        .map_err(err(format!("migrate schema 1 → 2: {ddl}")))?;
+                        .map_err(err(format!("{what}: {ddl}")))?;
                 }
-                tx.commit().await.map_err(err("migrate schema 1 → 2"))?;
+                tx.commit().await.map_err(err(what))?;
                 tracing::info!(
-                    "shop-floor schema migrated to version 2; the next cycle reads every plan again"
+                    "shop-floor schema migrated from version {v} to {VERSION}; the next cycle reads every plan again"
                 );
             }
             Some(VERSION) => {}
@@ -295,7 +334,13 @@ impl SqlSink {
             .all()
             .await?
             .iter()
-            .filter(|p| recorded.get(&p.uid).is_some_and(|h| *h != content_hash(p)))
+            // An empty hash marks a row to be written again at its next read (a migration, or a
+            // revision another one superseded): nothing to compare.
+            .filter(|p| {
+                recorded
+                    .get(&p.uid)
+                    .is_some_and(|h| !h.is_empty() && *h != content_hash(p))
+            })
             .map(|p| p.uid.clone())
             .collect())
     }
@@ -314,7 +359,7 @@ impl SqlSink {
 
     /// Every stored process revision with its operations (for comparisons and status pages).
     pub async fn all(&self) -> Result<Vec<ProcessRecord>, SinkError> {
-        let rows = sqlx::query("SELECT uid, item_id, revision, name, plant, released, obsolete, last_modified_ms FROM process_definition ORDER BY uid")
+        let rows = sqlx::query("SELECT uid, item_id, revision, name, plant, released, obsolete, last_modified_ms, is_current FROM process_definition ORDER BY uid")
             .fetch_all(&self.pool)
             .await
             .map_err(err("read processes"))?;
@@ -378,6 +423,10 @@ impl SqlSink {
                     r.try_get("last_modified_ms")
                         .map_err(err("read last_modified"))?,
                 ),
+                current: r
+                    .try_get::<Option<i64>, _>("is_current")
+                    .map_err(err("read is_current"))?
+                    .map(|c| c != 0),
                 operations,
             });
         }
@@ -472,11 +521,12 @@ impl Sink for SqlSink {
                 None => report.inserted += 1,
             }
             sqlx::query(
-                "INSERT INTO process_definition (uid, item_id, revision, name, plant, released, obsolete, last_modified_ms, content_hash)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                "INSERT INTO process_definition (uid, item_id, revision, name, plant, released, obsolete, last_modified_ms, content_hash, is_current)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                  ON CONFLICT (uid) DO UPDATE SET item_id = excluded.item_id, revision = excluded.revision, name = excluded.name,
                    plant = excluded.plant, released = excluded.released, obsolete = excluded.obsolete,
-                   last_modified_ms = excluded.last_modified_ms, content_hash = excluded.content_hash",
+                   last_modified_ms = excluded.last_modified_ms, content_hash = excluded.content_hash,
+                   is_current = excluded.is_current",
             )
             .bind(&p.uid)
             .bind(&p.id)
@@ -487,9 +537,23 @@ impl Sink for SqlSink {
             .bind(i64::from(p.obsolete))
             .bind(millis(p.last_modified))
             .bind(&hash)
+            .bind(p.current.map(i64::from))
             .execute(&mut *tx)
             .await
             .map_err(err(format!("upsert process {}", p.uid)))?;
+            if p.current == Some(true) {
+                // One current revision per item: the others are superseded, and written again
+                // (their hash cleared) when they are next read.
+                sqlx::query(
+                    "UPDATE process_definition SET is_current = 0, content_hash = ''
+                     WHERE item_id = $1 AND uid <> $2 AND (is_current IS NULL OR is_current <> 0)",
+                )
+                .bind(&p.id)
+                .bind(&p.uid)
+                .execute(&mut *tx)
+                .await
+                .map_err(err(format!("supersede the other revisions of {}", p.id)))?;
+            }
             // The operation set of a revision is replaced as a whole.
             sqlx::query("DELETE FROM process_segment WHERE process_uid = $1")
                 .bind(&p.uid)

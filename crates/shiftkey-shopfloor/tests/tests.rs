@@ -41,8 +41,148 @@ fn plan(uid: &str, modified: u64, ops: Vec<OperationRecord>) -> ProcessRecord {
         released: false,
         obsolete: false,
         last_modified: t(modified),
+        current: None,
         operations: ops,
     }
+}
+
+/// Revision `revision` (UID `uid`) of the item `ITEM`, current or not.
+fn revision(uid: &str, revision: &str, current: Option<bool>, op_uid: &str) -> ProcessRecord {
+    ProcessRecord {
+        id: "ITEM".into(),
+        revision: revision.into(),
+        current,
+        ..plan(uid, 1, vec![op(op_uid, 10, revision)])
+    }
+}
+
+/// The operations `current_process_segment` offers as work: (plan UID, operation UID).
+async fn offered(s: &SqlSink) -> Vec<(String, String)> {
+    use sqlx::Row as _;
+    sqlx::query("SELECT process_uid, uid FROM current_process_segment ORDER BY process_uid, uid")
+        .fetch_all(s.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get("process_uid"), r.get("uid")))
+        .collect()
+}
+
+#[tokio::test]
+async fn one_revision_of_an_item_is_current_and_only_its_operations_are_offered() {
+    let (s, path) = sink("current").await;
+    let a = revision("REV-A", "A", Some(true), "OA");
+    s.apply(std::slice::from_ref(&a), t(1)).await.unwrap();
+    assert_eq!(offered(&s).await, [("REV-A".to_owned(), "OA".to_owned())]);
+    // B becomes current: A is superseded in the same transaction, and only B is offered.
+    let b = revision("REV-B", "B", Some(true), "OB");
+    s.apply(std::slice::from_ref(&b), t(2)).await.unwrap();
+    let all = s.all().await.unwrap();
+    let current: Vec<_> = all.iter().map(|p| (p.uid.as_str(), p.current)).collect();
+    assert_eq!(current, [("REV-A", Some(false)), ("REV-B", Some(true))]);
+    assert_eq!(offered(&s).await, [("REV-B".to_owned(), "OB".to_owned())]);
+    assert!(
+        s.torn().await.unwrap().is_empty(),
+        "a superseded row is not torn"
+    );
+    // A read again as superseded is written again (its hash was cleared) and B stays current.
+    let a_superseded = revision("REV-A", "A", Some(false), "OA");
+    assert_eq!(
+        s.apply(std::slice::from_ref(&a_superseded), t(3))
+            .await
+            .unwrap()
+            .updated,
+        1
+    );
+    assert_eq!(s.all().await.unwrap(), vec![a_superseded, b.clone()]);
+    // The rule turns back to A (B withdrawn): B is superseded.
+    s.apply(&[revision("REV-A", "A", Some(true), "OA")], t(4))
+        .await
+        .unwrap();
+    assert_eq!(offered(&s).await, [("REV-A".to_owned(), "OA".to_owned())]);
+    // Revisions of other items are left alone.
+    let other = plan("OTHER", 1, vec![op("OO", 10, "x")]);
+    s.apply(
+        &[ProcessRecord {
+            current: Some(true),
+            ..other
+        }],
+        t(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(offered(&s).await.len(), 2);
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test]
+async fn without_a_rule_every_revision_is_offered() {
+    let (s, path) = sink("every").await;
+    s.apply(
+        &[
+            revision("REV-A", "A", None, "OA"),
+            revision("REV-B", "B", None, "OB"),
+        ],
+        t(1),
+    )
+    .await
+    .unwrap();
+    assert_eq!(offered(&s).await.len(), 2, "nothing decided: both offered");
+    // Obsolete plans and operations are never offered.
+    let mut obsolete = revision("REV-B", "B", None, "OB");
+    obsolete.obsolete = true;
+    s.apply(&[obsolete], t(2)).await.unwrap();
+    assert_eq!(offered(&s).await, [("REV-A".to_owned(), "OA".to_owned())]);
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test]
+async fn a_version_2_database_gains_the_current_revision_and_is_read_again() {
+    let path = std::env::temp_dir().join(format!("shiftkey-sink-v2-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    {
+        // Schema version 2 as shiftkey left it before the current revision.
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        for ddl in [
+            "CREATE TABLE shopfloor_schema (version BIGINT NOT NULL)",
+            "INSERT INTO shopfloor_schema (version) VALUES (2)",
+            "CREATE TABLE process_definition (uid TEXT PRIMARY KEY, item_id TEXT NOT NULL, revision TEXT NOT NULL, name TEXT NOT NULL, plant TEXT NOT NULL, released BIGINT NOT NULL, obsolete BIGINT NOT NULL, last_modified_ms BIGINT NOT NULL, content_hash TEXT NOT NULL)",
+            "CREATE TABLE process_segment (process_uid TEXT NOT NULL REFERENCES process_definition(uid), occurrence TEXT NOT NULL, uid TEXT NOT NULL, item_id TEXT NOT NULL, name TEXT NOT NULL, sequence BIGINT NOT NULL, work_area TEXT, allocated_time_s DOUBLE PRECISION, work_instructions_json TEXT NOT NULL, resources_json TEXT NOT NULL, consumed_parts_json TEXT NOT NULL, obsolete BIGINT NOT NULL, PRIMARY KEY (process_uid, occurrence))",
+            "CREATE TABLE sync_state (id BIGINT PRIMARY KEY, watermark_ms BIGINT, reconciled_ms BIGINT)",
+            "INSERT INTO sync_state (id, watermark_ms) VALUES (1, 1800000010000)",
+            "INSERT INTO process_definition VALUES ('REV-A', 'ITEM', 'A', 'Plan', 'P01', 1, 0, 1800000010000, 'h1')",
+            "INSERT INTO process_definition VALUES ('REV-B', 'ITEM', 'B', 'Plan', 'P01', 0, 0, 1800000010000, 'h2')",
+            "INSERT INTO process_segment VALUES ('REV-A', 'occ', 'OA', 'OP-10', 'Operation 10', 10, NULL, NULL, '[]', '[]', '[]', 0)",
+        ] {
+            sqlx::query(ddl).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+    }
+    let s = SqlSink::connect(&url).await.unwrap();
+    assert_eq!(
+        s.watermark().await.unwrap(),
+        None,
+        "the next cycle is a full read that asks the rule for every item"
+    );
+    let all = s.all().await.unwrap();
+    assert_eq!(all.len(), 2, "plans stay");
+    assert!(
+        all.iter().all(|p| p.current.is_none()),
+        "undecided until read"
+    );
+    assert!(s.torn().await.unwrap().is_empty());
+    assert_eq!(
+        offered(&s).await,
+        [("REV-A".to_owned(), "OA".to_owned())],
+        "the view exists and offers what was offered before"
+    );
+    drop(s);
+    // Connecting again changes nothing more.
+    let again = SqlSink::connect(&url).await.unwrap();
+    assert_eq!(again.all().await.unwrap().len(), 2);
+    let _ = std::fs::remove_file(path);
 }
 
 async fn sink(name: &str) -> (SqlSink, std::path::PathBuf) {

@@ -303,12 +303,29 @@ impl Dataset {
         d
     }
 
-    /// A new revision object of `type_name` with the standard properties.
+    /// A new revision object of `type_name` with the standard properties, revision `A` of a new
+    /// item (`items_tag`).
     fn revision(&mut self, type_name: &str, id: &str, name: &str, date: &str) -> String {
         let uid = self.uid();
+        // The item's UID is derived from its first revision's (unique), so that adding items
+        // leaves every other UID of a seed as it was.
+        let item_uid = format!("{}x9I", &uid[..uid.len() - 3]);
+        let item_type = match type_name.strip_suffix("Revision") {
+            Some("Item") | None => "Item",
+            Some(t) => t,
+        };
+        let mut item = Object::new(item_uid.clone(), item_type);
+        item.one("item_id", id);
+        item.one("object_name", name);
+        item.one("object_type", item_type);
+        item.one("creation_date", date);
+        item.one("last_mod_date", date);
+        item.set("revision_list", vec![uid.clone()]);
+        self.objects.insert(item_uid.clone(), item);
         let mut o = Object::new(uid.clone(), type_name);
         o.one("item_id", id);
         o.one("item_revision_id", "A");
+        o.one("items_tag", item_uid);
         o.one("object_name", name);
         o.one("object_type", type_name);
         o.one("object_desc", "");
@@ -476,6 +493,11 @@ impl Dataset {
     #[must_use]
     pub fn occurrence(&self, uid: &str) -> Option<&Occurrence> {
         self.occurrences.get(uid)
+    }
+
+    /// One persistent object, to edit (a test planting odd data).
+    pub fn object_mut(&mut self, uid: &str) -> Option<&mut Object> {
+        self.objects.get_mut(uid)
     }
 
     /// One occurrence, to edit (a test planting odd data).
@@ -681,14 +703,7 @@ impl Dataset {
                 true
             }
             (4, _) => {
-                let status = self.uid();
-                let mut o = Object::new(status.clone(), "ReleaseStatus");
-                o.one("object_name", "Released");
-                o.one("date_released", stamp);
-                self.objects.insert(status.clone(), o);
-                if let Some(p) = self.objects.get_mut(plan) {
-                    p.set("release_status_list", vec![status]);
-                }
+                self.set_status(plan, "Released", stamp);
                 false
             }
             _ => {
@@ -704,6 +719,91 @@ impl Dataset {
         {
             p.one("last_mod_date", stamp);
         }
+    }
+
+    /// Gives `revision` the release status `status` (its only one) at `stamp`, without moving its
+    /// `last_mod_date` (see [`Dataset::release`]).
+    fn set_status(&mut self, revision: &str, status: &str, stamp: &str) {
+        let uid = self.uid();
+        let mut o = Object::new(uid.clone(), "ReleaseStatus");
+        o.one("object_name", status);
+        o.one("date_released", stamp);
+        self.objects.insert(uid.clone(), o);
+        if let Some(p) = self.objects.get_mut(revision) {
+            p.set("release_status_list", vec![uid]);
+        }
+    }
+
+    /// Releases `revision` with the status `status` (e.g. `Released`) at `now`; its
+    /// `last_mod_date` moves, as adding a status modifies the revision.
+    pub fn release(&mut self, revision: &str, status: &str, now: SystemTime) {
+        let stamp = tc_date(now);
+        self.set_status(revision, status, &stamp);
+        if let Some(p) = self.objects.get_mut(revision) {
+            p.one("last_mod_date", stamp);
+        }
+    }
+
+    /// Revises `revision`: a new revision of the same item (the next letter), working (no
+    /// status), created and modified at `now`, holding the same bill of process (the same
+    /// occurrences). `None` when `revision` is not a revision of an item.
+    pub fn revise(&mut self, revision: &str, now: SystemTime) -> Option<String> {
+        let old = self.objects.get(revision)?.clone();
+        let item_uid = old.get("items_tag")?.to_owned();
+        let letter = old
+            .get("item_revision_id")
+            .and_then(|r| r.chars().next())
+            .map_or('A', |c| char::from_u32(u32::from(c) + 1).unwrap_or(c));
+        let uid = self.uid();
+        let stamp = tc_date(now);
+        let mut o = old;
+        o.uid.clone_from(&uid);
+        o.one("item_revision_id", letter.to_string());
+        o.one("creation_date", stamp.clone());
+        o.one("last_mod_date", stamp);
+        o.set("release_status_list", Vec::new());
+        self.objects.insert(uid.clone(), o);
+        if let Some(s) = self.structures.get(revision).cloned() {
+            self.structures.insert(uid.clone(), s);
+        }
+        if let Some(item) = self.objects.get_mut(&item_uid) {
+            item.props
+                .entry("revision_list".to_owned())
+                .or_default()
+                .push(uid.clone());
+        }
+        Some(uid)
+    }
+
+    /// The revision of `item` that the revision rule named `rule` configures (`""`: the default
+    /// rule, `Latest Working`), the way Teamcenter's standard rules read for a top item:
+    /// - `Latest Working` and `Precise; Working`: the newest working revision (no release
+    ///   status), else the newest revision;
+    /// - `Any Status; Working`: the newest revision with any status, else the newest working one.
+    ///
+    /// "Newest" is by creation date, then revision id. `None`: an unknown rule or item.
+    #[must_use]
+    pub fn configured_revision(&self, item: &str, rule: &str) -> Option<String> {
+        let revisions = self.objects.get(item)?.props.get("revision_list")?;
+        let mut revs: Vec<&Object> = revisions
+            .iter()
+            .filter_map(|r| self.objects.get(r))
+            .collect();
+        revs.sort_by(|a, b| {
+            let created = |o: &Object| o.get("creation_date").and_then(parse_tc_date);
+            created(a)
+                .cmp(&created(b))
+                .then_with(|| a.get("item_revision_id").cmp(&b.get("item_revision_id")))
+        });
+        let released = |o: &&&Object| !o.props.get("release_status_list").is_none_or(Vec::is_empty);
+        let newest_working = revs.iter().rev().find(|o| !released(o));
+        let newest_released = revs.iter().rev().find(released);
+        let pick = match rule {
+            "" | "Latest Working" | "Precise; Working" => newest_working.or(revs.last()),
+            "Any Status; Working" => newest_released.or(newest_working),
+            _ => None,
+        };
+        pick.map(|o| o.uid.clone())
     }
 
     /// How many times `setProperties` wrote `value` into `property` (any object).

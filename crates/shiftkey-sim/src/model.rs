@@ -14,7 +14,8 @@ fn parent(type_name: &str) -> Option<&'static str> {
         "WorkspaceObject" | "ReleaseStatus" | "ImanQuery" | "RevisionRule" => {
             "POM_application_object"
         }
-        "ItemRevision" | "Dataset" => "WorkspaceObject",
+        "Item" | "ItemRevision" | "Dataset" => "WorkspaceObject",
+        "MEProcess" | "MEOP" | "MEWorkarea" | "Mfg0MEResource" => "Item",
         "MEProcessRevision" | "MEOPRevision" | "MEWorkareaRevision" | "Mfg0MEResourceRevision" => {
             "ItemRevision"
         }
@@ -65,6 +66,7 @@ fn own_properties(type_name: &str) -> &'static [&'static str] {
             "release_status_list",
             "owning_user",
         ],
+        "Item" => &["item_id", "revision_list"],
         "ItemRevision" => &[
             "item_id",
             "item_revision_id",

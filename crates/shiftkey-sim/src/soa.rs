@@ -997,7 +997,42 @@ impl Ctx<'_> {
                 ));
                 continue;
             }
-            let rev = ref_uid(&info["itemRev"]).unwrap_or_default();
+            let mut rev = ref_uid(&info["itemRev"]).unwrap_or_default().to_owned();
+            if rev.is_empty() {
+                // An item: the server picks its revision by the rule (S4/S12 pass only the item).
+                let Some(item) = ref_uid(&info["item"]).filter(|u| !u.is_empty()) else {
+                    return Err(Refusal::syntax(
+                        "info[] names neither an itemRev nor an item",
+                    ));
+                };
+                let rule_name = self
+                    .data
+                    .get(rule)
+                    .and_then(|r| r.get("object_name"))
+                    .unwrap_or_default();
+                match self.data.configured_revision(item, rule_name) {
+                    Some(r) => rev = r,
+                    None => {
+                        errors.push(partial(
+                            Some(item),
+                            i,
+                            wire::CANNOT_OPEN,
+                            format!("No revision of {item} is configured by the revision rule."),
+                        ));
+                        continue;
+                    }
+                }
+                // Any configured revision opens: a window on an item without a structure has a
+                // top line and no children.
+                let w = self.open_window(WindowKind::Bom, &rev);
+                let top = line_uid(w, "BOMLine", None);
+                lines.push(top.clone());
+                output.push(json!({"clientId": client_id,
+                    "bomWindow": {"uid": window_uid(w), "className": "BOMWindow", "type": "BOMWindow"},
+                    "bomLine": self.reference(&top)}));
+                continue;
+            }
+            let rev = rev.as_str();
             if !self.openable(rev) {
                 errors.push(partial(
                     Some(rev),

@@ -7,7 +7,8 @@ use async_trait::async_trait;
 use shiftkey_auth::{Clock, TokioClock};
 use shiftkey_shopfloor::{Document, OperationRecord, ProcessRecord, Sink, SinkError};
 use shiftkey_teamcenter::{
-    FeedbackConfig, FeedbackValues, Operation, ProcessPlan, ReadConfig, TcClient, TcError,
+    CurrentRevisions, FeedbackConfig, FeedbackValues, Operation, ProcessPlan, ReadConfig, TcClient,
+    TcError,
 };
 
 /// Engine settings.
@@ -108,8 +109,9 @@ pub struct CycleReport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CycleWarning {
-    /// `nothing_found` (a full read found no plan of a configured type) or `utc_offset` (a
-    /// fixed offset the server's dates disagree with).
+    /// `nothing_found` (a full read found no plan of a configured type), `utc_offset` (a
+    /// fixed offset the server's dates disagree with) or `no_current_revision` (the revision
+    /// rule configures no revision of an item read, so none of its revisions is offered).
     pub kind: &'static str,
     /// What to check, for the log and `/status`.
     pub detail: String,
@@ -117,7 +119,7 @@ pub struct CycleWarning {
 
 impl CycleWarning {
     /// Every kind a cycle can report (for metrics that show each kind from the start).
-    pub const KINDS: [&'static str; 2] = ["nothing_found", "utc_offset"];
+    pub const KINDS: [&'static str; 3] = ["nothing_found", "utc_offset", "no_current_revision"];
 
     /// A warning of `kind` (one of [`CycleWarning::KINDS`]).
     #[must_use]
@@ -209,10 +211,16 @@ pub trait Lease: Send {
     async fn ensure(&mut self) -> bool;
 }
 
-/// Maps a Teamcenter plan and its operations to shop-floor records.
+/// Maps a Teamcenter plan and its operations to shop-floor records; `current` says which
+/// revision of its item is current.
 #[must_use]
-pub fn map_plan(plan: &ProcessPlan, operations: &[Operation]) -> ProcessRecord {
+pub fn map_plan(
+    plan: &ProcessPlan,
+    operations: &[Operation],
+    current: &CurrentRevisions,
+) -> ProcessRecord {
     ProcessRecord {
+        current: current.of(plan),
         uid: plan.uid.clone(),
         id: plan.id.clone(),
         revision: plan.revision.clone(),
@@ -451,9 +459,39 @@ impl Engine {
                 tracing::warn!(uid = pe.uid.as_deref().unwrap_or("?"), errors = ?pe.errors, "Teamcenter reported a partial error");
             }
             report.skipped += read.skipped.len();
+            let Some(revisions) = self
+                .resuming(stop, started, &mut resumed, || {
+                    self.tc.current_revisions(batch, &self.cfg.read)
+                })
+                .await
+            else {
+                report.stopped = true;
+                break;
+            };
+            let revisions = revisions?;
+            for pe in &revisions.unresolved {
+                let w = CycleWarning {
+                    kind: "no_current_revision",
+                    detail: format!(
+                        "{}: no revision of it is current under the revision rule, so none is offered as work: {}",
+                        pe.uid.as_deref().unwrap_or("?"),
+                        pe.errors
+                            .iter()
+                            .map(|e| e.message.as_str())
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                };
+                tracing::warn!(kind = w.kind, "{w}");
+                report.warnings.push(w);
+            }
             let records: Vec<ProcessRecord> = batch
                 .iter()
-                .filter_map(|p| read.operations.remove(&p.uid).map(|ops| map_plan(p, &ops)))
+                .filter_map(|p| {
+                    read.operations
+                        .remove(&p.uid)
+                        .map(|ops| map_plan(p, &ops, &revisions))
+                })
                 .collect();
             // Skipped plans count for the watermark too: they are retried when they change
             // again or at the next reconcile, never in a loop.

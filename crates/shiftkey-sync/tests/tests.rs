@@ -64,7 +64,11 @@ async fn truth(sim: &Sim) -> Vec<ProcessRecord> {
         .changed_since(None, &ReadConfig::default())
         .await
         .unwrap();
-    let mut v: Vec<ProcessRecord> = all.plans.iter().map(|(p, o)| map_plan(p, o)).collect();
+    let mut v: Vec<ProcessRecord> = all
+        .plans
+        .iter()
+        .map(|(p, o)| map_plan(p, o, &all.current))
+        .collect();
     v.sort_by(|a, b| a.uid.cmp(&b.uid));
     v
 }
@@ -109,6 +113,172 @@ async fn after_every_cycle_the_sink_equals_the_source() {
         "the change stream reached the sink: {updated} updates"
     );
     assert!(sink.watermark().await.unwrap().is_some());
+}
+
+/// The revision of each plan's item in the sink: (item id, revision, current).
+async fn revisions_of(sink: &SqlSink, item: &str) -> Vec<(String, Option<bool>)> {
+    sink.all()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.id == item)
+        .map(|p| (p.revision, p.current))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// A plan's items whose operations the sink offers as work (`current_process_segment`).
+async fn offered_revisions(sink: &SqlSink, item: &str) -> Vec<String> {
+    use sqlx::Row as _;
+    sqlx::query(
+        "SELECT DISTINCT process_revision FROM current_process_segment WHERE process_item_id = $1",
+    )
+    .bind(item)
+    .fetch_all(sink.pool())
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get("process_revision"))
+    .collect()
+}
+
+/// #27 item 6: a new revision of a plan is synced as a revision of the same item; which one is
+/// current is the server's revision rule's answer, the other is superseded and its operations
+/// are not offered; the sink equals the truth after every step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_revision_rule_decides_which_revision_of_a_plan_is_current() {
+    for rule in [None, Some("Any Status; Working")] {
+        let clock = clock();
+        let sim = sim(quiet(), &clock).await;
+        sim.pause_changes(true);
+        let sink = sqlite("current").await;
+        let mut config = EngineConfig::default();
+        config.read.current = shiftkey_teamcenter::CurrentRevision::ByRule {
+            revision_rule: rule.map(str::to_owned),
+        };
+        let engine = Engine::new(tc(&sim, "mfg_sync_pw"), sink.clone(), config)
+            .with_clock(Arc::clone(&clock));
+        engine.cycle(&Stop::default()).await.unwrap();
+        let (a, item) = sim.with_data(|d| {
+            let p = d.changed_processes(std::time::UNIX_EPOCH)[0];
+            (p.uid.clone(), p.get("item_id").unwrap().to_owned())
+        });
+        assert_eq!(
+            revisions_of(&sink, &item).await,
+            [("A".to_owned(), Some(true))]
+        );
+        // A is released, then revised: B is working.
+        sim.with_data(|d| d.release(&a, "Released", clock.wall()));
+        clock.sleep(Duration::from_secs(60)).await;
+        let b = sim.with_data(|d| d.revise(&a, clock.wall())).unwrap();
+        clock.sleep(Duration::from_secs(15 * 60)).await;
+        let r = engine.cycle(&Stop::default()).await.unwrap();
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        let (current, superseded) = if rule.is_none() {
+            ("B", "A") // the default, Latest Working: the newest working revision
+        } else {
+            ("A", "B") // Any Status first: the released A
+        };
+        assert_eq!(
+            revisions_of(&sink, &item).await,
+            [
+                ("A".to_owned(), Some(current == "A")),
+                ("B".to_owned(), Some(current == "B"))
+            ],
+            "rule {rule:?}: {superseded} superseded"
+        );
+        assert_eq!(offered_revisions(&sink, &item).await, [current]);
+        // B released: under Any Status it takes over; under Latest Working (no working revision
+        // left) the newest, B, stays.
+        sim.with_data(|d| d.release(&b, "Released", clock.wall()));
+        clock.sleep(Duration::from_secs(15 * 60)).await;
+        engine.cycle(&Stop::default()).await.unwrap();
+        assert_eq!(
+            revisions_of(&sink, &item).await,
+            [("A".to_owned(), Some(false)), ("B".to_owned(), Some(true))],
+            "rule {rule:?}"
+        );
+        assert_eq!(offered_revisions(&sink, &item).await, ["B"]);
+        assert_eq!(sink.all().await.unwrap(), truth_under(&sim, rule).await);
+        assert_eq!(sim.leaked_windows(), 0, "the rule's windows are closed");
+    }
+}
+
+/// The truth under a named revision rule.
+async fn truth_under(sim: &Sim, rule: Option<&str>) -> Vec<ProcessRecord> {
+    let cfg = ReadConfig::default().with_current(shiftkey_teamcenter::CurrentRevision::ByRule {
+        revision_rule: rule.map(str::to_owned),
+    });
+    let all = tc(sim, "mfg_sync_pw")
+        .changed_since(None, &cfg)
+        .await
+        .unwrap();
+    let mut v: Vec<ProcessRecord> = all
+        .plans
+        .iter()
+        .map(|(p, o)| map_plan(p, o, &all.current))
+        .collect();
+    v.sort_by(|a, b| a.uid.cmp(&b.uid));
+    v
+}
+
+/// `every_revision`: no rule is asked (no window beyond the plans'), every revision is offered;
+/// a plan that names no item is not offered under a rule, with a cycle warning naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_rule_every_revision_is_offered_and_a_plan_without_item_warns() {
+    let clock = clock();
+    let sim = sim(quiet(), &clock).await;
+    sim.pause_changes(true);
+    let (a, item) = sim.with_data(|d| {
+        let p = d.changed_processes(std::time::UNIX_EPOCH)[0];
+        (p.uid.clone(), p.get("item_id").unwrap().to_owned())
+    });
+    sim.with_data(|d| d.revise(&a, clock.wall())).unwrap();
+    let sink = sqlite("every").await;
+    let mut config = EngineConfig::default();
+    config.read.current = shiftkey_teamcenter::CurrentRevision::Every;
+    let engine =
+        Engine::new(tc(&sim, "mfg_sync_pw"), sink.clone(), config).with_clock(Arc::clone(&clock));
+    engine.cycle(&Stop::default()).await.unwrap();
+    assert_eq!(
+        revisions_of(&sink, &item).await,
+        [("A".to_owned(), None), ("B".to_owned(), None)]
+    );
+    assert_eq!(offered_revisions(&sink, &item).await.len(), 2);
+    assert_eq!(
+        sim.stats().windows_opened,
+        21,
+        "one window per plan revision, none for a rule"
+    );
+
+    // Under a rule, a plan whose revision names no item is not offered, and the cycle says so.
+    let sink = sqlite("no-item").await;
+    sim.with_data(|d| {
+        d.object_mut(&a).unwrap().props.remove("items_tag");
+    });
+    let engine = Engine::new(
+        tc(&sim, "mfg_sync_pw"),
+        sink.clone(),
+        EngineConfig::default(),
+    )
+    .with_clock(Arc::clone(&clock));
+    let r = engine.cycle(&Stop::default()).await.unwrap();
+    let w: Vec<_> = r
+        .warnings
+        .iter()
+        .filter(|w| w.kind == "no_current_revision")
+        .collect();
+    assert_eq!(w.len(), 1, "{:?}", r.warnings);
+    assert!(
+        w[0].detail.contains(&a) && w[0].detail.contains("items_tag"),
+        "{}",
+        w[0]
+    );
+    assert_eq!(
+        revisions_of(&sink, &item).await,
+        [("A".to_owned(), Some(false)), ("B".to_owned(), Some(true))]
+    );
 }
 
 /// A server in UTC−5 or UTC+5:30 with the default config (`utc_offset` auto): no change is
@@ -240,6 +410,10 @@ async fn a_503_burst_longer_than_the_retries_fails_no_cycle() {
     let err = engine.cycle(&Stop::default()).await.unwrap_err();
     assert!(!err.is_permanent(), "{err}");
     sim.fail_next(0);
+    // Held still for the catch-up cycle it compares: a change landing mid-cycle would be in the
+    // truth and not yet in the sink.
+    sim.with_data(|_| ());
+    sim.pause_changes(true);
     engine.cycle(&Stop::default()).await.unwrap();
     assert_eq!(sink.all().await.unwrap(), truth(&sim).await);
 }
@@ -442,8 +616,10 @@ async fn a_cycle_without_changes_costs_two_calls_and_opens_no_window() {
     let client = tc(&sim, "mfg_sync_pw");
     let engine = Engine::new(client.clone(), sink.clone(), EngineConfig::default())
         .with_clock(Arc::clone(&clock));
-    engine.cycle(&Stop::default()).await.unwrap();
+    // Held still from the start: a change landing between the first cycle's query and a later
+    // pause would be read by the second cycle (#28 item 8).
     sim.pause_changes(true);
+    engine.cycle(&Stop::default()).await.unwrap();
     let (calls, windows) = (client.calls(), sim.stats().windows_opened);
     let r = engine.cycle(&Stop::default()).await.unwrap();
     assert_eq!(r.read, 0);
@@ -546,10 +722,11 @@ async fn the_schedule_never_overlaps_and_catches_up_once() {
     let clock = clock();
     let sim = sim(cfg, &clock).await;
     let sink = sqlite("schedule").await;
-    let engine = Arc::new(
-        Engine::new(tc(&sim, "mfg_sync_pw"), sink, EngineConfig::default())
-            .with_clock(Arc::clone(&clock)),
-    );
+    // No revision rule asked: the cycle's calls (and so its length) are the read's alone.
+    let mut config = EngineConfig::default();
+    config.read.current = shiftkey_teamcenter::CurrentRevision::Every;
+    let engine =
+        Arc::new(Engine::new(tc(&sim, "mfg_sync_pw"), sink, config).with_clock(Arc::clone(&clock)));
     let stop = Stop::default();
     let runner = {
         let (engine, stop) = (Arc::clone(&engine), stop.clone());
@@ -773,9 +950,11 @@ async fn a_hung_server_fails_one_cycle_within_its_deadline_and_the_next_succeeds
     let err = engine.cycle(&Stop::default()).await.unwrap_err();
     assert!(err.to_string().contains("timed out"), "{err}");
     assert_eq!(sim.stats().hung, 3);
+    // Held still for the cycle it compares with the truth.
+    sim.with_data(|_| ());
+    sim.pause_changes(true);
     let report = engine.cycle(&Stop::default()).await.unwrap();
     assert_eq!(report.inserted, 20);
-    sim.pause_changes(true);
     assert_eq!(sink.all().await.unwrap(), truth(&sim).await);
 }
 

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::client::TcClient;
 use crate::error::TcError;
-use crate::site::{ChangeQuery, FeedbackConfig, ReadConfig, WindowMode};
+use crate::site::{ChangeQuery, CurrentRevision, FeedbackConfig, ReadConfig, WindowMode};
 
 /// One result of [`TcClient::check_site`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -305,10 +305,22 @@ impl TcClient {
             }
         }
 
-        if let WindowMode::BomWindows {
-            revision_rule: Some(rule),
-        } = &read.window
-        {
+        let named_rule = match (&read.window, &read.current) {
+            (
+                WindowMode::BomWindows {
+                    revision_rule: Some(rule),
+                },
+                _,
+            )
+            | (
+                _,
+                CurrentRevision::ByRule {
+                    revision_rule: Some(rule),
+                },
+            ) => Some(rule),
+            _ => None,
+        };
+        if let Some(rule) = named_rule {
             match self.revision_rule(rule).await {
                 Ok(_) => out.push(Finding::ok("revision-rule", format!("`{rule}` exists"))),
                 Err(TcError::Site { detail }) => out.push(Finding::fail(

@@ -12,7 +12,9 @@
 //! - [`mfg`]: [`ProcessPlan`] and [`Operation`]; [`TcClient::changed_plans`] (a saved query or a
 //!   business-object query, then batched loads with a property policy),
 //!   [`TcClient::read_operations`] (bill-of-process windows, line properties, referenced lines,
-//!   work instructions by relation; windows closed on every path), [`TcClient::changed_since`]
+//!   work instructions by relation; windows closed on every path),
+//!   [`TcClient::current_revisions`] (which revision of each item the revision rule
+//!   configures), [`TcClient::changed_since`]
 //!   (both), and [`TcClient::write_feedback`] (idempotent, to site-defined properties).
 //! - [`ReadConfig`], [`FieldMap`], [`FeedbackConfig`]: the site mapping; [`TcClient::check_site`]
 //!   checks a site against it read-only.
@@ -39,6 +41,7 @@
 
 mod check;
 mod client;
+mod current;
 mod error;
 pub mod mfg;
 mod pool;
@@ -48,6 +51,7 @@ pub mod wire;
 
 pub use check::Finding;
 pub use client::{DEFAULT_MAX_ANSWER, DEFAULT_READ_TIMEOUT, LOGOUT_DEADLINE, TcClient};
+pub use current::CurrentRevisions;
 pub use error::{ErrorValue, SsoHint, TcError};
 pub use mfg::{
     ChangeSet, ChangedPlans, FEEDBACK_KEY_PREFIX, FeedbackValues, Operation, PlanStructures,
@@ -56,8 +60,8 @@ pub use mfg::{
 pub use pool::TcPool;
 pub use session::{SessionConfig, SessionLogin, TcClassifier};
 pub use site::{
-    ChangeQuery, EARLIEST_UTC_OFFSET_MINUTES, FeedbackConfig, FeedbackFormat, FieldMap, ReadConfig,
-    UtcOffset, WindowMode,
+    ChangeQuery, CurrentRevision, EARLIEST_UTC_OFFSET_MINUTES, FeedbackConfig, FeedbackFormat,
+    FieldMap, ReadConfig, UtcOffset, WindowMode,
 };
 
 #[cfg(doctest)]

@@ -40,6 +40,8 @@ pub struct ProcessPlan {
     /// The business object type the server gave it (one of the configured plan types, or a
     /// subtype of one).
     pub plan_type: String,
+    /// The item it is a revision of (`items_tag`), if the server named it.
+    pub item_uid: Option<String>,
 }
 
 /// A dataset attached as a work instruction: listed, not downloaded.
@@ -112,6 +114,8 @@ pub struct ChangeSet {
     pub high_watermark: Option<SystemTime>,
     /// Partial errors Teamcenter reported, per object (not swallowed).
     pub partial_errors: Vec<PartialError>,
+    /// Which revision of each plan's item is current.
+    pub current: crate::CurrentRevisions,
 }
 
 /// Shop-floor feedback for one operation.
@@ -146,7 +150,7 @@ pub(crate) struct CachedQuery {
     uid: String,
 }
 
-fn describe(errors: &[PartialError]) -> String {
+pub(crate) fn describe(errors: &[PartialError]) -> String {
     errors
         .iter()
         .flat_map(|pe| {
@@ -174,7 +178,7 @@ fn session_lost(e: &TcError) -> bool {
     )
 }
 
-fn unexpected(operation: &str, detail: impl Into<String>) -> TcError {
+pub(crate) fn unexpected(operation: &str, detail: impl Into<String>) -> TcError {
     TcError::Unexpected {
         operation: operation.to_owned(),
         detail: detail.into(),
@@ -219,6 +223,7 @@ fn plan(
         release_status,
         last_modified: p.date(&f.last_modified)?,
         plan_type: o.type_name.clone(),
+        item_uid: p.refs(ITEMS_TAG).into_iter().next(),
     })
 }
 
@@ -305,11 +310,11 @@ pub(crate) struct Orphan {
 /// Closes windows when dropped without [`WindowGuard::close`] (an error or a cancelled future),
 /// in a background task; never with a session other than the one that opened them.
 #[derive(Debug)]
-struct WindowGuard {
-    tc: TcClient,
-    contexts: bool,
-    handles: Vec<String>,
-    generation: Option<u64>,
+pub(crate) struct WindowGuard {
+    pub(crate) tc: TcClient,
+    pub(crate) contexts: bool,
+    pub(crate) handles: Vec<String>,
+    pub(crate) generation: Option<u64>,
 }
 
 impl WindowGuard {
@@ -332,7 +337,7 @@ impl WindowGuard {
         self.tc.window_generation() == self.generation
     }
 
-    async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         if self.handles.is_empty() || !self.same_session() {
             self.handles.clear();
             return;
@@ -400,11 +405,13 @@ struct Walk {
 }
 
 const EXPAND: &str = "Cad-2007-01-StructureManagement/expandPSOneLevel";
-const GET_PROPERTIES: &str = "Core-2006-03-DataManagement/getProperties";
+pub(crate) const GET_PROPERTIES: &str = "Core-2006-03-DataManagement/getProperties";
+/// A revision's item (`ItemRevision.items_tag`, a reference; §9 step 4).
+const ITEMS_TAG: &str = "items_tag";
 
 impl TcClient {
     /// The session generation windows opened now belong to (`None` behind a gateway).
-    fn window_generation(&self) -> Option<u64> {
+    pub(crate) fn window_generation(&self) -> Option<u64> {
         self.generation().filter(|_| self.windows_follow_token())
     }
 
@@ -413,7 +420,7 @@ impl TcClient {
     /// call waits for the new session instead of mixing two.
     /// Only while `generation` (the session the windows belong to) is still the current one: a
     /// session that has already been replaced took its windows with it.
-    fn retire_session(&self, generation: Option<u64>) {
+    pub(crate) fn retire_session(&self, generation: Option<u64>) {
         if !self.windows_follow_token() {
             return;
         }
@@ -437,7 +444,7 @@ impl TcClient {
 
     /// Tries the failed closes of this session once more; if one fails again, retires the
     /// session (a new login now; the old one, and its windows, are logged out shortly).
-    async fn close_orphans(&self) {
+    pub(crate) async fn close_orphans(&self) {
         loop {
             // One at a time: a cancelled future (a stop) loses no other orphan.
             let next = match self.orphans.lock() {
@@ -539,6 +546,7 @@ impl TcClient {
             (f.plan_name.as_str(), false),
             (f.last_modified.as_str(), false),
             (f.release_status.as_str(), true),
+            (ITEMS_TAG, false),
         ];
         if let Some(p) = &f.plant_property {
             plan_props.push((p.as_str(), false));
@@ -993,7 +1001,7 @@ impl TcClient {
 
     /// A call inside the windows: `None` when the windows' session died under it (it is then
     /// not resent) or it was answered under another session.
-    async fn in_window(
+    pub(crate) async fn in_window(
         &self,
         op: &str,
         body: Value,
@@ -1211,8 +1219,9 @@ impl TcClient {
         Ok(found)
     }
 
-    /// Plans changed since `watermark` (minus the overlap) with all their operations:
-    /// [`TcClient::changed_plans`] then [`TcClient::read_operations`].
+    /// Plans changed since `watermark` (minus the overlap) with all their operations and which
+    /// revision of each item is current: [`TcClient::changed_plans`], then
+    /// [`TcClient::read_operations`] and [`TcClient::current_revisions`].
     pub async fn changed_since(
         &self,
         watermark: Option<SystemTime>,
@@ -1226,6 +1235,7 @@ impl TcClient {
         };
         let mut read = self.read_operations(&changed.plans, cfg).await?;
         out.partial_errors.extend(read.partial_errors);
+        out.current = self.current_revisions(&changed.plans, cfg).await?;
         for p in changed.plans {
             if let Some(ops) = read.operations.remove(&p.uid) {
                 out.plans.push((p, ops));

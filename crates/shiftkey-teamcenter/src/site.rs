@@ -54,6 +54,33 @@ pub enum WindowMode {
     },
 }
 
+/// Which revision of an item the shop floor runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CurrentRevision {
+    /// The one the revision rule configures (default: the user's default rule), asked of the
+    /// server for the items of the plans each batch reads: `createBOMWindows` on the *item*
+    /// with the rule (the server picks the revision, as S4/S12 use it), `getProperties`
+    /// `bl_revision` on its top line, `closeBOMWindows`. That a window opens on an item whose
+    /// revision has no structure is not verified \[I\]: where a site refuses it, use
+    /// [`CurrentRevision::Every`].
+    ByRule {
+        /// The rule's `object_name` (checked against `getRevisionRules`); `None`: the user's
+        /// default rule.
+        revision_rule: Option<String>,
+    },
+    /// Every revision read is current (no rule is asked; older revisions stay offered).
+    Every,
+}
+
+impl Default for CurrentRevision {
+    fn default() -> Self {
+        Self::ByRule {
+            revision_rule: None,
+        }
+    }
+}
+
 /// Which Teamcenter property feeds each shop-floor field.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -187,6 +214,9 @@ pub struct ReadConfig {
     pub work_instruction_relations: Vec<String>,
     /// Which property feeds which field.
     pub fields: FieldMap,
+    /// Which revision of an item is current (default: the one the user's default rule
+    /// configures).
+    pub current: CurrentRevision,
 }
 
 impl Default for ReadConfig {
@@ -210,6 +240,7 @@ impl Default for ReadConfig {
             ]),
             work_instruction_relations: v(&["IMAN_MEWorkInstruction"]),
             fields: FieldMap::default(),
+            current: CurrentRevision::default(),
         }
     }
 }
@@ -281,6 +312,13 @@ impl ReadConfig {
     #[must_use]
     pub fn with_fields(mut self, fields: FieldMap) -> Self {
         self.fields = fields;
+        self
+    }
+
+    /// How the current revision of an item is decided.
+    #[must_use]
+    pub fn with_current(mut self, current: CurrentRevision) -> Self {
+        self.current = current;
         self
     }
 }

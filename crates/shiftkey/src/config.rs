@@ -1307,7 +1307,9 @@ type_entry = "Type"                     # its entries, as describeSavedQueries s
 modified_after_entry = "Modified After"
 types = ["MEProcessRevision"]           # plan types
 utc_offset_minutes = "auto"             # query dates are in server time: "auto" reads its offset from its dates
-window = "contexts"                     # openContexts; or "bom_windows" with revision_rule = "Latest Working"
+window = "contexts"                     # openContexts; or "bom_windows" (opened with revision_rule)
+revision_rule = ""                      # which revision of an item is current; "": the user's default rule
+current = "revision_rule"               # or "every_revision": ask no rule, offer every revision read
 depth = 4                               # levels expanded below a plan (nested processes)
 plant = ""                              # plant name for every plan, or plant_property = "xx4_plant"
 allocated_time_unit = "s"               # unit of Mfg0allocated_time on this site: s | min | h

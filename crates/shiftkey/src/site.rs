@@ -34,8 +34,12 @@ pub(crate) struct ReadSection {
     pub(crate) utc_offset_minutes: OffsetSetting,
     /// `contexts` (default) or `bom_windows`.
     pub(crate) window: String,
-    /// With `bom_windows`: the revision rule's name (empty: the default rule).
+    /// The revision rule's name (empty: the user's default rule): which revision of an item is
+    /// current, and with `bom_windows` how plans open.
     pub(crate) revision_rule: String,
+    /// `revision_rule` (default: the rule decides which revision of an item is current) or
+    /// `every_revision` (no rule asked; every revision read is offered).
+    pub(crate) current: String,
     pub(crate) depth: u32,
     pub(crate) chunk: usize,
     pub(crate) operation_types: Vec<String>,
@@ -72,6 +76,7 @@ impl Default for ReadSection {
             utc_offset_minutes: OffsetSetting::Word("auto".to_owned()),
             window: "contexts".into(),
             revision_rule: String::new(),
+            current: "revision_rule".into(),
             depth: d.depth,
             chunk: d.chunk,
             operation_types: d.operation_types,
@@ -127,6 +132,16 @@ impl ReadSection {
             other => {
                 bail!("`teamcenter.read.window`: `{other}` is neither `contexts` nor `bom_windows`")
             }
+        });
+        let rule = (!self.revision_rule.is_empty()).then(|| self.revision_rule.clone());
+        c = c.with_current(match self.current.as_str() {
+            "revision_rule" => shiftkey_teamcenter::CurrentRevision::ByRule {
+                revision_rule: rule,
+            },
+            "every_revision" => shiftkey_teamcenter::CurrentRevision::Every,
+            other => bail!(
+                "`teamcenter.read.current`: `{other}` is neither `revision_rule` (the rule decides which revision of an item is current) nor `every_revision`"
+            ),
         });
         if self.types.is_empty() {
             bail!("`teamcenter.read.types` is empty: name at least one plan type");

@@ -122,7 +122,7 @@ async fn truth(sim: &shiftkey_sim::Sim) -> Vec<shiftkey_shopfloor::ProcessRecord
     let mut v: Vec<_> = all
         .plans
         .iter()
-        .map(|(p, o)| shiftkey_sync::map_plan(p, o))
+        .map(|(p, o)| shiftkey_sync::map_plan(p, o, &all.current))
         .collect();
     v.sort_by(|a, b| a.uid.cmp(&b.uid));
     v
