@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use shiftkey_sim::{Sim, SimConfig};
 use shiftkey_teamcenter::{
-    ChangeSet, FeedbackConfig, FeedbackValues, ReadConfig, TcError, WindowMode,
+    ChangeSet, CurrentRevision, FeedbackConfig, FeedbackValues, ReadConfig, TcError, WindowMode,
 };
 use tokio::time::sleep;
 
@@ -64,6 +64,12 @@ fn assert_truth(s: &Sim, got: &ChangeSet) {
     });
 }
 
+/// The read path's windows alone: no revision rule is asked (its windows are counted in
+/// `the_revision_rule_is_asked_once_per_batch_of_items_and_its_windows_are_closed`).
+fn plans_only() -> ReadConfig {
+    ReadConfig::default().with_current(CurrentRevision::Every)
+}
+
 fn floor_minute(t: SystemTime) -> SystemTime {
     let s = t.duration_since(UNIX_EPOCH).unwrap().as_secs();
     UNIX_EPOCH + Duration::from_secs(s / 60 * 60)
@@ -73,7 +79,7 @@ fn floor_minute(t: SystemTime) -> SystemTime {
 async fn a_full_then_incremental_read_equals_the_truth_and_closes_every_window() {
     let s = sim(quiet()).await;
     let tc = client(&s, "mfg_sync_pw");
-    let cfg = ReadConfig::default().with_chunk(9);
+    let cfg = plans_only().with_chunk(9);
     let all = tc.changed_since(None, &cfg).await.unwrap();
     assert_eq!(all.plans.len(), 20);
     assert!(all.partial_errors.is_empty(), "{:?}", all.partial_errors);
@@ -541,10 +547,7 @@ async fn referenced_lines_come_along_or_are_read_with_get_properties() {
         cfg.tc.follow_line_references = follow;
         let s = sim(cfg).await;
         let tc = client(&s, "mfg_sync_pw");
-        let all = tc
-            .changed_since(None, &ReadConfig::default())
-            .await
-            .unwrap();
+        let all = tc.changed_since(None, &plans_only()).await.unwrap();
         assert_truth(&s, &all);
         let reads = s
             .stats()
@@ -656,10 +659,7 @@ async fn windows_a_failed_close_left_open_are_closed_later_or_die_with_the_sessi
         .unwrap()
         .with_read_timeout(Duration::from_secs(1));
     let read = || async {
-        let all = tc
-            .changed_since(None, &ReadConfig::default())
-            .await
-            .unwrap();
+        let all = tc.changed_since(None, &plans_only()).await.unwrap();
         assert!(!all.plans.is_empty());
     };
     // Every attempt of the close hangs: the windows stay open, remembered.
@@ -734,4 +734,63 @@ async fn the_site_check_goes_on_without_type_descriptions_and_asks_once() {
             .any(|f| f.check == "types" && !f.ok && f.detail.contains("xx4_no_such_name")),
         "{findings:#?}"
     );
+}
+
+/// The revision rule is asked for a batch of items in one round: one `createBOMWindows` (on the
+/// items, with the rule), one `getProperties` (`bl_revision` of the top lines), one
+/// `closeBOMWindows`; every window is closed; an unknown rule is a site error naming the rules
+/// the site has.
+#[tokio::test(start_paused = true)]
+async fn the_revision_rule_is_asked_once_per_batch_of_items_and_its_windows_are_closed() {
+    let s = sim(quiet()).await;
+    s.pause_changes(true);
+    let tc = client(&s, "mfg_sync_pw");
+    let plans = tc.changed_plans(None, &plans_only()).await.unwrap().plans;
+    assert_eq!(plans.len(), 20);
+    assert!(plans.iter().all(|p| p.item_uid.is_some()), "items_tag read");
+    let before = s.stats();
+    let cfg = ReadConfig::default().with_current(CurrentRevision::ByRule {
+        revision_rule: Some("Any Status; Working".into()),
+    });
+    let current = tc.current_revisions(&plans, &cfg).await.unwrap();
+    assert!(current.unresolved.is_empty(), "{:?}", current.unresolved);
+    assert!(
+        plans.iter().all(|p| current.is_current(p)),
+        "one revision each"
+    );
+    let after = s.stats();
+    let delta = |op: &str| {
+        after.requests.get(op).copied().unwrap_or(0) - before.requests.get(op).copied().unwrap_or(0)
+    };
+    for op in [
+        "Cad-2007-01-StructureManagement/getRevisionRules",
+        "Cad-2007-01-StructureManagement/createBOMWindows",
+        "Core-2006-03-DataManagement/getProperties",
+        "Cad-2007-01-StructureManagement/closeBOMWindows",
+    ] {
+        assert_eq!(delta(op), 1, "{op}");
+    }
+    assert_eq!(after.windows_opened - before.windows_opened, 20);
+    assert_eq!(s.leaked_windows(), 0);
+    // Every: no call at all.
+    let every = tc.current_revisions(&plans, &plans_only()).await.unwrap();
+    assert!(
+        plans
+            .iter()
+            .all(|p| every.is_current(p) && every.of(p).is_none())
+    );
+    assert_eq!(s.stats().windows_opened, after.windows_opened);
+    // A rule the site does not have.
+    let wrong = ReadConfig::default().with_current(CurrentRevision::ByRule {
+        revision_rule: Some("Latest Released".into()),
+    });
+    match tc.current_revisions(&plans, &wrong).await {
+        Err(TcError::Site { detail }) => {
+            assert!(
+                detail.contains("`Latest Released`") && detail.contains("`Latest Working`"),
+                "{detail}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -310,3 +310,52 @@ pub(crate) fn configs(
         .context("in [teamcenter.feedback]")?;
     Ok((read, feedback))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+    use super::ReadSection;
+    use shiftkey_teamcenter::CurrentRevision;
+
+    fn read(toml: &str) -> anyhow::Result<shiftkey_teamcenter::ReadConfig> {
+        use figment::providers::Format as _;
+        let section: ReadSection =
+            figment::Figment::from(figment::providers::Toml::string(toml)).extract()?;
+        section.to_config(std::time::Duration::from_secs(300))
+    }
+
+    #[test]
+    fn the_revision_rule_decides_the_current_revision_unless_every_revision_is_asked_for() {
+        assert_eq!(
+            read("").unwrap().current,
+            CurrentRevision::ByRule {
+                revision_rule: None
+            },
+            "default: the user's default rule"
+        );
+        let named = read("revision_rule = \"Any Status; Working\"").unwrap();
+        assert_eq!(
+            named.current,
+            CurrentRevision::ByRule {
+                revision_rule: Some("Any Status; Working".into())
+            }
+        );
+        assert_eq!(
+            named.window,
+            shiftkey_teamcenter::WindowMode::Contexts,
+            "the rule does not change how plans open"
+        );
+        assert_eq!(
+            read("current = \"every_revision\"\nrevision_rule = \"Latest Working\"")
+                .unwrap()
+                .current,
+            CurrentRevision::Every
+        );
+        let e = read("current = \"latest\"").unwrap_err().to_string();
+        assert!(
+            e.contains("`teamcenter.read.current`: `latest` is neither"),
+            "{e}"
+        );
+    }
+}
