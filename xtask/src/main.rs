@@ -138,6 +138,8 @@ fn missing_packages() -> Vec<&'static str> {
         (python_venv(), "python3-venv"),
         (have("runuser"), "util-linux"),
         (have("systemd-analyze"), "systemd"),
+        // `promtool check metrics` on a live /metrics (crates/shiftkey/tests/ops.rs).
+        (have("promtool"), "prometheus"),
     ]
     .into_iter()
     .filter(|(present, _)| !present)
@@ -188,6 +190,8 @@ fn test() -> Result<()> {
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .args(["test", "--workspace", "--all-targets"])
             .env("SHIFTKEY_PYTHON", &python)
+            // The tools installed above are there: a test that needs one fails without it.
+            .env("SHIFTKEY_REQUIRE_TOOLS", "1")
             .current_dir(root()),
     )?;
     cargo(&["test", "--workspace", "--doc"])?;
@@ -1045,12 +1049,58 @@ fn ci() -> Result<()> {
     disk_report("end")
 }
 
+/// Every alert of `rules` has a `runbook_url` whose anchor is a heading of `docs`.
+fn runbooks_exist(rules: &Path, docs: &Path) -> Result<()> {
+    let rules = std::fs::read_to_string(rules).with_context(|| rules.display().to_string())?;
+    let docs = std::fs::read_to_string(docs).with_context(|| docs.display().to_string())?;
+    // GitHub's heading anchors: lower case, spaces to `-`, other punctuation dropped.
+    let anchors: Vec<String> = docs
+        .lines()
+        .filter_map(|l| l.strip_prefix('#'))
+        .map(|h| {
+            h.trim_start_matches('#')
+                .trim()
+                .to_lowercase()
+                .chars()
+                .filter_map(|c| match c {
+                    ' ' => Some('-'),
+                    c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect();
+    let alerts = rules
+        .lines()
+        .filter(|l| l.trim_start().starts_with("- alert:"))
+        .count();
+    let urls: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("runbook_url:"))
+        .map(|u| u.trim().trim_matches('"'))
+        .collect();
+    if urls.len() != alerts {
+        bail!("{alerts} alerts but {} runbook_url annotations", urls.len());
+    }
+    for url in urls {
+        let anchor = url.rsplit_once('#').map_or("", |(_, a)| a);
+        if !anchors.iter().any(|a| a == anchor) {
+            bail!("runbook_url {url}: docs/operations.md has no heading with the anchor #{anchor}");
+        }
+    }
+    Ok(())
+}
+
 /// Checks and unit-tests the Prometheus alert rules with promtool (Debian's `prometheus`).
 fn alert_rules() -> Result<()> {
     if !have("promtool") {
         install_debian(&["prometheus"], "promtool (to check the alert rules)")?;
     }
     let dir = root().join("packaging/prometheus");
+    runbooks_exist(
+        &dir.join("shiftkey-rules.yml"),
+        &root().join("docs/operations.md"),
+    )?;
     status(
         Command::new("promtool")
             .args(["check", "rules", "shiftkey-rules.yml"])

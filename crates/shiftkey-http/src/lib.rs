@@ -31,7 +31,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Metrics (through the `metrics` facade): `shiftkey_http_requests_total{outcome}`,
+//! Metrics (through the `metrics` facade, each labelled `client` with the middleware's name;
+//! described and created at 0 when a middleware is built, see [`telemetry`]):
+//! `shiftkey_http_requests_total{outcome}`,
 //! `shiftkey_http_unauthorized_total{result="recovered"|"surfaced"}`,
 //! `shiftkey_http_retries_total{reason}`, `shiftkey_http_premature_deaths_total`,
 //! `shiftkey_http_keepalives_total`, `shiftkey_http_keepalive_failures_total`, `shiftkey_learned_lifetime_seconds`,
@@ -47,6 +49,7 @@ mod inject;
 mod keepalive;
 pub mod limits;
 mod middleware;
+pub mod telemetry;
 
 pub use classify::{BearerClassifier, Classifier, Verdict};
 pub use client::{resource_client, same_origin_redirects};

@@ -14,6 +14,8 @@ use shiftkey_policy::{
     RetryPolicy, State as BreakerState, parse_retry_after,
 };
 use tokio::sync::Notify;
+
+use crate::telemetry;
 use tokio::time::Instant;
 
 use crate::HttpError;
@@ -121,6 +123,8 @@ pub(crate) struct Shared {
     last_activity_ms: AtomicU64,
     pub(crate) learned: Notify,
     counters: Counters,
+    /// The `client` label of every metric this middleware records.
+    client: metrics::SharedString,
 }
 
 impl Shared {
@@ -138,24 +142,27 @@ impl Shared {
 
     pub(crate) fn count_keepalive(&self) {
         self.counters.keepalives.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("shiftkey_http_keepalives_total").increment(1);
+        metrics::counter!(telemetry::KEEPALIVES, "client" => self.client.clone()).increment(1);
     }
 
     pub(crate) fn count_keepalive_failed(&self) {
         self.counters
             .keepalives_failed
             .fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("shiftkey_http_keepalive_failures_total").increment(1);
+        metrics::counter!(telemetry::KEEPALIVE_FAILURES, "client" => self.client.clone())
+            .increment(1);
     }
 
     fn apply_limits(&self, limits: LearnedLimits) {
         // The manager schedules by the cap and persists both limits with the token.
         self.manager.set_server_limits(limits);
         if let Some(cap) = limits.lifetime_cap {
-            metrics::gauge!("shiftkey_learned_lifetime_seconds").set(cap.as_secs_f64());
+            metrics::gauge!(telemetry::LEARNED_LIFETIME, "client" => self.client.clone())
+                .set(cap.as_secs_f64());
         }
         if let Some(idle) = limits.idle_limit {
-            metrics::gauge!("shiftkey_learned_idle_seconds").set(idle.as_secs_f64());
+            metrics::gauge!(telemetry::LEARNED_IDLE, "client" => self.client.clone())
+                .set(idle.as_secs_f64());
         }
         self.learned.notify_waiters();
     }
@@ -214,9 +221,19 @@ pub struct AuthMiddlewareBuilder {
     clock: Option<Arc<dyn Clock>>,
     attempt_timeout: Duration,
     seed: Option<u64>,
+    name: Option<String>,
 }
 
 impl AuthMiddlewareBuilder {
+    /// The `client` label of this middleware's metrics ([`crate::telemetry`]; default: the token
+    /// manager's name, else `http`), e.g. `teamcenter` or `proxy:mes`: what an alert on them
+    /// names.
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
     /// Seeds the retry jitter (default: from the OS). Same seed, same backoff delays: for
     /// reproducible soaks and tests.
     #[must_use]
@@ -314,6 +331,13 @@ impl AuthMiddlewareBuilder {
             None => {}
         }
         let origin = clock.now();
+        let client: metrics::SharedString = match self.name {
+            Some(n) => n.into(),
+            None if !self.manager.name().is_empty() => self.manager.name().to_owned().into(),
+            None => "http".into(),
+        };
+        telemetry::describe();
+        telemetry::zero(&client);
         let shared = Arc::new(Shared {
             manager: self.manager,
             injector: self.injector,
@@ -334,6 +358,7 @@ impl AuthMiddlewareBuilder {
             last_activity_ms: AtomicU64::new(0),
             learned: Notify::new(),
             counters: Counters::default(),
+            client,
         });
         let limits = shared.learner.limits();
         if limits != LearnedLimits::default() {
@@ -392,6 +417,7 @@ impl AuthMiddleware {
             clock: None,
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
             seed: None,
+            name: None,
         }
     }
 
@@ -467,7 +493,8 @@ impl AuthMiddleware {
             .counters
             .surfaced
             .fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("shiftkey_http_unauthorized_total", "result" => "surfaced").increment(1);
+        metrics::counter!(telemetry::UNAUTHORIZED, "client" => self.shared.client.clone(), "result" => "surfaced")
+            .increment(1);
         tracing::warn!(error = %e, "token rejection surfaced to the caller");
         fail(e)
     }
@@ -496,7 +523,8 @@ impl AuthMiddleware {
                 if replayable && s.server_breaker.state() != BreakerState::Open =>
             {
                 s.counters.retries.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("shiftkey_http_retries_total", "reason" => reason).increment(1);
+                metrics::counter!(telemetry::RETRIES, "client" => s.client.clone(), "reason" => reason)
+                    .increment(1);
                 tracing::debug!(
                     attempt,
                     reason,
@@ -780,7 +808,7 @@ impl AuthMiddleware {
         // The request's own body failed at its source (`RequestBodyError`): the caller's fault,
         // not the server's. No breaker, no monitor, no retry (such a body is spent).
         if crate::RequestBodyError::in_chain(&e) {
-            metrics::counter!("shiftkey_http_requests_total", "outcome" => "body_error")
+            metrics::counter!(telemetry::REQUESTS, "client" => s.client.clone(), "outcome" => "body_error")
                 .increment(1);
             return Step::End(Err(e));
         }
@@ -792,7 +820,7 @@ impl AuthMiddleware {
         };
         s.server_breaker.record(sent.done.into_std(), false);
         self.record(sent.done, outcome.class());
-        metrics::counter!("shiftkey_http_requests_total", "outcome" => "transport_error")
+        metrics::counter!(telemetry::REQUESTS, "client" => s.client.clone(), "outcome" => "transport_error")
             .increment(1);
         let replay = if replayable && flow.idempotent {
             Replay::Safe
@@ -823,7 +851,8 @@ impl AuthMiddleware {
         let generation = carried.generation;
         let done = sent.done;
         self.record(done, shiftkey_policy::Class::Unauthorized);
-        metrics::counter!("shiftkey_http_requests_total", "outcome" => "unauthorized").increment(1);
+        metrics::counter!(telemetry::REQUESTS, "client" => s.client.clone(), "outcome" => "unauthorized")
+            .increment(1);
         self.learn_from_death(carried, sent);
         if flow.refreshed_from.is_some() {
             s.auth_breaker.record(done.into_std(), false);
@@ -871,7 +900,8 @@ impl AuthMiddleware {
             Recorded::Duplicate => {}
             recorded => {
                 s.counters.premature_deaths.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("shiftkey_http_premature_deaths_total").increment(1);
+                metrics::counter!(telemetry::PREMATURE_DEATHS, "client" => s.client.clone())
+                    .increment(1);
                 tracing::info!(
                     generation,
                     age_s = age.as_secs_f64(),
@@ -880,7 +910,17 @@ impl AuthMiddleware {
                     "premature token death"
                 );
                 if let Recorded::Learned(limits) = recorded {
-                    tracing::warn!(?limits, "learned the server's real token limits");
+                    let secs = |d: Option<Duration>| {
+                        d.map_or_else(
+                            || "not learned".to_owned(),
+                            |d| format!("{} s", d.as_secs()),
+                        )
+                    };
+                    tracing::warn!(
+                        "learned the server's real token limits: lifetime cap {}, idle limit {}",
+                        secs(limits.lifetime_cap),
+                        secs(limits.idle_limit)
+                    );
                     s.apply_limits(limits);
                 }
             }
@@ -894,7 +934,8 @@ impl AuthMiddleware {
         s.auth_breaker.record(sent.done.into_std(), true);
         s.server_breaker.record(sent.done.into_std(), true);
         self.record(sent.done, shiftkey_policy::Class::ClientError);
-        metrics::counter!("shiftkey_http_requests_total", "outcome" => "forbidden").increment(1);
+        metrics::counter!(telemetry::REQUESTS, "client" => s.client.clone(), "outcome" => "forbidden")
+            .increment(1);
         response
     }
 
@@ -907,7 +948,7 @@ impl AuthMiddleware {
             .fetch_max(carried.generation, Ordering::Relaxed);
         if let Some(old) = flow.refreshed_from.take() {
             s.counters.recovered.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("shiftkey_http_unauthorized_total", "result" => "recovered")
+            metrics::counter!(telemetry::UNAUTHORIZED, "client" => s.client.clone(), "result" => "recovered")
                 .increment(1);
             tracing::info!(
                 rejected_generation = old,
@@ -959,7 +1000,8 @@ impl AuthMiddleware {
         } else {
             "error"
         };
-        metrics::counter!("shiftkey_http_requests_total", "outcome" => label).increment(1);
+        metrics::counter!(telemetry::REQUESTS, "client" => s.client.clone(), "outcome" => label)
+            .increment(1);
         let mut response = response;
         response
             .extensions_mut()

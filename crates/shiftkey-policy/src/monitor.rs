@@ -33,6 +33,10 @@ pub struct MonitorConfig {
     pub unauthorized_critical: f64,
     /// Refresh success rate below which to warn (99.9 %).
     pub refresh_success_min: f64,
+    /// Refreshes needed in the window before their success rate counts (10), so one failed
+    /// attempt against an upstream down for a second is no alert (three in a row still are:
+    /// `refresh_failures_max`).
+    pub min_refreshes: u64,
     /// Refresh latency above which to warn (2 s).
     pub refresh_latency_max: Duration,
     /// Consecutive refresh failures that are critical (3).
@@ -48,6 +52,7 @@ impl Default for MonitorConfig {
             unauthorized_warning: 0.01,
             unauthorized_critical: 0.05,
             refresh_success_min: 0.999,
+            min_refreshes: 10,
             refresh_latency_max: Duration::from_secs(2),
             refresh_failures_max: 3,
         }
@@ -66,6 +71,23 @@ pub enum Rule {
     RefreshLatency,
     /// Refresh failures in a row.
     ConsecutiveRefreshFailures,
+}
+
+impl Rule {
+    /// The rule's name, as alerts carry it (`UnauthorizedRate`, ...).
+    ///
+    /// ```
+    /// assert_eq!(shiftkey_policy::Rule::RefreshLatency.name(), "RefreshLatency");
+    /// ```
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::UnauthorizedRate => "UnauthorizedRate",
+            Self::RefreshSuccessRate => "RefreshSuccessRate",
+            Self::RefreshLatency => "RefreshLatency",
+            Self::ConsecutiveRefreshFailures => "ConsecutiveRefreshFailures",
+        }
+    }
 }
 
 /// How bad.
@@ -102,12 +124,12 @@ impl AlertSink for TracingSink {
     fn alert(&self, a: &Alert) {
         match a.severity {
             Some(Severity::Critical) => {
-                tracing::error!(rule = ?a.rule, value = a.value, "alert: critical")
+                tracing::error!(rule = a.rule.name(), value = a.value, "alert: critical")
             }
             Some(Severity::Warning) => {
-                tracing::warn!(rule = ?a.rule, value = a.value, "alert: warning")
+                tracing::warn!(rule = a.rule.name(), value = a.value, "alert: warning")
             }
-            None => tracing::info!(rule = ?a.rule, value = a.value, "alert cleared"),
+            None => tracing::info!(rule = a.rule.name(), value = a.value, "alert cleared"),
         }
     }
 }
@@ -301,7 +323,7 @@ impl ErrorRateMonitor {
         transition(w, &mut out, Rule::UnauthorizedRate, 0, sev, unauthorized);
         if refresh_rules {
             let refreshes = w.refresh_ok + w.refresh_failed;
-            let success = if refreshes > 0 {
+            let success = if refreshes >= c.min_refreshes && refreshes > 0 {
                 w.refresh_ok as f64 / refreshes as f64
             } else {
                 1.0

@@ -150,10 +150,15 @@ fn the_refresh_success_rate_warns_below_its_minimum_only() {
     }
     refresh(&m, t0, false, 10);
     assert_eq!(seen.rules(), []);
-    // One of two failed: below.
+    // One failed of one, and of nine: too few to judge (the minimum sample is 10).
     let (m, seen, t0) = monitor();
-    refresh(&m, t0, true, 10);
     refresh(&m, t0, false, 10);
+    for _ in 0..8 {
+        refresh(&m, t0, true, 10);
+    }
+    assert_eq!(seen.rules(), []);
+    // The tenth: 9 of 10 succeeded, below.
+    refresh(&m, t0, true, 10);
     assert_eq!(
         seen.rules(),
         [(Rule::RefreshSuccessRate, Some(Severity::Warning))]

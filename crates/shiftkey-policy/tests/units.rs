@@ -299,7 +299,12 @@ fn monitor_alerts_once_on_start_and_once_on_clear() {
 fn monitor_refresh_rules() {
     let sink = Collect::default();
     let t0 = Instant::now();
-    let m = ErrorRateMonitor::new(MonitorConfig::default(), t0).with_sink(sink.clone());
+    // Every refresh counts for the success rate here (no minimum sample).
+    let cfg = MonitorConfig {
+        min_refreshes: 1,
+        ..MonitorConfig::default()
+    };
+    let m = ErrorRateMonitor::new(cfg, t0).with_sink(sink.clone());
     let refresh = |ok, ms| {
         m.record(
             t0,

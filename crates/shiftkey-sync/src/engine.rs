@@ -436,7 +436,7 @@ impl Engine {
         }
         report.read = changed.plans.len();
         for pe in &changed.partial_errors {
-            tracing::warn!(uid = pe.uid.as_deref().unwrap_or("?"), errors = ?pe.errors, "Teamcenter reported a partial error");
+            tracing::warn!("Teamcenter reported a partial error: {pe}");
         }
         // Plans come oldest first: each batch's watermark covers everything before it.
         let mut current = watermark;
@@ -456,7 +456,7 @@ impl Engine {
             };
             let mut read = read?;
             for pe in &read.partial_errors {
-                tracing::warn!(uid = pe.uid.as_deref().unwrap_or("?"), errors = ?pe.errors, "Teamcenter reported a partial error");
+                tracing::warn!("Teamcenter reported a partial error: {pe}");
             }
             report.skipped += read.skipped.len();
             let Some(revisions) = self

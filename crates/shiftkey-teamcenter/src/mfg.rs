@@ -153,19 +153,7 @@ pub(crate) struct CachedQuery {
 pub(crate) fn describe(errors: &[PartialError]) -> String {
     errors
         .iter()
-        .flat_map(|pe| {
-            pe.errors.iter().map(move |e| {
-                format!(
-                    "{}code {}: {}",
-                    pe.uid
-                        .as_deref()
-                        .map(|u| format!("{u}: "))
-                        .unwrap_or_default(),
-                    e.code,
-                    e.message
-                )
-            })
-        })
+        .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("; ")
 }

@@ -165,6 +165,22 @@ pub struct PartialError {
     pub errors: Vec<ErrorValue>,
 }
 
+impl std::fmt::Display for PartialError {
+    /// `UID: code 214121: message; code …` (the object, then each error).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(uid) = &self.uid {
+            write!(f, "{uid}: ")?;
+        }
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "code {}: {}", e.code, e.message)?;
+        }
+        Ok(())
+    }
+}
+
 /// `ServiceData` (also accepted as `serviceData`, or as the whole answer).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ServiceData {

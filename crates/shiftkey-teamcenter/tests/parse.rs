@@ -139,3 +139,19 @@ proptest! {
         }
     }
 }
+
+/// A partial error reads as the object and each of its errors, for the log and `/status`.
+#[test]
+fn a_partial_error_reads_as_its_object_and_errors() {
+    let sd = ServiceData::parse(
+        &json!({"ServiceData": {"partialErrors": [{"uid": "AAAA", "errorValues": [
+            {"code": 214121, "level": 3, "message": "no such property"},
+            {"code": 1, "level": 1, "message": "and more"}]}]}}),
+        "x",
+    )
+    .unwrap();
+    assert_eq!(
+        sd.partial_errors[0].to_string(),
+        "AAAA: code 214121: no such property; code 1: and more"
+    );
+}

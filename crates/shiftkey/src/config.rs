@@ -299,9 +299,9 @@ impl BrokerConfig {
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct OpsConfig {
-    /// Where `/healthz`, `/readyz`, `/metrics` and `/status` listen (loopback by default);
-    /// empty: no server.
-    pub(crate) listen: String,
+    /// Where `/healthz`, `/readyz`, `/metrics` and `/status` listen; empty: no server. Unset:
+    /// `127.0.0.1:9464` for `run`, none for `proxy` and `broker` (see [`OpsConfig::listen_for`]).
+    pub(crate) listen: Option<String>,
     /// An environment variable holding the alert webhook URL (URLs often carry a token).
     pub(crate) webhook_env: Option<String>,
     /// Alert when a client secret or certificate expires within this many days.
@@ -320,10 +320,26 @@ pub(crate) struct OpsConfig {
     pub(crate) allowed_hosts: Vec<String>,
 }
 
+/// Where the ops server of `shiftkey run` listens unless `ops.listen` says otherwise.
+pub(crate) const DEFAULT_OPS_LISTEN: &str = "127.0.0.1:9464";
+
+impl OpsConfig {
+    /// Where the ops server listens, if anywhere: `ops.listen` when set (empty: nowhere); unset,
+    /// the default port for the daemon (`run`), and nowhere for `proxy` and `broker`, so that a
+    /// second proxy or broker on a host does not fail on a port the first one took.
+    pub(crate) fn listen_for(&self, daemon: bool) -> Option<&str> {
+        match self.listen.as_deref() {
+            Some("") => None,
+            Some(l) => Some(l),
+            None => daemon.then_some(DEFAULT_OPS_LISTEN),
+        }
+    }
+}
+
 impl Default for OpsConfig {
     fn default() -> Self {
         Self {
-            listen: "127.0.0.1:9464".to_owned(),
+            listen: None,
             webhook_env: None,
             expiry_warning_days: 14,
             unauthorized_warning: 0.01,
@@ -1099,23 +1115,15 @@ impl Config {
                 );
             }
         }
-        if !self.ops.listen.is_empty() {
-            let addr = self
-                .ops
-                .listen
-                .parse::<std::net::SocketAddr>()
-                .with_context(|| {
-                    format!(
-                        "`ops.listen`: `{}` is not an address like 127.0.0.1:9464",
-                        self.ops.listen
-                    )
-                })?;
+        if let Some(listen) = self.ops.listen.as_deref().filter(|l| !l.is_empty()) {
+            let addr = listen.parse::<std::net::SocketAddr>().with_context(|| {
+                format!("`ops.listen`: `{listen}` is not an address like 127.0.0.1:9464")
+            })?;
             if !addr.ip().is_loopback() && !self.ops.allow_remote {
                 bail!(
-                    "`ops.listen`: `{}` is not a loopback address; the ops endpoints have no \
+                    "`ops.listen`: `{listen}` is not a loopback address; the ops endpoints have no \
                      authentication — serve them on loopback behind a reverse proxy, or set \
-                     `ops.allow_remote = true` if the network is yours alone",
-                    self.ops.listen
+                     `ops.allow_remote = true` if the network is yours alone"
                 );
             }
         }
@@ -1410,7 +1418,7 @@ token = "mes"
 
 # The ops HTTP server: /healthz, /readyz, /metrics, /status.
 [ops]
-listen = "127.0.0.1:9464"               # empty: no server
+# listen = "127.0.0.1:9464"             # unset: this for `run`, none for `proxy` and `broker`; "": none
 # webhook_env = "SHIFTKEY_WEBHOOK_URL"  # alerts are POSTed as JSON to this URL too
 expiry_warning_days = 14
 unauthorized_warning = 0.01             # share of 401s over 15 min: warning
@@ -1419,3 +1427,25 @@ refresh_failures_max = 3                # consecutive failed refreshes: critical
 # allow_remote = false                  # a non-loopback listen needs this (prefer a reverse proxy)
 # allowed_hosts = ["ops.plant.example"] # Host names answered besides loopback (DNS rebinding guard)
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::{DEFAULT_OPS_LISTEN, OpsConfig};
+
+    #[test]
+    fn the_ops_server_listens_by_default_for_run_only() {
+        let unset = OpsConfig::default();
+        assert_eq!(unset.listen_for(true), Some(DEFAULT_OPS_LISTEN));
+        assert_eq!(unset.listen_for(false), None, "proxy and broker: off");
+        let set = OpsConfig {
+            listen: Some("127.0.0.1:9500".into()),
+            ..OpsConfig::default()
+        };
+        assert_eq!(set.listen_for(false), Some("127.0.0.1:9500"));
+        let off = OpsConfig {
+            listen: Some(String::new()),
+            ..OpsConfig::default()
+        };
+        assert_eq!(off.listen_for(true), None);
+    }
+}

@@ -187,7 +187,10 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         println!("  401s recovered             {}", http.recovered);
         println!("  401s surfaced to the sync  {}", http.surfaced);
         println!("  retries (429/5xx)          {}", http.retries);
-        println!("  sessions killed by server  {:?}", server.killed);
+        println!(
+            "  sessions killed by server  {}",
+            crate::words::counts(&server.killed)
+        );
         println!(
             "  bill-of-process windows    {} opened, {} closed, {} died with their session, {} leaked",
             server.windows_opened,
@@ -196,8 +199,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             sim.leaked_windows()
         );
         println!(
-            "  learned limits             lifetime cap {:?}, idle limit {:?}",
-            limits.lifetime_cap, limits.idle_limit
+            "  learned limits             lifetime cap {}, idle limit {}",
+            crate::words::limit(limits.lifetime_cap),
+            crate::words::limit(limits.idle_limit)
         );
     }
     // A surfaced 401 or a failed cycle is the demo failing its promise: exit 1.

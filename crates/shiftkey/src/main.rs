@@ -22,6 +22,7 @@ mod store_cmd;
 mod supervise;
 mod systemd;
 mod tokens;
+mod words;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -353,6 +354,7 @@ fn teamcenter(
         // Gateway mode: the token's own manager, shared with the broker that serves it.
         let manager = tokens.get(name)?.clone();
         let mut mw = shiftkey_http::AuthMiddleware::builder(manager)
+            .name("teamcenter")
             .classifier(shiftkey_teamcenter::TcClassifier);
         if let Some(m) = monitor {
             mw = mw.monitor(m);
@@ -395,6 +397,7 @@ fn teamcenter(
         .build()
         .context("`[teamcenter]`")?;
     let mut mw = shiftkey_http::AuthMiddleware::builder(manager)
+        .name("teamcenter")
         .injector(shiftkey_http::Injector::Cookie {
             name: "JSESSIONID".to_owned(),
         })
@@ -511,10 +514,11 @@ async fn daemon(path: &std::path::Path, serving: Serve) -> anyhow::Result<ExitCo
     cfg.resolve_all()?;
     net::warn_if_insecure(&cfg);
     let http = net::credential_client()?;
-    let prometheus = if cfg.ops.listen.is_empty() {
-        None
-    } else {
+    let ops_listen = cfg.ops.listen_for(sync);
+    let prometheus = if ops_listen.is_some() {
         Some(ops::install_recorder()?)
+    } else {
+        None
     };
     let monitor_cfg = shiftkey_policy::MonitorConfig {
         unauthorized_warning: cfg.ops.unauthorized_warning,
@@ -587,8 +591,8 @@ async fn daemon(path: &std::path::Path, serving: Serve) -> anyhow::Result<ExitCo
     )?;
     let _ = ops_slot.set(Arc::clone(&ops));
     let mut tasks = supervise::Tasks::default();
-    if !cfg.ops.listen.is_empty() {
-        let (addr, task) = ops::serve(&cfg.ops.listen, Arc::clone(&ops)).await?;
+    if let Some(listen) = ops_listen {
+        let (addr, task) = ops::serve(listen, Arc::clone(&ops)).await?;
         tasks.spawn("ops", async move {
             if let Err(e) = task.await
                 && e.is_panic()

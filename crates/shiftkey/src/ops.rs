@@ -20,6 +20,8 @@ use shiftkey_sync::{CycleReport, SyncError};
 
 use crate::config::Config;
 
+mod json;
+
 /// How many timeline events and cycles `/status` keeps.
 const KEEP: usize = 50;
 
@@ -36,8 +38,118 @@ pub(crate) fn install_recorder() -> anyhow::Result<PrometheusHandle> {
         .install_recorder()
         .context("installing the metrics recorder")
         .inspect(|_| {
+            describe_metrics();
             metrics::gauge!("shiftkey_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         })
+}
+
+/// The circuit breaker states, as the `state` label of `shiftkey_circuit_state`.
+const CIRCUIT_STATES: [&str; 3] = ["closed", "half_open", "open"];
+
+/// The `# HELP` text of every metric the binary records (the middleware describes its own,
+/// `shiftkey_http::telemetry`).
+fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    shiftkey_http::telemetry::describe();
+    describe_gauge!(
+        "shiftkey_build_info",
+        "Always 1; the running version in the `version` label. Every process exports it."
+    );
+    describe_gauge!(
+        "shiftkey_sync_leader",
+        "Under [lease]: 1 while this process holds the leader lease and syncs, else 0."
+    );
+    describe_counter!(
+        "shiftkey_sync_cycles_total",
+        Unit::Count,
+        "Sync cycles by result (ok, failed)."
+    );
+    describe_counter!(
+        "shiftkey_sync_records_total",
+        Unit::Count,
+        "Process revisions a sync cycle applied, by kind (inserted, updated, unchanged)."
+    );
+    describe_histogram!(
+        "shiftkey_sync_cycle_duration_seconds",
+        Unit::Seconds,
+        "How long successful sync cycles took."
+    );
+    describe_gauge!(
+        "shiftkey_sync_warning",
+        "1 while successful cycles find the setup wrong, by kind (nothing_found, utc_offset, no_current_revision)."
+    );
+    describe_gauge!(
+        "shiftkey_sync_lag_seconds",
+        Unit::Seconds,
+        "Time since the last successful sync cycle (since the start before the first)."
+    );
+    describe_counter!(
+        "shiftkey_token_refreshes_total",
+        Unit::Count,
+        "New tokens obtained, by token and kind (proactive: before expiry; reactive: after a rejection)."
+    );
+    describe_counter!(
+        "shiftkey_token_refresh_failures_total",
+        Unit::Count,
+        "Token acquisitions (logins, refreshes) that failed, by token."
+    );
+    describe_histogram!(
+        "shiftkey_token_acquire_duration_seconds",
+        Unit::Seconds,
+        "How long each token acquisition (login, refresh) took, successful or not, by token."
+    );
+    describe_gauge!(
+        "shiftkey_token_expires_in_seconds",
+        Unit::Seconds,
+        "Time until the current token expires, by token (0: none held)."
+    );
+    describe_counter!(
+        "shiftkey_proxy_total",
+        Unit::Count,
+        "A local proxy's requests by what became of them (requests, forwarded, retries, healed, surfaced, failed)."
+    );
+    describe_gauge!(
+        "shiftkey_proxy_sessions",
+        "Script sessions a local Teamcenter proxy holds, by proxy."
+    );
+    describe_counter!(
+        "shiftkey_proxy_refused_total",
+        Unit::Count,
+        "Connections and requests a local proxy refused, by proxy and kind."
+    );
+    describe_gauge!(
+        "shiftkey_circuit_state",
+        "1 for the state each Teamcenter circuit breaker is in (closed, half_open, open), 0 for the others."
+    );
+}
+
+/// Creates every counter and labelled series the binary records at 0 (and registers its
+/// histograms), so that a rate over a window holding the first event counts it and dashboards
+/// show 0 rather than nothing. The proxies' series come with the first poll, a second after the
+/// start; the circuits' with the first poll too.
+fn zero_metrics(tokens: &[(String, TokenManager)], syncs: bool) {
+    for (name, _) in tokens {
+        for kind in ["proactive", "reactive"] {
+            metrics::counter!("shiftkey_token_refreshes_total", "token" => name.clone(), "kind" => kind)
+                .absolute(0);
+        }
+        metrics::counter!("shiftkey_token_refresh_failures_total", "token" => name.clone())
+            .increment(0);
+        let _ =
+            metrics::histogram!("shiftkey_token_acquire_duration_seconds", "token" => name.clone());
+    }
+    if syncs {
+        for result in ["ok", "failed"] {
+            metrics::counter!("shiftkey_sync_cycles_total", "result" => result).increment(0);
+        }
+        for kind in ["inserted", "updated", "unchanged"] {
+            metrics::counter!("shiftkey_sync_records_total", "kind" => kind).increment(0);
+        }
+        for kind in shiftkey_sync::CycleWarning::KINDS {
+            metrics::gauge!("shiftkey_sync_warning", "kind" => kind).set(0.0);
+        }
+        let _ = metrics::histogram!("shiftkey_sync_cycle_duration_seconds");
+    }
 }
 
 /// One line of a token's timeline.
@@ -141,6 +253,9 @@ impl Ops {
             }
             None => None,
         };
+        if prometheus.is_some() {
+            zero_metrics(&tokens, interval.is_some());
+        }
         Ok(Arc::new(Self {
             prometheus,
             started: now(),
@@ -417,11 +532,15 @@ impl Ops {
         if let Some(mw) = &self.teamcenter {
             let (auth, server) = mw.circuits();
             for (name, state) in [("auth", auth), ("server", server)] {
-                metrics::gauge!("shiftkey_circuit_state", "circuit" => name).set(match state {
-                    shiftkey_policy::State::Closed => 0.0,
-                    shiftkey_policy::State::HalfOpen => 1.0,
-                    shiftkey_policy::State::Open => 2.0,
-                });
+                let now = match state {
+                    shiftkey_policy::State::Closed => "closed",
+                    shiftkey_policy::State::HalfOpen => "half_open",
+                    shiftkey_policy::State::Open => "open",
+                };
+                for label in CIRCUIT_STATES {
+                    metrics::gauge!("shiftkey_circuit_state", "circuit" => name, "state" => label)
+                        .set(if label == now { 1.0 } else { 0.0 });
+                }
             }
         }
         // A follower does not sync: its lag is the leader's to report.
@@ -429,6 +548,20 @@ impl Ops {
             let since = log.last_success.unwrap_or(self.started);
             metrics::gauge!("shiftkey_sync_lag_seconds")
                 .set(wall.duration_since(since).unwrap_or_default().as_secs_f64());
+        }
+    }
+
+    /// What the request-rate alerts measure: the Teamcenter client's requests and each proxy's.
+    fn measured(&self) -> String {
+        let mut what: Vec<String> = Vec::new();
+        if self.teamcenter.is_some() {
+            what.push("Teamcenter".to_owned());
+        }
+        what.extend(self.proxies.iter().map(|p| format!("proxy {}", p.name())));
+        match what.as_slice() {
+            [] => "the requests".to_owned(),
+            [one] => format!("the requests of {one}"),
+            many => format!("the requests of {}", many.join(", ")),
         }
     }
 
@@ -477,10 +610,16 @@ impl Ops {
         if let Some(mw) = &self.teamcenter {
             let (auth, server) = mw.circuits();
             if auth != shiftkey_policy::State::Closed {
-                why.push(format!("the auth circuit is {auth:?}"));
+                why.push(format!(
+                    "the auth circuit is {}",
+                    crate::words::circuit(auth)
+                ));
             }
             if server != shiftkey_policy::State::Closed {
-                why.push(format!("the server circuit is {server:?}"));
+                why.push(format!(
+                    "the server circuit is {}",
+                    crate::words::circuit(server)
+                ));
             }
         }
         if self.role.load(std::sync::atomic::Ordering::Relaxed) == ROLE_UNKNOWN {
@@ -613,11 +752,13 @@ pub(crate) struct OpsSink(pub(crate) Arc<Ops>);
 
 impl AlertSink for OpsSink {
     fn alert(&self, a: &Alert) {
-        let key = format!("{:?}", a.rule);
+        let key = a.rule.name();
         let detail = match a.rule {
             shiftkey_policy::Rule::UnauthorizedRate => format!(
-                "{:.1} % of Teamcenter requests were rejected as unauthorized over 15 minutes",
-                a.value * 100.0
+                "{:.1} % of {} got a 401 (a token or session the server rejected) over 15 minutes; \
+                 each was retried with a fresh one, /status counts those that surfaced",
+                a.value * 100.0,
+                self.0.measured()
             ),
             shiftkey_policy::Rule::RefreshSuccessRate => format!(
                 "only {:.1} % of token refreshes succeeded over 15 minutes",
@@ -629,9 +770,9 @@ impl AlertSink for OpsSink {
             shiftkey_policy::Rule::ConsecutiveRefreshFailures => {
                 format!("{} token refreshes failed in a row", a.value)
             }
-            _ => format!("{:?} = {}", a.rule, a.value),
+            _ => format!("{} = {}", a.rule.name(), a.value),
         };
-        self.0.alert(&key, a.severity, detail);
+        self.0.alert(key, a.severity, detail);
     }
 }
 
@@ -742,9 +883,19 @@ pub(crate) fn stamp(t: SystemTime) -> String {
         .to_string()
 }
 
-async fn status(State(ops): State<Arc<Ops>>) -> Html<String> {
+/// The status page: HTML, or JSON for a client that asks for it (`Accept: application/json`).
+async fn status(State(ops): State<Arc<Ops>>, headers: axum::http::HeaderMap) -> Response {
     ops.poll();
-    Html(ops.render())
+    let json = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/json"));
+    if json {
+        axum::Json(ops.status_json()).into_response()
+    } else {
+        Html(ops.render()).into_response()
+    }
 }
 
 impl Ops {
@@ -793,9 +944,9 @@ impl Ops {
             for (k, a) in &log.alerts {
                 let _ = write!(
                     h,
-                    "<tr><td>{}</td><td class=\"bad\">{:?}</td><td>{}</td><td>{}</td></tr>",
+                    "<tr><td>{}</td><td class=\"bad\">{}</td><td>{}</td><td>{}</td></tr>",
                     esc(k),
-                    a.severity,
+                    crate::words::severity(a.severity),
                     stamp(a.since),
                     esc(&a.detail)
                 );
@@ -865,7 +1016,7 @@ impl Ops {
             let (auth, server) = mw.circuits();
             let _ = write!(
                 h,
-                "<h2>Teamcenter</h2><p>Requests {}, 401s recovered {}, <b>401s surfaced {}</b>, retries {}, premature deaths {}, keepalives {} ({} failed); circuits: auth {auth:?}, server {server:?}; learned lifetime cap {}, idle timeout {}.</p>",
+                "<h2>Teamcenter</h2><p>Requests {}, 401s recovered {}, <b>401s surfaced {}</b>, retries {}, premature deaths {}, keepalives {} ({} failed); circuits: auth {}, server {}; learned lifetime cap {}, idle timeout {}.</p>",
                 st.requests,
                 st.recovered,
                 st.surfaced,
@@ -873,6 +1024,8 @@ impl Ops {
                 st.premature_deaths,
                 st.keepalives,
                 st.keepalives_failed,
+                crate::words::circuit(auth),
+                crate::words::circuit(server),
                 learned
                     .lifetime_cap
                     .map_or_else(|| "not seen".to_owned(), crate::tokens::human),

@@ -77,7 +77,8 @@ fn build_one(
         }
         (None, None) => anyhow::bail!("`{key}`: no Teamcenter session to serve"),
     }
-    .attempt_timeout(timeout);
+    .attempt_timeout(timeout)
+    .name(format!("proxy:{name}"));
     if let Some(m) = monitor {
         mw = mw.monitor(Arc::clone(m));
     }

@@ -543,11 +543,11 @@ async fn status(cfg: &Config) -> anyhow::Result<ExitCode> {
                 let left = t.remaining(now);
                 let state = if left.is_zero() { "expired" } else { "valid" };
                 println!(
-                    "{name}: {state}, generation {}, expires in {}, lifetime {} ({:?}), refresh token {}{}{}",
+                    "{name}: {state}, generation {}, expires in {}, lifetime {} ({}), refresh token {}{}{}",
                     t.generation,
                     human(left),
                     human(t.lifetime),
-                    t.lifetime_source,
+                    crate::words::lifetime_source(t.lifetime_source),
                     if t.refresh_token.is_some() {
                         "yes"
                     } else {

@@ -8,6 +8,23 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_shiftkey");
 
+/// The demo's report and its log are written for people: no Rust debug text in either.
+#[test]
+fn the_demo_report_and_log_read_as_words() {
+    let out = Command::new(BIN)
+        .args(["demo", "--hours", "2", "--speed", "2880"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("learned limits"), "{stdout}");
+    common::assert_reads_as_words(&stdout, "the demo report");
+    common::assert_reads_as_words(&stderr, "the demo's log");
+}
+
 #[test]
 fn demo_reports_zero_surfaced_401s_and_every_cycle_succeeded() {
     let out = Command::new(BIN)

@@ -144,10 +144,114 @@ webhook_env = "SK_HOOK"
         20.0
     );
     assert!(value("shiftkey_token_expires_in_seconds", Some(("token", "gw"))) > 28_000.0);
+    let value2 = |name: &str, a: (&str, &str), b: (&str, &str)| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == name && s.labels.get(a.0) == Some(a.1) && s.labels.get(b.0) == Some(b.1)
+            })
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+                _ => f64::NAN,
+            })
+            .unwrap_or_else(|| panic!("no {name} {a:?} {b:?} in\n{metrics}"))
+    };
+    // Enums are labels: one series per state, 1 for the state the circuit is in.
     assert_eq!(
-        value("shiftkey_circuit_state", Some(("circuit", "auth"))),
+        value2(
+            "shiftkey_circuit_state",
+            ("circuit", "auth"),
+            ("state", "closed")
+        ),
+        1.0
+    );
+    assert_eq!(
+        value2(
+            "shiftkey_circuit_state",
+            ("circuit", "auth"),
+            ("state", "open")
+        ),
         0.0
     );
+    // Every series that can appear is there from the start, at 0 until its first event, and
+    // the middleware's series name what they measure.
+    for (name, a, b) in [
+        ("shiftkey_sync_cycles_total", ("result", "failed"), None),
+        ("shiftkey_sync_records_total", ("kind", "updated"), None),
+        (
+            "shiftkey_sync_warning",
+            ("kind", "no_current_revision"),
+            None,
+        ),
+        (
+            "shiftkey_token_refreshes_total",
+            ("token", "gw"),
+            Some(("kind", "reactive")),
+        ),
+        (
+            "shiftkey_token_refresh_failures_total",
+            ("token", "gw"),
+            None,
+        ),
+        (
+            "shiftkey_http_requests_total",
+            ("client", "teamcenter"),
+            Some(("outcome", "forbidden")),
+        ),
+        (
+            "shiftkey_http_unauthorized_total",
+            ("client", "teamcenter"),
+            Some(("result", "surfaced")),
+        ),
+        (
+            "shiftkey_http_retries_total",
+            ("client", "teamcenter"),
+            Some(("reason", "status")),
+        ),
+        (
+            "shiftkey_http_premature_deaths_total",
+            ("client", "teamcenter"),
+            None,
+        ),
+        (
+            "shiftkey_http_keepalive_failures_total",
+            ("client", "teamcenter"),
+            None,
+        ),
+    ] {
+        let v = match b {
+            Some(b) => value2(name, a, b),
+            None => value(name, Some(a)),
+        };
+        assert_eq!(v, 0.0, "{name} {a:?} {b:?}");
+    }
+    // HELP and TYPE for every metric family, and Prometheus' own linter finds nothing.
+    let families: std::collections::BTreeSet<&str> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(|m| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| {
+                    m.strip_suffix(s)
+                        .filter(|f| metrics.contains(&format!("# TYPE {f} histogram")))
+                })
+                .unwrap_or(m)
+        })
+        .collect();
+    for f in &families {
+        assert!(
+            metrics.contains(&format!("# HELP {f} ")),
+            "no HELP for {f}:\n{metrics}"
+        );
+        assert!(
+            metrics.contains(&format!("# TYPE {f} ")),
+            "no TYPE for {f}:\n{metrics}"
+        );
+    }
+    common::promtool_check_metrics(&metrics);
     assert!(value("shiftkey_sync_lag_seconds", None) >= 0.0);
     assert!(
         scrape
@@ -172,6 +276,42 @@ webhook_env = "SK_HOOK"
     assert!(
         !status.contains("tokens.bad.certificate"),
         "a certificate valid for 100 years raises nothing: {status}"
+    );
+    common::assert_reads_as_words(&status, "/status");
+    // The same page as JSON for a client that asks for it.
+    let doc: serde_json::Value = http
+        .get(format!("{ops}/status"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["ready"], false, "{doc}");
+    assert!(
+        doc["not_ready"][0].as_str().unwrap().contains("token bad"),
+        "{doc}"
+    );
+    let gw = doc["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "gw")
+        .unwrap();
+    assert_eq!(gw["state"], "ok");
+    assert!(gw["expires_in_seconds"].as_u64().unwrap() > 28_000, "{gw}");
+    assert_eq!(doc["teamcenter"]["circuits"]["auth"], "closed");
+    assert_eq!(doc["cycles"][0]["ok"], true);
+    assert_eq!(doc["cycles"][0]["read"], 20);
+    assert!(
+        doc["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["alert"] == "credential_expiry:tokens.gw.certificate"
+                && a["severity"] == "critical"),
+        "{doc}"
     );
     // The webhook is delivered by its own task after the alert is raised: wait for both (a real
     // process posting over loopback; generous).
@@ -217,6 +357,7 @@ webhook_env = "SK_HOOK"
         log.contains("invalid_client"),
         "the refused credential is logged: {log}"
     );
+    common::assert_reads_as_words(&log, "the log");
     for secret in [
         token.as_str(),
         "mfg_sync_pw",
@@ -225,6 +366,10 @@ webhook_env = "SK_HOOK"
         KEY,
     ] {
         assert!(!status.contains(secret), "/status shows a secret");
+        assert!(
+            !doc.to_string().contains(secret),
+            "/status JSON shows a secret"
+        );
         assert!(!metrics.contains(secret), "/metrics shows a secret");
         assert!(!log.contains(secret), "the log shows a secret: {log}");
         assert!(

@@ -31,6 +31,82 @@ pub(crate) fn python() -> String {
     std::env::var("SHIFTKEY_PYTHON").unwrap_or_else(|_| "python3".to_owned())
 }
 
+/// `promtool check metrics` on a `/metrics` text: Prometheus' own linter (HELP texts, counter
+/// names, units) must find nothing. Without promtool the check is skipped with a note, unless
+/// `SHIFTKEY_REQUIRE_TOOLS` is set (as `cargo xtask test` does after installing it).
+#[allow(
+    clippy::print_stderr,
+    reason = "a skipped check says so in the test output"
+)]
+pub(crate) fn promtool_check_metrics(metrics: &str) {
+    use std::io::Write as _;
+    let have = Command::new("promtool")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        assert!(
+            std::env::var_os("SHIFTKEY_REQUIRE_TOOLS").is_none(),
+            "promtool is required (Debian: apt-get install prometheus)"
+        );
+        eprintln!(
+            "promtool not found: `promtool check metrics` skipped (cargo xtask test runs it)"
+        );
+        return;
+    }
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}\n{metrics}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Text meant for people (CLI output, `/status`, the log) never shows Rust's debug formatting:
+/// `Some(…)`, `None`, `Struct { field: … }` or an enum variant's name. An HTML page is read
+/// without its `<style>` block.
+pub(crate) fn assert_reads_as_words(text: &str, what: &str) {
+    let text = match (text.find("<style>"), text.find("</style>")) {
+        (Some(a), Some(b)) if a < b => format!("{}{}", &text[..a], &text[b..]),
+        _ => text.to_owned(),
+    };
+    for debug in [
+        "Some(",
+        "None",
+        " { ",
+        "HalfOpen",
+        "Closed",
+        "ExpiresIn",
+        "JwtClaims",
+        "Warning,",
+        "Critical",
+        "Leader",
+        "Follower",
+        "Unreachable",
+    ] {
+        assert!(
+            !text.contains(debug),
+            "{what} reads like Rust's debug text ({debug:?}):\n{text}"
+        );
+    }
+}
+
 /// A fresh private folder for one test.
 pub(crate) fn temp_dir(name: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt as _;
