@@ -285,3 +285,61 @@ async fn a_device_login_with_interval_zero_still_waits_between_polls() {
         "waits between polls: {waits:?}"
     );
 }
+
+/// Log lines written while `f` runs, at every level.
+async fn logged<T>(f: impl std::future::Future<Output = T>) -> (T, String) {
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let out = {
+        let _guard = tracing::subscriber::set_default(subscriber);
+        f.await
+    };
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    (out, text)
+}
+
+/// The first fetch of a fresh store has no refresh token: the fallback logs in, and the log says
+/// what is true (no warning, no "permanent failure"). Without a fallback the error says what to do.
+#[tokio::test(flavor = "current_thread")]
+async fn the_first_fetch_without_a_refresh_token_logs_in_with_the_fallback_quietly() {
+    let (base, _) = serve().await;
+    let fallback =
+        shiftkey_auth::testing::ScriptedStrategy::new(Duration::from_secs(3600), Duration::ZERO);
+    let strategy = OAuthRefresh::new(client(&base, "string")).with_fallback(fallback.clone());
+    let (token, log) = logged(strategy.acquire(None)).await;
+    assert_eq!(token.unwrap().access_token.expose(), "tok-1");
+    assert_eq!(fallback.calls(), 1);
+    assert!(log.contains("no refresh token yet"), "{log}");
+    assert!(!log.contains("WARN") && !log.contains("permanent"), "{log}");
+    let e = OAuthRefresh::new(client(&base, "string"))
+        .acquire(None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            AuthError::Permanent {
+                kind: PermanentKind::NoRefreshToken,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("logs in once first"), "{e}");
+}

@@ -1024,8 +1024,18 @@ impl Config {
         {
             bail!("set exactly one of `store.key` and `store.passphrase`");
         }
-        if !self.tokens.is_empty() && self.store.is_none() {
-            bail!("`[tokens.*]` needs a `[store]` section (where tokens are kept between runs)");
+        // A grant that can always be obtained again (client credentials, a configured password)
+        // runs without a store: its tokens live in memory and a restart logs in again. A
+        // refresh-token chain a person started exists nowhere else.
+        if self.store.is_none()
+            && let Some((name, _)) = self
+                .tokens
+                .iter()
+                .find(|(_, t)| t.kind == TokenKind::RefreshToken)
+        {
+            bail!(
+                "`tokens.{name}` (kind = \"refresh_token\") needs a `[store]` section: its refresh-token chain is kept only there"
+            );
         }
         for (name, t) in &self.tokens {
             if name.is_empty()

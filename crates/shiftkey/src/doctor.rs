@@ -482,6 +482,10 @@ async fn probe(http: &reqwest::Client, cfg: SessionConfig, args: &DoctorArgs, in
     let clock = TokioClock::new();
     // Server time elapsed since `t` (real time × the emulator's scale).
     let since = |t: tokio::time::Instant| (clock.now() - t).mul_f64(scale);
+    let started = clock.now();
+    // What each probe is doing, for the progress lines.
+    let now_idle: std::sync::Mutex<Option<(Duration, tokio::time::Instant)>> = Default::default();
+    let now_born: std::sync::Mutex<Option<tokio::time::Instant>> = Default::default();
     // A fresh session per gap: each one's age is its idle gap, so a lifetime cap cannot pass
     // for an idle timeout.
     let idle = async {
@@ -489,6 +493,9 @@ async fn probe(http: &reqwest::Client, cfg: SessionConfig, args: &DoctorArgs, in
         for minutes in [1u64, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120] {
             let p = Probe::start(http, &cfg, &format!("idle{minutes}")).await?;
             let touched = clock.now();
+            if let Ok(mut n) = now_idle.lock() {
+                *n = Some((Duration::from_secs(minutes * 60), touched));
+            }
             pause(Duration::from_secs(minutes * 60), scale).await;
             let gap = since(touched);
             if !p.alive().await? {
@@ -503,6 +510,9 @@ async fn probe(http: &reqwest::Client, cfg: SessionConfig, args: &DoctorArgs, in
     let lifetime = async {
         // Timed from before the login, so the measured age is never below the server's.
         let born = clock.now();
+        if let Ok(mut b) = now_born.lock() {
+            *b = Some(born);
+        }
         let p = Probe::start(http, &cfg, "lifetime").await?;
         while since(born) < max {
             pause(Duration::from_secs(60), scale).await;
@@ -514,7 +524,35 @@ async fn probe(http: &reqwest::Client, cfg: SessionConfig, args: &DoctorArgs, in
         p.end().await;
         Ok(None)
     };
-    let (idle, lifetime) = tokio::join!(idle, lifetime);
+    // A probe can last hours: say where it is at least once a minute (every 5 minutes of server
+    // time when the emulator runs faster).
+    let every = Duration::from_secs(60).min(Duration::from_secs(300).div_f64(scale));
+    let work = async { tokio::join!(idle, lifetime) };
+    tokio::pin!(work);
+    let (idle, lifetime) = loop {
+        tokio::select! {
+            done = &mut work => break done,
+            () = tokio::time::sleep(every) => {
+                let idle_step = now_idle.lock().ok().and_then(|n| *n).map_or_else(
+                    || "idle probe: logging in".to_owned(),
+                    |(gap, touched)| format!(
+                        "idle probe: a session idle for {} of {}, checked next at the end of that gap",
+                        human(since(touched).min(gap)),
+                        human(gap)
+                    ),
+                );
+                let life_step = now_born.lock().ok().and_then(|b| *b).map_or_else(
+                    || "lifetime probe: logging in".to_owned(),
+                    |born| format!(
+                        "lifetime probe: an active session {} old, checked every minute, for at most {}",
+                        human(since(born)),
+                        human(max)
+                    ),
+                );
+                eprintln!("doctor: probing for {}; {idle_step}; {life_step}", human(since(started)));
+            }
+        }
+    };
     let interval = Duration::from_secs(interval_min * 60);
     match idle {
         Ok(Some((alive, died))) => {

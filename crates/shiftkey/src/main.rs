@@ -515,6 +515,10 @@ async fn daemon(path: &std::path::Path, serving: Serve) -> anyhow::Result<ExitCo
     net::warn_if_insecure(&cfg);
     let http = net::credential_client()?;
     let ops_listen = cfg.ops.listen_for(sync);
+    let ops_listener = match ops_listen {
+        Some(listen) => Some(ops::bind(listen).await?),
+        None => None,
+    };
     let prometheus = if ops_listen.is_some() {
         Some(ops::install_recorder()?)
     } else {
@@ -591,8 +595,8 @@ async fn daemon(path: &std::path::Path, serving: Serve) -> anyhow::Result<ExitCo
     )?;
     let _ = ops_slot.set(Arc::clone(&ops));
     let mut tasks = supervise::Tasks::default();
-    if let Some(listen) = ops_listen {
-        let (addr, task) = ops::serve(listen, Arc::clone(&ops)).await?;
+    if let Some(listener) = ops_listener {
+        let (addr, task) = ops::serve(listener, Arc::clone(&ops)).await?;
         tasks.spawn("ops", async move {
             if let Err(e) = task.await
                 && e.is_panic()
@@ -678,7 +682,11 @@ async fn daemon(path: &std::path::Path, serving: Serve) -> anyhow::Result<ExitCo
         )));
     }
     let stop = shiftkey_sync::Stop::default();
-    let stopped = stop_on_signal(stop.clone());
+    let stopping = match serving {
+        Serve::Everything => "stopping after the current batch",
+        Serve::Broker | Serve::Proxies => "stopping: finishing the requests in flight",
+    };
+    let stopped = stop_on_signal(stop.clone(), stopping);
     let mut sink_to_close = None;
     let mut _keepalive = None;
     let tc_manager = tc
@@ -757,7 +765,14 @@ async fn daemon(path: &std::path::Path, serving: Serve) -> anyhow::Result<ExitCo
             }
             None => Box::pin(async move {
                 stopped.notified().await;
-                tracing::info!("broker stopped");
+                tracing::info!(
+                    "{} stopped",
+                    if serving == Serve::Proxies {
+                        "the proxies"
+                    } else {
+                        "the broker"
+                    }
+                );
                 Ok(())
             }),
         };
@@ -893,7 +908,7 @@ async fn report_lease(
 }
 
 /// Requests `stop` on SIGTERM or Ctrl-C; the returned notify fires then too.
-fn stop_on_signal(stop: shiftkey_sync::Stop) -> Arc<tokio::sync::Notify> {
+fn stop_on_signal(stop: shiftkey_sync::Stop, stopping: &'static str) -> Arc<tokio::sync::Notify> {
     let notify = Arc::new(tokio::sync::Notify::new());
     let fired = Arc::clone(&notify);
     tokio::spawn(async move {
@@ -909,7 +924,7 @@ fn stop_on_signal(stop: shiftkey_sync::Stop) -> Arc<tokio::sync::Notify> {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
-        tracing::info!("stopping after the current batch");
+        tracing::info!("{stopping}");
         stop.request();
         fired.notify_one();
     });

@@ -1108,14 +1108,19 @@ impl Ops {
     }
 }
 
-/// Serves the router on `listen` until the task is dropped.
+/// Binds the ops server's port: before anything starts, so a port another process holds stops
+/// the start with that one message, before any token is fetched.
+pub(crate) async fn bind(listen: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("`ops.listen`: cannot listen on {listen}"))
+}
+
+/// Serves the router on `listener` until the task is dropped.
 pub(crate) async fn serve(
-    listen: &str,
+    listener: tokio::net::TcpListener,
     ops: Arc<Ops>,
 ) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("`ops.listen`: cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     let router = shiftkey_sidecar::serve::with_host_check(
         ops.router(),

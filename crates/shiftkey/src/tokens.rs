@@ -322,7 +322,9 @@ impl Tokens {
         if cfg.tokens.is_empty() {
             return Ok(Self { managers });
         }
-        let key = key_source(store_config(cfg)?)?;
+        // Without a `[store]` (only grants that can always be obtained again), tokens live in
+        // memory.
+        let key = cfg.store.as_ref().map(key_source).transpose()?;
         for (name, t) in &cfg.tokens {
             if only.is_some_and(|o| o != name) {
                 continue;
@@ -331,10 +333,11 @@ impl Tokens {
             if let Some(h) = &hook {
                 strategy = strategy.with_hook(Arc::clone(h));
             }
-            let (store, _) = open_store(cfg, &key, name).await?;
-            let manager = TokenManager::builder(strategy)
-                .store(store)
-                .name(name.clone())
+            let mut builder = TokenManager::builder(strategy).name(name.clone());
+            if let Some(key) = &key {
+                builder = builder.store(open_store(cfg, key, name).await?.0);
+            }
+            let manager = builder
                 .build()
                 .with_context(|| format!("`tokens.{name}`"))?;
             managers.insert(name.clone(), manager);

@@ -417,3 +417,34 @@ async fn a_second_restart_after_the_minimum_interval_is_healed_too() {
     assert!(ok * 3 > rounds * 2, "{ok} of {rounds} rounds succeeded");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A client-credentials token can always be obtained again: the broker serves it without a
+/// `[store]`, from memory (docs/operations.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_credentials_token_is_served_without_a_store() {
+    let sim = common::start_sim(shiftkey_sim::SimConfig::default()).await;
+    let dir = temp_dir("broker-nostore");
+    let cfg = config(&dir, &sim.url(), false);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let without = text
+        .lines()
+        .skip_while(|l| !l.starts_with("[tokens.gw]"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(!without.contains("[store]"));
+    std::fs::write(&cfg, without).unwrap();
+    let mut broker = Daemon::spawn(&["broker", "-c", cfg.to_str().unwrap()], &ENV);
+    broker.wait_for("serving 1 token(s)").await;
+    let got = ask(
+        &dir.join("run/broker.sock"),
+        serde_json::json!({"op": "get", "name": "gw"}),
+    )
+    .await;
+    assert!(
+        got["token"].as_str().is_some_and(|t| !t.is_empty()),
+        "{got}"
+    );
+    assert!(!dir.join("store").exists(), "nothing written to disk");
+    let (exit, log) = broker.terminate().await;
+    assert!(exit.success(), "{log}");
+}

@@ -379,11 +379,25 @@ fn the_example_config_loads_and_bad_configs_name_the_key() {
         "the lab switch allows it: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    check(
+    // A grant that can always be obtained again needs no store; a refresh-token chain does.
+    let nostore = temp(
         "nostore.toml",
         "[tokens.mes]\nkind = \"client_credentials\"\ntoken_url = \"http://127.0.0.1:9/t\"\nclient_id = \"c\"\nclient_secret = { env = \"X\" }\n",
+    );
+    let out = shiftkey(
+        &["config", "check", "-c", nostore.to_str().unwrap()],
         &[("X", "x")],
-        "needs a `[store]` section",
+    );
+    assert!(
+        out.status.success(),
+        "client credentials without a store: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check(
+        "nostore-chain.toml",
+        "[tokens.mes]\nkind = \"refresh_token\"\ntoken_url = \"http://127.0.0.1:9/t\"\nclient_id = \"c\"\nclient_auth = \"none\"\n",
+        &[],
+        "`tokens.mes` (kind = \"refresh_token\") needs a `[store]` section",
     );
     check(
         "nosecret.toml",
@@ -1139,4 +1153,38 @@ fn the_process_cannot_dump_core_or_be_attached() {
             "a dumpable process's /proc entry would be uid 65534's"
         );
     }
+}
+
+/// A taken ops port stops the start with that one message, before any token is fetched: no
+/// refresher is started to be torn down ("stopped unexpectedly"), no refresh fails first.
+#[test]
+fn a_taken_ops_port_says_so_and_nothing_else() {
+    let dir = std::env::temp_dir().join(format!("shiftkey-cli-taken-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let cfg = dir.join("shiftkey.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[store]\ndir = \"{d}/store\"\nkey = {{ env = \"K\" }}\n[tokens.gw]\nkind = \"client_credentials\"\ntoken_url = \"http://127.0.0.1:9/t\"\nclient_id = \"c\"\nclient_secret = {{ env = \"S\" }}\n[broker]\nsocket = \"{d}/broker.sock\"\n[ops]\nlisten = \"{addr}\"\n",
+            d = dir.display(),
+            addr = taken.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["broker", "-c", cfg.to_str().unwrap()])
+        .env("K", common::KEY)
+        .env("S", "secret")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("`ops.listen`") && stderr.contains("in use"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -226,6 +226,19 @@ async fn probe_measures_the_pools_idle_timeout_and_session_lifetime() {
         out.contains("advice: the pool reclaims idle sessions") && out.contains("HARD_TIMEOUT"),
         "{out}"
     );
+    // The probe (2 h of server time) said where it was at least every 5 server minutes.
+    let progress: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("doctor: probing for "))
+        .collect();
+    assert!(progress.len() >= 20, "{out}");
+    assert!(
+        progress
+            .iter()
+            .all(|l| l.contains("idle probe: ") && l.contains("lifetime probe: ")),
+        "{out}"
+    );
+    common::assert_reads_as_words(&out, "doctor --probe");
     // The probes' surviving sessions were logged out; the others died of what was measured.
     assert_eq!(sim.live_sessions(), 0, "{:?}", sim.stats());
     let _ = std::fs::remove_dir_all(&dir);

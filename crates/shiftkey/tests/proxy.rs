@@ -133,7 +133,16 @@ async fn a_requests_script_with_a_stale_token_sees_no_401_through_a_compressed_d
         sent,
         "every 401 the server sent was healed"
     );
-    proxy.terminate().await;
+    let (exit, log) = proxy.terminate().await;
+    assert!(exit.success(), "{log}");
+    // A proxy stops as a proxy: no sync batch, no broker in its words.
+    assert!(
+        log.contains("stopping: finishing the requests in flight")
+            && log.contains("the proxies stopped"),
+        "{log}"
+    );
+    assert!(!log.contains("batch") && !log.contains("broker"), "{log}");
+    common::assert_reads_as_words(&log, "the proxy's log");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

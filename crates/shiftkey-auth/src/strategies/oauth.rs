@@ -323,11 +323,20 @@ impl AuthStrategy for OAuthRefresh {
             .and_then(|p| p.refresh_token.clone())
             .or_else(|| self.initial.clone());
         let Some(refresh) = refresh else {
-            let cause = AuthError::permanent(
-                PermanentKind::NoRefreshToken,
-                "no refresh token and no fallback strategy configured",
-            );
-            return self.fall_back(previous, cause).await;
+            // The first fetch of a fresh store: nothing is wrong, the fallback logs in.
+            return match &self.fallback {
+                Some(fallback) => {
+                    tracing::info!(
+                        fallback = fallback.name(),
+                        "no refresh token yet: obtaining the first tokens with the fallback"
+                    );
+                    fallback.acquire(previous).await
+                }
+                None => Err(AuthError::permanent(
+                    PermanentKind::NoRefreshToken,
+                    "no refresh token yet, and no fallback to obtain one: a person logs in once first",
+                )),
+            };
         };
         let oauth = self.client.client();
         let rt = oauth2::RefreshToken::new(refresh.expose().to_owned());
