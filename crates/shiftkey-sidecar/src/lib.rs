@@ -49,6 +49,7 @@ pub mod logins;
 mod proxy;
 mod refusal;
 pub mod serve;
+pub mod tls;
 #[cfg(unix)]
 #[cfg_attr(docsrs, doc(cfg(unix)))]
 pub mod unix;

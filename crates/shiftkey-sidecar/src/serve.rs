@@ -202,6 +202,21 @@ async fn check_host(
     }
 }
 
+/// `router` with each request (body included) answered within [`REQUEST_TIMEOUT`] and no
+/// `Host` check: for a TLS listener, where the certificate ties the name (a page rebinding a
+/// name of its own to this host fails the certificate check).
+pub fn with_deadline(router: Router) -> Router {
+    router.layer(axum::middleware::from_fn(
+        |request: Request, next: Next| async move {
+            tokio::time::timeout(REQUEST_TIMEOUT, next.run(request))
+                .await
+                .unwrap_or_else(|_| {
+                    (StatusCode::REQUEST_TIMEOUT, "the request took too long\n").into_response()
+                })
+        },
+    ))
+}
+
 /// `router` with the `Host` check in front, each request (body included) answered within
 /// [`REQUEST_TIMEOUT`].
 pub fn with_host_check(router: Router, hosts: Hosts) -> Router {
@@ -245,6 +260,42 @@ pub async fn serve_tcp(listener: TcpListener, router: Router, limits: ServeLimit
             (Some(_), Err(_)) => Who::Unknown,
         };
         connection(stream, who, &router, &refused, &slots, &gate);
+    }
+}
+
+/// Serves `router` over TLS on a TCP `listener` within `limits` until the task is dropped, to
+/// anyone who completes the handshake (the router authenticates them): for a listener other
+/// hosts reach. The handshake happens once the connection has its slot and must end within the
+/// header deadline, so a client that stalls it holds nothing for long.
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    limits: ServeLimits,
+    acceptor: crate::tls::TlsAcceptor,
+) {
+    let slots = Slots::new(limits);
+    let refused = refused_router();
+    let gate = Gate::default();
+    loop {
+        let Some((stream, peer)) = accepted(listener.accept()).await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let handshake = async move {
+            match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => Some(tls),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake took too long");
+                    None
+                }
+            }
+        };
+        connection_after(handshake, Who::Anyone, &router, &refused, &slots, &gate);
     }
 }
 
@@ -365,6 +416,22 @@ fn connection<S>(stream: S, who: Who, router: &Router, refused: &Router, slots: 
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    connection_after(async { Some(stream) }, who, router, refused, slots, gate);
+}
+
+/// [`connection`] for a stream that needs work first (a TLS handshake), done once the
+/// connection has its slot; `None` from `stream` ends the connection unserved.
+fn connection_after<S, F>(
+    stream: F,
+    who: Who,
+    router: &Router,
+    refused: &Router,
+    slots: &Slots,
+    gate: &Gate,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: std::future::Future<Output = Option<S>> + Send + 'static,
+{
     let limits = slots.limits;
     let permit = match Arc::clone(&slots.serving).try_acquire_owned() {
         Ok(p) => Slot::Now(p),
@@ -380,6 +447,9 @@ where
     tokio::spawn(async move {
         let Some(_permit) = permit.get(limits.queue_timeout).await else {
             busy(&gate, limits);
+            return;
+        };
+        let Some(stream) = stream.await else {
             return;
         };
         let service = match &gate.users {

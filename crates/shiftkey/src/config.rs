@@ -183,6 +183,13 @@ pub(crate) struct BrokerConfig {
     pub(crate) socket: Option<PathBuf>,
     /// Optional loopback HTTP listener, e.g. `127.0.0.1:8732`.
     pub(crate) http: Option<String>,
+    /// Optional HTTPS listener for scripts on other hosts, e.g. `0.0.0.0:8733`: with
+    /// `tls_cert` and `tls_key`, clients authenticated by their secret as on `http`.
+    pub(crate) https: Option<String>,
+    /// The HTTPS listener's certificate chain (PEM, the server's certificate first).
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// Its private key (PEM), by reference like every secret.
+    pub(crate) tls_key: Option<SecretRef>,
     /// HTTP clients by name: each one's secret and the tokens it may get.
     pub(crate) clients: std::collections::BTreeMap<String, BrokerClient>,
 }
@@ -1109,9 +1116,30 @@ impl Config {
             }
             if !addr.ip().is_loopback() {
                 bail!(
-                    "`broker.http`: `{http}` is not a loopback address; the broker serves this host only"
+                    "`broker.http`: `{http}` is not a loopback address: the client secrets would travel in clear; serve other hosts with `broker.https` (TLS)"
                 );
             }
+        }
+        match (
+            &self.broker.https,
+            &self.broker.tls_cert,
+            &self.broker.tls_key,
+        ) {
+            (Some(https), Some(_), Some(_)) => {
+                https.parse::<std::net::SocketAddr>().with_context(|| {
+                    format!("`broker.https`: `{https}` is not an address like 0.0.0.0:8733")
+                })?;
+                if self.broker.clients.is_empty() {
+                    bail!("`broker.https` needs at least one `[broker.clients.NAME]` client");
+                }
+            }
+            (Some(_), _, _) => bail!(
+                "`broker.https` needs `broker.tls_cert` (the certificate chain, PEM) and `broker.tls_key` (its key, by reference: {{ file = \"/etc/shiftkey/broker.key\" }})"
+            ),
+            (None, Some(_), _) | (None, _, Some(_)) => bail!(
+                "`broker.tls_cert` and `broker.tls_key` are for `broker.https`, which is not set"
+            ),
+            (None, None, None) => {}
         }
         for (client, c) in &self.broker.clients {
             if c.tokens.is_empty() {

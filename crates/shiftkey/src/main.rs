@@ -519,6 +519,17 @@ async fn daemon(path: &std::path::Path, serving: Serve) -> anyhow::Result<ExitCo
         Some(listen) => Some(ops::bind(listen).await?),
         None => None,
     };
+    // The broker's HTTPS port and certificate, checked before anything starts.
+    let https = match (&cfg.broker.https, serving != Serve::Proxies) {
+        (Some(addr), true) => {
+            let acceptor = tokens::broker_tls(&cfg)?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("`broker.https`: cannot listen on {addr}: {e}"))?;
+            Some((listener, acceptor))
+        }
+        _ => None,
+    };
     let prometheus = if ops_listen.is_some() {
         Some(ops::install_recorder()?)
     } else {
@@ -666,7 +677,7 @@ async fn daemon(path: &std::path::Path, serving: Serve) -> anyhow::Result<ExitCo
                 .map_err(|e| anyhow::anyhow!("`broker.http`: cannot listen on {addr}: {e}"))?;
             let addr = listener.local_addr()?;
             let router = shiftkey_sidecar::serve::with_host_check(
-                shiftkey_sidecar::broker::http_router(broker, auth),
+                shiftkey_sidecar::broker::http_router(Arc::clone(&broker), auth),
                 shiftkey_sidecar::serve::Hosts::loopback_and(&[]),
             );
             tasks.spawn(
@@ -674,6 +685,24 @@ async fn daemon(path: &std::path::Path, serving: Serve) -> anyhow::Result<ExitCo
                 shiftkey_sidecar::serve::serve(listener, router),
             );
             tracing::info!(%addr, "broker HTTP on http://{addr}/v1/tokens/NAME");
+        }
+        // Scripts on other hosts: TLS, and each client's secret.
+        if let Some((listener, acceptor)) = https {
+            let auth = Arc::new(tokens::broker_clients(&cfg)?);
+            let addr = listener.local_addr()?;
+            let router = shiftkey_sidecar::serve::with_deadline(
+                shiftkey_sidecar::broker::http_router(Arc::clone(&broker), auth),
+            );
+            tasks.spawn(
+                "broker-https",
+                shiftkey_sidecar::serve::serve_tls(
+                    listener,
+                    router,
+                    shiftkey_sidecar::serve::ServeLimits::default(),
+                    acceptor,
+                ),
+            );
+            tracing::info!(%addr, "broker HTTPS on https://{addr}/v1/tokens/NAME");
         }
     } else if !sync {
         anyhow::bail!(config::ConfigProblem(format!(

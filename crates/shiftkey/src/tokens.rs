@@ -359,6 +359,18 @@ pub(crate) fn ensure_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(shiftkey_sidecar::unix::ensure_private_dir(dir)?)
 }
 
+/// The TLS acceptor of `broker.https`: the certificate chain file and the key secret.
+pub(crate) fn broker_tls(cfg: &Config) -> anyhow::Result<shiftkey_sidecar::tls::TlsAcceptor> {
+    let (Some(cert), Some(key)) = (&cfg.broker.tls_cert, &cfg.broker.tls_key) else {
+        anyhow::bail!("`broker.https` needs `broker.tls_cert` and `broker.tls_key`");
+    };
+    let chain = std::fs::read(cert)
+        .with_context(|| format!("`broker.tls_cert`: cannot read {}", cert.display()))?;
+    let key = key.resolve_text("broker.tls_key")?;
+    shiftkey_sidecar::tls::acceptor(&chain, key.expose().as_bytes())
+        .with_context(|| format!("`broker.tls_cert` {} and `broker.tls_key`", cert.display()))
+}
+
 /// The broker's HTTP clients (`[broker.clients.NAME]`), their secrets resolved.
 pub(crate) fn broker_clients(cfg: &Config) -> anyhow::Result<shiftkey_sidecar::broker::HttpAuth> {
     let clients = cfg

@@ -448,3 +448,117 @@ async fn a_client_credentials_token_is_served_without_a_store() {
     let (exit, log) = broker.terminate().await;
     assert!(exit.success(), "{log}");
 }
+
+/// A test CA and a certificate for 127.0.0.1 it signed: (CA PEM, server chain PEM, key PEM).
+fn test_pki() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "plant test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca_cert, &ca_key)
+        .unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// Scripts on other hosts reach the broker over TLS only (`broker.https`), with their secret:
+/// a client that trusts the plant's CA gets its token, a wrong secret gets 401, a client that
+/// does not trust the CA gets no answer at all, and the Python client does the same with its
+/// CA file (no `SO_PEERCRED` on that path). Clear-text HTTP stays loopback-only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_on_other_hosts_get_tokens_over_tls_with_their_secret() {
+    let sim = common::start_sim(shiftkey_sim::SimConfig::default()).await;
+    let dir = temp_dir("broker-tls");
+    let cfg = config(&dir, &sim.url(), true);
+    let (ca, chain, key) = test_pki();
+    let pki = dir.join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    std::fs::set_permissions(&pki, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    std::fs::write(pki.join("ca.pem"), &ca).unwrap();
+    std::fs::write(pki.join("broker.pem"), &chain).unwrap();
+    std::fs::write(pki.join("broker.key"), &key).unwrap();
+    std::fs::set_permissions(
+        pki.join("broker.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[broker.clients.label-printer]",
+        &format!(
+            "https = \"127.0.0.1:0\"\ntls_cert = \"{p}/broker.pem\"\ntls_key = {{ file = \"{p}/broker.key\" }}\n[broker.clients.label-printer]",
+            p = pki.display()
+        ),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let mut broker = Daemon::spawn(&["broker", "-c", cfg.to_str().unwrap()], &ENV);
+    let line = broker.wait_for("broker HTTPS on https://").await;
+    let base = format!(
+        "https://{}",
+        line.split("https://")
+            .nth(1)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+    );
+    let trusting = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let got = trusting
+        .get(format!("{base}/v1/tokens/gw"))
+        .bearer_auth(PRINTER_SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 200);
+    let body: serde_json::Value = got.json().await.unwrap();
+    assert!(body["token"].as_str().is_some_and(|t| !t.is_empty()), "{body}");
+    let wrong = trusting
+        .get(format!("{base}/v1/tokens/gw"))
+        .bearer_auth("not-the-printer-secret-0123456789abcdef")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let untrusting = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(chain.as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let e = untrusting
+        .get(format!("{base}/v1/tokens/gw"))
+        .bearer_auth(PRINTER_SECRET)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(e.is_connect(), "{e:?}");
+    // The Python client with its CA file.
+    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let out = std::process::Command::new(common::python())
+        .args([
+            "-c",
+            "import sys; sys.path.insert(0, sys.argv[1] + '/clients/python/src'); \
+             from shiftkey_client import Broker; \
+             t = Broker(url=sys.argv[2], secret=sys.argv[3], ca_file=sys.argv[4]).token('gw'); \
+             print('ok' if t.value and t.generation >= 1 else 'bad')",
+            repo,
+            &base,
+            PRINTER_SECRET,
+            pki.join("ca.pem").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ok",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (exit, log) = broker.terminate().await;
+    assert!(exit.success(), "{log}");
+    assert!(!log.contains(PRINTER_SECRET), "{log}");
+}

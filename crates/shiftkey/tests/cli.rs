@@ -514,6 +514,33 @@ fn the_example_config_loads_and_bad_configs_name_the_key() {
         &[("K", "k"), ("S", "x")],
         "`broker.clients.printer.tokens` names `erp`",
     );
+    // Other hosts: TLS only, with its certificate and key; clear text stays on loopback.
+    let client = "secret = { env = \"S\" }\ntokens = [\"mes\"]\n";
+    let s32 = [("K", "k"), ("S", "a-printer-secret-of-32-bytes-0123")];
+    check(
+        "remotehttp.toml",
+        &broker(client).replace("127.0.0.1:8732", "0.0.0.0:8732"),
+        &s32,
+        "serve other hosts with `broker.https` (TLS)",
+    );
+    check(
+        "httpsnokey.toml",
+        &broker(client).replace(
+            "[broker.clients.printer]",
+            "https = \"0.0.0.0:8733\"\ntls_cert = \"/etc/shiftkey/broker.pem\"\n[broker.clients.printer]",
+        ),
+        &s32,
+        "`broker.https` needs `broker.tls_cert` (the certificate chain, PEM) and `broker.tls_key`",
+    );
+    check(
+        "tlsnohttps.toml",
+        &broker(client).replace(
+            "[broker.clients.printer]",
+            "tls_cert = \"/etc/shiftkey/broker.pem\"\n[broker.clients.printer]",
+        ),
+        &s32,
+        "are for `broker.https`, which is not set",
+    );
     let read = |extra: &str| format!("{base}password = {{ env = \"X\" }}\n{extra}");
     check(
         "badfield.toml",
