@@ -1197,12 +1197,14 @@ fn package() -> Result<PathBuf> {
         }
         std::fs::write(out, o.stdout).with_context(|| format!("writing {}", out.display()))
     };
-    capture(&["man"], &assets.join("shiftkey.1"))?;
-    status(
-        Command::new("gzip")
-            .args(["-9nf", "shiftkey.1"])
-            .current_dir(&assets),
-    )?;
+    // One manual page per command and subcommand, gzipped as Debian ships them.
+    let man = assets.join("man");
+    let _ = std::fs::remove_dir_all(&man);
+    std::fs::create_dir_all(&man)?;
+    status(Command::new(&bin).arg("man").arg("--dir").arg(&man))?;
+    for page in std::fs::read_dir(&man)?.filter_map(Result::ok) {
+        status(Command::new("gzip").arg("-9nf").arg(page.path()))?;
+    }
     capture(&["completions", "bash"], &assets.join("shiftkey.bash"))?;
     capture(&["completions", "zsh"], &assets.join("_shiftkey"))?;
     capture(&["completions", "fish"], &assets.join("shiftkey.fish"))?;
@@ -1247,12 +1249,14 @@ fn deb_installs() -> Result<()> {
         // The installed configuration with the credentials its unit loads (dummies here).
         let creds = std::env::temp_dir().join(format!("shiftkey-deb-creds-{}", std::process::id()));
         std::fs::create_dir_all(&creds)?;
+        // Named as the packaged unit's `LoadCredential=shiftkey:/etc/shiftkey/credentials`
+        // names them.
         for (name, value) in [
             ("tc-password", "a-secret-for-the-check"),
             ("mes-secret", "a-secret-for-the-check"),
             ("store-key", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="),
         ] {
-            let path = creds.join(name);
+            let path = creds.join(format!("shiftkey_{name}"));
             std::fs::write(&path, value)?;
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         }
@@ -1266,15 +1270,44 @@ fn deb_installs() -> Result<()> {
         let listed = Command::new("dpkg").args(["-L", "shiftkey"]).output()?;
         let listed = String::from_utf8_lossy(&listed.stdout);
         for file in [
-            "/lib/systemd/system/shiftkey.service",
             "/usr/share/man/man1/shiftkey.1.gz",
+            "/usr/share/man/man1/shiftkey-token-get.1.gz",
             "/usr/share/bash-completion/completions/shiftkey",
             "/usr/share/shiftkey/prometheus/shiftkey-rules.yml",
+            "/usr/share/shiftkey/grafana/grafana-dashboard.json",
         ] {
             if !listed.lines().any(|l| l == file) {
                 bail!("the package does not install {file}");
             }
         }
+        // The unit (cargo-deb puts it under lib/ or usr/lib/), enabled by the generated
+        // maintainer scripts: the symlink exists whether or not systemd runs here.
+        if !listed
+            .lines()
+            .any(|l| l.ends_with("/systemd/system/shiftkey.service"))
+        {
+            bail!("the package does not install shiftkey.service");
+        }
+        if !Path::new("/etc/systemd/system/multi-user.target.wants/shiftkey.service").exists() {
+            bail!("the package did not enable shiftkey.service");
+        }
+        // Started with systemd where this machine runs it (not in a container without it).
+        if Path::new("/run/systemd/system").is_dir() {
+            status(Command::new("systemctl").args(["start", "shiftkey"])).ok();
+            let active = Command::new("systemctl")
+                .args(["is-active", "shiftkey"])
+                .output()?;
+            say(&format!(
+                "xtask: systemctl start shiftkey: {} (without a site's configuration it stops with exit 3)",
+                String::from_utf8_lossy(&active.stdout).trim()
+            ));
+        } else {
+            say(
+                "xtask: systemd is not running here: the unit was installed and enabled, not started",
+            );
+        }
+        // Upgraded in place: the same package again runs the upgrade path of the scripts.
+        status(Command::new("dpkg").arg("-i").arg(&deb))?;
         if !Command::new("getent")
             .args(["passwd", "shiftkey"])
             .output()?
@@ -1286,7 +1319,13 @@ fn deb_installs() -> Result<()> {
         Ok(())
     })();
     status(Command::new("dpkg").args(["--purge", "shiftkey"]))?;
-    result
+    result?;
+    if Path::new("/etc/systemd/system/multi-user.target.wants/shiftkey.service").exists()
+        || Path::new("/usr/bin/shiftkey").exists()
+    {
+        bail!("the purge left the binary or the enabled unit behind");
+    }
+    Ok(())
 }
 
 /// Prints how much `target/` holds and how much the disk has left: CI once ran out of space, and

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -353,3 +354,89 @@ def fake_api() -> Iterator[FakeApi]:
     api = FakeApi()
     yield api
     api.close()
+
+
+class FakeBrokerServer:
+    """A broker's HTTP(S) listener in Python (`tls`: an `ssl` server context for https), for
+    what the real one cannot be made to do: it counts the calls, hands out `t1` (generation 1,
+    `expires_in`), and each report of the current generation gives the next (`t2`, ...). Only
+    `gw` exists; the secret is PRINTER_SECRET. `canned` = (status, content type, body) answers
+    every request instead."""
+
+    def __init__(self, tls: Optional[ssl.SSLContext] = None) -> None:
+        self.generation = 1
+        self.expires_in = 3600
+        self.gets = 0
+        self.reports: List[Tuple[int, bool]] = []
+        self.canned: Optional[Tuple[int, str, bytes]] = None
+        self.delay = 0.0
+        self.lock = threading.Lock()
+        broker = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def answer(self, status: int, body: Any, content_type: str = "application/json"
+                       ) -> None:
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def handle_one(self, rejected: bool) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if broker.delay:
+                    time.sleep(broker.delay)
+                if broker.canned is not None:
+                    status, content_type, data = broker.canned
+                    return self.answer(status, data, content_type)
+                if self.headers.get("Authorization") != f"Bearer {PRINTER_SECRET}":
+                    return self.answer(
+                        401, {"ok": False, "error": "a configured client secret is required"}
+                    )
+                m = re.fullmatch(r"/v1/tokens/([^/]+)(/rejected)?", self.path)
+                if m is None or bool(m.group(2)) != rejected:
+                    return self.answer(404, b"not found\n", "text/plain")
+                if m.group(1) != "gw":
+                    error = f"no token named `{m.group(1)}`"
+                    return self.answer(404, {"ok": False, "error": error})
+                with broker.lock:
+                    if rejected:
+                        report = json.loads(body)
+                        broker.reports.append((report["generation"], report["served"]))
+                        if report["generation"] == broker.generation:
+                            broker.generation += 1
+                    else:
+                        broker.gets += 1
+                    g = broker.generation
+                reply = {"ok": True, "token": f"t{g}", "generation": g}
+                self.answer(200, {**reply, "expires_in": broker.expires_in})
+
+            def do_GET(self) -> None:
+                self.handle_one(rejected=False)
+
+            def do_POST(self) -> None:
+                self.handle_one(rejected=True)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake_broker() -> Iterator[FakeBrokerServer]:
+    b = FakeBrokerServer()
+    yield b
+    b.close()

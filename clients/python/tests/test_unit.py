@@ -26,7 +26,9 @@ SECRET = "s3cret-s3cret-s3cret-s3cret-s3cret-42"
         "http://broker.example:8732",
         "http://[2001:db8::1]:8732",
         "http://127.0.0.1.nip.io:8732",
-        "https://127.0.0.1:8732",
+        "ftp://127.0.0.1:8732",
+        "127.0.0.1:8732",
+        "https://user:pw@broker.example:8733",
         "http://user:pw@127.0.0.1:8732",
         "http://127.0.0.1:8732/v1/tokens/gw",
     ],
@@ -104,7 +106,10 @@ def test_import_does_not_need_requests_or_httpx() -> None:
         "from shiftkey_client import Broker, BrokerError, Token, token, BrokerAuth\n"
         "print('ok')"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    src = str(Path(__file__).resolve().parents[1] / "src")  # not a copy installed elsewhere
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": src}
+    )
     assert out.stdout.strip() == "ok", out.stderr
 
 

@@ -661,6 +661,10 @@ pub(crate) enum SecretRef {
     ),
 }
 
+/// What systemd puts before each file's name when the unit loads a whole folder of credentials
+/// (`LoadCredential=shiftkey:/etc/shiftkey/credentials`).
+pub(crate) const CREDENTIAL_PREFIX: &str = "shiftkey_";
+
 impl SecretRef {
     /// Resolves the secret's first line; `key` names the config key in errors. Never prints
     /// the value.
@@ -692,9 +696,16 @@ impl SecretRef {
             Self::File { file } => read_private_file(key, file)?,
             Self::Credential { credential } => {
                 let dir = std::env::var_os("CREDENTIALS_DIRECTORY").with_context(|| format!("`{key}`: systemd credential {credential}, but CREDENTIALS_DIRECTORY is not set"))?;
-                let path = Path::new(&dir).join(credential);
-                std::fs::read_to_string(&path)
-                    .with_context(|| format!("`{key}`: cannot read {}", path.display()))?
+                // The packaged unit loads the folder /etc/shiftkey/credentials, which systemd
+                // names `shiftkey_FILE`; a unit of a site's own may name it `FILE`.
+                let plain = Path::new(&dir).join(credential);
+                let prefixed = Path::new(&dir).join(format!("{CREDENTIAL_PREFIX}{credential}"));
+                let path = if plain.exists() { plain } else { prefixed };
+                std::fs::read_to_string(&path).with_context(|| {
+                    format!(
+                        "`{key}`: no systemd credential {credential} (nor {CREDENTIAL_PREFIX}{credential}): put it in /etc/shiftkey/credentials/{credential} (root's, 0600)"
+                    )
+                })?
             }
             Self::Inline(_) => bail!(
                 "`{key}`: secrets are never written in the config file; use {key} = {{ env = \"NAME\" }}, {{ file = \"/path\" }} or {{ credential = \"name\" }}"

@@ -117,8 +117,13 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print the manual page (roff) to stdout: `shiftkey man | man -l -`.
-    Man,
+    /// Print the manual page (roff) to stdout: `shiftkey man | man -l -`; with `--dir`, write it
+    /// and one page per subcommand (`shiftkey-token-get.1`, ...) into that folder.
+    Man {
+        /// Write every page into this folder instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 /// Options of `shiftkey sync`.
@@ -301,11 +306,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Man => {
+            Command::Man { dir } => {
                 use clap::CommandFactory as _;
-                clap_mangen::Man::new(Cli::command())
-                    .render(&mut std::io::stdout())
-                    .map_err(|e| anyhow::anyhow!("writing the manual page: {e}"))?;
+                match dir {
+                    Some(dir) => clap_mangen::generate_to(Cli::command(), &dir).map_err(|e| {
+                        anyhow::anyhow!("writing the manual pages into {}: {e}", dir.display())
+                    })?,
+                    None => clap_mangen::Man::new(Cli::command())
+                        .render(&mut std::io::stdout())
+                        .map_err(|e| anyhow::anyhow!("writing the manual page: {e}"))?,
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Command::Config(ConfigCommand::Example) => {

@@ -36,11 +36,19 @@ pub(crate) fn lifetime_source(source: LifetimeSource) -> &'static str {
 }
 
 /// A limit that may not be known yet.
+#[cfg_attr(
+    not(feature = "demo"),
+    expect(dead_code, reason = "the demo's report uses it")
+)]
 pub(crate) fn limit(limit: Option<Duration>) -> String {
     limit.map_or_else(|| "not learned".to_owned(), human)
 }
 
 /// Counts by cause, `2 hard, 1 idle`, or `none`.
+#[cfg_attr(
+    not(feature = "demo"),
+    expect(dead_code, reason = "the demo's report uses it")
+)]
 pub(crate) fn counts(by: &std::collections::BTreeMap<String, u64>) -> String {
     let parts: Vec<String> = by
         .iter()

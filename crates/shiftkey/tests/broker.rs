@@ -517,7 +517,10 @@ async fn scripts_on_other_hosts_get_tokens_over_tls_with_their_secret() {
         .unwrap();
     assert_eq!(got.status(), 200);
     let body: serde_json::Value = got.json().await.unwrap();
-    assert!(body["token"].as_str().is_some_and(|t| !t.is_empty()), "{body}");
+    assert!(
+        body["token"].as_str().is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
     let wrong = trusting
         .get(format!("{base}/v1/tokens/gw"))
         .bearer_auth("not-the-printer-secret-0123456789abcdef")

@@ -1038,6 +1038,28 @@ fn completions_and_the_manual_page_describe_every_command() {
         man.contains("doctor") && man.contains("Exit codes"),
         "{man}"
     );
+    // Every page the main page points to exists (`man --dir`, what the package ships).
+    let dir = std::env::temp_dir().join(format!("shiftkey-man-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = shiftkey(&["man", "--dir", dir.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let main = std::fs::read_to_string(dir.join("shiftkey.1")).unwrap();
+    let referenced: Vec<&str> = main
+        .lines()
+        .filter_map(|l| l.strip_prefix("shiftkey\\-")?.strip_suffix("(1)"))
+        .collect();
+    assert!(referenced.len() >= 10, "{main}");
+    for page in referenced {
+        let file = dir.join(format!("shiftkey-{}.1", page.replace("\\-", "-")));
+        assert!(
+            file.is_file(),
+            "{} is referenced but missing",
+            file.display()
+        );
+    }
+    assert!(dir.join("shiftkey-token-get.1").is_file());
+    let _ = std::fs::remove_dir_all(&dir);
     let bad = shiftkey(&["completions", "cmd.exe"], &[]);
     assert_eq!(
         bad.status.code(),

@@ -87,8 +87,11 @@ fn the_documented_unit_is_the_packaged_one() {
     assert!(unit.contains("Type=notify") && unit.contains("WatchdogSec="));
 }
 
-/// The configuration the package installs passes `config check` with exactly the credentials
-/// the unit loads: every `{ credential = "NAME" }` has its `LoadCredential=NAME:` line.
+/// The configuration the package installs passes `config check` with the credentials the unit
+/// loads: the unit passes every file of /etc/shiftkey/credentials as `shiftkey_FILE`
+/// (`LoadCredential=shiftkey:/etc/shiftkey/credentials`, systemd.exec(5)), and every
+/// `{ credential = "NAME" }` finds `shiftkey_NAME` there; a site without a credential changes
+/// nothing in the unit.
 #[test]
 fn the_packaged_config_checks_with_the_units_credentials() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -98,8 +101,12 @@ fn the_packaged_config_checks_with_the_units_credentials() {
     let loaded: Vec<&str> = unit
         .lines()
         .filter_map(|l| l.strip_prefix("LoadCredential="))
-        .filter_map(|l| l.split(':').next())
         .collect();
+    assert_eq!(
+        loaded,
+        ["shiftkey:/etc/shiftkey/credentials"],
+        "one folder, no credential a site may not have"
+    );
     let wanted: Vec<&str> = text
         .lines()
         .filter(|l| !l.trim_start().starts_with('#'))
@@ -110,12 +117,6 @@ fn the_packaged_config_checks_with_the_units_credentials() {
         !wanted.is_empty(),
         "the packaged config reads its secrets from credentials"
     );
-    for name in &wanted {
-        assert!(
-            loaded.contains(name),
-            "{name} is not loaded by the unit ({loaded:?})"
-        );
-    }
     let dir = temp_dir("packaged-config");
     for name in &wanted {
         let value = if *name == "store-key" {
@@ -123,7 +124,8 @@ fn the_packaged_config_checks_with_the_units_credentials() {
         } else {
             "a-secret-for-the-check"
         };
-        let path = dir.join(name);
+        // As systemd names a file of the loaded folder.
+        let path = dir.join(format!("shiftkey_{name}"));
         std::fs::write(&path, value).unwrap();
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .unwrap();
@@ -133,6 +135,18 @@ fn the_packaged_config_checks_with_the_units_credentials() {
         &[("CREDENTIALS_DIRECTORY", dir.to_str().unwrap())],
     );
     assert!(out.status.success(), "{}", common::text(&out));
+    // One missing: the message says where it goes.
+    std::fs::remove_file(dir.join(format!("shiftkey_{}", wanted[0]))).unwrap();
+    let out = common::shiftkey(
+        &["config", "check", "-c", config.to_str().unwrap()],
+        &[("CREDENTIALS_DIRECTORY", dir.to_str().unwrap())],
+    );
+    assert!(!out.status.success());
+    assert!(
+        common::text(&out).contains(&format!("/etc/shiftkey/credentials/{}", wanted[0])),
+        "{}",
+        common::text(&out)
+    );
     let out = common::shiftkey(&["config", "check", "-c", config.to_str().unwrap()], &[]);
     assert!(
         !out.status.success(),
