@@ -202,6 +202,37 @@ fn test() -> Result<()> {
             .args(["-m", "pytest", "-q", "clients/python/tests"])
             .env("SHIFTKEY_BIN", root().join("target/debug/shiftkey"))
             .current_dir(root()),
+    )?;
+    python_package(&python)
+}
+
+/// The Python package as PyPI would take it: built (sdist and wheel) and checked by twine; its
+/// licence files are the repository's.
+fn python_package(python: &Path) -> Result<()> {
+    for license in ["LICENSE-MIT", "LICENSE-APACHE"] {
+        let ours = std::fs::read(root().join(license))?;
+        let theirs = std::fs::read(root().join("clients/python").join(license))?;
+        if ours != theirs {
+            bail!("clients/python/{license} differs from the repository's {license}: copy it again");
+        }
+    }
+    let dist = root().join("target/python-dist");
+    let _ = std::fs::remove_dir_all(&dist);
+    say("xtask: building the Python package (python -m build) and checking it (twine check)");
+    status(
+        Command::new(python)
+            .args(["-m", "build", "-q", "--outdir"])
+            .arg(&dist)
+            .arg(root().join("clients/python")),
+    )?;
+    let files: Vec<PathBuf> = std::fs::read_dir(&dist)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    status(
+        Command::new(python)
+            .args(["-m", "twine", "check", "--strict"])
+            .args(&files),
     )
 }
 
@@ -216,8 +247,12 @@ fn python_env() -> Result<PathBuf> {
             "cannot create a Python virtual environment (Debian: apt-get install -y python3-venv)",
         )?;
     }
+    // cryptography makes the test CA of the TLS tests; build and twine check the package.
     let ready = Command::new(&python)
-        .args(["-c", "import pytest, requests, httpx"])
+        .args([
+            "-c",
+            "import pytest, requests, httpx, cryptography, build, twine",
+        ])
         .output()
         .is_ok_and(|o| o.status.success());
     if !ready {
@@ -230,6 +265,9 @@ fn python_env() -> Result<PathBuf> {
             "pytest",
             "requests",
             "httpx",
+            "cryptography",
+            "build",
+            "twine",
         ]))?;
     }
     // The package as it is in this checkout (quick: pure Python, no dependencies to fetch).

@@ -360,3 +360,71 @@ def test_the_tls_answer_is_read_whole(pki: Pki) -> None:
         assert asyncio.run(AsyncBroker._like(b).token("gw")) == Token(long_token, 7, 60)
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_https_listener_that_never_handshakes_times_out(
+    kind: str, pki: Pki, silent_tcp: str
+) -> None:
+    import time
+
+    url = silent_tcp.replace("http://", "https://")
+    start = time.monotonic()
+    with pytest.raises(BrokerUnavailable) as e:
+        _ask(kind, Broker(url=url, secret=PRINTER_SECRET, ca_file=pki.ca, timeout=1.0))
+    assert str(e.value) == f"the shiftkey broker on {url} did not answer within 1 s"
+    assert time.monotonic() - start < 5
+
+
+def test_the_real_brokers_https_listener(
+    pki: Pki, tmp_path: Path, short_dir: Path, shiftkey_bin: Path, start_sim: Any
+) -> None:
+    """`shiftkey broker` with `broker.https` and a certificate of the test CA: the token over
+    HTTPS (both clients), a report, the wrong secret, the wrong CA."""
+    import re
+
+    from conftest import BrokerProcess
+    from shiftkey_client import Forbidden
+
+    sim = start_sim()
+    state, run = tmp_path / "state", short_dir / "run"
+    state.mkdir()
+    run.mkdir()
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    chain, key = pki.files["server"]
+    (keys / "broker.key").write_bytes(key.read_bytes())
+    (keys / "broker.key").chmod(0o600)
+    broker = BrokerProcess(shiftkey_bin, state, run, sim)
+    config = state / "shiftkey.toml"
+    text = config.read_text()
+    if "[broker.clients.label-printer]" not in text:
+        pytest.fail("the broker configuration changed shape")
+    config.write_text(
+        text.replace(
+            "[broker.clients.label-printer]",
+            f'https = "127.0.0.1:0"\ntls_cert = "{chain}"\n'
+            f'tls_key = {{ file = "{keys / "broker.key"}" }}\n[broker.clients.label-printer]',
+        )
+    )
+    try:
+        broker.start()
+        line = broker.process.wait_for(r"broker HTTPS on (https://[^/\s]+)")
+        url = line.group(1)
+        assert re.fullmatch(r"https://127\.0\.0\.1:\d+", url)
+        b = Broker(url=url, secret=PRINTER_SECRET, ca_file=pki.ca, timeout=20)
+        t = b.token("gw")
+        assert t.value.startswith("at_")
+        assert asyncio.run(AsyncBroker._like(b).token("gw")).value == t.value
+        replacement = asyncio.run(AsyncBroker._like(b).rejected("gw", t.generation))
+        assert replacement.generation == t.generation + 1
+        assert b.token("gw").value == replacement.value
+        with pytest.raises(Forbidden) as e:
+            Broker(url=url, secret="printer-secret-2-abcdefghijklmnopqrstuvwxyz",
+                   ca_file=pki.ca).token("gw")
+        assert e.value.status == 401
+        for kind in KINDS:
+            with pytest.raises(BrokerUnavailable, match="cannot be verified"):
+                _ask(kind, Broker(url=url, secret=PRINTER_SECRET, ca_file=pki.other_ca))
+    finally:
+        broker.stop()
