@@ -213,7 +213,9 @@ fn python_package(python: &Path) -> Result<()> {
         let ours = std::fs::read(root().join(license))?;
         let theirs = std::fs::read(root().join("clients/python").join(license))?;
         if ours != theirs {
-            bail!("clients/python/{license} differs from the repository's {license}: copy it again");
+            bail!(
+                "clients/python/{license} differs from the repository's {license}: copy it again"
+            );
         }
     }
     let dist = root().join("target/python-dist");

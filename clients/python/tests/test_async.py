@@ -98,7 +98,6 @@ def test_the_peer_is_checked_before_anything_is_sent(
     silent_unix: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import os
-    import time
 
     import shiftkey_client
 
@@ -109,8 +108,7 @@ def test_the_peer_is_checked_before_anything_is_sent(
         return os.getuid() + 1
 
     monkeypatch.setattr(shiftkey_client.broker, "_peer_uid", other_uid)
-    start = time.monotonic()
+    # Refused at once (Forbidden), not after the 10 s deadline (that would be BrokerUnavailable).
     with pytest.raises(shiftkey_client.Forbidden, match=r"served by uid \d+, not by this user"):
         asyncio.run(AsyncBroker(silent_unix, timeout=10).token("gw"))
-    assert time.monotonic() - start < 5
     assert len(seen) == 1 and hasattr(seen[0], "getsockopt")

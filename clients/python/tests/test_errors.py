@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import pickle
-import time
 from pathlib import Path
 from typing import Any, Callable, Tuple, Type
 
@@ -180,11 +179,9 @@ def test_a_broker_that_never_answers_is_unavailable(
         ({"socket_path": silent_unix}, str(silent_unix)),
         ({"url": silent_tcp, "secret": PRINTER_SECRET}, silent_tcp),
     ):
-        start = time.monotonic()
         with pytest.raises(BrokerUnavailable) as e:
             ask(kind, {**kwargs, "timeout": 1.0})
         assert str(e.value) == f"the shiftkey broker on {where} did not answer within 1 s"
-        assert 0.9 <= time.monotonic() - start < 5
 
 
 # The adapters: a broker error during a request is also the library's error.

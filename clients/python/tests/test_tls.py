@@ -366,14 +366,10 @@ def test_the_tls_answer_is_read_whole(pki: Pki) -> None:
 def test_an_https_listener_that_never_handshakes_times_out(
     kind: str, pki: Pki, silent_tcp: str
 ) -> None:
-    import time
-
     url = silent_tcp.replace("http://", "https://")
-    start = time.monotonic()
     with pytest.raises(BrokerUnavailable) as e:
         _ask(kind, Broker(url=url, secret=PRINTER_SECRET, ca_file=pki.ca, timeout=1.0))
     assert str(e.value) == f"the shiftkey broker on {url} did not answer within 1 s"
-    assert time.monotonic() - start < 5
 
 
 def test_the_real_brokers_https_listener(

@@ -71,7 +71,7 @@ pub struct ProcessRecord {
     /// revision rule configures it: `Some(true)` current (writing it marks every other revision
     /// of the item superseded), `Some(false)` superseded (its operations are not offered as
     /// work), `None` not decided (every revision is offered, as when no rule is asked).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current: Option<bool>,
     /// Its operations (replaced as a set).
     pub operations: Vec<OperationRecord>,
@@ -114,6 +114,17 @@ pub struct Document {
     pub name: String,
     /// Its kind (`PDF`, `Text`, ...).
     pub kind: String,
+}
+
+/// Which revision of an item is current, for an item whose current revision is not in the
+/// batch being applied (the rule moved back to a revision read earlier).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentMark {
+    /// The item id (`ProcessRecord::id`).
+    pub item_id: String,
+    /// The current revision's UID (`ProcessRecord::uid`); the item's other revisions are
+    /// superseded.
+    pub uid: String,
 }
 
 /// What one apply did.
@@ -167,6 +178,18 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
         batch: &[ProcessRecord],
         watermark: SystemTime,
     ) -> Result<ApplyReport, SinkError>;
+    /// [`Sink::apply`], also marking for each of `marks` which stored revision of its item is
+    /// current, in the same transaction. The default applies the batch and keeps no marks (a
+    /// sink that stores no revisions has none to mark).
+    async fn apply_marked(
+        &self,
+        batch: &[ProcessRecord],
+        marks: &[CurrentMark],
+        watermark: SystemTime,
+    ) -> Result<ApplyReport, SinkError> {
+        let _ = marks;
+        self.apply(batch, watermark).await
+    }
     /// The committed watermark.
     async fn watermark(&self) -> Result<Option<SystemTime>, SinkError>;
     /// When the engine last read every plan (a reconcile), if the sink keeps it. The default

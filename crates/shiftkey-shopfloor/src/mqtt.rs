@@ -350,6 +350,18 @@ impl Sink for MqttSink {
         batch: &[ProcessRecord],
         watermark: SystemTime,
     ) -> Result<ApplyReport, SinkError> {
+        self.apply_marked(batch, &[], watermark).await
+    }
+
+    /// Publishes the batch's current revisions, then marks and commits in the SQL store. A mark
+    /// for a revision outside the batch changes the tables only: its message was published when
+    /// it was read (the item's topic keeps the last one published).
+    async fn apply_marked(
+        &self,
+        batch: &[ProcessRecord],
+        marks: &[crate::CurrentMark],
+        watermark: SystemTime,
+    ) -> Result<ApplyReport, SinkError> {
         // One deadline for the whole batch: publishing waits for room in the client's queue,
         // which only drains while connected.
         let sessions = self.lost_sessions.load(Ordering::Acquire);
@@ -398,7 +410,7 @@ impl Sink for MqttSink {
                     self.ack_timeout
                 ))
             })??;
-        self.store.apply(batch, watermark).await
+        self.store.apply_marked(batch, marks, watermark).await
     }
 
     async fn watermark(&self) -> Result<Option<SystemTime>, SinkError> {

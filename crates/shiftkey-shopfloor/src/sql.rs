@@ -63,11 +63,10 @@ const WORK_VIEW: &str = "current_process_segment AS
 
 /// Version 2 → 3: which revision of an item is current. The column starts undecided (every
 /// revision offered) and the watermark is cleared, so the next cycle is a full read that asks the
-/// revision rule for every item; the content hashes are cleared so every row is written again.
+/// revision rule for every item. The content hashes stay: `current` is not part of them.
 const MIGRATE_V2_TO_V3: &[&str] = &[
     "ALTER TABLE process_definition ADD COLUMN is_current BIGINT",
     "CREATE INDEX IF NOT EXISTS process_definition_by_item ON process_definition (item_id)",
-    "UPDATE process_definition SET content_hash = ''",
     "UPDATE sync_state SET watermark_ms = NULL",
     "UPDATE shopfloor_schema SET version = 3",
 ];
@@ -486,10 +485,37 @@ fn redact(url: &str) -> String {
     parsed.to_string()
 }
 
+/// The hash of a record's content: everything but `current`, which is compared on its own (a
+/// revision superseded by another is not a changed revision, and its stored rows keep matching
+/// their hash).
 fn content_hash(p: &ProcessRecord) -> String {
-    let bytes = serde_json::to_vec(p).unwrap_or_default();
+    let content = ProcessRecord {
+        current: None,
+        ..p.clone()
+    };
+    let bytes = serde_json::to_vec(&content).unwrap_or_default();
     let digest = Sha256::digest(&bytes);
     digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One current revision per item: writing `p` as current supersedes the item's other revisions.
+async fn supersede_others(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    p: &ProcessRecord,
+) -> Result<(), SinkError> {
+    if p.current != Some(true) {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE process_definition SET is_current = 0
+         WHERE item_id = $1 AND uid <> $2 AND (is_current IS NULL OR is_current <> 0)",
+    )
+    .bind(&p.id)
+    .bind(&p.uid)
+    .execute(&mut **tx)
+    .await
+    .map_err(err(format!("supersede the other revisions of {}", p.id)))?;
+    Ok(())
 }
 
 #[async_trait]
@@ -499,22 +525,45 @@ impl Sink for SqlSink {
         batch: &[ProcessRecord],
         watermark: SystemTime,
     ) -> Result<ApplyReport, SinkError> {
+        self.apply_marked(batch, &[], watermark).await
+    }
+
+    async fn apply_marked(
+        &self,
+        batch: &[ProcessRecord],
+        marks: &[crate::CurrentMark],
+        watermark: SystemTime,
+    ) -> Result<ApplyReport, SinkError> {
         let mut report = ApplyReport::default();
         let mut tx = self.pool.begin().await.map_err(err("begin"))?;
         for p in batch {
             let hash = content_hash(p);
-            let existing: Option<String> =
-                sqlx::query("SELECT content_hash FROM process_definition WHERE uid = $1")
-                    .bind(&p.uid)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(err(format!("read process {}", p.uid)))?
-                    .map(|r| r.try_get("content_hash"))
-                    .transpose()
-                    .map_err(err("read content_hash"))?;
+            let existing: Option<(String, Option<i64>)> = sqlx::query(
+                "SELECT content_hash, is_current FROM process_definition WHERE uid = $1",
+            )
+            .bind(&p.uid)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(err(format!("read process {}", p.uid)))?
+            .map(|r| Ok((r.try_get("content_hash")?, r.try_get("is_current")?)))
+            .transpose()
+            .map_err(err("read content_hash"))?;
+            let current = p.current.map(i64::from);
             match existing {
-                Some(h) if h == hash => {
+                Some((h, c)) if h == hash && c == current => {
                     report.unchanged += 1;
+                    continue;
+                }
+                Some((h, _)) if h == hash => {
+                    // Only which revision is current changed.
+                    sqlx::query("UPDATE process_definition SET is_current = $2 WHERE uid = $1")
+                        .bind(&p.uid)
+                        .bind(current)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(err(format!("mark process {}", p.uid)))?;
+                    supersede_others(&mut tx, p).await?;
+                    report.updated += 1;
                     continue;
                 }
                 Some(_) => report.updated += 1,
@@ -541,19 +590,7 @@ impl Sink for SqlSink {
             .execute(&mut *tx)
             .await
             .map_err(err(format!("upsert process {}", p.uid)))?;
-            if p.current == Some(true) {
-                // One current revision per item: the others are superseded, and written again
-                // (their hash cleared) when they are next read.
-                sqlx::query(
-                    "UPDATE process_definition SET is_current = 0, content_hash = ''
-                     WHERE item_id = $1 AND uid <> $2 AND (is_current IS NULL OR is_current <> 0)",
-                )
-                .bind(&p.id)
-                .bind(&p.uid)
-                .execute(&mut *tx)
-                .await
-                .map_err(err(format!("supersede the other revisions of {}", p.id)))?;
-            }
+            supersede_others(&mut tx, p).await?;
             // The operation set of a revision is replaced as a whole.
             sqlx::query("DELETE FROM process_segment WHERE process_uid = $1")
                 .bind(&p.uid)
@@ -589,6 +626,18 @@ impl Sink for SqlSink {
                 .await
                 .map_err(err(format!("insert operation {}", o.uid)))?;
             }
+        }
+        // Items whose current revision was read earlier: that one is current, the others not.
+        for m in marks {
+            sqlx::query(
+                "UPDATE process_definition SET is_current = CASE WHEN uid = $2 THEN 1 ELSE 0 END
+                 WHERE item_id = $1",
+            )
+            .bind(&m.item_id)
+            .bind(&m.uid)
+            .execute(&mut *tx)
+            .await
+            .map_err(err(format!("mark the current revision of {}", m.item_id)))?;
         }
         sqlx::query("INSERT INTO sync_state (id, watermark_ms) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET watermark_ms = excluded.watermark_ms")
             .bind(millis(watermark))

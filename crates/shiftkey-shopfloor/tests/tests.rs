@@ -85,13 +85,13 @@ async fn one_revision_of_an_item_is_current_and_only_its_operations_are_offered(
         s.torn().await.unwrap().is_empty(),
         "a superseded row is not torn"
     );
-    // A read again as superseded is written again (its hash was cleared) and B stays current.
+    // A read again as superseded: nothing to write (its mark is already 0), and B stays current.
     let a_superseded = revision("REV-A", "A", Some(false), "OA");
     assert_eq!(
         s.apply(std::slice::from_ref(&a_superseded), t(3))
             .await
             .unwrap()
-            .updated,
+            .unchanged,
         1
     );
     assert_eq!(s.all().await.unwrap(), vec![a_superseded, b.clone()]);
@@ -112,6 +112,52 @@ async fn one_revision_of_an_item_is_current_and_only_its_operations_are_offered(
     .await
     .unwrap();
     assert_eq!(offered(&s).await.len(), 2);
+    let _ = std::fs::remove_file(path);
+}
+
+/// A revision superseded or marked current keeps matching its content hash (`current` is not
+/// content), and a mark makes a stored revision current without reading it again.
+#[tokio::test]
+async fn marks_change_which_revision_is_current_without_touching_content() {
+    let (s, path) = sink("marks").await;
+    let a = revision("REV-A", "A", Some(true), "OA");
+    let b = revision("REV-B", "B", Some(true), "OB");
+    s.apply(&[a.clone()], t(1)).await.unwrap();
+    s.apply(&[b.clone()], t(2)).await.unwrap();
+    assert!(
+        s.torn().await.unwrap().is_empty(),
+        "superseded A still matches its hash"
+    );
+    let report = s
+        .apply_marked(
+            &[],
+            &[shiftkey_shopfloor::CurrentMark {
+                item_id: "ITEM".into(),
+                uid: "REV-A".into(),
+            }],
+            t(3),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report, shiftkey_shopfloor::ApplyReport::default());
+    assert_eq!(offered(&s).await, [("REV-A".to_owned(), "OA".to_owned())]);
+    assert!(s.torn().await.unwrap().is_empty());
+    assert_eq!(
+        s.watermark().await.unwrap(),
+        Some(t(3)),
+        "in the same commit"
+    );
+    // B read again as superseded: only its mark, not its rows, counts as the change.
+    let b_superseded = revision("REV-B", "B", Some(false), "OB");
+    assert_eq!(
+        s.apply(&[b_superseded.clone()], t(4))
+            .await
+            .unwrap()
+            .unchanged,
+        1
+    );
+    // A read again, unchanged and current: unchanged.
+    assert_eq!(s.apply(&[a], t(5)).await.unwrap().unchanged, 1);
     let _ = std::fs::remove_file(path);
 }
 
@@ -172,7 +218,13 @@ async fn a_version_2_database_gains_the_current_revision_and_is_read_again() {
         all.iter().all(|p| p.current.is_none()),
         "undecided until read"
     );
-    assert!(s.torn().await.unwrap().is_empty());
+    // The content hashes stay (`current` is not content): the crash checks keep working.
+    let hashes: Vec<String> =
+        sqlx::query_scalar("SELECT content_hash FROM process_definition ORDER BY uid")
+            .fetch_all(s.pool())
+            .await
+            .unwrap();
+    assert_eq!(hashes, ["h1", "h2"]);
     assert_eq!(
         offered(&s).await,
         [("REV-A".to_owned(), "OA".to_owned())],

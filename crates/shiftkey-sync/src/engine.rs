@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use shiftkey_auth::{Clock, TokioClock};
-use shiftkey_shopfloor::{Document, OperationRecord, ProcessRecord, Sink, SinkError};
+use shiftkey_shopfloor::{CurrentMark, Document, OperationRecord, ProcessRecord, Sink, SinkError};
 use shiftkey_teamcenter::{
     CurrentRevisions, FeedbackConfig, FeedbackValues, Operation, ProcessPlan, ReadConfig, TcClient,
     TcError,
@@ -493,6 +493,37 @@ impl Engine {
                         .map(|ops| map_plan(p, &ops, &revisions))
                 })
                 .collect();
+            // An item whose current revision is not in this batch (the rule went back to one
+            // read earlier): the sink marks that one current and the others superseded.
+            let mut marks = Vec::new();
+            for (item, rev) in &revisions.by_item {
+                if batch.iter().any(|p| &p.uid == rev) {
+                    continue;
+                }
+                let Some(plan) = batch.iter().find(|p| p.item_uid.as_ref() == Some(item)) else {
+                    continue;
+                };
+                if self
+                    .sink
+                    .stored_versions(std::slice::from_ref(rev))
+                    .await?
+                    .is_empty()
+                {
+                    let w = CycleWarning {
+                        kind: "no_current_revision",
+                        detail: format!(
+                            "{}: the revision the rule makes current ({rev}) is not synced (not of a configured plan type?), so none is offered as work",
+                            plan.id
+                        ),
+                    };
+                    tracing::warn!(kind = w.kind, "{w}");
+                    report.warnings.push(w);
+                }
+                marks.push(CurrentMark {
+                    item_id: plan.id.clone(),
+                    uid: rev.clone(),
+                });
+            }
             // Skipped plans count for the watermark too: they are retried when they change
             // again or at the next reconcile, never in a loop.
             let newest = batch.iter().map(|p| p.last_modified).max();
@@ -512,7 +543,7 @@ impl Engine {
             // Not cancelled by a stop: one transaction, applied whole.
             let applied = self
                 .sink
-                .apply(&records, next.unwrap_or(SystemTime::UNIX_EPOCH))
+                .apply_marked(&records, &marks, next.unwrap_or(SystemTime::UNIX_EPOCH))
                 .await?;
             current = next;
             report.inserted += applied.inserted;

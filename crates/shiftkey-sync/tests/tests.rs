@@ -205,6 +205,46 @@ async fn the_revision_rule_decides_which_revision_of_a_plan_is_current() {
     }
 }
 
+/// The rule going back to a revision read in an earlier cycle: only the newer revision changed
+/// (made obsolete), and the earlier one, not read again, becomes current in the same commit; the
+/// item always has one revision offered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rule_going_back_to_an_earlier_revision_marks_it_current() {
+    let clock = clock();
+    let sim = sim(quiet(), &clock).await;
+    sim.pause_changes(true);
+    let sink = sqlite("current-back").await;
+    let engine = Engine::new(
+        tc(&sim, "mfg_sync_pw"),
+        sink.clone(),
+        EngineConfig::default(),
+    )
+    .with_clock(Arc::clone(&clock));
+    let (a, item) = sim.with_data(|d| {
+        let p = d.changed_processes(std::time::UNIX_EPOCH)[0];
+        (p.uid.clone(), p.get("item_id").unwrap().to_owned())
+    });
+    engine.cycle(&Stop::default()).await.unwrap();
+    clock.sleep(Duration::from_secs(60)).await;
+    let b = sim.with_data(|d| d.revise(&a, clock.wall())).unwrap();
+    clock.sleep(Duration::from_secs(15 * 60)).await;
+    engine.cycle(&Stop::default()).await.unwrap();
+    assert_eq!(offered_revisions(&sink, &item).await, ["B"]);
+    // B is made obsolete: under Latest Working the newest working revision is A again.
+    sim.with_data(|d| d.release(&b, "Obsolete", clock.wall()));
+    clock.sleep(Duration::from_secs(15 * 60)).await;
+    let r = engine.cycle(&Stop::default()).await.unwrap();
+    assert_eq!(r.read, 1, "only B changed");
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    assert_eq!(
+        revisions_of(&sink, &item).await,
+        [("A".to_owned(), Some(true)), ("B".to_owned(), Some(false))]
+    );
+    assert_eq!(offered_revisions(&sink, &item).await, ["A"]);
+    assert!(sink.torn().await.unwrap().is_empty());
+    assert_eq!(sink.all().await.unwrap(), truth(&sim).await);
+}
+
 /// The truth under a named revision rule.
 async fn truth_under(sim: &Sim, rule: Option<&str>) -> Vec<ProcessRecord> {
     let cfg = ReadConfig::default().with_current(shiftkey_teamcenter::CurrentRevision::ByRule {

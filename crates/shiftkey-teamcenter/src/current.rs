@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::client::TcClient;
 use crate::error::{ErrorValue, TcError};
-use crate::mfg::{GET_PROPERTIES, ProcessPlan, WindowGuard, unexpected};
+use crate::mfg::{GET_PROPERTIES, ProcessPlan, WindowGuard};
 use crate::site::{CurrentRevision, ReadConfig};
 use crate::wire::{PartialError, Props, ServiceData};
 
@@ -197,12 +197,13 @@ impl TcClient {
         let mut windows = Vec::new();
         let mut tops: Vec<(String, String)> = Vec::new();
         for o in answer["output"].as_array().into_iter().flatten() {
-            if let (Some(window), Some(top), Some(item)) = (
-                crate::wire::ref_uid(&o["bomWindow"]),
-                crate::wire::ref_uid(&o["bomLine"]),
-                o["clientId"].as_str(),
-            ) {
+            // Every window that came back is closed, whatever else its entry lacks.
+            if let Some(window) = crate::wire::ref_uid(&o["bomWindow"]) {
                 windows.push(window.to_owned());
+            }
+            if let (Some(top), Some(item)) =
+                (crate::wire::ref_uid(&o["bomLine"]), o["clientId"].as_str())
+            {
                 tops.push((item.to_owned(), top.to_owned()));
             }
         }
@@ -220,29 +221,50 @@ impl TcClient {
             );
             self.retire_session(generation);
         }
-        let Some(found) = read? else {
+        let Some((found, mut unread)) = read? else {
             return Ok(None);
         };
-        for (item, _) in items {
-            if !found.contains_key(*item) && !errors.iter().any(|e| e.uid.as_deref() == Some(item))
-            {
-                errors.push(unresolved(
+        // Only items left without a current revision are reported, each once: with the server's
+        // partial error about it where there is one (by UID or input index).
+        let mut out = Vec::new();
+        for (index, (item, _)) in items.iter().enumerate() {
+            if found.contains_key(*item) {
+                continue;
+            }
+            let ours = |e: &&PartialError| {
+                e.uid.as_deref() == Some(*item) || e.client_index == i64::try_from(index).ok()
+            };
+            if let Some(pos) = unread.iter().position(|e| e.uid.as_deref() == Some(*item)) {
+                out.push(unread.swap_remove(pos));
+            } else if let Some(e) = errors.iter().find(ours) {
+                out.push(PartialError {
+                    uid: Some((*item).to_owned()),
+                    ..e.clone()
+                });
+            } else {
+                out.push(unresolved(
                     item,
                     "the revision rule's window for it did not open".to_owned(),
                 ));
             }
         }
-        Ok(Some((found, errors)))
+        errors.retain(|e| !out.iter().any(|o| o.errors == e.errors));
+        for e in &errors {
+            tracing::debug!("a partial error of the revision rule's windows: {e}");
+        }
+        Ok(Some((found, out)))
     }
 
-    /// Item → the revision its top line shows (`bl_revision`). `None`: the session changed.
+    /// Item → the revision its top line shows (`bl_revision`), and the items whose line shows
+    /// none (a revision the service user may not read). `None`: the session changed.
     async fn top_revisions(
         &self,
         tops: &[(String, String)],
         cfg: &ReadConfig,
         generation: Option<u64>,
-    ) -> Result<Option<BTreeMap<String, String>>, TcError> {
+    ) -> Result<Option<(BTreeMap<String, String>, Vec<PartialError>)>, TcError> {
         let mut out = BTreeMap::new();
+        let mut unread = Vec::new();
         for chunk in tops.chunks(cfg.chunk.max(1)) {
             let lines: Vec<&str> = chunk.iter().map(|(_, l)| l.as_str()).collect();
             let body = json!({"objects": lines, "attributes": ["bl_revision"]});
@@ -253,20 +275,23 @@ impl TcClient {
                 return Ok(None);
             };
             for (item, line) in chunk {
-                let rev = sd
+                match sd
                     .objects
                     .get(line)
                     .and_then(|o| Props::of(o).refs("bl_revision").into_iter().next())
-                    .ok_or_else(|| {
-                        unexpected(
-                            GET_PROPERTIES,
-                            format!("the top line {line} of item {item} shows no `bl_revision`"),
-                        )
-                    })?;
-                out.insert(item.clone(), rev);
+                {
+                    Some(rev) => {
+                        out.insert(item.clone(), rev);
+                    }
+                    // One odd item does not stop the others (nor the sync).
+                    None => unread.push(unresolved(
+                        item,
+                        format!("the top line {line} of its window shows no `bl_revision`"),
+                    )),
+                }
             }
         }
-        Ok(Some(out))
+        Ok(Some((out, unread)))
     }
 }
 

@@ -138,6 +138,9 @@ impl ReadSection {
             "revision_rule" => shiftkey_teamcenter::CurrentRevision::ByRule {
                 revision_rule: rule,
             },
+            "every_revision" if rule.is_some() && self.window != "bom_windows" => bail!(
+                "`teamcenter.read.revision_rule` is set, but with `current = \"every_revision\"` and `window = \"contexts\"` nothing uses it: remove it, or set `current = \"revision_rule\"`"
+            ),
             "every_revision" => shiftkey_teamcenter::CurrentRevision::Every,
             other => bail!(
                 "`teamcenter.read.current`: `{other}` is neither `revision_rule` (the rule decides which revision of an item is current) nor `every_revision`"
@@ -347,11 +350,19 @@ mod tests {
             "the rule does not change how plans open"
         );
         assert_eq!(
-            read("current = \"every_revision\"\nrevision_rule = \"Latest Working\"")
+            read("current = \"every_revision\"\nwindow = \"bom_windows\"\nrevision_rule = \"Latest Working\"")
                 .unwrap()
                 .current,
             CurrentRevision::Every
         );
+        assert_eq!(
+            read("current = \"every_revision\"").unwrap().current,
+            CurrentRevision::Every
+        );
+        let unused = read("current = \"every_revision\"\nrevision_rule = \"Latest Working\"")
+            .unwrap_err()
+            .to_string();
+        assert!(unused.contains("nothing uses it"), "{unused}");
         let e = read("current = \"latest\"").unwrap_err().to_string();
         assert!(
             e.contains("`teamcenter.read.current`: `latest` is neither"),

@@ -325,10 +325,20 @@ impl AuthStrategy for OAuthRefresh {
         let Some(refresh) = refresh else {
             // The first fetch of a fresh store: nothing is wrong, the fallback logs in.
             return match &self.fallback {
-                Some(fallback) => {
+                // The first fetch of a fresh store: nothing is wrong.
+                Some(fallback) if previous.is_none() => {
                     tracing::info!(
                         fallback = fallback.name(),
                         "no refresh token yet: obtaining the first tokens with the fallback"
+                    );
+                    fallback.acquire(previous).await
+                }
+                // A token set without a refresh token: the provider stopped issuing them, and
+                // every refresh is a full login from now on.
+                Some(fallback) => {
+                    tracing::warn!(
+                        fallback = fallback.name(),
+                        "the last token came without a refresh token: logging in again with the fallback"
                     );
                     fallback.acquire(previous).await
                 }
