@@ -122,8 +122,8 @@ async fn marks_change_which_revision_is_current_without_touching_content() {
     let (s, path) = sink("marks").await;
     let a = revision("REV-A", "A", Some(true), "OA");
     let b = revision("REV-B", "B", Some(true), "OB");
-    s.apply(&[a.clone()], t(1)).await.unwrap();
-    s.apply(&[b.clone()], t(2)).await.unwrap();
+    s.apply(std::slice::from_ref(&a), t(1)).await.unwrap();
+    s.apply(std::slice::from_ref(&b), t(2)).await.unwrap();
     assert!(
         s.torn().await.unwrap().is_empty(),
         "superseded A still matches its hash"
@@ -150,7 +150,7 @@ async fn marks_change_which_revision_is_current_without_touching_content() {
     // B read again as superseded: only its mark, not its rows, counts as the change.
     let b_superseded = revision("REV-B", "B", Some(false), "OB");
     assert_eq!(
-        s.apply(&[b_superseded.clone()], t(4))
+        s.apply(std::slice::from_ref(&b_superseded), t(4))
             .await
             .unwrap()
             .unchanged,
