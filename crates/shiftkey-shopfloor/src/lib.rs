@@ -212,6 +212,11 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
         let _ = uids;
         Ok(std::collections::BTreeMap::new())
     }
+    /// The items (`ProcessRecord::id`) whose stored revisions are all marked superseded: the
+    /// shop floor gets no work for them. The default knows none.
+    async fn items_without_current(&self) -> Result<Vec<String>, SinkError> {
+        Ok(Vec::new())
+    }
     /// Feedback rows not yet sent, oldest first.
     async fn pending_feedback(&self, limit: i64) -> Result<Vec<Feedback>, SinkError>;
     /// Marks a feedback row sent.

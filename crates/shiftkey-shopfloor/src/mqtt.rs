@@ -417,6 +417,10 @@ impl Sink for MqttSink {
         self.store.watermark().await
     }
 
+    async fn items_without_current(&self) -> Result<Vec<String>, SinkError> {
+        self.store.items_without_current().await
+    }
+
     async fn reconciled(&self) -> Result<Option<SystemTime>, SinkError> {
         self.store.reconciled().await
     }

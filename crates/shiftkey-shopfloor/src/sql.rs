@@ -651,6 +651,16 @@ impl Sink for SqlSink {
         Ok(report)
     }
 
+    async fn items_without_current(&self) -> Result<Vec<String>, SinkError> {
+        sqlx::query_scalar(
+            "SELECT item_id FROM process_definition GROUP BY item_id
+             HAVING MAX(COALESCE(is_current, 1)) = 0 ORDER BY item_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err("read the items without a current revision"))
+    }
+
     async fn stored_versions(
         &self,
         uids: &[String],

@@ -469,21 +469,12 @@ impl Engine {
                 break;
             };
             let revisions = revisions?;
+            // Why a revision is not current goes to the log; the cycle's warning (below) says
+            // which items are left with none, from what the sink holds.
             for pe in &revisions.unresolved {
-                let w = CycleWarning {
-                    kind: "no_current_revision",
-                    detail: format!(
-                        "{}: no revision of it is current under the revision rule, so none is offered as work: {}",
-                        pe.uid.as_deref().unwrap_or("?"),
-                        pe.errors
-                            .iter()
-                            .map(|e| e.message.as_str())
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    ),
-                };
-                tracing::warn!(kind = w.kind, "{w}");
-                report.warnings.push(w);
+                tracing::warn!(
+                    "the revision rule configures no revision here, so it is not offered as work: {pe}"
+                );
             }
             let records: Vec<ProcessRecord> = batch
                 .iter()
@@ -509,15 +500,10 @@ impl Engine {
                     .await?
                     .is_empty()
                 {
-                    let w = CycleWarning {
-                        kind: "no_current_revision",
-                        detail: format!(
-                            "{}: the revision the rule makes current ({rev}) is not synced (not of a configured plan type?), so none is offered as work",
-                            plan.id
-                        ),
-                    };
-                    tracing::warn!(kind = w.kind, "{w}");
-                    report.warnings.push(w);
+                    tracing::warn!(
+                        "{}: the revision the rule makes current ({rev}) is not synced (not of a configured plan type?), so none is offered as work",
+                        plan.id
+                    );
                 }
                 marks.push(CurrentMark {
                     item_id: plan.id.clone(),
@@ -551,6 +537,27 @@ impl Engine {
             report.unchanged += applied.unchanged;
         }
         report.watermark = current;
+        // Items the shop floor gets no work for: a state of the sink, reported every cycle (not
+        // only by the cycle that read them), so the warning holds as long as it is true.
+        let orphans = self.sink.items_without_current().await?;
+        if !orphans.is_empty() {
+            let shown: Vec<&str> = orphans.iter().take(10).map(String::as_str).collect();
+            let w = CycleWarning {
+                kind: "no_current_revision",
+                detail: format!(
+                    "{} item(s) have no current revision under the revision rule, so none of their revisions is offered as work: {}{} (the log says why; check `teamcenter.read.revision_rule`)",
+                    orphans.len(),
+                    shown.join(", "),
+                    if orphans.len() > shown.len() {
+                        ", …"
+                    } else {
+                        ""
+                    }
+                ),
+            };
+            tracing::warn!(kind = w.kind, "{w}");
+            report.warnings.push(w);
+        }
         if !report.stopped
             && !report.lease_lost
             && let Some(l) = lease

@@ -292,7 +292,7 @@ async fn without_a_rule_every_revision_is_offered_and_a_plan_without_item_warns(
         "one window per plan revision, none for a rule"
     );
 
-    // Under a rule, a plan whose revision names no item is not offered, and the cycle says so.
+    // Under a rule, a plan whose revision names no item is not offered: its item still has B.
     let sink = sqlite("no-item").await;
     sim.with_data(|d| {
         d.object_mut(&a).unwrap().props.remove("items_tag");
@@ -304,21 +304,40 @@ async fn without_a_rule_every_revision_is_offered_and_a_plan_without_item_warns(
     )
     .with_clock(Arc::clone(&clock));
     let r = engine.cycle(&Stop::default()).await.unwrap();
-    let w: Vec<_> = r
-        .warnings
-        .iter()
-        .filter(|w| w.kind == "no_current_revision")
-        .collect();
-    assert_eq!(w.len(), 1, "{:?}", r.warnings);
-    assert!(
-        w[0].detail.contains(&a) && w[0].detail.contains("items_tag"),
-        "{}",
-        w[0]
-    );
+    assert!(r.warnings.is_empty(), "the item has B: {:?}", r.warnings);
     assert_eq!(
         revisions_of(&sink, &item).await,
         [("A".to_owned(), Some(false)), ("B".to_owned(), Some(true))]
     );
+    // A plan whose only revision names no item: its item gets no work, and every cycle says so
+    // (also one that reads nothing), until it is resolved.
+    let (lone, lone_item) = sim.with_data(|d| {
+        let p = d
+            .changed_processes(std::time::UNIX_EPOCH)
+            .into_iter()
+            .find(|p| p.get("item_id") != Some(item.as_str()))
+            .unwrap();
+        (p.uid.clone(), p.get("item_id").unwrap().to_owned())
+    });
+    sim.with_data(|d| {
+        d.object_mut(&lone).unwrap().props.remove("items_tag");
+        d.release(&lone, "Released", clock.wall());
+    });
+    clock.sleep(Duration::from_secs(15 * 60)).await;
+    for cycle in 0..2 {
+        let r = engine.cycle(&Stop::default()).await.unwrap();
+        let w: Vec<_> = r
+            .warnings
+            .iter()
+            .filter(|w| w.kind == "no_current_revision")
+            .collect();
+        assert_eq!(w.len(), 1, "cycle {cycle}: {:?}", r.warnings);
+        assert!(w[0].detail.contains(&lone_item), "{}", w[0]);
+        if cycle == 1 {
+            assert_eq!(r.read, 0, "a cycle that reads nothing still says so");
+        }
+    }
+    assert_eq!(offered_revisions(&sink, &lone_item).await.len(), 0);
 }
 
 /// A server in UTC−5 or UTC+5:30 with the default config (`utc_offset` auto): no change is

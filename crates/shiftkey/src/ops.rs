@@ -377,14 +377,10 @@ impl Ops {
     /// A successful cycle's warnings: `shiftkey_sync_warning{kind}` (1 while it holds, every
     /// kind shown from the first cycle) and an alert `sync_warning:KIND` raised when it appears
     /// and cleared when a cycle no longer finds it (the engine logs it every cycle). Only a full
-    /// read can tell whether plans are found, so `nothing_found` changes on full reads only;
-    /// `no_current_revision` changes on cycles that read plans.
+    /// read can tell whether plans are found, so `nothing_found` changes on full reads only.
     fn cycle_warnings(&self, r: &CycleReport) {
         for kind in shiftkey_sync::CycleWarning::KINDS {
-            // Only a cycle that read plans can tell whether their items have a current revision.
-            if (kind == "nothing_found" && !r.reconciled)
-                || (kind == "no_current_revision" && r.read == 0)
-            {
+            if kind == "nothing_found" && !r.reconciled {
                 continue;
             }
             let found = r.warnings.iter().find(|w| w.kind == kind);
