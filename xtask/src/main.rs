@@ -39,13 +39,16 @@ fn main() -> ExitCode {
     }
 }
 
+mod anchor;
+
 fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let task = args.first().map(String::as_str).unwrap_or("help");
     match task {
         "test" => test(),
         "proptest" => proptest(&args[1..]),
-        "bench" => bench(),
+        "bench" => bench().and_then(|()| bench_proxy()),
+        "bench-proxy" => bench_proxy(),
         "soak" => soak(&args[1..]),
         "peers" => peers(&args[1..]),
         "mutants" => mutants(),
@@ -55,7 +58,7 @@ fn run() -> Result<()> {
         "package" => package().map(|deb| say(&format!("xtask: built {}", deb.display()))),
         "help" | "--help" | "-h" => {
             say(
-                "usage: cargo xtask <test | proptest [--cases N] | bench | soak [--days N] [--profile NAME|all] [--release] | peers [--minutes N] | mutants | package [--check-install] | libs | ci>",
+                "usage: cargo xtask <test | proptest [--cases N] | bench | bench-proxy | soak [--days N] [--profile NAME|all] [--release] | peers [--minutes N] | mutants | package [--check-install] | libs | ci>",
             );
             Ok(())
         }
@@ -421,7 +424,7 @@ const BENCH_BEGIN: &str = "<!-- cargo xtask bench: begin (generated; edits are o
 const BENCH_END: &str = "<!-- cargo xtask bench: end -->";
 
 /// The machine and the moment, for a generated table's caption: (date, cores, CPU).
-fn machine() -> (String, usize, String) {
+pub(crate) fn machine() -> (String, usize, String) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -624,6 +627,23 @@ fn bench() -> Result<()> {
         "xtask: {} measurements written to docs/benchmarks.md",
         rows.len()
     ));
+    Ok(())
+}
+
+/// The proxy against nginx in front of the same upstream (`anchor.rs`); nginx and wrk come from
+/// Debian, installed like the test packages (skipped, saying so, where they cannot be).
+fn bench_proxy() -> Result<()> {
+    if !(have("nginx") && have("wrk"))
+        && let Err(e) = install_debian(&["nginx-light", "wrk"], "the proxy's anchor benchmark")
+    {
+        say(&format!("xtask: bench-proxy skipped: {e:#}"));
+        return Ok(());
+    }
+    cargo(&["build", "--release", "-p", "shiftkey"])?;
+    let section = anchor::run(&root(), &root().join("target/release/shiftkey"))?;
+    say(&section);
+    anchor::write(&root().join("docs/benchmarks.md"), &section)?;
+    say("xtask: the proxy's table is written to docs/benchmarks.md");
     Ok(())
 }
 
