@@ -212,21 +212,28 @@ def test_under_requests_a_broker_outage_is_a_request_exception(fake_api: FakeApi
     assert fake_api.seen == []
 
 
+def _post(kind: str, url: str, auth: BrokerAuth) -> None:
+    """POSTs BODY to `url` with `auth` through requests, httpx or httpx's async client."""
+    if kind == "requests":
+        requests.post(url, data=BODY, auth=auth, timeout=10)
+    elif kind == "httpx":
+        with httpx.Client(auth=auth, timeout=10) as client:
+            client.post(url, content=BODY)
+    else:
+
+        async def run() -> None:
+            async with httpx.AsyncClient(auth=auth, timeout=10) as client:
+                await client.post(url, content=BODY)
+
+        asyncio.run(run())
+
+
 @pytest.mark.parametrize("kind", ["httpx", "httpx-async"])
 def test_under_httpx_a_broker_outage_is_an_http_error(kind: str, fake_api: FakeApi) -> None:
     auth = BrokerAuth("gw", broker=_down())
 
     def send() -> None:
-        if kind == "httpx":
-            with httpx.Client(auth=auth, timeout=10) as client:
-                client.post(fake_api.url, content=BODY)
-        else:
-
-            async def run() -> None:
-                async with httpx.AsyncClient(auth=auth, timeout=10) as client:
-                    await client.post(fake_api.url, content=BODY)
-
-            asyncio.run(run())
+        _post(kind, fake_api.url, auth)
 
     with pytest.raises(httpx.HTTPError) as e:
         send()
@@ -250,18 +257,7 @@ def test_a_forbidden_report_keeps_its_class_and_status(
     fake_broker.canned = (403, "application/json", b'{"ok":false,"error":"no"}')
     library_error: Any = requests.RequestException if kind == "requests" else httpx.HTTPError
     with pytest.raises(Forbidden) as e:
-        if kind == "requests":
-            requests.post(fake_api.url, data=BODY, auth=auth, timeout=10)
-        elif kind == "httpx":
-            with httpx.Client(auth=auth, timeout=10) as client:
-                client.post(fake_api.url, content=BODY)
-        else:
-
-            async def run() -> None:
-                async with httpx.AsyncClient(auth=auth, timeout=10) as client:
-                    await client.post(fake_api.url, content=BODY)
-
-            asyncio.run(run())
+        _post(kind, fake_api.url, auth)
     assert isinstance(e.value, library_error)
     assert (e.value.status, e.value.message) == (403, "no")
     assert len(fake_api.seen) == 1

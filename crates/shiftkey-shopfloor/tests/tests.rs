@@ -184,14 +184,10 @@ async fn without_a_rule_every_revision_is_offered() {
 
 #[tokio::test]
 async fn a_version_2_database_gains_the_current_revision_and_is_read_again() {
-    let path = std::env::temp_dir().join(format!("shiftkey-sink-v2-{}.db", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    let url = format!("sqlite://{}?mode=rwc", path.display());
-    {
-        // Schema version 2 as shiftkey left it before the current revision.
-        sqlx::any::install_default_drivers();
-        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
-        for ddl in [
+    // Schema version 2 as shiftkey left it before the current revision.
+    let (path, url) = old_database(
+        "v2",
+        &[
             "CREATE TABLE shopfloor_schema (version BIGINT NOT NULL)",
             "INSERT INTO shopfloor_schema (version) VALUES (2)",
             "CREATE TABLE process_definition (uid TEXT PRIMARY KEY, item_id TEXT NOT NULL, revision TEXT NOT NULL, name TEXT NOT NULL, plant TEXT NOT NULL, released BIGINT NOT NULL, obsolete BIGINT NOT NULL, last_modified_ms BIGINT NOT NULL, content_hash TEXT NOT NULL)",
@@ -201,11 +197,9 @@ async fn a_version_2_database_gains_the_current_revision_and_is_read_again() {
             "INSERT INTO process_definition VALUES ('REV-A', 'ITEM', 'A', 'Plan', 'P01', 1, 0, 1800000010000, 'h1')",
             "INSERT INTO process_definition VALUES ('REV-B', 'ITEM', 'B', 'Plan', 'P01', 0, 0, 1800000010000, 'h2')",
             "INSERT INTO process_segment VALUES ('REV-A', 'occ', 'OA', 'OP-10', 'Operation 10', 10, NULL, NULL, '[]', '[]', '[]', 0)",
-        ] {
-            sqlx::query(ddl).execute(&pool).await.unwrap();
-        }
-        pool.close().await;
-    }
+        ],
+    )
+    .await;
     let s = SqlSink::connect(&url).await.unwrap();
     assert_eq!(
         s.watermark().await.unwrap(),
@@ -235,6 +229,20 @@ async fn a_version_2_database_gains_the_current_revision_and_is_read_again() {
     let again = SqlSink::connect(&url).await.unwrap();
     assert_eq!(again.all().await.unwrap().len(), 2);
     let _ = std::fs::remove_file(path);
+}
+
+/// An SQLite database an older shiftkey left behind, made with `ddl`: its path and URL.
+async fn old_database(name: &str, ddl: &[&str]) -> (std::path::PathBuf, String) {
+    let path = std::env::temp_dir().join(format!("shiftkey-sink-{name}-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    for statement in ddl {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+    (path, url)
 }
 
 async fn sink(name: &str) -> (SqlSink, std::path::PathBuf) {
@@ -300,14 +308,10 @@ async fn the_outbox_hands_out_unsent_feedback_in_order() {
 
 #[tokio::test]
 async fn a_version_1_database_is_migrated_and_read_again_from_the_start() {
-    let path = std::env::temp_dir().join(format!("shiftkey-sink-v1-{}.db", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    let url = format!("sqlite://{}?mode=rwc", path.display());
-    {
-        // What shiftkey 0.1 with schema version 1 left behind: a text column and a watermark.
-        sqlx::any::install_default_drivers();
-        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
-        for ddl in [
+    // What shiftkey 0.1 with schema version 1 left behind: a text column and a watermark.
+    let (path, url) = old_database(
+        "v1",
+        &[
             "CREATE TABLE shopfloor_schema (version BIGINT NOT NULL)",
             "INSERT INTO shopfloor_schema (version) VALUES (1)",
             "CREATE TABLE process_definition (uid TEXT PRIMARY KEY, item_id TEXT NOT NULL, revision TEXT NOT NULL, name TEXT NOT NULL, plant TEXT NOT NULL, released BIGINT NOT NULL, obsolete BIGINT NOT NULL, last_modified_ms BIGINT NOT NULL, content_hash TEXT NOT NULL)",
@@ -316,11 +320,9 @@ async fn a_version_1_database_is_migrated_and_read_again_from_the_start() {
             "INSERT INTO sync_state (id, watermark_ms) VALUES (1, 1800000010000)",
             "INSERT INTO process_definition VALUES ('P1', 'P1-ID', 'A', 'Plan', 'P01', 0, 0, 1800000010000, 'h')",
             "INSERT INTO process_segment VALUES ('O1', 'P1', 'OP-10', 'Operation 10', 10, NULL, NULL, 'old text', '[]', '[]', 0)",
-        ] {
-            sqlx::query(ddl).execute(&pool).await.unwrap();
-        }
-        pool.close().await;
-    }
+        ],
+    )
+    .await;
     let s = SqlSink::connect(&url).await.unwrap();
     assert_eq!(
         s.watermark().await.unwrap(),

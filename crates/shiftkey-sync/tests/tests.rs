@@ -58,19 +58,9 @@ async fn sqlite(name: &str) -> Arc<SqlSink> {
     )
 }
 
-/// The source's truth, read afresh and mapped the way the engine maps.
+/// The source's truth, read afresh and mapped the way the engine maps (the default rule).
 async fn truth(sim: &Sim) -> Vec<ProcessRecord> {
-    let all = tc(sim, "mfg_sync_pw")
-        .changed_since(None, &ReadConfig::default())
-        .await
-        .unwrap();
-    let mut v: Vec<ProcessRecord> = all
-        .plans
-        .iter()
-        .map(|(p, o)| map_plan(p, o, &all.current))
-        .collect();
-    v.sort_by(|a, b| a.uid.cmp(&b.uid));
-    v
+    truth_under(sim, None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

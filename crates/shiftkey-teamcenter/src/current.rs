@@ -14,9 +14,9 @@ use serde_json::{Value, json};
 
 use crate::client::TcClient;
 use crate::error::{ErrorValue, TcError};
-use crate::mfg::{GET_PROPERTIES, ProcessPlan, WindowGuard};
+use crate::mfg::{GET_PROPERTIES, ProcessPlan, WindowGuard, rev_rule_config};
 use crate::site::{CurrentRevision, ReadConfig};
-use crate::wire::{PartialError, Props, ServiceData};
+use crate::wire::{PartialError, Props};
 
 const CREATE: &str = "Cad-2007-01-StructureManagement/createBOMWindows";
 
@@ -133,10 +133,7 @@ impl TcClient {
         if items.is_empty() {
             return Ok(out);
         }
-        let rule = match revision_rule {
-            Some(r) => json!({"uid": self.revision_rule(r).await?}),
-            None => json!(""),
-        };
+        let rule = self.rule_ref(revision_rule.as_deref()).await?;
         let items: Vec<(&str, &str)> = items.into_iter().collect();
         for group in items.chunks(cfg.window_batch.max(1)) {
             const ATTEMPTS: u32 = 3;
@@ -170,30 +167,11 @@ impl TcClient {
         let info: Vec<Value> = items
             .iter()
             .map(|(uid, t)| json!({"clientId": uid, "item": {"uid": uid, "type": t}, "itemRev": "", "bomView": "",
-                "revRuleConfigInfo": {"clientId": "", "revRule": rule,
-                    "props": {"unitNo": -1, "date": "0001-01-01T00:00:00", "today": true, "endItem": "", "endItemRevision": "", "overrideFolders": []}},
+                "revRuleConfigInfo": rev_rule_config(rule),
                 "objectForConfigure": "", "activeAssemblyArrangement": ""}))
             .collect();
-        let sent_under = self.generation();
-        let (answer, under, retire) = match self.call_creating(CREATE, json!({"info": info})).await
-        {
-            Ok(v) => v,
-            Err(e) => {
-                if e.answer_lost() {
-                    tracing::warn!(error = %e, "an answer to a window open was lost; retiring the session so that no window outlives it");
-                    self.retire_session(sent_under);
-                }
-                return Err(e);
-            }
-        };
-        let generation = under.filter(|_| self.windows_follow_token());
-        // The windows exist now: an odd ServiceData must not lose track of them.
-        let mut errors = ServiceData::parse(&answer, CREATE)
-            .map(|sd| sd.partial_errors)
-            .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "the open's ServiceData did not parse");
-                Vec::new()
-            });
+        let (answer, generation, retire, mut errors) =
+            self.open_windows(CREATE, json!({"info": info})).await?;
         let mut windows = Vec::new();
         let mut tops: Vec<(String, String)> = Vec::new();
         for o in answer["output"].as_array().into_iter().flatten() {

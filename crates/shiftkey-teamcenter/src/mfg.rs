@@ -269,6 +269,14 @@ fn operation(
     })
 }
 
+/// A `revRuleConfigInfo` configuring by `rule` (see [`TcClient::rule_ref`]) today, with no unit,
+/// end item or override folder (S11 `RevisionRuleConfigInfo`).
+pub(crate) fn rev_rule_config(rule: &Value) -> Value {
+    json!({"clientId": "", "revRule": rule,
+        "props": {"unitNo": -1, "date": "0001-01-01T00:00:00", "today": true, "endItem": "",
+            "endItemRevision": "", "overrideFolders": []}})
+}
+
 /// Open windows of one traversal round.
 #[derive(Debug, Clone)]
 struct Opened {
@@ -866,15 +874,11 @@ impl TcClient {
                 )
             }
             WindowMode::BomWindows { revision_rule } => {
-                let rule = match revision_rule {
-                    Some(r) => self.revision_rule(r).await?,
-                    None => String::new(),
-                };
+                let rule = self.rule_ref(revision_rule.as_deref()).await?;
                 let info: Vec<Value> = group
                     .iter()
                     .map(|p| json!({"clientId": p.uid, "item": "", "itemRev": {"uid": p.uid, "type": "MEProcessRevision"}, "bomView": "",
-                        "revRuleConfigInfo": {"clientId": "", "revRule": if rule.is_empty() { json!("") } else { json!({"uid": rule}) },
-                            "props": {"unitNo": -1, "date": "0001-01-01T00:00:00", "today": true, "endItem": "", "endItemRevision": "", "overrideFolders": []}},
+                        "revRuleConfigInfo": rev_rule_config(&rule),
                         "objectForConfigure": "", "activeAssemblyArrangement": ""}))
                     .collect();
                 (
@@ -884,32 +888,7 @@ impl TcClient {
                 )
             }
         };
-        // An open whose answer was lost (a timeout, a cut connection) may have opened windows
-        // nobody can name to close; they would live as long as the session. Then retire the
-        // session: a new login now, and the old one is logged out (its windows with it) once its
-        // requests are done. A refusal (429, 503) opened nothing and is simply retried; an
-        // answered exception or an open circuit opened nothing either.
-        let sent_under = self.generation();
-        let (answer, under, retire) = match self.call_creating(op, body).await {
-            // Re-sent after a lost answer: a first copy may exist; the session is retired once
-            // this traversal has closed the windows it can name.
-            Ok(v) => v,
-            Err(e) => {
-                if e.answer_lost() {
-                    tracing::warn!(error = %e, "an answer to a window open was lost; retiring the session so that no window outlives it");
-                    self.retire_session(sent_under);
-                }
-                return Err(e);
-            }
-        };
-        let generation = under.filter(|_| self.windows_follow_token());
-        // The windows exist now: an odd ServiceData must not lose track of them.
-        let partial_errors = ServiceData::parse(&answer, op)
-            .map(|sd| sd.partial_errors)
-            .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "the open's ServiceData did not parse");
-                Vec::new()
-            });
+        let (answer, generation, retire, partial_errors) = self.open_windows(op, body).await?;
         let mut opened = Opened {
             handles: Vec::new(),
             tops: Vec::new(),
@@ -944,6 +923,51 @@ impl TcClient {
             }
         }
         Ok(opened)
+    }
+
+    /// Sends a window open (`openContexts`, `createBOMWindows`): the answer, the session
+    /// generation the windows belong to, whether the open was sent again after a lost answer
+    /// (retire the session once the windows it can name are closed), and the open's partial
+    /// errors.
+    ///
+    /// An open whose answer was lost (a timeout, a cut connection) may have opened windows nobody
+    /// can name to close; they would live as long as the session. Then the session is retired: a
+    /// new login now, and the old one is logged out (its windows with it) once its requests are
+    /// done. A refusal (429, 503) opened nothing and is simply retried; an answered exception or
+    /// an open circuit opened nothing either.
+    pub(crate) async fn open_windows(
+        &self,
+        op: &'static str,
+        body: Value,
+    ) -> Result<(Value, Option<u64>, bool, Vec<PartialError>), TcError> {
+        let sent_under = self.generation();
+        let (answer, under, retire) = match self.call_creating(op, body).await {
+            Ok(v) => v,
+            Err(e) => {
+                if e.answer_lost() {
+                    tracing::warn!(error = %e, "an answer to a window open was lost; retiring the session so that no window outlives it");
+                    self.retire_session(sent_under);
+                }
+                return Err(e);
+            }
+        };
+        let generation = under.filter(|_| self.windows_follow_token());
+        // The windows exist now: an odd ServiceData must not lose track of them.
+        let partial_errors = ServiceData::parse(&answer, op)
+            .map(|sd| sd.partial_errors)
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "the open's ServiceData did not parse");
+                Vec::new()
+            });
+        Ok((answer, generation, retire, partial_errors))
+    }
+
+    /// The `revRule` of a `revRuleConfigInfo`: the named rule's UID, or `""` (the user's default).
+    pub(crate) async fn rule_ref(&self, name: Option<&str>) -> Result<Value, TcError> {
+        Ok(match name {
+            Some(r) => json!({"uid": self.revision_rule(r).await?}),
+            None => json!(""),
+        })
     }
 
     /// The UID of the revision rule named `name` (`getRevisionRules`).

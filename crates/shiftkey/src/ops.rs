@@ -1054,29 +1054,23 @@ impl Ops {
                 h.push_str("<table><tr><th>Finished</th><th>Outcome</th><th>Read</th><th>Inserted</th><th>Updated</th><th>Unchanged</th><th>Feedback</th><th>Took</th></tr>");
                 for c in &log.cycles {
                     match &c.outcome {
-                        Ok(r) if !r.warnings.is_empty() => {
-                            let _ = write!(
-                                h,
-                                "<tr><td>{}</td><td class=\"bad\">ok, with warnings: {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} s</td></tr>",
-                                stamp(c.at),
-                                esc(&r
-                                    .warnings
-                                    .iter()
-                                    .map(ToString::to_string)
-                                    .collect::<Vec<_>>()
-                                    .join("; ")),
-                                r.read,
-                                r.inserted,
-                                r.updated,
-                                r.unchanged,
-                                r.feedback_pushed,
-                                r.duration.as_secs_f64()
-                            );
-                        }
                         Ok(r) => {
+                            let outcome = if r.warnings.is_empty() {
+                                "<td class=\"ok\">ok</td>".to_owned()
+                            } else {
+                                format!(
+                                    "<td class=\"bad\">ok, with warnings: {}</td>",
+                                    esc(&r
+                                        .warnings
+                                        .iter()
+                                        .map(ToString::to_string)
+                                        .collect::<Vec<_>>()
+                                        .join("; "))
+                                )
+                            };
                             let _ = write!(
                                 h,
-                                "<tr><td>{}</td><td class=\"ok\">ok</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} s</td></tr>",
+                                "<tr><td>{}</td>{outcome}<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} s</td></tr>",
                                 stamp(c.at),
                                 r.read,
                                 r.inserted,
