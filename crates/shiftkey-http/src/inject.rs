@@ -1,5 +1,8 @@
 //! Putting the token on a request: a header (usually `Authorization: Bearer`) or a cookie.
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use shiftkey_auth::TokenSet;
@@ -94,20 +97,66 @@ impl Injector {
     /// `None` if the token cannot be a header value (it has control characters).
     #[must_use]
     pub fn header(&self, token: &TokenSet) -> Option<(HeaderName, HeaderValue)> {
-        let secret = token.access_token.expose();
-        let (name, value) = match self {
-            Self::Bearer => (
-                http::header::AUTHORIZATION,
-                secret_header_value(&["Bearer ", secret]),
-            ),
-            Self::Header { name, prefix } => (name.clone(), secret_header_value(&[prefix, secret])),
-            Self::Cookie { name } => (
-                http::header::COOKIE,
-                secret_header_value(&[name, "=", secret]),
-            ),
-        };
-        Some((name, value?))
+        let (name, parts) = self.parts(token.access_token.expose());
+        Some((name, secret_header_value(&parts)?))
     }
+
+    /// The header's name and the parts its value is made of.
+    fn parts<'a>(&'a self, secret: &'a str) -> (HeaderName, [&'a str; 3]) {
+        match self {
+            Self::Bearer => (http::header::AUTHORIZATION, ["Bearer ", secret, ""]),
+            Self::Header { name, prefix } => (name.clone(), [prefix, secret, ""]),
+            Self::Cookie { name } => (http::header::COOKIE, [name, "=", secret]),
+        }
+    }
+}
+
+/// The credential header of the current token, built once and shared (a reference count, not
+/// a copy of the secret) by every request that carries it; rebuilt when the token changes.
+#[derive(Debug, Default)]
+pub(crate) struct HeaderCache(ArcSwapOption<HeaderValue>);
+
+impl HeaderCache {
+    /// [`Injector::apply`], with the header built once per token.
+    pub(crate) fn apply(
+        &self,
+        injector: &Injector,
+        headers: &mut http::HeaderMap,
+        token: &TokenSet,
+    ) -> bool {
+        if matches!(injector, Injector::Cookie { .. }) && headers.contains_key(http::header::COOKIE)
+        {
+            // Merged with the request's own cookies: its own value.
+            return injector.apply(headers, token);
+        }
+        let (name, parts) = injector.parts(token.access_token.expose());
+        let cached = self.0.load();
+        let value = match cached.as_deref() {
+            // The cached value is exactly what would be built: the same token.
+            Some(v) if is_concatenation(v.as_bytes(), &parts) => v.clone(),
+            _ => {
+                let Some(v) = secret_header_value(&parts) else {
+                    return false;
+                };
+                self.0.store(Some(Arc::new(v.clone())));
+                v
+            }
+        };
+        headers.insert(name, value);
+        true
+    }
+}
+
+/// Whether `bytes` is `parts` one after the other.
+fn is_concatenation(bytes: &[u8], parts: &[&str]) -> bool {
+    let mut rest = bytes;
+    for part in parts {
+        match rest.strip_prefix(part.as_bytes()) {
+            Some(r) => rest = r,
+            None => return false,
+        }
+    }
+    rest.is_empty()
 }
 
 #[cfg(test)]
@@ -128,6 +177,54 @@ mod tests {
         assert_eq!(value.as_bytes().as_ptr(), at);
         assert!(value.is_sensitive());
         assert_eq!(value.clone().as_bytes().as_ptr(), at);
+    }
+
+    #[test]
+    fn the_credential_header_is_built_once_per_token_and_again_for_a_new_one() {
+        let tok = |s: &str| {
+            TokenSet::new(
+                s,
+                std::time::Duration::from_secs(60),
+                tokio::time::Instant::now(),
+                std::time::SystemTime::UNIX_EPOCH,
+            )
+        };
+        let cache = HeaderCache::default();
+        let put = |injector: &Injector, token: &TokenSet| {
+            let mut headers = http::HeaderMap::new();
+            assert!(cache.apply(injector, &mut headers, token));
+            let (name, _) = injector.parts("");
+            headers[name].clone()
+        };
+        let (first, second) = (tok("first"), tok("second"));
+        let a = put(&Injector::Bearer, &first);
+        let b = put(&Injector::Bearer, &first);
+        assert_eq!(a.as_bytes(), b"Bearer first");
+        // The same buffer: built once, shared by both requests.
+        assert_eq!(a.as_bytes().as_ptr(), b.as_bytes().as_ptr());
+        assert!(b.is_sensitive());
+        let c = put(&Injector::Bearer, &second);
+        assert_eq!(c.as_bytes(), b"Bearer second");
+        // A token that is a prefix of the cached one is not taken for it.
+        assert_eq!(
+            put(&Injector::Bearer, &tok("sec")).as_bytes(),
+            b"Bearer sec"
+        );
+        let cookie = Injector::Cookie {
+            name: "JSESSIONID".into(),
+        };
+        assert_eq!(put(&cookie, &second).as_bytes(), b"JSESSIONID=second");
+        // A request with cookies of its own gets them merged, as without the cache.
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::COOKIE, HeaderValue::from_static("a=1"));
+        assert!(cache.apply(&cookie, &mut headers, &second));
+        assert_eq!(
+            headers[http::header::COOKIE].as_bytes(),
+            b"a=1; JSESSIONID=second"
+        );
+        let mut headers = http::HeaderMap::new();
+        assert!(!cache.apply(&Injector::Bearer, &mut headers, &tok("a\nb")));
+        assert!(headers.is_empty());
     }
 
     #[test]

@@ -108,6 +108,8 @@ struct Counters {
 pub(crate) struct Shared {
     pub(crate) manager: TokenManager,
     injector: Injector,
+    /// The injector's header for the current token, built once per token.
+    header_cache: crate::inject::HeaderCache,
     classifier: Arc<dyn Classifier>,
     policy: RetryPolicy,
     budget: RetryBudget,
@@ -341,6 +343,7 @@ impl AuthMiddlewareBuilder {
         let shared = Arc::new(Shared {
             manager: self.manager,
             injector: self.injector,
+            header_cache: crate::inject::HeaderCache::default(),
             classifier: self.classifier,
             policy: self.policy,
             budget: self.budget,
@@ -735,7 +738,7 @@ impl AuthMiddleware {
         let s = &*self.shared;
         let carry = |headers: &mut http::HeaderMap, t: &shiftkey_auth::TokenSet| {
             (
-                s.injector.apply(headers, t),
+                s.header_cache.apply(&s.injector, headers, t),
                 Carried {
                     generation: t.generation,
                     issued_at: t.issued_at,

@@ -53,6 +53,7 @@ pub mod tls;
 #[cfg(unix)]
 #[cfg_attr(docsrs, doc(cfg(unix)))]
 pub mod unix;
+pub mod workers;
 
 pub use body::{BODY_IDLE_TIMEOUT, BODY_TIMEOUT, DEFAULT_REPLAY_BUDGET};
 pub use error::SidecarError;

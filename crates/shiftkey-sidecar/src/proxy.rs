@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, HttpBody as _};
 use axum::response::{IntoResponse as _, Response};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use reqwest_middleware::ClientWithMiddleware;
@@ -324,8 +324,50 @@ impl Proxy {
             .with_state(self)
     }
 
+    /// [`Proxy::router`] forwarding through `http` (its own connection pool) with the same
+    /// middleware, counters and sessions: for a worker on its own runtime
+    /// ([`crate::workers::Workers`]), whose upstream connections then stay on its thread.
+    /// `http` should follow no redirects, as for [`Proxy::new`].
+    ///
+    /// # Example
+    /// ```no_run
+    /// # fn demo(proxy: std::sync::Arc<shiftkey_sidecar::Proxy>) -> reqwest::Result<()> {
+    /// let routers = (0..2)
+    ///     .map(|_| {
+    ///         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+    ///         Ok(std::sync::Arc::clone(&proxy).router_with(http))
+    ///     })
+    ///     .collect::<reqwest::Result<Vec<_>>>()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn router_with(self: Arc<Self>, http: reqwest::Client) -> axum::Router {
+        let client = reqwest_middleware::ClientBuilder::new(http)
+            .with(self.middleware.clone())
+            .build();
+        let state = Arc::new((self, client));
+        axum::Router::new()
+            .fallback(
+                |axum::extract::State(state): axum::extract::State<
+                    Arc<(Arc<Self>, ClientWithMiddleware)>,
+                >,
+                 request: axum::extract::Request| async move {
+                    state.0.forward(&state.1, request).await
+                },
+            )
+            .with_state(state)
+    }
+
     /// Answers one script request.
     pub async fn handle(&self, request: http::Request<Body>) -> Response {
+        self.forward(&self.client, request).await
+    }
+
+    /// Answers one script request, forwarding through `client`.
+    async fn forward(
+        &self,
+        client: &ClientWithMiddleware,
+        request: http::Request<Body>,
+    ) -> Response {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let (parts, body) = request.into_parts();
         // A browser on this host must not be able to make writes with the plant's credential
@@ -401,36 +443,47 @@ impl Proxy {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        let body = match body::for_forwarding(
-            body,
-            self.deadlines,
-            self.replay_limit,
-            &self.budget,
-            size_hint,
-        )
-        .await
-        {
-            Ok(b) => b,
-            Err(e) => return self.body_error(&e),
+        // A request without a body (most reads) needs no reading, holding or deadlines.
+        let body = if body.is_end_stream() {
+            body::Forwarded {
+                body: reqwest::Body::from(bytes::Bytes::new()),
+                _held: None,
+            }
+        } else {
+            match body::for_forwarding(
+                body,
+                self.deadlines,
+                self.replay_limit,
+                &self.budget,
+                size_hint,
+            )
+            .await
+            {
+                Ok(b) => b,
+                Err(e) => return self.body_error(&e),
+            }
         };
         let mut outgoing = reqwest::Request::new(parts.method, url);
         *outgoing.headers_mut() = forwardable(&parts.headers, true);
         *outgoing.body_mut() = Some(body.body);
         self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
-        let answer = self.client.execute(outgoing).await;
+        let answer = client.execute(outgoing).await;
         drop(body._held);
         match answer {
             Ok(response) => {
-                let status = response.status();
-                let mut headers = forwardable(response.headers(), false);
+                let response = http::Response::from(response);
+                let (mut parts, upstream_body) = response.into_parts();
+                parts.headers = forwardable(&parts.headers, false);
+                // What the script gets is ours to frame (HTTP/1.1), and carries none of the
+                // client's own markers.
+                parts.version = http::Version::HTTP_11;
+                parts.extensions = http::Extensions::new();
                 if self.login.is_some() {
                     // The server's session cookie is the proxy's, never the script's.
-                    headers.remove(header::SET_COOKIE);
+                    parts.headers.remove(header::SET_COOKIE);
                 }
-                let mut answer = Response::new(Body::from_stream(response.bytes_stream()));
-                *answer.status_mut() = status;
-                *answer.headers_mut() = headers;
-                answer
+                // The upstream's body goes on as it arrives, without a stream adapter.
+                Response::from_parts(parts, Body::new(upstream_body))
             }
             Err(e) => self.error(&e),
         }

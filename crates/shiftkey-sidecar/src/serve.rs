@@ -246,7 +246,11 @@ pub async fn serve(listener: TcpListener, router: Router) {
 /// task is dropped. A peer's uid is read from the kernel's socket table (Linux); where it cannot
 /// be read, a gate that names users refuses the connection.
 pub async fn serve_tcp(listener: TcpListener, router: Router, limits: ServeLimits, gate: Gate) {
-    let slots = Slots::new(limits);
+    serve_tcp_in(listener, router, Slots::new(limits), gate).await;
+}
+
+/// [`serve_tcp`] within `slots`, which several workers of one listener share.
+pub(crate) async fn serve_tcp_in(listener: TcpListener, router: Router, slots: Slots, gate: Gate) {
     let refused = refused_router();
     loop {
         let Some((stream, peer)) = accepted(listener.accept()).await else {
@@ -382,15 +386,16 @@ async fn tcp_peer_uid(_local: std::net::SocketAddr, _peer: std::net::SocketAddr)
     None
 }
 
-/// The connection slots of one listener and its queue.
-struct Slots {
+/// The connection slots of one listener and its queue (its clones share them).
+#[derive(Clone)]
+pub(crate) struct Slots {
     serving: Arc<tokio::sync::Semaphore>,
     waiting: Arc<tokio::sync::Semaphore>,
     limits: ServeLimits,
 }
 
 impl Slots {
-    fn new(limits: ServeLimits) -> Self {
+    pub(crate) fn new(limits: ServeLimits) -> Self {
         Self {
             serving: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
             waiting: Arc::new(tokio::sync::Semaphore::new(limits.queue)),

@@ -250,6 +250,9 @@ pub(crate) struct ProxySection {
     /// Connections served at once (default 256).
     #[serde(default = "default_proxy_connections")]
     pub(crate) max_connections: usize,
+    /// Threads serving a `listen` address, each with its own runtime and upstream connections
+    /// (default: one per core). A `socket` is served with the rest of the process.
+    pub(crate) workers: Option<usize>,
 }
 
 fn default_replay_limit_kib() -> u64 {
@@ -929,6 +932,12 @@ impl Config {
                 key("body_timeout_secs")
             );
         }
+        if p.workers.is_some_and(|w| w == 0 || w > 256) {
+            bail!(
+                "`{}` is between 1 and 256 (threads; leave it out for one per core)",
+                key("workers")
+            );
+        }
         if p.replay_budget_mib > 4096 {
             bail!("`{}` is at most 4096 (MiB)", key("replay_budget_mib"));
         }
@@ -1456,6 +1465,7 @@ token = "mes"
 # body_idle_secs = 10                   # a request body that sends nothing this long is cut off
 # body_timeout_secs = 120               # ... and one that takes longer than this in all
 # timeout_secs = 300                    # one attempt upstream, the response body included
+# workers = 2                           # threads serving a `listen` address (default: one per core)
 
 # A Teamcenter proxy: the [teamcenter] session on every call; scripts log in to the proxy with
 # accounts of their own (never the Teamcenter password), and a call without a login is refused.

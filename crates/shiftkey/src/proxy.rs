@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use shiftkey_http::{AuthMiddleware, Injector};
 use shiftkey_policy::ErrorRateMonitor;
+use shiftkey_sidecar::workers::Workers;
 use shiftkey_sidecar::{LocalLogin, Proxy, ProxyConfig, serve};
 
 use crate::config::{Config, ProxySection};
@@ -19,6 +20,26 @@ pub(crate) struct Built {
     listen: Listen,
     max_connections: usize,
     users: serve::Users,
+    /// Threads serving a TCP listener, each with its own runtime and HTTP client.
+    workers: usize,
+    /// One attempt's deadline, for each worker's HTTP client.
+    timeout: Duration,
+}
+
+/// The proxy's HTTP client: no redirects (a 3xx goes back to the script as it is, and our
+/// credential never follows it to another origin).
+fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(shiftkey_auth::CONNECT_TIMEOUT)
+        .timeout(timeout)
+        .build()
+        .context("cannot build the proxy's HTTP client")
+}
+
+/// Threads serving a TCP proxy when `workers` is not set: one per core.
+pub(crate) fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 enum Listen {
@@ -82,15 +103,7 @@ fn build_one(
     if let Some(m) = monitor {
         mw = mw.monitor(Arc::clone(m));
     }
-    // No redirects: a 3xx goes back to the script as it is, and our credential never follows
-    // it to another origin.
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(shiftkey_auth::CONNECT_TIMEOUT)
-        .timeout(timeout)
-        .build()
-        .context("cannot build the proxy's HTTP client")?;
-    let proxy = Proxy::new(proxy_cfg, http, mw.build())?;
+    let proxy = Proxy::new(proxy_cfg, http_client(timeout)?, mw.build())?;
     let listen = match (&p.listen, &p.socket) {
         (Some(addr), _) => Listen::Tcp(addr.clone()),
         (None, Some(path)) => Listen::Socket(path.clone()),
@@ -101,6 +114,8 @@ fn build_one(
         listen,
         max_connections: p.max_connections,
         users: users(name, p)?,
+        workers: p.workers.unwrap_or_else(default_workers),
+        timeout,
     })
 }
 
@@ -188,24 +203,37 @@ pub(crate) async fn serve(
         // Only the users the configuration names may spend the credential; refusals are
         // counted with the proxy's own.
         let gate = serve::Gate::users(b.users.clone(), b.proxy.refusals().clone());
-        let router = Arc::clone(&b.proxy).router();
         match &b.listen {
             Listen::Tcp(addr) => {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("`proxy.{name}.listen`: cannot listen on {addr}"))?;
                 let local = listener.local_addr()?;
-                // A web page must not reach the plant's credentials through a browser here.
-                let router = serve::with_host_check_only(
-                    router,
-                    serve::Hosts::loopback_and(&[]),
-                    gate.refusals.clone(),
-                );
-                tasks.spawn(
+                // Each worker thread forwards through its own client, so that a request, its
+                // upstream connection and its answer stay on one thread.
+                let routers = (0..b.workers)
+                    .map(|_| {
+                        // A web page must not reach the plant's credentials through a browser here.
+                        Ok(serve::with_host_check_only(
+                            Arc::clone(&b.proxy).router_with(http_client(b.timeout)?),
+                            serve::Hosts::loopback_and(&[]),
+                            gate.refusals.clone(),
+                        ))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let mut workers = Workers::serve_tcp(
+                    listener.into_std()?,
+                    routers,
+                    limits,
+                    gate,
                     &format!("proxy-{name}"),
-                    serve::serve_tcp(listener, router, limits, gate),
-                );
-                tracing::info!(proxy = name.as_str(), %local, "proxy `{name}` on http://{local}/");
+                )
+                .with_context(|| format!("`proxy.{name}`: cannot start its workers"))?;
+                tasks.spawn(&format!("proxy-{name}"), async move {
+                    let worker = workers.ended().await;
+                    tracing::error!(proxy = name.as_str(), worker, "a proxy worker ended");
+                });
+                tracing::info!(proxy = b.proxy.name(), %local, workers = b.workers, "proxy `{}` on http://{local}/", b.proxy.name());
             }
             Listen::Socket(path) => {
                 let listener =
@@ -214,7 +242,7 @@ pub(crate) async fn serve(
                 sockets.push(shiftkey_sidecar::unix::SocketFile(path.clone()));
                 tasks.spawn(
                     &format!("proxy-{name}"),
-                    serve::serve_unix(listener, router, limits, gate),
+                    serve::serve_unix(listener, Arc::clone(&b.proxy).router(), limits, gate),
                 );
                 tracing::info!(proxy = name.as_str(), socket = %path.display(), "proxy `{name}` on {}", path.display());
             }

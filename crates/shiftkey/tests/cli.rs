@@ -457,6 +457,11 @@ fn the_example_config_loads_and_bad_configs_name_the_key() {
             "needs a `[teamcenter]` section in session mode",
         ),
         (
+            "proxynoworker.toml",
+            "listen = \"127.0.0.1:8181\"\nupstream = \"https://mes.example.com\"\ntoken = \"mes\"\nworkers = 0\n",
+            "`proxy.mes.workers` is between 1 and 256",
+        ),
+        (
             "proxynolisten.toml",
             "upstream = \"https://mes.example.com\"\ntoken = \"mes\"\n",
             "set exactly one of `listen`",
