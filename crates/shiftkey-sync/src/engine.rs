@@ -8,7 +8,7 @@ use shiftkey_auth::{Clock, TokioClock};
 use shiftkey_shopfloor::{CurrentMark, Document, OperationRecord, ProcessRecord, Sink, SinkError};
 use shiftkey_teamcenter::{
     CurrentRevisions, FeedbackConfig, FeedbackValues, Operation, ProcessPlan, ReadConfig, TcClient,
-    TcError,
+    TcError, Transient,
 };
 
 /// Engine settings.
@@ -154,10 +154,7 @@ impl SyncError {
     #[must_use]
     pub fn is_permanent(&self) -> bool {
         match self {
-            Self::Teamcenter(TcError::InvalidCredentials { .. }) => true,
-            Self::Teamcenter(e) => e.http_error().is_some_and(
-                |h| matches!(h, shiftkey_http::HttpError::Token(a) if a.is_permanent()),
-            ),
+            Self::Teamcenter(e) => e.is_permanent(),
             Self::Sink(_) => false,
         }
     }
@@ -620,10 +617,7 @@ impl Engine {
             };
             let late = self.clock.now() + wait > started + self.cfg.resume_within;
             // Waiting out an open circuit sends nothing: it costs time, not an attempt.
-            let breaker = matches!(
-                e.http_error(),
-                Some(shiftkey_http::HttpError::ServerCircuitOpen { .. })
-            );
+            let breaker = matches!(e.transient(), Some(Transient::CircuitOpen { .. }));
             if late || (!breaker && *resumed >= self.cfg.resume_attempts) {
                 return Some(Err(e));
             }
@@ -637,21 +631,14 @@ impl Engine {
 
     /// How long to wait before resuming after `e`, if `e` is transient.
     fn transient_wait(&self, e: &TcError) -> Option<Duration> {
-        use shiftkey_http::HttpError;
         let base = self.cfg.resume_wait;
-        match e {
-            TcError::Unavailable { retry_after, .. } => Some(retry_after.unwrap_or(base)),
-            TcError::Http(m) => match HttpError::from_middleware(m) {
-                Some(HttpError::ServerCircuitOpen { retry_in }) => {
-                    Some(*retry_in + Duration::from_millis(100))
-                }
-                Some(HttpError::Token(a)) if !a.is_permanent() => Some(base),
-                Some(_) => None,
-                // A transport failure (no connection, a timeout, a dropped answer).
-                None => Some(base),
-            },
-            _ => None,
-        }
+        Some(match e.transient()? {
+            Transient::Unavailable { retry_after } => retry_after.unwrap_or(base),
+            Transient::CircuitOpen { retry_in } => retry_in + Duration::from_millis(100),
+            // No token for now, or no answer (no connection, a timeout, a dropped answer); and
+            // whatever a later version adds.
+            _ => base,
+        })
     }
 
     /// Pushes the outbox; the count written, and whether a stop cut it short.

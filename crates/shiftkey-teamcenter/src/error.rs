@@ -154,4 +154,70 @@ impl TcError {
             _ => None,
         }
     }
+
+    /// Whether trying again cannot help until someone changes something: the credentials were
+    /// refused, by Teamcenter or by the token's issuer.
+    ///
+    /// # Example
+    /// ```
+    /// use shiftkey_teamcenter::TcError;
+    /// let refused = TcError::InvalidCredentials { code: 515143, message: "bad password".into(), sso: None };
+    /// assert!(refused.is_permanent());
+    /// assert!(refused.transient().is_none());
+    /// ```
+    #[must_use]
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::InvalidCredentials { .. } => true,
+            _ => matches!(self.http_error(), Some(HttpError::Token(a)) if a.is_permanent()),
+        }
+    }
+
+    /// How the failure is transient, if it is: what a caller that resumes the work later waits
+    /// for. `None` for a failure that the same call would meet again (a refusal, a bad answer).
+    ///
+    /// # Example
+    /// ```
+    /// use shiftkey_teamcenter::{TcError, Transient};
+    /// let busy = TcError::Unavailable { operation: "Core-2006-03-Session/login".into(), status: 503, retry_after: None };
+    /// assert_eq!(busy.transient(), Some(Transient::Unavailable { retry_after: None }));
+    /// ```
+    #[must_use]
+    pub fn transient(&self) -> Option<Transient> {
+        match self {
+            Self::Unavailable { retry_after, .. } => Some(Transient::Unavailable {
+                retry_after: *retry_after,
+            }),
+            Self::Http(m) => match HttpError::from_middleware(m) {
+                Some(HttpError::ServerCircuitOpen { retry_in }) => Some(Transient::CircuitOpen {
+                    retry_in: *retry_in,
+                }),
+                Some(HttpError::Token(a)) if !a.is_permanent() => Some(Transient::NoToken),
+                Some(_) => None,
+                // A transport failure: no connection, a timeout, a dropped answer.
+                None => Some(Transient::Transport),
+            },
+            _ => None,
+        }
+    }
+}
+
+/// How a Teamcenter failure is transient ([`TcError::transient`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Transient {
+    /// The server answered that it is unavailable (503), with when to come back if it said.
+    Unavailable {
+        /// Its `Retry-After`.
+        retry_after: Option<std::time::Duration>,
+    },
+    /// Too many failures opened the server's circuit: nothing is sent before it half-opens.
+    CircuitOpen {
+        /// When it half-opens.
+        retry_in: std::time::Duration,
+    },
+    /// No token for now (the issuer failed, not refused).
+    NoToken,
+    /// No answer: no connection, a timeout, a dropped answer.
+    Transport,
 }

@@ -52,7 +52,7 @@ pub mod wire;
 pub use check::Finding;
 pub use client::{DEFAULT_MAX_ANSWER, DEFAULT_READ_TIMEOUT, LOGOUT_DEADLINE, TcClient};
 pub use current::CurrentRevisions;
-pub use error::{ErrorValue, SsoHint, TcError};
+pub use error::{ErrorValue, SsoHint, TcError, Transient};
 pub use mfg::{
     ChangeSet, ChangedPlans, FEEDBACK_KEY_PREFIX, FeedbackValues, Operation, PlanStructures,
     ProcessPlan, WorkInstruction,
