@@ -54,11 +54,12 @@ fn run() -> Result<()> {
         "mutants" => mutants(),
         "ci" => ci(),
         "libs" => libraries_alone(),
+        "examples" => examples(),
         "package" if args.get(1).is_some_and(|a| a == "--check-install") => deb_installs(),
         "package" => package().map(|deb| say(&format!("xtask: built {}", deb.display()))),
         "help" | "--help" | "-h" => {
             say(
-                "usage: cargo xtask <test | proptest [--cases N] | bench | bench-proxy | soak [--days N] [--profile NAME|all] [--release] | peers [--minutes N] | mutants | package [--check-install] | libs | ci>",
+                "usage: cargo xtask <test | proptest [--cases N] | bench | bench-proxy | soak [--days N] [--profile NAME|all] [--release] | peers [--minutes N] | mutants | package [--check-install] | libs | examples | ci>",
             );
             Ok(())
         }
@@ -1080,6 +1081,7 @@ fn ci() -> Result<()> {
         cargo(&["install", "cargo-deny", "--locked"])?;
     }
     test()?;
+    examples()?;
     disk_report("after the tests")?;
     soak(&["--days".into(), "3".into()])?;
     cargo(&["fmt", "--all", "--check"])?;
@@ -1186,6 +1188,36 @@ const LIBRARIES: &[&str] = &[
     "shiftkey-sync",
     "shiftkey-sim",
 ];
+
+/// `cargo xtask examples`: runs every library crate's `examples/` (offline: each starts the
+/// emulator on loopback itself); an example that fails exits non-zero.
+fn examples() -> Result<()> {
+    let mut ran = 0;
+    for lib in LIBRARIES {
+        let dir = root().join("crates").join(lib).join("examples");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_suffix(".rs").map(str::to_owned)
+            })
+            .collect();
+        names.sort();
+        for name in names {
+            say(&format!("xtask: example {lib} {name}"));
+            cargo(&["run", "-q", "-p", lib, "--example", &name])?;
+            ran += 1;
+        }
+    }
+    if ran == 0 {
+        bail!("no examples found under crates/*/examples");
+    }
+    say(&format!("xtask: {ran} examples ran"));
+    Ok(())
+}
 
 fn libraries_alone() -> Result<()> {
     for lib in LIBRARIES {
