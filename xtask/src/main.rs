@@ -1219,11 +1219,55 @@ fn examples() -> Result<()> {
     Ok(())
 }
 
+/// What a crate built with its default features must not compile: (crate, packages).
+const NOT_COMPILED: &[(&str, &[&str])] = &[
+    // SQLite by default: no PostgreSQL driver, no TLS for it.
+    ("shiftkey-shopfloor", &["sqlx-postgres"]),
+];
+
+/// Every package `krate` compiles with its default features (normal dependencies).
+fn compiled_packages(krate: &str) -> Result<Vec<String>> {
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "tree", "-p", krate, "-e", "normal", "--prefix", "none", "--format", "{p}",
+        ])
+        .current_dir(root())
+        .output()
+        .context("running cargo tree")?;
+    if !out.status.success() {
+        bail!(
+            "cargo tree -p {krate} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect())
+}
+
+/// Each crate of [`NOT_COMPILED`] compiles none of its packages.
+fn carries_only_what_it_uses() -> Result<()> {
+    for (krate, forbidden) in NOT_COMPILED {
+        let packages = compiled_packages(krate)?;
+        let found: Vec<&&str> = forbidden
+            .iter()
+            .filter(|f| packages.iter().any(|p| p == **f))
+            .collect();
+        if !found.is_empty() {
+            bail!("{krate} with its default features compiles {found:?}; it must not");
+        }
+        say(&format!("xtask: {krate} compiles none of {forbidden:?}"));
+    }
+    Ok(())
+}
+
 fn libraries_alone() -> Result<()> {
     for lib in LIBRARIES {
         cargo(&["check", "-p", lib, "--lib"])?;
         cargo(&["check", "-p", lib, "--lib", "--no-default-features"])?;
     }
+    carries_only_what_it_uses()?;
     status(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .args([
