@@ -53,7 +53,6 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod clock;
 mod error;
 mod jwt;
 mod manager;
@@ -66,10 +65,10 @@ pub mod timing;
 mod token;
 mod wire;
 
-pub use clock::{Clock, Sleep, TokioClock};
 pub use error::{AuthError, ConfigError, PermanentKind, TransientKind};
 pub use jwt::jwt_lifetime;
 pub use manager::{Invalidation, Stats, Status, Token, TokenManager, TokenManagerBuilder};
+pub use shiftkey_clock::{Clock, Sleep, TokioClock};
 pub use store::{
     MemoryStore, ServerLimits, StoreError, StoreErrorKind, StoreGuard, StoredLifetimeSource,
     StoredToken, TokenStore,

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use shiftkey_auth::{Clock, Sleep};
+use shiftkey_clock::{Clock, Sleep};
 
 /// Simulated time = start + real elapsed × `scale`; sleeps are divided by `scale`.
 ///
@@ -44,7 +44,7 @@ impl ScaledClock {
     ///
     /// ```
     /// use std::time::{Duration, SystemTime};
-    /// use shiftkey_auth::Clock;
+    /// use shiftkey_clock::Clock;
     /// use shiftkey_sim::ScaledClock;
     ///
     /// let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);

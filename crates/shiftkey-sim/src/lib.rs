@@ -53,7 +53,7 @@ pub use data::{
     parse_tc_date, tc_date,
 };
 pub use server::{HangTarget, Stats};
-use shiftkey_auth::Clock;
+use shiftkey_clock::Clock;
 
 /// A running emulator. Stops when dropped.
 #[derive(Debug)]

@@ -17,7 +17,7 @@ use base64::Engine as _;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use shiftkey_auth::Clock;
+use shiftkey_clock::Clock;
 use tokio::time::Instant;
 
 use crate::config::SimConfig;

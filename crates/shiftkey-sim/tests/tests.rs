@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use shiftkey_auth::TokioClock;
+use shiftkey_clock::TokioClock;
 use shiftkey_sim::{HangTarget, Sim, SimConfig};
 use tokio::time::sleep;
 
@@ -709,7 +709,7 @@ async fn the_date_header_carries_the_configured_skew_and_changes_stream_in() {
         .await
         .unwrap();
     let date = httpdate::parse_http_date(resp.headers()["date"].to_str().unwrap()).unwrap();
-    let wall = shiftkey_auth::Clock::wall(&TokioClock::new());
+    let wall = shiftkey_clock::Clock::wall(&TokioClock::new());
     let behind = wall.duration_since(date).unwrap_or_default();
     assert!(behind >= secs(598) && behind <= secs(602), "{behind:?}");
     let before = s.with_data(|d| d.changes_applied());
@@ -722,7 +722,7 @@ async fn the_date_header_carries_the_configured_skew_and_changes_stream_in() {
 async fn a_dropped_connection_cuts_the_answer() {
     let mut cfg = quiet();
     cfg.faults.drop_probability = 1.0;
-    let s = Sim::start(cfg, Arc::new(shiftkey_auth::TokioClock::new()))
+    let s = Sim::start(cfg, Arc::new(shiftkey_clock::TokioClock::new()))
         .await
         .unwrap();
     let sent = reqwest::Client::new()
@@ -742,7 +742,7 @@ async fn a_dropped_connection_cuts_the_answer() {
 
 #[tokio::test]
 async fn stats_are_served_as_json_with_grants_by_client() {
-    let s = Sim::start(quiet(), Arc::new(shiftkey_auth::TokioClock::new()))
+    let s = Sim::start(quiet(), Arc::new(shiftkey_clock::TokioClock::new()))
         .await
         .unwrap();
     let http = reqwest::Client::new();

@@ -1,9 +1,28 @@
-//! Injected time: the one place that reads a real clock.
+//! Injected time for the shiftkey crates: the one place that reads a real clock.
 //!
 //! Every scheduling decision in shiftkey goes through a [`Clock`], so tests pause or compress time
 //! and a day of token refreshes runs in milliseconds. [`TokioClock`] follows tokio's clock, which
 //! `tokio::time::pause` freezes and auto-advances; a scaled clock (the emulator's) implements the
-//! same trait.
+//! same trait. A crate of its own, so that the emulator and other users of the clock alone compile
+//! nothing of the token machinery (`shiftkey-auth` re-exports it).
+//!
+//! # Example
+//! ```
+//! use std::time::Duration;
+//! use shiftkey_clock::{Clock, TokioClock};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let clock = TokioClock::new();
+//! let (start, wall) = (clock.now(), clock.wall());
+//! clock.sleep(Duration::from_secs(3600)).await; // an hour, at once under paused time
+//! assert_eq!(clock.now() - start, Duration::from_secs(3600));
+//! assert_eq!(clock.wall().duration_since(wall).unwrap(), Duration::from_secs(3600));
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -68,3 +87,7 @@ impl Clock for TokioClock {
         Box::pin(tokio::time::sleep(duration))
     }
 }
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
