@@ -1224,6 +1224,11 @@ fn examples() -> Result<()> {
 const NOT_COMPILED: &[(&str, &[&str])] = &[
     // SQLite by default: no PostgreSQL driver, no TLS for it.
     ("shiftkey-shopfloor", &["sqlx-postgres"]),
+    // Client secrets need no JWT signer (feature `private-key-jwt`) and so no C cryptography.
+    (
+        "shiftkey-auth",
+        &["jsonwebtoken", "aws-lc-rs", "aws-lc-sys"],
+    ),
     // The emulator needs only the clock: none of the token machinery.
     ("shiftkey-sim", &["shiftkey-auth", "oauth2", "jsonwebtoken"]),
 ];

@@ -12,7 +12,7 @@ use oauth2::{
 use serde::Deserialize;
 use url::Url;
 
-use super::client_auth::{ClientAuth, JWT_BEARER_ASSERTION};
+use super::client_auth::JWT_BEARER_ASSERTION;
 use super::oauth::{OAuthClient, send};
 use super::oauth_http::OAuthHttp;
 use crate::{AuthError, PermanentKind, Secret, TokenSet, TransientKind, wire};
@@ -208,7 +208,7 @@ impl DeviceLogin {
     /// `private_key_jwt` (RFC 8628 polling repeats one request, and an assertion may be used
     /// only once: use the browser flow).
     pub async fn start(client: &OAuthClient, endpoint: &Url) -> Result<Self, AuthError> {
-        if matches!(client.auth(), ClientAuth::PrivateKeyJwt(_)) {
+        if client.auth().is_private_key_jwt() {
             return Err(config(
                 "the device flow repeats one token request, which a private_key_jwt assertion \
                  may not be: use the browser flow",
@@ -433,6 +433,7 @@ impl BrowserLogin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::strategies::ClientAuth;
 
     fn discovery(json: serde_json::Value) -> Discovery {
         serde_json::from_value(json).unwrap_or_else(|e| panic!("{e}"))

@@ -159,19 +159,20 @@ impl OAuthClient {
             ClientAuth::SecretPost(s) => client
                 .set_client_secret(ClientSecret::new(s.expose().to_owned()))
                 .set_auth_type(AuthType::RequestBody),
-            ClientAuth::PrivateKeyJwt(_) | ClientAuth::None => {
-                client.set_auth_type(AuthType::RequestBody)
-            }
+            #[cfg(feature = "private-key-jwt")]
+            ClientAuth::PrivateKeyJwt(_) => client.set_auth_type(AuthType::RequestBody),
+            ClientAuth::None => client.set_auth_type(AuthType::RequestBody),
         }
     }
 
     pub(super) fn assertion(&self) -> Result<Option<Secret>, AuthError> {
-        match &self.auth {
-            ClientAuth::PrivateKeyJwt(signer) => signer
+        #[cfg(feature = "private-key-jwt")]
+        if let ClientAuth::PrivateKeyJwt(signer) = &self.auth {
+            return signer
                 .assertion(&self.client_id, self.token_url.as_str(), &*self.clock)
-                .map(Some),
-            _ => Ok(None),
+                .map(Some);
         }
+        Ok(None)
     }
 }
 
