@@ -40,6 +40,7 @@ fn main() -> ExitCode {
 }
 
 mod anchor;
+mod build_times;
 
 fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -49,6 +50,7 @@ fn run() -> Result<()> {
         "proptest" => proptest(&args[1..]),
         "bench" => bench().and_then(|()| bench_proxy()),
         "bench-proxy" => bench_proxy(),
+        "build-times" => build_times::run(),
         "soak" => soak(&args[1..]),
         "peers" => peers(&args[1..]),
         "mutants" => mutants(),
@@ -59,7 +61,7 @@ fn run() -> Result<()> {
         "package" => package().map(|deb| say(&format!("xtask: built {}", deb.display()))),
         "help" | "--help" | "-h" => {
             say(
-                "usage: cargo xtask <test | proptest [--cases N] | bench | bench-proxy | soak [--days N] [--profile NAME|all] [--release] | peers [--minutes N] | mutants | package [--check-install] | libs | examples | ci>",
+                "usage: cargo xtask <test | proptest [--cases N] | bench | bench-proxy | build-times | soak [--days N] [--profile NAME|all] [--release] | peers [--minutes N] | mutants | package [--check-install] | libs | examples | ci>",
             );
             Ok(())
         }

@@ -323,8 +323,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Config(ConfigCommand::Check { config }) => {
-                let cfg = config::Config::load(&config)?;
-                let secrets = cfg.resolve_all()?;
+                let (cfg, secrets) = config::Config::check(&config)?;
                 if cfg.sink.is_some() {
                     cfg.sink_url()?;
                 }

@@ -1242,3 +1242,101 @@ fn a_taken_ops_port_says_so_and_nothing_else() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `config check` finds everything in one run: each problem names its key as written (no
+/// internal `default.` prefix), a misspelt key gets a suggestion, a secret reference is explained
+/// in plain words, and the store key's form is checked without printing it.
+#[test]
+fn config_check_reports_every_problem_at_once_in_the_users_words() {
+    let run = |name: &str, text: &str, env: &[(&str, &str)]| {
+        let p = temp(name, text);
+        let out = shiftkey(&["config", "check", "-c", p.to_str().unwrap()], env);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{name}: a configuration error exits 3"
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !stderr.contains("default."),
+            "{name}: figment's prefix leaked: {stderr}"
+        );
+        stderr
+    };
+    // Three missing secrets: three lines, one run.
+    let secrets = run(
+        "threesecrets.toml",
+        "[teamcenter]\nurl = \"http://127.0.0.1:9\"\nuser = \"u\"\npassword = { env = \"SHIFTKEY_TEST_UNSET_A\" }\n\
+         [sink]\nurl = \"sqlite::memory:\"\n\
+         [tokens.mes]\nkind = \"client_credentials\"\ntoken_url = \"http://127.0.0.1:9/t\"\nclient_id = \"c\"\nclient_secret = { env = \"SHIFTKEY_TEST_UNSET_B\" }\n\
+         [tokens.erp]\nkind = \"client_credentials\"\ntoken_url = \"http://127.0.0.1:9/t\"\nclient_id = \"c\"\nclient_secret = { env = \"SHIFTKEY_TEST_UNSET_C\" }\n",
+        &[],
+    );
+    assert!(secrets.contains("3 problems"), "{secrets}");
+    for key in [
+        "`teamcenter.password`: environment variable SHIFTKEY_TEST_UNSET_A",
+        "`tokens.mes.client_secret`: environment variable SHIFTKEY_TEST_UNSET_B",
+        "`tokens.erp.client_secret`: environment variable SHIFTKEY_TEST_UNSET_C",
+    ] {
+        assert!(secrets.contains(key), "{key} in: {secrets}");
+    }
+    // Problems of different sections, and a misspelt key with a suggestion.
+    let base = "[teamcenter]\nurl = \"http://127.0.0.1:9\"\nuser = \"u\"\npassword = { env = \"X\" }\n[sink]\nurl = \"sqlite::memory:\"\n";
+    let sections = run(
+        "sections.toml",
+        &format!(
+            "{base}[schedule]\nbatch = 0\n[proxy.tc]\nlisten = \"127.0.0.1:8182\"\nteamcenter = true\nworkers = 0\n"
+        ),
+        &[("X", "x")],
+    );
+    assert!(sections.contains("2 problems"), "{sections}");
+    assert!(
+        sections
+            .contains("`schedule.interval_minutes` and `schedule.batch` must be greater than zero"),
+        "{sections}"
+    );
+    assert!(
+        sections.contains("`proxy.tc.workers` is between 1 and 256"),
+        "{sections}"
+    );
+    let misspelt = run(
+        "misspelt.toml",
+        &format!("{base}[schedule]\nintervall_minutes = 5\n"),
+        &[("X", "x")],
+    );
+    assert!(
+        misspelt.contains(
+            "`schedule.intervall_minutes` is not a setting; did you mean `interval_minutes`?"
+        ),
+        "{misspelt}"
+    );
+    let overridden = run(
+        "override.toml",
+        base,
+        &[("X", "x"), ("SHIFTKEY_SCHEDULE__BATCHES", "5")],
+    );
+    assert!(
+        overridden.contains("`schedule.batches` is not a setting (set by a SHIFTKEY_… environment variable); did you mean `batch`?"),
+        "{overridden}"
+    );
+    // A secret reference in plain words.
+    let reference = run(
+        "reference.toml",
+        "[teamcenter]\nurl = \"http://127.0.0.1:9\"\nuser = \"u\"\npassword = { enV = \"X\" }\n[sink]\nurl = \"sqlite::memory:\"\n",
+        &[("X", "x")],
+    );
+    assert!(
+        reference.contains("`teamcenter.password`: `enV` is not a kind of secret reference")
+            && reference.contains("did you mean `env`?"),
+        "{reference}"
+    );
+    assert!(!reference.contains("untagged enum"), "{reference}");
+    // The store key's form, without its value.
+    let key = run(
+        "storekey.toml",
+        &format!("{base}[store]\ndir = \"/tmp/x\"\nkey = {{ env = \"K\" }}\n"),
+        &[("X", "x"), ("K", "not-a-key-hunter2")],
+    );
+    assert!(key.contains("`store.key`"), "{key}");
+    assert!(!key.contains("hunter2"), "the key was echoed: {key}");
+}

@@ -10,6 +10,8 @@ use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 use shiftkey_auth::Secret;
 
+mod check;
+
 /// A configuration problem: the file, a key, or a referenced secret (exit code 3).
 #[derive(Debug)]
 pub(crate) struct ConfigProblem(pub(crate) String);
@@ -636,8 +638,7 @@ impl Default for ScheduleConfig {
 }
 
 /// A secret by reference.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub(crate) enum SecretRef {
     /// `{ env = "NAME" }`
     Env {
@@ -662,6 +663,46 @@ pub(crate) enum SecretRef {
         )]
         String,
     ),
+}
+
+/// How a secret is written in the file, for errors.
+const SECRET_FORMS: &str = "{ env = \"NAME\" }, { file = \"/path\" } or { credential = \"name\" }";
+
+impl<'de> Deserialize<'de> for SecretRef {
+    /// `{ env = … }`, `{ file = … }`, `{ credential = … }`, or a plain string (refused later
+    /// with its key); anything else is explained in plain words.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Table(std::collections::BTreeMap<String, String>),
+        }
+        let forms = ["env", "file", "credential"];
+        let raw = Raw::deserialize(d).map_err(|_| {
+            D::Error::custom(format!("a secret is given by reference: {SECRET_FORMS}"))
+        })?;
+        let table = match raw {
+            Raw::Text(text) => return Ok(Self::Inline(text)),
+            Raw::Table(table) => table,
+        };
+        let mut entries = table.into_iter();
+        match (entries.next(), entries.next()) {
+            (Some((kind, value)), None) => match kind.as_str() {
+                "env" => Ok(Self::Env { env: value }),
+                "file" => Ok(Self::File { file: value.into() }),
+                "credential" => Ok(Self::Credential { credential: value }),
+                other => Err(D::Error::custom(format!(
+                    "`{other}` is not a kind of secret reference: write {SECRET_FORMS}{}",
+                    check::did_you_mean(other, &forms)
+                ))),
+            },
+            _ => Err(D::Error::custom(format!(
+                "a secret reference names exactly one source: {SECRET_FORMS}"
+            ))),
+        }
+    }
 }
 
 /// What systemd puts before each file's name when the unit loads a whole folder of credentials
@@ -694,8 +735,15 @@ impl SecretRef {
 
     fn read(&self, key: &str) -> anyhow::Result<Secret> {
         let value = match self {
-            Self::Env { env } => std::env::var(env)
-                .with_context(|| format!("`{key}`: environment variable {env} is not set"))?,
+            Self::Env { env } => match std::env::var(env) {
+                Ok(v) => v,
+                Err(std::env::VarError::NotPresent) => {
+                    bail!("`{key}`: environment variable {env} is not set")
+                }
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    bail!("`{key}`: environment variable {env} is not valid UTF-8")
+                }
+            },
             Self::File { file } => read_private_file(key, file)?,
             Self::Credential { credential } => {
                 let dir = std::env::var_os("CREDENTIALS_DIRECTORY").with_context(|| format!("`{key}`: systemd credential {credential}, but CREDENTIALS_DIRECTORY is not set"))?;
@@ -802,6 +850,38 @@ impl Config {
     }
 
     fn load_inner(path: &Path) -> anyhow::Result<Self> {
+        let cfg = Self::read(path)?;
+        cfg.validate()
+            .map_err(|problems| anyhow::anyhow!("{}: {problems}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// `config check`: the file read, then every problem of the checks and of the secrets (each
+    /// resolved, never printed) in one report; the secret references resolved.
+    pub(crate) fn check(path: &Path) -> anyhow::Result<(Self, usize)> {
+        let problem = |e: anyhow::Error| match e.downcast::<ConfigProblem>() {
+            Ok(p) => anyhow::Error::new(p),
+            Err(e) => anyhow::Error::new(ConfigProblem(crate::causes(&e))),
+        };
+        let cfg = Self::read(path).map_err(problem)?;
+        let mut problems = cfg.validate().err().map(|p| p.0).unwrap_or_default();
+        let (resolved, unreadable) = cfg.secret_problems();
+        problems.extend(unreadable);
+        let mut seen = std::collections::HashSet::new();
+        problems.retain(|p| seen.insert(p.clone()));
+        if problems.is_empty() {
+            Ok((cfg, resolved))
+        } else {
+            Err(anyhow::Error::new(ConfigProblem(format!(
+                "{}: {}",
+                path.display(),
+                check::Problems(problems)
+            ))))
+        }
+    }
+
+    /// The file and its `SHIFTKEY_…` overrides, read but not checked.
+    fn read(path: &Path) -> anyhow::Result<Self> {
         if !path.exists() {
             bail!(
                 "config file {} does not exist (write one with `shiftkey config example > {}`)",
@@ -819,9 +899,7 @@ impl Config {
                     .split("__"),
             )
             .extract()
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        cfg.validate()
-            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), crate::causes(&e)))?;
+            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), check::reading_problems(e)))?;
         Ok(cfg)
     }
 
@@ -843,358 +921,6 @@ impl Config {
             ),
             _ => Ok(tc),
         }
-    }
-
-    /// One `[proxy.NAME]`: a loopback listener or a socket, one credential, a secure upstream.
-    fn check_proxy(&self, name: &str, p: &ProxySection) -> anyhow::Result<()> {
-        let key = |field: &str| format!("proxy.{name}.{field}");
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            bail!("`proxy.{name}`: a proxy name is letters, digits, `-` and `_`");
-        }
-        match (&p.listen, &p.socket) {
-            (Some(listen), None) => {
-                let addr: std::net::SocketAddr = listen.parse().with_context(|| {
-                    format!(
-                        "`{}`: `{listen}` is not an address and port (e.g. 127.0.0.1:8181)",
-                        key("listen")
-                    )
-                })?;
-                if !addr.ip().is_loopback() {
-                    bail!(
-                        "`{}`: {addr} is not a loopback address; the proxy hands out this \
-                         host's credentials and listens on 127.0.0.1 or ::1 only",
-                        key("listen")
-                    );
-                }
-            }
-            (None, Some(_)) => {}
-            _ => bail!(
-                "`proxy.{name}`: set exactly one of `listen` (a loopback address) and `socket`"
-            ),
-        }
-        match (&p.token, p.teamcenter) {
-            (Some(token), false) => {
-                if !self.tokens.contains_key(token) {
-                    bail!("`{}`: there is no `[tokens.{token}]` section", key("token"));
-                }
-                if !p.logins.is_empty() {
-                    bail!(
-                        "`{}`: local logins are for a Teamcenter proxy (`teamcenter = true`)",
-                        key("logins")
-                    );
-                }
-            }
-            (None, true) => {
-                let session = self
-                    .teamcenter
-                    .as_ref()
-                    .is_some_and(|t| t.mode == TcMode::Session);
-                if !session {
-                    bail!(
-                        "`{}`: needs a `[teamcenter]` section in session mode (for a gateway, \
-                         set `token` to its `[tokens.NAME]` instead)",
-                        key("teamcenter")
-                    );
-                }
-                for user in p.logins.keys() {
-                    if user.trim().is_empty() || user.len() > 128 {
-                        bail!("`{}`: a login name is 1 to 128 characters", key("logins"));
-                    }
-                }
-            }
-            _ => bail!(
-                "`proxy.{name}`: set exactly one of `token` (a `[tokens.NAME]`) and \
-                 `teamcenter = true`"
-            ),
-        }
-        crate::proxy::users(name, p)?;
-        let raw = self.proxy_upstream(name, p)?;
-        let upstream = url::Url::parse(&raw)
-            .with_context(|| format!("`{}`: `{raw}` is not a URL", key("upstream")))?;
-        crate::net::check_secure(self, &key("upstream"), &upstream)?;
-        if upstream.query().is_some() || upstream.fragment().is_some() {
-            bail!("`{}`: a base URL has no query or fragment", key("upstream"));
-        }
-        if p.timeout_secs == 0
-            || p.max_connections == 0
-            || p.body_idle_secs == 0
-            || p.body_timeout_secs == 0
-        {
-            bail!(
-                "`{}`, `{}`, `{}` and `{}` must be greater than zero",
-                key("timeout_secs"),
-                key("max_connections"),
-                key("body_idle_secs"),
-                key("body_timeout_secs")
-            );
-        }
-        if p.workers.is_some_and(|w| w == 0 || w > 256) {
-            bail!(
-                "`{}` is between 1 and 256 (threads; leave it out for one per core)",
-                key("workers")
-            );
-        }
-        if p.replay_budget_mib > 4096 {
-            bail!("`{}` is at most 4096 (MiB)", key("replay_budget_mib"));
-        }
-        if p.max_connections > 65_536 || p.replay_limit_kib > 65_536 {
-            bail!(
-                "`{}` and `{}` are at most 65536 (connections; KiB, 64 MiB held per request)",
-                key("max_connections"),
-                key("replay_limit_kib")
-            );
-        }
-        Ok(())
-    }
-
-    fn validate(&self) -> anyhow::Result<()> {
-        if self.teamcenter.is_none() && self.tokens.is_empty() {
-            bail!(
-                "nothing to do: the config has neither a `[teamcenter]` section nor any `[tokens.NAME]` (see `shiftkey config example`)"
-            );
-        }
-        for (key, secret) in self.secret_refs() {
-            if let SecretRef::Inline(_) = secret {
-                secret.resolve(&key)?;
-            }
-        }
-        if let Some(sink) = &self.sink {
-            check_db_url("sink", sink.url.as_ref(), sink.url_env.as_ref())?;
-            if let Some(m) = &sink.mqtt {
-                self.check_mqtt(m)?;
-            }
-        }
-        if let Some(store) = &self.store {
-            match store.backend {
-                StoreBackend::File => {
-                    if store.dir.is_none() {
-                        bail!("`store.dir` is required with `store.backend = \"file\"`");
-                    }
-                    if store.url.is_some() || store.url_env.is_some() {
-                        bail!(
-                            "`store.url` and `store.url_env` are for `store.backend = \"postgres\"`"
-                        );
-                    }
-                }
-                StoreBackend::Postgres => {
-                    if store.dir.is_some() {
-                        bail!("`store.dir` is for `store.backend = \"file\"`");
-                    }
-                    check_db_url("store", store.url.as_ref(), store.url_env.as_ref())?;
-                }
-            }
-        }
-        if let Some(lease) = &self.lease {
-            check_db_url("lease", lease.url.as_ref(), lease.url_env.as_ref())?;
-            if lease.check_secs == 0 {
-                bail!("`lease.check_secs` must be greater than zero");
-            }
-            if self.teamcenter.is_none() {
-                bail!("`[lease]` elects the process that syncs: it needs a `[teamcenter]` section");
-            }
-        }
-        if let Some(tc) = &self.teamcenter {
-            match tc.mode {
-                TcMode::Session => {
-                    if tc.user.is_empty() || tc.password.is_none() {
-                        bail!(
-                            "`teamcenter.user` and `teamcenter.password` are required in session mode (the default; `teamcenter.mode = \"gateway\"` uses a `[tokens.NAME]` instead)"
-                        );
-                    }
-                    if tc.token.is_some() {
-                        bail!("`teamcenter.token` is for `teamcenter.mode = \"gateway\"`");
-                    }
-                }
-                TcMode::Gateway => {
-                    let Some(name) = &tc.token else {
-                        bail!(
-                            "`teamcenter.mode = \"gateway\"` needs `teamcenter.token`, the name of a `[tokens.NAME]` section"
-                        );
-                    };
-                    if !self.tokens.contains_key(name) {
-                        bail!(
-                            "`teamcenter.token`: there is no `[tokens.{name}]` section to take gateway tokens from"
-                        );
-                    }
-                    if !tc.user.is_empty() || tc.password.is_some() {
-                        bail!(
-                            "`teamcenter.user` and `teamcenter.password` are for session mode; in gateway mode the credentials are those of `[tokens.{name}]`"
-                        );
-                    }
-                }
-            }
-            let url = url::Url::parse(&tc.url)
-                .with_context(|| format!("`teamcenter.url`: `{}` is not a URL", tc.url))?;
-            crate::net::check_secure(self, "teamcenter.url", &url)?;
-            crate::site::configs(tc, self.overlap())?;
-            if tc.read_timeout_secs == 0 || tc.max_answer_mib == 0 {
-                bail!(
-                    "`teamcenter.read_timeout_secs` and `teamcenter.max_answer_mib` must be greater than zero"
-                );
-            }
-        }
-        for (name, p) in &self.proxy {
-            self.check_proxy(name, p)?;
-        }
-        if self.schedule.interval_minutes == 0 || self.schedule.batch == 0 {
-            bail!("`schedule.interval_minutes` and `schedule.batch` must be greater than zero");
-        }
-        if self.schedule.interval_minutes > 7 * 24 * 60 {
-            bail!("`schedule.interval_minutes` is at most a week (10080)");
-        }
-        if let Some(store) = &self.store
-            && store.key.is_some() == store.passphrase.is_some()
-        {
-            bail!("set exactly one of `store.key` and `store.passphrase`");
-        }
-        // A grant that can always be obtained again (client credentials, a configured password)
-        // runs without a store: its tokens live in memory and a restart logs in again. A
-        // refresh-token chain a person started exists nowhere else.
-        if self.store.is_none()
-            && let Some((name, _)) = self
-                .tokens
-                .iter()
-                .find(|(_, t)| t.kind == TokenKind::RefreshToken)
-        {
-            bail!(
-                "`tokens.{name}` (kind = \"refresh_token\") needs a `[store]` section: its refresh-token chain is kept only there"
-            );
-        }
-        for (name, t) in &self.tokens {
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                bail!("`tokens.{name}`: a token name is letters, digits, `-` and `_`");
-            }
-            let key = |field: &str| format!("tokens.{name}.{field}");
-            let token_url = url::Url::parse(&t.token_url).with_context(|| {
-                format!("`{}`: `{}` is not a URL", key("token_url"), t.token_url)
-            })?;
-            crate::net::check_secure(self, &key("token_url"), &token_url)?;
-            if let Some(u) = &t.revoke_url {
-                let revoke = url::Url::parse(u)
-                    .with_context(|| format!("`{}`: `{u}` is not a URL", key("revoke_url")))?;
-                crate::net::check_secure(self, &key("revoke_url"), &revoke)?;
-            }
-            match t.client_auth {
-                ClientAuthKind::Basic | ClientAuthKind::Post if t.client_secret.is_none() => {
-                    bail!(
-                        "`{}` is missing (client_auth = basic or post needs it)",
-                        key("client_secret")
-                    )
-                }
-                ClientAuthKind::PrivateKeyJwt if t.private_key.is_none() => bail!(
-                    "`{}` is missing (client_auth = private_key_jwt needs it)",
-                    key("private_key")
-                ),
-                _ => {}
-            }
-            if t.kind == TokenKind::RefreshToken {
-                let issuer = t.issuer.as_ref().with_context(|| {
-                    format!(
-                        "`{}` is missing (kind = \"refresh_token\" logs in through it)",
-                        key("issuer")
-                    )
-                })?;
-                let url = url::Url::parse(issuer)
-                    .with_context(|| format!("`{}`: `{issuer}` is not a URL", key("issuer")))?;
-                crate::net::check_secure(self, &key("issuer"), &url)?;
-            } else if t.client_auth == ClientAuthKind::None {
-                bail!(
-                    "`{}`: a public client (\"none\") fits only kind = \"refresh_token\"",
-                    key("client_auth")
-                );
-            }
-            if t.kind == TokenKind::Password && (t.username.is_none() || t.password.is_none()) {
-                bail!(
-                    "`{}` and `{}` are needed by kind = \"password\"",
-                    key("username"),
-                    key("password")
-                );
-            }
-            if let Some(d) = &t.secret_expires {
-                chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").with_context(|| {
-                    format!(
-                        "`{}`: `{d}` is not a date like 2027-03-31",
-                        key("secret_expires")
-                    )
-                })?;
-            }
-        }
-        if let Some(http) = &self.broker.http {
-            let addr: std::net::SocketAddr = http.parse().with_context(|| {
-                format!("`broker.http`: `{http}` is not an address like 127.0.0.1:8732")
-            })?;
-            if self.broker.clients.is_empty() {
-                bail!("`broker.http` needs at least one `[broker.clients.NAME]` client");
-            }
-            if !addr.ip().is_loopback() {
-                bail!(
-                    "`broker.http`: `{http}` is not a loopback address: the client secrets would travel in clear; serve other hosts with `broker.https` (TLS)"
-                );
-            }
-        }
-        match (
-            &self.broker.https,
-            &self.broker.tls_cert,
-            &self.broker.tls_key,
-        ) {
-            (Some(https), Some(_), Some(_)) => {
-                https.parse::<std::net::SocketAddr>().with_context(|| {
-                    format!("`broker.https`: `{https}` is not an address like 0.0.0.0:8733")
-                })?;
-                if self.broker.clients.is_empty() {
-                    bail!("`broker.https` needs at least one `[broker.clients.NAME]` client");
-                }
-            }
-            (Some(_), _, _) => bail!(
-                "`broker.https` needs `broker.tls_cert` (the certificate chain, PEM) and `broker.tls_key` (its key, by reference: {{ file = \"/etc/shiftkey/broker.key\" }})"
-            ),
-            (None, Some(_), _) | (None, _, Some(_)) => bail!(
-                "`broker.tls_cert` and `broker.tls_key` are for `broker.https`, which is not set"
-            ),
-            (None, None, None) => {}
-        }
-        for (client, c) in &self.broker.clients {
-            if c.tokens.is_empty() {
-                bail!(
-                    "`broker.clients.{client}.tokens` is empty: list the tokens this client may get"
-                );
-            }
-            if let Some(unknown) = c.tokens.iter().find(|t| !self.tokens.contains_key(*t)) {
-                bail!(
-                    "`broker.clients.{client}.tokens` names `{unknown}`, which is not a `[tokens.NAME]`"
-                );
-            }
-        }
-        if let Some(listen) = self.ops.listen.as_deref().filter(|l| !l.is_empty()) {
-            let addr = listen.parse::<std::net::SocketAddr>().with_context(|| {
-                format!("`ops.listen`: `{listen}` is not an address like 127.0.0.1:9464")
-            })?;
-            if !addr.ip().is_loopback() && !self.ops.allow_remote {
-                bail!(
-                    "`ops.listen`: `{listen}` is not a loopback address; the ops endpoints have no \
-                     authentication — serve them on loopback behind a reverse proxy, or set \
-                     `ops.allow_remote = true` if the network is yours alone"
-                );
-            }
-        }
-        let o = &self.ops;
-        if !(0.0..=1.0).contains(&o.unauthorized_warning)
-            || !(0.0..=1.0).contains(&o.unauthorized_critical)
-            || o.unauthorized_warning > o.unauthorized_critical
-        {
-            bail!(
-                "`ops.unauthorized_warning` and `ops.unauthorized_critical` are shares between 0 and 1, warning ≤ critical"
-            );
-        }
-        Ok(())
     }
 
     /// Every secret reference with its key.
@@ -1253,44 +979,6 @@ impl Config {
             .context("this command needs a `[teamcenter]` section (see `shiftkey config example`)")
     }
 
-    fn check_mqtt(&self, m: &MqttConfig) -> anyhow::Result<()> {
-        let (host, _, tls) = m.endpoint()?;
-        if !matches!(m.qos, 1 | 2) {
-            bail!(
-                "`sink.mqtt.qos` = {}: use 1 or 2 (the watermark moves only once the broker has \
-                 acknowledged a batch, and QoS 0 is never acknowledged)",
-                m.qos
-            );
-        }
-        if m.password.is_some() != m.username.is_some() {
-            bail!("`sink.mqtt.username` and `sink.mqtt.password` go together");
-        }
-        let loopback = host == "localhost"
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        if m.password.is_some() && !tls && !loopback && !self.allow_insecure_http {
-            bail!(
-                "`sink.mqtt.url`: {} would send the broker password in clear text; use mqtts:// \
-                 (or, in a lab only, set `allow_insecure_http = true` at the top of the config)",
-                m.url
-            );
-        }
-        if m.ca_file.is_some() && !tls {
-            bail!("`sink.mqtt.ca_file` needs an mqtts:// URL");
-        }
-        if m.ack_timeout_secs == 0 || m.ack_timeout_secs > 3600 {
-            bail!(
-                "`sink.mqtt.ack_timeout_secs` = {}: use 1 to 3600",
-                m.ack_timeout_secs
-            );
-        }
-        if m.client_id.is_empty() || m.prefix.is_empty() {
-            bail!("`sink.mqtt.client_id` and `sink.mqtt.prefix` may not be empty");
-        }
-        Ok(())
-    }
-
     /// The sink URL, from the file or the named environment variable.
     pub(crate) fn sink_url(&self) -> anyhow::Result<String> {
         let sink = self
@@ -1320,172 +1008,63 @@ impl Config {
     }
 
     /// Resolves every secret reference (for `config check` and `doctor`); the error names the key.
+    /// Every unreadable secret is reported in one run.
     pub(crate) fn resolve_all(&self) -> anyhow::Result<usize> {
+        let (resolved, problems) = self.secret_problems();
+        if problems.is_empty() {
+            Ok(resolved)
+        } else {
+            Err(anyhow::Error::new(ConfigProblem(
+                check::Problems(problems).to_string(),
+            )))
+        }
+    }
+
+    /// The secret references, and what is wrong with those that cannot be read (each once).
+    fn secret_problems(&self) -> (usize, Vec<String>) {
         let refs = self.secret_refs();
+        let mut problems = Vec::new();
+        let mut check = |r: anyhow::Result<()>| {
+            if let Err(e) = r {
+                problems.push(crate::causes(&e));
+            }
+        };
         for (key, s) in &refs {
-            s.resolve_text(key)?;
+            check(s.resolve_text(key).map(drop));
+        }
+        if let Some(key) = self.store.as_ref().and_then(|s| s.key.as_ref()) {
+            // Its form, never its value: 32 bytes in base64.
+            check(key.resolve("store.key").and_then(|text| {
+                shiftkey_store::KeySource::from_base64(text.expose(), "`store.key`")
+                    .map(drop)
+                    .map_err(|e| anyhow::anyhow!("{}", e.detail))
+            }));
         }
         for (client, c) in &self.broker.clients {
             let key = format!("broker.clients.{client}.secret");
-            let len = c.secret.resolve(&key)?.expose().len();
-            if len < MIN_CLIENT_SECRET {
-                return Err(anyhow::Error::new(ConfigProblem(format!(
-                    "`{key}` is {len} bytes; a broker client secret needs at least \
-                     {MIN_CLIENT_SECRET} (make one with `head -c 32 /dev/urandom | base64`)"
-                ))));
-            }
+            check(c.secret.resolve(&key).and_then(|s| {
+                let len = s.expose().len();
+                if len < MIN_CLIENT_SECRET {
+                    bail!(
+                        "`{key}` is {len} bytes; a broker client secret needs at least \
+                         {MIN_CLIENT_SECRET} (make one with `head -c 32 /dev/urandom | base64`)"
+                    );
+                }
+                Ok(())
+            }));
         }
         for (name, p) in &self.proxy {
-            crate::proxy::logins(name, p)
-                .map_err(|e| anyhow::Error::new(ConfigProblem(crate::causes(&e))))?;
+            check(crate::proxy::logins(name, p).map(drop));
         }
-        Ok(refs.len())
+        // A secret checked twice (its form too) is reported once.
+        let mut seen = std::collections::HashSet::new();
+        problems.retain(|p| seen.insert(p.clone()));
+        (refs.len(), problems)
     }
 }
 
 /// An annotated example (`shiftkey config example`); a test loads it.
-pub(crate) const EXAMPLE: &str = r#"# shiftkey configuration. Every key can be overridden by an environment variable
-# SHIFTKEY_<SECTION>__<KEY>, e.g. SHIFTKEY_SCHEDULE__INTERVAL_MINUTES=5.
-# Secrets are never written here: give { env = "NAME" }, { file = "/path" } or
-# { credential = "name" } (a systemd LoadCredential=).
-#
-# http:// is refused for Teamcenter and token URLs unless the host is a loopback address.
-# allow_insecure_http = true   # a lab switch only: credentials cross the network in clear text
-
-# The Teamcenter server the sync reads (`run`, `sync --once`, `doctor`).
-[teamcenter]
-url = "https://tc.example.com"          # the server; shiftkey adds /tc/JsonRestServices/...
-user = "mfg_sync"                       # a dedicated service user
-password = { env = "TC_PASSWORD" }
-# mode = "gateway"                      # behind the OAuth gateway (/tc/RestServices): instead of
-# token = "tc"                          # user and password, the bearer tokens of [tokens.tc]
-group = ""                              # empty: the user's default group
-role = ""
-read_timeout_secs = 60                  # the deadline of one attempt of a Teamcenter call
-max_answer_mib = 64                     # larger answers are refused, naming the operation
-
-# How shiftkey finds and reads process plans on this site (docs/teamcenter.md has the
-# administrator's checklist; `shiftkey doctor` checks every name below). Defaults: the standard model.
-[teamcenter.read]
-query = "saved_query"                   # or "business_object" (executeBusinessObjectQueries, no entry names)
-query_name = "Item Revision..."         # the saved query, as Query Builder names it
-type_entry = "Type"                     # its entries, as describeSavedQueries shows them (localized!)
-modified_after_entry = "Modified After"
-types = ["MEProcessRevision"]           # plan types
-utc_offset_minutes = "auto"             # query dates are in server time: "auto" reads its offset from its dates
-window = "contexts"                     # openContexts; or "bom_windows" (opened with revision_rule)
-revision_rule = ""                      # which revision of an item is current; "": the user's default rule
-current = "revision_rule"               # or "every_revision": ask no rule, offer every revision read
-depth = 4                               # levels expanded below a plan (nested processes)
-plant = ""                              # plant name for every plan, or plant_property = "xx4_plant"
-allocated_time_unit = "s"               # unit of Mfg0allocated_time on this site: s | min | h
-work_instruction_relations = ["IMAN_MEWorkInstruction"]
-# [teamcenter.read.properties]          # field = property, e.g. sequence = "bl_sequence_no"
-
-# Shop-floor feedback needs site-defined (BMIDE) properties on the operation revision; without
-# this section shiftkey writes nothing back and feedback waits in the outbox.
-# Every field needs a property of its own (none shared), or format = "json" puts them all, with
-# the key, into one property as a JSON document.
-# [teamcenter.feedback]
-# type = "MEOPRevision"
-# key_property = "xx4_mes_feedback_key"  # the newest outbox row applied (never written twice)
-# completed_count = "xx4_completed_count"
-# actual_cycle_time = "xx4_actual_cycle_time"
-# deviation = "xx4_deviation"
-# format = "json"                       # instead of the four above: one property holds it all
-# property = "xx4_mes_feedback"
-
-# The shop-floor database the sync writes.
-[sink]
-url = "sqlite://shopfloor.db?mode=rwc"  # or set url_env = "SHIFTKEY_SINK_URL" for postgres://user:pw@host/db
-                                        # (TLS: ?sslmode=verify-full&sslrootcert=/etc/shiftkey/db-ca.pem)
-# [sink.mqtt]                           # also publish each plan to MQTT (the SQL sink keeps the watermark)
-# url = "mqtts://broker.plant.example"  # mqtt://host:1883 or mqtts://host:8883
-# client_id = "shiftkey-sync"           # one per process; default shiftkey-<host name>
-# prefix = "shiftkey"                   # topics {prefix}/{plant}/process/{id}, retained
-# qos = 1                               # 1 or 2
-# username = "shiftkey"
-# password = { env = "MQTT_PASSWORD" }
-# ca_file = "/etc/shiftkey/mqtt-ca.pem" # default: the system's roots
-# ack_timeout_secs = 30
-
-[schedule]
-interval_minutes = 15                   # a cycle every 15 minutes
-batch = 50                              # process revisions per sink transaction
-overlap_minutes = 5                     # re-read this much before the watermark (clock skew)
-
-# Where tokens live between runs: one AES-256-GCM file per token, <dir>/<name>.token.
-# `shiftkey store init` prints a fresh key; or use passphrase = { ... } (Argon2id).
-[store]
-dir = "/var/lib/shiftkey"
-key = { env = "SHIFTKEY_STORE_KEY" }
-# backend = "postgres"                  # shared by every host instead: one encrypted row per token
-# url_env = "SHIFTKEY_STORE_URL"        # postgres://user:pw@db/plant (then no `dir`)
-
-# Several `shiftkey run` processes on any hosts, one syncing at a time (docs/operations.md).
-# [lease]
-# url_env = "SHIFTKEY_LEASE_URL"        # a PostgreSQL database every process reaches
-# key = 7242                            # the same in every process of one sync job
-# check_secs = 10                       # the leader confirms its lease, a follower asks, this often
-
-# Named OAuth credentials: `shiftkey broker` serves them to scripts, `shiftkey token` manages them.
-[tokens.mes]
-kind = "client_credentials"             # or "password" (then username and password), or
-                                        # "refresh_token" (then issuer; `shiftkey token login mes`)
-token_url = "https://login.example.com/oauth/token"
-client_id = "plant-sync"
-client_auth = "basic"                   # basic | post | none | private_key_jwt (then private_key,
-                                        # signing_alg = RS256 | PS256 | ES256, key_id)
-client_secret = { env = "MES_CLIENT_SECRET" }
-secret_expires = "2027-06-30"           # alert 14 days before the secret expires
-scopes = ["mes.write"]
-# certificate = "/etc/shiftkey/mes.pem" # with private_key_jwt: alert before it expires
-# issuer = "https://login.example.com"  # kind = "refresh_token": where `token login` reads metadata
-# revoke_url = "https://login.example.com/oauth/revoke"
-
-# The token broker for scripts in any language (docs/operations.md).
-[broker]
-# socket = "/run/shiftkey/broker.sock"  # default: $XDG_RUNTIME_DIR/shiftkey/broker.sock
-# http = "127.0.0.1:8732"               # optional loopback HTTP; needs [broker.clients]
-# [broker.clients.label-printer]          # one section per HTTP client
-# secret = { env = "BROKER_SECRET_LABEL_PRINTER" }   # at least 32 bytes
-# tokens = ["mes"]                       # the tokens it may get; others are refused
-
-# A healing proxy for a script that cannot change: point its base URL at the proxy; every request
-# goes on to `upstream` with a fresh token (docs/operations.md, "Serving tokens to existing scripts").
-# It serves only the local users in `users` (default: the service's own user); anyone else gets 403.
-[proxy.mes]
-socket = "/run/shiftkey/mes.sock"       # or listen = "127.0.0.1:8181" (loopback only; the peer's
-                                        # uid is read from the kernel, so `users` holds there too)
-upstream = "https://mes.example.com/api"
-token = "mes"
-# users = ["shiftkey", "labelprint"]    # local user names or uids
-# replay_limit_kib = 1024               # larger request bodies stream and are sent once
-# replay_budget_mib = 32                # bytes held for replay across all connections
-# body_idle_secs = 10                   # a request body that sends nothing this long is cut off
-# body_timeout_secs = 120               # ... and one that takes longer than this in all
-# timeout_secs = 300                    # one attempt upstream, the response body included
-# workers = 2                           # threads serving a `listen` address (default: one per core)
-
-# A Teamcenter proxy: the [teamcenter] session on every call; scripts log in to the proxy with
-# accounts of their own (never the Teamcenter password), and a call without a login is refused.
-# [proxy.tc]
-# socket = "/run/shiftkey/tc.sock"
-# teamcenter = true                     # goes to teamcenter.url
-# [proxy.tc.logins]
-# label_printer = { credential = "tc-proxy-label-printer" }   # at least 16 characters
-
-# The ops HTTP server: /healthz, /readyz, /metrics, /status.
-[ops]
-# listen = "127.0.0.1:9464"             # unset: this for `run`, none for `proxy` and `broker`; "": none
-# webhook_env = "SHIFTKEY_WEBHOOK_URL"  # alerts are POSTed as JSON to this URL too
-expiry_warning_days = 14
-unauthorized_warning = 0.01             # share of 401s over 15 min: warning
-unauthorized_critical = 0.05            # ... critical
-refresh_failures_max = 3                # consecutive failed refreshes: critical
-# allow_remote = false                  # a non-loopback listen needs this (prefer a reverse proxy)
-# allowed_hosts = ["ops.plant.example"] # Host names answered besides loopback (DNS rebinding guard)
-"#;
+pub(crate) const EXAMPLE: &str = include_str!("example.toml");
 
 #[cfg(test)]
 mod tests {
