@@ -63,6 +63,7 @@ mod strategy;
 pub mod testing;
 pub mod timing;
 mod token;
+mod transport;
 mod wire;
 
 pub use error::{AuthError, ConfigError, PermanentKind, TransientKind};
@@ -75,6 +76,7 @@ pub use store::{
 };
 pub use strategy::AuthStrategy;
 pub use token::{LifetimeSource, MAX_LIFETIME, MIN_LIFETIME, Secret, TokenSet, clamp_lifetime};
+pub use transport::Transport;
 pub use wire::{CONNECT_TIMEOUT, REQUEST_TIMEOUT, credential_client, is_loopback};
 
 #[cfg(doctest)]

@@ -241,7 +241,7 @@ pub(crate) fn transport_error(err: reqwest::Error) -> AuthError {
     } else {
         TransientKind::Network
     };
-    AuthError::transient(kind, err.without_url().to_string())
+    AuthError::transient(kind, crate::Transport::describe(err))
 }
 
 /// Seconds as a server sends them (already a finite number) as a duration: `None` when not

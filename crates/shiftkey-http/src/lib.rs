@@ -60,6 +60,7 @@ pub use middleware::{
     AnsweredUnder, AuthMiddleware, AuthMiddlewareBuilder, DEFAULT_ATTEMPT_TIMEOUT, Idempotent,
     ResentAfterLostAnswer, SessionBound, Stats,
 };
+pub use shiftkey_auth::Transport;
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -105,12 +105,12 @@ pub enum TcError {
 /// (reqwest's own text names only the URL).
 fn describe_http(e: &reqwest_middleware::Error) -> String {
     match e {
-        reqwest_middleware::Error::Reqwest(r) if r.is_timeout() => {
-            format!("timed out: no answer before the deadline ({r})")
-        }
-        reqwest_middleware::Error::Reqwest(r) if r.is_connect() => {
-            format!("cannot connect ({r})")
-        }
+        reqwest_middleware::Error::Reqwest(r) => match shiftkey_http::Transport::of(r) {
+            Some(t @ shiftkey_http::Transport::Timeout) => format!("timed out: {t}"),
+            Some(t) if r.is_connect() => format!("cannot connect: {t}"),
+            Some(t) => t.to_string(),
+            None => r.to_string(),
+        },
         other => other.to_string(),
     }
 }

@@ -234,7 +234,10 @@ impl AuthStrategy for SessionLogin {
             "user": c.user, "password": c.password.expose(), "group": c.group, "role": c.role, "locale": c.locale, "descrimator": descrimator
         }}));
         let response = self.http.post(url).json(&body).send().await.map_err(|e| {
-            AuthError::transient(TransientKind::Network, e.without_url().to_string())
+            AuthError::transient(
+                TransientKind::Network,
+                shiftkey_auth::Transport::describe(e),
+            )
         })?;
         let status = response.status();
         let headers = response.headers().clone();
@@ -269,7 +272,10 @@ impl AuthStrategy for SessionLogin {
         let mut response = response;
         let mut bytes = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(|e| {
-            AuthError::transient(TransientKind::Network, e.without_url().to_string())
+            AuthError::transient(
+                TransientKind::Network,
+                shiftkey_auth::Transport::describe(e),
+            )
         })? {
             if bytes.len() + chunk.len() > MAX_LOGIN_ANSWER {
                 return Err(AuthError::transient(

@@ -26,6 +26,9 @@ pub(crate) struct DoctorArgs {
     /// Give up the lifetime probe after this many hours (above 0, at most 72).
     #[arg(long, default_value_t = 9.0, value_parser = crate::number_in(f64::MIN_POSITIVE, 72.0))]
     max_hours: f64,
+    /// How long each check waits for an answer, in seconds.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=600))]
+    deadline: u64,
     /// For the emulator only: its simulated seconds per real second.
     #[arg(long, default_value_t = 1.0, hide = true, value_parser = crate::number_in(1.0, 100_000.0))]
     time_scale: f64,
@@ -97,7 +100,7 @@ pub(crate) async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
         ),
         Err(e) => r.line(Level::Fail, "config", crate::causes(&e)),
     }
-    let http = crate::net::plain_client(Duration::from_secs(20))?;
+    let http = crate::net::plain_client(Duration::from_secs(args.deadline))?;
     let mut endpoints: Vec<(String, String)> = Vec::new();
     if let Some(tc) = &cfg.teamcenter {
         endpoints.push(("teamcenter".to_owned(), tc.url.clone()));
@@ -398,14 +401,14 @@ async fn reach(r: &mut Report, http: &reqwest::Client, what: &str, url: &str) {
             }
         }
         Err(e) => {
-            let tls = format!("{e:?}")
-                .to_ascii_lowercase()
-                .contains("certificate");
-            r.line(
-                Level::Fail,
-                if tls { "tls" } else { "reachability" },
-                format!("{what}: {url}: {}", e.without_url()),
-            );
+            // What went wrong, told apart: a name, a port, TLS or a deadline.
+            let transport = shiftkey_http::Transport::of(&e);
+            let check = match transport {
+                Some(shiftkey_http::Transport::Tls(_)) => "tls",
+                _ => "reachability",
+            };
+            let detail = transport.map_or_else(|| e.without_url().to_string(), |t| t.to_string());
+            r.line(Level::Fail, check, format!("{what}: {url}: {detail}"));
         }
     }
 }

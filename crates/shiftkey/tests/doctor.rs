@@ -76,6 +76,64 @@ async fn doctor_checks_reachability_clock_and_login_and_names_a_refused_one() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A name that does not resolve, a port where nothing listens, a server that does not speak TLS
+/// and one that never answers each read as what they are (reqwest's own text for all four is
+/// "error sending request"), on the reachability line and on the login's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_tells_a_name_a_port_tls_and_a_deadline_apart() {
+    let sim = common::start_sim(shiftkey_sim::SimConfig::default()).await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    // Accepts and never answers.
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            held.push(c);
+        }
+    });
+    let plain = sim.url().replacen("http://", "https://", 1);
+    let cases = [
+        (
+            "dns",
+            "https://shiftkey-doctor-test.invalid/tc".to_owned(),
+            "FAIL  reachability  teamcenter: https://shiftkey-doctor-test.invalid/tc: the host name does not resolve",
+        ),
+        (
+            "refused",
+            "http://127.0.0.1:9/tc".to_owned(),
+            "FAIL  reachability  teamcenter: http://127.0.0.1:9/tc: the connection was refused: nothing listens there",
+        ),
+        ("tls", plain.clone(), "FAIL  tls           teamcenter: "),
+        (
+            "timeout",
+            format!("http://{silent_addr}/tc"),
+            "no answer before the deadline",
+        ),
+    ];
+    for (name, url, says) in cases {
+        let dir = temp_dir(&format!("doctor-{name}"));
+        let cfg = config(&dir, &url);
+        let out = tokio::task::spawn_blocking(move || {
+            shiftkey(
+                &["doctor", "--deadline", "2", "-c", cfg.to_str().unwrap()],
+                // A resolver that gives up after one second wherever it is asked.
+                &[("TC_PW", "x"), ("RES_OPTIONS", "timeout:1 attempts:1")],
+            )
+        })
+        .await
+        .unwrap();
+        let out_text = text(&out);
+        assert_eq!(out.status.code(), Some(7), "{name}: {out_text}");
+        assert!(out_text.contains(says), "{name}: {says:?} missing:\n{out_text}");
+        assert!(
+            !out_text.contains("error sending request"),
+            "{name}: reqwest's text says nothing:\n{out_text}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    holder.abort();
+}
+
 /// Runs `doctor` against the emulator at `url` with `sections` after `[teamcenter]`, from a config in
 /// `dir`: its output (stdout and stderr) and exit code.
 async fn doctor_site(dir: &std::path::Path, url: &str, sections: &str) -> (String, Option<i32>) {
