@@ -194,7 +194,14 @@ fn test() -> Result<()> {
     // The field's Python scripts in the Rust tests run on the environment's `requests`.
     status(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["test", "--workspace", "--all-targets"])
+            // The binary's test hooks (`SHIFTKEY_TEST_PANIC_TASK`) for the supervision tests.
+            .args([
+                "test",
+                "--workspace",
+                "--all-targets",
+                "--features",
+                "shiftkey/test-util",
+            ])
             .env("SHIFTKEY_PYTHON", &python)
             // The tools installed above are there: a test that needs one fails without it.
             .env("SHIFTKEY_REQUIRE_TOOLS", "1")
@@ -1091,6 +1098,8 @@ fn ci() -> Result<()> {
         "clippy",
         "--workspace",
         "--all-targets",
+        "--features",
+        "shiftkey/test-util",
         "--",
         "-D",
         "warnings",

@@ -46,7 +46,9 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "mqtt")]
 pub use mqtt::{MqttQos, MqttSettings, MqttSink, MqttTls, isa95, topic};
-pub use sql::{CommitHook, SinkState, SqlSink};
+#[cfg(feature = "test-util")]
+pub use sql::CommitHook;
+pub use sql::{SinkState, SqlSink};
 
 /// A process plan revision as the shop floor stores it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -95,18 +95,19 @@ const MIGRATE_V1_TO_V2: &[&str] = &[
 #[derive(Clone)]
 pub struct SqlSink {
     pool: AnyPool,
+    #[cfg(feature = "test-util")]
     before_commit: Option<CommitHook>,
 }
 
 /// Called inside every `apply` transaction, after its rows and watermark are written and before
-/// `COMMIT` (see [`SqlSink::with_before_commit`]).
+/// `COMMIT` (see [`SqlSink::with_before_commit`]). Feature `test-util`.
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub type CommitHook = std::sync::Arc<dyn Fn() + Send + Sync>;
 
 impl std::fmt::Debug for SqlSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqlSink")
-            .field("before_commit", &self.before_commit.is_some())
-            .finish_non_exhaustive()
+        f.debug_struct("SqlSink").finish_non_exhaustive()
     }
 }
 
@@ -283,6 +284,7 @@ impl SqlSink {
         }
         Ok(Self {
             pool,
+            #[cfg(feature = "test-util")]
             before_commit: None,
         })
     }
@@ -306,7 +308,9 @@ impl SqlSink {
     /// Calls `hook` inside every `apply` transaction, after its rows and watermark are written and
     /// before `COMMIT`: a crash test's worker says "inside a transaction now" from here (and the
     /// killer kills it there), and a tracer can time the commit. The hook must not block long:
-    /// the transaction holds SQLite's one writer.
+    /// the transaction holds SQLite's one writer. A test hook: feature `test-util`.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     #[must_use]
     pub fn with_before_commit(mut self, hook: CommitHook) -> Self {
         self.before_commit = Some(hook);
@@ -644,6 +648,7 @@ impl Sink for SqlSink {
             .execute(&mut *tx)
             .await
             .map_err(err("commit watermark"))?;
+        #[cfg(feature = "test-util")]
         if let Some(hook) = &self.before_commit {
             hook();
         }

@@ -256,7 +256,10 @@ pub fn map_plan(
 /// Called by [`Engine::run`] after every cycle with its outcome (status pages, metrics).
 pub type CycleObserver = Arc<dyn Fn(Result<&CycleReport, &SyncError>) + Send + Sync>;
 
-/// A point inside a cycle where a crash is most telling (see [`Engine::on_phase`]).
+/// A point inside a cycle where a crash is most telling (see [`Engine::on_phase`]). Feature
+/// `test-util`.
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Phase {
@@ -272,6 +275,8 @@ pub enum Phase {
 }
 
 /// Called at each [`Phase`] of a cycle.
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub type PhaseHook = Arc<dyn Fn(Phase) + Send + Sync>;
 
 /// The sync engine.
@@ -282,6 +287,7 @@ pub struct Engine {
     cfg: EngineConfig,
     clock: Arc<dyn Clock>,
     observer: Option<CycleObserver>,
+    #[cfg(feature = "test-util")]
     phase: Option<PhaseHook>,
     /// When the last full read (a reconcile) of this process started, in wall time.
     last_reconcile: Arc<std::sync::Mutex<Option<SystemTime>>>,
@@ -312,6 +318,7 @@ impl Engine {
             cfg,
             clock: Arc::new(TokioClock::new()),
             observer: None,
+            #[cfg(feature = "test-util")]
             phase: None,
             last_reconcile: Arc::new(std::sync::Mutex::new(None)),
         }
@@ -325,7 +332,9 @@ impl Engine {
     }
 
     /// Calls `hook` at each [`Phase`] of a cycle (crash tests kill the process there; tracers time
-    /// it). It must not block long.
+    /// it). It must not block long. A test hook: feature `test-util`.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     #[must_use]
     pub fn on_phase(mut self, hook: PhaseHook) -> Self {
         self.phase = Some(hook);
@@ -678,6 +687,7 @@ impl Engine {
             if written {
                 pushed += 1;
             }
+            #[cfg(feature = "test-util")]
             if let Some(hook) = &self.phase {
                 hook(Phase::FeedbackWritten {
                     row: fb.id,

@@ -35,9 +35,12 @@ mod engine;
 mod lease;
 
 pub use engine::{
-    CycleObserver, CycleReport, CycleWarning, Engine, EngineConfig, Lease, Phase, PhaseHook, Stop,
-    SyncError, map_plan,
+    CycleObserver, CycleReport, CycleWarning, Engine, EngineConfig, Lease, Stop, SyncError,
+    map_plan,
 };
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub use engine::{Phase, PhaseHook};
 #[cfg(feature = "postgres")]
 pub use lease::{LeaseReport, LeaseState, PgLease, WatchedLease};
 

@@ -12,9 +12,17 @@ use tokio::task::{AbortHandle, JoinHandle};
 /// that proves every task's death is noticed. Never set it in production.
 pub(crate) const PANIC_TASK_ENV: &str = "SHIFTKEY_TEST_PANIC_TASK";
 
-/// Whether the test hook names `task`.
+/// Whether the test hook names `task` (only in a build with the feature `test-util`: a service
+/// build ignores the variable).
+#[cfg(feature = "test-util")]
 pub(crate) fn hook_names(task: &str) -> bool {
     std::env::var(PANIC_TASK_ENV).is_ok_and(|v| v == task)
+}
+
+/// Whether the test hook names `task`: never, in a build without the feature `test-util`.
+#[cfg(not(feature = "test-util"))]
+pub(crate) fn hook_names(_task: &str) -> bool {
+    false
 }
 
 /// A background task ended although nobody asked it to.

@@ -124,7 +124,10 @@ async fn doctor_tells_a_name_a_port_tls_and_a_deadline_apart() {
         .unwrap();
         let out_text = text(&out);
         assert_eq!(out.status.code(), Some(7), "{name}: {out_text}");
-        assert!(out_text.contains(says), "{name}: {says:?} missing:\n{out_text}");
+        assert!(
+            out_text.contains(says),
+            "{name}: {says:?} missing:\n{out_text}"
+        );
         assert!(
             !out_text.contains("error sending request"),
             "{name}: reqwest's text says nothing:\n{out_text}"
