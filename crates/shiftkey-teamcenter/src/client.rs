@@ -5,12 +5,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use serde_json::Value;
-use shiftkey_auth::{Clock, ServerLimits, TokenManager, TokioClock};
-use shiftkey_http::{AuthMiddleware, Injector, Keepalive};
+use shiftkey_auth::{Clock, TokenManager};
+use shiftkey_http::{AuthMiddleware, Keepalive};
 use url::Url;
 
+use crate::builder::TcClientBuilder;
 use crate::error::TcError;
-use crate::session::{SessionConfig, SessionLogin, TcClassifier};
+use crate::session::{SessionConfig, TcClassifier};
 use crate::wire;
 
 /// The default deadline of one attempt of a Teamcenter call (60 s).
@@ -43,14 +44,34 @@ pub struct TcClient {
     offsets: Arc<std::sync::Mutex<Option<(i32, i32)>>>,
 }
 
+/// Which Teamcenter interface a client calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Mode {
+    /// `/tc/JsonRestServices` with the session's `JSESSIONID`.
+    Session,
+    /// `/tc/RestServices` behind an OAuth gateway, with bearer tokens.
+    Gateway,
+}
+
+impl Mode {
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::Session => "/tc/JsonRestServices",
+            Self::Gateway => "/tc/RestServices",
+        }
+    }
+}
+
 impl TcClient {
-    /// Session mode: logs in with `cfg` (through `login_http`, a plain client) and sends every
+    /// Session mode: logs in with `cfg` (through `http` without the middleware) and sends every
     /// call through `http` with the `JSESSIONID` cookie. Must run inside a tokio runtime.
+    /// [`TcClient::builder`] with its defaults.
     pub fn session(
         http: reqwest::Client,
         cfg: SessionConfig,
     ) -> Result<Self, shiftkey_auth::ConfigError> {
-        Self::session_with_clock(http, cfg, Arc::new(TokioClock::new()))
+        Self::builder(http, cfg).build()
     }
 
     /// Session mode on an injected clock (the token schedule, retries and learning all use it):
@@ -60,31 +81,13 @@ impl TcClient {
         cfg: SessionConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, shiftkey_auth::ConfigError> {
-        let idle = cfg.idle_limit;
-        let base = cfg.base.clone();
-        let login = SessionLogin::new(http.clone(), cfg).with_clock(Arc::clone(&clock));
-        // A session holds a server process of the pool: log in when the first call needs it.
-        let manager = TokenManager::builder(login)
-            .clock(Arc::clone(&clock))
-            .on_demand()
-            .build()?;
-        let middleware = AuthMiddleware::builder(manager)
-            .injector(Injector::Cookie {
-                name: "JSESSIONID".to_owned(),
-            })
-            .classifier(TcClassifier)
-            .learned(ServerLimits {
-                lifetime_cap: None,
-                idle_limit: Some(idle),
-            })
-            .clock(clock)
-            .build();
-        Ok(Self::assemble(
-            http,
-            middleware,
-            base,
-            "/tc/JsonRestServices",
-        ))
+        Self::builder(http, cfg).clock(clock).build()
+    }
+
+    /// The recipe for a session-mode client, to name it, time its logins, feed a monitor, set
+    /// its deadlines ([`TcClientBuilder`]).
+    pub fn builder(http: reqwest::Client, cfg: SessionConfig) -> TcClientBuilder {
+        TcClientBuilder::session(http, cfg)
     }
 
     /// Gateway mode: `/tc/RestServices/...` with bearer tokens from `manager` (any strategy).
@@ -92,7 +95,16 @@ impl TcClient {
         let middleware = AuthMiddleware::builder(manager)
             .classifier(TcClassifier)
             .build();
-        Self::assemble(http, middleware, base, "/tc/RestServices")
+        Self::with_middleware(http, middleware, base, Mode::Gateway)
+    }
+
+    /// The recipe for a gateway-mode client ([`TcClientBuilder`]).
+    pub fn gateway_builder(
+        http: reqwest::Client,
+        base: Url,
+        manager: TokenManager,
+    ) -> TcClientBuilder {
+        TcClientBuilder::gateway(http, base, manager)
     }
 
     /// Any mode with your own middleware (custom policy, breakers, monitor).
@@ -100,18 +112,9 @@ impl TcClient {
         http: reqwest::Client,
         middleware: AuthMiddleware,
         base: Url,
-        gateway: bool,
+        mode: Mode,
     ) -> Self {
-        Self::assemble(
-            http,
-            middleware,
-            base,
-            if gateway {
-                "/tc/RestServices"
-            } else {
-                "/tc/JsonRestServices"
-            },
-        )
+        Self::assemble(http, middleware, base, mode.prefix())
     }
 
     fn assemble(

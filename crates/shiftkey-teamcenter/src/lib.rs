@@ -39,6 +39,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod builder;
 mod check;
 mod client;
 mod current;
@@ -49,8 +50,9 @@ mod session;
 mod site;
 pub mod wire;
 
+pub use builder::{LoginWrapper, TcClientBuilder};
 pub use check::Finding;
-pub use client::{DEFAULT_MAX_ANSWER, DEFAULT_READ_TIMEOUT, LOGOUT_DEADLINE, TcClient};
+pub use client::{DEFAULT_MAX_ANSWER, DEFAULT_READ_TIMEOUT, LOGOUT_DEADLINE, Mode, TcClient};
 pub use current::CurrentRevisions;
 pub use error::{ErrorValue, SsoHint, TcError, Transient};
 pub use mfg::{

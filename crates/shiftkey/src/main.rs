@@ -359,70 +359,43 @@ fn teamcenter(
         .with_context(|| format!("`teamcenter.url`: `{}` is not a URL", tc.url))?;
     let max_answer =
         usize::try_from(tc.max_answer_mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
-    if let Some(name) = &tc.token {
+    let builder = if let Some(name) = &tc.token {
         // Gateway mode: the token's own manager, shared with the broker that serves it.
-        let manager = tokens.get(name)?.clone();
-        let mut mw = shiftkey_http::AuthMiddleware::builder(manager)
-            .name("teamcenter")
-            .classifier(shiftkey_teamcenter::TcClassifier);
-        if let Some(m) = monitor {
-            mw = mw.monitor(m);
-        }
-        return Ok(shiftkey_teamcenter::TcClient::with_middleware(
+        shiftkey_teamcenter::TcClient::gateway_builder(
             http.clone(),
-            mw.build(),
             base,
-            true,
+            tokens.get(name)?.clone(),
         )
-        .with_read_timeout(read_timeout)
-        .with_max_answer(max_answer));
-    }
-    let password = tc
-        .password
-        .as_ref()
-        .context("`teamcenter.password` is required in session mode")?
-        .resolve("teamcenter.password")?;
-    let mut session =
-        shiftkey_teamcenter::SessionConfig::new(base.clone(), tc.user.clone(), password);
-    session.group.clone_from(&tc.group);
-    session.role.clone_from(&tc.role);
-    session.allow_insecure_http = cfg.allow_insecure_http;
-    let idle = session.idle_limit;
-    let mut login = tokens::Timed::wrap(
-        "teamcenter",
-        Arc::new(shiftkey_teamcenter::SessionLogin::new(
-            http.clone(),
-            session,
-        )),
-    );
-    if let Some(m) = &monitor {
-        login = login.with_hook(refresh_hook(Arc::clone(m)));
-    }
-    // A session holds a server process of the pool: logged in when a call needs it (a standby
-    // never does), and logged out (`TcClient::end_session`) when the process stops using it.
-    let manager = shiftkey_auth::TokenManager::builder(login)
-        .name("teamcenter")
-        .on_demand()
-        .build()
-        .context("`[teamcenter]`")?;
-    let mut mw = shiftkey_http::AuthMiddleware::builder(manager)
-        .name("teamcenter")
-        .injector(shiftkey_http::Injector::Cookie {
-            name: "JSESSIONID".to_owned(),
+    } else {
+        let password = tc
+            .password
+            .as_ref()
+            .context("`teamcenter.password` is required in session mode")?
+            .resolve("teamcenter.password")?;
+        let mut session = shiftkey_teamcenter::SessionConfig::new(base, tc.user.clone(), password);
+        session.group.clone_from(&tc.group);
+        session.role.clone_from(&tc.role);
+        session.allow_insecure_http = cfg.allow_insecure_http;
+        // The login is timed for metrics and, with a monitor, for the alerts.
+        let hook = monitor.as_ref().map(|m| refresh_hook(Arc::clone(m)));
+        shiftkey_teamcenter::TcClient::builder(http.clone(), session).wrap_login(move |login| {
+            let timed = tokens::Timed::wrap("teamcenter", login);
+            Arc::new(match hook {
+                Some(hook) => timed.with_hook(hook),
+                None => timed,
+            })
         })
-        .classifier(shiftkey_teamcenter::TcClassifier)
-        .learned(shiftkey_auth::ServerLimits {
-            lifetime_cap: None,
-            idle_limit: Some(idle),
-        });
-    if let Some(m) = monitor {
-        mw = mw.monitor(m);
-    }
-    Ok(
-        shiftkey_teamcenter::TcClient::with_middleware(http.clone(), mw.build(), base, false)
-            .with_read_timeout(read_timeout)
-            .with_max_answer(max_answer),
-    )
+    };
+    let builder = match monitor {
+        Some(m) => builder.monitor(m),
+        None => builder,
+    };
+    builder
+        .name("teamcenter")
+        .read_timeout(read_timeout)
+        .max_answer(max_answer)
+        .build()
+        .context("`[teamcenter]`")
 }
 
 /// Feeds token refresh outcomes into the alert monitor.

@@ -328,17 +328,11 @@ fn gateway_client(
         .name(format!("process-{i}"))
         .build()
         .map_err(|e| e.to_string())?;
-    let middleware = shiftkey_http::AuthMiddleware::builder(manager)
-        .classifier(shiftkey_teamcenter::TcClassifier)
+    TcClient::gateway_builder(http.clone(), base.clone(), manager)
         .clock(Arc::clone(clock))
         .seed(seed.wrapping_add(100 + i))
-        .build();
-    Ok(TcClient::with_middleware(
-        http.clone(),
-        middleware,
-        base.clone(),
-        true,
-    ))
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// Runs the sync engine on `sync` (every 15 min) and a script on each of `scripts` (every 15 min,
@@ -441,28 +435,13 @@ async fn run_profile(profile: &str, days: f64, seed: u64) -> Result<Value, Strin
         gateway_client(&http, &base, store, &clock, seed, 0, 1.0)?
     } else {
         let session = SessionConfig::new(base.clone(), "mfg_sync", "mfg_sync_pw".into());
-        // As `TcClient::session` builds it, with seeded refresh and retry jitter.
-        let idle = session.idle_limit;
-        let login = shiftkey_teamcenter::SessionLogin::new(http.clone(), session)
-            .with_clock(Arc::clone(&clock));
-        let manager = TokenManager::builder(login)
+        // The one recipe, with seeded refresh and retry jitter.
+        TcClient::builder(http.clone(), session)
             .clock(Arc::clone(&clock))
-            .config(refresh_config(seed, 0, 1.0))
-            .build()
-            .map_err(|e| e.to_string())?;
-        let middleware = shiftkey_http::AuthMiddleware::builder(manager)
-            .injector(shiftkey_http::Injector::Cookie {
-                name: "JSESSIONID".to_owned(),
-            })
-            .classifier(shiftkey_teamcenter::TcClassifier)
-            .learned(shiftkey_auth::ServerLimits {
-                lifetime_cap: None,
-                idle_limit: Some(idle),
-            })
-            .clock(Arc::clone(&clock))
+            .refresh(refresh_config(seed, 0, 1.0))
             .seed(seed.wrapping_add(100))
-            .build();
-        TcClient::with_middleware(http.clone(), middleware, base.clone(), false)
+            .build()
+            .map_err(|e| e.to_string())?
     };
     let end = start + Duration::from_secs_f64(days * 86_400.0);
     let mut tally = drive(Some(&client), &[], &clock, seed, end).await;
