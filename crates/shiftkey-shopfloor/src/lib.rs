@@ -155,15 +155,47 @@ pub struct Feedback {
     pub deviation: String,
 }
 
-/// A sink failed.
+/// A sink failed. Its text says what was being done; the cause (a database's, an MQTT
+/// client's, or none) is its [`source`](std::error::Error::source), printed once by whoever
+/// prints the chain.
 #[derive(Debug, thiserror::Error)]
-#[error("shop-floor sink: {what}: {source}")]
+#[error("shop-floor sink: {what}")]
 pub struct SinkError {
     /// What was being done.
     pub what: String,
-    /// The database error.
+    /// Why it failed, when another error says so.
     #[source]
-    pub source: sqlx::Error,
+    pub source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl SinkError {
+    /// `what` failed because of `source`.
+    ///
+    /// # Example
+    /// ```
+    /// use std::error::Error as _;
+    /// let e = shiftkey_shopfloor::SinkError::new("open shop.db", std::io::Error::other("disk full"));
+    /// assert_eq!(e.to_string(), "shop-floor sink: open shop.db");
+    /// assert_eq!(e.source().unwrap().to_string(), "disk full");
+    /// ```
+    pub fn new(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Self {
+            what: what.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// `what` failed, and nothing more is known than this text.
+    #[must_use]
+    pub fn plain(what: impl Into<String>) -> Self {
+        Self {
+            what: what.into(),
+            source: None,
+        }
+    }
 }
 
 /// Where process plans land.

@@ -336,10 +336,7 @@ impl MqttSink {
     }
 
     fn mqtt_error(what: String) -> SinkError {
-        SinkError {
-            what,
-            source: sqlx::Error::Protocol("MQTT".into()),
-        }
+        SinkError::plain(what)
     }
 }
 

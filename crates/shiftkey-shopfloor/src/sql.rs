@@ -11,7 +11,7 @@ use crate::{ApplyReport, Feedback, ProcessRecord, Sink, SinkError};
 
 fn err(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> SinkError {
     let what = what.into();
-    move |source| SinkError { what, source }
+    move |source| SinkError::new(what, source)
 }
 
 fn millis(t: SystemTime) -> i64 {
@@ -268,12 +268,9 @@ impl SqlSink {
             }
             Some(VERSION) => {}
             Some(v) => {
-                return Err(SinkError {
-                    what: format!(
-                        "schema version {v} is newer than this shiftkey knows ({VERSION}); upgrade shiftkey"
-                    ),
-                    source: sqlx::Error::Protocol("unknown schema version".into()),
-                });
+                return Err(SinkError::plain(format!(
+                    "schema version {v} is newer than this shiftkey knows ({VERSION}); upgrade shiftkey"
+                )));
             }
         }
         if sqlite {

@@ -145,8 +145,24 @@ pub enum SyncError {
     #[error("Teamcenter: {0}")]
     Teamcenter(#[from] TcError),
     /// The sink failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Sink(#[from] SinkError),
+}
+
+/// An error and its causes on one line, each said once (a cause whose text the line already
+/// holds is left out: some errors quote their cause).
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 impl SyncError {
@@ -743,11 +759,11 @@ impl Engine {
                 match result {
                     Ok(_) => cycles += 1,
                     Err(e) if e.is_permanent() => {
-                        tracing::error!(error = %e, "sync stopped: a permanent error needs an operator");
+                        tracing::error!(error = %chain(&e), "sync stopped: a permanent error needs an operator");
                         return Err(e);
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "sync cycle failed; the next cycle retries from the last committed batch")
+                        tracing::warn!(error = %chain(&e), "sync cycle failed; the next cycle retries from the last committed batch")
                     }
                 }
             }

@@ -1153,10 +1153,10 @@ mod supervision_tests {
         assert_eq!(public_auth(&refused), "refused: invalid_grant");
         let flaky = AuthError::transient(TransientKind::Timeout, "/etc/shiftkey/ca.pem: slow");
         assert_eq!(public_auth(&flaky), "transient: timeout");
-        let sink = SyncError::Sink(shiftkey_shopfloor::SinkError {
-            what: "open /var/lib/shiftkey/shop.db".to_owned(),
-            source: sqlx::Error::PoolClosed,
-        });
+        let sink = SyncError::Sink(shiftkey_shopfloor::SinkError::new(
+            "open /var/lib/shiftkey/shop.db",
+            sqlx::Error::PoolClosed,
+        ));
         let shown = public_sync(&sink);
         assert!(!shown.contains("/var/lib"), "{shown}");
         let tc = SyncError::Teamcenter(shiftkey_teamcenter::TcError::Service {

@@ -741,6 +741,31 @@ async fn each_cause_is_printed_once() {
         assert_eq!(last.matches(cause).count(), 1, "{last}");
     }
     assert_eq!(sim.live_sessions(), 0);
+    // A sink that cannot open: what was being done, then the database's own words, once each.
+    let cfg = temp(
+        "once-sink.toml",
+        &format!(
+            "[teamcenter]\nurl = \"{}\"\nuser = \"mfg_sync\"\npassword = {{ env = \"TC_PW\" }}\n\
+             [sink]\nurl = \"sqlite:///nonexistent-shiftkey-dir/x.db\"\n",
+            sim.url()
+        ),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        shiftkey(
+            &["sync", "--once", "-c", cfg.to_str().unwrap()],
+            &[("TC_PW", "mfg_sync_pw")],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for said in [
+        "shop-floor sink: connect to",
+        "unable to open database file",
+    ] {
+        assert_eq!(stderr.matches(said).count(), 1, "{said}: {stderr}");
+    }
 }
 
 /// `teamcenter.mode = "gateway"`: the OAuth bearer tokens of a `[tokens.NAME]` against
