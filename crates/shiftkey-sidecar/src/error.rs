@@ -14,8 +14,9 @@ pub enum SidecarError {
         /// What is wrong with it, and what to do.
         problem: String,
     },
-    /// An operating-system call failed.
-    #[error("{what}: {source}")]
+    /// An operating-system call failed: the text says what was being done, the system's own
+    /// words are its [`source`](std::error::Error::source).
+    #[error("{what}")]
     Io {
         /// What was being done, naming the path or address.
         what: String,

@@ -141,8 +141,8 @@ impl std::fmt::Display for CycleWarning {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SyncError {
-    /// Teamcenter failed (after the HTTP layer's healing and retries).
-    #[error("Teamcenter: {0}")]
+    /// Teamcenter failed (after the HTTP layer's healing and retries), in its own words.
+    #[error(transparent)]
     Teamcenter(#[from] TcError),
     /// The sink failed.
     #[error(transparent)]
