@@ -37,15 +37,13 @@ pub enum Transport {
 }
 
 impl Transport {
-    /// What `e` says went wrong on the way, or `None` when the server answered (a body that
-    /// did not decode, a status turned into an error).
+    /// What `e` says went wrong on the way (reading the answer included: a connection cut
+    /// mid-body), or `None` when the server answered and the failure is not the connection's (a
+    /// body that did not decode, a status turned into an error).
     #[must_use]
     pub fn of(e: &reqwest::Error) -> Option<Self> {
         if e.is_timeout() {
             return Some(Self::Timeout);
-        }
-        if e.is_decode() || e.is_status() || e.is_builder() || e.is_redirect() {
-            return None;
         }
         // The deepest source says it best ("Connection refused (os error 111)", "invalid peer
         // certificate: UnknownIssuer"); the levels above say what it was in (`dns error`).
@@ -55,9 +53,11 @@ impl Transport {
             chain.push(c);
             cause = c.source();
         }
+        let answered = e.is_decode() || e.is_status() || e.is_builder() || e.is_redirect();
+        // reqwest's own text names the URL (its query may hold a secret): never used here.
         let deepest = chain
             .last()
-            .map_or_else(|| e.to_string(), ToString::to_string);
+            .map_or_else(|| "the request failed".to_owned(), ToString::to_string);
         let says = |words: &[&str]| {
             chain.iter().any(|c| {
                 let text = c.to_string().to_ascii_lowercase();
@@ -81,6 +81,17 @@ impl Transport {
                 }
             }
         }
+        // hyper's words for a connection that ended before its answer did.
+        if says(&[
+            "connection closed",
+            "connection reset",
+            "incomplete message",
+        ]) {
+            return Some(Self::Cut(deepest));
+        }
+        if answered {
+            return None;
+        }
         if says(&[
             "dns error",
             "failed to lookup address",
@@ -100,9 +111,10 @@ impl Transport {
     /// may carry a query secret) when the server answered.
     #[must_use]
     pub fn describe(e: reqwest::Error) -> String {
+        let e = e.without_url();
         match Self::of(&e) {
             Some(t) => t.to_string(),
-            None => e.without_url().to_string(),
+            None => e.to_string(),
         }
     }
 }

@@ -5,4 +5,5 @@
 mod bearer;
 mod manager;
 mod timing_props;
+mod transport;
 mod wire;

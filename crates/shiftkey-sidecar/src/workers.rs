@@ -10,8 +10,9 @@
 //! on one thread. Measured with `cargo xtask bench-proxy` and a profile in
 //! `docs/proxy-profile.md`.
 //!
-//! The workers share the listener's connection limits and its [`Gate`]; each accepts from the
-//! same socket, and the kernel hands a connection to one of them.
+//! The workers share the listener's connection limits and its [`Gate`]. Each watches the same
+//! socket: a new connection wakes every worker, one `accept` wins and the others find nothing
+//! (with a few workers that costs little; a socket per worker with `SO_REUSEPORT` would avoid it).
 
 use std::net::TcpListener as StdListener;
 use std::thread::JoinHandle;
@@ -22,8 +23,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::serve::{Gate, ServeLimits, Slots, serve_tcp_in};
 
-/// Worker threads serving one listener, until dropped (then each stops accepting, drops its
-/// connections and ends).
+/// Worker threads serving one listener, until dropped: dropping tells each to stop accepting,
+/// drop its connections and end, without waiting for it ([`Workers::stop_and_join`] waits).
 ///
 /// # Example
 /// ```no_run
@@ -75,6 +76,12 @@ impl Workers {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 "a listener needs at least one worker",
+            ));
+        }
+        if name.contains('\0') {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a worker's name cannot hold a NUL byte",
             ));
         }
         listener.set_nonblocking(true)?;

@@ -180,4 +180,16 @@ fn no_router_is_an_error() {
     )
     .unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+    // A name a thread cannot carry is refused, not a panic.
+    let (listener, _) = std_listener();
+    let hello = axum::Router::new().fallback(|| async { "hello" });
+    let e = Workers::serve_tcp(
+        listener,
+        vec![hello],
+        ServeLimits::default(),
+        Gate::default(),
+        "bad\0name",
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
 }

@@ -129,7 +129,14 @@ impl KeySource {
         let bytes = Zeroizing::new(
             STANDARD
                 .decode(text.trim())
-                .map_err(|e| config(format!("the key in {origin} is not base64: {e}")))?,
+                // Never the decoder's words: they quote a character of the key and its place.
+                .map_err(|_| {
+                    config(format!(
+                        "the key in {origin} is not standard base64 (32 bytes written as 44 \
+                         characters of A-Z, a-z, 0-9, `+`, `/` and `=`; generate one with \
+                         `head -c 32 /dev/urandom | base64`)"
+                    ))
+                })?,
         );
         let key: [u8; 32] = bytes
             .as_slice()

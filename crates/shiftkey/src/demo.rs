@@ -133,10 +133,11 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             Err(e) => {
+                let said = crate::causes_of(&e);
                 if !args.json {
-                    eprintln!("cycle {cycles} failed: {e}");
+                    eprintln!("cycle {cycles} failed: {said}");
                 }
-                failures.push(e.to_string());
+                failures.push(said);
                 if e.is_permanent() {
                     break;
                 }

@@ -26,7 +26,8 @@ pub(crate) struct DoctorArgs {
     /// Give up the lifetime probe after this many hours (above 0, at most 72).
     #[arg(long, default_value_t = 9.0, value_parser = crate::number_in(f64::MIN_POSITIVE, 72.0))]
     max_hours: f64,
-    /// How long each check waits for an answer, in seconds.
+    /// How long each HTTP check (reachability, logins, the site) waits for an answer, in
+    /// seconds.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=600))]
     deadline: u64,
     /// For the emulator only: its simulated seconds per real second.
@@ -271,7 +272,7 @@ async fn databases(r: &mut Report, cfg: &Config) {
                 "reached; no sink tables yet (the first sync creates them)",
             ),
             Ok(Ok(_)) => r.line(Level::Ok, "sink", "reached; nothing synced yet"),
-            Ok(Err(e)) => r.line(Level::Fail, "sink", e.to_string()),
+            Ok(Err(e)) => r.line(Level::Fail, "sink", crate::causes_of(&e)),
             Err(_) => r.line(Level::Fail, "sink", "no answer within 20 s"),
         }
     }

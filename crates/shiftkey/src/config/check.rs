@@ -504,6 +504,12 @@ impl Config {
                 key("body_timeout_secs")
             );
         }
+        if p.workers.is_some() && p.socket.is_some() {
+            bail!(
+                "`{}` applies to a `listen` address; a `socket` is served with the rest of the process",
+                key("workers")
+            );
+        }
         if p.workers.is_some_and(|w| w == 0 || w > 256) {
             bail!(
                 "`{}` is between 1 and 256 (threads; leave it out for one per core)",
