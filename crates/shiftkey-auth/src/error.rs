@@ -168,3 +168,27 @@ impl ConfigError {
         }
     }
 }
+
+/// An error and its causes on one line, each said once: a cause whose text the line already
+/// holds is left out (some errors quote their cause). For logs and messages that would
+/// otherwise show only the outermost level.
+///
+/// # Example
+/// ```
+/// let e = std::io::Error::other(std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"));
+/// assert_eq!(shiftkey_auth::causes(&e), "no such file");
+/// ```
+#[must_use]
+pub fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}

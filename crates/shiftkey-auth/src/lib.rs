@@ -66,7 +66,7 @@ mod token;
 mod transport;
 mod wire;
 
-pub use error::{AuthError, ConfigError, PermanentKind, TransientKind};
+pub use error::{AuthError, ConfigError, PermanentKind, TransientKind, causes};
 pub use jwt::jwt_lifetime;
 pub use manager::{Invalidation, Stats, Status, Token, TokenManager, TokenManagerBuilder};
 pub use shiftkey_clock::{Clock, Sleep, TokioClock};

@@ -149,22 +149,6 @@ pub enum SyncError {
     Sink(#[from] SinkError),
 }
 
-/// An error and its causes on one line, each said once (a cause whose text the line already
-/// holds is left out: some errors quote their cause).
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
-}
-
 impl SyncError {
     /// Whether retrying next cycle cannot help (refused credentials): stop cycling and alert.
     #[must_use]
@@ -759,11 +743,11 @@ impl Engine {
                 match result {
                     Ok(_) => cycles += 1,
                     Err(e) if e.is_permanent() => {
-                        tracing::error!(error = %chain(&e), "sync stopped: a permanent error needs an operator");
+                        tracing::error!(error = %shiftkey_auth::causes(&e), "sync stopped: a permanent error needs an operator");
                         return Err(e);
                     }
                     Err(e) => {
-                        tracing::warn!(error = %chain(&e), "sync cycle failed; the next cycle retries from the last committed batch")
+                        tracing::warn!(error = %shiftkey_auth::causes(&e), "sync cycle failed; the next cycle retries from the last committed batch")
                     }
                 }
             }

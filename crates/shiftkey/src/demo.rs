@@ -133,7 +133,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             Err(e) => {
-                let said = crate::causes_of(&e);
+                let said = shiftkey_auth::causes(&e);
                 if !args.json {
                     eprintln!("cycle {cycles} failed: {said}");
                 }

@@ -272,7 +272,7 @@ async fn databases(r: &mut Report, cfg: &Config) {
                 "reached; no sink tables yet (the first sync creates them)",
             ),
             Ok(Ok(_)) => r.line(Level::Ok, "sink", "reached; nothing synced yet"),
-            Ok(Err(e)) => r.line(Level::Fail, "sink", crate::causes_of(&e)),
+            Ok(Err(e)) => r.line(Level::Fail, "sink", shiftkey_auth::causes(&e)),
             Err(_) => r.line(Level::Fail, "sink", "no answer within 20 s"),
         }
     }

@@ -210,22 +210,7 @@ pub(crate) fn number_in(min: f64, max: f64) -> impl Fn(&str) -> Result<f64, Stri
 /// message (`no token: <the login's error>`), so printing the chain as `{:#}` does would repeat
 /// a sentence once per level; a cause whose text the message already holds is left out.
 pub(crate) fn causes(e: &anyhow::Error) -> String {
-    causes_of(e.as_ref())
-}
-
-/// [`causes`] of any error: its text, then each cause the text does not already hold.
-pub(crate) fn causes_of(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
+    shiftkey_auth::causes(e.as_ref())
 }
 
 /// What is logged: `RUST_LOG` when set (tracing-subscriber's `EnvFilter` syntax, e.g.

@@ -123,22 +123,29 @@ fn build_one(
 pub(crate) fn logins(name: &str, p: &ProxySection) -> anyhow::Result<Vec<LocalLogin>> {
     p.logins
         .iter()
-        .map(|(user, secret)| {
-            let key = format!("proxy.{name}.logins.{user}");
-            let password = secret.resolve(&key)?;
-            if password.expose().len() < crate::config::MIN_LOGIN_SECRET {
-                bail!(
-                    "`{key}`: a local login secret has at least {} characters (`head -c 24 \
-                     /dev/urandom | base64`); it is the script's own, never the Teamcenter password",
-                    crate::config::MIN_LOGIN_SECRET
-                );
-            }
-            Ok(LocalLogin {
-                user: user.clone(),
-                password,
-            })
-        })
+        .map(|(user, secret)| login(name, user, secret))
         .collect()
+}
+
+/// One local account of `[proxy.NAME]`, its secret resolved and long enough.
+pub(crate) fn login(
+    name: &str,
+    user: &str,
+    secret: &crate::config::SecretRef,
+) -> anyhow::Result<LocalLogin> {
+    let key = format!("proxy.{name}.logins.{user}");
+    let password = secret.resolve(&key)?;
+    if password.expose().len() < crate::config::MIN_LOGIN_SECRET {
+        bail!(
+            "`{key}`: a local login secret has at least {} characters (`head -c 24 \
+             /dev/urandom | base64`); it is the script's own, never the Teamcenter password",
+            crate::config::MIN_LOGIN_SECRET
+        );
+    }
+    Ok(LocalLogin {
+        user: user.to_owned(),
+        password,
+    })
 }
 
 /// The local users `[proxy.NAME]` serves: `users`, by name or uid, or this process's user.

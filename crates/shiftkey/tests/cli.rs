@@ -1310,6 +1310,18 @@ fn config_check_reports_every_problem_at_once_in_the_users_words() {
     ] {
         assert!(secrets.contains(key), "{key} in: {secrets}");
     }
+    // Every local login of a proxy, each read once.
+    let logins = run(
+        "twologins.toml",
+        "[teamcenter]\nurl = \"http://127.0.0.1:9\"\nuser = \"u\"\npassword = { env = \"X\" }\n\
+         [sink]\nurl = \"sqlite::memory:\"\n[proxy.tc]\nlisten = \"127.0.0.1:8182\"\nteamcenter = true\n\
+         [proxy.tc.logins]\na = { env = \"SHIFTKEY_TEST_UNSET_D\" }\nb = { env = \"SHIFTKEY_TEST_UNSET_E\" }\n",
+        &[("X", "x")],
+    );
+    assert!(logins.contains("2 problems"), "{logins}");
+    for key in ["`proxy.tc.logins.a`", "`proxy.tc.logins.b`"] {
+        assert_eq!(logins.matches(key).count(), 1, "{key} once in: {logins}");
+    }
     // Problems of different sections, and a misspelt key with a suggestion.
     let base = "[teamcenter]\nurl = \"http://127.0.0.1:9\"\nuser = \"u\"\npassword = { env = \"X\" }\n[sink]\nurl = \"sqlite::memory:\"\n";
     let sections = run(

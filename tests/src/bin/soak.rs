@@ -184,17 +184,6 @@ fn law_period(l: Duration) -> Duration {
     let soft = margins(&cfg, l).soft;
     l.saturating_sub(soft + soft.mul_f64(cfg.jitter_fraction / 2.0))
 }
-/// An error and its causes on one line.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
-}
 
 /// Whether a failed cycle failed because of authentication.
 fn auth_failure(e: &SyncError) -> bool {
@@ -409,7 +398,7 @@ async fn drive(
                     } else {
                         tally.other_failed += 1;
                     }
-                    let key: String = chain(&e).chars().take(120).collect();
+                    let key: String = shiftkey_auth::causes(&e).chars().take(120).collect();
                     *tally.failures.entry(key).or_default() += 1;
                 }
             }
